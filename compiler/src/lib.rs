@@ -1,1 +1,7 @@
-//! placeholder
+//! shardc: a compiler that partitions transformer language models across devices.
+//!
+//! This crate holds the frontends (model files into IR), the reports, and the `shardc`
+//! command-line interface.
+
+pub mod frontend;
+pub mod inspect;

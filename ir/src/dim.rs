@@ -323,3 +323,25 @@ mod tests {
         assert!(parse_dim("").is_err());
     }
 }
+
+impl Dim {
+    /// A lower bound, assuming every symbol is a size (≥ 0): the constant term when no
+    /// symbol has a negative coefficient, otherwise none.
+    pub fn lower_bound(&self) -> Option<i64> {
+        let Dim::Poly(p) = self else { return None };
+        let mut constant = 0;
+        for (mono, c) in &p.terms {
+            if mono.is_empty() {
+                constant = *c;
+            } else if *c < 0 {
+                return None;
+            }
+        }
+        Some(constant)
+    }
+
+    /// True when `self >= other` for every size the symbols can take.
+    pub fn provably_ge(&self, other: &Dim) -> bool {
+        self.sub(other).lower_bound().is_some_and(|lb| lb >= 0)
+    }
+}

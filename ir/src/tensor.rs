@@ -153,3 +153,28 @@ impl WeightRef {
         self.elements() * self.dtype.size_bytes() as u64
     }
 }
+
+impl TensorData {
+    /// Build a tensor of integer or bool `dtype` from exact i64 values (bool: non-zero).
+    /// Float dtypes go through f64.
+    pub fn from_ints(dtype: DType, shape: Vec<usize>, values: &[i64]) -> TensorData {
+        let mut bytes = Vec::with_capacity(values.len() * dtype.size_bytes());
+        for &v in values {
+            match dtype {
+                DType::I64 => bytes.extend(v.to_le_bytes()),
+                DType::U64 => bytes.extend((v as u64).to_le_bytes()),
+                DType::I32 => bytes.extend((v as i32).to_le_bytes()),
+                DType::U32 => bytes.extend((v as u32).to_le_bytes()),
+                DType::I16 => bytes.extend((v as i16).to_le_bytes()),
+                DType::U16 => bytes.extend((v as u16).to_le_bytes()),
+                DType::I8 => bytes.push(v as i8 as u8),
+                DType::U8 => bytes.push(v as u8),
+                DType::Bool => bytes.push(u8::from(v != 0)),
+                DType::F32 | DType::F64 | DType::F16 | DType::BF16 => {
+                    return TensorData::from_f64_values(dtype, shape, &values.iter().map(|&v| v as f64).collect::<Vec<_>>())
+                }
+            }
+        }
+        TensorData { dtype, shape, bytes }
+    }
+}

@@ -19,7 +19,7 @@
 //! for a shape-only graph). Attributes equal to their defaults are left out.
 
 mod parse;
-mod print;
+pub mod print;
 
 pub use parse::{parse, ParseError};
 pub use print::print;

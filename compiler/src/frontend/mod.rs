@@ -1,0 +1,3 @@
+//! Frontends: model files into [`shardc_ir::Graph`]s.
+
+pub mod onnx;
