@@ -1,0 +1,29 @@
+//! Text IR of every fixture after import and after each pass, as insta snapshots
+//! under `snapshots/` (re-bless with `INSTA_UPDATE=always` or `cargo insta accept`).
+
+mod common;
+
+use common::{fixture_onnx, root, FIXTURES};
+use shardc::frontend::onnx;
+use shardc_ir::{text, verify};
+use shardc_passes::{pipeline, Ctx};
+
+#[test]
+fn text_ir_after_import_and_each_pass() {
+    let mut settings = insta::Settings::clone_current();
+    settings.set_snapshot_path(root().join("snapshots"));
+    settings.set_prepend_module_to_snapshot(false);
+    settings.set_omit_expression(true);
+    settings.bind(|| {
+        for name in FIXTURES {
+            let mut graph = onnx::import(&fixture_onnx(name)).unwrap().graph;
+            insta::assert_snapshot!(format!("{name}__import"), text::print(&graph));
+            let mut ctx = Ctx::default();
+            for pass in pipeline() {
+                pass.run(&mut graph, &mut ctx).unwrap();
+                verify(&graph).unwrap();
+                insta::assert_snapshot!(format!("{name}__{}", pass.name()), text::print(&graph));
+            }
+        }
+    });
+}
