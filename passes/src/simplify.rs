@@ -1,11 +1,13 @@
 //! `simplify`: fold shape arithmetic whose results are known numbers into constants,
-//! bypass `Identity` nodes, and remove dead nodes, weights and constants.
+//! bypass nodes that pass an input through unchanged (`Identity`; `Reshape`, `Expand`
+//! and `Cast` to the input's own type; `Where` with a uniform known condition), and
+//! remove dead nodes, weights and constants.
 
 use std::collections::HashSet;
 
 use shardc_ir::{Graph, NodeId, Op, TensorData, TensorType, ValueDef, ValueId};
 
-use crate::infer::infer;
+use crate::infer::{infer, Facts};
 use crate::infer_shapes::node_error;
 use crate::{Changed, Ctx, Pass, PassError};
 
@@ -46,23 +48,21 @@ impl Pass for Simplify {
             }
         }
 
-        // 2. Bypass Identity nodes (unless their output is a graph output, whose name matters).
+        // 2. Bypass nodes that pass one input through unchanged (unless their output
+        //    is a graph output, whose name matters).
         let outputs: HashSet<ValueId> = graph.outputs.iter().copied().collect();
-        let mut identities = 0;
+        let mut bypassed = 0;
         for nid in graph.node_ids().collect::<Vec<_>>() {
             let node = graph.node(nid);
-            if removed.contains(&nid) || !matches!(node.op, Op::Identity(_)) {
+            let Some(&output) = node.outputs.first() else { continue };
+            if removed.contains(&nid) || outputs.contains(&output) {
                 continue;
             }
-            let (Some(Some(input)), Some(&output)) = (node.inputs.first().copied(), node.outputs.first()) else {
-                continue;
-            };
-            if outputs.contains(&output) {
-                continue;
+            if let Some(input) = pass_through(graph, &facts, nid) {
+                graph.replace_uses(output, input);
+                removed.insert(nid);
+                bypassed += 1;
             }
-            graph.replace_uses(output, input);
-            removed.insert(nid);
-            identities += 1;
         }
 
         // 3. Dead nodes: walk backwards from the graph outputs.
@@ -96,8 +96,33 @@ impl Pass for Simplify {
         let dropped_values = values_before - graph.values.len();
         ctx.notes.push((
             self.name().into(),
-            format!("folded {folded} nodes into constants, bypassed {identities} Identity nodes, removed {dead} dead nodes and {dropped_values} values"),
+            format!("folded {folded} nodes into constants, bypassed {bypassed} no-op nodes, removed {dead} dead nodes and {dropped_values} values"),
         ));
         Ok(if removed.is_empty() && dropped_values == 0 { Changed::No } else { Changed::Yes })
+    }
+}
+
+/// The input a node passes through unchanged, if it does.
+fn pass_through(graph: &Graph, facts: &Facts, nid: NodeId) -> Option<ValueId> {
+    let node = graph.node(nid);
+    let input = |slot: usize| node.inputs.get(slot).copied().flatten();
+    let ty = |v: ValueId| facts.types[v.index()].as_ref();
+    let out_ty = ty(*node.outputs.first()?)?;
+    let same_type = |v: ValueId| ty(v) == Some(out_ty);
+    match &node.op {
+        Op::Identity(_) => input(0),
+        Op::Reshape(_) | Op::Expand(_) | Op::Cast(_) => input(0).filter(|&v| same_type(v)),
+        Op::Where(_) => {
+            let cond: Vec<i64> = facts.contents[input(0)?.index()].as_ref()?.iter().map(|d| d.as_known()).collect::<Option<_>>()?;
+            let chosen = if cond.iter().all(|&c| c != 0) {
+                input(1)?
+            } else if cond.iter().all(|&c| c == 0) {
+                input(2)?
+            } else {
+                return None;
+            };
+            same_type(chosen).then_some(chosen)
+        }
+        _ => None,
     }
 }

@@ -57,7 +57,7 @@ pub struct WireError {
 
 impl std::fmt::Display for WireError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} at byte {}", self.message, self.offset)
+        write!(f, "{} (at byte {})", self.message, self.offset)
     }
 }
 
@@ -122,7 +122,7 @@ fn fields(bytes: &[u8], base: usize) -> impl Iterator<Item = Result<Field<'_>, W
                 return Err(WireError {
                     offset: base + start,
                     message: format!(
-                        "truncated: field {number} needs {} bytes, only {} remain",
+                        "truncated: field {number} needs {} bytes, but only {} remain",
                         payload_end - start,
                         bytes.len() - start
                     ),
