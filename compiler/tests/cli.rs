@@ -1,0 +1,66 @@
+//! The `shardc` binary on the fixtures.
+
+mod common;
+
+use std::process::Command;
+
+use common::{fixture_onnx, meta, FIXTURES};
+
+fn shardc(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_shardc")).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+#[test]
+fn inspect_json_matches_the_generator() {
+    for name in FIXTURES {
+        let path = fixture_onnx(name);
+        let (code, stdout, stderr) = shardc(&["inspect", path.to_str().unwrap(), "--json"]);
+        assert_eq!(code, 0, "{stderr}");
+        let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        let meta = meta(name);
+        assert_eq!(report["parameters"], meta["onnx_parameter_count"], "{name}");
+        assert_eq!(report["transformer_layers"], meta["num_layers"], "{name}");
+        assert_eq!(report["inputs"][0]["type"], "i64[batch, seq]");
+        assert_eq!(report["outputs"][0]["type"], "f32[batch, seq, 256]");
+        assert_eq!(report["unknown_dims"], 0);
+    }
+}
+
+#[test]
+fn inspect_text_reads_at_a_glance() {
+    let path = fixture_onnx("gpt2");
+    let (code, stdout, _) = shardc(&["inspect", path.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("input       input_ids: i64[batch, seq]"), "{stdout}");
+    assert!(stdout.contains("parameters  102,848"), "{stdout}");
+    assert!(stdout.contains("layers      2 transformer layers recognised"), "{stdout}");
+}
+
+#[test]
+fn ir_prints_parseable_text_after_each_pass() {
+    let path = fixture_onnx("llama");
+    for after in [None, Some("infer-shapes"), Some("simplify")] {
+        let mut args = vec!["ir", path.to_str().unwrap()];
+        if let Some(a) = after {
+            args.extend(["--after", a]);
+        }
+        let (code, stdout, stderr) = shardc(&args);
+        assert_eq!(code, 0, "{stderr}");
+        let graph = shardc_ir::text::parse(&stdout).unwrap();
+        shardc_ir::verify(&graph).unwrap();
+        assert_eq!(shardc_ir::text::print(&graph), stdout);
+    }
+}
+
+#[test]
+fn same_input_same_output() {
+    let path = fixture_onnx("bloom");
+    let a = shardc(&["ir", path.to_str().unwrap(), "--after", "simplify"]);
+    let b = shardc(&["ir", path.to_str().unwrap(), "--after", "simplify"]);
+    assert_eq!(a, b);
+}
