@@ -345,3 +345,19 @@ impl Dim {
         self.sub(other).lower_bound().is_some_and(|lb| lb >= 0)
     }
 }
+
+impl Dim {
+    /// The value for given symbol sizes; `None` when unknown or a symbol is unbound.
+    pub fn eval(&self, sizes: &std::collections::HashMap<String, i64>) -> Option<i64> {
+        let Dim::Poly(p) = self else { return None };
+        let mut total = 0i64;
+        for (mono, c) in &p.terms {
+            let mut term = *c;
+            for s in mono {
+                term = term.checked_mul(*sizes.get(s)?)?;
+            }
+            total = total.checked_add(term)?;
+        }
+        Some(total)
+    }
+}

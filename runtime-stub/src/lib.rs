@@ -1,1 +1,14 @@
-//! placeholder
+//! shardc's device runtime. For now: the reference CPU interpreter of the IR — an
+//! executor ([`Session`]) with f32 kernels for every op of the op set, weights read
+//! through memory maps on first use.
+
+mod error;
+pub mod exec;
+pub mod generate;
+pub mod kernels;
+pub mod tensor;
+pub mod weights;
+
+pub use error::RuntimeError;
+pub use exec::Session;
+pub use tensor::{Data, Tensor};

@@ -1,0 +1,181 @@
+//! The executor: runs a graph's nodes in order, frees each value after its last use,
+//! and checks every output against the type shape inference gave it.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::Path;
+use std::rc::Rc;
+
+use shardc_ir::{Dim, Graph, NodeId, ValueDef, ValueId};
+
+use crate::kernels;
+use crate::tensor::{storage_of, Tensor};
+use crate::weights::WeightFiles;
+use crate::RuntimeError;
+
+/// A graph ready to run, with its weights read lazily and kept once read.
+pub struct Session {
+    graph: Graph,
+    weights: WeightFiles,
+    loaded: RefCell<Vec<Option<Rc<Tensor>>>>,
+    /// For each value, the last node that reads it (`None`: never read by a node).
+    last_use: Vec<Option<usize>>,
+    is_output: Vec<bool>,
+}
+
+impl Session {
+    /// Prepare `graph`, whose weight files are relative to `model_dir`.
+    pub fn new(graph: Graph, model_dir: &Path) -> Session {
+        let mut last_use = vec![None; graph.values.len()];
+        for (i, node) in graph.nodes.iter().enumerate() {
+            for v in node.inputs.iter().flatten() {
+                last_use[v.index()] = Some(i);
+            }
+        }
+        let mut is_output = vec![false; graph.values.len()];
+        for v in &graph.outputs {
+            is_output[v.index()] = true;
+        }
+        let loaded = RefCell::new(vec![None; graph.values.len()]);
+        Session { weights: WeightFiles::new(model_dir), graph, loaded, last_use, is_output }
+    }
+
+    /// The graph this session runs.
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    fn constant(&self, v: ValueId) -> Result<Rc<Tensor>, RuntimeError> {
+        if let Some(t) = &self.loaded.borrow()[v.index()] {
+            return Ok(t.clone());
+        }
+        let value = self.graph.value(v);
+        let t = match &value.def {
+            ValueDef::Weight(w) => self.weights.load(&value.name, w)?,
+            ValueDef::Const(c) => Tensor::from_data(c).map_err(|e| RuntimeError::Weight {
+                name: value.name.clone(),
+                file: Default::default(),
+                message: e.to_string(),
+            })?,
+            _ => unreachable_def(&value.name)?,
+        };
+        let t = Rc::new(t);
+        self.loaded.borrow_mut()[v.index()] = Some(t.clone());
+        Ok(t)
+    }
+
+    /// Check the inputs against the graph's input types, binding symbols to sizes.
+    fn bind_inputs(&self, inputs: Vec<(String, Tensor)>) -> Result<(Vec<Option<Rc<Tensor>>>, HashMap<String, i64>), RuntimeError> {
+        let mut values: Vec<Option<Rc<Tensor>>> = vec![None; self.graph.values.len()];
+        let mut sizes: HashMap<String, i64> = HashMap::new();
+        let mut given: HashMap<String, Tensor> = inputs.into_iter().collect();
+        for &id in &self.graph.inputs {
+            let value = self.graph.value(id);
+            let bad = |message: String| RuntimeError::Input { name: value.name.clone(), message };
+            let t = given.remove(&value.name).ok_or_else(|| bad("not given".into()))?;
+            if let Some(ty) = &value.ty {
+                let expected = shardc_ir::text::print::type_text(Some(ty));
+                if t.dtype != ty.dtype || storage_of(t.dtype) != storage_of(ty.dtype) {
+                    return Err(bad(format!("expected {expected}, got {}", t.describe())));
+                }
+                if t.shape().len() != ty.rank() {
+                    return Err(bad(format!("expected rank {} ({expected}), got {}", ty.rank(), t.describe())));
+                }
+                for (d, &n) in ty.shape.iter().zip(t.shape()) {
+                    let n = n as i64;
+                    match (d.as_known(), d.symbols().as_slice()) {
+                        (Some(k), _) if k != n => return Err(bad(format!("expected {expected}, got {}", t.describe()))),
+                        (None, [sym]) if *d == Dim::sym(sym) => {
+                            if let Some(&prev) = sizes.get(sym) {
+                                if prev != n {
+                                    return Err(bad(format!("`{sym}` is {prev} elsewhere but {n} here ({})", t.describe())));
+                                }
+                            }
+                            sizes.insert(sym.clone(), n);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            values[id.index()] = Some(Rc::new(t));
+        }
+        if let Some(extra) = given.keys().next() {
+            return Err(RuntimeError::Input { name: extra.clone(), message: "the graph has no such input".into() });
+        }
+        Ok((values, sizes))
+    }
+
+    /// Run the graph; returns the graph outputs in order, with their names.
+    pub fn run(&self, inputs: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>, RuntimeError> {
+        let (mut values, sizes) = self.bind_inputs(inputs)?;
+        for (i, node) in self.graph.nodes.iter().enumerate() {
+            let label = || if node.name.is_empty() { NodeId(i as u32).to_string() } else { node.name.clone() };
+            let mut args: Vec<Option<Rc<Tensor>>> = Vec::with_capacity(node.inputs.len());
+            for input in &node.inputs {
+                args.push(match input {
+                    None => None,
+                    Some(v) => Some(match &values[v.index()] {
+                        Some(t) => t.clone(),
+                        None => self.constant(*v)?,
+                    }),
+                });
+            }
+            let refs: Vec<Option<&Tensor>> = args.iter().map(|a| a.as_deref()).collect();
+            let outs = kernels::run(&node.op, &refs, node.outputs.len())
+                .map_err(|message| RuntimeError::Kernel { node: label(), op: node.op.name(), message })?;
+            drop(refs);
+            drop(args);
+            if outs.len() != node.outputs.len() {
+                return Err(RuntimeError::Kernel {
+                    node: label(),
+                    op: node.op.name(),
+                    message: format!("kernel produced {} outputs for {}", outs.len(), node.outputs.len()),
+                });
+            }
+            for (&v, t) in node.outputs.iter().zip(outs) {
+                self.check_output(v, &t, &sizes)
+                    .map_err(|message| RuntimeError::Kernel { node: label(), op: node.op.name(), message })?;
+                values[v.index()] = Some(Rc::new(t));
+            }
+            for v in node.inputs.iter().flatten() {
+                if self.last_use[v.index()] == Some(i) && !self.is_output[v.index()] {
+                    values[v.index()] = None;
+                }
+            }
+        }
+        self.graph
+            .outputs
+            .iter()
+            .map(|&v| {
+                let t = match values[v.index()].take() {
+                    Some(t) => t,
+                    None => self.constant(v)?,
+                };
+                Ok((self.graph.value(v).name.clone(), Rc::try_unwrap(t).unwrap_or_else(|rc| (*rc).clone())))
+            })
+            .collect()
+    }
+
+    /// An output must have the dtype and (evaluated) shape shape inference gave it.
+    fn check_output(&self, v: ValueId, t: &Tensor, sizes: &HashMap<String, i64>) -> Result<(), String> {
+        let value = self.graph.value(v);
+        let Some(ty) = &value.ty else { return Ok(()) };
+        let expected = shardc_ir::text::print::type_text(Some(ty));
+        let mismatch = || format!("output `{}` is {}, but shape inference says {expected}", value.name, t.describe());
+        if ty.dtype != t.dtype || ty.rank() != t.shape().len() {
+            return Err(mismatch());
+        }
+        for (d, &n) in ty.shape.iter().zip(t.shape()) {
+            if let Some(k) = d.eval(sizes) {
+                if k != n as i64 {
+                    return Err(mismatch());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn unreachable_def(name: &str) -> Result<Tensor, RuntimeError> {
+    Err(RuntimeError::Input { name: name.to_string(), message: "is neither given nor computed before its use".into() })
+}

@@ -1,0 +1,139 @@
+//! Runtime tensors: f32 compute for every float dtype, i64 for every integer dtype,
+//! bool for bool. The IR dtype travels along so casts and outputs keep their types.
+
+use ndarray::{ArrayD, IxDyn};
+use shardc_ir::{DType, TensorData};
+
+/// Element storage.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Data {
+    F32(ArrayD<f32>),
+    I64(ArrayD<i64>),
+    Bool(ArrayD<bool>),
+}
+
+/// A tensor value at run time.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tensor {
+    /// The IR dtype (f16/bf16/f64 values are held as f32, narrow integers as i64).
+    pub dtype: DType,
+    pub data: Data,
+}
+
+impl Tensor {
+    /// An f32 tensor.
+    pub fn f32(a: ArrayD<f32>) -> Tensor {
+        Tensor { dtype: DType::F32, data: Data::F32(a) }
+    }
+
+    /// An i64 tensor.
+    pub fn i64(a: ArrayD<i64>) -> Tensor {
+        Tensor { dtype: DType::I64, data: Data::I64(a) }
+    }
+
+    /// A bool tensor.
+    pub fn bool(a: ArrayD<bool>) -> Tensor {
+        Tensor { dtype: DType::Bool, data: Data::Bool(a) }
+    }
+
+    /// Wrap storage with a dtype, choosing the storage class the dtype needs.
+    pub fn with_dtype(dtype: DType, data: Data) -> Tensor {
+        Tensor { dtype, data }
+    }
+
+    /// An i64 tensor from a shape and values (panics never: the caller gives a matching length).
+    pub fn from_i64(shape: &[usize], values: Vec<i64>) -> Option<Tensor> {
+        ArrayD::from_shape_vec(IxDyn(shape), values).ok().map(Tensor::i64)
+    }
+
+    /// The shape.
+    pub fn shape(&self) -> &[usize] {
+        match &self.data {
+            Data::F32(a) => a.shape(),
+            Data::I64(a) => a.shape(),
+            Data::Bool(a) => a.shape(),
+        }
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.shape().iter().product()
+    }
+
+    /// True when there are no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The f32 array, if this is a float tensor.
+    pub fn as_f32(&self) -> Option<&ArrayD<f32>> {
+        match &self.data {
+            Data::F32(a) => Some(a),
+            _ => None,
+        }
+    }
+
+    /// The i64 array, if this is an integer tensor.
+    pub fn as_i64(&self) -> Option<&ArrayD<i64>> {
+        match &self.data {
+            Data::I64(a) => Some(a),
+            _ => None,
+        }
+    }
+
+    /// The bool array, if this is a bool tensor.
+    pub fn as_bool(&self) -> Option<&ArrayD<bool>> {
+        match &self.data {
+            Data::Bool(a) => Some(a),
+            _ => None,
+        }
+    }
+
+    /// Values as i64 (integers as they are, bools as 0/1, floats truncated).
+    pub fn to_i64_vec(&self) -> Vec<i64> {
+        match &self.data {
+            Data::F32(a) => a.iter().map(|&v| v as i64).collect(),
+            Data::I64(a) => a.iter().copied().collect(),
+            Data::Bool(a) => a.iter().map(|&v| i64::from(v)).collect(),
+        }
+    }
+
+    /// Values as f32.
+    pub fn to_f32_vec(&self) -> Vec<f32> {
+        match &self.data {
+            Data::F32(a) => a.iter().copied().collect(),
+            Data::I64(a) => a.iter().map(|&v| v as f32).collect(),
+            Data::Bool(a) => a.iter().map(|&v| f32::from(u8::from(v))).collect(),
+        }
+    }
+
+    /// Convert an IR constant.
+    pub fn from_data(t: &TensorData) -> Result<Tensor, ndarray::ShapeError> {
+        let shape = IxDyn(&t.shape);
+        let data = if t.dtype.is_float() {
+            Data::F32(ArrayD::from_shape_vec(shape, t.to_f64_vec().into_iter().map(|x| x as f32).collect())?)
+        } else if t.dtype == DType::Bool {
+            Data::Bool(ArrayD::from_shape_vec(shape, t.bytes().iter().map(|&b| b != 0).collect())?)
+        } else {
+            Data::I64(ArrayD::from_shape_vec(shape, t.i64_elements().unwrap_or_default())?)
+        };
+        Ok(Tensor { dtype: t.dtype, data })
+    }
+
+    /// `f32[1, 3]`-style description, for error messages.
+    pub fn describe(&self) -> String {
+        let dims: Vec<String> = self.shape().iter().map(usize::to_string).collect();
+        format!("{}[{}]", self.dtype, dims.join(", "))
+    }
+}
+
+/// The storage class a dtype uses.
+pub fn storage_of(dtype: DType) -> &'static str {
+    if dtype.is_float() {
+        "f32"
+    } else if dtype == DType::Bool {
+        "bool"
+    } else {
+        "i64"
+    }
+}

@@ -1,0 +1,94 @@
+//! Weights, read through memory maps on first use and converted to compute types
+//! (f16 and bf16 widen to f32 with `half`), so a run never reads a weight it does not
+//! touch.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use memmap2::Mmap;
+use ndarray::{ArrayD, IxDyn};
+use shardc_ir::{DType, WeightRef};
+
+use crate::tensor::{Data, Tensor};
+use crate::RuntimeError;
+
+/// Memory maps of the weight files under one folder.
+pub struct WeightFiles {
+    dir: PathBuf,
+    maps: RefCell<HashMap<String, Rc<Mmap>>>,
+}
+
+impl WeightFiles {
+    /// Weight files are resolved relative to `dir` (the model's folder).
+    pub fn new(dir: &Path) -> WeightFiles {
+        WeightFiles { dir: dir.to_path_buf(), maps: RefCell::new(HashMap::new()) }
+    }
+
+    fn map(&self, file: &str) -> Result<Rc<Mmap>, std::io::Error> {
+        if let Some(m) = self.maps.borrow().get(file) {
+            return Ok(m.clone());
+        }
+        let f = File::open(self.dir.join(file))?;
+        // SAFETY: read-only map of a model file that nothing in this process writes.
+        let map = Rc::new(unsafe { Mmap::map(&f) }?);
+        self.maps.borrow_mut().insert(file.to_string(), map.clone());
+        Ok(map)
+    }
+
+    /// Read and convert one weight.
+    pub fn load(&self, name: &str, w: &WeightRef) -> Result<Tensor, RuntimeError> {
+        let loc = w.location.as_ref().ok_or_else(|| RuntimeError::NoWeightFile { name: name.to_string() })?;
+        let fail = |message: String| RuntimeError::Weight { name: name.to_string(), file: self.dir.join(&loc.file), message };
+        let map = self.map(&loc.file).map_err(|e| fail(e.to_string()))?;
+        let end = loc.offset.checked_add(loc.length).filter(|&e| e <= map.len() as u64).ok_or_else(|| {
+            fail(format!("bytes {}..{} lie past the end of the file ({} bytes)", loc.offset, loc.offset + loc.length, map.len()))
+        })?;
+        if loc.length != w.byte_len() {
+            return Err(fail(format!("{} bytes, but {} {:?} needs {}", loc.length, w.dtype, w.shape, w.byte_len())));
+        }
+        let bytes = &map[loc.offset as usize..end as usize];
+        let shape = IxDyn(&w.shape);
+        let data = decode(w.dtype, bytes);
+        let data = match data {
+            Decoded::F32(v) => Data::F32(ArrayD::from_shape_vec(shape, v).map_err(|e| fail(e.to_string()))?),
+            Decoded::I64(v) => Data::I64(ArrayD::from_shape_vec(shape, v).map_err(|e| fail(e.to_string()))?),
+            Decoded::Bool(v) => Data::Bool(ArrayD::from_shape_vec(shape, v).map_err(|e| fail(e.to_string()))?),
+        };
+        Ok(Tensor::with_dtype(w.dtype, data))
+    }
+}
+
+enum Decoded {
+    F32(Vec<f32>),
+    I64(Vec<i64>),
+    Bool(Vec<bool>),
+}
+
+/// Little-endian bytes into compute values.
+fn decode(dtype: DType, bytes: &[u8]) -> Decoded {
+    fn chunks<const N: usize>(bytes: &[u8]) -> impl Iterator<Item = [u8; N]> + '_ {
+        bytes.chunks_exact(N).map(|c| {
+            let mut a = [0u8; N];
+            a.copy_from_slice(c);
+            a
+        })
+    }
+    match dtype {
+        DType::F32 => Decoded::F32(chunks::<4>(bytes).map(f32::from_le_bytes).collect()),
+        DType::F16 => Decoded::F32(chunks::<2>(bytes).map(|b| half::f16::from_le_bytes(b).to_f32()).collect()),
+        DType::BF16 => Decoded::F32(chunks::<2>(bytes).map(|b| half::bf16::from_le_bytes(b).to_f32()).collect()),
+        DType::F64 => Decoded::F32(chunks::<8>(bytes).map(|b| f64::from_le_bytes(b) as f32).collect()),
+        DType::I64 => Decoded::I64(chunks::<8>(bytes).map(i64::from_le_bytes).collect()),
+        DType::U64 => Decoded::I64(chunks::<8>(bytes).map(|b| u64::from_le_bytes(b) as i64).collect()),
+        DType::I32 => Decoded::I64(chunks::<4>(bytes).map(|b| i64::from(i32::from_le_bytes(b))).collect()),
+        DType::U32 => Decoded::I64(chunks::<4>(bytes).map(|b| i64::from(u32::from_le_bytes(b))).collect()),
+        DType::I16 => Decoded::I64(chunks::<2>(bytes).map(|b| i64::from(i16::from_le_bytes(b))).collect()),
+        DType::U16 => Decoded::I64(chunks::<2>(bytes).map(|b| i64::from(u16::from_le_bytes(b))).collect()),
+        DType::I8 => Decoded::I64(bytes.iter().map(|&b| i64::from(b as i8)).collect()),
+        DType::U8 => Decoded::I64(bytes.iter().map(|&b| i64::from(b)).collect()),
+        DType::Bool => Decoded::Bool(bytes.iter().map(|&b| b != 0).collect()),
+    }
+}
