@@ -2,7 +2,8 @@
 //! and checks every output against the type shape inference gave it.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
 use std::path::Path;
 use std::rc::Rc;
 
@@ -21,6 +22,15 @@ pub struct Session {
     /// For each value, the last node that reads it (`None`: never read by a node).
     last_use: Vec<Option<usize>>,
     is_output: Vec<bool>,
+    /// Time spent per op kind, when profiling is on.
+    profile: RefCell<Option<BTreeMap<&'static str, OpTime>>>,
+}
+
+/// Calls of one op kind and the time they took.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OpTime {
+    pub calls: usize,
+    pub time: Duration,
 }
 
 impl Session {
@@ -37,7 +47,17 @@ impl Session {
             is_output[v.index()] = true;
         }
         let loaded = RefCell::new(vec![None; graph.values.len()]);
-        Session { weights: WeightFiles::new(model_dir), graph, loaded, last_use, is_output }
+        Session { weights: WeightFiles::new(model_dir), graph, loaded, last_use, is_output, profile: RefCell::new(None) }
+    }
+
+    /// Start recording time per op kind (cleared by [`Session::take_profile`]).
+    pub fn enable_profile(&self) {
+        *self.profile.borrow_mut() = Some(BTreeMap::new());
+    }
+
+    /// Time per op kind since profiling was enabled; profiling stays on.
+    pub fn take_profile(&self) -> BTreeMap<&'static str, OpTime> {
+        self.profile.borrow_mut().as_mut().map(std::mem::take).unwrap_or_default()
     }
 
     /// The graph this session runs.
@@ -121,8 +141,14 @@ impl Session {
                 });
             }
             let refs: Vec<Option<&Tensor>> = args.iter().map(|a| a.as_deref()).collect();
+            let started = Instant::now();
             let outs = kernels::run(&node.op, &refs, node.outputs.len())
                 .map_err(|message| RuntimeError::Kernel { node: label(), op: node.op.name(), message })?;
+            if let Some(p) = self.profile.borrow_mut().as_mut() {
+                let entry = p.entry(node.op.name()).or_default();
+                entry.calls += 1;
+                entry.time += started.elapsed();
+            }
             drop(refs);
             drop(args);
             if outs.len() != node.outputs.len() {

@@ -154,7 +154,7 @@ pub fn unary(op: &Op, inputs: &[Option<&Tensor>]) -> KernelResult {
                 Op::Reciprocal(_) => |v| 1.0 / v,
                 Op::Exp(_) => f32::exp,
                 Op::Log(_) => f32::ln,
-                Op::Tanh(_) => f32::tanh,
+                Op::Tanh(_) => tanh,
                 Op::Sigmoid(_) => |v| 1.0 / (1.0 + (-v).exp()),
                 Op::Sin(_) => f32::sin,
                 Op::Cos(_) => f32::cos,
@@ -227,4 +227,30 @@ pub fn cast(to: DType, inputs: &[Option<&Tensor>]) -> KernelResult {
         })
     };
     Ok(vec![Tensor::with_dtype(to, data)])
+}
+
+/// tanh through one `exp`: `sign(x) · (1 − e^(−2|x|)) / (1 + e^(−2|x|))`; within a few
+/// ulps of `f32::tanh` and several times faster than libm's.
+fn tanh(x: f32) -> f32 {
+    if x.abs() < 0.0625 {
+        // Near zero the subtraction would cancel; the odd Taylor series is exact enough.
+        let x2 = x * x;
+        return x * (1.0 - x2 * (1.0 / 3.0 - x2 * (2.0 / 15.0 - x2 * (17.0 / 315.0))));
+    }
+    let e = (-2.0 * x.abs()).exp();
+    ((1.0 - e) / (1.0 + e)).copysign(x)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn fast_tanh_matches_std() {
+        let mut worst = 0f32;
+        for i in -40000..=40000 {
+            let x = i as f32 * 0.00025;
+            let (a, b) = (super::tanh(x), x.tanh());
+            worst = worst.max((a - b).abs() / b.abs().max(1e-30));
+        }
+        assert!(worst < 2e-6, "worst relative error {worst}");
+    }
 }

@@ -1,4 +1,4 @@
-//! Matrix products (through `matrixmultiply`'s sgemm), softmax and layer norm.
+//! Matrix products (through the `gemm` crate), softmax and layer norm.
 
 use ndarray::{ArrayD, ArrayViewD, Axis, IxDyn};
 use shardc_ir::ops::{Gemm, LayerNormalization};
@@ -11,31 +11,41 @@ fn floats<'a>(t: &'a Tensor, what: &str) -> Result<&'a ArrayD<f32>, String> {
     t.as_f32().ok_or_else(|| format!("{what} must be a float tensor, got {}", t.describe()))
 }
 
-/// `C = A · B` for 2-D views of any strides, written into row-major `c`.
+/// `C = alpha · A · B + beta · C` for 2-D views of any strides, into row-major `c`
+/// (the `gemm` crate, one thread).
 fn sgemm(a: &ArrayViewD<f32>, b: &ArrayViewD<f32>, c: &mut [f32], beta: f32, alpha: f32) {
     let (m, k) = (a.shape()[0], a.shape()[1]);
     let n = b.shape()[1];
     debug_assert_eq!(c.len(), m * n);
+    if m == 0 || n == 0 {
+        return;
+    }
     let (rsa, csa) = (a.strides()[0], a.strides()[1]);
     let (rsb, csb) = (b.strides()[0], b.strides()[1]);
     // SAFETY: the pointers and strides describe live views of exactly m×k and k×n
     // elements, and `c` holds m×n row-major elements that nothing else aliases.
+    // `gemm` computes dst = alpha·dst + beta·lhs·rhs (its names are swapped from BLAS).
     unsafe {
-        matrixmultiply::sgemm(
+        gemm::gemm(
             m,
-            k,
             n,
-            alpha,
-            a.as_ptr(),
-            rsa,
-            csa,
-            b.as_ptr(),
-            rsb,
-            csb,
-            beta,
+            k,
             c.as_mut_ptr(),
-            n as isize,
             1,
+            n as isize,
+            beta != 0.0,
+            a.as_ptr(),
+            csa,
+            rsa,
+            b.as_ptr(),
+            csb,
+            rsb,
+            beta,
+            alpha,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
         );
     }
 }
@@ -142,7 +152,14 @@ pub fn gemm(g: &Gemm, inputs: &[Option<&Tensor>]) -> KernelResult {
         Some(c) => {
             let c = floats(c, "C")?;
             let cb = c.broadcast(IxDyn(&[m, n])).ok_or_else(|| format!("C {:?} does not broadcast to [{m}, {n}]", c.shape()))?;
-            cb.iter().map(|&v| v * g.beta).collect()
+            // `assign` walks the broadcast view row by row (a plain iterator over a
+            // broadcast view is an order of magnitude slower).
+            let mut init = ArrayD::<f32>::zeros(IxDyn(&[m, n]));
+            init.assign(&cb);
+            if g.beta != 1.0 {
+                init.mapv_inplace(|v| v * g.beta);
+            }
+            init.into_raw_vec_and_offset().0
         }
         None => vec![0f32; m * n],
     };
