@@ -64,3 +64,33 @@ fn same_input_same_output() {
     let b = shardc(&["ir", path.to_str().unwrap(), "--after", "simplify"]);
     assert_eq!(a, b);
 }
+
+#[test]
+fn run_prints_top_k_and_the_greedy_continuation() {
+    let meta = meta("gpt2");
+    let ids: Vec<String> = meta["input_ids"].as_array().unwrap().iter().map(|v| v.to_string()).collect();
+    let expected: Vec<i64> = meta["greedy_tokens"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+    let path = fixture_onnx("gpt2");
+    let ids_arg = ids.join(",");
+    let (code, stdout, stderr) =
+        shardc(&["run", path.to_str().unwrap(), "--input-ids", &ids_arg, "--max-new-tokens", "8", "--json", "--top-k", "3"]);
+    assert_eq!(code, 0, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let generated: Vec<i64> = report["generated"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+    assert_eq!(generated, expected);
+    assert_eq!(report["top_k"].as_array().unwrap().len(), 3);
+    // The top-1 id is the first generated token.
+    assert_eq!(report["top_k"][0]["id"].as_i64(), Some(expected[0]));
+
+    let (code, stdout, _) = shardc(&["run", path.to_str().unwrap(), "--input-ids", &ids_arg, "--max-new-tokens", "2"]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains(&format!("generated   {},{} (2 tokens", expected[0], expected[1])), "{stdout}");
+}
+
+#[test]
+fn run_rejects_token_ids_outside_the_vocabulary() {
+    let path = fixture_onnx("llama");
+    let (code, _, stderr) = shardc(&["run", path.to_str().unwrap(), "--input-ids", "1,2,256"]);
+    assert_eq!(code, 1);
+    assert_eq!(stderr.trim(), "error: token id 256 is outside the vocabulary (0..256)");
+}

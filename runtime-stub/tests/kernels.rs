@@ -220,3 +220,33 @@ fn weights_missing_from_disk_are_named() {
     let err = run(g, vec![("x", f32s(&[2], &[1., 2.]))]).unwrap_err().to_string();
     assert!(err.starts_with("weight `w` in `./no-such-file.bin`: "), "{err}");
 }
+
+#[test]
+fn half_precision_weights_widen_on_load() {
+    let dir = std::env::temp_dir().join(format!("shardc-f16-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut bytes = vec![0xAB; 3]; // weights need not start at an aligned offset
+    for v in [1.5f32, -2.25] {
+        bytes.extend(half::f16::from_f32(v).to_le_bytes());
+    }
+    for v in [0.5f32, 3.0] {
+        bytes.extend(half::bf16::from_f32(v).to_le_bytes());
+    }
+    std::fs::write(dir.join("w.bin"), &bytes).unwrap();
+    let g = r#"graph "t" {
+  input %0 "x": f32[2]
+  weight %1 "h": f16[2] = "w.bin" @ 3 + 4
+  weight %2 "b": bf16[2] = "w.bin" @ 7 + 4
+  n0 "cast" Cast{to=f16}(%0) -> %3 "xh": f16[2]
+  n1 "add" Add(%3, %1) -> %4 "y": f16[2]
+  n2 "mul" Mul(%2, %2) -> %5 "z": bf16[2]
+  output %4
+  output %5
+}"#;
+    let graph = parse(g).unwrap();
+    let session = Session::new(graph, &dir);
+    let out = session.run(vec![("x".into(), f32s(&[2], &[1.0, 1.0]))]).unwrap();
+    assert_eq!(out[0].1.to_f32_vec(), vec![2.5, -1.25]);
+    assert_eq!(out[1].1.to_f32_vec(), vec![0.25, 9.0]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
