@@ -92,3 +92,112 @@ pub fn greedy(session: &Session, prompt: &[i64], n: usize) -> Result<Vec<i64>, R
     }
     Ok(out)
 }
+
+/// How a graph with a KV cache names its cache: each `past_key_values.{i}.key|value`
+/// input is fed from the `present.{i}.key|value` output of the previous step.
+#[derive(Clone, Debug)]
+pub struct CacheLayout {
+    /// (input name, index among the graph outputs, empty-cache shape with batch 1).
+    pub entries: Vec<(String, usize, Vec<usize>)>,
+}
+
+impl CacheLayout {
+    /// The cache layout of a session's graph, if it has past inputs.
+    pub fn of(session: &Session) -> Result<Option<CacheLayout>, RuntimeError> {
+        let g = session.graph();
+        let mut entries = Vec::new();
+        for &input in &g.inputs {
+            let value = g.value(input);
+            let Some(rest) = value.name.strip_prefix("past_key_values.") else { continue };
+            let present = format!("present.{rest}");
+            let bad = |message: String| RuntimeError::Input { name: value.name.clone(), message };
+            let out = g
+                .outputs
+                .iter()
+                .position(|&o| g.value(o).name == present)
+                .ok_or_else(|| bad(format!("no `{present}` output feeds this cache input")))?;
+            let ty = value.ty.as_ref().ok_or_else(|| bad("has no type".into()))?;
+            // Batch 1, nothing cached yet: every symbolic dim becomes 1 except `past`.
+            let shape = ty
+                .shape
+                .iter()
+                .map(|d| match d.as_known() {
+                    Some(n) => Ok(n as usize),
+                    None if d.symbols() == ["past"] => Ok(0),
+                    None if d.symbols() == ["batch"] => Ok(1),
+                    None => Err(bad(format!("cache dim `{d}` is neither known, batch nor past"))),
+                })
+                .collect::<Result<_, _>>()?;
+            entries.push((value.name.clone(), out, shape));
+        }
+        Ok(if entries.is_empty() { None } else { Some(CacheLayout { entries }) })
+    }
+}
+
+/// One step of a cached graph: feed `ids` (the prompt, then one token at a time) and
+/// the cache; returns the last position's logits and the new cache.
+pub fn cached_step(
+    session: &Session,
+    layout: &CacheLayout,
+    ids: &[i64],
+    cache: Vec<Tensor>,
+) -> Result<(Vec<f32>, Vec<Tensor>), RuntimeError> {
+    let name = "input_ids".to_string();
+    let input = ArrayD::from_shape_vec(IxDyn(&[1, ids.len()]), ids.to_vec())
+        .map_err(|e| RuntimeError::Input { name: name.clone(), message: e.to_string() })?;
+    let mut inputs = vec![(name, Tensor::i64(input))];
+    inputs.extend(layout.entries.iter().map(|(n, _, _)| n.clone()).zip(cache));
+    let mut outputs: Vec<Option<(String, Tensor)>> = session.run(inputs)?.into_iter().map(Some).collect();
+    let next_cache = layout
+        .entries
+        .iter()
+        .map(|(n, out, _)| {
+            outputs[*out].take().map(|(_, t)| t).ok_or_else(|| RuntimeError::Input { name: n.clone(), message: "cache output used twice".into() })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let (logits_name, logits) = outputs[0].take().ok_or_else(|| RuntimeError::Input { name: "logits".into(), message: "missing".into() })?;
+    let values = logits
+        .as_f32()
+        .ok_or_else(|| RuntimeError::Input { name: logits_name.clone(), message: format!("expected float logits, got {}", logits.describe()) })?;
+    let shape = values.shape();
+    if shape.len() != 3 || shape[1] != ids.len() {
+        return Err(RuntimeError::Input { name: logits_name, message: format!("expected logits [1, {}, vocab], got {shape:?}", ids.len()) });
+    }
+    let vocab = shape[2];
+    let flat: Vec<f32> = values.iter().copied().collect();
+    Ok((flat[flat.len() - vocab..].to_vec(), next_cache))
+}
+
+/// An empty cache (batch 1, no past) for `layout`.
+pub fn empty_cache(layout: &CacheLayout) -> Vec<Tensor> {
+    layout.entries.iter().map(|(_, _, shape)| Tensor::f32(ArrayD::zeros(IxDyn(shape)))).collect()
+}
+
+/// Prefill logits (every position) of a cached graph, with an empty cache.
+pub fn cached_prefill(session: &Session, layout: &CacheLayout, ids: &[i64]) -> Result<Logits, RuntimeError> {
+    let name = "input_ids".to_string();
+    let input = ArrayD::from_shape_vec(IxDyn(&[1, ids.len()]), ids.to_vec())
+        .map_err(|e| RuntimeError::Input { name: name.clone(), message: e.to_string() })?;
+    let mut inputs = vec![(name, Tensor::i64(input))];
+    inputs.extend(layout.entries.iter().map(|(n, _, _)| n.clone()).zip(empty_cache(layout)));
+    let outputs = session.run(inputs)?;
+    let (_, logits) = outputs.into_iter().next().ok_or_else(|| RuntimeError::Input { name: "logits".into(), message: "missing".into() })?;
+    let vocab = *logits.shape().last().unwrap_or(&0);
+    Ok(Logits { values: logits.to_f32_vec(), vocab })
+}
+
+/// Greedy continuation with the KV cache: one prefill step over the prompt, then each
+/// decode step feeds only the last token and the cache.
+pub fn greedy_cached(session: &Session, layout: &CacheLayout, prompt: &[i64], n: usize) -> Result<Vec<i64>, RuntimeError> {
+    let mut out = Vec::with_capacity(n);
+    let mut cache = empty_cache(layout);
+    let mut feed = prompt.to_vec();
+    for _ in 0..n {
+        let (last, next_cache) = cached_step(session, layout, &feed, cache)?;
+        cache = next_cache;
+        let next = argmax(&last) as i64;
+        out.push(next);
+        feed = vec![next];
+    }
+    Ok(out)
+}

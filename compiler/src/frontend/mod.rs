@@ -1,3 +1,4 @@
 //! Frontends: model files into [`shardc_ir::Graph`]s.
 
+pub mod hf;
 pub mod onnx;

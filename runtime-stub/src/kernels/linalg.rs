@@ -80,47 +80,28 @@ pub fn matmul(inputs: &[Option<&Tensor>]) -> KernelResult {
         let rows = av.into_shape_with_order(IxDyn(&[batches * m, k])).map_err(|e| e.to_string())?;
         sgemm(&rows, &bv, &mut out, 0.0, 1.0);
     } else {
+        // Broadcast the batch dims (zero strides, no copies) and multiply each pair of
+        // 2-D views with their own strides.
         let mut a_shape = batch.clone();
         a_shape.extend([m, k]);
         let mut b_shape = batch.clone();
         b_shape.extend([k, n]);
         let ab = av.broadcast(IxDyn(&a_shape)).ok_or("cannot broadcast A")?;
         let bb = bv.broadcast(IxDyn(&b_shape)).ok_or("cannot broadcast B")?;
-        let ab = ab.into_shape_with_order(IxDyn(&[batches, m, k]));
-        let bb = bb.into_shape_with_order(IxDyn(&[batches, k, n]));
-        match (ab, bb) {
-            (Ok(ab), Ok(bb)) => {
-                for (i, chunk) in out.chunks_mut(m * n).enumerate() {
-                    sgemm(&ab.index_axis(Axis(0), i), &bb.index_axis(Axis(0), i), chunk, 0.0, 1.0);
-                }
+        let mut index = vec![0usize; batch.len()];
+        for (i, chunk) in out.chunks_mut(m * n).enumerate() {
+            let mut rem = i;
+            for d in (0..batch.len()).rev() {
+                index[d] = rem % batch[d];
+                rem /= batch[d];
             }
-            _ => {
-                // Batch dims that cannot be flattened without a copy: walk them.
-                let ab = av.broadcast(IxDyn(&a_shape)).ok_or("cannot broadcast A")?;
-                let bb = bv.broadcast(IxDyn(&b_shape)).ok_or("cannot broadcast B")?;
-                for (i, chunk) in out.chunks_mut(m * n).enumerate() {
-                    let mut rem = i;
-                    let mut av_i = ab.view();
-                    let mut bv_i = bb.view();
-                    for d in (0..batch.len()).rev() {
-                        let idx = rem % batch[d];
-                        rem /= batch[d];
-                        av_i.collapse_axis(Axis(d), idx);
-                        bv_i.collapse_axis(Axis(d), idx);
-                    }
-                    let a2 = av_i.into_shape_with_order(IxDyn(&[m, k])).map_err(|e| e.to_string());
-                    let b2 = bv_i.into_shape_with_order(IxDyn(&[k, n])).map_err(|e| e.to_string());
-                    let a2 = match a2 {
-                        Ok(v) => v.to_owned(),
-                        Err(_) => return Err("unsupported operand layout".into()),
-                    };
-                    let b2 = match b2 {
-                        Ok(v) => v.to_owned(),
-                        Err(_) => return Err("unsupported operand layout".into()),
-                    };
-                    sgemm(&a2.view(), &b2.view(), chunk, 0.0, 1.0);
-                }
+            let mut a2 = ab.view();
+            let mut b2 = bb.view();
+            for &idx in &index {
+                a2 = a2.index_axis_move(Axis(0), idx);
+                b2 = b2.index_axis_move(Axis(0), idx);
             }
+            sgemm(&a2, &b2, chunk, 0.0, 1.0);
         }
     }
     let mut shape = batch;

@@ -1,0 +1,212 @@
+//! Hugging Face checkpoint frontend: a checkpoint folder (`config.json` plus
+//! `model.safetensors`, or shards with `model.safetensors.index.json`), or a bare
+//! `config.json`, lowered straight into the IR — without PyTorch and without reading a
+//! weight: safetensors headers give every tensor's dtype, shape and byte range.
+//!
+//! The lowered graph carries a KV cache. Inputs: `input_ids [batch, seq]` and, per
+//! layer `i`, `past_key_values.{i}.key` / `.value` `[batch, kv_heads, past, head_dim]`;
+//! outputs: `logits [batch, seq, vocab]` and `present.{i}.key` / `.value`
+//! `[batch, kv_heads, past+seq, head_dim]`. `past = 0` is the prefill; the same graph
+//! serves decode steps. Weights stored as f16 or bf16 are cast to f32 on use.
+
+mod bloom;
+mod builder;
+pub mod config;
+mod error;
+mod gpt2;
+mod llama;
+pub mod safetensors;
+
+use std::path::{Path, PathBuf};
+
+use shardc_ir::ops::*;
+use shardc_ir::{DType, Dim, Graph, Op, ValueId};
+
+use builder::Builder;
+pub use config::{Arch, Family};
+pub use error::HfError;
+use safetensors::Checkpoint;
+
+/// Lowering options.
+#[derive(Clone, Debug, Default)]
+pub struct LowerOptions {
+    /// The longest context the graph must serve (default: what the model supports).
+    pub max_context: Option<usize>,
+}
+
+/// A lowered checkpoint.
+#[derive(Debug)]
+pub struct HfModel {
+    pub graph: Graph,
+    pub arch: Arch,
+    /// The checkpoint folder (weight files are relative to it).
+    pub dir: PathBuf,
+    /// False for a bare `config.json`: weights have dtype and shape but no file.
+    pub has_weights: bool,
+    /// The safetensors files read.
+    pub files: Vec<String>,
+    /// Checkpoint tensors the lowering does not use.
+    pub unused_tensors: Vec<String>,
+}
+
+/// Names of the KV-cache inputs and outputs of layer `i`.
+pub fn past_names(i: usize) -> (String, String) {
+    (format!("past_key_values.{i}.key"), format!("past_key_values.{i}.value"))
+}
+
+/// Names of the present KV-cache outputs of layer `i`.
+pub fn present_names(i: usize) -> (String, String) {
+    (format!("present.{i}.key"), format!("present.{i}.value"))
+}
+
+/// Lower a checkpoint folder, or a bare `config.json` (shape-only).
+pub fn lower(path: &Path, options: &LowerOptions) -> Result<HfModel, HfError> {
+    let (dir, config_file, shape_only) = if path.is_dir() {
+        let config = path.join("config.json");
+        if !config.is_file() {
+            return Err(HfError::NoConfig { dir: path.to_path_buf() });
+        }
+        (path.to_path_buf(), config, false)
+    } else {
+        let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        (dir, path.to_path_buf(), true)
+    };
+    let arch = config::parse(&config_file, options.max_context)?;
+    let checkpoint = if shape_only { None } else { Some(safetensors::read_checkpoint(&dir)?) };
+    let mut b = Builder::new(&arch.model_type, checkpoint.as_ref(), dir.clone(), arch.dtype);
+    let common = prologue(&mut b, &arch);
+    let logits = match arch.family {
+        Family::Gpt2 => gpt2::lower(&mut b, &arch, &common)?,
+        Family::Llama => llama::lower(&mut b, &arch, &common)?,
+        Family::Bloom => bloom::lower(&mut b, &arch, &common)?,
+    };
+    let _ = logits;
+    let used = std::mem::take(&mut b.used);
+    let graph = b.graph;
+    shardc_ir::verify(&graph)?;
+    let unused_tensors = checkpoint
+        .as_ref()
+        .map(|c: &Checkpoint| c.tensors.keys().filter(|k| !used.contains(*k)).cloned().collect())
+        .unwrap_or_default();
+    Ok(HfModel {
+        graph,
+        arch,
+        dir,
+        has_weights: !shape_only,
+        files: checkpoint.map(|c| c.files).unwrap_or_default(),
+        unused_tensors,
+    })
+}
+
+/// What every architecture's layers share.
+pub(crate) struct Common {
+    pub ids: ValueId,
+    /// Per layer: past key and value inputs.
+    pub past: Vec<(ValueId, ValueId)>,
+    /// Positions of the new tokens, `past .. past+seq` (i64 `[seq]`).
+    pub positions: ValueId,
+    /// Positions of every key, `0 .. past+seq` (i64 `[past+seq]`).
+    pub key_positions: ValueId,
+    /// Additive causal mask `[seq, past+seq]`: 0 where a query may attend, f32 min elsewhere.
+    pub mask: ValueId,
+}
+
+fn prologue(b: &mut Builder, arch: &Arch) -> Common {
+    let batch = Dim::sym("batch");
+    let ids = b.input("input_ids", DType::I64, vec![batch.clone(), Dim::sym("seq")]);
+    let mut past = Vec::with_capacity(arch.layers);
+    for i in 0..arch.layers {
+        let dims = vec![batch.clone(), Dim::known(arch.kv_heads as i64), Dim::sym("past"), Dim::known(arch.head_dim as i64)];
+        let (k, v) = past_names(i);
+        let kv = b.input(&k, DType::F32, dims.clone());
+        let vv = b.input(&v, DType::F32, dims);
+        past.push((kv, vv));
+    }
+    b.scoped("model/positions", |b| {
+        let shape = b.op("Shape", Op::Shape(Shape { start: 0, end: None }), &[ids]);
+        b.batch_seq = Some(shape);
+        let one_idx = b.ints("seq_index", &[], &[1]);
+        let seq = b.op("Gather", Op::Gather(Gather { axis: 0 }), &[shape, one_idx]);
+        let past_shape = b.op("Shape_past", Op::Shape(Shape { start: 2, end: Some(3) }), &[past[0].0]);
+        let zero_idx = b.ints("past_index", &[], &[0]);
+        let past_len = b.op("Gather_past", Op::Gather(Gather { axis: 0 }), &[past_shape, zero_idx]);
+        let total = b.op("Add", Op::Add(Add {}), &[past_len, seq]);
+        let one = b.ints("one", &[], &[1]);
+        let positions = b.op("Range", Op::Range(Range {}), &[past_len, total, one]);
+        let zero = b.ints("zero", &[], &[0]);
+        let key_positions = b.op("Range_keys", Op::Range(Range {}), &[zero, total, one]);
+        let axes = b.ints("axes", &[1], &[1]);
+        let query_col = b.op("Unsqueeze", Op::Unsqueeze(Unsqueeze {}), &[positions, axes]);
+        let future = b.op("Greater", Op::Greater(Greater {}), &[key_positions, query_col]);
+        let min = b.scalar("masked", f64::from(f32::MIN));
+        let open = b.scalar("open", 0.0);
+        let mask = b.op("Where", Op::Where(Where {}), &[future, min, open]);
+        Common { ids, past, positions, key_positions, mask }
+    })
+}
+
+/// Attention over the new keys and values appended to the cache, for layer `i`:
+/// returns the context `[batch, heads, seq, head_dim]` and registers the present
+/// key and value as graph outputs. `bias` is added to the scaled scores (ALiBi).
+pub(crate) fn attention(
+    b: &mut Builder,
+    arch: &Arch,
+    common: &Common,
+    layer: usize,
+    (q, k, v): (ValueId, ValueId, ValueId),
+    scale: f64,
+    bias: Option<ValueId>,
+) -> ValueId {
+    let (past_k, past_v) = common.past[layer];
+    let concat = || Op::Concat(Concat { axis: 2 });
+    let present_k = b.op("Concat_key", concat(), &[past_k, k]);
+    let present_v = b.op("Concat_value", concat(), &[past_v, v]);
+    let (pk, pv) = present_names(layer);
+    b.output(present_k, &pk);
+    b.output(present_v, &pv);
+    let rep = arch.heads / arch.kv_heads;
+    let (q, keys, values) = if rep == 1 {
+        (q, present_k, present_v)
+    } else {
+        // Grouped-query attention without copying the cache: queries as
+        // [batch, kv_heads, rep, seq, dim] against keys broadcast over `rep`.
+        let target = b.ints("grouped_shape", &[5], &[0, arch.kv_heads as i64, rep as i64, -1, arch.head_dim as i64]);
+        let q5 = b.op("Reshape_grouped", Op::Reshape(Reshape { allowzero: 0 }), &[q, target]);
+        let axis = b.ints("group_axis", &[1], &[2]);
+        let k5 = b.op("Unsqueeze_key", Op::Unsqueeze(Unsqueeze {}), &[present_k, axis]);
+        let v5 = b.op("Unsqueeze_value", Op::Unsqueeze(Unsqueeze {}), &[present_v, axis]);
+        (q5, k5, v5)
+    };
+    let rank = if rep == 1 { 4 } else { 5 };
+    let mut perm: Vec<i64> = (0..rank).collect();
+    perm.swap(rank as usize - 1, rank as usize - 2);
+    let kt = b.op("Transpose_key", Op::Transpose(Transpose { perm: Some(perm) }), &[keys]);
+    let scores = b.op("MatMul_scores", Op::MatMul(MatMul {}), &[q, kt]);
+    let s = b.scalar("scale", scale);
+    let mut scores = b.op("Mul_scale", Op::Mul(Mul {}), &[scores, s]);
+    if let Some(bias) = bias {
+        scores = b.op("Add_bias", Op::Add(Add {}), &[scores, bias]);
+    }
+    let masked = b.op("Add_mask", Op::Add(Add {}), &[scores, common.mask]);
+    let probs = b.op("Softmax", Op::Softmax(Softmax { axis: -1 }), &[masked]);
+    let ctx = b.op("MatMul_context", Op::MatMul(MatMul {}), &[probs, values]);
+    if rep == 1 {
+        ctx
+    } else {
+        let target = b.ints("heads_shape_4d", &[4], &[0, arch.heads as i64, -1, arch.head_dim as i64]);
+        b.op("Reshape_heads", Op::Reshape(Reshape { allowzero: 0 }), &[ctx, target])
+    }
+}
+
+/// The LM head: `hidden → logits` with `lm_head.weight`, or the embedding when tied.
+pub(crate) fn lm_head(b: &mut Builder, arch: &Arch, x: ValueId, embedding: &str) -> Result<ValueId, HfError> {
+    let weight = if arch.tie_embeddings { embedding } else { "lm_head.weight" };
+    let logits = b.scoped("lm_head", |b| b.linear("linear", x, weight, None, (arch.hidden, arch.vocab), true))?;
+    b.output(logits, "logits");
+    // `logits` must come first among the outputs.
+    let last = b.graph.outputs.pop();
+    if let Some(v) = last {
+        b.graph.outputs.insert(0, v);
+    }
+    Ok(logits)
+}
