@@ -12,8 +12,6 @@ use shardc_ir::{Graph, ValueDef};
 pub struct Report {
     pub model: String,
     pub format: String,
-    pub opset: i64,
-    pub producer: String,
     pub graph: String,
     pub nodes_imported: usize,
     pub nodes_after_simplify: usize,
@@ -28,7 +26,8 @@ pub struct Report {
     pub ops: BTreeMap<String, usize>,
     /// Dimensions left unknown after `infer-shapes`.
     pub unknown_dims: usize,
-    pub unused_initializers: Vec<String>,
+    /// Initializers or checkpoint tensors the graph does not use.
+    pub unused_tensors: Vec<String>,
 }
 
 /// A graph input or output.
@@ -47,12 +46,12 @@ pub struct DTypeTotals {
 }
 
 /// Inputs of the report that come from the frontend.
-pub struct Source<'a> {
+pub struct Source {
+    /// The path as the user gave it.
     pub model: String,
-    pub format: &'a str,
-    pub opset: i64,
-    pub producer: String,
-    pub unused_initializers: Vec<String>,
+    /// One line on the format (see [`crate::load::LoadedModel::format`]).
+    pub format: String,
+    pub unused_tensors: Vec<String>,
 }
 
 /// Build the report from the imported graph and the graph after the pipeline.
@@ -78,9 +77,7 @@ pub fn report(source: Source, imported: &Graph, simplified: &Graph) -> Report {
         .sum();
     Report {
         model: source.model,
-        format: source.format.to_string(),
-        opset: source.opset,
-        producer: source.producer,
+        format: source.format,
         graph: imported.name.clone(),
         nodes_imported: imported.nodes.len(),
         nodes_after_simplify: simplified.nodes.len(),
@@ -91,7 +88,7 @@ pub fn report(source: Source, imported: &Graph, simplified: &Graph) -> Report {
         transformer_layers: count_layers(imported),
         ops: imported.op_histogram().into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
         unknown_dims,
-        unused_initializers: source.unused_initializers,
+        unused_tensors: source.unused_tensors,
     }
 }
 
@@ -150,7 +147,8 @@ impl Report {
     /// The text form printed by `shardc inspect`.
     pub fn to_text(&self) -> String {
         let mut out = String::new();
-        let _ = writeln!(out, "model       {} ({} opset {}, {})", self.model, self.format, self.opset, self.producer);
+        let _ = writeln!(out, "model       {}", self.model);
+        let _ = writeln!(out, "format      {}", self.format);
         let _ = writeln!(
             out,
             "graph       {}: {} nodes imported, {} after simplify",
@@ -173,8 +171,8 @@ impl Report {
         if self.unknown_dims > 0 {
             let _ = writeln!(out, "warning     {} dimensions remain unknown after infer-shapes", self.unknown_dims);
         }
-        if !self.unused_initializers.is_empty() {
-            let _ = writeln!(out, "unused      {} initializers: {}", self.unused_initializers.len(), self.unused_initializers.join(", "));
+        if !self.unused_tensors.is_empty() {
+            let _ = writeln!(out, "unused      {} tensors: {}", self.unused_tensors.len(), self.unused_tensors.join(", "));
         }
         out
     }

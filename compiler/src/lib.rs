@@ -5,3 +5,4 @@
 
 pub mod frontend;
 pub mod inspect;
+pub mod load;
