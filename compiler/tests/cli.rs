@@ -94,3 +94,42 @@ fn run_rejects_token_ids_outside_the_vocabulary() {
     assert_eq!(code, 1);
     assert_eq!(stderr.trim(), "error: token id 256 is outside the vocabulary (0..256)");
 }
+
+#[test]
+fn run_on_a_checkpoint_generates_with_the_kv_cache() {
+    for name in ["gpt2", "qwen2", "bloom"] {
+        let meta = meta(name);
+        let ids: Vec<String> = meta["input_ids"].as_array().unwrap().iter().map(|v| v.to_string()).collect();
+        let expected: Vec<i64> = meta["greedy_tokens"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+        let dir = common::fixture_dir(name).join("hf");
+        let (code, stdout, stderr) =
+            shardc(&["run", dir.to_str().unwrap(), "--input-ids", &ids.join(","), "--max-new-tokens", "8", "--json"]);
+        assert_eq!(code, 0, "{stderr}");
+        let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        assert_eq!(report["kv_cache"], true);
+        let generated: Vec<i64> = report["generated"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+        assert_eq!(generated, expected, "{name}");
+    }
+}
+
+#[test]
+fn inspect_on_a_checkpoint_reports_unused_tensors() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = common::fixture_dir("gpt2").join("hf");
+    std::fs::copy(src.join("config.json"), dir.path().join("config.json")).unwrap();
+    // The checkpoint plus one tensor the lowering has no use for (like GPT-2's
+    // `attn.bias` buffers on the Hub).
+    let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let extra = vec![0u8; 16];
+    let mut views: Vec<(String, safetensors::tensor::TensorView)> =
+        st.tensors().into_iter().collect();
+    views.push(("transformer.h.0.attn.masked_bias".into(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![4], &extra).unwrap()));
+    safetensors::serialize_to_file(views, None, &dir.path().join("model.safetensors")).unwrap();
+    let (code, stdout, stderr) = shardc(&["inspect", dir.path().to_str().unwrap(), "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["unused_tensors"], serde_json::json!(["transformer.h.0.attn.masked_bias"]));
+    assert_eq!(report["parameters"], meta("gpt2")["torch_parameter_count"]);
+    assert_eq!(report["outputs"][1]["type"], "f32[batch, 4, past+seq, 16]");
+}

@@ -3,7 +3,8 @@
 
 mod common;
 
-use common::{fixture_onnx, root, FIXTURES};
+use common::{fixture_dir, fixture_onnx, root, FIXTURES};
+use shardc::frontend::hf::{self, LowerOptions};
 use shardc::frontend::onnx;
 use shardc_ir::{text, verify};
 use shardc_passes::{pipeline, Ctx};
@@ -23,6 +24,26 @@ fn text_ir_after_import_and_each_pass() {
                 pass.run(&mut graph, &mut ctx).unwrap();
                 verify(&graph).unwrap();
                 insta::assert_snapshot!(format!("{name}__{}", pass.name()), text::print(&graph));
+            }
+        }
+    });
+}
+
+#[test]
+fn text_ir_of_lowered_checkpoints_and_after_each_pass() {
+    let mut settings = insta::Settings::clone_current();
+    settings.set_snapshot_path(root().join("snapshots"));
+    settings.set_prepend_module_to_snapshot(false);
+    settings.set_omit_expression(true);
+    settings.bind(|| {
+        for name in FIXTURES {
+            let mut graph = hf::lower(&fixture_dir(name).join("hf"), &LowerOptions::default()).unwrap().graph;
+            insta::assert_snapshot!(format!("{name}__hf_lower"), text::print(&graph));
+            let mut ctx = Ctx::default();
+            for pass in pipeline() {
+                pass.run(&mut graph, &mut ctx).unwrap();
+                verify(&graph).unwrap();
+                insta::assert_snapshot!(format!("{name}__hf_{}", pass.name()), text::print(&graph));
             }
         }
     });

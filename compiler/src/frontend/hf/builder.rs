@@ -153,7 +153,7 @@ impl<'a> Builder<'a> {
         let mut v = self.graph.add_value(stored_name.clone(), Some(ty), ValueDef::Weight(w));
         self.names.insert(stored_name.clone());
         if dtype != DType::F32 {
-            let saved = std::mem::replace(&mut self.scope, format!("/{}", stored_name.replace('.', "/")));
+            let saved = std::mem::replace(&mut self.scope, format!("/{stored_name}"));
             v = self.op("Cast", Op::Cast(Cast { to: DType::F32, saturate: 1 }), &[v]);
             self.scope = saved;
         }

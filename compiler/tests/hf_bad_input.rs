@@ -1,0 +1,160 @@
+//! Bad checkpoints and configs: a clear error naming the file and the key or tensor,
+//! exit status 1 from the CLI, no panic.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::fixture_dir;
+use shardc::frontend::hf::LowerOptions;
+
+/// A copy of the llama fixture checkpoint in a temporary folder.
+fn llama_copy() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture_dir("llama").join("hf").join(f), dir.path().join(f)).unwrap();
+    }
+    dir
+}
+
+fn edit_config(dir: &Path, f: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>)) -> PathBuf {
+    let path = dir.join("config.json");
+    let mut json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    f(json.as_object_mut().unwrap());
+    std::fs::write(&path, json.to_string()).unwrap();
+    path
+}
+
+/// A safetensors file with a hand-written header and `data_len` bytes of data.
+fn raw_safetensors(path: &Path, header: &str, data_len: usize) {
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend(header.as_bytes());
+    bytes.extend(vec![0u8; data_len]);
+    std::fs::write(path, bytes).unwrap();
+}
+
+fn assert_rejected(path: &Path, args: &[&str], expected: &[&str]) {
+    let max_context = args.iter().position(|&a| a == "--max-context").and_then(|i| args.get(i + 1)).map(|v| v.parse().unwrap());
+    let err = match shardc::load::load(path, &LowerOptions { max_context }) {
+        Ok(_) => panic!("{} must be rejected", path.display()),
+        Err(e) => e.to_string(),
+    };
+    for e in expected {
+        assert!(err.contains(e), "error lacks `{e}`: {err}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_shardc")).arg("inspect").arg(path).args(args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    for e in expected {
+        assert!(stderr.contains(e), "stderr lacks `{e}`: {stderr}");
+    }
+}
+
+#[test]
+fn folder_without_config() {
+    let dir = llama_copy();
+    std::fs::remove_file(dir.path().join("config.json")).unwrap();
+    assert_rejected(dir.path(), &[], &["no config.json"]);
+}
+
+#[test]
+fn folder_without_weights() {
+    let dir = llama_copy();
+    std::fs::remove_file(dir.path().join("model.safetensors")).unwrap();
+    assert_rejected(dir.path(), &[], &["no model.safetensors and no model.safetensors.index.json"]);
+}
+
+#[test]
+fn tensor_missing_from_the_checkpoint() {
+    let dir = llama_copy();
+    edit_config(dir.path(), |c| {
+        c.insert("num_hidden_layers".into(), 3.into());
+    });
+    assert_rejected(dir.path(), &[], &["tensor `model.layers.2.input_layernorm.weight` is missing from the checkpoint (expected [64])"]);
+}
+
+#[test]
+fn shape_that_disagrees_with_the_config() {
+    let dir = llama_copy();
+    edit_config(dir.path(), |c| {
+        c.insert("intermediate_size".into(), 96.into());
+    });
+    assert_rejected(
+        dir.path(),
+        &[],
+        &["tensor `model.layers.0.mlp.gate_proj.weight` has shape [128, 64], but the config implies [96, 64]"],
+    );
+}
+
+#[test]
+fn index_naming_a_missing_shard() {
+    let dir = llama_copy();
+    std::fs::remove_file(dir.path().join("model.safetensors")).unwrap();
+    let index = r#"{"weight_map": {"model.embed_tokens.weight": "model-00001-of-00002.safetensors"}}"#;
+    std::fs::write(dir.path().join("model.safetensors.index.json"), index).unwrap();
+    assert_rejected(
+        dir.path(),
+        &[],
+        &["model.safetensors.index.json", "names shard `model-00001-of-00002.safetensors` (for `model.embed_tokens.weight`), which does not exist"],
+    );
+    let index = r#"{"weight_map": {"model.embed_tokens.weight": "../elsewhere.safetensors"}}"#;
+    std::fs::write(dir.path().join("model.safetensors.index.json"), index).unwrap();
+    assert_rejected(dir.path(), &[], &["must be a file name in the checkpoint folder"]);
+}
+
+#[test]
+fn header_with_overlapping_tensors() {
+    let dir = llama_copy();
+    let header = r#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]},"b":{"dtype":"F32","shape":[4],"data_offsets":[8,24]}}"#;
+    raw_safetensors(&dir.path().join("model.safetensors"), header, 24);
+    assert_rejected(dir.path(), &[], &["model.safetensors", "tensors `a` and `b` overlap (bytes 8..16)"]);
+}
+
+#[test]
+fn header_running_past_the_file() {
+    let dir = llama_copy();
+    let header = r#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#;
+    raw_safetensors(&dir.path().join("model.safetensors"), header, 8);
+    assert_rejected(dir.path(), &[], &["tensor `a`: data_offsets [0, 16] run past the end of the data (8 bytes)"]);
+    // A header length larger than the file.
+    std::fs::write(dir.path().join("model.safetensors"), 1_000_000u64.to_le_bytes()).unwrap();
+    assert_rejected(dir.path(), &[], &["header length 1000000 does not fit the file (8 bytes)"]);
+    // Lengths that disagree with dtype × shape.
+    let header = r#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,12]}}"#;
+    raw_safetensors(&dir.path().join("model.safetensors"), header, 12);
+    assert_rejected(dir.path(), &[], &["tensor `a`: 12 bytes of data, but F32 [4] needs 16"]);
+}
+
+#[test]
+fn options_the_lowering_does_not_handle() {
+    let dir = llama_copy();
+    let config = edit_config(dir.path(), |c| {
+        c.insert("model_type".into(), "falcon".into());
+    });
+    assert_rejected(&config, &[], &["config key `model_type`: `falcon` is not supported (supported: gpt2, llama, mistral, qwen2, bloom)"]);
+    let config = edit_config(dir.path(), |c| {
+        c.insert("model_type".into(), "llama".into());
+        c.insert("rope_scaling".into(), serde_json::json!({"type": "linear", "factor": 2.0}));
+    });
+    assert_rejected(&config, &[], &["config key `rope_scaling`", "is not supported"]);
+    // Mistral's sliding window: fine up to the window, an error past it.
+    let mistral = common::root().join("fixtures/configs/mistral-7b/config.json");
+    assert!(shardc::load::load(&mistral, &LowerOptions { max_context: Some(4096) }).is_ok());
+    assert_rejected(
+        &mistral,
+        &["--max-context", "8192"],
+        &["config key `sliding_window`: a sliding window of 4096 is shorter than the context asked for (8192)"],
+    );
+    let err = shardc::load::load(&mistral, &LowerOptions { max_context: Some(8192) }).unwrap_err().to_string();
+    assert!(err.contains("mistral-7b/config.json"), "{err}");
+}
+
+#[test]
+fn config_alone_cannot_run() {
+    let config = common::root().join("fixtures/configs/gpt2/config.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_shardc")).arg("run").arg(&config).args(["--input-ids", "1,2"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("a config.json alone has no weights to run"));
+}
