@@ -267,5 +267,5 @@ fn unknown_pass_and_missing_file() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown pass `bogus` (passes: infer-shapes, simplify)"));
     let out = Command::new(env!("CARGO_BIN_EXE_shardc")).args(["inspect", "/nonexistent/model.onnx"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/model.onnx: cannot read"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/model.onnx: not found"));
 }

@@ -22,6 +22,14 @@ pub struct Session {
     /// For each value, the last node that reads it (`None`: never read by a node).
     last_use: Vec<Option<usize>>,
     is_output: Vec<bool>,
+    /// Nodes whose inputs are all weights, constants or outputs of such nodes: computed
+    /// once (a weight's cast to f32, say) and kept with the loaded weights.
+    constant_node: Vec<bool>,
+    /// Values some non-constant node or the graph output still needs once every
+    /// constant node has run; the others are dropped from the cache after a run.
+    needed_at_run_time: Vec<bool>,
+    /// Set after the first complete run: every constant result a run needs is cached.
+    warm: std::cell::Cell<bool>,
     /// Time spent per op kind, when profiling is on.
     profile: RefCell<Option<BTreeMap<&'static str, OpTime>>>,
 }
@@ -46,8 +54,33 @@ impl Session {
         for v in &graph.outputs {
             is_output[v.index()] = true;
         }
+        let mut is_constant: Vec<bool> =
+            graph.values.iter().map(|v| matches!(v.def, ValueDef::Weight(_) | ValueDef::Const(_))).collect();
+        let mut constant_node = vec![false; graph.nodes.len()];
+        let mut needed_at_run_time = is_output.clone();
+        for (i, node) in graph.nodes.iter().enumerate() {
+            constant_node[i] = node.inputs.iter().flatten().all(|v| is_constant[v.index()]);
+            for &o in &node.outputs {
+                is_constant[o.index()] = constant_node[i];
+            }
+            if !constant_node[i] {
+                for v in node.inputs.iter().flatten() {
+                    needed_at_run_time[v.index()] = true;
+                }
+            }
+        }
         let loaded = RefCell::new(vec![None; graph.values.len()]);
-        Session { weights: WeightFiles::new(model_dir), graph, loaded, last_use, is_output, profile: RefCell::new(None) }
+        Session {
+            weights: WeightFiles::new(model_dir),
+            graph,
+            loaded,
+            last_use,
+            is_output,
+            constant_node,
+            needed_at_run_time,
+            warm: std::cell::Cell::new(false),
+            profile: RefCell::new(None),
+        }
     }
 
     /// Start recording time per op kind (cleared by [`Session::take_profile`]).
@@ -130,6 +163,9 @@ impl Session {
         let (mut values, sizes) = self.bind_inputs(inputs)?;
         for (i, node) in self.graph.nodes.iter().enumerate() {
             let label = || if node.name.is_empty() { NodeId(i as u32).to_string() } else { node.name.clone() };
+            if self.constant_node[i] && (self.warm.get() || node.outputs.iter().all(|o| self.loaded.borrow()[o.index()].is_some())) {
+                continue;
+            }
             let mut args: Vec<Option<Rc<Tensor>>> = Vec::with_capacity(node.inputs.len());
             for input in &node.inputs {
                 args.push(match input {
@@ -161,7 +197,11 @@ impl Session {
             for (&v, t) in node.outputs.iter().zip(outs) {
                 self.check_output(v, &t, &sizes)
                     .map_err(|message| RuntimeError::Kernel { node: label(), op: node.op.name(), message })?;
-                values[v.index()] = Some(Rc::new(t));
+                let t = Rc::new(t);
+                if self.constant_node[i] {
+                    self.loaded.borrow_mut()[v.index()] = Some(t.clone());
+                }
+                values[v.index()] = Some(t);
             }
             for v in node.inputs.iter().flatten() {
                 if self.last_use[v.index()] == Some(i) && !self.is_output[v.index()] {
@@ -169,6 +209,13 @@ impl Session {
                 }
             }
         }
+        // Inputs of constant nodes nothing else needs: their results are cached now.
+        for (v, slot) in self.loaded.borrow_mut().iter_mut().enumerate() {
+            if !self.needed_at_run_time[v] {
+                *slot = None;
+            }
+        }
+        self.warm.set(true);
         self.graph
             .outputs
             .iter()

@@ -245,8 +245,14 @@ fn half_precision_weights_widen_on_load() {
 }"#;
     let graph = parse(g).unwrap();
     let session = Session::new(graph, &dir);
-    let out = session.run(vec![("x".into(), f32s(&[2], &[1.0, 1.0]))]).unwrap();
-    assert_eq!(out[0].1.to_f32_vec(), vec![2.5, -1.25]);
-    assert_eq!(out[1].1.to_f32_vec(), vec![0.25, 9.0]);
+    session.enable_profile();
+    for _ in 0..3 {
+        let out = session.run(vec![("x".into(), f32s(&[2], &[1.0, 1.0]))]).unwrap();
+        assert_eq!(out[0].1.to_f32_vec(), vec![2.5, -1.25]);
+        assert_eq!(out[1].1.to_f32_vec(), vec![0.25, 9.0]);
+    }
+    // `Mul(b, b)` reads weights only: computed on the first run, cached after.
+    let profile = session.take_profile();
+    assert_eq!((profile["Mul"].calls, profile["Add"].calls, profile["Cast"].calls), (1, 3, 3));
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -16,6 +16,7 @@ mod error;
 mod gpt2;
 mod llama;
 pub mod safetensors;
+pub mod sparse;
 
 use std::path::{Path, PathBuf};
 
