@@ -4,8 +4,11 @@
 //! list in [`pipeline`]. [`run_pipeline`] runs it, verifying the graph after every
 //! pass when asked (tests always ask), and stops after a named pass for `--after`.
 
+pub mod devices;
 pub mod infer;
 pub mod infer_shapes;
+pub mod plan;
+pub mod quantity;
 pub mod simplify;
 
 use std::fmt;

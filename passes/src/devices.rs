@@ -1,0 +1,280 @@
+//! Device profiles: what each device can hold and compute, and the links between them.
+//!
+//! ```toml
+//! [[device]]
+//! name = "high-end"
+//! memory = "3.5 GiB"          # usable memory
+//! flops = "60 GFLOP/s"        # sustained; or per compute dtype: { f32 = "…", f16 = "…" }
+//! bandwidth = "20 GB/s"       # memory bandwidth
+//!
+//! [default_link]              # every pair not listed below
+//! bandwidth = "100 Mbit/s"
+//! latency = "5 ms"
+//!
+//! [[link]]
+//! between = ["high-end", "mid-range"]
+//! bandwidth = "300 Mbit/s"
+//! latency = "2 ms"
+//! ```
+//!
+//! Every error names the file and, where it has one, the line.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::quantity::{self, Kind};
+
+/// A device.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Device {
+    pub name: String,
+    /// Usable memory, bytes.
+    pub memory: f64,
+    /// Sustained FLOP/s per compute dtype name (`f32`, `f16`, …); `*` applies to all.
+    pub flops: BTreeMap<String, f64>,
+    /// Memory bandwidth, bytes/s.
+    pub bandwidth: f64,
+}
+
+impl Device {
+    /// FLOP/s for a compute dtype (`f32`, `f16`, `bf16`): its own entry, else `*`,
+    /// else `f32`.
+    pub fn flops_for(&self, dtype: &str) -> f64 {
+        self.flops
+            .get(dtype)
+            .or_else(|| self.flops.get("*"))
+            .or_else(|| self.flops.get("f32"))
+            .copied()
+            .unwrap_or(0.0)
+    }
+}
+
+/// A network link.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Link {
+    /// Bytes/s.
+    pub bandwidth: f64,
+    /// Seconds per message.
+    pub latency: f64,
+}
+
+impl Link {
+    /// Time to send `bytes` as one message.
+    pub fn time(&self, bytes: f64) -> f64 {
+        if bytes <= 0.0 {
+            0.0
+        } else {
+            bytes / self.bandwidth + self.latency
+        }
+    }
+}
+
+/// A set of devices and their links.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Profile {
+    pub devices: Vec<Device>,
+    pub default_link: Link,
+    /// Links listed explicitly, by device index pair (smaller first).
+    pub links: BTreeMap<(usize, usize), Link>,
+}
+
+impl Profile {
+    /// The link between two devices (symmetric).
+    pub fn link(&self, a: usize, b: usize) -> Link {
+        let key = (a.min(b), a.max(b));
+        self.links.get(&key).copied().unwrap_or(self.default_link)
+    }
+
+    /// Index of a device by name.
+    pub fn index(&self, name: &str) -> Option<usize> {
+        self.devices.iter().position(|d| d.name == name)
+    }
+}
+
+/// A profile that could not be read.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub struct ProfileError {
+    pub file: PathBuf,
+    /// 1-based line, when the problem has a place.
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for ProfileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(l) => write!(f, "{}:{l}: {}", self.file.display(), self.message),
+            None => write!(f, "{}: {}", self.file.display(), self.message),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProfile {
+    #[serde(default)]
+    device: Vec<RawDevice>,
+    default_link: Option<RawLink>,
+    #[serde(default)]
+    link: Vec<RawLink>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDevice {
+    name: Spanned<String>,
+    memory: Spanned<String>,
+    flops: Spanned<RawFlops>,
+    bandwidth: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawFlops {
+    One(String),
+    PerDtype(BTreeMap<String, String>),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLink {
+    between: Option<Spanned<Vec<String>>>,
+    bandwidth: Spanned<String>,
+    latency: Spanned<String>,
+}
+
+/// Read a profile from a TOML file.
+pub fn load(path: &Path) -> Result<Profile, ProfileError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ProfileError { file: path.to_path_buf(), line: None, message: format!("cannot read: {e}") })?;
+    parse(&text, path)
+}
+
+/// Parse profile `text`; `path` names it in errors.
+pub fn parse(text: &str, path: &Path) -> Result<Profile, ProfileError> {
+    let line_of = |offset: usize| Some(text[..offset.min(text.len())].matches('\n').count() + 1);
+    let err = |span: Option<std::ops::Range<usize>>, message: String| ProfileError {
+        file: path.to_path_buf(),
+        line: span.and_then(|s| line_of(s.start)),
+        message,
+    };
+    let raw: RawProfile = toml::from_str(text).map_err(|e| err(e.span(), e.message().to_string()))?;
+    if raw.device.is_empty() {
+        return Err(err(None, "no devices: add at least one [[device]] table".into()));
+    }
+    let positive = |value: &Spanned<String>, kind: Kind, what: &str| -> Result<f64, ProfileError> {
+        let v = quantity::parse(value.get_ref(), kind).map_err(|m| err(Some(value.span()), format!("{what}: {m}")))?;
+        if v <= 0.0 {
+            return Err(err(Some(value.span()), format!("{what} must be positive, is `{}`", value.get_ref())));
+        }
+        Ok(v)
+    };
+    let mut devices: Vec<Device> = Vec::new();
+    for d in &raw.device {
+        let name = d.name.get_ref().trim().to_string();
+        if name.is_empty() {
+            return Err(err(Some(d.name.span()), "a device needs a non-empty name".into()));
+        }
+        if devices.iter().any(|x| x.name == name) {
+            return Err(err(Some(d.name.span()), format!("device `{name}` is listed twice")));
+        }
+        let what = |key: &str| format!("device `{name}`: {key}");
+        let memory = positive(&d.memory, Kind::Bytes, &what("memory"))?;
+        let bandwidth = positive(&d.bandwidth, Kind::Bandwidth, &what("bandwidth"))?;
+        let mut flops = BTreeMap::new();
+        match d.flops.get_ref() {
+            RawFlops::One(v) => {
+                flops.insert("*".to_string(), positive(&Spanned::new(d.flops.span(), v.clone()), Kind::Flops, &what("flops"))?);
+            }
+            RawFlops::PerDtype(map) => {
+                if map.is_empty() {
+                    return Err(err(Some(d.flops.span()), format!("{}: give at least one dtype", what("flops"))));
+                }
+                for (dtype, v) in map {
+                    let q = positive(&Spanned::new(d.flops.span(), v.clone()), Kind::Flops, &what(&format!("flops.{dtype}")))?;
+                    flops.insert(dtype.clone(), q);
+                }
+            }
+        }
+        devices.push(Device { name, memory, flops, bandwidth });
+    }
+    let link = |l: &RawLink, what: &str| -> Result<Link, ProfileError> {
+        Ok(Link {
+            bandwidth: positive(&l.bandwidth, Kind::Bandwidth, &format!("{what}: bandwidth"))?,
+            latency: {
+                let v = quantity::parse(l.latency.get_ref(), Kind::Duration)
+                    .map_err(|m| err(Some(l.latency.span()), format!("{what}: latency: {m}")))?;
+                if v < 0.0 {
+                    return Err(err(Some(l.latency.span()), format!("{what}: latency must not be negative")));
+                }
+                v
+            },
+        })
+    };
+    let default_link = match &raw.default_link {
+        Some(l) => {
+            if let Some(b) = &l.between {
+                return Err(err(Some(b.span()), "default_link applies to every pair; it takes no `between`".into()));
+            }
+            link(l, "default_link")?
+        }
+        None if devices.len() > 1 && raw.link.is_empty() => {
+            return Err(err(None, "no [default_link] and no [[link]]: say how the devices are connected".into()))
+        }
+        None => Link { bandwidth: f64::INFINITY, latency: 0.0 },
+    };
+    let mut links = BTreeMap::new();
+    for l in &raw.link {
+        let between = l.between.as_ref().ok_or_else(|| err(Some(l.bandwidth.span()), "a [[link]] needs `between = [\"a\", \"b\"]`".into()))?;
+        let [a, b] = between.get_ref().as_slice() else {
+            return Err(err(Some(between.span()), "`between` names exactly two devices".into()));
+        };
+        let find = |n: &str| {
+            devices
+                .iter()
+                .position(|d| d.name == n)
+                .ok_or_else(|| err(Some(between.span()), format!("link names unknown device `{n}`")))
+        };
+        let (ia, ib) = (find(a)?, find(b)?);
+        if ia == ib {
+            return Err(err(Some(between.span()), format!("link from `{a}` to itself")));
+        }
+        let key = (ia.min(ib), ia.max(ib));
+        if links.insert(key, link(l, &format!("link {a} – {b}"))?).is_some() {
+            return Err(err(Some(between.span()), format!("link {a} – {b} is listed twice")));
+        }
+    }
+    if devices.len() > 1 && raw.default_link.is_none() {
+        // Without a default, every pair must be listed.
+        for a in 0..devices.len() {
+            for b in a + 1..devices.len() {
+                if !links.contains_key(&(a, b)) {
+                    return Err(err(
+                        None,
+                        format!("no link between `{}` and `{}` and no [default_link]", devices[a].name, devices[b].name),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(Profile { devices, default_link, links })
+}
+
+/// The profile as TOML (what `shardc profile` prints for a device).
+pub fn device_toml(d: &Device) -> String {
+    let mut out = String::from("[[device]]\n");
+    out.push_str(&format!("name = \"{}\"\n", d.name));
+    out.push_str(&format!("memory = \"{:.2} GiB\"\n", d.memory / (1u64 << 30) as f64));
+    if d.flops.len() == 1 && d.flops.contains_key("*") {
+        out.push_str(&format!("flops = \"{:.1} GFLOP/s\"\n", d.flops["*"] / 1e9));
+    } else {
+        let parts: Vec<String> = d.flops.iter().map(|(k, v)| format!("{k} = \"{:.1} GFLOP/s\"", v / 1e9)).collect();
+        out.push_str(&format!("flops = {{ {} }}\n", parts.join(", ")));
+    }
+    out.push_str(&format!("bandwidth = \"{:.1} GB/s\"\n", d.bandwidth / 1e9));
+    out
+}

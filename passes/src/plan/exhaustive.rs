@@ -1,0 +1,52 @@
+//! Exhaustive search over every ordered device subset and every split: the ground
+//! truth the other strategies are tested against (small instances only).
+
+use super::problem::{Plan, Problem, Stage};
+
+/// The best feasible plan and its objective, or `None` when nothing fits.
+pub fn solve(p: &Problem) -> Option<(Plan, f64)> {
+    let mut best: Option<(Plan, f64)> = None;
+    let n = p.units();
+    let mut order = Vec::new();
+    let mut used = vec![false; p.devices()];
+    orders(p, n, &mut order, &mut used, &mut best);
+    best
+}
+
+fn orders(p: &Problem, n: usize, order: &mut Vec<usize>, used: &mut [bool], best: &mut Option<(Plan, f64)>) {
+    if !order.is_empty() && order.len() <= n {
+        splits(p, order, 0, &mut Vec::new(), best);
+    }
+    if order.len() == n.min(p.devices()) {
+        return;
+    }
+    for d in 0..p.devices() {
+        if !used[d] {
+            used[d] = true;
+            order.push(d);
+            orders(p, n, order, used, best);
+            order.pop();
+            used[d] = false;
+        }
+    }
+}
+
+fn splits(p: &Problem, order: &[usize], start: usize, stages: &mut Plan, best: &mut Option<(Plan, f64)>) {
+    let k = stages.len();
+    if k == order.len() - 1 {
+        stages.push(Stage { device: order[k], start, end: p.units() });
+        if let Ok(f) = p.evaluate(stages) {
+            if f.feasible && best.as_ref().is_none_or(|(_, b)| f.objective < *b) {
+                *best = Some((stages.clone(), f.objective));
+            }
+        }
+        stages.pop();
+        return;
+    }
+    let remaining = order.len() - k - 1;
+    for end in start + 1..=p.units() - remaining {
+        stages.push(Stage { device: order[k], start, end });
+        splits(p, order, end, stages, best);
+        stages.pop();
+    }
+}

@@ -1,0 +1,192 @@
+//! Partitioning: assign contiguous runs of units (stages) to devices.
+//!
+//! Strategies, side by side on one [`Problem`] and measured by one evaluator:
+//! - `uniform`: equal layer counts over the devices in file order (DeepSpeed-style);
+//! - `proportional`: layers by memory share over the devices in file order (exo-style);
+//! - `dp`: exact for the file's device order, devices may be skipped (EdgeShard,
+//!   PipeEdge);
+//! - `ilp`: exact over which devices to use and in which order. Instances whose
+//!   interchangeable-device state space is small enough go to [`class_dp`] (proven
+//!   optimal); others to the integer program in [`milp`] (`microlp`), warm-started
+//!   from `dp` and stopped at a time limit, reporting optimality or its gap.
+
+pub mod class_dp;
+pub mod exhaustive;
+pub mod milp;
+pub mod order_dp;
+pub mod problem;
+
+use std::time::{Duration, Instant};
+
+pub use problem::{Figures, Objective, Plan, Problem, SharedWeight, Stage};
+
+/// A partitioning strategy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    Uniform,
+    Proportional,
+    Dp,
+    Ilp,
+}
+
+impl Strategy {
+    pub const ALL: [Strategy; 4] = [Strategy::Uniform, Strategy::Proportional, Strategy::Dp, Strategy::Ilp];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Strategy::Uniform => "uniform",
+            Strategy::Proportional => "proportional",
+            Strategy::Dp => "dp",
+            Strategy::Ilp => "ilp",
+        }
+    }
+}
+
+impl std::str::FromStr for Strategy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Strategy::ALL
+            .into_iter()
+            .find(|x| x.name() == s)
+            .ok_or_else(|| format!("unknown strategy `{s}` (uniform, proportional, dp, ilp)"))
+    }
+}
+
+/// How a solve went.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct SolverStatus {
+    /// What computed the plan (`uniform`, `proportional`, `order-dp`, `class-dp`, `milp`).
+    pub engine: String,
+    /// The plan is proven optimal for what the strategy optimises.
+    pub optimal: bool,
+    /// Relative gap to the best bound, when stopped early.
+    pub gap: Option<f64>,
+    pub time_ms: f64,
+    /// Why there is no plan, when there is none.
+    pub note: Option<String>,
+}
+
+/// A strategy's answer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Outcome {
+    pub strategy: Strategy,
+    /// The plan, feasible or not (`uniform` and `proportional` do not look at memory).
+    pub plan: Option<Plan>,
+    pub figures: Option<Figures>,
+    pub status: SolverStatus,
+}
+
+/// Options of a solve.
+#[derive(Clone, Debug)]
+pub struct SolveOptions {
+    /// Time limit of the integer program.
+    pub time_limit: Duration,
+    /// Group (transformer layer) of each unit, for `uniform` and `proportional`.
+    pub groups: Vec<usize>,
+    /// Force the `ilp` strategy onto the integer program (tests).
+    pub force_milp: bool,
+}
+
+/// Run one strategy.
+pub fn solve(p: &Problem, strategy: Strategy, opts: &SolveOptions) -> Outcome {
+    let started = Instant::now();
+    let file_order: Vec<usize> = (0..p.devices()).collect();
+    let (plan, engine, optimal, gap, note) = match strategy {
+        Strategy::Uniform => {
+            let plan = by_shares(p, &opts.groups, &vec![1.0; p.devices()]);
+            (Some(plan), "uniform", false, None, None)
+        }
+        Strategy::Proportional => {
+            let plan = by_shares(p, &opts.groups, &p.budget);
+            (Some(plan), "proportional", false, None, None)
+        }
+        Strategy::Dp => match order_dp::solve(p, &file_order) {
+            Some((plan, _)) => (Some(plan), "order-dp", false, None, None),
+            None => (None, "order-dp", false, None, Some("the devices cannot hold the model in file order".to_string())),
+        },
+        Strategy::Ilp => {
+            let structured = if opts.force_milp { None } else { class_dp::solve(p) };
+            match structured {
+                Some(Some((plan, _))) => (Some(plan), "class-dp", true, None, None),
+                Some(None) => (None, "class-dp", true, None, Some("no choice of devices can hold the model".to_string())),
+                None => {
+                    let warm = order_dp::solve(p, &file_order).map(|(plan, _)| plan);
+                    let (found, status) = milp::solve(p, warm.as_deref(), opts.time_limit);
+                    // The program fixes the device order; the order's exact split can only improve it.
+                    let found = found.map(|(plan, value)| {
+                        let order: Vec<usize> = plan.iter().map(|s| s.device).collect();
+                        match order_dp::solve(p, &order) {
+                            Some((better, v)) if v < value => (better, v),
+                            _ => (plan, value),
+                        }
+                    });
+                    let found = match (found, warm) {
+                        (Some(f), _) => Some(f.0),
+                        (None, w) => w,
+                    };
+                    match status {
+                        milp::MilpStatus::Optimal => (found, "milp", true, None, None),
+                        milp::MilpStatus::Feasible { gap } => (found, "milp", false, gap, None),
+                        milp::MilpStatus::Infeasible => {
+                            (None, "milp", true, None, Some("no choice of devices can hold the model".to_string()))
+                        }
+                        milp::MilpStatus::Unknown(why) => (found, "milp", false, None, Some(why)),
+                    }
+                }
+            }
+        }
+    };
+    let figures = plan.as_ref().and_then(|pl| p.evaluate(pl).ok());
+    let note = note.or_else(|| match &figures {
+        Some(f) if !f.feasible => Some("a stage exceeds its device's memory".to_string()),
+        _ => None,
+    });
+    Outcome {
+        strategy,
+        plan,
+        figures,
+        status: SolverStatus {
+            engine: engine.to_string(),
+            optimal,
+            gap,
+            time_ms: started.elapsed().as_secs_f64() * 1e3,
+            note,
+        },
+    }
+}
+
+/// Split the groups over the devices in file order by `shares` (largest remainder);
+/// devices whose share rounds to nothing are skipped.
+fn by_shares(p: &Problem, groups: &[usize], shares: &[f64]) -> Plan {
+    let n_groups = groups.iter().max().map_or(0, |g| g + 1);
+    let devices = p.devices().min(n_groups.max(1));
+    let total: f64 = shares[..devices].iter().sum();
+    let exact: Vec<f64> = shares[..devices].iter().map(|s| s / total * n_groups as f64).collect();
+    let mut counts: Vec<usize> = exact.iter().map(|e| e.floor() as usize).collect();
+    let mut rest = n_groups - counts.iter().sum::<usize>();
+    let mut order: Vec<usize> = (0..devices).collect();
+    order.sort_by(|&a, &b| (exact[b] - exact[b].floor()).total_cmp(&(exact[a] - exact[a].floor())).then(a.cmp(&b)));
+    for &d in order.iter().cycle().take(devices * 2) {
+        if rest == 0 {
+            break;
+        }
+        counts[d] += 1;
+        rest -= 1;
+    }
+    let mut plan = Vec::new();
+    let mut group_start = 0;
+    for (d, &count) in counts.iter().enumerate() {
+        if count == 0 {
+            continue;
+        }
+        let group_end = group_start + count;
+        let start = groups.iter().position(|&g| g >= group_start).unwrap_or(p.units());
+        let end = groups.iter().position(|&g| g >= group_end).unwrap_or(p.units());
+        if end > start {
+            plan.push(Stage { device: d, start, end });
+        }
+        group_start = group_end;
+    }
+    plan
+}

@@ -1,0 +1,200 @@
+//! The partitioning problem, abstracted from graphs: a chain of units, devices with
+//! per-unit times and memory budgets, and the bytes that cross each cut.
+//!
+//! A [`Plan`] is an ordered list of stages; each stage is one device running a
+//! contiguous run of units, devices distinct. [`Problem::evaluate`] is the single
+//! definition of feasibility and cost that every strategy is measured by.
+
+use crate::devices::Link;
+
+/// What a plan minimises.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Objective {
+    /// One request end to end: prefill plus every decode step, compute and links.
+    Latency,
+    /// Pipelined decode: the slowest stage or link.
+    Throughput,
+}
+
+impl std::str::FromStr for Objective {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "latency" => Ok(Objective::Latency),
+            "throughput" => Ok(Objective::Throughput),
+            _ => Err(format!("unknown objective `{s}` (latency, throughput)")),
+        }
+    }
+}
+
+/// A weight that several units read (tied embeddings): stored once per device.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SharedWeight {
+    pub bytes: f64,
+    pub units: Vec<usize>,
+}
+
+/// A partitioning problem.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Problem {
+    /// Prefill seconds of unit `u` on device `d`: `prefill[d][u]`.
+    pub prefill: Vec<Vec<f64>>,
+    /// Decode seconds per token of unit `u` on device `d`.
+    pub decode: Vec<Vec<f64>>,
+    /// Bytes unit `u` keeps resident that no other unit shares (weights, KV cache).
+    pub private_bytes: Vec<f64>,
+    /// Peak activation bytes while unit `u` runs.
+    pub activation_bytes: Vec<f64>,
+    pub shared: Vec<SharedWeight>,
+    /// Usable bytes per device (after the safety margin).
+    pub budget: Vec<f64>,
+    /// Bytes crossing the cut after unit `u` (`u < units - 1`), prefill and decode.
+    pub cut_prefill: Vec<f64>,
+    pub cut_decode: Vec<f64>,
+    /// `links[a][b]`.
+    pub links: Vec<Vec<Link>>,
+    /// Decode steps in one request (for the latency objective).
+    pub decode_tokens: f64,
+    pub objective: Objective,
+}
+
+/// One stage: a device and the units `start..end`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Stage {
+    pub device: usize,
+    pub start: usize,
+    pub end: usize,
+}
+
+/// Stages in pipeline order.
+pub type Plan = Vec<Stage>;
+
+/// The figures of a plan.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Figures {
+    pub feasible: bool,
+    /// Objective value (seconds: request latency, or the decode bottleneck).
+    pub objective: f64,
+    /// Prefill latency, seconds (compute plus links).
+    pub prefill_s: f64,
+    /// Decode time per token through every stage, seconds.
+    pub decode_s: f64,
+    /// Pipelined decode bottleneck, seconds (slowest stage or link).
+    pub bottleneck_s: f64,
+    /// Per stage: memory used, prefill and decode compute, outgoing link times.
+    pub stages: Vec<StageFigures>,
+}
+
+/// Figures of one stage.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct StageFigures {
+    pub memory: f64,
+    pub budget: f64,
+    pub prefill_s: f64,
+    pub decode_s: f64,
+    /// To the next stage (0 for the last).
+    pub link_prefill_s: f64,
+    pub link_decode_s: f64,
+}
+
+impl Problem {
+    pub fn units(&self) -> usize {
+        self.private_bytes.len()
+    }
+
+    pub fn devices(&self) -> usize {
+        self.budget.len()
+    }
+
+    /// Memory of units `start..end` on one device: private bytes, each shared weight
+    /// once, and the largest activation.
+    pub fn memory(&self, start: usize, end: usize) -> f64 {
+        let private: f64 = self.private_bytes[start..end].iter().sum();
+        let shared: f64 =
+            self.shared.iter().filter(|w| w.units.iter().any(|&u| (start..end).contains(&u))).map(|w| w.bytes).sum();
+        let peak = self.activation_bytes[start..end].iter().fold(0.0f64, |m, &a| m.max(a));
+        private + shared + peak
+    }
+
+    /// Link times (prefill, decode) across the cut after unit `cut`, from `a` to `b`.
+    pub fn link_times(&self, cut: usize, a: usize, b: usize) -> (f64, f64) {
+        let l = self.links[a][b];
+        (l.time(self.cut_prefill[cut]), l.time(self.cut_decode[cut]))
+    }
+
+    /// Check a plan's shape and compute its figures.
+    pub fn evaluate(&self, plan: &[Stage]) -> Result<Figures, String> {
+        if plan.is_empty() {
+            return Err("empty plan".into());
+        }
+        let mut next = 0;
+        let mut seen = vec![false; self.devices()];
+        for s in plan {
+            if s.start != next || s.end <= s.start || s.end > self.units() {
+                return Err(format!("stages do not tile the units: {plan:?}"));
+            }
+            if s.device >= self.devices() || std::mem::replace(&mut seen[s.device], true) {
+                return Err(format!("device {} used twice or unknown", s.device));
+            }
+            next = s.end;
+        }
+        if next != self.units() {
+            return Err(format!("stages cover {next} of {} units", self.units()));
+        }
+        let mut feasible = true;
+        let mut stages = Vec::with_capacity(plan.len());
+        for (i, s) in plan.iter().enumerate() {
+            let memory = self.memory(s.start, s.end);
+            let budget = self.budget[s.device];
+            feasible &= memory <= budget;
+            let prefill_s = self.prefill[s.device][s.start..s.end].iter().sum();
+            let decode_s = self.decode[s.device][s.start..s.end].iter().sum();
+            let (link_prefill_s, link_decode_s) = match plan.get(i + 1) {
+                Some(n) => self.link_times(s.end - 1, s.device, n.device),
+                None => (0.0, 0.0),
+            };
+            stages.push(StageFigures { memory, budget, prefill_s, decode_s, link_prefill_s, link_decode_s });
+        }
+        let prefill_s: f64 = stages.iter().map(|s| s.prefill_s + s.link_prefill_s).sum();
+        let decode_s: f64 = stages.iter().map(|s| s.decode_s + s.link_decode_s).sum();
+        let bottleneck_s = stages.iter().fold(0.0f64, |m, s| m.max(s.decode_s).max(s.link_decode_s));
+        let objective = match self.objective {
+            Objective::Latency => prefill_s + self.decode_tokens * decode_s,
+            Objective::Throughput => bottleneck_s,
+        };
+        Ok(Figures { feasible, objective, prefill_s, decode_s, bottleneck_s, stages })
+    }
+
+    /// Latency-objective cost of one stage (compute only).
+    pub fn stage_latency(&self, d: usize, start: usize, end: usize) -> f64 {
+        let p: f64 = self.prefill[d][start..end].iter().sum();
+        let q: f64 = self.decode[d][start..end].iter().sum();
+        p + self.decode_tokens * q
+    }
+
+    /// Objective contribution of the link across the cut after unit `cut`.
+    pub fn link_cost(&self, cut: usize, a: usize, b: usize) -> f64 {
+        let (p, q) = self.link_times(cut, a, b);
+        match self.objective {
+            Objective::Latency => p + self.decode_tokens * q,
+            Objective::Throughput => q,
+        }
+    }
+
+    /// Objective contribution of a stage's compute.
+    pub fn stage_cost(&self, d: usize, start: usize, end: usize) -> f64 {
+        match self.objective {
+            Objective::Latency => self.stage_latency(d, start, end),
+            Objective::Throughput => self.decode[d][start..end].iter().sum(),
+        }
+    }
+
+    /// Combine costs the way the objective does (sum, or max).
+    pub fn combine(&self, a: f64, b: f64) -> f64 {
+        match self.objective {
+            Objective::Latency => a + b,
+            Objective::Throughput => a.max(b),
+        }
+    }
+}

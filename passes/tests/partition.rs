@@ -1,0 +1,127 @@
+//! Property test: on random small instances the exact strategies equal exhaustive
+//! search, and no strategy beats `ilp`.
+
+use std::time::Duration;
+
+use shardc_passes::devices::Link;
+use shardc_passes::plan::{exhaustive, solve, Objective, Problem, SharedWeight, SolveOptions, Strategy};
+
+/// xorshift64*: a small deterministic generator, so failures reproduce.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
+        lo + (hi - lo) * (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+fn instance(rng: &mut Rng, objective: Objective) -> Problem {
+    let units = 1 + rng.below(10);
+    let devices = 1 + rng.below(4);
+    // Device specs; sometimes a copy of an earlier device, so classes form.
+    let mut speed = Vec::new();
+    let mut budget = Vec::new();
+    for d in 0..devices {
+        if d > 0 && rng.below(3) == 0 {
+            let src = rng.below(d);
+            speed.push(speed[src]);
+            budget.push(budget[src]);
+        } else {
+            speed.push(rng.uniform(0.5, 4.0));
+            budget.push(rng.uniform(1.0, 6.0));
+        }
+    }
+    let work: Vec<f64> = (0..units).map(|_| rng.uniform(0.1, 2.0)).collect();
+    let prefill = speed.iter().map(|s| work.iter().map(|w| 0.01 * w / s).collect()).collect();
+    let decode = speed.iter().map(|s| work.iter().map(|w| 0.001 * w / s * 3.0).collect()).collect();
+    let private_bytes: Vec<f64> = (0..units).map(|_| rng.uniform(0.2, 2.0)).collect();
+    let activation_bytes: Vec<f64> = (0..units).map(|_| rng.uniform(0.0, 0.5)).collect();
+    let shared = if units > 2 && rng.below(3) == 0 {
+        vec![SharedWeight { bytes: rng.uniform(0.1, 1.0), units: vec![0, units - 1] }]
+    } else {
+        vec![]
+    };
+    let default = Link { bandwidth: rng.uniform(10.0, 200.0), latency: rng.uniform(0.0, 0.002) };
+    let mut links = vec![vec![default; devices]; devices];
+    for a in 0..devices {
+        for b in a + 1..devices {
+            // Copies keep their original's links only sometimes: classes may split.
+            if rng.below(4) == 0 {
+                let l = Link { bandwidth: rng.uniform(10.0, 200.0), latency: rng.uniform(0.0, 0.002) };
+                links[a][b] = l;
+                links[b][a] = l;
+            }
+        }
+    }
+    let cut_prefill: Vec<f64> = (0..units.saturating_sub(1)).map(|_| rng.uniform(0.1, 1.0)).collect();
+    let cut_decode = cut_prefill.iter().map(|c| c / 10.0).collect();
+    Problem {
+        prefill,
+        decode,
+        private_bytes,
+        activation_bytes,
+        shared,
+        budget,
+        cut_prefill,
+        cut_decode,
+        links,
+        decode_tokens: rng.uniform(0.0, 50.0).floor(),
+        objective,
+    }
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1e-12)
+}
+
+#[test]
+fn ilp_equals_exhaustive_search_and_beats_every_baseline() {
+    let mut rng = Rng(0x5EED_1234_ABCD_0001);
+    let mut infeasible = 0;
+    let mut classes_seen = 0;
+    for case in 0..240 {
+        let objective = if case % 2 == 0 { Objective::Latency } else { Objective::Throughput };
+        let p = instance(&mut rng, objective);
+        if shardc_passes::plan::class_dp::classes(&p).len() < p.devices() {
+            classes_seen += 1;
+        }
+        let opts = SolveOptions { time_limit: Duration::from_secs(30), groups: (0..p.units()).collect(), force_milp: false };
+        let truth = exhaustive::solve(&p);
+        let ilp = solve(&p, Strategy::Ilp, &opts);
+        let milp = solve(&p, Strategy::Ilp, &SolveOptions { force_milp: true, ..opts.clone() });
+        match &truth {
+            None => {
+                infeasible += 1;
+                assert!(ilp.plan.is_none(), "case {case}: class-dp found a plan for an infeasible instance");
+                assert!(milp.plan.is_none(), "case {case}: milp found a plan for an infeasible instance");
+            }
+            Some((_, best)) => {
+                for (name, o) in [("class-dp", &ilp), ("milp", &milp)] {
+                    let f = o.figures.as_ref().unwrap_or_else(|| panic!("case {case}: {name} found no plan ({:?})", o.status));
+                    assert!(f.feasible, "case {case}: {name} plan infeasible");
+                    assert!(close(f.objective, *best), "case {case}: {name} {} vs exhaustive {best}", f.objective);
+                    assert!(o.status.optimal, "case {case}: {name} not proven optimal: {:?}", o.status);
+                }
+            }
+        }
+        let ilp_value = ilp.figures.as_ref().map(|f| f.objective);
+        for strategy in [Strategy::Dp, Strategy::Proportional, Strategy::Uniform] {
+            let o = solve(&p, strategy, &opts);
+            if let Some(f) = o.figures.filter(|f| f.feasible) {
+                let best = ilp_value.unwrap_or_else(|| panic!("case {case}: {strategy:?} feasible where ilp is not"));
+                assert!(f.objective >= best * (1.0 - 1e-9), "case {case}: {strategy:?} {} beats ilp {best}", f.objective);
+            }
+        }
+    }
+    assert!(infeasible >= 10, "only {infeasible} infeasible instances: the generator should make some");
+    assert!(classes_seen >= 10, "only {classes_seen} instances with interchangeable devices");
+}
