@@ -6,3 +6,4 @@
 pub mod frontend;
 pub mod inspect;
 pub mod load;
+pub mod planning;

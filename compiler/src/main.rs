@@ -9,6 +9,9 @@ use clap::{Args, Parser, Subcommand};
 use shardc::frontend::hf::LowerOptions;
 use shardc::inspect;
 use shardc::load::{load, LoadedModel};
+use shardc::planning;
+use shardc_passes::cost::Workload;
+use shardc_passes::plan::{Objective, Strategy};
 use shardc_passes::{run_pipeline, Ctx};
 use shardc_runtime::generate::{self, CacheLayout};
 
@@ -31,6 +34,38 @@ struct ModelArgs {
     max_context: Option<usize>,
 }
 
+/// The workload and planning options.
+#[derive(Args)]
+struct PlanArgs {
+    /// Device profile (TOML).
+    #[arg(long)]
+    devices: PathBuf,
+    /// Prompt tokens of the prefill.
+    #[arg(long, default_value_t = 128)]
+    prompt_len: u64,
+    /// Context the KV cache is sized for; decode is costed at this context.
+    #[arg(long = "context", default_value_t = 1024)]
+    context: u64,
+    /// Requests batched together.
+    #[arg(long, default_value_t = 1)]
+    batch: u64,
+    /// What to minimise: latency (one request end to end) or throughput (pipelined).
+    #[arg(long, default_value = "latency")]
+    objective: String,
+    /// Fraction of each device's memory kept free.
+    #[arg(long, default_value_t = 0.1)]
+    margin: f64,
+    /// Time limit of the integer program, seconds.
+    #[arg(long, default_value_t = 10.0)]
+    time_limit: f64,
+    /// Compute dtype for the devices' FLOP/s (default: the weights' dtype).
+    #[arg(long)]
+    compute_dtype: Option<String>,
+    /// Size the weights as stored in this dtype (f32, f16, bf16), as the shards will ship.
+    #[arg(long)]
+    dtype: Option<String>,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Inputs, outputs, op histogram, parameters and layers of a model.
@@ -48,6 +83,39 @@ enum Command {
         /// Run the pipeline up to and including this pass (infer-shapes, simplify).
         #[arg(long)]
         after: Option<String>,
+    },
+    /// Partition a model over devices: stages, memory, predicted times.
+    Plan {
+        /// An `.onnx` file, a Hugging Face checkpoint folder, or a `config.json`.
+        model: PathBuf,
+        #[command(flatten)]
+        plan: PlanArgs,
+        /// uniform, proportional, dp or ilp.
+        #[arg(long, default_value = "ilp")]
+        strategy: String,
+        /// Print plan.json instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Also write plan.json and transmission_map.json into this folder.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Show solver times (they vary from run to run).
+        #[arg(long)]
+        timings: bool,
+    },
+    /// Every strategy side by side, with the ratio to the best.
+    Compare {
+        model: PathBuf,
+        #[command(flatten)]
+        plan: PlanArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Measure this host with the runtime's kernels and print its device entry.
+    Profile {
+        /// Name of the device entry.
+        #[arg(long, default_value = "this-host")]
+        name: String,
     },
     /// Run a model on the CPU with the reference interpreter.
     Run {
@@ -111,8 +179,67 @@ fn run(cli: Cli) -> Result<()> {
         Command::Run { model: args, input_ids, max_new_tokens, top_k, json } => {
             run_model(&args, &input_ids, max_new_tokens, top_k, json)?;
         }
+        Command::Plan { model, plan: args, strategy, json, out, timings } => {
+            let strategy: Strategy = strategy.parse().map_err(anyhow::Error::msg)?;
+            let (graph, profile, req) = planning_inputs(&model, &args)?;
+            let names = (model.display().to_string(), args.devices.display().to_string());
+            let (report, map) = planning::plan(&graph, &profile, &req, strategy, (&names.0, &names.1))?;
+            let plan_json = serde_json::to_string_pretty(&report)? + "\n";
+            if let Some(dir) = out {
+                std::fs::create_dir_all(&dir)?;
+                std::fs::write(dir.join("plan.json"), &plan_json)?;
+                std::fs::write(dir.join("transmission_map.json"), serde_json::to_string_pretty(&map)? + "\n")?;
+            }
+            if json {
+                print!("{plan_json}");
+            } else {
+                print!("{}", report.to_text(timings));
+            }
+        }
+        Command::Compare { model, plan: args, json } => {
+            let (graph, profile, req) = planning_inputs(&model, &args)?;
+            let rows = planning::compare(&graph, &profile, &req)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                print!("{}", planning::compare_text(&rows, req.objective));
+            }
+        }
+        Command::Profile { name } => {
+            let device = shardc_runtime::profile::measure(&name);
+            print!("{}", shardc_passes::devices::device_toml(&device));
+        }
     }
     Ok(())
+}
+
+fn planning_inputs(model: &std::path::Path, args: &PlanArgs) -> Result<(shardc_ir::Graph, shardc_passes::devices::Profile, planning::Request)> {
+    let objective: Objective = args.objective.parse().map_err(anyhow::Error::msg)?;
+    if !(0.0..1.0).contains(&args.margin) {
+        bail!("--margin must be in [0, 1), is {}", args.margin);
+    }
+    if args.prompt_len == 0 || args.batch == 0 || args.context < args.prompt_len {
+        bail!("the workload needs --prompt-len >= 1, --batch >= 1 and --context >= --prompt-len");
+    }
+    let profile = shardc_passes::devices::load(&args.devices)?;
+    let loaded = load(model, &LowerOptions { max_context: Some(args.context as usize) })?;
+    let mut graph = loaded.graph;
+    run_pipeline(&mut graph, &mut Ctx::default(), None)?;
+    if let Some(d) = &args.dtype {
+        let dtype: shardc_ir::DType = d.parse().map_err(anyhow::Error::msg)?;
+        if !dtype.is_float() {
+            bail!("--dtype must be a float type (f32, f16, bf16), not {dtype}");
+        }
+        planning::retype_weights(&mut graph, dtype);
+    }
+    let req = planning::Request {
+        workload: Workload { batch: args.batch, prompt_len: args.prompt_len, max_context: args.context },
+        objective,
+        margin: args.margin,
+        time_limit: std::time::Duration::from_secs_f64(args.time_limit.max(0.001)),
+        compute_dtype: args.compute_dtype.clone(),
+    };
+    Ok((graph, profile, req))
 }
 
 fn run_model(args: &ModelArgs, input_ids: &[i64], max_new_tokens: usize, k: usize, json: bool) -> Result<()> {

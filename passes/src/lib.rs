@@ -4,12 +4,15 @@
 //! list in [`pipeline`]. [`run_pipeline`] runs it, verifying the graph after every
 //! pass when asked (tests always ask), and stops after a named pass for `--after`.
 
+pub mod cost;
 pub mod devices;
 pub mod infer;
 pub mod infer_shapes;
 pub mod plan;
 pub mod quantity;
+pub mod segment;
 pub mod simplify;
+pub mod transmission;
 
 use std::fmt;
 

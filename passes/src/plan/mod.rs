@@ -13,6 +13,7 @@
 pub mod class_dp;
 pub mod exhaustive;
 pub mod milp;
+pub mod model;
 pub mod order_dp;
 pub mod problem;
 
@@ -62,6 +63,7 @@ pub struct SolverStatus {
     pub optimal: bool,
     /// Relative gap to the best bound, when stopped early.
     pub gap: Option<f64>,
+    #[serde(skip)]
     pub time_ms: f64,
     /// Why there is no plan, when there is none.
     pub note: Option<String>,

@@ -1,0 +1,205 @@
+//! Planning: device profiles, segmentation, strategies, transmission maps, the
+//! `plan` and `compare` commands.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{fixture_dir, root};
+use shardc::frontend::hf::LowerOptions;
+use shardc::planning::{self, Request};
+use shardc_passes::cost::Workload;
+use shardc_passes::devices;
+use shardc_passes::plan::{Objective, Strategy};
+use shardc_passes::segment::segment;
+use shardc_passes::transmission::Kind;
+use shardc_passes::{run_pipeline, Ctx};
+
+fn shardc(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_shardc")).args(args).output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
+}
+
+fn graph(path: &Path) -> shardc_ir::Graph {
+    let mut g = shardc::load::load(path, &LowerOptions { max_context: Some(64) }).unwrap().graph;
+    run_pipeline(&mut g, &mut Ctx::default(), None).unwrap();
+    g
+}
+
+fn request(objective: Objective) -> Request {
+    Request {
+        workload: Workload { batch: 1, prompt_len: 16, max_context: 64 },
+        objective,
+        margin: 0.1,
+        time_limit: std::time::Duration::from_secs(10),
+        compute_dtype: None,
+    }
+}
+
+#[test]
+fn committed_profiles_load() {
+    for (name, count) in [("lingualinked-3", 3), ("home-4", 4), ("edge-16", 16), ("lab-8", 8)] {
+        let p = devices::load(&root().join(format!("fixtures/devices/{name}.toml"))).unwrap();
+        assert_eq!(p.devices.len(), count, "{name}");
+    }
+    let p = devices::load(&root().join("fixtures/devices/lingualinked-3.toml")).unwrap();
+    assert_eq!(p.devices[0].memory, 3.5 * (1u64 << 30) as f64);
+    assert_eq!(p.devices[2].flops_for("f32"), 15e9);
+    assert_eq!(p.link(0, 2).bandwidth, 12.5e6);
+    assert_eq!(p.link(0, 2).latency, 0.005);
+    let home = devices::load(&root().join("fixtures/devices/home-4.toml")).unwrap();
+    assert_eq!(home.link(0, 1).bandwidth, 125e6);
+    assert_eq!(home.devices[1].flops_for("f16"), 1.2e12);
+}
+
+#[test]
+fn bad_profiles_name_the_file_and_line() {
+    let device = |name: &str, memory: &str| format!("[[device]]\nname = \"{name}\"\nmemory = \"{memory}\"\nflops = \"10 GFLOP/s\"\nbandwidth = \"10 GB/s\"\n");
+    let link = "[default_link]\nbandwidth = \"100 Mbit/s\"\nlatency = \"5 ms\"\n";
+    let cases = [
+        (format!("{}{link}", device("a", "3 gallons")), 3, "device `a`: memory: `3 gallons` is not a quantity"),
+        (format!("{}{link}", device("a", "0 GiB")), 3, "device `a`: memory must be positive"),
+        (format!("{}{link}", device("a", "-2 GiB")), 3, "device `a`: memory must be positive"),
+        (format!("{}{}{link}", device("a", "1 GiB"), device("a", "2 GiB")), 7, "device `a` is listed twice"),
+        (
+            format!("{}{}{link}[[link]]\nbetween = [\"a\", \"zz\"]\nbandwidth = \"1 Gbit/s\"\nlatency = \"1 ms\"\n", device("a", "1 GiB"), device("b", "1 GiB")),
+            15,
+            "link names unknown device `zz`",
+        ),
+        (link.to_string(), 0, "no devices"),
+        (format!("{}[default_link]\nbandwidth = \"0 Mbit/s\"\nlatency = \"5 ms\"\n", device("a", "1 GiB")), 7, "default_link: bandwidth must be positive"),
+        (format!("{}{link}colour = \"red\"\n", device("a", "1 GiB")), 9, "unknown field `colour`"),
+    ];
+    for (text, line, message) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("devices.toml");
+        std::fs::write(&path, &text).unwrap();
+        let err = devices::load(&path).unwrap_err();
+        assert!(err.message.contains(message), "{text}\n→ {err}");
+        if line > 0 {
+            assert_eq!(err.line, Some(line), "{text}\n→ {err}");
+            assert!(err.to_string().starts_with(&format!("{}:{line}: ", path.display())), "{err}");
+        } else {
+            assert!(err.to_string().starts_with(&format!("{}: ", path.display())), "{err}");
+        }
+        let model = fixture_dir("gpt2").join("hf");
+        let (code, _, stderr) = shardc(&["plan", model.to_str().unwrap(), "--devices", path.to_str().unwrap()]);
+        assert_eq!(code, 1, "{stderr}");
+        assert!(stderr.contains(message) && !stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+#[test]
+fn checkpoints_segment_into_embed_attention_mlp_and_head() {
+    let g = graph(&fixture_dir("llama").join("hf"));
+    let seg = segment(&g).unwrap();
+    let names: Vec<&str> = seg.units.iter().map(|u| u.name.as_str()).collect();
+    assert_eq!(names, ["embed", "layer 0 attention", "layer 0 mlp", "layer 1 attention", "layer 1 mlp", "head"]);
+    // Masks and rotary tables reach every attention unit from the embedding: long-range.
+    let long: Vec<&str> = seg
+        .crossings
+        .iter()
+        .filter(|c| c.consumers.iter().any(|&u| u > c.producer + 1))
+        .map(|c| g.value(c.value).name.as_str())
+        .collect();
+    assert!(long.iter().any(|n| n.contains("positions/Where")), "{long:?}");
+    assert!(long.iter().any(|n| n.contains("rotary_emb/Cos")), "{long:?}");
+    // ONNX exports segment too.
+    let onnx = graph(&common::fixture_onnx("gpt2"));
+    assert_eq!(segment(&onnx).unwrap().units.len(), 6);
+}
+
+#[test]
+fn long_range_tensors_go_straight_to_their_consumers() {
+    let g = graph(&fixture_dir("llama32").join("hf"));
+    let profile = devices::load(&root().join("fixtures/devices/lingualinked-3.toml")).unwrap();
+    let (report, map) = planning::plan(&g, &profile, &request(Objective::Latency), Strategy::Uniform, ("llama32", "ll3")).unwrap();
+    assert_eq!(report.stages.len(), 3);
+    assert_eq!(map.stages, ["high-end", "mid-range", "low-end"]);
+    let mask = map.transfers.iter().find(|t| t.tensor.contains("positions/Where")).unwrap();
+    assert_eq!(mask.kind, Kind::LongRange);
+    assert_eq!(mask.from, "high-end");
+    assert_eq!(mask.to, ["mid-range", "low-end"], "sent straight to the third stage, not relayed");
+    assert!(mask.recomputable);
+    let sequential: Vec<_> = map.transfers.iter().filter(|t| t.kind == Kind::Sequential).collect();
+    assert_eq!(sequential.len(), 2, "one hidden state per boundary");
+    for t in &sequential {
+        assert_eq!(t.shape, "[batch, seq, 32]");
+        assert_eq!(t.bytes_per_token, 128.0);
+    }
+    assert!(map.device_local["low-end"].contains(&"past_key_values.31.key".to_string()));
+    let logits = map.transfers.iter().find(|t| t.tensor == "logits").unwrap();
+    assert_eq!((logits.from.as_str(), logits.kind), ("low-end", Kind::Output));
+}
+
+#[test]
+fn plan_output_for_the_fixtures_on_lingualinked_3() {
+    let mut settings = insta::Settings::clone_current();
+    settings.set_snapshot_path(root().join("snapshots"));
+    settings.set_prepend_module_to_snapshot(false);
+    settings.set_omit_expression(true);
+    let devices = root().join("fixtures/devices/lingualinked-3.toml");
+    settings.bind(|| {
+        for name in ["gpt2", "llama", "qwen2", "bloom", "llama32"] {
+            let model = fixture_dir(name).join("hf");
+            let mut text = String::new();
+            for objective in ["latency", "throughput"] {
+                let (code, out, err) = shardc(&[
+                    "plan", model.to_str().unwrap(), "--devices", devices.to_str().unwrap(),
+                    "--objective", objective, "--prompt-len", "16", "--context", "64",
+                ]);
+                assert_eq!(code, 0, "{err}");
+                text.push_str(&out);
+                text.push('\n');
+            }
+            let (code, out, err) = shardc(&[
+                "compare", model.to_str().unwrap(), "--devices", devices.to_str().unwrap(), "--prompt-len", "16", "--context", "64",
+            ]);
+            assert_eq!(code, 0, "{err}");
+            text.push_str(&out);
+            insta::assert_snapshot!(format!("{name}__plan_lingualinked_3"), text.replace(&*root().to_string_lossy(), "<root>"));
+        }
+    });
+}
+
+#[test]
+fn plan_json_and_transmission_map_are_written_and_deterministic() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = fixture_dir("bloom").join("hf");
+    let devices = root().join("fixtures/devices/lingualinked-3.toml");
+    let run = |out: &Path| {
+        let (code, _, err) = shardc(&[
+            "plan", model.to_str().unwrap(), "--devices", devices.to_str().unwrap(), "--objective", "throughput",
+            "--prompt-len", "16", "--context", "64", "--out", out.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 0, "{err}");
+        (std::fs::read(out.join("plan.json")).unwrap(), std::fs::read(out.join("transmission_map.json")).unwrap())
+    };
+    let a = run(&dir.path().join("a"));
+    let b = run(&dir.path().join("b"));
+    assert_eq!(a, b);
+    let plan: serde_json::Value = serde_json::from_slice(&a.0).unwrap();
+    assert_eq!(plan["strategy"], "ilp");
+    assert_eq!(plan["objective"], "throughput");
+    assert_eq!(plan["solver"]["engine"], "class-dp");
+    assert_eq!(plan["solver"]["optimal"], true);
+    assert_eq!(plan["workload"]["max_context"], 64);
+    assert!(plan["predictions"]["pipelined_tokens_per_s"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn models_that_do_not_fit_say_how_much_is_needed_and_offered() {
+    let config = root().join("fixtures/configs/llama-3-70b/config.json");
+    let devices = root().join("fixtures/devices/lingualinked-3.toml");
+    let (code, _, stderr) = shardc(&["plan", config.to_str().unwrap(), "--devices", devices.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("the devices cannot hold the model: it needs 131."), "{stderr}");
+    assert!(stderr.contains("and the 3 devices offer 6.75 GiB after a 10% margin"), "{stderr}");
+    let (code, _, stderr) = shardc(&["compare", config.to_str().unwrap(), "--devices", devices.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("cannot hold the model"), "{stderr}");
+    let (code, _, stderr) = shardc(&["plan", config.to_str().unwrap(), "--devices", devices.to_str().unwrap(), "--strategy", "magic"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("unknown strategy `magic` (uniform, proportional, dp, ilp)"), "{stderr}");
+}

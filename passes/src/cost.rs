@@ -1,0 +1,167 @@
+//! `cost`: FLOPs and bytes moved per node for a workload, prefill and decode apart.
+//!
+//! Shapes are symbolic; a [`Phase`] of a [`Workload`] binds the symbols: prefill runs
+//! `prompt_len` tokens with no past, decode runs one token at context `max_context`
+//! (`past = max_context − 1`). A graph without a KV cache re-runs the whole context to
+//! decode a token, so its decode phase binds `seq = max_context`. Nodes whose inputs
+//! are all weights and constants (a weight's cast to f32) run once at load and cost
+//! nothing per token; reading their results counts the stored weight bytes.
+
+use std::collections::HashMap;
+
+use shardc_ir::{Dim, Graph, Op, ValueDef, ValueId};
+
+/// The work one request asks for.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct Workload {
+    pub batch: u64,
+    pub prompt_len: u64,
+    pub max_context: u64,
+}
+
+/// Prefill or one decode step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Prefill,
+    Decode,
+}
+
+impl Workload {
+    /// Symbol sizes for a phase of a graph (with a KV cache when `has_past`).
+    pub fn bindings(&self, phase: Phase, has_past: bool) -> HashMap<String, i64> {
+        let (seq, past) = match (phase, has_past) {
+            (Phase::Prefill, _) => (self.prompt_len, 0),
+            (Phase::Decode, true) => (1, self.max_context.saturating_sub(1)),
+            (Phase::Decode, false) => (self.max_context, 0),
+        };
+        HashMap::from([
+            ("batch".to_string(), self.batch as i64),
+            ("seq".to_string(), seq as i64),
+            ("past".to_string(), past as i64),
+        ])
+    }
+}
+
+/// FLOPs and bytes of one node.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct NodeCost {
+    pub flops: f64,
+    /// Bytes read (activations and weights) and written.
+    pub bytes: f64,
+}
+
+/// Why costs could not be computed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("cost: value `{value}` has shape {shape}, which the workload does not determine (run infer-shapes first)")]
+pub struct CostError {
+    pub value: String,
+    pub shape: String,
+}
+
+/// Per-value facts the cost model needs.
+pub struct Sizes {
+    /// Elements of each value under the bindings.
+    pub elements: Vec<f64>,
+    /// Bytes of each value; for results of constant nodes, the stored weight bytes.
+    pub bytes: Vec<f64>,
+    /// Whether a value is a weight, a constant, or computed from those alone.
+    pub constant: Vec<bool>,
+}
+
+/// Which nodes only read weights and constants (directly or through such nodes).
+pub fn constant_nodes(graph: &Graph) -> (Vec<bool>, Vec<bool>) {
+    let mut constant_value: Vec<bool> =
+        graph.values.iter().map(|v| matches!(v.def, ValueDef::Weight(_) | ValueDef::Const(_))).collect();
+    let mut constant_node = vec![false; graph.nodes.len()];
+    for (i, node) in graph.nodes.iter().enumerate() {
+        constant_node[i] = node.inputs.iter().flatten().all(|v| constant_value[v.index()]);
+        for &o in &node.outputs {
+            constant_value[o.index()] = constant_node[i];
+        }
+    }
+    (constant_node, constant_value)
+}
+
+/// Evaluate every value's size under `bindings`.
+pub fn sizes(graph: &Graph, bindings: &HashMap<String, i64>) -> Result<Sizes, CostError> {
+    let (constant_node, constant) = constant_nodes(graph);
+    let mut elements = vec![0.0; graph.values.len()];
+    let mut bytes = vec![0.0; graph.values.len()];
+    for (i, value) in graph.values.iter().enumerate() {
+        let Some(ty) = &value.ty else {
+            return Err(CostError { value: value.name.clone(), shape: "?".into() });
+        };
+        let mut n = 1.0;
+        for d in &ty.shape {
+            n *= d.eval(bindings).ok_or_else(|| CostError {
+                value: value.name.clone(),
+                shape: shardc_ir::text::print::type_text(Some(ty)),
+            })? as f64;
+        }
+        elements[i] = n;
+        bytes[i] = n * ty.dtype.size_bytes() as f64;
+    }
+    // Results of load-time nodes weigh what their weights weigh on disk.
+    for (i, node) in graph.nodes.iter().enumerate() {
+        if constant_node[i] {
+            let stored: f64 = node.inputs.iter().flatten().map(|v| bytes[v.index()]).sum();
+            for &o in &node.outputs {
+                bytes[o.index()] = stored / node.outputs.len() as f64;
+            }
+        }
+    }
+    Ok(Sizes { elements, bytes, constant })
+}
+
+/// Costs of every node under `bindings` (zero for load-time nodes).
+pub fn node_costs(graph: &Graph, bindings: &HashMap<String, i64>) -> Result<Vec<NodeCost>, CostError> {
+    let s = sizes(graph, bindings)?;
+    let (constant_node, _) = constant_nodes(graph);
+    let dims = |v: ValueId| -> Vec<f64> {
+        graph.value(v).ty.as_ref().map(|t| t.shape.iter().map(|d: &Dim| d.eval(bindings).unwrap_or(0) as f64).collect()).unwrap_or_default()
+    };
+    Ok(graph
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, node)| {
+            if constant_node[i] {
+                return NodeCost::default();
+            }
+            let out: f64 = node.outputs.iter().map(|o| s.elements[o.index()]).sum();
+            let first_in = node.inputs.first().copied().flatten().map_or(0.0, |v| s.elements[v.index()]);
+            let flops = match &node.op {
+                Op::MatMul(_) => {
+                    let k = node.inputs.first().copied().flatten().map(dims).and_then(|d| d.last().copied()).unwrap_or(0.0);
+                    2.0 * out * k
+                }
+                Op::Gemm(g) => {
+                    let a = node.inputs.first().copied().flatten().map(dims).unwrap_or_default();
+                    let k = if g.transA != 0 { a.first() } else { a.last() }.copied().unwrap_or(0.0);
+                    2.0 * out * k + if node.inputs.get(2).copied().flatten().is_some() { out } else { 0.0 }
+                }
+                Op::Exp(_) | Op::Log(_) | Op::Tanh(_) | Op::Sigmoid(_) | Op::Sin(_) | Op::Cos(_) | Op::Erf(_) | Op::Pow(_) | Op::Sqrt(_) => 4.0 * out,
+                Op::Softmax(_) => 5.0 * out,
+                Op::LayerNormalization(_) => 8.0 * first_in,
+                Op::ReduceMean(_) | Op::ReduceSum(_) | Op::ReduceMax(_) | Op::ArgMax(_) | Op::CumSum(_) => first_in,
+                Op::Add(_) | Op::Sub(_) | Op::Mul(_) | Op::Div(_) | Op::Mod(_) | Op::Max(_) | Op::Min(_) | Op::Neg(_) | Op::Abs(_)
+                | Op::Reciprocal(_) | Op::Relu(_) | Op::Floor(_) | Op::Ceil(_) | Op::Equal(_) | Op::Less(_) | Op::LessOrEqual(_)
+                | Op::Greater(_) | Op::GreaterOrEqual(_) | Op::And(_) | Op::Or(_) | Op::Not(_) | Op::Where(_) | Op::Trilu(_) => out,
+                Op::Cast(_) | Op::Identity(_) | Op::Shape(_) | Op::Gather(_) | Op::Reshape(_) | Op::Unsqueeze(_) | Op::Squeeze(_)
+                | Op::Concat(_) | Op::Transpose(_) | Op::Slice(_) | Op::Split(_) | Op::Expand(_) | Op::Tile(_) | Op::Range(_)
+                | Op::ConstantOfShape(_) | Op::ScatterND(_) => 0.0,
+            };
+            // An embedding lookup reads the rows it gathers, not the table.
+            let gather = matches!(node.op, Op::Gather(_));
+            let read: f64 = node
+                .inputs
+                .iter()
+                .flatten()
+                .map(|v| if gather && s.constant[v.index()] { 0.0 } else { s.bytes[v.index()] })
+                .sum();
+            let written: f64 = node.outputs.iter().map(|o| s.bytes[o.index()]).sum();
+            let gathered = if matches!(node.op, Op::Gather(_)) { written } else { 0.0 };
+            NodeCost { flops, bytes: read + written + gathered }
+        })
+        .collect())
+}

@@ -1,0 +1,164 @@
+//! From a shape-inferred graph, its segmentation, a device profile and a workload to a
+//! partitioning [`Problem`], with the per-unit figures reports show.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use shardc_ir::{DType, Graph, ValueDef};
+
+use super::problem::{Objective, Problem, SharedWeight};
+use crate::cost::{node_costs, sizes, CostError, NodeCost, Phase, Workload};
+use crate::devices::Profile;
+use crate::segment::Segmentation;
+
+/// Everything the planner was told.
+#[derive(Clone, Debug)]
+pub struct PlanInputs {
+    pub workload: Workload,
+    pub objective: Objective,
+    /// Fraction of each device's memory kept free (0.1 = 10%).
+    pub margin: f64,
+    /// Compute dtype name for the FLOP/s lookup (`f32`, `f16`, …).
+    pub compute_dtype: String,
+    /// Bytes per KV-cache element (the weights' element size when not given).
+    pub kv_bytes: Option<f64>,
+}
+
+/// Memory of one unit, split by kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct UnitMemory {
+    pub weights: f64,
+    pub kv_cache: f64,
+    pub activations: f64,
+}
+
+/// The problem and what it was built from.
+#[derive(Clone, Debug)]
+pub struct Model {
+    pub problem: Problem,
+    pub memory: Vec<UnitMemory>,
+    /// Bytes the whole model needs on one device (weights once, all KV, largest activation).
+    pub total_need: f64,
+}
+
+fn has_past(graph: &Graph) -> bool {
+    graph.values.iter().any(|v| v.ty.as_ref().is_some_and(|t| t.shape.iter().any(|d| d.symbols().iter().any(|s| s == "past"))))
+}
+
+/// Element size of most weight bytes (what a deployed KV cache would use).
+fn weight_element_bytes(graph: &Graph) -> f64 {
+    let mut by_dtype: BTreeMap<DType, u64> = BTreeMap::new();
+    for v in &graph.values {
+        if let ValueDef::Weight(w) = &v.def {
+            *by_dtype.entry(w.dtype).or_default() += w.byte_len();
+        }
+    }
+    by_dtype.into_iter().max_by_key(|(_, b)| *b).map_or(4.0, |(d, _)| d.size_bytes() as f64)
+}
+
+/// Build the partitioning problem.
+pub fn build(graph: &Graph, seg: &Segmentation, profile: &Profile, inputs: &PlanInputs) -> Result<Model, CostError> {
+    let past = has_past(graph);
+    let pre_bind = inputs.workload.bindings(Phase::Prefill, past);
+    let dec_bind = inputs.workload.bindings(Phase::Decode, past);
+    let pre_cost = node_costs(graph, &pre_bind)?;
+    let dec_cost = node_costs(graph, &dec_bind)?;
+    let pre_size = sizes(graph, &pre_bind)?;
+    let dec_size = sizes(graph, &dec_bind)?;
+    let n = seg.units.len();
+    let uses = graph.uses();
+
+    let time = |costs: &[NodeCost], flops: f64, bandwidth: f64, nodes: &[usize]| -> f64 {
+        nodes.iter().map(|&i| (costs[i].flops / flops).max(costs[i].bytes / bandwidth)).sum()
+    };
+    let mut prefill = Vec::new();
+    let mut decode = Vec::new();
+    for d in &profile.devices {
+        let f = d.flops_for(&inputs.compute_dtype);
+        prefill.push(seg.units.iter().map(|u| time(&pre_cost, f, d.bandwidth, &u.nodes)).collect());
+        decode.push(seg.units.iter().map(|u| time(&dec_cost, f, d.bandwidth, &u.nodes)).collect());
+    }
+
+    // Weights per unit; a weight read by several units is shared.
+    let mut weight_units: BTreeMap<usize, BTreeSet<usize>> = BTreeMap::new();
+    let mut kv_units: BTreeMap<usize, usize> = BTreeMap::new();
+    for (i, value) in graph.values.iter().enumerate() {
+        let readers: BTreeSet<usize> = uses[i].iter().map(|c| seg.unit_of[c.index()]).collect();
+        match &value.def {
+            ValueDef::Weight(_) if !readers.is_empty() => {
+                weight_units.insert(i, readers);
+            }
+            ValueDef::Input if value.name.starts_with("past_key_values.") || value.name.starts_with("past_") => {
+                if let Some(&u) = readers.iter().next() {
+                    kv_units.insert(i, u);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut memory = vec![UnitMemory::default(); n];
+    let mut shared = Vec::new();
+    let weight_bytes = |i: usize| match &graph.values[i].def {
+        ValueDef::Weight(w) => w.byte_len() as f64,
+        _ => 0.0,
+    };
+    for (&i, readers) in &weight_units {
+        if readers.len() == 1 {
+            memory[*readers.iter().next().unwrap_or(&0)].weights += weight_bytes(i);
+        } else {
+            shared.push(SharedWeight { bytes: weight_bytes(i), units: readers.iter().copied().collect() });
+        }
+    }
+    // KV cache at the full context: the past input's elements with past = max_context.
+    let kv_element = inputs.kv_bytes.unwrap_or_else(|| weight_element_bytes(graph));
+    let mut full = inputs.workload.bindings(Phase::Decode, true);
+    full.insert("past".into(), inputs.workload.max_context as i64);
+    let full_size = sizes(graph, &full)?;
+    for (&i, &u) in &kv_units {
+        memory[u].kv_cache += full_size.elements[i] * kv_element;
+    }
+    // Peak activations: the largest node footprint (computed inputs and outputs) in prefill.
+    for (u, unit) in seg.units.iter().enumerate() {
+        memory[u].activations = unit
+            .nodes
+            .iter()
+            .map(|&i| {
+                let node = &graph.nodes[i];
+                let ins: f64 = node.inputs.iter().flatten().filter(|v| !pre_size.constant[v.index()]).map(|v| pre_size.bytes[v.index()]).sum();
+                let outs: f64 = node.outputs.iter().filter(|v| !pre_size.constant[v.index()]).map(|v| pre_size.bytes[v.index()]).sum();
+                ins + outs
+            })
+            .fold(0.0, f64::max);
+    }
+
+    // Bytes crossing each cut: every computed value made at or before it and read after.
+    let mut cut_prefill = vec![0.0; n.saturating_sub(1)];
+    let mut cut_decode = vec![0.0; n.saturating_sub(1)];
+    for c in &seg.crossings {
+        let last = *c.consumers.last().unwrap_or(&c.producer);
+        for cut in c.producer..last {
+            cut_prefill[cut] += pre_size.bytes[c.value.index()];
+            cut_decode[cut] += dec_size.bytes[c.value.index()];
+        }
+    }
+
+    let nd = profile.devices.len();
+    let links = (0..nd).map(|a| (0..nd).map(|b| profile.link(a, b)).collect()).collect();
+    let budget = profile.devices.iter().map(|d| d.memory * (1.0 - inputs.margin)).collect();
+    let total_need = memory.iter().map(|m| m.weights + m.kv_cache).sum::<f64>()
+        + shared.iter().map(|w| w.bytes).sum::<f64>()
+        + memory.iter().map(|m| m.activations).fold(0.0, f64::max);
+    let problem = Problem {
+        prefill,
+        decode,
+        private_bytes: memory.iter().map(|m| m.weights + m.kv_cache).collect(),
+        activation_bytes: memory.iter().map(|m| m.activations).collect(),
+        shared,
+        budget,
+        cut_prefill,
+        cut_decode,
+        links,
+        decode_tokens: inputs.workload.max_context.saturating_sub(inputs.workload.prompt_len) as f64,
+        objective: inputs.objective,
+    };
+    Ok(Model { problem, memory, total_need })
+}
