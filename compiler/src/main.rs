@@ -44,8 +44,8 @@ struct PlanArgs {
     #[arg(long, default_value_t = 128)]
     prompt_len: u64,
     /// Context the KV cache is sized for; decode is costed at this context.
-    #[arg(long = "context", default_value_t = 1024)]
-    context: u64,
+    #[arg(long, default_value_t = 1024)]
+    max_context: u64,
     /// Requests batched together.
     #[arg(long, default_value_t = 1)]
     batch: u64,
@@ -218,11 +218,11 @@ fn planning_inputs(model: &std::path::Path, args: &PlanArgs) -> Result<(shardc_i
     if !(0.0..1.0).contains(&args.margin) {
         bail!("--margin must be in [0, 1), is {}", args.margin);
     }
-    if args.prompt_len == 0 || args.batch == 0 || args.context < args.prompt_len {
-        bail!("the workload needs --prompt-len >= 1, --batch >= 1 and --context >= --prompt-len");
+    if args.prompt_len == 0 || args.batch == 0 || args.max_context < args.prompt_len {
+        bail!("the workload needs --prompt-len >= 1, --batch >= 1 and --max-context >= --prompt-len");
     }
     let profile = shardc_passes::devices::load(&args.devices)?;
-    let loaded = load(model, &LowerOptions { max_context: Some(args.context as usize) })?;
+    let loaded = load(model, &LowerOptions { max_context: Some(args.max_context as usize) })?;
     let mut graph = loaded.graph;
     run_pipeline(&mut graph, &mut Ctx::default(), None)?;
     if let Some(d) = &args.dtype {
@@ -233,7 +233,7 @@ fn planning_inputs(model: &std::path::Path, args: &PlanArgs) -> Result<(shardc_i
         planning::retype_weights(&mut graph, dtype);
     }
     let req = planning::Request {
-        workload: Workload { batch: args.batch, prompt_len: args.prompt_len, max_context: args.context },
+        workload: Workload { batch: args.batch, prompt_len: args.prompt_len, max_context: args.max_context },
         objective,
         margin: args.margin,
         time_limit: std::time::Duration::from_secs_f64(args.time_limit.max(0.001)),

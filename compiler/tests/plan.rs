@@ -147,14 +147,14 @@ fn plan_output_for_the_fixtures_on_lingualinked_3() {
             for objective in ["latency", "throughput"] {
                 let (code, out, err) = shardc(&[
                     "plan", model.to_str().unwrap(), "--devices", devices.to_str().unwrap(),
-                    "--objective", objective, "--prompt-len", "16", "--context", "64",
+                    "--objective", objective, "--prompt-len", "16", "--max-context", "64",
                 ]);
                 assert_eq!(code, 0, "{err}");
                 text.push_str(&out);
                 text.push('\n');
             }
             let (code, out, err) = shardc(&[
-                "compare", model.to_str().unwrap(), "--devices", devices.to_str().unwrap(), "--prompt-len", "16", "--context", "64",
+                "compare", model.to_str().unwrap(), "--devices", devices.to_str().unwrap(), "--prompt-len", "16", "--max-context", "64",
             ]);
             assert_eq!(code, 0, "{err}");
             text.push_str(&out);
@@ -171,7 +171,7 @@ fn plan_json_and_transmission_map_are_written_and_deterministic() {
     let run = |out: &Path| {
         let (code, _, err) = shardc(&[
             "plan", model.to_str().unwrap(), "--devices", devices.to_str().unwrap(), "--objective", "throughput",
-            "--prompt-len", "16", "--context", "64", "--out", out.to_str().unwrap(),
+            "--prompt-len", "16", "--max-context", "64", "--out", out.to_str().unwrap(),
         ]);
         assert_eq!(code, 0, "{err}");
         (std::fs::read(out.join("plan.json")).unwrap(), std::fs::read(out.join("transmission_map.json")).unwrap())
@@ -202,4 +202,14 @@ fn models_that_do_not_fit_say_how_much_is_needed_and_offered() {
     let (code, _, stderr) = shardc(&["plan", config.to_str().unwrap(), "--devices", devices.to_str().unwrap(), "--strategy", "magic"]);
     assert_eq!(code, 1);
     assert!(stderr.contains("unknown strategy `magic` (uniform, proportional, dp, ilp)"), "{stderr}");
+}
+
+#[test]
+fn profile_measures_this_host_as_a_device_entry() {
+    let (code, out, err) = shardc(&["profile", "--name", "bench-host"]);
+    assert_eq!(code, 0, "{err}");
+    let p = devices::parse(&out, Path::new("<profile output>")).unwrap();
+    let d = &p.devices[0];
+    assert_eq!(d.name, "bench-host");
+    assert!(d.memory > 0.0 && d.bandwidth > 1e8 && d.flops_for("f32") > 1e8, "{out}");
 }
