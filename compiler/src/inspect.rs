@@ -6,6 +6,7 @@ use std::fmt::Write;
 use serde::Serialize;
 use shardc_ir::text::print::type_text;
 use shardc_ir::{Graph, ValueDef};
+use shardc_passes::quantity::bytes_text;
 
 /// Everything `inspect` reports.
 #[derive(Debug, Serialize)]
@@ -127,22 +128,6 @@ fn thousands(n: u64) -> String {
     out
 }
 
-/// Human-readable byte size.
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
-
 impl Report {
     /// The text form printed by `shardc inspect`.
     pub fn to_text(&self) -> String {
@@ -161,9 +146,9 @@ impl Report {
             let _ = writeln!(out, "output      {}: {}", p.name, p.ty);
         }
         let total_bytes: u64 = self.weights_by_dtype.values().map(|t| t.bytes).sum();
-        let _ = writeln!(out, "parameters  {} ({} of weights)", thousands(self.parameters), human_bytes(total_bytes));
+        let _ = writeln!(out, "parameters  {} ({} of weights)", thousands(self.parameters), bytes_text(total_bytes as f64));
         for (dtype, t) in &self.weights_by_dtype {
-            let _ = writeln!(out, "  {dtype:<9} {} elements, {}", thousands(t.elements), human_bytes(t.bytes));
+            let _ = writeln!(out, "  {dtype:<9} {} elements, {}", thousands(t.elements), bytes_text(t.bytes as f64));
         }
         let _ = writeln!(out, "layers      {} transformer layers recognised", self.transformer_layers);
         let ops: Vec<String> = self.ops.iter().map(|(k, v)| format!("{k} {v}")).collect();

@@ -3,27 +3,11 @@
 
 mod common;
 
-use common::{fixture_dir, fixture_onnx, FIXTURES};
+use common::{fixture_dir, fixture_onnx, reference, FIXTURES};
 use shardc::frontend::onnx;
 use shardc_passes::{run_pipeline, Ctx};
 use shardc_runtime::generate::{greedy, logits};
 use shardc_runtime::Session;
-
-struct Reference {
-    input_ids: Vec<i64>,
-    logits: Vec<f32>,
-    greedy: Vec<i64>,
-}
-
-fn reference(name: &str) -> Reference {
-    let bytes = std::fs::read(fixture_dir(name).join("reference.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let i64s = |t: &str| -> Vec<i64> {
-        st.tensor(t).unwrap().data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect()
-    };
-    let logits = st.tensor("logits").unwrap().data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
-    Reference { input_ids: i64s("input_ids"), logits, greedy: i64s("greedy_tokens") }
-}
 
 fn session(name: &str, simplified: bool) -> Session {
     let mut graph = onnx::import(&fixture_onnx(name)).unwrap().graph;

@@ -135,10 +135,7 @@ fn long_range_tensors_go_straight_to_their_consumers() {
 
 #[test]
 fn plan_output_for_the_fixtures_on_lingualinked_3() {
-    let mut settings = insta::Settings::clone_current();
-    settings.set_snapshot_path(root().join("snapshots"));
-    settings.set_prepend_module_to_snapshot(false);
-    settings.set_omit_expression(true);
+    let settings = common::snapshot_settings();
     let devices = root().join("fixtures/devices/lingualinked-3.toml");
     settings.bind(|| {
         for name in ["gpt2", "llama", "qwen2", "bloom", "llama32"] {

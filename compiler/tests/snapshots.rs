@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{fixture_dir, fixture_onnx, root, FIXTURES};
+use common::{fixture_dir, fixture_onnx, FIXTURES};
 use shardc::frontend::hf::{self, LowerOptions};
 use shardc::frontend::onnx;
 use shardc_ir::{text, verify};
@@ -11,10 +11,7 @@ use shardc_passes::{pipeline, Ctx};
 
 #[test]
 fn text_ir_after_import_and_each_pass() {
-    let mut settings = insta::Settings::clone_current();
-    settings.set_snapshot_path(root().join("snapshots"));
-    settings.set_prepend_module_to_snapshot(false);
-    settings.set_omit_expression(true);
+    let settings = common::snapshot_settings();
     settings.bind(|| {
         for name in FIXTURES {
             let mut graph = onnx::import(&fixture_onnx(name)).unwrap().graph;
@@ -31,10 +28,7 @@ fn text_ir_after_import_and_each_pass() {
 
 #[test]
 fn text_ir_of_lowered_checkpoints_and_after_each_pass() {
-    let mut settings = insta::Settings::clone_current();
-    settings.set_snapshot_path(root().join("snapshots"));
-    settings.set_prepend_module_to_snapshot(false);
-    settings.set_omit_expression(true);
+    let settings = common::snapshot_settings();
     settings.bind(|| {
         for name in FIXTURES {
             let mut graph = hf::lower(&fixture_dir(name).join("hf"), &LowerOptions::default()).unwrap().graph;

@@ -26,3 +26,36 @@ pub fn meta(name: &str) -> serde_json::Value {
     let text = std::fs::read_to_string(fixture_dir(name).join("meta.json")).expect("meta.json");
     serde_json::from_str(&text).expect("meta.json is JSON")
 }
+
+/// What `fixtures/generate.py` recorded from PyTorch.
+pub struct Reference {
+    pub input_ids: Vec<i64>,
+    pub logits: Vec<f32>,
+    pub greedy: Vec<i64>,
+}
+
+/// Read `reference.safetensors` of a fixture.
+pub fn reference(name: &str) -> Reference {
+    let bytes = std::fs::read(fixture_dir(name).join("reference.safetensors")).expect("reference.safetensors");
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
+    let i64s = |t: &str| -> Vec<i64> {
+        st.tensor(t).expect(t).data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap_or_default())).collect()
+    };
+    let logits = st
+        .tensor("logits")
+        .expect("logits")
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap_or_default()))
+        .collect();
+    Reference { input_ids: i64s("input_ids"), logits, greedy: i64s("greedy_tokens") }
+}
+
+/// Insta settings: snapshots under `snapshots/`, named without the module.
+pub fn snapshot_settings() -> insta::Settings {
+    let mut settings = insta::Settings::clone_current();
+    settings.set_snapshot_path(root().join("snapshots"));
+    settings.set_prepend_module_to_snapshot(false);
+    settings.set_omit_expression(true);
+    settings
+}
