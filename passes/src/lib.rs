@@ -12,6 +12,7 @@ pub mod plan;
 pub mod quantity;
 pub mod segment;
 pub mod simplify;
+pub mod split;
 pub mod transmission;
 
 use std::fmt;

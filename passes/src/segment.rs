@@ -7,8 +7,9 @@
 //! layer but no recognisable sub-block (a residual `Add`) joins the latest unit it
 //! reads from; a node outside every layer joins the embedding when it reads only from
 //! the embedding (masks, positions, rotary tables), else the head. Nodes that read
-//! only weights and constants go to their earliest consumer. Every edge then goes
-//! from a unit to the same or a later one.
+//! only weights and constants go to their earliest consumer (and, like weights, are
+//! repeated on every device that reads them, so they never cross a cut). Every edge
+//! then goes from a unit to the same or a later one.
 
 use std::collections::BTreeSet;
 
@@ -140,6 +141,10 @@ pub fn segment(graph: &Graph) -> Result<Segmentation, SegmentError> {
     // Check the order and collect crossings.
     let mut crossings = Vec::new();
     for (i, node) in graph.nodes.iter().enumerate() {
+        // Load-time results are recomputed where they are read, like weights are copied.
+        if constant_node[i] {
+            continue;
+        }
         for &o in &node.outputs {
             let mut consumers = BTreeSet::new();
             for c in &uses[o.index()] {

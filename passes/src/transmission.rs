@@ -132,7 +132,11 @@ pub fn build(
             recomputable: false,
         });
     }
+    let (constant_node, _) = crate::cost::constant_nodes(graph);
     for (i, node) in graph.nodes.iter().enumerate() {
+        if constant_node[i] {
+            continue;
+        }
         for &o in &node.outputs {
             let from = stage_of_node(i);
             let to: BTreeSet<usize> = uses[o.index()].iter().map(|c| stage_of_node(c.index())).filter(|&s| s != from).collect();

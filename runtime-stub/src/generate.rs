@@ -1,11 +1,42 @@
-//! Token-level helpers over a `input_ids [batch, seq] -> logits [batch, seq, vocab]`
-//! graph without KV cache: logits of a prompt, and greedy generation that re-runs the
-//! whole prefix at every step.
+//! Token-level driving of a model — one [`Session`] or a [`crate::pipeline::Pipeline`]
+//! of stages: logits of a prompt, greedy generation re-running the prefix (graphs
+//! without a KV cache) or feeding one token and the cache (graphs with one).
+//!
+//! Everything is by name: the token input is the one i64 `[batch, seq]` input that is
+//! not a cache; the logits are the output named `logits` (else the first); each
+//! `past_key_values.{i}.key|value` input is fed from the `present.{i}.key|value`
+//! output of the previous step.
+
+use std::collections::HashMap;
 
 use ndarray::{ArrayD, IxDyn};
-use shardc_ir::DType;
+use shardc_ir::{DType, TensorType};
 
 use crate::{RuntimeError, Session, Tensor};
+
+/// Something that runs a model: named inputs in, named outputs out.
+pub trait Runner {
+    /// Inputs the caller provides, with their types.
+    fn inputs(&self) -> Vec<(String, Option<TensorType>)>;
+    /// Outputs the caller receives, in order.
+    fn outputs(&self) -> Vec<String>;
+    /// Run once.
+    fn run(&self, inputs: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>, RuntimeError>;
+}
+
+impl Runner for Session {
+    fn inputs(&self) -> Vec<(String, Option<TensorType>)> {
+        let g = self.graph();
+        g.inputs.iter().map(|&v| (g.value(v).name.clone(), g.value(v).ty.clone())).collect()
+    }
+    fn outputs(&self) -> Vec<String> {
+        let g = self.graph();
+        g.outputs.iter().map(|&v| g.value(v).name.clone()).collect()
+    }
+    fn run(&self, inputs: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>, RuntimeError> {
+        Session::run(self, inputs)
+    }
+}
 
 /// Logits of every position for one sequence: `[seq, vocab]` flattened row-major,
 /// with the vocabulary size.
@@ -21,45 +52,56 @@ impl Logits {
     }
 }
 
-/// The name of the graph's only input, which must be an i64 `[batch, seq]` tensor.
-pub fn ids_input(session: &Session) -> Result<String, RuntimeError> {
-    let g = session.graph();
+fn is_cache(name: &str) -> bool {
+    name.starts_with("past_key_values.")
+}
+
+/// The name of the token input: the one i64 `[batch, seq]` input that is not a cache.
+pub fn ids_input(model: &dyn Runner) -> Result<String, RuntimeError> {
+    let inputs: Vec<(String, Option<TensorType>)> = model.inputs().into_iter().filter(|(n, _)| !is_cache(n)).collect();
     let bad = |name: &str, message: String| RuntimeError::Input { name: name.to_string(), message };
-    match g.inputs.as_slice() {
-        [id] => {
-            let v = g.value(*id);
-            match &v.ty {
-                Some(t) if t.dtype == DType::I64 && t.rank() == 2 => Ok(v.name.clone()),
-                _ => Err(bad(&v.name, "token generation needs an i64 [batch, seq] input".into())),
-            }
-        }
+    match inputs.as_slice() {
+        [(name, ty)] => match ty {
+            Some(t) if t.dtype == DType::I64 && t.rank() == 2 => Ok(name.clone()),
+            _ => Err(bad(name, "token generation needs an i64 [batch, seq] input".into())),
+        },
         inputs => Err(bad(
-            &inputs.iter().map(|&v| g.value(v).name.clone()).collect::<Vec<_>>().join(", "),
-            format!("token generation needs exactly one input (input_ids); the graph has {}", inputs.len()),
+            &inputs.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>().join(", "),
+            format!("token generation needs exactly one token input besides the KV cache; the model has {}", inputs.len()),
         )),
     }
 }
 
-/// Run the prompt and return its logits.
-pub fn logits(session: &Session, ids: &[i64]) -> Result<Logits, RuntimeError> {
-    let name = ids_input(session)?;
+fn ids_tensor(name: &str, ids: &[i64]) -> Result<Tensor, RuntimeError> {
     if ids.is_empty() {
-        return Err(RuntimeError::Input { name, message: "no token ids given".into() });
+        return Err(RuntimeError::Input { name: name.to_string(), message: "no token ids given".into() });
     }
-    let input = ArrayD::from_shape_vec(IxDyn(&[1, ids.len()]), ids.to_vec())
-        .map_err(|e| RuntimeError::Input { name: name.clone(), message: e.to_string() })?;
-    let outputs = session.run(vec![(name, Tensor::i64(input))])?;
-    let (out_name, logits) = outputs.into_iter().next().ok_or_else(|| RuntimeError::Input {
-        name: "logits".into(),
-        message: "the graph has no output".into(),
-    })?;
-    let shape = logits.shape().to_vec();
-    let bad = |message: String| RuntimeError::Input { name: out_name.clone(), message };
+    ArrayD::from_shape_vec(IxDyn(&[1, ids.len()]), ids.to_vec())
+        .map(Tensor::i64)
+        .map_err(|e| RuntimeError::Input { name: name.to_string(), message: e.to_string() })
+}
+
+/// Pick the logits out of a run's outputs and check their shape.
+fn take_logits(outputs: &mut HashMap<String, Tensor>, names: &[String], tokens: usize) -> Result<Logits, RuntimeError> {
+    let name = if outputs.contains_key("logits") { "logits".to_string() } else { names.first().cloned().unwrap_or_default() };
+    let logits = outputs
+        .remove(&name)
+        .ok_or_else(|| RuntimeError::Input { name: "logits".into(), message: "the model has no logits output".into() })?;
+    let bad = |message: String| RuntimeError::Input { name: name.clone(), message };
     let values = logits.as_f32().ok_or_else(|| bad(format!("expected float logits, got {}", logits.describe())))?;
-    if shape.len() != 3 || shape[0] != 1 || shape[1] != ids.len() {
-        return Err(bad(format!("expected logits [1, {}, vocab], got {shape:?}", ids.len())));
+    let shape = values.shape();
+    if shape.len() != 3 || shape[0] != 1 || shape[1] != tokens {
+        return Err(bad(format!("expected logits [1, {tokens}, vocab], got {shape:?}")));
     }
     Ok(Logits { values: values.iter().copied().collect(), vocab: shape[2] })
+}
+
+/// Run the prompt through a model without a cache and return its logits.
+pub fn logits(model: &dyn Runner, ids: &[i64]) -> Result<Logits, RuntimeError> {
+    let name = ids_input(model)?;
+    let input = ids_tensor(&name, ids)?;
+    let mut outputs: HashMap<String, Tensor> = model.run(vec![(name, input)])?.into_iter().collect();
+    take_logits(&mut outputs, &model.outputs(), ids.len())
 }
 
 /// Index of the largest value (the first one on ties, as `torch.argmax`).
@@ -81,11 +123,11 @@ pub fn top_k(row: &[f32], k: usize) -> Vec<(usize, f32)> {
 }
 
 /// Greedy continuation of `prompt` by `n` tokens, re-running the prefix each step.
-pub fn greedy(session: &Session, prompt: &[i64], n: usize) -> Result<Vec<i64>, RuntimeError> {
+pub fn greedy(model: &dyn Runner, prompt: &[i64], n: usize) -> Result<Vec<i64>, RuntimeError> {
     let mut ids = prompt.to_vec();
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
-        let l = logits(session, &ids)?;
+        let l = logits(model, &ids)?;
         let next = argmax(l.last()) as i64;
         out.push(next);
         ids.push(next);
@@ -93,30 +135,28 @@ pub fn greedy(session: &Session, prompt: &[i64], n: usize) -> Result<Vec<i64>, R
     Ok(out)
 }
 
-/// How a graph with a KV cache names its cache: each `past_key_values.{i}.key|value`
-/// input is fed from the `present.{i}.key|value` output of the previous step.
+/// A model's KV cache: each cache input, the output that feeds it, and its empty shape.
 #[derive(Clone, Debug)]
 pub struct CacheLayout {
-    /// (input name, index among the graph outputs, empty-cache shape with batch 1).
-    pub entries: Vec<(String, usize, Vec<usize>)>,
+    /// The token input.
+    pub ids: String,
+    /// (input name, present output name, empty-cache shape with batch 1).
+    pub entries: Vec<(String, String, Vec<usize>)>,
 }
 
 impl CacheLayout {
-    /// The cache layout of a session's graph, if it has past inputs.
-    pub fn of(session: &Session) -> Result<Option<CacheLayout>, RuntimeError> {
-        let g = session.graph();
+    /// The cache layout of a model, if it has cache inputs.
+    pub fn of(model: &dyn Runner) -> Result<Option<CacheLayout>, RuntimeError> {
+        let outputs = model.outputs();
         let mut entries = Vec::new();
-        for &input in &g.inputs {
-            let value = g.value(input);
-            let Some(rest) = value.name.strip_prefix("past_key_values.") else { continue };
+        for (name, ty) in model.inputs() {
+            let Some(rest) = name.strip_prefix("past_key_values.") else { continue };
             let present = format!("present.{rest}");
-            let bad = |message: String| RuntimeError::Input { name: value.name.clone(), message };
-            let out = g
-                .outputs
-                .iter()
-                .position(|&o| g.value(o).name == present)
-                .ok_or_else(|| bad(format!("no `{present}` output feeds this cache input")))?;
-            let ty = value.ty.as_ref().ok_or_else(|| bad("has no type".into()))?;
+            let bad = |message: String| RuntimeError::Input { name: name.clone(), message };
+            if !outputs.contains(&present) {
+                return Err(bad(format!("no `{present}` output feeds this cache input")));
+            }
+            let ty = ty.ok_or_else(|| bad("has no type".into()))?;
             // Batch 1, nothing cached yet: every symbolic dim becomes 1 except `past`.
             let shape = ty
                 .shape
@@ -128,44 +168,13 @@ impl CacheLayout {
                     None => Err(bad(format!("cache dim `{d}` is neither known, batch nor past"))),
                 })
                 .collect::<Result<_, _>>()?;
-            entries.push((value.name.clone(), out, shape));
+            entries.push((name.clone(), present, shape));
         }
-        Ok(if entries.is_empty() { None } else { Some(CacheLayout { entries }) })
+        if entries.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(CacheLayout { ids: ids_input(model)?, entries }))
     }
-}
-
-/// One step of a cached graph: feed `ids` (the prompt, then one token at a time) and
-/// the cache; returns the last position's logits and the new cache.
-pub fn cached_step(
-    session: &Session,
-    layout: &CacheLayout,
-    ids: &[i64],
-    cache: Vec<Tensor>,
-) -> Result<(Vec<f32>, Vec<Tensor>), RuntimeError> {
-    let name = "input_ids".to_string();
-    let input = ArrayD::from_shape_vec(IxDyn(&[1, ids.len()]), ids.to_vec())
-        .map_err(|e| RuntimeError::Input { name: name.clone(), message: e.to_string() })?;
-    let mut inputs = vec![(name, Tensor::i64(input))];
-    inputs.extend(layout.entries.iter().map(|(n, _, _)| n.clone()).zip(cache));
-    let mut outputs: Vec<Option<(String, Tensor)>> = session.run(inputs)?.into_iter().map(Some).collect();
-    let next_cache = layout
-        .entries
-        .iter()
-        .map(|(n, out, _)| {
-            outputs[*out].take().map(|(_, t)| t).ok_or_else(|| RuntimeError::Input { name: n.clone(), message: "cache output used twice".into() })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let (logits_name, logits) = outputs[0].take().ok_or_else(|| RuntimeError::Input { name: "logits".into(), message: "missing".into() })?;
-    let values = logits
-        .as_f32()
-        .ok_or_else(|| RuntimeError::Input { name: logits_name.clone(), message: format!("expected float logits, got {}", logits.describe()) })?;
-    let shape = values.shape();
-    if shape.len() != 3 || shape[1] != ids.len() {
-        return Err(RuntimeError::Input { name: logits_name, message: format!("expected logits [1, {}, vocab], got {shape:?}", ids.len()) });
-    }
-    let vocab = shape[2];
-    let flat: Vec<f32> = values.iter().copied().collect();
-    Ok((flat[flat.len() - vocab..].to_vec(), next_cache))
 }
 
 /// An empty cache (batch 1, no past) for `layout`.
@@ -173,29 +182,38 @@ pub fn empty_cache(layout: &CacheLayout) -> Vec<Tensor> {
     layout.entries.iter().map(|(_, _, shape)| Tensor::f32(ArrayD::zeros(IxDyn(shape)))).collect()
 }
 
-/// Prefill logits (every position) of a cached graph, with an empty cache.
-pub fn cached_prefill(session: &Session, layout: &CacheLayout, ids: &[i64]) -> Result<Logits, RuntimeError> {
-    let name = "input_ids".to_string();
-    let input = ArrayD::from_shape_vec(IxDyn(&[1, ids.len()]), ids.to_vec())
-        .map_err(|e| RuntimeError::Input { name: name.clone(), message: e.to_string() })?;
-    let mut inputs = vec![(name, Tensor::i64(input))];
-    inputs.extend(layout.entries.iter().map(|(n, _, _)| n.clone()).zip(empty_cache(layout)));
-    let outputs = session.run(inputs)?;
-    let (_, logits) = outputs.into_iter().next().ok_or_else(|| RuntimeError::Input { name: "logits".into(), message: "missing".into() })?;
-    let vocab = *logits.shape().last().unwrap_or(&0);
-    Ok(Logits { values: logits.to_f32_vec(), vocab })
+/// One step of a cached model: feed `ids` (the prompt, then one token at a time) and
+/// the cache; returns the logits of every fed position and the new cache.
+pub fn cached_step(model: &dyn Runner, layout: &CacheLayout, ids: &[i64], cache: Vec<Tensor>) -> Result<(Logits, Vec<Tensor>), RuntimeError> {
+    let mut inputs = vec![(layout.ids.clone(), ids_tensor(&layout.ids, ids)?)];
+    inputs.extend(layout.entries.iter().map(|(n, _, _)| n.clone()).zip(cache));
+    let mut outputs: HashMap<String, Tensor> = model.run(inputs)?.into_iter().collect();
+    let next_cache = layout
+        .entries
+        .iter()
+        .map(|(n, present, _)| {
+            outputs.remove(present).ok_or_else(|| RuntimeError::Input { name: n.clone(), message: format!("`{present}` was not produced") })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let logits = take_logits(&mut outputs, &model.outputs(), ids.len())?;
+    Ok((logits, next_cache))
+}
+
+/// Prefill logits (every position) of a cached model, with an empty cache.
+pub fn cached_prefill(model: &dyn Runner, layout: &CacheLayout, ids: &[i64]) -> Result<Logits, RuntimeError> {
+    Ok(cached_step(model, layout, ids, empty_cache(layout))?.0)
 }
 
 /// Greedy continuation with the KV cache: one prefill step over the prompt, then each
 /// decode step feeds only the last token and the cache.
-pub fn greedy_cached(session: &Session, layout: &CacheLayout, prompt: &[i64], n: usize) -> Result<Vec<i64>, RuntimeError> {
+pub fn greedy_cached(model: &dyn Runner, layout: &CacheLayout, prompt: &[i64], n: usize) -> Result<Vec<i64>, RuntimeError> {
     let mut out = Vec::with_capacity(n);
     let mut cache = empty_cache(layout);
     let mut feed = prompt.to_vec();
     for _ in 0..n {
-        let (last, next_cache) = cached_step(session, layout, &feed, cache)?;
+        let (logits, next_cache) = cached_step(model, layout, &feed, cache)?;
         cache = next_cache;
-        let next = argmax(&last) as i64;
+        let next = argmax(logits.last()) as i64;
         out.push(next);
         feed = vec![next];
     }

@@ -1,0 +1,93 @@
+//! `split`: the subgraph of each stage of a plan.
+//!
+//! A stage's graph holds the nodes of its units, the weights and constants they read,
+//! and the load-time nodes (a weight's cast) they need, repeated on every stage that
+//! needs them. Its inputs are the graph inputs it reads (token ids, its layers' KV
+//! cache) and the tensors other stages compute; its outputs are the graph outputs it
+//! computes and the tensors later stages read. Values keep their names, which are the
+//! names the transmission map uses.
+
+use std::collections::{BTreeSet, HashMap};
+
+use shardc_ir::{Graph, ValueDef, ValueId};
+
+use crate::cost::constant_nodes;
+use crate::plan::Stage;
+use crate::segment::Segmentation;
+
+/// The graph of every stage, in plan order.
+pub fn split(graph: &Graph, seg: &Segmentation, plan: &[Stage]) -> Vec<Graph> {
+    let (constant_node, _) = constant_nodes(graph);
+    let mut stage_of_unit = vec![0usize; seg.units.len()];
+    for (s, st) in plan.iter().enumerate() {
+        for u in st.start..st.end {
+            stage_of_unit[u] = s;
+        }
+    }
+    let stage_of_node: Vec<usize> = seg.unit_of.iter().map(|&u| stage_of_unit[u]).collect();
+    let uses = graph.uses();
+    let outputs: BTreeSet<ValueId> = graph.outputs.iter().copied().collect();
+    (0..plan.len())
+        .map(|s| {
+            // Nodes of the stage, plus the load-time nodes they need (transitively).
+            let mut members: BTreeSet<usize> =
+                (0..graph.nodes.len()).filter(|&i| !constant_node[i] && stage_of_node[i] == s).collect();
+            let mut stack: Vec<usize> = members.iter().copied().collect();
+            while let Some(i) = stack.pop() {
+                for v in graph.nodes[i].inputs.iter().flatten() {
+                    if let ValueDef::Node(p) = graph.value(*v).def {
+                        if constant_node[p.index()] && members.insert(p.index()) {
+                            stack.push(p.index());
+                        }
+                    }
+                }
+            }
+            let mut sub = Graph::new(format!("{}.stage{s}", graph.name));
+            let mut map: HashMap<ValueId, ValueId> = HashMap::new();
+            let produced: BTreeSet<ValueId> = members.iter().flat_map(|&i| graph.nodes[i].outputs.iter().copied()).collect();
+            // Inputs and data, in the original value order.
+            let mut needed: BTreeSet<ValueId> = BTreeSet::new();
+            for &i in &members {
+                needed.extend(graph.nodes[i].inputs.iter().flatten().copied());
+            }
+            for &v in &needed {
+                if produced.contains(&v) {
+                    continue;
+                }
+                let value = graph.value(v);
+                let id = match &value.def {
+                    ValueDef::Weight(_) | ValueDef::Const(_) => sub.add_value(value.name.clone(), value.ty.clone(), value.def.clone()),
+                    ValueDef::Input | ValueDef::Node(_) => {
+                        let ty = value.ty.clone().unwrap_or_else(|| shardc_ir::TensorType::new(shardc_ir::DType::F32, vec![]));
+                        sub.add_input(value.name.clone(), ty)
+                    }
+                };
+                map.insert(v, id);
+            }
+            for &i in &members {
+                let node = &graph.nodes[i];
+                let inputs = node.inputs.iter().map(|v| v.map(|v| map[&v])).collect();
+                let names: Vec<String> = node.outputs.iter().map(|&o| graph.value(o).name.clone()).collect();
+                let nid = sub.add_node(node.name.clone(), node.op.clone(), inputs, &names);
+                for (k, &o) in node.outputs.iter().enumerate() {
+                    let new = sub.node(nid).outputs[k];
+                    sub.value_mut(new).ty = graph.value(o).ty.clone();
+                    map.insert(o, new);
+                }
+            }
+            // Outputs: graph outputs computed here, and what other stages read.
+            for &i in &members {
+                if constant_node[i] {
+                    continue;
+                }
+                for &o in &graph.nodes[i].outputs {
+                    let read_elsewhere = uses[o.index()].iter().any(|c| stage_of_node[c.index()] != s && !constant_node[c.index()]);
+                    if outputs.contains(&o) || read_elsewhere {
+                        sub.outputs.push(map[&o]);
+                    }
+                }
+            }
+            sub
+        })
+        .collect()
+}
