@@ -111,6 +111,37 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write one package per device, the plan, the transmission map and report.svg.
+    Compile {
+        model: PathBuf,
+        #[command(flatten)]
+        plan: PlanArgs,
+        /// Output folder.
+        #[arg(short, long)]
+        out: PathBuf,
+        /// uniform, proportional, dp or ilp.
+        #[arg(long, default_value = "ilp")]
+        strategy: String,
+        /// Replace OUT if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Run the model and its packages side by side and compare their outputs.
+    Verify {
+        /// The model the packages were compiled from.
+        model: PathBuf,
+        /// The compile output folder.
+        out: PathBuf,
+        /// Prompt token ids (default: 1..=8).
+        #[arg(long, value_delimiter = ',', num_args = 1..)]
+        input_ids: Option<Vec<i64>>,
+        /// Greedy tokens to compare.
+        #[arg(long, default_value_t = 8)]
+        tokens: usize,
+        /// Largest allowed |difference| as a fraction of max(1, max |logit|).
+        #[arg(long, default_value_t = 1e-4)]
+        tolerance: f64,
+    },
     /// Measure this host with the runtime's kernels and print its device entry.
     Profile {
         /// Name of the device entry.
@@ -205,6 +236,28 @@ fn run(cli: Cli) -> Result<()> {
                 print!("{}", planning::compare_text(&rows, req.objective));
             }
         }
+        Command::Compile { model, plan: args, out, strategy, force } => {
+            let strategy: Strategy = strategy.parse().map_err(anyhow::Error::msg)?;
+            let dtype = args.dtype.as_deref().map(|d| d.parse::<shardc_ir::DType>()).transpose().map_err(anyhow::Error::msg)?;
+            let mut plain = PlanArgs { dtype: None, ..args };
+            let (graph, profile, req) = planning_inputs(&model, &plain)?;
+            plain.dtype = dtype.map(|d| d.to_string());
+            let loaded_dir = shardc::load::load(&model, &LowerOptions { max_context: Some(plain.max_context as usize) })?.weights_dir;
+            let opts = shardc::emit::CompileOptions {
+                strategy,
+                request: req,
+                dtype,
+                force,
+                model_name: model.display().to_string(),
+                devices_name: plain.devices.display().to_string(),
+            };
+            let summary = shardc::emit::compile(&graph, &loaded_dir, &profile, &opts, &out)?;
+            print!("{}", summary.report.to_text(false));
+            println!("wrote       {} ({} stages, {} of weights)", out.display(), summary.report.stages.len(), shardc_passes::quantity::bytes_text(summary.weight_bytes as f64));
+        }
+        Command::Verify { model, out, input_ids, tokens, tolerance } => {
+            verify(&model, &out, input_ids.unwrap_or_else(|| (1..=8).collect()), tokens, tolerance)?;
+        }
         Command::Profile { name } => {
             let device = shardc_runtime::profile::measure(&name);
             print!("{}", shardc_passes::devices::device_toml(&device));
@@ -240,6 +293,41 @@ fn planning_inputs(model: &std::path::Path, args: &PlanArgs) -> Result<(shardc_i
         compute_dtype: args.compute_dtype.clone(),
     };
     Ok((graph, profile, req))
+}
+
+fn verify(model: &std::path::Path, out: &std::path::Path, ids: Vec<i64>, tokens: usize, tolerance: f64) -> Result<()> {
+    let (manifests, pipeline) = shardc_runtime::package::load_pipeline(out)?;
+    let loaded = load(model, &LowerOptions::default())?;
+    let mut graph = loaded.graph;
+    run_pipeline(&mut graph, &mut Ctx::default(), None)?;
+    let whole = shardc_runtime::Session::new(graph, &loaded.weights_dir);
+    let (reference, parts, generated) = match CacheLayout::of(&whole)? {
+        Some(layout) => {
+            let parts_layout = CacheLayout::of(&pipeline)?.ok_or_else(|| anyhow::anyhow!("the packages have no KV cache but the model does"))?;
+            (
+                generate::cached_prefill(&whole, &layout, &ids)?,
+                generate::cached_prefill(&pipeline, &parts_layout, &ids)?,
+                (generate::greedy_cached(&whole, &layout, &ids, tokens)?, generate::greedy_cached(&pipeline, &parts_layout, &ids, tokens)?),
+            )
+        }
+        None => (
+            generate::logits(&whole, &ids)?,
+            generate::logits(&pipeline, &ids)?,
+            (generate::greedy(&whole, &ids, tokens)?, generate::greedy(&pipeline, &ids, tokens)?),
+        ),
+    };
+    let max_ref = reference.values.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let diff = reference.values.iter().zip(&parts.values).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    let limit = tolerance as f32 * max_ref.max(1.0);
+    let devices: Vec<&str> = manifests.iter().map(|m| m.device.as_str()).collect();
+    println!("packages    {} stages: {}", manifests.len(), devices.join(" -> "));
+    println!("logits      max |diff| {diff:.3e} (limit {limit:.3e}, max |logit| {max_ref:.3})");
+    let agree = generated.0 == generated.1;
+    println!("greedy      {} tokens {}: model {:?}, packages {:?}", tokens, if agree { "agree" } else { "DIFFER" }, generated.0, generated.1);
+    if diff > limit || diff.is_nan() || !agree {
+        bail!("the packages do not reproduce the model");
+    }
+    Ok(())
 }
 
 fn run_model(args: &ModelArgs, input_ids: &[i64], max_new_tokens: usize, k: usize, json: bool) -> Result<()> {

@@ -13,6 +13,8 @@ pub enum RuntimeError {
     NoWeightFile { name: String },
     #[error("node `{node}` ({op}): {message}")]
     Kernel { node: String, op: &'static str, message: String },
+    #[error("{}: {message}", path.display())]
+    Package { path: PathBuf, message: String },
     #[error("node `{node}`: op {op} has no kernel in the reference interpreter")]
     NoKernel { node: String, op: &'static str },
 }

@@ -6,6 +6,7 @@ mod error;
 pub mod exec;
 pub mod generate;
 pub mod kernels;
+pub mod package;
 pub mod pipeline;
 pub mod profile;
 pub mod tensor;

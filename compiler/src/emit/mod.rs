@@ -1,0 +1,290 @@
+//! `shardc compile`: one package per device plus the plan, the transmission map and a
+//! picture of the plan, written atomically.
+//!
+//! ```text
+//! OUT/plan.json  OUT/transmission_map.json  OUT/report.svg
+//! OUT/<device>/{manifest.json, shard.onnx, shard.ir, weights.safetensors}
+//! ```
+//!
+//! Everything is written into a temporary folder beside `OUT` and renamed into place
+//! at the end, so a failed or interrupted compile leaves no partial `OUT`. Weights
+//! stream from the memory-mapped model in bounded chunks.
+
+pub mod onnx;
+pub mod svg;
+pub mod weights;
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+use shardc_ir::{DType, Graph, Op, TensorType, ValueDef, ValueId, WeightLocation};
+use shardc_passes::devices::Profile;
+use shardc_passes::plan::{solve, Strategy};
+use shardc_passes::split::split;
+use shardc_passes::transmission;
+use shardc_runtime::package::{hash_file, Manifest, Port, FORMAT};
+
+use crate::planning::{self, PlanError, PlanReport, Request};
+
+/// Why a compile failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EmitError {
+    #[error("{}: {message}", path.display())]
+    Io { path: PathBuf, message: String },
+    #[error("weight `{name}` {message}")]
+    Weight { name: String, message: String },
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// What to compile.
+pub struct CompileOptions {
+    pub strategy: Strategy,
+    pub request: Request,
+    /// Store float weights as this dtype (default: as in the model).
+    pub dtype: Option<DType>,
+    /// Replace an existing output folder.
+    pub force: bool,
+    /// Names for plan.json.
+    pub model_name: String,
+    pub devices_name: String,
+}
+
+/// What a compile wrote.
+pub struct Summary {
+    pub report: PlanReport,
+    pub weight_bytes: u64,
+}
+
+/// Store every float weight as `dtype`. Consumers that are casts read the new dtype
+/// directly; others get a cast back to the dtype they were built for. Returns the new
+/// graph and, per weight value, its source dtype and location.
+fn store_weights(graph: &Graph, dtype: Option<DType>) -> (Graph, HashMap<usize, (DType, WeightLocation)>) {
+    let mut stored = HashMap::new();
+    let mut out = Graph::new(graph.name.clone());
+    let mut map: HashMap<ValueId, ValueId> = HashMap::new();
+    let mut recast: Vec<(ValueId, DType)> = Vec::new();
+    let uses = graph.uses();
+    for (i, v) in graph.values.iter().enumerate() {
+        let id = ValueId(i as u32);
+        match &v.def {
+            ValueDef::Input => {
+                map.insert(id, out.add_input(v.name.clone(), v.ty.clone().unwrap_or_else(|| TensorType::new(DType::F32, vec![]))));
+            }
+            ValueDef::Weight(w) => {
+                let target = dtype.filter(|_| w.dtype.is_float()).unwrap_or(w.dtype);
+                let mut nw = w.clone();
+                nw.dtype = target;
+                nw.location = None;
+                let new = out.add_value(v.name.clone(), Some(TensorType::known(target, &w.shape)), ValueDef::Weight(nw));
+                if let Some(loc) = &w.location {
+                    stored.insert(new.index(), (w.dtype, loc.clone()));
+                }
+                map.insert(id, new);
+                let only_casts = uses[i].iter().all(|n| matches!(graph.node(*n).op, Op::Cast(_)));
+                if target != w.dtype && !only_casts {
+                    recast.push((id, w.dtype));
+                }
+            }
+            ValueDef::Const(_) => {
+                map.insert(id, out.add_value(v.name.clone(), v.ty.clone(), v.def.clone()));
+            }
+            ValueDef::Node(_) => {}
+        }
+    }
+    // Casts back to the dtype the graph computes with, ahead of every node.
+    for (w, original) in recast {
+        let name = format!("{}:stored_as", graph.value(w).name);
+        let cast = Op::Cast(shardc_ir::ops::Cast { to: original, saturate: 1 });
+        let nid = out.add_node(name.clone(), cast, vec![Some(map[&w])], &[format!("{}:as_{original}", graph.value(w).name)]);
+        let o = out.node(nid).outputs[0];
+        out.value_mut(o).ty = graph.value(w).ty.clone();
+        map.insert(w, o);
+    }
+    for node in &graph.nodes {
+        let inputs = node
+            .inputs
+            .iter()
+            .map(|v| {
+                v.map(|v| {
+                    // Casts read the stored weight itself.
+                    if matches!(node.op, Op::Cast(_)) && matches!(graph.value(v).def, ValueDef::Weight(_)) {
+                        out.value_by_name(&graph.value(v).name).unwrap_or(map[&v])
+                    } else {
+                        map[&v]
+                    }
+                })
+            })
+            .collect();
+        let names: Vec<String> = node.outputs.iter().map(|&o| graph.value(o).name.clone()).collect();
+        let nid = out.add_node(node.name.clone(), node.op.clone(), inputs, &names);
+        for (k, &o) in node.outputs.iter().enumerate() {
+            let new = out.node(nid).outputs[k];
+            out.value_mut(new).ty = graph.value(o).ty.clone();
+            map.insert(o, new);
+        }
+    }
+    out.outputs = graph.outputs.iter().map(|v| map[v]).collect();
+    (out, stored)
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<(), EmitError> {
+    std::fs::write(path, bytes).map_err(|e| EmitError::Io { path: path.to_path_buf(), message: e.to_string() })
+}
+
+fn json<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, EmitError> {
+    serde_json::to_string_pretty(v).map(|s| (s + "\n").into_bytes()).map_err(|e| EmitError::Other(e.to_string()))
+}
+
+/// Compile `graph` (after the pass pipeline; weights relative to `source`) into `out`.
+pub fn compile(graph: &Graph, source: &Path, profile: &Profile, opts: &CompileOptions, out: &Path) -> Result<Summary, EmitError> {
+    if out.exists() && !opts.force {
+        return Err(EmitError::Other(format!("{}: exists; pass --force to replace it", out.display())));
+    }
+    let req = &opts.request;
+    // Plan with the weights sized as they will be stored.
+    let mut sized = graph.clone();
+    if let Some(d) = opts.dtype {
+        planning::retype_weights(&mut sized, d);
+    }
+    let prep = planning::prepare(&sized, profile, req)?;
+    let outcome = solve(&prep.model.problem, opts.strategy, &prep.opts);
+    if !outcome.figures.as_ref().is_some_and(|f| f.feasible) {
+        // `plan` explains why nothing fits.
+        planning::plan(&sized, profile, req, opts.strategy, (&opts.model_name, &opts.devices_name))?;
+        return Err(EmitError::Other("no feasible plan".into()));
+    }
+    let plan = outcome.plan.clone().unwrap_or_default();
+    let report = planning::report(&opts.model_name, &opts.devices_name, &prep, profile, req, &outcome)
+        .ok_or_else(|| EmitError::Other("no feasible plan".into()))?;
+    let names: Vec<String> = profile.devices.iter().map(|d| d.name.clone()).collect();
+    let map = transmission::build(graph, &prep.seg, &plan, &names, &req.workload).map_err(PlanError::from)?;
+    let stages = split(graph, &prep.seg, &plan);
+
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|e| EmitError::Io { path: parent.to_path_buf(), message: e.to_string() })?;
+    let base = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
+    let tmp = parent.join(format!(".{base}.partial-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let result = write_all(&tmp, source, &stages, &plan, &names, &report, &map, opts);
+    match result {
+        Ok(weight_bytes) => {
+            let old = parent.join(format!(".{base}.old-{}", std::process::id()));
+            if out.exists() {
+                std::fs::rename(out, &old).map_err(|e| EmitError::Io { path: out.to_path_buf(), message: e.to_string() })?;
+            }
+            std::fs::rename(&tmp, out).map_err(|e| EmitError::Io { path: out.to_path_buf(), message: e.to_string() })?;
+            let _ = std::fs::remove_dir_all(&old);
+            Ok(Summary { report, weight_bytes })
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            Err(e)
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_all(
+    tmp: &Path,
+    source: &Path,
+    stages: &[Graph],
+    plan: &[shardc_passes::plan::Stage],
+    names: &[String],
+    report: &PlanReport,
+    map: &transmission::TransmissionMap,
+    opts: &CompileOptions,
+) -> Result<u64, EmitError> {
+    let mkdir = |p: &Path| std::fs::create_dir_all(p).map_err(|e| EmitError::Io { path: p.to_path_buf(), message: e.to_string() });
+    mkdir(tmp)?;
+    let prepared: Vec<_> = stages.iter().map(|s| store_weights(s, opts.dtype)).collect();
+    let total: u64 = prepared.iter().flat_map(|(_, st)| st.values().map(|(_, l)| l.length)).sum();
+    let bar = if std::io::stderr().is_terminal() {
+        let b = indicatif::ProgressBar::new(total);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{msg:>14} [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec})")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let mut written = 0u64;
+    for (s, (stage, stored)) in prepared.into_iter().enumerate() {
+        let device = &names[plan[s].device];
+        bar.set_message(device.clone());
+        let dir = tmp.join(device);
+        mkdir(&dir)?;
+        let mut stage = stage;
+        let locations = weights::write(&stage, &stored, source, &dir.join("weights.safetensors"), &|n| {
+            bar.inc(n);
+        })?;
+        for (i, loc) in locations {
+            written += loc.length;
+            if let ValueDef::Weight(w) = &mut stage.values[i].def {
+                w.location = Some(loc);
+            }
+        }
+        shardc_ir::verify(&stage).map_err(|e| EmitError::Other(format!("stage {s} ({device}): {e}")))?;
+        write_file(&dir.join("shard.ir"), shardc_ir::text::print(&stage).as_bytes())?;
+        write_file(&dir.join("shard.onnx"), &onnx::to_onnx(&stage)?)?;
+        let port = |v: ValueId, peers: Vec<String>| {
+            let value = stage.value(v);
+            Port {
+                name: value.name.clone(),
+                dtype: value.ty.as_ref().map_or("?".into(), |t| t.dtype.to_string()),
+                shape: value.ty.as_ref().map_or("?".into(), |t| format!("[{}]", shardc_ir::text::print::dims_text(&t.shape))),
+                peers,
+            }
+        };
+        let local = map.device_local.get(device).cloned().unwrap_or_default();
+        let senders = |name: &str| map.transfers.iter().filter(|t| t.tensor == name).map(|t| t.from.clone()).collect::<Vec<_>>();
+        let receivers = |name: &str| map.transfers.iter().filter(|t| t.tensor == name).flat_map(|t| t.to.clone()).collect::<Vec<_>>();
+        let inputs = stage
+            .inputs
+            .iter()
+            .filter(|&&v| !local.contains(&stage.value(v).name))
+            .map(|&v| port(v, senders(&stage.value(v).name)))
+            .collect();
+        let outputs = stage
+            .outputs
+            .iter()
+            .filter(|&&v| !local.contains(&stage.value(v).name))
+            .map(|&v| port(v, receivers(&stage.value(v).name)))
+            .collect();
+        let mut files = std::collections::BTreeMap::new();
+        for f in ["shard.ir", "shard.onnx", "weights.safetensors"] {
+            let p = dir.join(f);
+            files.insert(f.to_string(), hash_file(&p).map_err(|e| EmitError::Io { path: p.clone(), message: e.to_string() })?);
+        }
+        let weights_dtype = stage
+            .values
+            .iter()
+            .find_map(|v| match &v.def {
+                ValueDef::Weight(w) if w.dtype.is_float() => Some(w.dtype.to_string()),
+                _ => None,
+            })
+            .unwrap_or_else(|| "none".into());
+        let manifest = Manifest {
+            format: FORMAT,
+            device: device.clone(),
+            stage: s,
+            stages: plan.len(),
+            units: [report.stages[s].first_unit.clone(), report.stages[s].last_unit.clone()],
+            inputs,
+            outputs,
+            device_local: local,
+            weights_dtype,
+            files,
+        };
+        write_file(&dir.join("manifest.json"), &json(&manifest)?)?;
+    }
+    bar.finish_and_clear();
+    write_file(&tmp.join("plan.json"), &json(report)?)?;
+    write_file(&tmp.join("transmission_map.json"), &json(map)?)?;
+    write_file(&tmp.join("report.svg"), svg::render(report).as_bytes())?;
+    Ok(written)
+}

@@ -1,0 +1,114 @@
+//! Shard packages: one folder per device with `manifest.json`, `shard.ir`,
+//! `shard.onnx` and `weights.safetensors`. Loading checks every file against the
+//! blake3 hash the manifest records and refuses a package that was altered.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use shardc_ir::Graph;
+
+use crate::pipeline::Pipeline;
+use crate::{RuntimeError, Session};
+
+/// A tensor a stage takes in or gives out.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Port {
+    pub name: String,
+    pub dtype: String,
+    pub shape: String,
+    /// Who sends it (`client` or a device) / who receives it.
+    pub peers: Vec<String>,
+}
+
+/// `manifest.json` of a package.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: u32,
+    pub device: String,
+    /// Position in the pipeline.
+    pub stage: usize,
+    pub stages: usize,
+    /// First and last unit.
+    pub units: [String; 2],
+    pub inputs: Vec<Port>,
+    pub outputs: Vec<Port>,
+    /// KV-cache inputs and outputs that stay on this device.
+    pub device_local: Vec<String>,
+    /// Weights dtype as stored.
+    pub weights_dtype: String,
+    /// blake3 of every other file of the package.
+    pub files: BTreeMap<String, String>,
+}
+
+/// The current package format.
+pub const FORMAT: u32 = 1;
+
+/// blake3 of a file, hex.
+pub fn hash_file(path: &Path) -> std::io::Result<String> {
+    let mut hasher = blake3::Hasher::new();
+    let mut f = std::fs::File::open(path)?;
+    std::io::copy(&mut f, &mut hasher)?;
+    Ok(hasher.finalize().to_hex().to_string())
+}
+
+fn err(path: &Path, message: String) -> RuntimeError {
+    RuntimeError::Package { path: path.to_path_buf(), message }
+}
+
+/// Read a package's manifest and check every file's hash.
+pub fn load_manifest(dir: &Path) -> Result<Manifest, RuntimeError> {
+    let path = dir.join("manifest.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| err(&path, format!("cannot read: {e}")))?;
+    let m: Manifest = serde_json::from_str(&text).map_err(|e| err(&path, format!("not a manifest: {e}")))?;
+    if m.format != FORMAT {
+        return Err(err(&path, format!("package format {} (this runtime reads {FORMAT})", m.format)));
+    }
+    for (file, expected) in &m.files {
+        if file.contains('/') || file.contains('\\') || file.starts_with('.') {
+            return Err(err(&path, format!("file `{file}` is not a plain name in the package")));
+        }
+        let f = dir.join(file);
+        let got = hash_file(&f).map_err(|e| err(&f, format!("cannot read: {e}")))?;
+        if &got != expected {
+            return Err(err(&f, format!("blake3 {got} does not match the manifest's {expected}: the package was altered")));
+        }
+    }
+    Ok(m)
+}
+
+/// Load one package: manifest, hashes, and its graph (`shard.ir`).
+pub fn load(dir: &Path) -> Result<(Manifest, Graph), RuntimeError> {
+    let m = load_manifest(dir)?;
+    let path = dir.join("shard.ir");
+    let text = std::fs::read_to_string(&path).map_err(|e| err(&path, format!("cannot read: {e}")))?;
+    let graph = shardc_ir::text::parse(&text).map_err(|e| err(&path, e.to_string()))?;
+    shardc_ir::verify(&graph).map_err(|e| err(&path, e.to_string()))?;
+    Ok((m, graph))
+}
+
+/// Load every package of a compile output folder, in pipeline order, as a pipeline
+/// of sessions in this process.
+pub fn load_pipeline(out: &Path) -> Result<(Vec<Manifest>, Pipeline), RuntimeError> {
+    let mut packages: Vec<(Manifest, Graph, PathBuf)> = Vec::new();
+    let entries = std::fs::read_dir(out).map_err(|e| err(out, format!("cannot read: {e}")))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| err(out, e.to_string()))?;
+        let dir = entry.path();
+        if dir.join("manifest.json").is_file() {
+            let (m, g) = load(&dir)?;
+            packages.push((m, g, dir));
+        }
+    }
+    if packages.is_empty() {
+        return Err(err(out, "no packages (folders with manifest.json)".into()));
+    }
+    packages.sort_by_key(|(m, _, _)| m.stage);
+    let mut manifests = Vec::new();
+    let mut sessions = Vec::new();
+    for (m, g, dir) in packages {
+        sessions.push(Session::new(g, &dir));
+        manifests.push(m);
+    }
+    Ok((manifests, Pipeline::new(sessions)))
+}
