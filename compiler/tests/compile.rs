@@ -1,0 +1,177 @@
+//! `shardc compile`: packages that together reproduce the model, byte-identical
+//! across runs, refused when altered, and never left half-written.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{fixture_dir, fixture_onnx, reference, root, FIXTURES};
+use shardc::emit::{compile, CompileOptions};
+use shardc::frontend::hf::LowerOptions;
+use shardc::planning::Request;
+use shardc_passes::cost::Workload;
+use shardc_passes::devices;
+use shardc_passes::plan::{Objective, Strategy};
+use shardc_passes::{run_pipeline, Ctx};
+use shardc_runtime::generate::{self, CacheLayout};
+use shardc_runtime::package::load_pipeline;
+
+fn options(dtype: Option<shardc_ir::DType>) -> CompileOptions {
+    CompileOptions {
+        strategy: Strategy::Ilp,
+        request: Request {
+            workload: Workload { batch: 1, prompt_len: 16, max_context: 64 },
+            objective: Objective::Throughput,
+            margin: 0.1,
+            time_limit: std::time::Duration::from_secs(10),
+            compute_dtype: None,
+        },
+        dtype,
+        force: false,
+        model_name: "fixture".into(),
+        devices_name: "loopback".into(),
+    }
+}
+
+fn compile_to(model: &Path, devices: usize, out: &Path, dtype: Option<shardc_ir::DType>) -> usize {
+    let loaded = shardc::load::load(model, &LowerOptions { max_context: Some(64) }).unwrap();
+    let mut graph = loaded.graph;
+    run_pipeline(&mut graph, &mut Ctx::default(), None).unwrap();
+    let profile = devices::load(&root().join(format!("fixtures/devices/loopback-{devices}.toml"))).unwrap();
+    compile(&graph, &loaded.weights_dir, &profile, &options(dtype), out).unwrap().report.stages.len()
+}
+
+fn models() -> Vec<(String, PathBuf)> {
+    FIXTURES.iter().flat_map(|n| [(n.to_string(), fixture_dir(n).join("hf")), (n.to_string(), fixture_onnx(n))]).collect()
+}
+
+#[test]
+fn packages_for_two_and_three_devices_reproduce_every_fixture() {
+    for (name, model) in models() {
+        for devices in [2, 3] {
+            let dir = tempfile::tempdir().unwrap();
+            let out = dir.path().join("out");
+            assert_eq!(compile_to(&model, devices, &out, None), devices, "{}", model.display());
+            let (manifests, pipeline) = load_pipeline(&out).unwrap();
+            assert_eq!(manifests.len(), devices);
+            let r = reference(&name);
+            let (logits, tokens) = match CacheLayout::of(&pipeline).unwrap() {
+                Some(layout) => (
+                    generate::cached_prefill(&pipeline, &layout, &r.input_ids).unwrap(),
+                    generate::greedy_cached(&pipeline, &layout, &r.input_ids, 8).unwrap(),
+                ),
+                None => (generate::logits(&pipeline, &r.input_ids).unwrap(), generate::greedy(&pipeline, &r.input_ids, 8).unwrap()),
+            };
+            let max_ref = r.logits.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let diff = logits.values.iter().zip(&r.logits).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(diff <= 1e-4 * max_ref.max(1.0), "{} on {devices}: {diff}", model.display());
+            assert_eq!(tokens, r.greedy, "{} on {devices}", model.display());
+        }
+    }
+}
+
+fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push((p.strip_prefix(dir).unwrap().display().to_string(), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn two_compiles_are_byte_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = fixture_dir("qwen2").join("hf");
+    compile_to(&model, 3, &dir.path().join("a"), None);
+    compile_to(&model, 3, &dir.path().join("b"), None);
+    let (a, b) = (files(&dir.path().join("a")), files(&dir.path().join("b")));
+    assert_eq!(a.len(), 3 + 3 * 4);
+    assert_eq!(a, b);
+}
+
+#[test]
+fn altered_packages_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    compile_to(&fixture_dir("llama").join("hf"), 2, &out, None);
+    let weights = out.join("dev-b/weights.safetensors");
+    let mut bytes = std::fs::read(&weights).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x40;
+    std::fs::write(&weights, bytes).unwrap();
+    let err = load_pipeline(&out).err().unwrap().to_string();
+    assert!(err.contains("dev-b/weights.safetensors") && err.contains("the package was altered"), "{err}");
+    let cli = Command::new(env!("CARGO_BIN_EXE_shardc")).arg("verify").arg(fixture_dir("llama").join("hf")).arg(&out).output().unwrap();
+    assert_eq!(cli.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&cli.stderr).contains("the package was altered"));
+}
+
+#[test]
+fn a_failed_compile_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    // A config alone has no weights to copy: the compile fails after planning.
+    let config = root().join("fixtures/configs/gpt2/config.json");
+    let devices = root().join("fixtures/devices/home-4.toml");
+    let cli = Command::new(env!("CARGO_BIN_EXE_shardc"))
+        .args(["compile", config.to_str().unwrap(), "--devices", devices.to_str().unwrap(), "-o", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(cli.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&cli.stderr);
+    assert!(stderr.contains("has no file to copy from"), "{stderr}");
+    assert!(!out.exists());
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "temporary folders left behind");
+    // An existing OUT is kept unless --force.
+    std::fs::create_dir(&out).unwrap();
+    let model = fixture_dir("gpt2").join("hf");
+    let cli = Command::new(env!("CARGO_BIN_EXE_shardc"))
+        .args(["compile", model.to_str().unwrap(), "--devices", devices.to_str().unwrap(), "--max-context", "64", "--prompt-len", "8"])
+        .args(["-o", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(cli.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&cli.stderr).contains("exists; pass --force"), "{}", String::from_utf8_lossy(&cli.stderr));
+}
+
+#[test]
+fn half_precision_packages_store_f16_and_stay_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    compile_to(&fixture_dir("llama").join("hf"), 2, &out, Some(shardc_ir::DType::F16));
+    let bytes = std::fs::read(out.join("dev-a/weights.safetensors")).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header = String::from_utf8_lossy(&bytes[8..8 + n]);
+    assert!(header.contains("\"F16\"") && !header.contains("\"F32\""), "{header}");
+    let (_, pipeline) = load_pipeline(&out).unwrap();
+    let layout = CacheLayout::of(&pipeline).unwrap().unwrap();
+    let r = reference("llama");
+    let got = generate::cached_prefill(&pipeline, &layout, &r.input_ids).unwrap();
+    let max_ref = r.logits.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let diff = got.values.iter().zip(&r.logits).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(diff < 0.02 * max_ref, "f16 drift {diff} of {max_ref}");
+}
+
+#[test]
+fn verify_command_reports_agreement() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let model = fixture_dir("bloom").join("hf");
+    compile_to(&model, 3, &out, None);
+    let ids = reference("bloom").input_ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+    let cli = Command::new(env!("CARGO_BIN_EXE_shardc")).arg("verify").arg(&model).arg(&out).args(["--input-ids", &ids]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&cli.stdout);
+    assert_eq!(cli.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&cli.stderr));
+    assert!(stdout.contains("packages    3 stages: dev-a -> dev-b -> dev-c"), "{stdout}");
+    assert!(stdout.contains("greedy      8 tokens agree"), "{stdout}");
+}
