@@ -219,10 +219,10 @@ fn write_all(
         let dir = tmp.join(device);
         mkdir(&dir)?;
         let mut stage = stage;
-        let locations = weights::write(&stage, &stored, source, &dir.join("weights.safetensors"), &|n| {
+        let written_weights = weights::write(&stage, &stored, source, &dir.join("weights.safetensors"), &|n| {
             bar.inc(n);
         })?;
-        for (i, loc) in locations {
+        for (i, loc) in written_weights.locations {
             written += loc.length;
             if let ValueDef::Weight(w) = &mut stage.values[i].def {
                 w.location = Some(loc);
@@ -256,7 +256,8 @@ fn write_all(
             .map(|&v| port(v, receivers(&stage.value(v).name)))
             .collect();
         let mut files = std::collections::BTreeMap::new();
-        for f in ["shard.ir", "shard.onnx", "weights.safetensors"] {
+        files.insert("weights.safetensors".to_string(), written_weights.hash.clone());
+        for f in ["shard.ir", "shard.onnx"] {
             let p = dir.join(f);
             files.insert(f.to_string(), hash_file(&p).map_err(|e| EmitError::Io { path: p.clone(), message: e.to_string() })?);
         }

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::Path;
 
 use memmap2::Mmap;
@@ -12,8 +12,8 @@ use shardc_ir::{DType, Graph, ValueDef, WeightLocation};
 
 use super::EmitError;
 
-/// Bytes converted per step (bounds memory whatever the model size).
-const CHUNK_ELEMENTS: usize = 1 << 18;
+/// Elements copied per step: large enough that writes bypass the buffer.
+const CHUNK_ELEMENTS: usize = 1 << 20;
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> EmitError + '_ {
     move |e| EmitError::Io { path: path.to_path_buf(), message: e.to_string() }
@@ -46,16 +46,32 @@ pub fn convert(from: DType, to: DType, src: &[u8], out: &mut Vec<u8>) {
     }
 }
 
+/// The new location of every weight, and the blake3 hash of the written file.
+pub struct Written {
+    pub locations: HashMap<usize, WeightLocation>,
+    pub hash: String,
+}
+
+/// Bytes on their way to the hashing thread.
+enum Chunk<'a> {
+    /// Bytes written straight from a source map.
+    Borrowed(&'a [u8]),
+    Owned(Vec<u8>),
+    /// Hashed up to here: release these source pages.
+    Release(&'a Mmap, usize, usize),
+}
+
 /// Write every weight of `stage` (whose locations point into files under `source`)
 /// to `path`, each converted to the dtype its weight reference now declares (the
-/// source dtype is `stored[value]`); returns the new location of every weight.
+/// source dtype is `stored[value]`). Source pages are released after each weight, so
+/// resident memory stays bounded whatever the model size.
 pub fn write(
     stage: &Graph,
     stored: &HashMap<usize, (DType, WeightLocation)>,
     source: &Path,
     path: &Path,
     progress: &dyn Fn(u64),
-) -> Result<HashMap<usize, WeightLocation>, EmitError> {
+) -> Result<Written, EmitError> {
     let mut names: Vec<(String, usize)> = stage
         .values
         .iter()
@@ -82,42 +98,84 @@ pub fn write(
         text.push(' ');
     }
     let data_start = 8 + text.len() as u64;
-    let file = File::create(path).map_err(io(path))?;
-    let mut out = BufWriter::with_capacity(1 << 20, file);
-    out.write_all(&(text.len() as u64).to_le_bytes()).map_err(io(path))?;
-    out.write_all(text.as_bytes()).map_err(io(path))?;
+    let mut out = File::create(path).map_err(io(path))?;
     let mut maps: HashMap<String, Mmap> = HashMap::new();
-    let mut buf = Vec::with_capacity(CHUNK_ELEMENTS * 8);
-    let mut locations = HashMap::new();
-    for (i, start, len) in spans {
-        let ValueDef::Weight(w) = &stage.values[i].def else { continue };
-        let (from, loc) = stored.get(&i).ok_or_else(|| EmitError::Weight {
-            name: stage.values[i].name.clone(),
-            message: "has no file to copy from (a config.json alone cannot be compiled)".into(),
-        })?;
-        if !maps.contains_key(&loc.file) {
-            let src = source.join(&loc.file);
-            let f = File::open(&src).map_err(io(&src))?;
-            // SAFETY: read-only map of a model file that nothing in this process writes.
-            let m = unsafe { Mmap::map(&f) }.map_err(io(&src))?;
-            maps.insert(loc.file.clone(), m);
+    for (i, _, _) in &spans {
+        if let Some((_, loc)) = stored.get(i) {
+            if !maps.contains_key(&loc.file) {
+                let src = source.join(&loc.file);
+                let f = File::open(&src).map_err(io(&src))?;
+                // SAFETY: read-only map of a model file that nothing in this process writes.
+                let m = unsafe { Mmap::map(&f) }.map_err(io(&src))?;
+                maps.insert(loc.file.clone(), m);
+            }
         }
-        let map = &maps[&loc.file];
-        let end = loc.offset.checked_add(loc.length).filter(|&e| e <= map.len() as u64).ok_or_else(|| EmitError::Weight {
-            name: stage.values[i].name.clone(),
-            message: format!("bytes {}..{} lie past the end of `{}`", loc.offset, loc.offset + loc.length, loc.file),
-        })?;
-        let bytes = &map[loc.offset as usize..end as usize];
-        let step = CHUNK_ELEMENTS * from.size_bytes();
-        for chunk in bytes.chunks(step) {
-            buf.clear();
-            convert(*from, w.dtype, chunk, &mut buf);
-            out.write_all(&buf).map_err(io(path))?;
-            progress(chunk.len() as u64);
-        }
-        locations.insert(i, WeightLocation { file: "weights.safetensors".into(), offset: data_start + start, length: len });
     }
-    out.flush().map_err(io(path))?;
-    out.into_inner().map_err(|e| EmitError::Io { path: path.to_path_buf(), message: e.to_string() })?.sync_all().map_err(io(path))?;
-    Ok(locations)
+    let maps = &maps;
+    let mut locations = HashMap::new();
+    // Hash on a second thread while this one writes: the file's hash costs no extra pass.
+    let hash = std::thread::scope(|scope| -> Result<String, EmitError> {
+        let (send, receive) = std::sync::mpsc::sync_channel::<Chunk>(8);
+        let hasher = scope.spawn(move || {
+            let mut h = blake3::Hasher::new();
+            for chunk in receive {
+                match chunk {
+                    Chunk::Borrowed(bytes) => {
+                        h.update(bytes);
+                    }
+                    Chunk::Owned(v) => {
+                        h.update(&v);
+                    }
+                    Chunk::Release(map, begin, len) => {
+                        // Drop the weight's source pages from this process (the page
+                        // cache keeps them), so resident memory stays bounded whatever
+                        // the model size.
+                        // SAFETY: the map is private and read-only; DontNeed only makes
+                        // later reads fault pages in again from the file.
+                        let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, begin, len) };
+                    }
+                }
+            }
+            h.finalize().to_hex().to_string()
+        });
+        let header_bytes = [&(text.len() as u64).to_le_bytes()[..], text.as_bytes()].concat();
+        out.write_all(&header_bytes).map_err(io(path))?;
+        let _ = send.send(Chunk::Owned(header_bytes));
+        for &(i, start, len) in &spans {
+            let ValueDef::Weight(w) = &stage.values[i].def else { continue };
+            let (from, loc) = stored.get(&i).ok_or_else(|| EmitError::Weight {
+                name: stage.values[i].name.clone(),
+                message: "has no file to copy from (a config.json alone cannot be compiled)".into(),
+            })?;
+            let map = &maps[&loc.file];
+            let end = loc.offset.checked_add(loc.length).filter(|&e| e <= map.len() as u64).ok_or_else(|| EmitError::Weight {
+                name: stage.values[i].name.clone(),
+                message: format!("bytes {}..{} lie past the end of `{}`", loc.offset, loc.offset + loc.length, loc.file),
+            })?;
+            if *from == w.dtype {
+                // Same dtype: straight from the map; the hashing thread reads the same pages.
+                for chunk in map[loc.offset as usize..end as usize].chunks(CHUNK_ELEMENTS * from.size_bytes()) {
+                    out.write_all(chunk).map_err(io(path))?;
+                    let _ = send.send(Chunk::Borrowed(chunk));
+                    progress(chunk.len() as u64);
+                }
+            } else {
+                let bytes: &[u8] = &map[loc.offset as usize..end as usize];
+                let step = CHUNK_ELEMENTS * from.size_bytes();
+                for chunk in bytes.chunks(step) {
+                    let mut buf = Vec::with_capacity(chunk.len() / from.size_bytes() * w.dtype.size_bytes());
+                    convert(*from, w.dtype, chunk, &mut buf);
+                    out.write_all(&buf).map_err(io(path))?;
+                    let _ = send.send(Chunk::Owned(buf));
+                    progress(chunk.len() as u64);
+                }
+            }
+            locations.insert(i, WeightLocation { file: "weights.safetensors".into(), offset: data_start + start, length: len });
+            let begin = (loc.offset as usize / 4096) * 4096;
+            let _ = send.send(Chunk::Release(map, begin, end as usize - begin));
+        }
+        drop(send);
+        hasher.join().map_err(|_| EmitError::Other("the hashing thread failed".into()))
+    })?;
+    Ok(Written { locations, hash })
 }
