@@ -175,3 +175,60 @@ fn verify_command_reports_agreement() {
     assert!(stdout.contains("packages    3 stages: dev-a -> dev-b -> dev-c"), "{stdout}");
     assert!(stdout.contains("greedy      8 tokens agree"), "{stdout}");
 }
+
+#[test]
+fn a_compile_killed_mid_write_leaves_no_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let model = fixture_dir("llama32").join("hf");
+    let devices = root().join("fixtures/devices/loopback-2.toml");
+    let args = format!(
+        "ulimit -f 100; exec '{}' compile '{}' --devices '{}' --objective throughput --max-context 64 --prompt-len 16 -o '{}'",
+        env!("CARGO_BIN_EXE_shardc"),
+        model.display(),
+        devices.display(),
+        out.display()
+    );
+    // A 100 KiB file-size limit: writing the 1.2 MB of weights fails part-way, as a full disk would.
+    let status = Command::new("sh").args(["-c", &args]).status().unwrap();
+    assert!(!status.success());
+    assert!(!out.exists(), "a partial OUT was left");
+    // The next compile clears what the killed one left and succeeds.
+    let ok = Command::new(env!("CARGO_BIN_EXE_shardc"))
+        .arg("compile")
+        .arg(&model)
+        .args(["--devices", devices.to_str().unwrap(), "--objective", "throughput", "--max-context", "64", "--prompt-len", "16", "-o"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left, [std::ffi::OsString::from("out")]);
+    // An output folder that cannot be created at all.
+    let bad = Command::new(env!("CARGO_BIN_EXE_shardc"))
+        .arg("compile")
+        .arg(&model)
+        .args(["--devices", devices.to_str().unwrap(), "--max-context", "64", "--prompt-len", "16", "-o", "/proc/shardc-out"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("/proc"), "{}", String::from_utf8_lossy(&bad.stderr));
+}
+
+#[test]
+fn a_model_that_does_not_fit_is_refused_with_the_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let config = root().join("fixtures/configs/llama-3-70b/config.json");
+    let devices = root().join("fixtures/devices/lingualinked-3.toml");
+    let cli = Command::new(env!("CARGO_BIN_EXE_shardc"))
+        .arg("compile")
+        .arg(&config)
+        .args(["--devices", devices.to_str().unwrap(), "-o", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(cli.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&cli.stderr);
+    assert!(stderr.contains("cannot hold the model: it needs") && stderr.contains("offer 6.75 GiB"), "{stderr}");
+    assert!(!out.exists());
+}

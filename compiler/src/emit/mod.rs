@@ -167,8 +167,16 @@ pub fn compile(graph: &Graph, source: &Path, profile: &Profile, opts: &CompileOp
     let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(|e| EmitError::Io { path: parent.to_path_buf(), message: e.to_string() })?;
     let base = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
+    // Leftovers of compiles that were killed mid-write (never a finished OUT).
+    if let Ok(entries) = std::fs::read_dir(parent) {
+        let prefix = format!(".{base}.partial-");
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
     let tmp = parent.join(format!(".{base}.partial-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
     let result = write_all(&tmp, source, &stages, &plan, &names, &report, &map, opts);
     match result {
         Ok(weight_bytes) => {
