@@ -129,6 +129,23 @@ impl Graph {
         node
     }
 
+    /// Append a copy of `node` of `src` reading `inputs` (ids of this graph); its
+    /// outputs keep their names and types. Returns, per output of `node`, the pair
+    /// (id in `src`, id here).
+    pub fn append_copy(&mut self, src: &Graph, node: &Node, inputs: Vec<Option<ValueId>>) -> Vec<(ValueId, ValueId)> {
+        let names: Vec<String> = node.outputs.iter().map(|&o| src.value(o).name.clone()).collect();
+        let nid = self.add_node(node.name.clone(), node.op.clone(), inputs, &names);
+        let outs = self.node(nid).outputs.clone();
+        node.outputs
+            .iter()
+            .zip(outs)
+            .map(|(&old, new)| {
+                self.value_mut(new).ty = src.value(old).ty.clone();
+                (old, new)
+            })
+            .collect()
+    }
+
     /// Node ids in order.
     pub fn node_ids(&self) -> impl Iterator<Item = NodeId> {
         (0..self.nodes.len() as u32).map(NodeId)

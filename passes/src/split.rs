@@ -67,13 +67,7 @@ pub fn split(graph: &Graph, seg: &Segmentation, plan: &[Stage]) -> Vec<Graph> {
             for &i in &members {
                 let node = &graph.nodes[i];
                 let inputs = node.inputs.iter().map(|v| v.map(|v| map[&v])).collect();
-                let names: Vec<String> = node.outputs.iter().map(|&o| graph.value(o).name.clone()).collect();
-                let nid = sub.add_node(node.name.clone(), node.op.clone(), inputs, &names);
-                for (k, &o) in node.outputs.iter().enumerate() {
-                    let new = sub.node(nid).outputs[k];
-                    sub.value_mut(new).ty = graph.value(o).ty.clone();
-                    map.insert(o, new);
-                }
+                map.extend(sub.append_copy(graph, node, inputs));
             }
             // Outputs: graph outputs computed here, and what other stages read.
             for &i in &members {

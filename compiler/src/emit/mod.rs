@@ -119,13 +119,7 @@ fn store_weights(graph: &Graph, dtype: Option<DType>) -> (Graph, HashMap<usize, 
                 })
             })
             .collect();
-        let names: Vec<String> = node.outputs.iter().map(|&o| graph.value(o).name.clone()).collect();
-        let nid = out.add_node(node.name.clone(), node.op.clone(), inputs, &names);
-        for (k, &o) in node.outputs.iter().enumerate() {
-            let new = out.node(nid).outputs[k];
-            out.value_mut(new).ty = graph.value(o).ty.clone();
-            map.insert(o, new);
-        }
+        map.extend(out.append_copy(graph, node, inputs));
     }
     out.outputs = graph.outputs.iter().map(|v| map[v]).collect();
     (out, stored)
