@@ -4,6 +4,7 @@
 
 mod error;
 pub mod exec;
+pub mod frame;
 pub mod generate;
 pub mod kernels;
 pub mod package;
