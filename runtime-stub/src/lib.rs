@@ -3,10 +3,12 @@
 //! through memory maps on first use.
 
 mod error;
+pub mod cluster;
 pub mod exec;
 pub mod frame;
 pub mod generate;
 pub mod kernels;
+pub mod node;
 pub mod package;
 pub mod pipeline;
 pub mod profile;

@@ -1,0 +1,178 @@
+//! `shardc-run`: the device runtime. Loads compiled packages only (never models).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Result};
+use clap::{Args, Parser, Subcommand};
+use shardc_runtime::cluster::Cluster;
+use shardc_runtime::node::{self, Generation, NetOptions};
+
+/// Run compiled shardc packages, one process per device or all in one.
+#[derive(Parser)]
+#[command(name = "shardc-run", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args)]
+struct Net {
+    /// File whose contents key the frames' blake3 MAC (shared by every participant).
+    #[arg(long)]
+    secret_file: Option<PathBuf>,
+    /// Largest frame accepted, bytes.
+    #[arg(long, default_value_t = 1 << 30)]
+    max_frame: usize,
+}
+
+#[derive(Args)]
+struct Gen {
+    /// Prompt token ids, comma-separated.
+    #[arg(long, value_delimiter = ',', required = true, num_args = 1..)]
+    input_ids: Vec<i64>,
+    #[arg(long, default_value_t = 8)]
+    max_new_tokens: usize,
+    /// Independent requests in flight together.
+    #[arg(long, default_value_t = 1)]
+    requests: usize,
+    /// Seconds to wait for a device before giving up on it.
+    #[arg(long, default_value_t = 5.0)]
+    timeout: f64,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve one device's package.
+    Serve {
+        out: PathBuf,
+        #[arg(long)]
+        device: String,
+        #[arg(long)]
+        cluster: PathBuf,
+        /// Allow addresses that are not loopback.
+        #[arg(long)]
+        allow_remote: bool,
+        /// Emulate a device this many times slower.
+        #[arg(long, default_value_t = 1.0)]
+        slowdown: f64,
+        #[command(flatten)]
+        net: Net,
+    },
+    /// Drive generation through serving devices.
+    Generate {
+        out: PathBuf,
+        #[arg(long)]
+        cluster: PathBuf,
+        #[arg(long)]
+        allow_remote: bool,
+        #[command(flatten)]
+        generation: Gen,
+        #[command(flatten)]
+        net: Net,
+    },
+    /// Every device as a thread of this process, over in-process sockets.
+    Local {
+        out: PathBuf,
+        #[command(flatten)]
+        generation: Gen,
+    },
+}
+
+fn net_options(net: &Net, slowdown: f64) -> Result<NetOptions> {
+    let secret = match &net.secret_file {
+        Some(p) => {
+            let bytes = std::fs::read(p).map_err(|e| anyhow!("{}: {e}", p.display()))?;
+            if bytes.is_empty() {
+                bail!("{}: the secret file is empty", p.display());
+            }
+            Some(blake3::derive_key("shardc-run 2026 frame MAC", &bytes))
+        }
+        None => None,
+    };
+    Ok(NetOptions { secret, max_frame: net.max_frame, slowdown })
+}
+
+fn report(g: &Generation, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(g)?);
+        return Ok(());
+    }
+    for (r, t) in g.tokens.iter().enumerate() {
+        println!("request {r}: {}", t.iter().map(i64::to_string).collect::<Vec<_>>().join(","));
+    }
+    for s in &g.stages {
+        println!("{:<14} {} steps, compute {:.2} ms, send {:.2} ms", s.device, s.steps, s.compute_ms, s.send_ms);
+    }
+    println!("wall {:.1} ms", g.wall_ms);
+    Ok(())
+}
+
+fn local(out: &Path, gen: &Gen) -> Result<Generation> {
+    let ctx = zmq::Context::new();
+    let mut devices = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir(out)? {
+        let p = entry?.path();
+        if p.join("manifest.json").is_file() {
+            let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            devices.insert(name.clone(), format!("inproc://{name}"));
+        }
+    }
+    let cluster = Cluster { client: "inproc://client".into(), devices };
+    let opts = NetOptions { secret: None, max_frame: 1 << 30, slowdown: 1.0 };
+    let stop = Arc::new(AtomicBool::new(false));
+    let handles: Vec<_> = cluster
+        .devices
+        .keys()
+        .map(|d| {
+            let (out, d, cluster, ctx, opts, stop) = (out.to_path_buf(), d.clone(), cluster.clone(), ctx.clone(), opts.clone(), stop.clone());
+            std::thread::spawn(move || node::serve(&out, &d, &cluster, &ctx, &opts, stop))
+        })
+        .collect();
+    let result = node::generate(out, &cluster, &ctx, &opts, &gen.input_ids, gen.max_new_tokens, gen.requests, Duration::from_secs_f64(gen.timeout));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for h in handles {
+        if let Ok(Err(e)) = h.join() {
+            eprintln!("{e}");
+        }
+    }
+    result.map_err(|e| anyhow!(e))
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Serve { out, device, cluster, allow_remote, slowdown, net } => {
+            let cluster = Cluster::load(&cluster, allow_remote).map_err(|e| anyhow!(e))?;
+            let opts = net_options(&net, slowdown)?;
+            let ctx = zmq::Context::new();
+            node::serve(&out, &device, &cluster, &ctx, &opts, Arc::new(AtomicBool::new(false))).map_err(|e| anyhow!(e))
+        }
+        Command::Generate { out, cluster, allow_remote, generation, net } => {
+            let cluster = Cluster::load(&cluster, allow_remote).map_err(|e| anyhow!(e))?;
+            let opts = net_options(&net, 1.0)?;
+            let ctx = zmq::Context::new();
+            let g = node::generate(&out, &cluster, &ctx, &opts, &generation.input_ids, generation.max_new_tokens, generation.requests, Duration::from_secs_f64(generation.timeout))
+                .map_err(|e| anyhow!(e))?;
+            report(&g, generation.json)
+        }
+        Command::Local { out, generation } => {
+            let g = local(&out, &generation)?;
+            report(&g, generation.json)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,310 @@
+//! The distributed runtime over ZeroMQ: devices that run their package and send each
+//! output straight to the devices that need it, and the client that drives generation.
+//!
+//! Every participant binds one PULL socket at its `cluster.toml` address and sends
+//! with PUSH sockets to the others. A message is `[kind, frame]` (plus the keyed MAC
+//! of both when a secret is shared): `tensors` carries inputs of a step, `done` tells
+//! the client a stage finished a step (with its compute time), `end` frees a
+//! request's KV cache. A device keeps its layers' KV cache per request; decode steps
+//! carry one token.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ndarray::{ArrayD, IxDyn};
+
+use crate::cluster::Cluster;
+use crate::frame::{self, Frame};
+use crate::generate::argmax;
+use crate::package::{self, Manifest};
+use crate::{Session, Tensor};
+
+/// Options shared by devices and the client.
+#[derive(Clone)]
+pub struct NetOptions {
+    pub secret: Option<[u8; 32]>,
+    pub max_frame: usize,
+    /// Emulate a device this many times slower (sleep (F − 1) × compute).
+    pub slowdown: f64,
+}
+
+/// A message on the wire.
+struct Message {
+    kind: String,
+    frame: Frame,
+}
+
+fn send(sockets: &mut HashMap<String, zmq::Socket>, ctx: &zmq::Context, address: &str, kind: &str, frame: &Frame, opts: &NetOptions) -> Result<(), String> {
+    if !sockets.contains_key(address) {
+        let s = ctx.socket(zmq::PUSH).map_err(|e| e.to_string())?;
+        s.set_linger(1000).map_err(|e| e.to_string())?;
+        s.connect(address).map_err(|e| format!("cannot connect to {address}: {e}"))?;
+        sockets.insert(address.to_string(), s);
+    }
+    let (bytes, _) = frame::encode(frame, None);
+    let mut parts: Vec<Vec<u8>> = vec![kind.as_bytes().to_vec(), bytes];
+    if let Some(secret) = &opts.secret {
+        let tag = frame::mac(secret, &[parts[0].as_slice(), b"\0", parts[1].as_slice()].concat());
+        parts.push(tag.to_vec());
+    }
+    sockets[address].send_multipart(parts, 0).map_err(|e| format!("cannot send to {address}: {e}"))
+}
+
+/// Receive one message, or `Ok(None)` on timeout; refused messages are logged and skipped.
+fn receive(socket: &zmq::Socket, timeout: Duration, opts: &NetOptions, who: &str) -> Result<Option<Message>, String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if socket.poll(zmq::POLLIN, left.as_millis() as i64).map_err(|e| e.to_string())? == 0 {
+            return Ok(None);
+        }
+        let parts = socket.recv_multipart(0).map_err(|e| e.to_string())?;
+        match check(&parts, opts) {
+            Ok(m) => return Ok(Some(m)),
+            Err(e) => eprintln!("{who}: dropped a message: {e}"),
+        }
+    }
+}
+
+fn check(parts: &[Vec<u8>], opts: &NetOptions) -> Result<Message, String> {
+    let (kind, bytes) = match parts {
+        [k, b] | [k, b, _] => (k, b),
+        _ => return Err(format!("{} message parts (expected 2 or 3)", parts.len())),
+    };
+    if bytes.len() > opts.max_frame {
+        return Err(format!("frame of {} bytes exceeds the limit of {}", bytes.len(), opts.max_frame));
+    }
+    if let Some(secret) = &opts.secret {
+        let tag = parts.get(2).ok_or("frame has no MAC but the devices share a secret")?;
+        let expected = blake3::keyed_hash(secret, &[kind.as_slice(), b"\0", bytes.as_slice()].concat());
+        let got: [u8; 32] = tag.as_slice().try_into().map_err(|_| "frame MAC has the wrong length")?;
+        if expected != blake3::Hash::from(got) {
+            return Err("frame MAC does not match".into());
+        }
+    }
+    let kind = String::from_utf8(kind.clone()).map_err(|_| "message kind is not text")?;
+    if !["tensors", "done", "end", "stop"].contains(&kind.as_str()) {
+        return Err(format!("unknown message kind `{kind}`"));
+    }
+    let frame = frame::decode(bytes, None, None, opts.max_frame).map_err(|e| e.to_string())?;
+    Ok(Message { kind, frame })
+}
+
+/// Run one device until a `stop` message (or `stop` is set).
+pub fn serve(out: &Path, device: &str, cluster: &Cluster, ctx: &zmq::Context, opts: &NetOptions, stop: Arc<AtomicBool>) -> Result<(), String> {
+    let dir = out.join(device);
+    let (manifest, graph) = package::load(&dir).map_err(|e| e.to_string())?;
+    let session = Session::new(graph, &dir);
+    let address = cluster.address(device).ok_or_else(|| format!("`{device}` is not in the cluster file"))?;
+    let socket = ctx.socket(zmq::PULL).map_err(|e| e.to_string())?;
+    socket.bind(address).map_err(|e| format!("{device}: cannot bind {address}: {e}"))?;
+    let mut peers: HashMap<String, zmq::Socket> = HashMap::new();
+    let local: Vec<String> = manifest.device_local.clone();
+    let cache_inputs: Vec<(String, Vec<usize>)> = session
+        .graph()
+        .inputs
+        .iter()
+        .map(|&v| session.graph().value(v))
+        .filter(|v| local.contains(&v.name))
+        .map(|v| {
+            let shape = v.ty.as_ref().map(|t| t.shape.iter().map(|d| d.as_known().map_or(if d.symbols() == ["past"] { 0 } else { 1 }, |n| n as usize)).collect()).unwrap_or_default();
+            (v.name.clone(), shape)
+        })
+        .collect();
+    let needed: Vec<String> = manifest.inputs.iter().map(|p| p.name.clone()).collect();
+    let mut pending: HashMap<(u64, u64), HashMap<String, Tensor>> = HashMap::new();
+    let mut caches: HashMap<u64, HashMap<String, Tensor>> = HashMap::new();
+    while !stop.load(Ordering::Relaxed) {
+        let Some(msg) = receive(&socket, Duration::from_millis(200), opts, device)? else { continue };
+        match msg.kind.as_str() {
+            "stop" => break,
+            "end" => {
+                caches.remove(&msg.frame.request);
+            }
+            "tensors" => {
+                let key = (msg.frame.request, msg.frame.step);
+                let entry = pending.entry(key).or_default();
+                for (name, t) in msg.frame.tensors {
+                    if needed.contains(&name) {
+                        entry.insert(name, t);
+                    } else {
+                        eprintln!("{device}: dropped tensor `{name}` it does not take");
+                    }
+                }
+                if !needed.iter().all(|n| entry.contains_key(n)) {
+                    continue;
+                }
+                let mut inputs: Vec<(String, Tensor)> = pending.remove(&key).unwrap_or_default().into_iter().collect();
+                let cache = caches.entry(key.0).or_default();
+                for (name, shape) in &cache_inputs {
+                    let t = cache.remove(name).unwrap_or_else(|| Tensor::f32(ArrayD::zeros(IxDyn(shape))));
+                    inputs.push((name.clone(), t));
+                }
+                let started = Instant::now();
+                let outputs = match session.run(inputs) {
+                    Ok(o) => o,
+                    Err(e) => {
+                        eprintln!("{device}: request {} step {}: {e}", key.0, key.1);
+                        continue;
+                    }
+                };
+                let compute = started.elapsed();
+                if opts.slowdown > 1.0 {
+                    std::thread::sleep(compute.mul_f64(opts.slowdown - 1.0));
+                }
+                let compute_ms = started.elapsed().as_secs_f64() * 1e3;
+                let send_started = Instant::now();
+                let mut by_peer: BTreeMap<String, Vec<(String, Tensor)>> = BTreeMap::new();
+                for (name, t) in outputs {
+                    if let Some(rest) = name.strip_prefix("present.") {
+                        cache.insert(format!("past_key_values.{rest}"), t);
+                        continue;
+                    }
+                    if let Some(port) = manifest.outputs.iter().find(|p| p.name == name) {
+                        for peer in &port.peers {
+                            by_peer.entry(peer.clone()).or_default().push((name.clone(), t.clone()));
+                        }
+                    }
+                }
+                for (peer, tensors) in by_peer {
+                    let addr = cluster.address(&peer).ok_or_else(|| format!("{device}: peer `{peer}` is not in the cluster file"))?;
+                    let f = Frame { request: key.0, step: key.1, sender: device.to_string(), tensors };
+                    send(&mut peers, ctx, addr, "tensors", &f, opts)?;
+                }
+                let timing = Tensor::f32(ArrayD::from_shape_vec(IxDyn(&[2]), vec![compute_ms as f32, send_started.elapsed().as_secs_f32() * 1e3]).unwrap_or_default());
+                let done = Frame { request: key.0, step: key.1, sender: device.to_string(), tensors: vec![("timing_ms".into(), timing)] };
+                send(&mut peers, ctx, &cluster.client, "done", &done, opts)?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// What `generate` reports.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Generation {
+    /// Per request, the generated tokens.
+    pub tokens: Vec<Vec<i64>>,
+    /// Per step of the first request, the number of token ids sent.
+    pub ids_sent: Vec<usize>,
+    /// Per device (in pipeline order): total compute and send ms, steps.
+    pub stages: Vec<StageTiming>,
+    pub wall_ms: f64,
+}
+
+/// Timings of one stage.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct StageTiming {
+    pub device: String,
+    pub steps: usize,
+    pub compute_ms: f64,
+    pub send_ms: f64,
+}
+
+/// Drive `requests` greedy generations of `n` tokens through the devices.
+pub fn generate(out: &Path, cluster: &Cluster, ctx: &zmq::Context, opts: &NetOptions, prompt: &[i64], n: usize, requests: usize, timeout: Duration) -> Result<Generation, String> {
+    let map_text = std::fs::read_to_string(out.join("transmission_map.json")).map_err(|e| format!("{}: {e}", out.display()))?;
+    let map: serde_json::Value = serde_json::from_str(&map_text).map_err(|e| e.to_string())?;
+    let stages: Vec<String> = map["stages"].as_array().ok_or("transmission map has no stages")?.iter().filter_map(|s| s.as_str().map(String::from)).collect();
+    let ids_to: Vec<String> = map["transfers"]
+        .as_array()
+        .and_then(|t| t.iter().find(|t| t["tensor"] == "input_ids"))
+        .and_then(|t| t["to"].as_array())
+        .ok_or("the transmission map does not say who takes input_ids")?
+        .iter()
+        .filter_map(|s| s.as_str().map(String::from))
+        .collect();
+    let manifests: Vec<Manifest> = stages.iter().map(|d| package::load_manifest(&out.join(d)).map_err(|e| e.to_string())).collect::<Result<_, _>>()?;
+    let socket = ctx.socket(zmq::PULL).map_err(|e| e.to_string())?;
+    socket.bind(&cluster.client).map_err(|e| format!("client: cannot bind {}: {e}", cluster.client))?;
+    let mut peers = HashMap::new();
+    let started = Instant::now();
+    let mut tokens: Vec<Vec<i64>> = vec![Vec::new(); requests];
+    let mut ids_sent = Vec::new();
+    let mut timings: Vec<StageTiming> = manifests.iter().map(|m| StageTiming { device: m.device.clone(), ..Default::default() }).collect();
+    let send_ids = |peers: &mut HashMap<String, zmq::Socket>, r: u64, step: u64, ids: &[i64]| -> Result<(), String> {
+        let t = Tensor::i64(ArrayD::from_shape_vec(IxDyn(&[1, ids.len()]), ids.to_vec()).map_err(|e| e.to_string())?);
+        for d in &ids_to {
+            let addr = cluster.address(d).ok_or_else(|| format!("`{d}` is not in the cluster file"))?;
+            let f = Frame { request: r, step, sender: "client".into(), tensors: vec![("input_ids".into(), t.clone())] };
+            send(peers, ctx, addr, "tensors", &f, opts)?;
+        }
+        Ok(())
+    };
+    // Per (request, step): which stages reported done, and the logits when they come.
+    let mut done: HashMap<(u64, u64), Vec<bool>> = HashMap::new();
+    let mut logits: HashMap<(u64, u64), Vec<f32>> = HashMap::new();
+    for r in 0..requests as u64 {
+        send_ids(&mut peers, r, 0, prompt)?;
+        done.insert((r, 0), vec![false; stages.len()]);
+    }
+    ids_sent.push(prompt.len());
+    let mut active = requests;
+    while active > 0 && n > 0 {
+        let Some(msg) = receive(&socket, timeout, opts, "client")? else {
+            // Name the first stage that has not finished the oldest outstanding step.
+            let (key, flags) = done.iter().min_by_key(|(k, _)| **k).ok_or("timed out")?;
+            let missing = flags.iter().position(|f| !f).map_or("?".to_string(), |i| stages[i].clone());
+            return Err(format!("device `{missing}` did not finish request {} step {} within {:.1} s", key.0, key.1, timeout.as_secs_f64()));
+        };
+        let key = (msg.frame.request, msg.frame.step);
+        match msg.kind.as_str() {
+            "done" => {
+                if let Some(i) = stages.iter().position(|s| *s == msg.frame.sender) {
+                    if let Some(flags) = done.get_mut(&key) {
+                        flags[i] = true;
+                    }
+                    if let Some((_, t)) = msg.frame.tensors.first() {
+                        let v = t.to_f32_vec();
+                        timings[i].steps += 1;
+                        timings[i].compute_ms += f64::from(*v.first().unwrap_or(&0.0));
+                        timings[i].send_ms += f64::from(*v.get(1).unwrap_or(&0.0));
+                    }
+                }
+            }
+            "tensors" => {
+                if let Some((_, t)) = msg.frame.tensors.iter().find(|(n, _)| n == "logits") {
+                    let values = t.to_f32_vec();
+                    let vocab = *t.shape().last().unwrap_or(&1);
+                    logits.insert(key, values[values.len().saturating_sub(vocab)..].to_vec());
+                }
+            }
+            _ => {}
+        }
+        // A step is complete when every stage is done and the logits arrived.
+        let complete = done.get(&key).is_some_and(|f| f.iter().all(|x| *x)) && logits.contains_key(&key);
+        if complete {
+            done.remove(&key);
+            let next = argmax(&logits.remove(&key).unwrap_or_default()) as i64;
+            let r = key.0 as usize;
+            tokens[r].push(next);
+            if tokens[r].len() == n {
+                active -= 1;
+                for d in &stages {
+                    if let Some(addr) = cluster.address(d) {
+                        send(&mut peers, ctx, addr, "end", &Frame { request: key.0, step: key.1, sender: "client".into(), tensors: vec![] }, opts)?;
+                    }
+                }
+            } else {
+                send_ids(&mut peers, key.0, key.1 + 1, &[next])?;
+                done.insert((key.0, key.1 + 1), vec![false; stages.len()]);
+                if r == 0 {
+                    ids_sent.push(1);
+                }
+            }
+        }
+    }
+    Ok(Generation { tokens, ids_sent, stages: timings, wall_ms: started.elapsed().as_secs_f64() * 1e3 })
+}
+
+/// Tell every device to stop.
+pub fn stop_all(cluster: &Cluster, ctx: &zmq::Context, opts: &NetOptions) {
+    let mut peers = HashMap::new();
+    for addr in cluster.devices.values() {
+        let _ = send(&mut peers, ctx, addr, "stop", &Frame { request: 0, step: 0, sender: "client".into(), tensors: vec![] }, opts);
+    }
+}
