@@ -1,0 +1,211 @@
+//! One process per device over ZeroMQ on loopback (`shardc-run serve` / `generate`),
+//! and all devices in one process (`shardc-run local`): the reference tokens, one token
+//! per decode step, and faults that end cleanly.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{fixture_dir, meta, root};
+
+fn shardc_run() -> PathBuf {
+    let p = Path::new(env!("CARGO_BIN_EXE_shardc")).with_file_name("shardc-run");
+    assert!(p.exists(), "{} is missing: build the workspace (cargo test --workspace)", p.display());
+    p
+}
+
+fn compile(model: &Path, out: &Path) {
+    let st = Command::new(env!("CARGO_BIN_EXE_shardc"))
+        .arg("compile")
+        .arg(model)
+        .args(["--devices", root().join("fixtures/devices/loopback-3.toml").to_str().unwrap()])
+        .args(["--objective", "throughput", "--prompt-len", "16", "--max-context", "64", "-o"])
+        .arg(out)
+        .output()
+        .unwrap();
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+}
+
+/// A cluster file on free-looking loopback ports; returns its path and the addresses.
+fn cluster(dir: &Path, base: u16) -> (PathBuf, Vec<String>) {
+    let addrs: Vec<String> = (0..4).map(|i| format!("tcp://127.0.0.1:{}", base + i)).collect();
+    let text = format!("client = \"{}\"\n[devices]\ndev-a = \"{}\"\ndev-b = \"{}\"\ndev-c = \"{}\"\n", addrs[0], addrs[1], addrs[2], addrs[3]);
+    let path = dir.join("cluster.toml");
+    std::fs::write(&path, text).unwrap();
+    (path, addrs)
+}
+
+fn port_base(salt: u16) -> u16 {
+    20000 + ((std::process::id() as u16).wrapping_mul(7).wrapping_add(salt * 101) % 20000)
+}
+
+struct Devices(Vec<Child>);
+
+impl Drop for Devices {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn serve(out: &Path, cluster: &Path, extra: &[&str]) -> Devices {
+    Devices(
+        ["dev-a", "dev-b", "dev-c"]
+            .iter()
+            .map(|d| {
+                Command::new(shardc_run())
+                    .arg("serve")
+                    .arg(out)
+                    .args(["--device", d, "--cluster", cluster.to_str().unwrap()])
+                    .args(extra)
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect(),
+    )
+}
+
+fn ids(name: &str) -> (String, Vec<i64>) {
+    let m = meta(name);
+    let ids: Vec<String> = m["input_ids"].as_array().unwrap().iter().map(|v| v.to_string()).collect();
+    (ids.join(","), m["greedy_tokens"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect())
+}
+
+#[test]
+fn three_processes_on_loopback_reproduce_every_checkpoint() {
+    for (k, name) in ["gpt2", "llama", "qwen2", "bloom", "llama32"].iter().enumerate() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        compile(&fixture_dir(name).join("hf"), &out);
+        let (cluster_file, _) = cluster(dir.path(), port_base(k as u16));
+        let _devices = serve(&out, &cluster_file, &[]);
+        let (ids, expected) = ids(name);
+        let gen = Command::new(shardc_run())
+            .arg("generate")
+            .arg(&out)
+            .args(["--cluster", cluster_file.to_str().unwrap(), "--input-ids", &ids, "--max-new-tokens", "8", "--requests", "2", "--json"])
+            .output()
+            .unwrap();
+        assert!(gen.status.success(), "{name}: {}", String::from_utf8_lossy(&gen.stderr));
+        let report: serde_json::Value = serde_json::from_slice(&gen.stdout).unwrap();
+        for r in 0..2 {
+            let tokens: Vec<i64> = report["tokens"][r].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+            assert_eq!(tokens, expected, "{name} request {r}");
+        }
+        // The prompt once, then one token per decode step.
+        let sent: Vec<u64> = report["ids_sent"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+        assert_eq!(sent[0], 10);
+        assert!(sent[1..].iter().all(|&n| n == 1), "{sent:?}");
+        assert_eq!(report["stages"].as_array().unwrap().len(), 3);
+        assert_eq!(report["stages"][0]["device"], "dev-a");
+        // And all in one process.
+        let local = Command::new(shardc_run()).arg("local").arg(&out).args(["--input-ids", &ids, "--max-new-tokens", "8", "--json"]).output().unwrap();
+        assert!(local.status.success(), "{}", String::from_utf8_lossy(&local.stderr));
+        let report: serde_json::Value = serde_json::from_slice(&local.stdout).unwrap();
+        let tokens: Vec<i64> = report["tokens"][0].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+        assert_eq!(tokens, expected, "{name} local");
+    }
+}
+
+#[test]
+fn a_killed_device_ends_generation_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    compile(&fixture_dir("llama32").join("hf"), &out);
+    let (cluster_file, _) = cluster(dir.path(), port_base(11));
+    let mut devices = serve(&out, &cluster_file, &["--slowdown", "20"]);
+    let (ids, _) = ids("llama32");
+    let gen = Command::new(shardc_run())
+        .arg("generate")
+        .arg(&out)
+        .args(["--cluster", cluster_file.to_str().unwrap(), "--input-ids", &ids, "--max-new-tokens", "60", "--timeout", "2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    devices.0[1].kill().unwrap();
+    let killed_at = Instant::now();
+    let result = gen.wait_with_output().unwrap();
+    assert!(killed_at.elapsed() < Duration::from_secs(5), "took {:?}", killed_at.elapsed());
+    assert!(!result.status.success());
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(stderr.contains("device `dev-b` did not finish"), "{stderr}");
+}
+
+#[test]
+fn bad_frames_are_dropped_and_the_device_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    compile(&fixture_dir("gpt2").join("hf"), &out);
+    let (cluster_file, addrs) = cluster(dir.path(), port_base(23));
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, b"shared by the devices of this test").unwrap();
+    let s = secret.to_str().unwrap();
+    let mut devices = serve(&out, &cluster_file, &["--secret-file", s, "--max-frame", "100000"]);
+    // Garbage, an oversized frame and a frame with a wrong MAC, to dev-a.
+    let ctx = zmq::Context::new();
+    let push = ctx.socket(zmq::PUSH).unwrap();
+    push.connect(&addrs[1]).unwrap();
+    push.send_multipart([b"tensors".to_vec(), b"not a frame".to_vec(), vec![0; 32]], 0).unwrap();
+    push.send_multipart([b"tensors".to_vec(), vec![0; 200_000], vec![0; 32]], 0).unwrap();
+    push.send_multipart([b"tensors".to_vec(), vec![1; 64]], 0).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // The devices still serve a real request.
+    let (ids, expected) = ids("gpt2");
+    let gen = Command::new(shardc_run())
+        .arg("generate")
+        .arg(&out)
+        .args(["--cluster", cluster_file.to_str().unwrap(), "--secret-file", s, "--input-ids", &ids, "--max-new-tokens", "8", "--json"])
+        .output()
+        .unwrap();
+    assert!(gen.status.success(), "{}", String::from_utf8_lossy(&gen.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&gen.stdout).unwrap();
+    let tokens: Vec<i64> = report["tokens"][0].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+    assert_eq!(tokens, expected);
+    // dev-a logged each refusal.
+    let a = &mut devices.0[0];
+    let _ = a.kill();
+    let mut log = String::new();
+    use std::io::Read;
+    a.stderr.take().unwrap().read_to_string(&mut log).unwrap();
+    assert!(log.contains("frame MAC does not match"), "{log}");
+    assert!(log.contains("exceeds the limit of 100000"), "{log}");
+    assert!(log.contains("frame has no MAC"), "{log}");
+}
+
+#[test]
+fn an_altered_package_will_not_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    compile(&fixture_dir("llama").join("hf"), &out);
+    let w = out.join("dev-c/weights.safetensors");
+    let mut b = std::fs::read(&w).unwrap();
+    let last = b.len() - 1;
+    b[last] ^= 1;
+    std::fs::write(&w, b).unwrap();
+    let (cluster_file, _) = cluster(dir.path(), port_base(31));
+    let st = Command::new(shardc_run())
+        .arg("serve")
+        .arg(&out)
+        .args(["--device", "dev-c", "--cluster", cluster_file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(st.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&st.stderr).contains("the package was altered"));
+    // Remote addresses need an explicit flag.
+    std::fs::write(dir.path().join("remote.toml"), "client = \"tcp://10.0.0.5:5600\"\n[devices]\ndev-a = \"tcp://127.0.0.1:5601\"\n").unwrap();
+    let st = Command::new(shardc_run())
+        .arg("serve")
+        .arg(&out)
+        .args(["--device", "dev-a", "--cluster", dir.path().join("remote.toml").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(st.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&st.stderr).contains("not loopback"));
+}
