@@ -116,6 +116,8 @@ pub fn serve(out: &Path, device: &str, cluster: &Cluster, ctx: &zmq::Context, op
         .collect();
     let needed: Vec<String> = manifest.inputs.iter().map(|p| p.name.clone()).collect();
     let mut pending: HashMap<(u64, u64), HashMap<String, Tensor>> = HashMap::new();
+    // When the first input of a step arrived: the wait for the others is reported.
+    let mut first_arrival: HashMap<(u64, u64), Instant> = HashMap::new();
     let mut caches: HashMap<u64, HashMap<String, Tensor>> = HashMap::new();
     while !stop.load(Ordering::Relaxed) {
         let Some(msg) = receive(&socket, Duration::from_millis(200), opts, device)? else { continue };
@@ -126,6 +128,7 @@ pub fn serve(out: &Path, device: &str, cluster: &Cluster, ctx: &zmq::Context, op
             }
             "tensors" => {
                 let key = (msg.frame.request, msg.frame.step);
+                first_arrival.entry(key).or_insert_with(Instant::now);
                 let entry = pending.entry(key).or_default();
                 for (name, t) in msg.frame.tensors {
                     if needed.contains(&name) {
@@ -137,6 +140,7 @@ pub fn serve(out: &Path, device: &str, cluster: &Cluster, ctx: &zmq::Context, op
                 if !needed.iter().all(|n| entry.contains_key(n)) {
                     continue;
                 }
+                let waited_ms = first_arrival.remove(&key).map_or(0.0, |t| t.elapsed().as_secs_f64() * 1e3);
                 let mut inputs: Vec<(String, Tensor)> = pending.remove(&key).unwrap_or_default().into_iter().collect();
                 let cache = caches.entry(key.0).or_default();
                 for (name, shape) in &cache_inputs {
@@ -174,7 +178,10 @@ pub fn serve(out: &Path, device: &str, cluster: &Cluster, ctx: &zmq::Context, op
                     let f = Frame { request: key.0, step: key.1, sender: device.to_string(), tensors };
                     send(&mut peers, ctx, addr, "tensors", &f, opts)?;
                 }
-                let timing = Tensor::f32(ArrayD::from_shape_vec(IxDyn(&[2]), vec![compute_ms as f32, send_started.elapsed().as_secs_f32() * 1e3]).unwrap_or_default());
+                let timing = Tensor::f32(
+                    ArrayD::from_shape_vec(IxDyn(&[3]), vec![compute_ms as f32, waited_ms as f32, send_started.elapsed().as_secs_f32() * 1e3])
+                        .unwrap_or_default(),
+                );
                 let done = Frame { request: key.0, step: key.1, sender: device.to_string(), tensors: vec![("timing_ms".into(), timing)] };
                 send(&mut peers, ctx, &cluster.client, "done", &done, opts)?;
             }
@@ -201,8 +208,12 @@ pub struct Generation {
 pub struct StageTiming {
     pub device: String,
     pub steps: usize,
+    /// Totals over all steps and requests, milliseconds.
     pub compute_ms: f64,
+    pub waiting_ms: f64,
     pub send_ms: f64,
+    /// Per step of every request, in arrival order: (request, step, compute, waiting, send).
+    pub per_step: Vec<(u64, u64, f64, f64, f64)>,
 }
 
 /// Drive `requests` greedy generations of `n` tokens through the devices.
@@ -259,10 +270,14 @@ pub fn generate(out: &Path, cluster: &Cluster, ctx: &zmq::Context, opts: &NetOpt
                         flags[i] = true;
                     }
                     if let Some((_, t)) = msg.frame.tensors.first() {
-                        let v = t.to_f32_vec();
-                        timings[i].steps += 1;
-                        timings[i].compute_ms += f64::from(*v.first().unwrap_or(&0.0));
-                        timings[i].send_ms += f64::from(*v.get(1).unwrap_or(&0.0));
+                        let v: Vec<f64> = t.to_f32_vec().into_iter().map(f64::from).collect();
+                        let (c, w, s) = (*v.first().unwrap_or(&0.0), *v.get(1).unwrap_or(&0.0), *v.get(2).unwrap_or(&0.0));
+                        let st = &mut timings[i];
+                        st.steps += 1;
+                        st.compute_ms += c;
+                        st.waiting_ms += w;
+                        st.send_ms += s;
+                        st.per_step.push((key.0, key.1, c, w, s));
                     }
                 }
             }

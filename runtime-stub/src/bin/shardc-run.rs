@@ -107,7 +107,7 @@ fn report(g: &Generation, json: bool) -> Result<()> {
         println!("request {r}: {}", t.iter().map(i64::to_string).collect::<Vec<_>>().join(","));
     }
     for s in &g.stages {
-        println!("{:<14} {} steps, compute {:.2} ms, send {:.2} ms", s.device, s.steps, s.compute_ms, s.send_ms);
+        println!("{:<14} {} steps, compute {:.2} ms, waiting {:.2} ms, send {:.2} ms", s.device, s.steps, s.compute_ms, s.waiting_ms, s.send_ms);
     }
     println!("wall {:.1} ms", g.wall_ms);
     Ok(())
