@@ -291,39 +291,6 @@ pub fn is_symbol(s: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn arithmetic_stays_canonical() {
-        let b = Dim::sym("batch");
-        let s = Dim::sym("seq");
-        let bs = b.mul(&s);
-        assert_eq!(bs.to_string(), "batch*seq");
-        assert_eq!(s.mul(&b), bs);
-        let total = bs.mul(&Dim::known(64));
-        assert_eq!(total.to_string(), "64*batch*seq");
-        assert_eq!(total.div_exact(&bs), Some(Dim::known(64)));
-        assert_eq!(total.div_exact(&Dim::known(128)), None);
-        assert_eq!(s.sub(&s), Dim::known(0));
-        let p = Dim::sym("past").add(&s);
-        assert_eq!(p.to_string(), "past+seq");
-        assert_eq!(p.mul(&Dim::known(2)).div_exact(&p), Some(Dim::known(2)));
-        assert_eq!(Dim::known(7).div_floor(&Dim::known(2)), Dim::known(3));
-    }
-
-    #[test]
-    fn text_round_trips() {
-        for text in ["?", "0", "64", "-3", "batch*seq", "2*seq+1", "past+seq-1", "-seq+4"] {
-            let d = parse_dim(text).unwrap();
-            assert_eq!(d.to_string(), text, "{text}");
-        }
-        assert!(parse_dim("3**seq").is_err());
-        assert!(parse_dim("").is_err());
-    }
-}
-
 impl Dim {
     /// A lower bound, assuming every symbol is a size (≥ 0): the constant term when no
     /// symbol has a negative coefficient, otherwise none.
@@ -359,5 +326,38 @@ impl Dim {
             total = total.checked_add(term)?;
         }
         Some(total)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arithmetic_stays_canonical() {
+        let b = Dim::sym("batch");
+        let s = Dim::sym("seq");
+        let bs = b.mul(&s);
+        assert_eq!(bs.to_string(), "batch*seq");
+        assert_eq!(s.mul(&b), bs);
+        let total = bs.mul(&Dim::known(64));
+        assert_eq!(total.to_string(), "64*batch*seq");
+        assert_eq!(total.div_exact(&bs), Some(Dim::known(64)));
+        assert_eq!(total.div_exact(&Dim::known(128)), None);
+        assert_eq!(s.sub(&s), Dim::known(0));
+        let p = Dim::sym("past").add(&s);
+        assert_eq!(p.to_string(), "past+seq");
+        assert_eq!(p.mul(&Dim::known(2)).div_exact(&p), Some(Dim::known(2)));
+        assert_eq!(Dim::known(7).div_floor(&Dim::known(2)), Dim::known(3));
+    }
+
+    #[test]
+    fn text_round_trips() {
+        for text in ["?", "0", "64", "-3", "batch*seq", "2*seq+1", "past+seq-1", "-seq+4"] {
+            let d = parse_dim(text).unwrap();
+            assert_eq!(d.to_string(), text, "{text}");
+        }
+        assert!(parse_dim("3**seq").is_err());
+        assert!(parse_dim("").is_err());
     }
 }

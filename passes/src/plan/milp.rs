@@ -56,9 +56,9 @@ pub fn solve(p: &Problem, warm: Option<&[Stage]>, limit: Duration) -> (Option<(P
     }
     // Block starts: s[u][d] >= x[u][d] - x[u-1][d]; one start per device.
     for d in 0..nd {
-        lp.add_constraint(&[(s[0][d], 1.0), (x[0][d], -1.0)], ComparisonOp::Ge, 0.0);
+        lp.add_constraint([(s[0][d], 1.0), (x[0][d], -1.0)], ComparisonOp::Ge, 0.0);
         for u in 1..n {
-            lp.add_constraint(&[(s[u][d], 1.0), (x[u][d], -1.0), (x[u - 1][d], 1.0)], ComparisonOp::Ge, 0.0);
+            lp.add_constraint([(s[u][d], 1.0), (x[u][d], -1.0), (x[u - 1][d], 1.0)], ComparisonOp::Ge, 0.0);
         }
         lp.add_constraint((0..n).map(|u| (s[u][d], 1.0)).collect::<Vec<_>>(), ComparisonOp::Le, 1.0);
     }
@@ -71,9 +71,9 @@ pub fn solve(p: &Problem, warm: Option<&[Stage]>, limit: Duration) -> (Option<(P
                 }
                 let cost = p.link_cost(u, a, b) * ms;
                 let v = lp.add_var(if latency { cost } else { 0.0 }, (0.0, 1.0));
-                lp.add_constraint(&[(v, 1.0), (x[u][a], -1.0), (x[u + 1][b], -1.0)], ComparisonOp::Ge, -1.0);
+                lp.add_constraint([(v, 1.0), (x[u][a], -1.0), (x[u + 1][b], -1.0)], ComparisonOp::Ge, -1.0);
                 if let Some(t) = t {
-                    lp.add_constraint(&[(t, 1.0), (v, -cost)], ComparisonOp::Ge, 0.0);
+                    lp.add_constraint([(t, 1.0), (v, -cost)], ComparisonOp::Ge, 0.0);
                 }
             }
         }
@@ -84,13 +84,13 @@ pub fn solve(p: &Problem, warm: Option<&[Stage]>, limit: Duration) -> (Option<(P
         let peak = lp.add_var(0.0, (0.0, f64::INFINITY));
         let mut row: Vec<(Variable, f64)> = (0..n).map(|u| (x[u][d], p.private_bytes[u] / budget)).collect();
         for u in 0..n {
-            lp.add_constraint(&[(peak, 1.0), (x[u][d], -p.activation_bytes[u] / budget)], ComparisonOp::Ge, 0.0);
+            lp.add_constraint([(peak, 1.0), (x[u][d], -p.activation_bytes[u] / budget)], ComparisonOp::Ge, 0.0);
         }
         row.push((peak, 1.0));
         for w in &p.shared {
             let e = lp.add_var(0.0, (0.0, 1.0));
             for &u in &w.units {
-                lp.add_constraint(&[(e, 1.0), (x[u][d], -1.0)], ComparisonOp::Ge, 0.0);
+                lp.add_constraint([(e, 1.0), (x[u][d], -1.0)], ComparisonOp::Ge, 0.0);
             }
             row.push((e, w.bytes / budget));
         }

@@ -35,7 +35,7 @@ pub fn reduce(kind: Kind, attr_axes: Option<&[i64]>, keepdims: i64, noop_with_em
     fn go<T: Copy>(a: &ArrayD<T>, axes: &[usize], keep: bool, f: impl Fn(ndarray::ArrayView1<T>) -> T) -> ArrayD<T> {
         let mut out = a.clone();
         for &ax in axes.iter().rev() {
-            out = out.map_axis(Axis(ax), |lane| f(lane));
+            out = out.map_axis(Axis(ax), &f);
             if keep {
                 out.insert_axis_inplace(Axis(ax));
             }

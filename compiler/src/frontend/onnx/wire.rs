@@ -104,8 +104,8 @@ fn fields(bytes: &[u8], base: usize) -> impl Iterator<Item = Result<Field<'_>, W
                     varint(bytes, &mut pos, base)?;
                     (pos, pos)
                 }
-                WIRE_FIXED64 => (pos, pos.checked_add(8).unwrap_or(usize::MAX)),
-                WIRE_FIXED32 => (pos, pos.checked_add(4).unwrap_or(usize::MAX)),
+                WIRE_FIXED64 => (pos, pos.saturating_add(8)),
+                WIRE_FIXED32 => (pos, pos.saturating_add(4)),
                 WIRE_LEN => {
                     let len = varint(bytes, &mut pos, base)?;
                     let end = usize::try_from(len).ok().and_then(|l| pos.checked_add(l)).unwrap_or(usize::MAX);
