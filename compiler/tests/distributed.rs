@@ -123,12 +123,12 @@ fn a_killed_device_ends_generation_naming_it() {
     let gen = Command::new(shardc_run())
         .arg("generate")
         .arg(&out)
-        .args(["--cluster", cluster_file.to_str().unwrap(), "--input-ids", &ids, "--max-new-tokens", "60", "--timeout", "2"])
+        .args(["--cluster", cluster_file.to_str().unwrap(), "--input-ids", &ids, "--max-new-tokens", "100", "--timeout", "2"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(800));
+    std::thread::sleep(Duration::from_millis(1500));
     devices.0[1].kill().unwrap();
     let killed_at = Instant::now();
     let result = gen.wait_with_output().unwrap();
