@@ -212,7 +212,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Plan { model, plan: args, strategy, json, out, timings } => {
             let strategy: Strategy = strategy.parse().map_err(anyhow::Error::msg)?;
-            let (graph, profile, req) = planning_inputs(&model, &args)?;
+            let (graph, profile, req) = sized(planning_inputs(&model, &args)?);
             let names = (model.display().to_string(), args.devices.display().to_string());
             let (report, map) = planning::plan(&graph, &profile, &req, strategy, (&names.0, &names.1))?;
             let plan_json = serde_json::to_string_pretty(&report)? + "\n";
@@ -228,7 +228,7 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Compare { model, plan: args, json } => {
-            let (graph, profile, req) = planning_inputs(&model, &args)?;
+            let (graph, profile, req) = sized(planning_inputs(&model, &args)?);
             let rows = planning::compare(&graph, &profile, &req)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
@@ -238,20 +238,16 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Compile { model, plan: args, out, strategy, force } => {
             let strategy: Strategy = strategy.parse().map_err(anyhow::Error::msg)?;
-            let dtype = args.dtype.as_deref().map(|d| d.parse::<shardc_ir::DType>()).transpose().map_err(anyhow::Error::msg)?;
-            let mut plain = PlanArgs { dtype: None, ..args };
-            let (graph, profile, req) = planning_inputs(&model, &plain)?;
-            plain.dtype = dtype.map(|d| d.to_string());
-            let loaded_dir = shardc::load::load(&model, &LowerOptions { max_context: Some(plain.max_context as usize) })?.weights_dir;
+            let p = planning_inputs(&model, &args)?;
             let opts = shardc::emit::CompileOptions {
                 strategy,
-                request: req,
-                dtype,
+                request: p.req,
+                dtype: p.dtype,
                 force,
                 model_name: model.display().to_string(),
-                devices_name: plain.devices.display().to_string(),
+                devices_name: args.devices.display().to_string(),
             };
-            let summary = shardc::emit::compile(&graph, &loaded_dir, &profile, &opts, &out)?;
+            let summary = shardc::emit::compile(&p.graph, &p.weights_dir, &p.profile, &opts, &out)?;
             print!("{}", summary.report.to_text(false));
             println!("wrote       {} ({} stages, {} of weights)", out.display(), summary.report.stages.len(), shardc_passes::quantity::bytes_text(summary.weight_bytes as f64));
         }
@@ -266,7 +262,17 @@ fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
-fn planning_inputs(model: &std::path::Path, args: &PlanArgs) -> Result<(shardc_ir::Graph, shardc_passes::devices::Profile, planning::Request)> {
+/// A model after the pass pipeline, ready to plan or compile.
+struct Planning {
+    graph: shardc_ir::Graph,
+    weights_dir: PathBuf,
+    profile: shardc_passes::devices::Profile,
+    req: planning::Request,
+    /// `--dtype`, checked to be a float type.
+    dtype: Option<shardc_ir::DType>,
+}
+
+fn planning_inputs(model: &std::path::Path, args: &PlanArgs) -> Result<Planning> {
     let objective: Objective = args.objective.parse().map_err(anyhow::Error::msg)?;
     if !(0.0..1.0).contains(&args.margin) {
         bail!("--margin must be in [0, 1), is {}", args.margin);
@@ -274,17 +280,20 @@ fn planning_inputs(model: &std::path::Path, args: &PlanArgs) -> Result<(shardc_i
     if args.prompt_len == 0 || args.batch == 0 || args.max_context < args.prompt_len {
         bail!("the workload needs --prompt-len >= 1, --batch >= 1 and --max-context >= --prompt-len");
     }
+    let dtype = match &args.dtype {
+        Some(d) => {
+            let dtype: shardc_ir::DType = d.parse().map_err(anyhow::Error::msg)?;
+            if !dtype.is_float() {
+                bail!("--dtype must be a float type (f32, f16, bf16), not {dtype}");
+            }
+            Some(dtype)
+        }
+        None => None,
+    };
     let profile = shardc_passes::devices::load(&args.devices)?;
     let loaded = load(model, &LowerOptions { max_context: Some(args.max_context as usize) })?;
     let mut graph = loaded.graph;
     run_pipeline(&mut graph, &mut Ctx::default(), None)?;
-    if let Some(d) = &args.dtype {
-        let dtype: shardc_ir::DType = d.parse().map_err(anyhow::Error::msg)?;
-        if !dtype.is_float() {
-            bail!("--dtype must be a float type (f32, f16, bf16), not {dtype}");
-        }
-        planning::retype_weights(&mut graph, dtype);
-    }
     let req = planning::Request {
         workload: Workload { batch: args.batch, prompt_len: args.prompt_len, max_context: args.max_context },
         objective,
@@ -292,7 +301,16 @@ fn planning_inputs(model: &std::path::Path, args: &PlanArgs) -> Result<(shardc_i
         time_limit: std::time::Duration::from_secs_f64(args.time_limit.max(0.001)),
         compute_dtype: args.compute_dtype.clone(),
     };
-    Ok((graph, profile, req))
+    Ok(Planning { graph, weights_dir: loaded.weights_dir, profile, req, dtype })
+}
+
+/// The graph with weights sized as `--dtype` says, for planning.
+fn sized(p: Planning) -> (shardc_ir::Graph, shardc_passes::devices::Profile, planning::Request) {
+    let mut graph = p.graph;
+    if let Some(d) = p.dtype {
+        planning::retype_weights(&mut graph, d);
+    }
+    (graph, p.profile, p.req)
 }
 
 fn verify(model: &std::path::Path, out: &std::path::Path, ids: Vec<i64>, tokens: usize, tolerance: f64) -> Result<()> {

@@ -86,22 +86,6 @@ pub struct Prepared {
     pub opts: SolveOptions,
 }
 
-fn weights_dtype(graph: &Graph) -> String {
-    let mut best: Option<(u64, String)> = None;
-    let mut totals = std::collections::BTreeMap::new();
-    for v in &graph.values {
-        if let ValueDef::Weight(w) = &v.def {
-            *totals.entry(w.dtype.to_string()).or_insert(0u64) += w.byte_len();
-        }
-    }
-    for (d, b) in totals {
-        if best.as_ref().is_none_or(|(x, _)| b > *x) {
-            best = Some((b, d));
-        }
-    }
-    best.map_or("f32".into(), |(_, d)| d)
-}
-
 /// Size every floating-point weight as `dtype` (planning only: the graph keeps its
 /// computations, the weights lose their file locations).
 pub fn retype_weights(graph: &mut Graph, dtype: shardc_ir::DType) {
@@ -123,7 +107,10 @@ pub fn prepare(graph: &Graph, profile: &Profile, req: &Request) -> Result<Prepar
         workload: req.workload,
         objective: req.objective,
         margin: req.margin,
-        compute_dtype: req.compute_dtype.clone().unwrap_or_else(|| weights_dtype(graph)),
+        compute_dtype: req
+            .compute_dtype
+            .clone()
+            .unwrap_or_else(|| shardc_passes::cost::dominant_weight_dtype(graph).map_or("f32".into(), |d| d.to_string())),
         kv_bytes: None,
     };
     let model = build(graph, &seg, profile, &inputs)?;
@@ -198,8 +185,16 @@ pub fn report(model_name: &str, devices_name: &str, prep: &Prepared, profile: &P
     })
 }
 
-/// Plan with one strategy; an error when nothing fits.
-pub fn plan(graph: &Graph, profile: &Profile, req: &Request, strategy: Strategy, names: (&str, &str)) -> Result<(PlanReport, TransmissionMap), PlanError> {
+/// A feasible plan with everything reports and the compiler need.
+pub struct Planned {
+    pub prep: Prepared,
+    pub outcome: Outcome,
+    pub report: PlanReport,
+    pub map: TransmissionMap,
+}
+
+/// Plan with one strategy; an error, with the numbers, when nothing fits.
+pub fn plan_with(graph: &Graph, profile: &Profile, req: &Request, strategy: Strategy, names: (&str, &str)) -> Result<Planned, PlanError> {
     let prep = prepare(graph, profile, req)?;
     let outcome = solve(&prep.model.problem, strategy, &prep.opts);
     let feasible = outcome.figures.as_ref().is_some_and(|f| f.feasible);
@@ -216,7 +211,13 @@ pub fn plan(graph: &Graph, profile: &Profile, req: &Request, strategy: Strategy,
     let report = report(names.0, names.1, &prep, profile, req, &outcome).ok_or_else(|| does_not_fit(&prep, profile, req.margin))?;
     let device_names: Vec<String> = profile.devices.iter().map(|d| d.name.clone()).collect();
     let map = transmission::build(graph, &prep.seg, outcome.plan.as_deref().unwrap_or_default(), &device_names, &req.workload)?;
-    Ok((report, map))
+    Ok(Planned { prep, outcome, report, map })
+}
+
+/// Plan with one strategy: the report and the transmission map.
+pub fn plan(graph: &Graph, profile: &Profile, req: &Request, strategy: Strategy, names: (&str, &str)) -> Result<(PlanReport, TransmissionMap), PlanError> {
+    let p = plan_with(graph, profile, req, strategy, names)?;
+    Ok((p.report, p.map))
 }
 
 fn ms(x: f64) -> String {

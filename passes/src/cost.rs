@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use shardc_ir::{Dim, Graph, Op, ValueDef, ValueId};
+use shardc_ir::{DType, Dim, Graph, Op, ValueDef, ValueId};
 
 /// The work one request asks for.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
@@ -17,6 +17,22 @@ pub struct Workload {
     pub batch: u64,
     pub prompt_len: u64,
     pub max_context: u64,
+}
+
+/// Whether a graph has a KV cache: some shape mentions the `past` symbol.
+pub fn has_past(graph: &Graph) -> bool {
+    graph.values.iter().any(|v| v.ty.as_ref().is_some_and(|t| t.shape.iter().any(|d| d.symbols().iter().any(|s| s == "past"))))
+}
+
+/// The dtype that holds most of the weight bytes (`None` without weights).
+pub fn dominant_weight_dtype(graph: &Graph) -> Option<DType> {
+    let mut by_dtype: std::collections::BTreeMap<DType, u64> = std::collections::BTreeMap::new();
+    for v in &graph.values {
+        if let ValueDef::Weight(w) = &v.def {
+            *by_dtype.entry(w.dtype).or_default() += w.byte_len();
+        }
+    }
+    by_dtype.into_iter().max_by_key(|(_, b)| *b).map(|(d, _)| d)
 }
 
 /// Prefill or one decode step.

@@ -200,6 +200,15 @@ pub fn segment(graph: &Graph) -> Result<Segmentation, SegmentError> {
 }
 
 impl Segmentation {
+    /// Stage of every node under a plan (stages are unit ranges).
+    pub fn stage_of_nodes(&self, plan: &[crate::plan::Stage]) -> Vec<usize> {
+        let mut stage_of_unit = vec![0usize; self.units.len()];
+        for (s, st) in plan.iter().enumerate() {
+            stage_of_unit[st.start..st.end].fill(s);
+        }
+        self.unit_of.iter().map(|&u| stage_of_unit[u]).collect()
+    }
+
     /// Group (transformer layer) of each unit: the embedding with the first layer, the
     /// head with the last.
     pub fn groups(&self) -> Vec<usize> {

@@ -18,13 +18,7 @@ use crate::segment::Segmentation;
 /// The graph of every stage, in plan order.
 pub fn split(graph: &Graph, seg: &Segmentation, plan: &[Stage]) -> Vec<Graph> {
     let (constant_node, _) = constant_nodes(graph);
-    let mut stage_of_unit = vec![0usize; seg.units.len()];
-    for (s, st) in plan.iter().enumerate() {
-        for u in st.start..st.end {
-            stage_of_unit[u] = s;
-        }
-    }
-    let stage_of_node: Vec<usize> = seg.unit_of.iter().map(|&u| stage_of_unit[u]).collect();
+    let stage_of_node = seg.stage_of_nodes(plan);
     let uses = graph.uses();
     let outputs: BTreeSet<ValueId> = graph.outputs.iter().copied().collect();
     (0..plan.len())

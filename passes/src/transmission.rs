@@ -63,17 +63,12 @@ pub fn build(
     names: &[String],
     workload: &Workload,
 ) -> Result<TransmissionMap, CostError> {
-    let has_past = graph.values.iter().any(|v| v.name.starts_with("past_key_values."));
+    let has_past = crate::cost::has_past(graph);
     let dec = sizes(graph, &workload.bindings(Phase::Decode, has_past))?;
     let pre = sizes(graph, &workload.bindings(Phase::Prefill, has_past))?;
     let costs = node_costs(graph, &workload.bindings(Phase::Decode, has_past))?;
-    let mut stage_of_unit = vec![0usize; seg.units.len()];
-    for (s, st) in plan.iter().enumerate() {
-        for u in st.start..st.end {
-            stage_of_unit[u] = s;
-        }
-    }
-    let stage_of_node = |i: usize| stage_of_unit[seg.unit_of[i]];
+    let stages = seg.stage_of_nodes(plan);
+    let stage_of_node = |i: usize| stages[i];
     let device = |s: usize| names[plan[s].device].clone();
     let uses = graph.uses();
     let outputs: BTreeSet<ValueId> = graph.outputs.iter().copied().collect();

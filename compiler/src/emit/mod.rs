@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use shardc_ir::{DType, Graph, Op, TensorType, ValueDef, ValueId, WeightLocation};
 use shardc_passes::devices::Profile;
-use shardc_passes::plan::{solve, Strategy};
+use shardc_passes::plan::Strategy;
 use shardc_passes::split::split;
 use shardc_passes::transmission;
 use shardc_runtime::package::{hash_file, Manifest, Port, FORMAT};
@@ -144,19 +144,11 @@ pub fn compile(graph: &Graph, source: &Path, profile: &Profile, opts: &CompileOp
     if let Some(d) = opts.dtype {
         planning::retype_weights(&mut sized, d);
     }
-    let prep = planning::prepare(&sized, profile, req)?;
-    let outcome = solve(&prep.model.problem, opts.strategy, &prep.opts);
-    if !outcome.figures.as_ref().is_some_and(|f| f.feasible) {
-        // `plan` explains why nothing fits.
-        planning::plan(&sized, profile, req, opts.strategy, (&opts.model_name, &opts.devices_name))?;
-        return Err(EmitError::Other("no feasible plan".into()));
-    }
-    let plan = outcome.plan.clone().unwrap_or_default();
-    let report = planning::report(&opts.model_name, &opts.devices_name, &prep, profile, req, &outcome)
-        .ok_or_else(|| EmitError::Other("no feasible plan".into()))?;
+    let planned = planning::plan_with(&sized, profile, req, opts.strategy, (&opts.model_name, &opts.devices_name))?;
+    let plan = planned.outcome.plan.clone().unwrap_or_default();
+    let (report, map) = (planned.report, planned.map);
     let names: Vec<String> = profile.devices.iter().map(|d| d.name.clone()).collect();
-    let map = transmission::build(graph, &prep.seg, &plan, &names, &req.workload).map_err(PlanError::from)?;
-    let stages = split(graph, &prep.seg, &plan);
+    let stages = split(graph, &planned.prep.seg, &plan);
 
     let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(|e| EmitError::Io { path: parent.to_path_buf(), message: e.to_string() })?;

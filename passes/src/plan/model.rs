@@ -3,10 +3,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use shardc_ir::{DType, Graph, ValueDef};
+use shardc_ir::{Graph, ValueDef};
 
 use super::problem::{Objective, Problem, SharedWeight};
-use crate::cost::{node_costs, sizes, CostError, NodeCost, Phase, Workload};
+use crate::cost::{dominant_weight_dtype, has_past, node_costs, sizes, CostError, NodeCost, Phase, Workload};
 use crate::devices::Profile;
 use crate::segment::Segmentation;
 
@@ -38,21 +38,6 @@ pub struct Model {
     pub memory: Vec<UnitMemory>,
     /// Bytes the whole model needs on one device (weights once, all KV, largest activation).
     pub total_need: f64,
-}
-
-fn has_past(graph: &Graph) -> bool {
-    graph.values.iter().any(|v| v.ty.as_ref().is_some_and(|t| t.shape.iter().any(|d| d.symbols().iter().any(|s| s == "past"))))
-}
-
-/// Element size of most weight bytes (what a deployed KV cache would use).
-fn weight_element_bytes(graph: &Graph) -> f64 {
-    let mut by_dtype: BTreeMap<DType, u64> = BTreeMap::new();
-    for v in &graph.values {
-        if let ValueDef::Weight(w) = &v.def {
-            *by_dtype.entry(w.dtype).or_default() += w.byte_len();
-        }
-    }
-    by_dtype.into_iter().max_by_key(|(_, b)| *b).map_or(4.0, |(d, _)| d.size_bytes() as f64)
 }
 
 /// Build the partitioning problem.
@@ -109,7 +94,7 @@ pub fn build(graph: &Graph, seg: &Segmentation, profile: &Profile, inputs: &Plan
         }
     }
     // KV cache at the full context: the past input's elements with past = max_context.
-    let kv_element = inputs.kv_bytes.unwrap_or_else(|| weight_element_bytes(graph));
+    let kv_element = inputs.kv_bytes.unwrap_or_else(|| dominant_weight_dtype(graph).map_or(4.0, |d| d.size_bytes() as f64));
     let mut full = inputs.workload.bindings(Phase::Decode, true);
     full.insert("past".into(), inputs.workload.max_context as i64);
     let full_size = sizes(graph, &full)?;
