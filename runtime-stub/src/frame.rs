@@ -1,7 +1,7 @@
 //! Frames: the tensors one message carries between devices, as safetensors bytes.
 //!
-//! The safetensors header's `__metadata__` holds the request id, the decode step and
-//! the sender; tensor names are the transmission map's. When devices share a secret,
+//! The safetensors header's `__metadata__` holds the message kind, the request id, the
+//! decode step and the sender; tensor names are the transmission map's. When devices share a secret,
 //! each frame travels with a keyed blake3 MAC of its bytes, so nobody else on the
 //! network can inject tensors. Decoding trusts nothing: size limits, header length,
 //! JSON, dtypes, shapes, offsets that tile the data exactly, and the MAC are checked
@@ -20,6 +20,8 @@ pub const DEFAULT_MAX_FRAME: usize = 1 << 30;
 /// A decoded frame.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Frame {
+    /// What the message is (`tensors`, `done`, …); the runtime decides which it takes.
+    pub kind: String,
     pub request: u64,
     pub step: u64,
     pub sender: String,
@@ -52,6 +54,7 @@ fn malformed(m: impl Into<String>) -> FrameError {
 pub fn encode(frame: &Frame, secret: Option<&[u8; 32]>) -> (Vec<u8>, Option<[u8; 32]>) {
     let mut header = serde_json::Map::new();
     let mut meta = serde_json::Map::new();
+    meta.insert("kind".into(), frame.kind.clone().into());
     meta.insert("request".into(), frame.request.to_string().into());
     meta.insert("step".into(), frame.step.to_string().into());
     meta.insert("sender".into(), frame.sender.clone().into());
@@ -102,6 +105,7 @@ pub fn decode(bytes: &[u8], tag: Option<&[u8]>, secret: Option<&[u8; 32]>, limit
     let obj = json.as_object().ok_or_else(|| malformed("header is not an object"))?;
     let meta = obj.get("__metadata__").and_then(|m| m.as_object()).ok_or_else(|| malformed("no __metadata__"))?;
     let field = |k: &str| meta.get(k).and_then(|v| v.as_str()).ok_or_else(|| malformed(format!("metadata lacks `{k}`")));
+    let kind = field("kind")?.to_string();
     let request = field("request")?.parse().map_err(|_| malformed("request is not a number"))?;
     let step = field("step")?.parse().map_err(|_| malformed("step is not a number"))?;
     let sender = field("sender")?.to_string();
@@ -158,7 +162,7 @@ pub fn decode(bytes: &[u8], tag: Option<&[u8]>, secret: Option<&[u8; 32]>, limit
     if next as usize != data.len() {
         return Err(malformed(format!("{} trailing bytes after the tensors", data.len() - next as usize)));
     }
-    Ok(Frame { request, step, sender, tensors })
+    Ok(Frame { kind, request, step, sender, tensors })
 }
 
 #[cfg(test)]
@@ -167,6 +171,7 @@ mod tests {
 
     fn frame() -> Frame {
         Frame {
+            kind: "tensors".into(),
             request: 7,
             step: 3,
             sender: "dev-a".into(),

@@ -2,8 +2,8 @@
 //! output straight to the devices that need it, and the client that drives generation.
 //!
 //! Every participant binds one PULL socket at its `cluster.toml` address and sends
-//! with PUSH sockets to the others. A message is `[kind, frame]` (plus the keyed MAC
-//! of both when a secret is shared): `tensors` carries inputs of a step, `done` tells
+//! with PUSH sockets to the others. A message is a frame (plus its keyed MAC when a
+//! secret is shared) whose kind says what it is: `tensors` carries inputs of a step, `done` tells
 //! the client a stage finished a step (with its compute time), `end` frees a
 //! request's KV cache. A device keeps its layers' KV cache per request; decode steps
 //! carry one token.
@@ -31,30 +31,21 @@ pub struct NetOptions {
     pub slowdown: f64,
 }
 
-/// A message on the wire.
-struct Message {
-    kind: String,
-    frame: Frame,
-}
-
-fn send(sockets: &mut HashMap<String, zmq::Socket>, ctx: &zmq::Context, address: &str, kind: &str, frame: &Frame, opts: &NetOptions) -> Result<(), String> {
+fn send(sockets: &mut HashMap<String, zmq::Socket>, ctx: &zmq::Context, address: &str, frame: &Frame, opts: &NetOptions) -> Result<(), String> {
     if !sockets.contains_key(address) {
         let s = ctx.socket(zmq::PUSH).map_err(|e| e.to_string())?;
         s.set_linger(1000).map_err(|e| e.to_string())?;
         s.connect(address).map_err(|e| format!("cannot connect to {address}: {e}"))?;
         sockets.insert(address.to_string(), s);
     }
-    let (bytes, _) = frame::encode(frame, None);
-    let mut parts: Vec<Vec<u8>> = vec![kind.as_bytes().to_vec(), bytes];
-    if let Some(secret) = &opts.secret {
-        let tag = frame::mac(secret, &[parts[0].as_slice(), b"\0", parts[1].as_slice()].concat());
-        parts.push(tag.to_vec());
-    }
+    let (bytes, tag) = frame::encode(frame, opts.secret.as_ref());
+    let mut parts = vec![bytes];
+    parts.extend(tag.map(|t| t.to_vec()));
     sockets[address].send_multipart(parts, 0).map_err(|e| format!("cannot send to {address}: {e}"))
 }
 
-/// Receive one message, or `Ok(None)` on timeout; refused messages are logged and skipped.
-fn receive(socket: &zmq::Socket, timeout: Duration, opts: &NetOptions, who: &str) -> Result<Option<Message>, String> {
+/// Receive one frame, or `Ok(None)` on timeout; refused messages are logged and skipped.
+fn receive(socket: &zmq::Socket, timeout: Duration, opts: &NetOptions, who: &str) -> Result<Option<Frame>, String> {
     let deadline = Instant::now() + timeout;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -63,34 +54,24 @@ fn receive(socket: &zmq::Socket, timeout: Duration, opts: &NetOptions, who: &str
         }
         let parts = socket.recv_multipart(0).map_err(|e| e.to_string())?;
         match check(&parts, opts) {
-            Ok(m) => return Ok(Some(m)),
+            Ok(f) => return Ok(Some(f)),
             Err(e) => eprintln!("{who}: dropped a message: {e}"),
         }
     }
 }
 
-fn check(parts: &[Vec<u8>], opts: &NetOptions) -> Result<Message, String> {
-    let (kind, bytes) = match parts {
-        [k, b] | [k, b, _] => (k, b),
-        _ => return Err(format!("{} message parts (expected 2 or 3)", parts.len())),
+/// A message is the frame and, when a secret is shared, its MAC.
+fn check(parts: &[Vec<u8>], opts: &NetOptions) -> Result<Frame, String> {
+    let (bytes, tag) = match parts {
+        [b] => (b, None),
+        [b, t] => (b, Some(t.as_slice())),
+        _ => return Err(format!("{} message parts (expected 1 or 2)", parts.len())),
     };
-    if bytes.len() > opts.max_frame {
-        return Err(format!("frame of {} bytes exceeds the limit of {}", bytes.len(), opts.max_frame));
+    let frame = frame::decode(bytes, tag, opts.secret.as_ref(), opts.max_frame).map_err(|e| e.to_string())?;
+    if !["tensors", "done", "end", "stop"].contains(&frame.kind.as_str()) {
+        return Err(format!("unknown message kind `{}`", frame.kind));
     }
-    if let Some(secret) = &opts.secret {
-        let tag = parts.get(2).ok_or("frame has no MAC but the devices share a secret")?;
-        let expected = blake3::keyed_hash(secret, &[kind.as_slice(), b"\0", bytes.as_slice()].concat());
-        let got: [u8; 32] = tag.as_slice().try_into().map_err(|_| "frame MAC has the wrong length")?;
-        if expected != blake3::Hash::from(got) {
-            return Err("frame MAC does not match".into());
-        }
-    }
-    let kind = String::from_utf8(kind.clone()).map_err(|_| "message kind is not text")?;
-    if !["tensors", "done", "end", "stop"].contains(&kind.as_str()) {
-        return Err(format!("unknown message kind `{kind}`"));
-    }
-    let frame = frame::decode(bytes, None, None, opts.max_frame).map_err(|e| e.to_string())?;
-    Ok(Message { kind, frame })
+    Ok(frame)
 }
 
 /// Run one device until a `stop` message (or `stop` is set).
@@ -124,13 +105,13 @@ pub fn serve(out: &Path, device: &str, cluster: &Cluster, ctx: &zmq::Context, op
         match msg.kind.as_str() {
             "stop" => break,
             "end" => {
-                caches.remove(&msg.frame.request);
+                caches.remove(&msg.request);
             }
             "tensors" => {
-                let key = (msg.frame.request, msg.frame.step);
+                let key = (msg.request, msg.step);
                 first_arrival.entry(key).or_insert_with(Instant::now);
                 let entry = pending.entry(key).or_default();
-                for (name, t) in msg.frame.tensors {
+                for (name, t) in msg.tensors {
                     if needed.contains(&name) {
                         entry.insert(name, t);
                     } else {
@@ -175,15 +156,15 @@ pub fn serve(out: &Path, device: &str, cluster: &Cluster, ctx: &zmq::Context, op
                 }
                 for (peer, tensors) in by_peer {
                     let addr = cluster.address(&peer).ok_or_else(|| format!("{device}: peer `{peer}` is not in the cluster file"))?;
-                    let f = Frame { request: key.0, step: key.1, sender: device.to_string(), tensors };
-                    send(&mut peers, ctx, addr, "tensors", &f, opts)?;
+                    let f = Frame { kind: "tensors".into(), request: key.0, step: key.1, sender: device.to_string(), tensors };
+                    send(&mut peers, ctx, addr, &f, opts)?;
                 }
                 let timing = Tensor::f32(
                     ArrayD::from_shape_vec(IxDyn(&[3]), vec![compute_ms as f32, waited_ms as f32, send_started.elapsed().as_secs_f32() * 1e3])
                         .unwrap_or_default(),
                 );
-                let done = Frame { request: key.0, step: key.1, sender: device.to_string(), tensors: vec![("timing_ms".into(), timing)] };
-                send(&mut peers, ctx, &cluster.client, "done", &done, opts)?;
+                let done = Frame { kind: "done".into(), request: key.0, step: key.1, sender: device.to_string(), tensors: vec![("timing_ms".into(), timing)] };
+                send(&mut peers, ctx, &cluster.client, &done, opts)?;
             }
             _ => {}
         }
@@ -241,8 +222,8 @@ pub fn generate(out: &Path, cluster: &Cluster, ctx: &zmq::Context, opts: &NetOpt
         let t = Tensor::i64(ArrayD::from_shape_vec(IxDyn(&[1, ids.len()]), ids.to_vec()).map_err(|e| e.to_string())?);
         for d in &ids_to {
             let addr = cluster.address(d).ok_or_else(|| format!("`{d}` is not in the cluster file"))?;
-            let f = Frame { request: r, step, sender: "client".into(), tensors: vec![("input_ids".into(), t.clone())] };
-            send(peers, ctx, addr, "tensors", &f, opts)?;
+            let f = Frame { kind: "tensors".into(), request: r, step, sender: "client".into(), tensors: vec![("input_ids".into(), t.clone())] };
+            send(peers, ctx, addr, &f, opts)?;
         }
         Ok(())
     };
@@ -262,14 +243,14 @@ pub fn generate(out: &Path, cluster: &Cluster, ctx: &zmq::Context, opts: &NetOpt
             let missing = flags.iter().position(|f| !f).map_or("?".to_string(), |i| stages[i].clone());
             return Err(format!("device `{missing}` did not finish request {} step {} within {:.1} s", key.0, key.1, timeout.as_secs_f64()));
         };
-        let key = (msg.frame.request, msg.frame.step);
+        let key = (msg.request, msg.step);
         match msg.kind.as_str() {
             "done" => {
-                if let Some(i) = stages.iter().position(|s| *s == msg.frame.sender) {
+                if let Some(i) = stages.iter().position(|s| *s == msg.sender) {
                     if let Some(flags) = done.get_mut(&key) {
                         flags[i] = true;
                     }
-                    if let Some((_, t)) = msg.frame.tensors.first() {
+                    if let Some((_, t)) = msg.tensors.first() {
                         let v: Vec<f64> = t.to_f32_vec().into_iter().map(f64::from).collect();
                         let (c, w, s) = (*v.first().unwrap_or(&0.0), *v.get(1).unwrap_or(&0.0), *v.get(2).unwrap_or(&0.0));
                         let st = &mut timings[i];
@@ -282,7 +263,7 @@ pub fn generate(out: &Path, cluster: &Cluster, ctx: &zmq::Context, opts: &NetOpt
                 }
             }
             "tensors" => {
-                if let Some((_, t)) = msg.frame.tensors.iter().find(|(n, _)| n == "logits") {
+                if let Some((_, t)) = msg.tensors.iter().find(|(n, _)| n == "logits") {
                     let values = t.to_f32_vec();
                     let vocab = *t.shape().last().unwrap_or(&1);
                     logits.insert(key, values[values.len().saturating_sub(vocab)..].to_vec());
@@ -301,7 +282,8 @@ pub fn generate(out: &Path, cluster: &Cluster, ctx: &zmq::Context, opts: &NetOpt
                 active -= 1;
                 for d in &stages {
                     if let Some(addr) = cluster.address(d) {
-                        send(&mut peers, ctx, addr, "end", &Frame { request: key.0, step: key.1, sender: "client".into(), tensors: vec![] }, opts)?;
+                        let end = Frame { kind: "end".into(), request: key.0, step: key.1, sender: "client".into(), tensors: vec![] };
+                        send(&mut peers, ctx, addr, &end, opts)?;
                     }
                 }
             } else {
@@ -320,6 +302,7 @@ pub fn generate(out: &Path, cluster: &Cluster, ctx: &zmq::Context, opts: &NetOpt
 pub fn stop_all(cluster: &Cluster, ctx: &zmq::Context, opts: &NetOptions) {
     let mut peers = HashMap::new();
     for addr in cluster.devices.values() {
-        let _ = send(&mut peers, ctx, addr, "stop", &Frame { request: 0, step: 0, sender: "client".into(), tensors: vec![] }, opts);
+        let stop = Frame { kind: "stop".into(), request: 0, step: 0, sender: "client".into(), tensors: vec![] };
+        let _ = send(&mut peers, ctx, addr, &stop, opts);
     }
 }
