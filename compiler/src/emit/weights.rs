@@ -2,7 +2,7 @@
 //! source files in bounded chunks, converted to the requested dtype on the way, names
 //! sorted so the same inputs give the same bytes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
 use std::path::Path;
@@ -11,6 +11,7 @@ use memmap2::Mmap;
 use shardc_ir::{DType, Graph, ValueDef, WeightLocation};
 
 use super::EmitError;
+use crate::frontend::hf::safetensors::encode_header;
 
 /// Elements copied per step: large enough that writes bypass the buffer.
 const CHUNK_ELEMENTS: usize = 1 << 20;
@@ -80,24 +81,16 @@ pub fn write(
         .map(|(i, v)| (v.name.clone(), i))
         .collect();
     names.sort();
-    let mut header = BTreeMap::new();
-    let mut offset = 0u64;
-    let mut spans = Vec::new();
-    for (name, i) in &names {
-        let ValueDef::Weight(w) = &stage.values[*i].def else { continue };
-        let len = w.byte_len();
-        header.insert(
-            name.clone(),
-            serde_json::json!({"dtype": w.dtype.safetensors_name(), "shape": w.shape, "data_offsets": [offset, offset + len]}),
-        );
-        spans.push((*i, offset, len));
-        offset += len;
-    }
-    let mut text = serde_json::to_string(&header).map_err(|e| EmitError::Io { path: path.to_path_buf(), message: e.to_string() })?;
-    while text.len() % 8 != 0 {
-        text.push(' ');
-    }
-    let data_start = 8 + text.len() as u64;
+    let tensors: Vec<(&str, DType, &[usize])> = names
+        .iter()
+        .filter_map(|(name, i)| match &stage.values[*i].def {
+            ValueDef::Weight(w) => Some((name.as_str(), w.dtype, w.shape.as_slice())),
+            _ => None,
+        })
+        .collect();
+    let (header_bytes, offsets) = encode_header(&tensors);
+    let spans: Vec<(usize, u64, u64)> = names.iter().zip(offsets).map(|((_, i), (start, len))| (*i, start, len)).collect();
+    let data_start = header_bytes.len() as u64;
     let mut out = File::create(path).map_err(io(path))?;
     let mut maps: HashMap<String, Mmap> = HashMap::new();
     for (i, _, _) in &spans {
@@ -138,7 +131,6 @@ pub fn write(
             }
             h.finalize().to_hex().to_string()
         });
-        let header_bytes = [&(text.len() as u64).to_le_bytes()[..], text.as_bytes()].concat();
         out.write_all(&header_bytes).map_err(io(path))?;
         let _ = send.send(Chunk::Owned(header_bytes));
         for &(i, start, len) in &spans {

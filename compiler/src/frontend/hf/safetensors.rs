@@ -130,6 +130,32 @@ pub fn read_header(dir: &Path, rel: &str) -> Result<BTreeMap<String, TensorInfo>
     Ok(tensors)
 }
 
+/// The start of a safetensors file holding `tensors` (name, dtype, shape) back to back
+/// in the given order: the 8-byte header length and the JSON header, padded with
+/// spaces to 8 bytes so the data starts aligned. Returns those bytes and each tensor's
+/// (offset from the data start, length).
+pub fn encode_header(tensors: &[(&str, DType, &[usize])]) -> (Vec<u8>, Vec<(u64, u64)>) {
+    let mut header = serde_json::Map::new();
+    let mut spans = Vec::with_capacity(tensors.len());
+    let mut offset = 0u64;
+    for &(name, dtype, shape) in tensors {
+        let len = shape.iter().map(|&d| d as u64).product::<u64>() * dtype.size_bytes() as u64;
+        header.insert(
+            name.to_string(),
+            serde_json::json!({"dtype": dtype.safetensors_name(), "shape": shape, "data_offsets": [offset, offset + len]}),
+        );
+        spans.push((offset, len));
+        offset += len;
+    }
+    let mut text = serde_json::Value::Object(header).to_string();
+    while text.len() % 8 != 0 {
+        text.push(' ');
+    }
+    let mut bytes = (text.len() as u64).to_le_bytes().to_vec();
+    bytes.extend(text.as_bytes());
+    (bytes, spans)
+}
+
 /// Read a checkpoint folder: `model.safetensors`, or the shards an index file names.
 pub fn read_checkpoint(dir: &Path) -> Result<Checkpoint, HfError> {
     let index = dir.join("model.safetensors.index.json");

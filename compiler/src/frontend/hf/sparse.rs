@@ -8,6 +8,7 @@ use std::path::Path;
 
 use shardc_ir::ValueDef;
 
+use super::safetensors::encode_header;
 use super::{lower, HfError, LowerOptions};
 
 /// Write `dir/config.json` (a copy of `config`) and a sparse `dir/model.safetensors`
@@ -20,27 +21,20 @@ pub fn write_sparse_checkpoint(config: &Path, dir: &Path) -> Result<u64, HfError
     let target_config = dir.join("config.json");
     std::fs::copy(config, &target_config).map_err(io(&target_config))?;
     let shape_only = lower(&target_config, &LowerOptions::default())?;
-    let mut header = serde_json::Map::new();
-    let mut offset = 0u64;
-    for value in &shape_only.graph.values {
-        if let ValueDef::Weight(w) = &value.def {
-            let end = offset + w.byte_len();
-            header.insert(
-                value.name.clone(),
-                serde_json::json!({"dtype": w.dtype.safetensors_name(), "shape": w.shape, "data_offsets": [offset, end]}),
-            );
-            offset = end;
-        }
-    }
-    let mut text = serde_json::Value::Object(header).to_string();
-    // Pad the header to 8 bytes, as writers do, so data starts aligned.
-    while (text.len() % 8) != 0 {
-        text.push(' ');
-    }
+    let tensors: Vec<(&str, shardc_ir::DType, &[usize])> = shape_only
+        .graph
+        .values
+        .iter()
+        .filter_map(|v| match &v.def {
+            ValueDef::Weight(w) => Some((v.name.as_str(), w.dtype, w.shape.as_slice())),
+            _ => None,
+        })
+        .collect();
+    let (header, spans) = encode_header(&tensors);
+    let data: u64 = spans.iter().map(|(_, len)| len).sum();
     let path = dir.join("model.safetensors");
     let mut f = File::create(&path).map_err(io(&path))?;
-    f.write_all(&(text.len() as u64).to_le_bytes()).map_err(io(&path))?;
-    f.write_all(text.as_bytes()).map_err(io(&path))?;
-    f.set_len(8 + text.len() as u64 + offset).map_err(io(&path))?;
-    Ok(offset)
+    f.write_all(&header).map_err(io(&path))?;
+    f.set_len(header.len() as u64 + data).map_err(io(&path))?;
+    Ok(data)
 }
