@@ -63,8 +63,8 @@ fn packages_for_two_and_three_devices_reproduce_every_fixture() {
                 ),
                 None => (generate::logits(&pipeline, &r.input_ids).unwrap(), generate::greedy(&pipeline, &r.input_ids, 8).unwrap()),
             };
-            let max_ref = r.logits.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let diff = logits.values.iter().zip(&r.logits).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            let max_ref = r.max_abs();
+            let diff = r.max_diff(&logits.values);
             assert!(diff <= 1e-4 * max_ref.max(1.0), "{} on {devices}: {diff}", model.display());
             assert_eq!(tokens, r.greedy, "{} on {devices}", model.display());
         }
@@ -157,8 +157,8 @@ fn half_precision_packages_store_f16_and_stay_close() {
     let layout = CacheLayout::of(&pipeline).unwrap().unwrap();
     let r = reference("llama");
     let got = generate::cached_prefill(&pipeline, &layout, &r.input_ids).unwrap();
-    let max_ref = r.logits.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let diff = got.values.iter().zip(&r.logits).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    let max_ref = r.max_abs();
+    let diff = r.max_diff(&got.values);
     assert!(diff < 0.02 * max_ref, "f16 drift {diff} of {max_ref}");
 }
 

@@ -23,8 +23,8 @@ fn checkpoints_reproduce_pytorch_prefill_and_cached_greedy_decoding() {
         let s = session(name);
         let layout = CacheLayout::of(&s).unwrap().expect("a KV cache");
         let got = cached_prefill(&s, &layout, &r.input_ids).unwrap();
-        let max_ref = r.logits.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let max_diff = got.values.iter().zip(&r.logits).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        let max_ref = r.max_abs();
+        let max_diff = r.max_diff(&got.values);
         assert_eq!(got.values.len(), r.logits.len());
         assert!(max_diff <= 1e-4 * max_ref.max(1.0), "{name}: max |diff| {max_diff}");
         let tokens = greedy_cached(&s, &layout, &r.input_ids, 8).unwrap();
@@ -125,8 +125,8 @@ fn sharded_bf16_checkpoint_gives_the_same_facts_as_one_file() {
     let layout = CacheLayout::of(&s).unwrap().unwrap();
     let r = reference(name);
     let got = cached_prefill(&s, &layout, &r.input_ids).unwrap();
-    let max_ref = r.logits.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let max_diff = got.values.iter().zip(&r.logits).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    let max_ref = r.max_abs();
+    let max_diff = r.max_diff(&got.values);
     eprintln!("bf16 vs f32 reference: max |diff| {max_diff} of max |logit| {max_ref}");
     assert!(max_diff < 0.05 * max_ref, "bf16 logits drift {max_diff} (max |logit| {max_ref})");
 }

@@ -23,8 +23,8 @@ fn logits_match_pytorch_on_every_fixture_before_and_after_simplify() {
         for simplified in [false, true] {
             let got = logits(&session(name, simplified), &r.input_ids).unwrap();
             assert_eq!(got.values.len(), r.logits.len(), "{name}");
-            let max_ref = r.logits.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let max_diff = got.values.iter().zip(&r.logits).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            let max_ref = r.max_abs();
+            let max_diff = r.max_diff(&got.values);
             let tolerance = 1e-4 * max_ref.max(1.0);
             assert!(max_diff <= tolerance, "{name} (simplified: {simplified}): max |diff| {max_diff} > {tolerance}");
         }

@@ -43,8 +43,8 @@ fn stage_graphs_chained_reproduce_the_model() {
         assert!(pipeline.outputs().contains(&"logits".to_string()), "{name}");
         let r = reference(name);
         let got = cached_prefill(&pipeline, &layout, &r.input_ids).unwrap();
-        let max_ref = r.logits.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let diff = got.values.iter().zip(&r.logits).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        let max_ref = r.max_abs();
+        let diff = r.max_diff(&got.values);
         assert!(diff <= 1e-4 * max_ref.max(1.0), "{name}: {diff}");
         assert_eq!(greedy_cached(&pipeline, &layout, &r.input_ids, 8).unwrap(), r.greedy, "{name}");
         // Every tensor that moved between stages is in the transmission map, direct.

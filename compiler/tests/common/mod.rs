@@ -34,6 +34,18 @@ pub struct Reference {
     pub greedy: Vec<i64>,
 }
 
+impl Reference {
+    /// Largest |logit| of the reference.
+    pub fn max_abs(&self) -> f32 {
+        self.logits.iter().fold(0f32, |m, v| m.max(v.abs()))
+    }
+
+    /// Largest |difference| between `got` and the reference logits.
+    pub fn max_diff(&self, got: &[f32]) -> f32 {
+        got.iter().zip(&self.logits).fold(0f32, |m, (a, b)| m.max((a - b).abs()))
+    }
+}
+
 /// Read `reference.safetensors` of a fixture.
 pub fn reference(name: &str) -> Reference {
     let bytes = std::fs::read(fixture_dir(name).join("reference.safetensors")).expect("reference.safetensors");
