@@ -96,28 +96,17 @@ pub fn verify(graph: &Graph) -> Result<(), VerifyError> {
         .collect();
     for (i, node) in graph.nodes.iter().enumerate() {
         let arity = node.op.arity();
-        let n_in = node.inputs.len();
-        if n_in < arity.min_inputs || n_in > arity.max_inputs {
-            problems.push(format!(
-                "{} has {n_in} inputs, expected {}..={}",
-                describe_node(i),
-                arity.min_inputs,
-                arity.max_inputs
-            ));
-        }
+        let mut count = |n: usize, (min, max): (usize, usize), what: &str| {
+            if n < min || n > max {
+                problems.push(format!("{} has {n} {what}, expected {min}..={max}", describe_node(i)));
+            }
+        };
+        count(node.inputs.len(), (arity.min_inputs, arity.max_inputs), "inputs");
+        count(node.outputs.len(), (arity.min_outputs, arity.max_outputs), "outputs");
         for (slot, input) in node.inputs.iter().enumerate().take(arity.min_inputs) {
             if input.is_none() {
                 problems.push(format!("{} lacks required input {slot}", describe_node(i)));
             }
-        }
-        let n_out = node.outputs.len();
-        if n_out < arity.min_outputs || n_out > arity.max_outputs {
-            problems.push(format!(
-                "{} has {n_out} outputs, expected {}..={}",
-                describe_node(i),
-                arity.min_outputs,
-                arity.max_outputs
-            ));
         }
         for input in node.inputs.iter().flatten() {
             if !in_range(*input) {

@@ -76,12 +76,12 @@ pub fn lower(path: &Path, options: &LowerOptions) -> Result<HfModel, HfError> {
     let checkpoint = if shape_only { None } else { Some(safetensors::read_checkpoint(&dir)?) };
     let mut b = Builder::new(&arch.model_type, checkpoint.as_ref(), dir.clone(), arch.dtype);
     let common = prologue(&mut b, &arch);
-    let logits = match arch.family {
+    // Each lowering registers the logits and present KV outputs itself.
+    match arch.family {
         Family::Gpt2 => gpt2::lower(&mut b, &arch, &common)?,
         Family::Llama => llama::lower(&mut b, &arch, &common)?,
         Family::Bloom => bloom::lower(&mut b, &arch, &common)?,
     };
-    let _ = logits;
     let used = std::mem::take(&mut b.used);
     let graph = b.graph;
     shardc_ir::verify(&graph)?;
