@@ -68,7 +68,13 @@ fn main() {
     let mut peak_kib = 0u64;
     for i in 0..3 {
         let t = Instant::now();
-        let ok = Command::new("cp").arg("-r").arg(&model).arg(scratch.join(format!("copy{i}"))).status().expect("cp").success();
+        let ok = Command::new("cp")
+            .arg("-r")
+            .arg(&model)
+            .arg(scratch.join(format!("copy{i}")))
+            .status()
+            .expect("cp")
+            .success();
         assert!(ok);
         cp_times.push(t.elapsed().as_secs_f64());
         let out = scratch.join(format!("out{i}"));

@@ -51,30 +51,46 @@ fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let dir = std::env::temp_dir().join(format!("shardc-sparse-7b-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    let data = write_sparse_checkpoint(&root.join("fixtures/configs/llama-2-7b/config.json"), &dir).expect("sparse checkpoint");
+    let data = write_sparse_checkpoint(&root.join("fixtures/configs/llama-2-7b/config.json"), &dir)
+        .expect("sparse checkpoint");
     let file = dir.join("model.safetensors");
     let on_disk = std::fs::metadata(&file).map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512).unwrap_or(0);
 
-    let ours = median((0..RUNS).map(|_| {
-        let t = Instant::now();
-        std::hint::black_box(lower(&dir, &LowerOptions::default()).expect("lower"));
-        t.elapsed()
-    }).collect());
-    let baseline = median((0..RUNS).map(|_| {
-        let t = Instant::now();
-        std::hint::black_box(parse_header(&file));
-        t.elapsed()
-    }).collect());
+    let ours = median(
+        (0..RUNS)
+            .map(|_| {
+                let t = Instant::now();
+                std::hint::black_box(lower(&dir, &LowerOptions::default()).expect("lower"));
+                t.elapsed()
+            })
+            .collect(),
+    );
+    let baseline = median(
+        (0..RUNS)
+            .map(|_| {
+                let t = Instant::now();
+                std::hint::black_box(parse_header(&file));
+                t.elapsed()
+            })
+            .collect(),
+    );
     let out = Command::new(&args[0]).arg("--lower-only").arg(&dir).output().expect("child");
     let child = String::from_utf8_lossy(&out.stdout);
     let fields: Vec<&str> = child.split_whitespace().collect();
     std::fs::remove_dir_all(&dir).ok();
 
-    println!("checkpoint: Llama-2-7B shaped, f16, {:.1} GB of data as a sparse file ({} KiB on disk)", data as f64 / 1e9, on_disk / 1024);
+    println!(
+        "checkpoint: Llama-2-7B shaped, f16, {:.1} GB of data as a sparse file ({} KiB on disk)",
+        data as f64 / 1e9,
+        on_disk / 1024
+    );
     println!("lower (header only):       {:>8.2} ms median of {RUNS} (target < 100 ms)", ours.as_secs_f64() * 1e3);
     println!("baseline header JSON parse: {:>7.2} ms", baseline.as_secs_f64() * 1e3);
     println!("ratio lower / baseline:    {:>8.2}", ours.as_secs_f64() / baseline.as_secs_f64());
     if let [ms, kib, nodes] = fields.as_slice() {
-        println!("fresh process: lowered in {ms} ms to {nodes} nodes, peak resident memory {:.1} MB (target < 64 MB)", kib.parse::<f64>().unwrap_or(0.0) / 1024.0);
+        println!(
+            "fresh process: lowered in {ms} ms to {nodes} nodes, peak resident memory {:.1} MB (target < 64 MB)",
+            kib.parse::<f64>().unwrap_or(0.0) / 1024.0
+        );
     }
 }

@@ -65,7 +65,8 @@ fn main() {
     }
     let ort: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ort JSON");
     let ort_ms = ort["median_ms"].as_f64().expect("median_ms");
-    let ort_last: Vec<f32> = ort["last_logits"].as_array().expect("logits").iter().map(|v| v.as_f64().unwrap_or(f64::NAN) as f32).collect();
+    let ort_last: Vec<f32> =
+        ort["last_logits"].as_array().expect("logits").iter().map(|v| v.as_f64().unwrap_or(f64::NAN) as f32).collect();
     let diff = first.last().iter().zip(&ort_last).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
     let max_ref = ort_last.iter().fold(0f32, |m, v| m.max(v.abs()));
 

@@ -29,7 +29,10 @@ fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let context = 4096;
     println!("exact planning (ilp) vs file-order DP, context {context}, prompt 128, median of 5");
-    println!("{:<12} {:<9} {:<11} {:>6} {:>10} {:>16} {:>10} {:>8}", "model", "devices", "objective", "units", "ilp", "status", "dp", "ilp/dp");
+    println!(
+        "{:<12} {:<9} {:<11} {:>6} {:>10} {:>16} {:>10} {:>8}",
+        "model", "devices", "objective", "units", "ilp", "status", "dp", "ilp/dp"
+    );
     for (model, profile) in [("llama-3-70b", "edge-16"), ("llama-3-8b", "lab-8")] {
         let g = graph(&root.join(format!("fixtures/configs/{model}/config.json")), context);
         let p = devices::load(&root.join(format!("fixtures/devices/{profile}.toml"))).expect("profile");
@@ -43,22 +46,40 @@ fn main() {
             };
             let prep = planning::prepare(&g, &p, &req).expect("prepare");
             let mut status = String::new();
-            let ilp = median((0..5).map(|_| {
-                let t = Instant::now();
-                let o = solve(&prep.model.problem, Strategy::Ilp, &prep.opts);
-                let took = t.elapsed();
-                status = format!("{}{}", o.status.engine, if o.status.optimal { " optimal" } else { " NOT optimal" });
-                took
-            }).collect());
-            let dp = median((0..5).map(|_| {
-                let t = Instant::now();
-                std::hint::black_box(solve(&prep.model.problem, Strategy::Dp, &prep.opts));
-                t.elapsed()
-            }).collect());
+            let ilp = median(
+                (0..5)
+                    .map(|_| {
+                        let t = Instant::now();
+                        let o = solve(&prep.model.problem, Strategy::Ilp, &prep.opts);
+                        let took = t.elapsed();
+                        status = format!(
+                            "{}{}",
+                            o.status.engine,
+                            if o.status.optimal { " optimal" } else { " NOT optimal" }
+                        );
+                        took
+                    })
+                    .collect(),
+            );
+            let dp = median(
+                (0..5)
+                    .map(|_| {
+                        let t = Instant::now();
+                        std::hint::black_box(solve(&prep.model.problem, Strategy::Dp, &prep.opts));
+                        t.elapsed()
+                    })
+                    .collect(),
+            );
             println!(
                 "{:<12} {:<9} {:<11} {:>6} {:>8.1}ms {:>16} {:>8.1}ms {:>8.2}",
-                model, profile, format!("{objective:?}"), prep.model.problem.units(),
-                ilp.as_secs_f64() * 1e3, status, dp.as_secs_f64() * 1e3, ilp.as_secs_f64() / dp.as_secs_f64()
+                model,
+                profile,
+                format!("{objective:?}"),
+                prep.model.problem.units(),
+                ilp.as_secs_f64() * 1e3,
+                status,
+                dp.as_secs_f64() * 1e3,
+                ilp.as_secs_f64() / dp.as_secs_f64()
             );
         }
     }
@@ -81,7 +102,11 @@ fn main() {
                 let tps = |s: Strategy| rows.iter().find(|r| r.strategy == s).and_then(|r| r.pipelined_tokens_per_s);
                 let ilp = tps(Strategy::Ilp).unwrap_or(0.0);
                 let ratio = |s: Strategy| tps(s).map_or("does not fit".to_string(), |t| format!("{:.2}x", ilp / t));
-                println!("  ilp decode throughput over uniform: {}, over proportional: {}", ratio(Strategy::Uniform), ratio(Strategy::Proportional));
+                println!(
+                    "  ilp decode throughput over uniform: {}, over proportional: {}",
+                    ratio(Strategy::Uniform),
+                    ratio(Strategy::Proportional)
+                );
             }
             Err(e) => println!("{model}: {e}"),
         }

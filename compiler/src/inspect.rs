@@ -57,7 +57,10 @@ pub struct Source {
 
 /// Build the report from the imported graph and the graph after the pipeline.
 pub fn report(source: Source, imported: &Graph, simplified: &Graph) -> Report {
-    let port = |g: &Graph, v: shardc_ir::ValueId| Port { name: g.value(v).name.clone(), ty: type_text(g.value(v).ty.as_ref()) };
+    let port = |g: &Graph, v: shardc_ir::ValueId| Port {
+        name: g.value(v).name.clone(),
+        ty: type_text(g.value(v).ty.as_ref()),
+    };
     let mut weights_by_dtype: BTreeMap<String, DTypeTotals> = BTreeMap::new();
     let mut parameters = 0;
     for value in &imported.values {
@@ -100,9 +103,11 @@ const LAYER_CONTAINERS: &[&str] = &["layers", "layer", "h", "blocks", "block"];
 /// weight names (`/model/layers.3/self_attn/MatMul`, `transformer.h.3.ln_1.weight`).
 pub fn count_layers(graph: &Graph) -> usize {
     let mut indices = BTreeSet::new();
-    let names = graph.nodes.iter().map(|n| n.name.as_str()).chain(
-        graph.values.iter().filter(|v| matches!(v.def, ValueDef::Weight(_))).map(|v| v.name.as_str()),
-    );
+    let names = graph
+        .nodes
+        .iter()
+        .map(|n| n.name.as_str())
+        .chain(graph.values.iter().filter(|v| matches!(v.def, ValueDef::Weight(_))).map(|v| v.name.as_str()));
     for name in names {
         let tokens: Vec<&str> = name.split(['/', '.', ':']).collect();
         for pair in tokens.windows(2) {
@@ -146,7 +151,8 @@ impl Report {
             let _ = writeln!(out, "output      {}: {}", p.name, p.ty);
         }
         let total_bytes: u64 = self.weights_by_dtype.values().map(|t| t.bytes).sum();
-        let _ = writeln!(out, "parameters  {} ({} of weights)", thousands(self.parameters), bytes_text(total_bytes as f64));
+        let _ =
+            writeln!(out, "parameters  {} ({} of weights)", thousands(self.parameters), bytes_text(total_bytes as f64));
         for (dtype, t) in &self.weights_by_dtype {
             let _ = writeln!(out, "  {dtype:<9} {} elements, {}", thousands(t.elements), bytes_text(t.bytes as f64));
         }
@@ -157,7 +163,8 @@ impl Report {
             let _ = writeln!(out, "warning     {} dimensions remain unknown after infer-shapes", self.unknown_dims);
         }
         if !self.unused_tensors.is_empty() {
-            let _ = writeln!(out, "unused      {} tensors: {}", self.unused_tensors.len(), self.unused_tensors.join(", "));
+            let _ =
+                writeln!(out, "unused      {} tensors: {}", self.unused_tensors.len(), self.unused_tensors.join(", "));
         }
         out
     }

@@ -60,7 +60,13 @@ pub fn load(path: &Path, options: &LowerOptions) -> Result<LoadedModel, LoadErro
                 a.dtype, a.model_type, a.layers, a.hidden, a.heads, a.kv_heads
             )
         };
-        return Ok(LoadedModel { graph: m.graph, weights_dir: m.dir, format, has_weights: m.has_weights, unused: m.unused_tensors });
+        return Ok(LoadedModel {
+            graph: m.graph,
+            weights_dir: m.dir,
+            format,
+            has_weights: m.has_weights,
+            unused: m.unused_tensors,
+        });
     }
     let m = onnx::import(path)?;
     let weights_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();

@@ -249,7 +249,12 @@ fn run(cli: Cli) -> Result<()> {
             };
             let summary = shardc::emit::compile(&p.graph, &p.weights_dir, &p.profile, &opts, &out)?;
             print!("{}", summary.report.to_text(false));
-            println!("wrote       {} ({} stages, {} of weights)", out.display(), summary.report.stages.len(), shardc_passes::quantity::bytes_text(summary.weight_bytes as f64));
+            println!(
+                "wrote       {} ({} stages, {} of weights)",
+                out.display(),
+                summary.report.stages.len(),
+                shardc_passes::quantity::bytes_text(summary.weight_bytes as f64)
+            );
         }
         Command::Verify { model, out, input_ids, tokens, tolerance } => {
             verify(&model, &out, input_ids.unwrap_or_else(|| (1..=8).collect()), tokens, tolerance)?;
@@ -321,11 +326,15 @@ fn verify(model: &std::path::Path, out: &std::path::Path, ids: Vec<i64>, tokens:
     let whole = shardc_runtime::Session::new(graph, &loaded.weights_dir);
     let (reference, parts, generated) = match CacheLayout::of(&whole)? {
         Some(layout) => {
-            let parts_layout = CacheLayout::of(&pipeline)?.ok_or_else(|| anyhow::anyhow!("the packages have no KV cache but the model does"))?;
+            let parts_layout = CacheLayout::of(&pipeline)?
+                .ok_or_else(|| anyhow::anyhow!("the packages have no KV cache but the model does"))?;
             (
                 generate::cached_prefill(&whole, &layout, &ids)?,
                 generate::cached_prefill(&pipeline, &parts_layout, &ids)?,
-                (generate::greedy_cached(&whole, &layout, &ids, tokens)?, generate::greedy_cached(&pipeline, &parts_layout, &ids, tokens)?),
+                (
+                    generate::greedy_cached(&whole, &layout, &ids, tokens)?,
+                    generate::greedy_cached(&pipeline, &parts_layout, &ids, tokens)?,
+                ),
             )
         }
         None => (
@@ -341,7 +350,13 @@ fn verify(model: &std::path::Path, out: &std::path::Path, ids: Vec<i64>, tokens:
     println!("packages    {} stages: {}", manifests.len(), devices.join(" -> "));
     println!("logits      max |diff| {diff:.3e} (limit {limit:.3e}, max |logit| {max_ref:.3})");
     let agree = generated.0 == generated.1;
-    println!("greedy      {} tokens {}: model {:?}, packages {:?}", tokens, if agree { "agree" } else { "DIFFER" }, generated.0, generated.1);
+    println!(
+        "greedy      {} tokens {}: model {:?}, packages {:?}",
+        tokens,
+        if agree { "agree" } else { "DIFFER" },
+        generated.0,
+        generated.1
+    );
     if diff > limit || diff.is_nan() || !agree {
         bail!("the packages do not reproduce the model");
     }
@@ -395,7 +410,11 @@ fn run_model(args: &ModelArgs, input_ids: &[i64], max_new_tokens: usize, k: usiz
         });
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        println!("prompt      {} tokens, vocabulary {vocab}, prefill {:.1} ms", input_ids.len(), prefill.as_secs_f64() * 1e3);
+        println!(
+            "prompt      {} tokens, vocabulary {vocab}, prefill {:.1} ms",
+            input_ids.len(),
+            prefill.as_secs_f64() * 1e3
+        );
         println!("top {k} of the last position:");
         for (id, logit) in &top {
             println!("  {id:>8}  {logit:>12.6}");

@@ -107,10 +107,9 @@ pub fn prepare(graph: &Graph, profile: &Profile, req: &Request) -> Result<Prepar
         workload: req.workload,
         objective: req.objective,
         margin: req.margin,
-        compute_dtype: req
-            .compute_dtype
-            .clone()
-            .unwrap_or_else(|| shardc_passes::cost::dominant_weight_dtype(graph).map_or("f32".into(), |d| d.to_string())),
+        compute_dtype: req.compute_dtype.clone().unwrap_or_else(|| {
+            shardc_passes::cost::dominant_weight_dtype(graph).map_or("f32".into(), |d| d.to_string())
+        }),
         kv_bytes: None,
     };
     let model = build(graph, &seg, profile, &inputs)?;
@@ -120,7 +119,8 @@ pub fn prepare(graph: &Graph, profile: &Profile, req: &Request) -> Result<Prepar
 
 fn does_not_fit(prep: &Prepared, profile: &Profile, margin: f64) -> PlanError {
     let m = &prep.model;
-    let weights: f64 = m.memory.iter().map(|u| u.weights).sum::<f64>() + m.problem.shared.iter().map(|w| w.bytes).sum::<f64>();
+    let weights: f64 =
+        m.memory.iter().map(|u| u.weights).sum::<f64>() + m.problem.shared.iter().map(|w| w.bytes).sum::<f64>();
     let kv: f64 = m.memory.iter().map(|u| u.kv_cache).sum();
     let act = m.memory.iter().map(|u| u.activations).fold(0.0, f64::max);
     let offered: f64 = m.problem.budget.iter().sum();
@@ -143,7 +143,14 @@ fn does_not_fit(prep: &Prepared, profile: &Profile, margin: f64) -> PlanError {
 }
 
 /// Report an outcome.
-pub fn report(model_name: &str, devices_name: &str, prep: &Prepared, profile: &Profile, req: &Request, outcome: &Outcome) -> Option<PlanReport> {
+pub fn report(
+    model_name: &str,
+    devices_name: &str,
+    prep: &Prepared,
+    profile: &Profile,
+    req: &Request,
+    outcome: &Outcome,
+) -> Option<PlanReport> {
     let plan = outcome.plan.as_ref()?;
     let figures = outcome.figures.as_ref()?;
     let units = &prep.seg.units;
@@ -194,7 +201,13 @@ pub struct Planned {
 }
 
 /// Plan with one strategy; an error, with the numbers, when nothing fits.
-pub fn plan_with(graph: &Graph, profile: &Profile, req: &Request, strategy: Strategy, names: (&str, &str)) -> Result<Planned, PlanError> {
+pub fn plan_with(
+    graph: &Graph,
+    profile: &Profile,
+    req: &Request,
+    strategy: Strategy,
+    names: (&str, &str),
+) -> Result<Planned, PlanError> {
     let prep = prepare(graph, profile, req)?;
     let outcome = solve(&prep.model.problem, strategy, &prep.opts);
     let feasible = outcome.figures.as_ref().is_some_and(|f| f.feasible);
@@ -208,14 +221,27 @@ pub fn plan_with(graph: &Graph, profile: &Profile, req: &Request, strategy: Stra
             outcome.status.note.clone().unwrap_or_default()
         )));
     }
-    let report = report(names.0, names.1, &prep, profile, req, &outcome).ok_or_else(|| does_not_fit(&prep, profile, req.margin))?;
+    let report = report(names.0, names.1, &prep, profile, req, &outcome)
+        .ok_or_else(|| does_not_fit(&prep, profile, req.margin))?;
     let device_names: Vec<String> = profile.devices.iter().map(|d| d.name.clone()).collect();
-    let map = transmission::build(graph, &prep.seg, outcome.plan.as_deref().unwrap_or_default(), &device_names, &req.workload)?;
+    let map = transmission::build(
+        graph,
+        &prep.seg,
+        outcome.plan.as_deref().unwrap_or_default(),
+        &device_names,
+        &req.workload,
+    )?;
     Ok(Planned { prep, outcome, report, map })
 }
 
 /// Plan with one strategy: the report and the transmission map.
-pub fn plan(graph: &Graph, profile: &Profile, req: &Request, strategy: Strategy, names: (&str, &str)) -> Result<(PlanReport, TransmissionMap), PlanError> {
+pub fn plan(
+    graph: &Graph,
+    profile: &Profile,
+    req: &Request,
+    strategy: Strategy,
+    names: (&str, &str),
+) -> Result<(PlanReport, TransmissionMap), PlanError> {
     let p = plan_with(graph, profile, req, strategy, names)?;
     Ok((p.report, p.map))
 }
@@ -233,16 +259,52 @@ impl PlanReport {
     pub fn to_text(&self, timings: bool) -> String {
         let mut out = String::new();
         let s = &self.solver;
-        let status = if s.optimal { "proven optimal".to_string() } else if let Some(g) = s.gap { format!("gap {:.2}%", g * 100.0) } else { "heuristic".to_string() };
+        let status = if s.optimal {
+            "proven optimal".to_string()
+        } else if let Some(g) = s.gap {
+            format!("gap {:.2}%", g * 100.0)
+        } else {
+            "heuristic".to_string()
+        };
         let time = if timings { format!(", {:.1} ms", s.time_ms) } else { String::new() };
-        let _ = writeln!(out, "plan        {} ({}, {status}{time}), objective {:?}", self.strategy.name(), s.engine, self.objective);
+        let _ = writeln!(
+            out,
+            "plan        {} ({}, {status}{time}), objective {:?}",
+            self.strategy.name(),
+            s.engine,
+            self.objective
+        );
         let w = &self.workload;
-        let _ = writeln!(out, "workload    batch {}, prompt {} tokens, context {} tokens, {} units", w.batch, w.prompt_len, w.max_context, self.units);
-        let _ = writeln!(out, "{:<5} {:<14} {:<36} {:<7} {:<24} {:>11} {:>12} {:>22}", "stage", "device", "units", "layers", "memory / budget", "prefill", "decode/token", "link to next (pre/dec)");
+        let _ = writeln!(
+            out,
+            "workload    batch {}, prompt {} tokens, context {} tokens, {} units",
+            w.batch, w.prompt_len, w.max_context, self.units
+        );
+        let _ = writeln!(
+            out,
+            "{:<5} {:<14} {:<36} {:<7} {:<24} {:>11} {:>12} {:>22}",
+            "stage",
+            "device",
+            "units",
+            "layers",
+            "memory / budget",
+            "prefill",
+            "decode/token",
+            "link to next (pre/dec)"
+        );
         for (i, st) in self.stages.iter().enumerate() {
-            let units = if st.first_unit == st.last_unit { st.first_unit.clone() } else { format!("{} .. {}", st.first_unit, st.last_unit) };
-            let layers = st.layers.map_or("-".to_string(), |[a, b]| if a == b { a.to_string() } else { format!("{a}-{b}") });
-            let link = if i + 1 < self.stages.len() { format!("{} / {}", ms(st.link_prefill_ms), ms(st.link_decode_ms)) } else { "-".into() };
+            let units = if st.first_unit == st.last_unit {
+                st.first_unit.clone()
+            } else {
+                format!("{} .. {}", st.first_unit, st.last_unit)
+            };
+            let layers =
+                st.layers.map_or("-".to_string(), |[a, b]| if a == b { a.to_string() } else { format!("{a}-{b}") });
+            let link = if i + 1 < self.stages.len() {
+                format!("{} / {}", ms(st.link_prefill_ms), ms(st.link_decode_ms))
+            } else {
+                "-".into()
+            };
             let _ = writeln!(
                 out,
                 "{:<5} {:<14} {:<36} {:<7} {:<24} {:>11} {:>12} {:>22}",
@@ -258,7 +320,12 @@ impl PlanReport {
         }
         let p = &self.predictions;
         let _ = writeln!(out, "prefill     {}", ms(p.prefill_ms));
-        let _ = writeln!(out, "decode      {}/token ({:.2} tokens/s for one request)", ms(p.decode_ms_per_token), 1e3 / p.decode_ms_per_token);
+        let _ = writeln!(
+            out,
+            "decode      {}/token ({:.2} tokens/s for one request)",
+            ms(p.decode_ms_per_token),
+            1e3 / p.decode_ms_per_token
+        );
         let _ = writeln!(out, "pipelined   {:.2} tokens/s with requests in flight", p.pipelined_tokens_per_s);
         out
     }
@@ -297,7 +364,8 @@ pub fn compare(graph: &Graph, profile: &Profile, req: &Request) -> Result<Vec<Co
                 stages: o.plan.as_ref().map_or(0, Vec::len),
                 prefill_ms: f.map(|f| f.prefill_s * 1e3),
                 decode_ms_per_token: f.map(|f| f.decode_s * 1e3),
-                pipelined_tokens_per_s: f.map(|f| if f.bottleneck_s > 0.0 { 1.0 / f.bottleneck_s } else { f64::INFINITY }),
+                pipelined_tokens_per_s: f
+                    .map(|f| if f.bottleneck_s > 0.0 { 1.0 / f.bottleneck_s } else { f64::INFINITY }),
                 objective_s: f.map(|f| f.objective),
                 ratio_to_best: None,
                 note: o.status.note.clone(),
@@ -318,14 +386,35 @@ pub fn compare(graph: &Graph, profile: &Profile, req: &Request) -> Result<Vec<Co
 pub fn compare_text(rows: &[CompareRow], objective: Objective) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "objective {objective:?}");
-    let _ = writeln!(out, "{:<13} {:<13} {:>6} {:>12} {:>14} {:>16} {:>10}", "strategy", "engine", "stages", "prefill", "decode/token", "pipelined tok/s", "vs best");
+    let _ = writeln!(
+        out,
+        "{:<13} {:<13} {:>6} {:>12} {:>14} {:>16} {:>10}",
+        "strategy", "engine", "stages", "prefill", "decode/token", "pipelined tok/s", "vs best"
+    );
     for r in rows {
         match (r.prefill_ms, r.decode_ms_per_token, r.pipelined_tokens_per_s, r.ratio_to_best) {
             (Some(p), Some(d), Some(t), Some(x)) => {
-                let _ = writeln!(out, "{:<13} {:<13} {:>6} {:>12} {:>14} {:>16.2} {:>9.3}x", r.strategy.name(), r.engine, r.stages, ms(p), ms(d), t, x);
+                let _ = writeln!(
+                    out,
+                    "{:<13} {:<13} {:>6} {:>12} {:>14} {:>16.2} {:>9.3}x",
+                    r.strategy.name(),
+                    r.engine,
+                    r.stages,
+                    ms(p),
+                    ms(d),
+                    t,
+                    x
+                );
             }
             _ => {
-                let _ = writeln!(out, "{:<13} {:<13} {:>6} {}", r.strategy.name(), r.engine, r.stages, r.note.clone().unwrap_or_else(|| "does not fit".into()));
+                let _ = writeln!(
+                    out,
+                    "{:<13} {:<13} {:>6} {}",
+                    r.strategy.name(),
+                    r.engine,
+                    r.stages,
+                    r.note.clone().unwrap_or_else(|| "does not fit".into())
+                );
             }
         }
     }

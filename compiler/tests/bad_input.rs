@@ -159,7 +159,10 @@ fn external_data_past_the_end_of_the_file() {
     let mut model = tiny_model();
     external(&mut model, "weights.bin", 8, 24);
     let path = write_model(dir.path(), &model);
-    assert_rejected(&path, &["tensor `w`", "runs past the end of `weights.bin`", "offset 8 + length 24 > file size 16"]);
+    assert_rejected(
+        &path,
+        &["tensor `w`", "runs past the end of `weights.bin`", "offset 8 + length 24 > file size 16"],
+    );
 }
 
 #[test]

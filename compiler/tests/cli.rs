@@ -8,11 +8,7 @@ use common::{fixture_onnx, meta, FIXTURES};
 
 fn shardc(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_shardc")).args(args).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
+    (out.status.code().unwrap_or(-1), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
 }
 
 #[test]
@@ -72,8 +68,17 @@ fn run_prints_top_k_and_the_greedy_continuation() {
     let expected: Vec<i64> = meta["greedy_tokens"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
     let path = fixture_onnx("gpt2");
     let ids_arg = ids.join(",");
-    let (code, stdout, stderr) =
-        shardc(&["run", path.to_str().unwrap(), "--input-ids", &ids_arg, "--max-new-tokens", "8", "--json", "--top-k", "3"]);
+    let (code, stdout, stderr) = shardc(&[
+        "run",
+        path.to_str().unwrap(),
+        "--input-ids",
+        &ids_arg,
+        "--max-new-tokens",
+        "8",
+        "--json",
+        "--top-k",
+        "3",
+    ]);
     assert_eq!(code, 0, "{stderr}");
     let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     let generated: Vec<i64> = report["generated"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
@@ -100,7 +105,8 @@ fn run_on_a_checkpoint_generates_with_the_kv_cache() {
     for name in ["gpt2", "qwen2", "bloom"] {
         let meta = meta(name);
         let ids: Vec<String> = meta["input_ids"].as_array().unwrap().iter().map(|v| v.to_string()).collect();
-        let expected: Vec<i64> = meta["greedy_tokens"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+        let expected: Vec<i64> =
+            meta["greedy_tokens"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
         let dir = common::fixture_dir(name).join("hf");
         let (code, stdout, stderr) =
             shardc(&["run", dir.to_str().unwrap(), "--input-ids", &ids.join(","), "--max-new-tokens", "8", "--json"]);
@@ -122,9 +128,11 @@ fn inspect_on_a_checkpoint_reports_unused_tensors() {
     let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let extra = vec![0u8; 16];
-    let mut views: Vec<(String, safetensors::tensor::TensorView)> =
-        st.tensors().into_iter().collect();
-    views.push(("transformer.h.0.attn.masked_bias".into(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![4], &extra).unwrap()));
+    let mut views: Vec<(String, safetensors::tensor::TensorView)> = st.tensors().into_iter().collect();
+    views.push((
+        "transformer.h.0.attn.masked_bias".into(),
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![4], &extra).unwrap(),
+    ));
     safetensors::serialize_to_file(views, None, &dir.path().join("model.safetensors")).unwrap();
     let (code, stdout, stderr) = shardc(&["inspect", dir.path().to_str().unwrap(), "--json"]);
     assert_eq!(code, 0, "{stderr}");

@@ -43,7 +43,10 @@ fn compile_to(model: &Path, devices: usize, out: &Path, dtype: Option<shardc_ir:
 }
 
 fn models() -> Vec<(String, PathBuf)> {
-    FIXTURES.iter().flat_map(|n| [(n.to_string(), fixture_dir(n).join("hf")), (n.to_string(), fixture_onnx(n))]).collect()
+    FIXTURES
+        .iter()
+        .flat_map(|n| [(n.to_string(), fixture_dir(n).join("hf")), (n.to_string(), fixture_onnx(n))])
+        .collect()
 }
 
 #[test]
@@ -61,7 +64,10 @@ fn packages_for_two_and_three_devices_reproduce_every_fixture() {
                     generate::cached_prefill(&pipeline, &layout, &r.input_ids).unwrap(),
                     generate::greedy_cached(&pipeline, &layout, &r.input_ids, 8).unwrap(),
                 ),
-                None => (generate::logits(&pipeline, &r.input_ids).unwrap(), generate::greedy(&pipeline, &r.input_ids, 8).unwrap()),
+                None => (
+                    generate::logits(&pipeline, &r.input_ids).unwrap(),
+                    generate::greedy(&pipeline, &r.input_ids, 8).unwrap(),
+                ),
             };
             let max_ref = r.max_abs();
             let diff = r.max_diff(&logits.values);
@@ -111,7 +117,12 @@ fn altered_packages_are_refused() {
     std::fs::write(&weights, bytes).unwrap();
     let err = load_pipeline(&out).err().unwrap().to_string();
     assert!(err.contains("dev-b/weights.safetensors") && err.contains("the package was altered"), "{err}");
-    let cli = Command::new(env!("CARGO_BIN_EXE_shardc")).arg("verify").arg(fixture_dir("llama").join("hf")).arg(&out).output().unwrap();
+    let cli = Command::new(env!("CARGO_BIN_EXE_shardc"))
+        .arg("verify")
+        .arg(fixture_dir("llama").join("hf"))
+        .arg(&out)
+        .output()
+        .unwrap();
     assert_eq!(cli.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&cli.stderr).contains("the package was altered"));
 }
@@ -124,7 +135,14 @@ fn a_failed_compile_leaves_nothing_behind() {
     let config = root().join("fixtures/configs/gpt2/config.json");
     let devices = root().join("fixtures/devices/home-4.toml");
     let cli = Command::new(env!("CARGO_BIN_EXE_shardc"))
-        .args(["compile", config.to_str().unwrap(), "--devices", devices.to_str().unwrap(), "-o", out.to_str().unwrap()])
+        .args([
+            "compile",
+            config.to_str().unwrap(),
+            "--devices",
+            devices.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     assert_eq!(cli.status.code(), Some(1));
@@ -136,12 +154,25 @@ fn a_failed_compile_leaves_nothing_behind() {
     std::fs::create_dir(&out).unwrap();
     let model = fixture_dir("gpt2").join("hf");
     let cli = Command::new(env!("CARGO_BIN_EXE_shardc"))
-        .args(["compile", model.to_str().unwrap(), "--devices", devices.to_str().unwrap(), "--max-context", "64", "--prompt-len", "8"])
+        .args([
+            "compile",
+            model.to_str().unwrap(),
+            "--devices",
+            devices.to_str().unwrap(),
+            "--max-context",
+            "64",
+            "--prompt-len",
+            "8",
+        ])
         .args(["-o", out.to_str().unwrap()])
         .output()
         .unwrap();
     assert_eq!(cli.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&cli.stderr).contains("exists; pass --force"), "{}", String::from_utf8_lossy(&cli.stderr));
+    assert!(
+        String::from_utf8_lossy(&cli.stderr).contains("exists; pass --force"),
+        "{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
 }
 
 #[test]
@@ -169,7 +200,13 @@ fn verify_command_reports_agreement() {
     let model = fixture_dir("bloom").join("hf");
     compile_to(&model, 3, &out, None);
     let ids = reference("bloom").input_ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
-    let cli = Command::new(env!("CARGO_BIN_EXE_shardc")).arg("verify").arg(&model).arg(&out).args(["--input-ids", &ids]).output().unwrap();
+    let cli = Command::new(env!("CARGO_BIN_EXE_shardc"))
+        .arg("verify")
+        .arg(&model)
+        .arg(&out)
+        .args(["--input-ids", &ids])
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&cli.stdout);
     assert_eq!(cli.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&cli.stderr));
     assert!(stdout.contains("packages    3 stages: dev-a -> dev-b -> dev-c"), "{stdout}");
@@ -197,7 +234,17 @@ fn a_compile_killed_mid_write_leaves_no_output() {
     let ok = Command::new(env!("CARGO_BIN_EXE_shardc"))
         .arg("compile")
         .arg(&model)
-        .args(["--devices", devices.to_str().unwrap(), "--objective", "throughput", "--max-context", "64", "--prompt-len", "16", "-o"])
+        .args([
+            "--devices",
+            devices.to_str().unwrap(),
+            "--objective",
+            "throughput",
+            "--max-context",
+            "64",
+            "--prompt-len",
+            "16",
+            "-o",
+        ])
         .arg(&out)
         .output()
         .unwrap();
@@ -208,7 +255,16 @@ fn a_compile_killed_mid_write_leaves_no_output() {
     let bad = Command::new(env!("CARGO_BIN_EXE_shardc"))
         .arg("compile")
         .arg(&model)
-        .args(["--devices", devices.to_str().unwrap(), "--max-context", "64", "--prompt-len", "16", "-o", "/proc/shardc-out"])
+        .args([
+            "--devices",
+            devices.to_str().unwrap(),
+            "--max-context",
+            "64",
+            "--prompt-len",
+            "16",
+            "-o",
+            "/proc/shardc-out",
+        ])
         .output()
         .unwrap();
     assert_eq!(bad.status.code(), Some(1));

@@ -31,7 +31,10 @@ fn compile(model: &Path, out: &Path) {
 /// A cluster file on free-looking loopback ports; returns its path and the addresses.
 fn cluster(dir: &Path, base: u16) -> (PathBuf, Vec<String>) {
     let addrs: Vec<String> = (0..4).map(|i| format!("tcp://127.0.0.1:{}", base + i)).collect();
-    let text = format!("client = \"{}\"\n[devices]\ndev-a = \"{}\"\ndev-b = \"{}\"\ndev-c = \"{}\"\n", addrs[0], addrs[1], addrs[2], addrs[3]);
+    let text = format!(
+        "client = \"{}\"\n[devices]\ndev-a = \"{}\"\ndev-b = \"{}\"\ndev-c = \"{}\"\n",
+        addrs[0], addrs[1], addrs[2], addrs[3]
+    );
     let path = dir.join("cluster.toml");
     std::fs::write(&path, text).unwrap();
     (path, addrs)
@@ -88,13 +91,24 @@ fn three_processes_on_loopback_reproduce_every_checkpoint() {
         let gen = Command::new(shardc_run())
             .arg("generate")
             .arg(&out)
-            .args(["--cluster", cluster_file.to_str().unwrap(), "--input-ids", &ids, "--max-new-tokens", "8", "--requests", "2", "--json"])
+            .args([
+                "--cluster",
+                cluster_file.to_str().unwrap(),
+                "--input-ids",
+                &ids,
+                "--max-new-tokens",
+                "8",
+                "--requests",
+                "2",
+                "--json",
+            ])
             .output()
             .unwrap();
         assert!(gen.status.success(), "{name}: {}", String::from_utf8_lossy(&gen.stderr));
         let report: serde_json::Value = serde_json::from_slice(&gen.stdout).unwrap();
         for r in 0..2 {
-            let tokens: Vec<i64> = report["tokens"][r].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+            let tokens: Vec<i64> =
+                report["tokens"][r].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
             assert_eq!(tokens, expected, "{name} request {r}");
         }
         // The prompt once, then one token per decode step.
@@ -104,7 +118,12 @@ fn three_processes_on_loopback_reproduce_every_checkpoint() {
         assert_eq!(report["stages"].as_array().unwrap().len(), 3);
         assert_eq!(report["stages"][0]["device"], "dev-a");
         // And all in one process.
-        let local = Command::new(shardc_run()).arg("local").arg(&out).args(["--input-ids", &ids, "--max-new-tokens", "8", "--json"]).output().unwrap();
+        let local = Command::new(shardc_run())
+            .arg("local")
+            .arg(&out)
+            .args(["--input-ids", &ids, "--max-new-tokens", "8", "--json"])
+            .output()
+            .unwrap();
         assert!(local.status.success(), "{}", String::from_utf8_lossy(&local.stderr));
         let report: serde_json::Value = serde_json::from_slice(&local.stdout).unwrap();
         let tokens: Vec<i64> = report["tokens"][0].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
@@ -123,7 +142,16 @@ fn a_killed_device_ends_generation_naming_it() {
     let gen = Command::new(shardc_run())
         .arg("generate")
         .arg(&out)
-        .args(["--cluster", cluster_file.to_str().unwrap(), "--input-ids", &ids, "--max-new-tokens", "100", "--timeout", "2"])
+        .args([
+            "--cluster",
+            cluster_file.to_str().unwrap(),
+            "--input-ids",
+            &ids,
+            "--max-new-tokens",
+            "100",
+            "--timeout",
+            "2",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -161,7 +189,17 @@ fn bad_frames_are_dropped_and_the_device_keeps_serving() {
     let gen = Command::new(shardc_run())
         .arg("generate")
         .arg(&out)
-        .args(["--cluster", cluster_file.to_str().unwrap(), "--secret-file", s, "--input-ids", &ids, "--max-new-tokens", "8", "--json"])
+        .args([
+            "--cluster",
+            cluster_file.to_str().unwrap(),
+            "--secret-file",
+            s,
+            "--input-ids",
+            &ids,
+            "--max-new-tokens",
+            "8",
+            "--json",
+        ])
         .output()
         .unwrap();
     assert!(gen.status.success(), "{}", String::from_utf8_lossy(&gen.stderr));
@@ -199,7 +237,11 @@ fn an_altered_package_will_not_serve() {
     assert_eq!(st.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&st.stderr).contains("the package was altered"));
     // Remote addresses need an explicit flag.
-    std::fs::write(dir.path().join("remote.toml"), "client = \"tcp://10.0.0.5:5600\"\n[devices]\ndev-a = \"tcp://127.0.0.1:5601\"\n").unwrap();
+    std::fs::write(
+        dir.path().join("remote.toml"),
+        "client = \"tcp://10.0.0.5:5600\"\n[devices]\ndev-a = \"tcp://127.0.0.1:5601\"\n",
+    )
+    .unwrap();
     let st = Command::new(shardc_run())
         .arg("serve")
         .arg(&out)

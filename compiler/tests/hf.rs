@@ -55,7 +55,9 @@ fn real_model_configs_report_their_known_parameter_counts() {
 fn write_safetensors(path: &std::path::Path, tensors: &[(String, Vec<usize>, Vec<u8>)]) {
     let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
         .iter()
-        .map(|(n, s, b)| (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::BF16, s.clone(), b).unwrap()))
+        .map(|(n, s, b)| {
+            (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::BF16, s.clone(), b).unwrap())
+        })
         .collect();
     safetensors::serialize_to_file(views, None, path).unwrap();
 }
@@ -105,7 +107,11 @@ fn sharded_bf16_checkpoint_gives_the_same_facts_as_one_file() {
     let facts = |dir: &std::path::Path| {
         let m = shardc::load::load(dir, &LowerOptions::default()).unwrap();
         let r = shardc::inspect::report(
-            shardc::inspect::Source { model: String::new(), format: m.format.clone(), unused_tensors: m.unused.clone() },
+            shardc::inspect::Source {
+                model: String::new(),
+                format: m.format.clone(),
+                unused_tensors: m.unused.clone(),
+            },
             &m.graph,
             &m.graph,
         );

@@ -35,7 +35,8 @@ fn raw_safetensors(path: &Path, header: &str, data_len: usize) {
 }
 
 fn assert_rejected(path: &Path, args: &[&str], expected: &[&str]) {
-    let max_context = args.iter().position(|&a| a == "--max-context").and_then(|i| args.get(i + 1)).map(|v| v.parse().unwrap());
+    let max_context =
+        args.iter().position(|&a| a == "--max-context").and_then(|i| args.get(i + 1)).map(|v| v.parse().unwrap());
     let err = match shardc::load::load(path, &LowerOptions { max_context }) {
         Ok(_) => panic!("{} must be rejected", path.display()),
         Err(e) => e.to_string(),
@@ -72,7 +73,11 @@ fn tensor_missing_from_the_checkpoint() {
     edit_config(dir.path(), |c| {
         c.insert("num_hidden_layers".into(), 3.into());
     });
-    assert_rejected(dir.path(), &[], &["tensor `model.layers.2.input_layernorm.weight` is missing from the checkpoint (expected [64])"]);
+    assert_rejected(
+        dir.path(),
+        &[],
+        &["tensor `model.layers.2.input_layernorm.weight` is missing from the checkpoint (expected [64])"],
+    );
 }
 
 #[test]
@@ -97,7 +102,10 @@ fn index_naming_a_missing_shard() {
     assert_rejected(
         dir.path(),
         &[],
-        &["model.safetensors.index.json", "names shard `model-00001-of-00002.safetensors` (for `model.embed_tokens.weight`), which does not exist"],
+        &[
+            "model.safetensors.index.json",
+            "names shard `model-00001-of-00002.safetensors` (for `model.embed_tokens.weight`), which does not exist",
+        ],
     );
     let index = r#"{"weight_map": {"model.embed_tokens.weight": "../elsewhere.safetensors"}}"#;
     std::fs::write(dir.path().join("model.safetensors.index.json"), index).unwrap();
@@ -133,7 +141,11 @@ fn options_the_lowering_does_not_handle() {
     let config = edit_config(dir.path(), |c| {
         c.insert("model_type".into(), "falcon".into());
     });
-    assert_rejected(&config, &[], &["config key `model_type`: `falcon` is not supported (supported: gpt2, llama, mistral, qwen2, bloom)"]);
+    assert_rejected(
+        &config,
+        &[],
+        &["config key `model_type`: `falcon` is not supported (supported: gpt2, llama, mistral, qwen2, bloom)"],
+    );
     let config = edit_config(dir.path(), |c| {
         c.insert("model_type".into(), "llama".into());
         c.insert("rope_scaling".into(), serde_json::json!({"type": "linear", "factor": 2.0}));
@@ -154,7 +166,12 @@ fn options_the_lowering_does_not_handle() {
 #[test]
 fn config_alone_cannot_run() {
     let config = common::root().join("fixtures/configs/gpt2/config.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_shardc")).arg("run").arg(&config).args(["--input-ids", "1,2"]).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_shardc"))
+        .arg("run")
+        .arg(&config)
+        .args(["--input-ids", "1,2"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("a config.json alone has no weights to run"));
 }

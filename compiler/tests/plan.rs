@@ -55,7 +55,11 @@ fn committed_profiles_load() {
 
 #[test]
 fn bad_profiles_name_the_file_and_line() {
-    let device = |name: &str, memory: &str| format!("[[device]]\nname = \"{name}\"\nmemory = \"{memory}\"\nflops = \"10 GFLOP/s\"\nbandwidth = \"10 GB/s\"\n");
+    let device = |name: &str, memory: &str| {
+        format!(
+            "[[device]]\nname = \"{name}\"\nmemory = \"{memory}\"\nflops = \"10 GFLOP/s\"\nbandwidth = \"10 GB/s\"\n"
+        )
+    };
     let link = "[default_link]\nbandwidth = \"100 Mbit/s\"\nlatency = \"5 ms\"\n";
     let cases = [
         (format!("{}{link}", device("a", "3 gallons")), 3, "device `a`: memory: `3 gallons` is not a quantity"),
@@ -63,12 +67,20 @@ fn bad_profiles_name_the_file_and_line() {
         (format!("{}{link}", device("a", "-2 GiB")), 3, "device `a`: memory must be positive"),
         (format!("{}{}{link}", device("a", "1 GiB"), device("a", "2 GiB")), 7, "device `a` is listed twice"),
         (
-            format!("{}{}{link}[[link]]\nbetween = [\"a\", \"zz\"]\nbandwidth = \"1 Gbit/s\"\nlatency = \"1 ms\"\n", device("a", "1 GiB"), device("b", "1 GiB")),
+            format!(
+                "{}{}{link}[[link]]\nbetween = [\"a\", \"zz\"]\nbandwidth = \"1 Gbit/s\"\nlatency = \"1 ms\"\n",
+                device("a", "1 GiB"),
+                device("b", "1 GiB")
+            ),
             15,
             "link names unknown device `zz`",
         ),
         (link.to_string(), 0, "no devices"),
-        (format!("{}[default_link]\nbandwidth = \"0 Mbit/s\"\nlatency = \"5 ms\"\n", device("a", "1 GiB")), 7, "default_link: bandwidth must be positive"),
+        (
+            format!("{}[default_link]\nbandwidth = \"0 Mbit/s\"\nlatency = \"5 ms\"\n", device("a", "1 GiB")),
+            7,
+            "default_link: bandwidth must be positive",
+        ),
         (format!("{}{link}colour = \"red\"\n", device("a", "1 GiB")), 9, "unknown field `colour`"),
     ];
     for (text, line, message) in cases {
@@ -114,7 +126,8 @@ fn checkpoints_segment_into_embed_attention_mlp_and_head() {
 fn long_range_tensors_go_straight_to_their_consumers() {
     let g = graph(&fixture_dir("llama32").join("hf"));
     let profile = devices::load(&root().join("fixtures/devices/lingualinked-3.toml")).unwrap();
-    let (report, map) = planning::plan(&g, &profile, &request(Objective::Latency), Strategy::Uniform, ("llama32", "ll3")).unwrap();
+    let (report, map) =
+        planning::plan(&g, &profile, &request(Objective::Latency), Strategy::Uniform, ("llama32", "ll3")).unwrap();
     assert_eq!(report.stages.len(), 3);
     assert_eq!(map.stages, ["high-end", "mid-range", "low-end"]);
     let mask = map.transfers.iter().find(|t| t.tensor.contains("positions/Where")).unwrap();
@@ -143,19 +156,37 @@ fn plan_output_for_the_fixtures_on_lingualinked_3() {
             let mut text = String::new();
             for objective in ["latency", "throughput"] {
                 let (code, out, err) = shardc(&[
-                    "plan", model.to_str().unwrap(), "--devices", devices.to_str().unwrap(),
-                    "--objective", objective, "--prompt-len", "16", "--max-context", "64",
+                    "plan",
+                    model.to_str().unwrap(),
+                    "--devices",
+                    devices.to_str().unwrap(),
+                    "--objective",
+                    objective,
+                    "--prompt-len",
+                    "16",
+                    "--max-context",
+                    "64",
                 ]);
                 assert_eq!(code, 0, "{err}");
                 text.push_str(&out);
                 text.push('\n');
             }
             let (code, out, err) = shardc(&[
-                "compare", model.to_str().unwrap(), "--devices", devices.to_str().unwrap(), "--prompt-len", "16", "--max-context", "64",
+                "compare",
+                model.to_str().unwrap(),
+                "--devices",
+                devices.to_str().unwrap(),
+                "--prompt-len",
+                "16",
+                "--max-context",
+                "64",
             ]);
             assert_eq!(code, 0, "{err}");
             text.push_str(&out);
-            insta::assert_snapshot!(format!("{name}__plan_lingualinked_3"), text.replace(&*root().to_string_lossy(), "<root>"));
+            insta::assert_snapshot!(
+                format!("{name}__plan_lingualinked_3"),
+                text.replace(&*root().to_string_lossy(), "<root>")
+            );
         }
     });
 }
@@ -167,8 +198,18 @@ fn plan_json_and_transmission_map_are_written_and_deterministic() {
     let devices = root().join("fixtures/devices/lingualinked-3.toml");
     let run = |out: &Path| {
         let (code, _, err) = shardc(&[
-            "plan", model.to_str().unwrap(), "--devices", devices.to_str().unwrap(), "--objective", "throughput",
-            "--prompt-len", "16", "--max-context", "64", "--out", out.to_str().unwrap(),
+            "plan",
+            model.to_str().unwrap(),
+            "--devices",
+            devices.to_str().unwrap(),
+            "--objective",
+            "throughput",
+            "--prompt-len",
+            "16",
+            "--max-context",
+            "64",
+            "--out",
+            out.to_str().unwrap(),
         ]);
         assert_eq!(code, 0, "{err}");
         (std::fs::read(out.join("plan.json")).unwrap(), std::fs::read(out.join("transmission_map.json")).unwrap())
@@ -196,7 +237,8 @@ fn models_that_do_not_fit_say_how_much_is_needed_and_offered() {
     let (code, _, stderr) = shardc(&["compare", config.to_str().unwrap(), "--devices", devices.to_str().unwrap()]);
     assert_eq!(code, 1);
     assert!(stderr.contains("cannot hold the model"), "{stderr}");
-    let (code, _, stderr) = shardc(&["plan", config.to_str().unwrap(), "--devices", devices.to_str().unwrap(), "--strategy", "magic"]);
+    let (code, _, stderr) =
+        shardc(&["plan", config.to_str().unwrap(), "--devices", devices.to_str().unwrap(), "--strategy", "magic"]);
     assert_eq!(code, 1);
     assert!(stderr.contains("unknown strategy `magic` (uniform, proportional, dp, ilp)"), "{stderr}");
 }

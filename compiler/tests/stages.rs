@@ -51,7 +51,11 @@ fn stage_graphs_chained_reproduce_the_model() {
         let names: Vec<String> = profile.devices.iter().map(|d| d.name.clone()).collect();
         let map = shardc_passes::transmission::build(&graph, &prep.seg, &plan, &names, &req.workload).unwrap();
         for (tensor, from, to) in pipeline.moved.borrow().iter() {
-            let t = map.transfers.iter().find(|t| &t.tensor == tensor).unwrap_or_else(|| panic!("{name}: `{tensor}` moved but is not in the map"));
+            let t = map
+                .transfers
+                .iter()
+                .find(|t| &t.tensor == tensor)
+                .unwrap_or_else(|| panic!("{name}: `{tensor}` moved but is not in the map"));
             assert_eq!(t.from, names[plan[*from].device], "{name}: {tensor}");
             assert!(t.to.contains(&names[plan[*to].device]), "{name}: {tensor}");
         }

@@ -220,7 +220,13 @@ impl fmt::Display for Dim {
             return f.write_str("0");
         }
         for (i, (mono, coeff)) in p.ordered_terms().into_iter().enumerate() {
-            let sign = if coeff < 0 { "-" } else if i > 0 { "+" } else { "" };
+            let sign = if coeff < 0 {
+                "-"
+            } else if i > 0 {
+                "+"
+            } else {
+                ""
+            };
             f.write_str(sign)?;
             let abs = coeff.unsigned_abs();
             if mono.is_empty() {

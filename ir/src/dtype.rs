@@ -148,10 +148,6 @@ impl fmt::Display for DType {
 impl FromStr for DType {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        DType::ALL
-            .iter()
-            .copied()
-            .find(|d| d.name() == s)
-            .ok_or_else(|| format!("unknown dtype `{s}`"))
+        DType::ALL.iter().copied().find(|d| d.name() == s).ok_or_else(|| format!("unknown dtype `{s}`"))
     }
 }

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use crate::{Dim, DType, NodeId, Op, TensorData, ValueId, WeightRef};
+use crate::{DType, Dim, NodeId, Op, TensorData, ValueId, WeightRef};
 
 /// Element type and shape of a value. Dims may be [`Dim::Unknown`] before shape inference.
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -121,10 +121,7 @@ impl Graph {
         output_names: &[String],
     ) -> NodeId {
         let node = NodeId(self.nodes.len() as u32);
-        let outputs = output_names
-            .iter()
-            .map(|n| self.add_value(n.clone(), None, ValueDef::Node(node)))
-            .collect();
+        let outputs = output_names.iter().map(|n| self.add_value(n.clone(), None, ValueDef::Node(node))).collect();
         self.nodes.push(Node { name: name.into(), op, inputs, outputs });
         node
     }

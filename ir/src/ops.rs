@@ -301,9 +301,6 @@ mod tests {
     fn dtype_attribute_accepts_onnx_codes() {
         let mut attrs = Attrs::new();
         attrs.insert("to".into(), AttrValue::Int(7));
-        assert_eq!(
-            Op::from_attrs("Cast", attrs).unwrap(),
-            Op::Cast(Cast { to: DType::I64, saturate: 1 })
-        );
+        assert_eq!(Op::from_attrs("Cast", attrs).unwrap(), Op::Cast(Cast { to: DType::I64, saturate: 1 }));
     }
 }

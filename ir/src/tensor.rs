@@ -22,11 +22,7 @@ pub struct TensorSizeError {
 
 impl TensorData {
     /// Wrap little-endian bytes; the length must equal elements × element size.
-    pub fn from_le_bytes(
-        dtype: DType,
-        shape: Vec<usize>,
-        bytes: Vec<u8>,
-    ) -> Result<TensorData, TensorSizeError> {
+    pub fn from_le_bytes(dtype: DType, shape: Vec<usize>, bytes: Vec<u8>) -> Result<TensorData, TensorSizeError> {
         let expected = shape.iter().product::<usize>() * dtype.size_bytes();
         if bytes.len() != expected {
             return Err(TensorSizeError { dtype, shape, expected, actual: bytes.len() });
@@ -113,12 +109,9 @@ impl TensorData {
     /// Exact i64 elements for i64 tensors (no f64 round trip).
     pub fn i64_elements(&self) -> Option<Vec<i64>> {
         match self.dtype {
-            DType::I64 => Some(
-                self.bytes
-                    .chunks_exact(8)
-                    .map(|c| i64::from_le_bytes(c.try_into().unwrap_or_default()))
-                    .collect(),
-            ),
+            DType::I64 => {
+                Some(self.bytes.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap_or_default())).collect())
+            }
             _ => self.to_i64_vec(),
         }
     }
@@ -171,7 +164,11 @@ impl TensorData {
                 DType::U8 => bytes.push(v as u8),
                 DType::Bool => bytes.push(u8::from(v != 0)),
                 DType::F32 | DType::F64 | DType::F16 | DType::BF16 => {
-                    return TensorData::from_f64_values(dtype, shape, &values.iter().map(|&v| v as f64).collect::<Vec<_>>())
+                    return TensorData::from_f64_values(
+                        dtype,
+                        shape,
+                        &values.iter().map(|&v| v as f64).collect::<Vec<_>>(),
+                    )
                 }
             }
         }

@@ -202,12 +202,8 @@ fn check_node_types(graph: &Graph, i: usize, problems: &mut Vec<String>) {
         let v = (*node.inputs.get(slot)?)?;
         graph.values.get(v.index())?.ty.as_ref().map(|t| t.dtype)
     };
-    let out_dtype = node
-        .outputs
-        .first()
-        .and_then(|v| graph.values.get(v.index()))
-        .and_then(|v| v.ty.as_ref())
-        .map(|t| t.dtype);
+    let out_dtype =
+        node.outputs.first().and_then(|v| graph.values.get(v.index())).and_then(|v| v.ty.as_ref()).map(|t| t.dtype);
     let same = |a: usize, b: usize, problems: &mut Vec<String>| {
         if let (Some(x), Some(y)) = (dtype(a), dtype(b)) {
             if x != y {
@@ -220,9 +216,7 @@ fn check_node_types(graph: &Graph, i: usize, problems: &mut Vec<String>) {
         }
     };
     match &node.op {
-        Op::Add(_) | Op::Sub(_) | Op::Mul(_) | Op::Div(_) | Op::Mod(_) | Op::And(_) | Op::Or(_) => {
-            same(0, 1, problems)
-        }
+        Op::Add(_) | Op::Sub(_) | Op::Mul(_) | Op::Div(_) | Op::Mod(_) | Op::And(_) | Op::Or(_) => same(0, 1, problems),
         Op::Equal(_) | Op::Less(_) | Op::LessOrEqual(_) | Op::Greater(_) | Op::GreaterOrEqual(_) => {
             same(0, 1, problems);
             if out_dtype.is_some_and(|d| d != DType::Bool) {

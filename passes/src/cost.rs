@@ -21,7 +21,10 @@ pub struct Workload {
 
 /// Whether a graph has a KV cache: some shape mentions the `past` symbol.
 pub fn has_past(graph: &Graph) -> bool {
-    graph.values.iter().any(|v| v.ty.as_ref().is_some_and(|t| t.shape.iter().any(|d| d.symbols().iter().any(|s| s == "past"))))
+    graph
+        .values
+        .iter()
+        .any(|v| v.ty.as_ref().is_some_and(|t| t.shape.iter().any(|d| d.symbols().iter().any(|s| s == "past"))))
 }
 
 /// The dtype that holds most of the weight bytes (`None` without weights).
@@ -134,7 +137,12 @@ pub fn node_costs(graph: &Graph, bindings: &HashMap<String, i64>) -> Result<Vec<
     let s = sizes(graph, bindings)?;
     let (constant_node, _) = constant_nodes(graph);
     let dims = |v: ValueId| -> Vec<f64> {
-        graph.value(v).ty.as_ref().map(|t| t.shape.iter().map(|d: &Dim| d.eval(bindings).unwrap_or(0) as f64).collect()).unwrap_or_default()
+        graph
+            .value(v)
+            .ty
+            .as_ref()
+            .map(|t| t.shape.iter().map(|d: &Dim| d.eval(bindings).unwrap_or(0) as f64).collect())
+            .unwrap_or_default()
     };
     Ok(graph
         .nodes
@@ -148,7 +156,8 @@ pub fn node_costs(graph: &Graph, bindings: &HashMap<String, i64>) -> Result<Vec<
             let first_in = node.inputs.first().copied().flatten().map_or(0.0, |v| s.elements[v.index()]);
             let flops = match &node.op {
                 Op::MatMul(_) => {
-                    let k = node.inputs.first().copied().flatten().map(dims).and_then(|d| d.last().copied()).unwrap_or(0.0);
+                    let k =
+                        node.inputs.first().copied().flatten().map(dims).and_then(|d| d.last().copied()).unwrap_or(0.0);
                     2.0 * out * k
                 }
                 Op::Gemm(g) => {
@@ -156,16 +165,57 @@ pub fn node_costs(graph: &Graph, bindings: &HashMap<String, i64>) -> Result<Vec<
                     let k = if g.transA != 0 { a.first() } else { a.last() }.copied().unwrap_or(0.0);
                     2.0 * out * k + if node.inputs.get(2).copied().flatten().is_some() { out } else { 0.0 }
                 }
-                Op::Exp(_) | Op::Log(_) | Op::Tanh(_) | Op::Sigmoid(_) | Op::Sin(_) | Op::Cos(_) | Op::Erf(_) | Op::Pow(_) | Op::Sqrt(_) => 4.0 * out,
+                Op::Exp(_)
+                | Op::Log(_)
+                | Op::Tanh(_)
+                | Op::Sigmoid(_)
+                | Op::Sin(_)
+                | Op::Cos(_)
+                | Op::Erf(_)
+                | Op::Pow(_)
+                | Op::Sqrt(_) => 4.0 * out,
                 Op::Softmax(_) => 5.0 * out,
                 Op::LayerNormalization(_) => 8.0 * first_in,
                 Op::ReduceMean(_) | Op::ReduceSum(_) | Op::ReduceMax(_) | Op::ArgMax(_) | Op::CumSum(_) => first_in,
-                Op::Add(_) | Op::Sub(_) | Op::Mul(_) | Op::Div(_) | Op::Mod(_) | Op::Max(_) | Op::Min(_) | Op::Neg(_) | Op::Abs(_)
-                | Op::Reciprocal(_) | Op::Relu(_) | Op::Floor(_) | Op::Ceil(_) | Op::Equal(_) | Op::Less(_) | Op::LessOrEqual(_)
-                | Op::Greater(_) | Op::GreaterOrEqual(_) | Op::And(_) | Op::Or(_) | Op::Not(_) | Op::Where(_) | Op::Trilu(_) => out,
-                Op::Cast(_) | Op::Identity(_) | Op::Shape(_) | Op::Gather(_) | Op::Reshape(_) | Op::Unsqueeze(_) | Op::Squeeze(_)
-                | Op::Concat(_) | Op::Transpose(_) | Op::Slice(_) | Op::Split(_) | Op::Expand(_) | Op::Tile(_) | Op::Range(_)
-                | Op::ConstantOfShape(_) | Op::ScatterND(_) => 0.0,
+                Op::Add(_)
+                | Op::Sub(_)
+                | Op::Mul(_)
+                | Op::Div(_)
+                | Op::Mod(_)
+                | Op::Max(_)
+                | Op::Min(_)
+                | Op::Neg(_)
+                | Op::Abs(_)
+                | Op::Reciprocal(_)
+                | Op::Relu(_)
+                | Op::Floor(_)
+                | Op::Ceil(_)
+                | Op::Equal(_)
+                | Op::Less(_)
+                | Op::LessOrEqual(_)
+                | Op::Greater(_)
+                | Op::GreaterOrEqual(_)
+                | Op::And(_)
+                | Op::Or(_)
+                | Op::Not(_)
+                | Op::Where(_)
+                | Op::Trilu(_) => out,
+                Op::Cast(_)
+                | Op::Identity(_)
+                | Op::Shape(_)
+                | Op::Gather(_)
+                | Op::Reshape(_)
+                | Op::Unsqueeze(_)
+                | Op::Squeeze(_)
+                | Op::Concat(_)
+                | Op::Transpose(_)
+                | Op::Slice(_)
+                | Op::Split(_)
+                | Op::Expand(_)
+                | Op::Tile(_)
+                | Op::Range(_)
+                | Op::ConstantOfShape(_)
+                | Op::ScatterND(_) => 0.0,
             };
             // An embedding lookup reads the rows it gathers, not the table.
             let gather = matches!(node.op, Op::Gather(_));

@@ -44,12 +44,7 @@ impl Device {
     /// FLOP/s for a compute dtype (`f32`, `f16`, `bf16`): its own entry, else `*`,
     /// else `f32`.
     pub fn flops_for(&self, dtype: &str) -> f64 {
-        self.flops
-            .get(dtype)
-            .or_else(|| self.flops.get("*"))
-            .or_else(|| self.flops.get("f32"))
-            .copied()
-            .unwrap_or(0.0)
+        self.flops.get(dtype).or_else(|| self.flops.get("*")).or_else(|| self.flops.get("f32")).copied().unwrap_or(0.0)
     }
 }
 
@@ -149,8 +144,11 @@ struct RawLink {
 
 /// Read a profile from a TOML file.
 pub fn load(path: &Path) -> Result<Profile, ProfileError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ProfileError { file: path.to_path_buf(), line: None, message: format!("cannot read: {e}") })?;
+    let text = std::fs::read_to_string(path).map_err(|e| ProfileError {
+        file: path.to_path_buf(),
+        line: None,
+        message: format!("cannot read: {e}"),
+    })?;
     parse(&text, path)
 }
 
@@ -188,14 +186,21 @@ pub fn parse(text: &str, path: &Path) -> Result<Profile, ProfileError> {
         let mut flops = BTreeMap::new();
         match d.flops.get_ref() {
             RawFlops::One(v) => {
-                flops.insert("*".to_string(), positive(&Spanned::new(d.flops.span(), v.clone()), Kind::Flops, &what("flops"))?);
+                flops.insert(
+                    "*".to_string(),
+                    positive(&Spanned::new(d.flops.span(), v.clone()), Kind::Flops, &what("flops"))?,
+                );
             }
             RawFlops::PerDtype(map) => {
                 if map.is_empty() {
                     return Err(err(Some(d.flops.span()), format!("{}: give at least one dtype", what("flops"))));
                 }
                 for (dtype, v) in map {
-                    let q = positive(&Spanned::new(d.flops.span(), v.clone()), Kind::Flops, &what(&format!("flops.{dtype}")))?;
+                    let q = positive(
+                        &Spanned::new(d.flops.span(), v.clone()),
+                        Kind::Flops,
+                        &what(&format!("flops.{dtype}")),
+                    )?;
                     flops.insert(dtype.clone(), q);
                 }
             }
@@ -229,7 +234,10 @@ pub fn parse(text: &str, path: &Path) -> Result<Profile, ProfileError> {
     };
     let mut links = BTreeMap::new();
     for l in &raw.link {
-        let between = l.between.as_ref().ok_or_else(|| err(Some(l.bandwidth.span()), "a [[link]] needs `between = [\"a\", \"b\"]`".into()))?;
+        let between = l
+            .between
+            .as_ref()
+            .ok_or_else(|| err(Some(l.bandwidth.span()), "a [[link]] needs `between = [\"a\", \"b\"]`".into()))?;
         let [a, b] = between.get_ref().as_slice() else {
             return Err(err(Some(between.span()), "`between` names exactly two devices".into()));
         };
@@ -255,7 +263,10 @@ pub fn parse(text: &str, path: &Path) -> Result<Profile, ProfileError> {
                 if !links.contains_key(&(a, b)) {
                     return Err(err(
                         None,
-                        format!("no link between `{}` and `{}` and no [default_link]", devices[a].name, devices[b].name),
+                        format!(
+                            "no link between `{}` and `{}` and no [default_link]",
+                            devices[a].name, devices[b].name
+                        ),
                     ));
                 }
             }

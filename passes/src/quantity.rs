@@ -42,7 +42,8 @@ fn decimal_prefix(p: &str) -> Option<f64> {
 pub fn parse(text: &str, kind: Kind) -> Result<f64, String> {
     let bad = || format!("`{text}` is not a quantity like {}", kind.examples());
     let t = text.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == 'e' || c == '-' || c == '+')).unwrap_or(t.len());
+    let split =
+        t.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == 'e' || c == '-' || c == '+')).unwrap_or(t.len());
     let (number, unit) = (t[..split].trim(), t[split..].trim());
     let value: f64 = number.parse().map_err(|_| bad())?;
     if !value.is_finite() {
@@ -56,7 +57,10 @@ pub fn parse(text: &str, kind: Kind) -> Result<f64, String> {
             "TiB" => 1024.0f64.powi(4),
             u => decimal_prefix(u.strip_suffix('B').ok_or_else(bad)?).ok_or_else(bad)?,
         },
-        Kind::Flops => decimal_prefix(unit.strip_suffix("FLOP/s").or_else(|| unit.strip_suffix("FLOPS")).ok_or_else(bad)?).ok_or_else(bad)?,
+        Kind::Flops => {
+            decimal_prefix(unit.strip_suffix("FLOP/s").or_else(|| unit.strip_suffix("FLOPS")).ok_or_else(bad)?)
+                .ok_or_else(bad)?
+        }
         Kind::Bandwidth => {
             if let Some(p) = unit.strip_suffix("bit/s").or_else(|| unit.strip_suffix("bps")) {
                 decimal_prefix(p).ok_or_else(bad)? / 8.0

@@ -78,9 +78,17 @@ fn classify(name: &str) -> Option<(usize, Class)> {
         if CONTAINERS.contains(&pair[0]) {
             if let Ok(layer) = pair[1].parse::<usize>() {
                 let next = tokens.get(i + 2).copied().unwrap_or("").to_ascii_lowercase();
-                let class = if next.contains("mlp") || next.contains("feed_forward") || next == "ln_2" || next == "post_attention_layernorm" {
+                let class = if next.contains("mlp")
+                    || next.contains("feed_forward")
+                    || next == "ln_2"
+                    || next == "post_attention_layernorm"
+                {
                     Class::Mlp
-                } else if next.contains("attn") || next.contains("attention") || next == "input_layernorm" || next == "ln_1" {
+                } else if next.contains("attn")
+                    || next.contains("attention")
+                    || next == "input_layernorm"
+                    || next == "ln_1"
+                {
                     Class::Attention
                 } else {
                     Class::Unknown
@@ -97,7 +105,10 @@ pub fn segment(graph: &Graph) -> Result<Segmentation, SegmentError> {
     let classes: Vec<Option<(usize, Class)>> = graph.nodes.iter().map(|n| classify(&n.name)).collect();
     let layers = classes.iter().flatten().map(|(l, _)| l + 1).max().unwrap_or(0);
     if layers == 0 {
-        return Err(SegmentError("no transformer layers recognised in node names (`layers.N`, `h.N`, …); cannot cut the graph into units".into()));
+        return Err(SegmentError(
+            "no transformer layers recognised in node names (`layers.N`, `h.N`, …); cannot cut the graph into units"
+                .into(),
+        ));
     }
     let head = 1 + 2 * layers;
     let (constant_node, _) = constant_nodes(graph);
@@ -152,7 +163,9 @@ pub fn segment(graph: &Graph) -> Result<Segmentation, SegmentError> {
                 if cu < unit[i] {
                     return Err(SegmentError(format!(
                         "node `{}` reads `{}` from a later part of the model (node `{}`)",
-                        graph.nodes[c.index()].name, graph.value(o).name, node.name
+                        graph.nodes[c.index()].name,
+                        graph.value(o).name,
+                        node.name
                     )));
                 }
                 if cu > unit[i] {
@@ -160,7 +173,12 @@ pub fn segment(graph: &Graph) -> Result<Segmentation, SegmentError> {
                 }
             }
             if !consumers.is_empty() {
-                crossings.push(Crossing { value: o, producer: unit[i], consumers: consumers.into_iter().collect(), output: outputs.contains(&o) });
+                crossings.push(Crossing {
+                    value: o,
+                    producer: unit[i],
+                    consumers: consumers.into_iter().collect(),
+                    output: outputs.contains(&o),
+                });
             }
         }
     }

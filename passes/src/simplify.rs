@@ -32,8 +32,10 @@ impl Pass for Simplify {
                 .iter()
                 .map(|&v| {
                     let ty = facts.types[v.index()].clone()?;
-                    let values: Vec<i64> = facts.contents[v.index()].as_ref()?.iter().map(|d| d.as_known()).collect::<Option<_>>()?;
-                    let shape: Vec<usize> = ty.shape.iter().map(|d| usize::try_from(d.as_known()?).ok()).collect::<Option<_>>()?;
+                    let values: Vec<i64> =
+                        facts.contents[v.index()].as_ref()?.iter().map(|d| d.as_known()).collect::<Option<_>>()?;
+                    let shape: Vec<usize> =
+                        ty.shape.iter().map(|d| usize::try_from(d.as_known()?).ok()).collect::<Option<_>>()?;
                     Some((v, TensorData::from_ints(ty.dtype, shape, &values), ty))
                 })
                 .collect();
@@ -113,7 +115,8 @@ fn pass_through(graph: &Graph, facts: &Facts, nid: NodeId) -> Option<ValueId> {
         Op::Identity(_) => input(0),
         Op::Reshape(_) | Op::Expand(_) | Op::Cast(_) => input(0).filter(|&v| same_type(v)),
         Op::Where(_) => {
-            let cond: Vec<i64> = facts.contents[input(0)?.index()].as_ref()?.iter().map(|d| d.as_known()).collect::<Option<_>>()?;
+            let cond: Vec<i64> =
+                facts.contents[input(0)?.index()].as_ref()?.iter().map(|d| d.as_known()).collect::<Option<_>>()?;
             let chosen = if cond.iter().all(|&c| c != 0) {
                 input(1)?
             } else if cond.iter().all(|&c| c == 0) {

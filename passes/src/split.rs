@@ -38,7 +38,8 @@ pub fn split(graph: &Graph, seg: &Segmentation, plan: &[Stage]) -> Vec<Graph> {
             }
             let mut sub = Graph::new(format!("{}.stage{s}", graph.name));
             let mut map: HashMap<ValueId, ValueId> = HashMap::new();
-            let produced: BTreeSet<ValueId> = members.iter().flat_map(|&i| graph.nodes[i].outputs.iter().copied()).collect();
+            let produced: BTreeSet<ValueId> =
+                members.iter().flat_map(|&i| graph.nodes[i].outputs.iter().copied()).collect();
             // Inputs and data, in the original value order.
             let mut needed: BTreeSet<ValueId> = BTreeSet::new();
             for &i in &members {
@@ -50,9 +51,14 @@ pub fn split(graph: &Graph, seg: &Segmentation, plan: &[Stage]) -> Vec<Graph> {
                 }
                 let value = graph.value(v);
                 let id = match &value.def {
-                    ValueDef::Weight(_) | ValueDef::Const(_) => sub.add_value(value.name.clone(), value.ty.clone(), value.def.clone()),
+                    ValueDef::Weight(_) | ValueDef::Const(_) => {
+                        sub.add_value(value.name.clone(), value.ty.clone(), value.def.clone())
+                    }
                     ValueDef::Input | ValueDef::Node(_) => {
-                        let ty = value.ty.clone().unwrap_or_else(|| shardc_ir::TensorType::new(shardc_ir::DType::F32, vec![]));
+                        let ty = value
+                            .ty
+                            .clone()
+                            .unwrap_or_else(|| shardc_ir::TensorType::new(shardc_ir::DType::F32, vec![]));
                         sub.add_input(value.name.clone(), ty)
                     }
                 };
@@ -69,7 +75,8 @@ pub fn split(graph: &Graph, seg: &Segmentation, plan: &[Stage]) -> Vec<Graph> {
                     continue;
                 }
                 for &o in &graph.nodes[i].outputs {
-                    let read_elsewhere = uses[o.index()].iter().any(|c| stage_of_node[c.index()] != s && !constant_node[c.index()]);
+                    let read_elsewhere =
+                        uses[o.index()].iter().any(|c| stage_of_node[c.index()] != s && !constant_node[c.index()]);
                     if outputs.contains(&o) || read_elsewhere {
                         sub.outputs.push(map[&o]);
                     }

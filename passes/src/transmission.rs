@@ -74,7 +74,10 @@ pub fn build(
     let outputs: BTreeSet<ValueId> = graph.outputs.iter().copied().collect();
     let describe = |v: ValueId| {
         let ty = graph.value(v).ty.as_ref();
-        (ty.map_or("?".to_string(), |t| t.dtype.to_string()), ty.map_or("?".to_string(), |t| format!("[{}]", dims_text(&t.shape))))
+        (
+            ty.map_or("?".to_string(), |t| t.dtype.to_string()),
+            ty.map_or("?".to_string(), |t| format!("[{}]", dims_text(&t.shape))),
+        )
     };
     let producer = |v: ValueId| match graph.value(v).def {
         ValueDef::Node(n) => Some(n.index()),
@@ -82,7 +85,12 @@ pub fn build(
     };
     // FLOPs to recompute a value from graph inputs and constants, or None if it needs a weight.
     let mut memo: BTreeMap<usize, Option<f64>> = BTreeMap::new();
-    fn recompute_cost(graph: &Graph, costs: &[crate::cost::NodeCost], memo: &mut BTreeMap<usize, Option<f64>>, v: ValueId) -> Option<f64> {
+    fn recompute_cost(
+        graph: &Graph,
+        costs: &[crate::cost::NodeCost],
+        memo: &mut BTreeMap<usize, Option<f64>>,
+        v: ValueId,
+    ) -> Option<f64> {
         match graph.value(v).def {
             ValueDef::Weight(_) => None,
             ValueDef::Input | ValueDef::Const(_) => Some(0.0),
@@ -134,7 +142,8 @@ pub fn build(
         }
         for &o in &node.outputs {
             let from = stage_of_node(i);
-            let to: BTreeSet<usize> = uses[o.index()].iter().map(|c| stage_of_node(c.index())).filter(|&s| s != from).collect();
+            let to: BTreeSet<usize> =
+                uses[o.index()].iter().map(|c| stage_of_node(c.index())).filter(|&s| s != from).collect();
             let name = graph.value(o).name.clone();
             let (dtype, shape) = describe(o);
             if outputs.contains(&o) {

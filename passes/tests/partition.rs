@@ -94,7 +94,8 @@ fn ilp_equals_exhaustive_search_and_beats_every_baseline() {
         if shardc_passes::plan::class_dp::classes(&p).len() < p.devices() {
             classes_seen += 1;
         }
-        let opts = SolveOptions { time_limit: Duration::from_secs(30), groups: (0..p.units()).collect(), force_milp: false };
+        let opts =
+            SolveOptions { time_limit: Duration::from_secs(30), groups: (0..p.units()).collect(), force_milp: false };
         let truth = exhaustive::solve(&p);
         let ilp = solve(&p, Strategy::Ilp, &opts);
         let milp = solve(&p, Strategy::Ilp, &SolveOptions { force_milp: true, ..opts.clone() });
@@ -106,7 +107,10 @@ fn ilp_equals_exhaustive_search_and_beats_every_baseline() {
             }
             Some((_, best)) => {
                 for (name, o) in [("class-dp", &ilp), ("milp", &milp)] {
-                    let f = o.figures.as_ref().unwrap_or_else(|| panic!("case {case}: {name} found no plan ({:?})", o.status));
+                    let f = o
+                        .figures
+                        .as_ref()
+                        .unwrap_or_else(|| panic!("case {case}: {name} found no plan ({:?})", o.status));
                     assert!(f.feasible, "case {case}: {name} plan infeasible");
                     assert!(close(f.objective, *best), "case {case}: {name} {} vs exhaustive {best}", f.objective);
                     assert!(o.status.optimal, "case {case}: {name} not proven optimal: {:?}", o.status);
@@ -118,7 +122,11 @@ fn ilp_equals_exhaustive_search_and_beats_every_baseline() {
             let o = solve(&p, strategy, &opts);
             if let Some(f) = o.figures.filter(|f| f.feasible) {
                 let best = ilp_value.unwrap_or_else(|| panic!("case {case}: {strategy:?} feasible where ilp is not"));
-                assert!(f.objective >= best * (1.0 - 1e-9), "case {case}: {strategy:?} {} beats ilp {best}", f.objective);
+                assert!(
+                    f.objective >= best * (1.0 - 1e-9),
+                    "case {case}: {strategy:?} {} beats ilp {best}",
+                    f.objective
+                );
             }
         }
     }

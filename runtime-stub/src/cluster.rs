@@ -43,9 +43,13 @@ impl Cluster {
 
     /// Every address is loopback unless `allow_remote`.
     pub fn check(&self, allow_remote: bool) -> Result<(), String> {
-        for (who, addr) in std::iter::once(("client", &self.client)).chain(self.devices.iter().map(|(k, v)| (k.as_str(), v))) {
+        for (who, addr) in
+            std::iter::once(("client", &self.client)).chain(self.devices.iter().map(|(k, v)| (k.as_str(), v)))
+        {
             if !allow_remote && !loopback(addr) {
-                return Err(format!("`{who}` listens on {addr}, which is not loopback (pass --allow-remote to use other addresses)"));
+                return Err(format!(
+                    "`{who}` listens on {addr}, which is not loopback (pass --allow-remote to use other addresses)"
+                ));
             }
         }
         Ok(())

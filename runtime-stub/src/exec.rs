@@ -3,9 +3,9 @@
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
-use std::time::{Duration, Instant};
 use std::path::Path;
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use shardc_ir::{Dim, Graph, NodeId, ValueDef, ValueId};
 
@@ -118,7 +118,10 @@ impl Session {
     }
 
     /// Check the inputs against the graph's input types, binding symbols to sizes.
-    fn bind_inputs(&self, inputs: Vec<(String, Tensor)>) -> Result<(Vec<Option<Rc<Tensor>>>, HashMap<String, i64>), RuntimeError> {
+    fn bind_inputs(
+        &self,
+        inputs: Vec<(String, Tensor)>,
+    ) -> Result<(Vec<Option<Rc<Tensor>>>, HashMap<String, i64>), RuntimeError> {
         let mut values: Vec<Option<Rc<Tensor>>> = vec![None; self.graph.values.len()];
         let mut sizes: HashMap<String, i64> = HashMap::new();
         let mut given: HashMap<String, Tensor> = inputs.into_iter().collect();
@@ -137,11 +140,16 @@ impl Session {
                 for (d, &n) in ty.shape.iter().zip(t.shape()) {
                     let n = n as i64;
                     match (d.as_known(), d.symbols().as_slice()) {
-                        (Some(k), _) if k != n => return Err(bad(format!("expected {expected}, got {}", t.describe()))),
+                        (Some(k), _) if k != n => {
+                            return Err(bad(format!("expected {expected}, got {}", t.describe())))
+                        }
                         (None, [sym]) if *d == Dim::sym(sym) => {
                             if let Some(&prev) = sizes.get(sym) {
                                 if prev != n {
-                                    return Err(bad(format!("`{sym}` is {prev} elsewhere but {n} here ({})", t.describe())));
+                                    return Err(bad(format!(
+                                        "`{sym}` is {prev} elsewhere but {n} here ({})",
+                                        t.describe()
+                                    )));
                                 }
                             }
                             sizes.insert(sym.clone(), n);
@@ -163,7 +171,9 @@ impl Session {
         let (mut values, sizes) = self.bind_inputs(inputs)?;
         for (i, node) in self.graph.nodes.iter().enumerate() {
             let label = || if node.name.is_empty() { NodeId(i as u32).to_string() } else { node.name.clone() };
-            if self.constant_node[i] && (self.warm.get() || node.outputs.iter().all(|o| self.loaded.borrow()[o.index()].is_some())) {
+            if self.constant_node[i]
+                && (self.warm.get() || node.outputs.iter().all(|o| self.loaded.borrow()[o.index()].is_some()))
+            {
                 continue;
             }
             let mut args: Vec<Option<Rc<Tensor>>> = Vec::with_capacity(node.inputs.len());
@@ -178,8 +188,11 @@ impl Session {
             }
             let refs: Vec<Option<&Tensor>> = args.iter().map(|a| a.as_deref()).collect();
             let started = Instant::now();
-            let outs = kernels::run(&node.op, &refs, node.outputs.len())
-                .map_err(|message| RuntimeError::Kernel { node: label(), op: node.op.name(), message })?;
+            let outs = kernels::run(&node.op, &refs, node.outputs.len()).map_err(|message| RuntimeError::Kernel {
+                node: label(),
+                op: node.op.name(),
+                message,
+            })?;
             if let Some(p) = self.profile.borrow_mut().as_mut() {
                 let entry = p.entry(node.op.name()).or_default();
                 entry.calls += 1;
@@ -195,8 +208,11 @@ impl Session {
                 });
             }
             for (&v, t) in node.outputs.iter().zip(outs) {
-                self.check_output(v, &t, &sizes)
-                    .map_err(|message| RuntimeError::Kernel { node: label(), op: node.op.name(), message })?;
+                self.check_output(v, &t, &sizes).map_err(|message| RuntimeError::Kernel {
+                    node: label(),
+                    op: node.op.name(),
+                    message,
+                })?;
                 let t = Rc::new(t);
                 if self.constant_node[i] {
                     self.loaded.borrow_mut()[v.index()] = Some(t.clone());

@@ -72,7 +72,10 @@ pub fn encode(frame: &Frame, secret: Option<&[u8; 32]>) -> (Vec<u8>, Option<[u8;
             Data::I64(_) => "I64",
             Data::Bool(_) => "BOOL",
         };
-        header.insert(name.clone(), serde_json::json!({"dtype": dtype, "shape": t.shape(), "data_offsets": [begin, data.len()]}));
+        header.insert(
+            name.clone(),
+            serde_json::json!({"dtype": dtype, "shape": t.shape(), "data_offsets": [begin, data.len()]}),
+        );
     }
     let text = serde_json::Value::Object(header).to_string();
     let mut bytes = Vec::with_capacity(8 + text.len() + data.len());
@@ -99,12 +102,16 @@ pub fn decode(bytes: &[u8], tag: Option<&[u8]>, secret: Option<&[u8; 32]>, limit
     }
     let n = bytes.get(..8).ok_or_else(|| malformed("shorter than its 8-byte header length"))?;
     let n = u64::from_le_bytes(n.try_into().map_err(|_| malformed("bad header length"))?) as usize;
-    let header = bytes.get(8..8usize.saturating_add(n)).ok_or_else(|| malformed(format!("header length {n} exceeds the frame")))?;
+    let header = bytes
+        .get(8..8usize.saturating_add(n))
+        .ok_or_else(|| malformed(format!("header length {n} exceeds the frame")))?;
     let data = &bytes[8 + n..];
-    let json: serde_json::Value = serde_json::from_slice(header).map_err(|e| malformed(format!("header is not JSON: {e}")))?;
+    let json: serde_json::Value =
+        serde_json::from_slice(header).map_err(|e| malformed(format!("header is not JSON: {e}")))?;
     let obj = json.as_object().ok_or_else(|| malformed("header is not an object"))?;
     let meta = obj.get("__metadata__").and_then(|m| m.as_object()).ok_or_else(|| malformed("no __metadata__"))?;
-    let field = |k: &str| meta.get(k).and_then(|v| v.as_str()).ok_or_else(|| malformed(format!("metadata lacks `{k}`")));
+    let field =
+        |k: &str| meta.get(k).and_then(|v| v.as_str()).ok_or_else(|| malformed(format!("metadata lacks `{k}`")));
     let kind = field("kind")?.to_string();
     let request = field("request")?.parse().map_err(|_| malformed("request is not a number"))?;
     let step = field("step")?.parse().map_err(|_| malformed("step is not a number"))?;
@@ -129,7 +136,12 @@ pub fn decode(bytes: &[u8], tag: Option<&[u8]>, secret: Option<&[u8; 32]>, limit
             .map(|d| d.as_u64().map(|d| d as usize))
             .collect::<Option<_>>()
             .ok_or_else(|| bad("bad shape"))?;
-        let offsets: Vec<u64> = entry["data_offsets"].as_array().ok_or_else(|| bad("no data_offsets"))?.iter().filter_map(|v| v.as_u64()).collect();
+        let offsets: Vec<u64> = entry["data_offsets"]
+            .as_array()
+            .ok_or_else(|| bad("no data_offsets"))?
+            .iter()
+            .filter_map(|v| v.as_u64())
+            .collect();
         let [begin, end] = offsets.as_slice() else { return Err(bad("data_offsets must be two numbers")) };
         let elements = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| bad("shape too large"))?;
         let expected = elements.checked_mul(dtype.size_bytes()).ok_or_else(|| bad("shape too large"))? as u64;
@@ -140,14 +152,23 @@ pub fn decode(bytes: &[u8], tag: Option<&[u8]>, secret: Option<&[u8; 32]>, limit
         let raw = &data[*begin as usize..*end as usize];
         let t = match dtype {
             DType::F32 => Tensor::f32(
-                ArrayD::from_shape_vec(IxDyn(&shape), raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
-                    .map_err(|e| bad(&e.to_string()))?,
+                ArrayD::from_shape_vec(
+                    IxDyn(&shape),
+                    raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+                )
+                .map_err(|e| bad(&e.to_string()))?,
             ),
             DType::I64 => Tensor::i64(
-                ArrayD::from_shape_vec(IxDyn(&shape), raw.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap_or_default())).collect())
+                ArrayD::from_shape_vec(
+                    IxDyn(&shape),
+                    raw.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap_or_default())).collect(),
+                )
+                .map_err(|e| bad(&e.to_string()))?,
+            ),
+            _ => Tensor::bool(
+                ArrayD::from_shape_vec(IxDyn(&shape), raw.iter().map(|&b| b != 0).collect())
                     .map_err(|e| bad(&e.to_string()))?,
             ),
-            _ => Tensor::bool(ArrayD::from_shape_vec(IxDyn(&shape), raw.iter().map(|&b| b != 0).collect()).map_err(|e| bad(&e.to_string()))?),
         };
         tensors.push((name.clone(), t));
     }
@@ -176,7 +197,10 @@ mod tests {
             step: 3,
             sender: "dev-a".into(),
             tensors: vec![
-                ("hidden".into(), Tensor::f32(ArrayD::from_shape_vec(IxDyn(&[1, 2, 2]), vec![1.0, -2.0, 3.5, 0.0]).unwrap())),
+                (
+                    "hidden".into(),
+                    Tensor::f32(ArrayD::from_shape_vec(IxDyn(&[1, 2, 2]), vec![1.0, -2.0, 3.5, 0.0]).unwrap()),
+                ),
                 ("ids".into(), Tensor::i64(ArrayD::from_shape_vec(IxDyn(&[1, 1]), vec![42]).unwrap())),
             ],
         }

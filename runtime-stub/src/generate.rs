@@ -67,7 +67,10 @@ pub fn ids_input(model: &dyn Runner) -> Result<String, RuntimeError> {
         },
         inputs => Err(bad(
             &inputs.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>().join(", "),
-            format!("token generation needs exactly one token input besides the KV cache; the model has {}", inputs.len()),
+            format!(
+                "token generation needs exactly one token input besides the KV cache; the model has {}",
+                inputs.len()
+            ),
         )),
     }
 }
@@ -83,10 +86,12 @@ fn ids_tensor(name: &str, ids: &[i64]) -> Result<Tensor, RuntimeError> {
 
 /// Pick the logits out of a run's outputs and check their shape.
 fn take_logits(outputs: &mut HashMap<String, Tensor>, names: &[String], tokens: usize) -> Result<Logits, RuntimeError> {
-    let name = if outputs.contains_key("logits") { "logits".to_string() } else { names.first().cloned().unwrap_or_default() };
-    let logits = outputs
-        .remove(&name)
-        .ok_or_else(|| RuntimeError::Input { name: "logits".into(), message: "the model has no logits output".into() })?;
+    let name =
+        if outputs.contains_key("logits") { "logits".to_string() } else { names.first().cloned().unwrap_or_default() };
+    let logits = outputs.remove(&name).ok_or_else(|| RuntimeError::Input {
+        name: "logits".into(),
+        message: "the model has no logits output".into(),
+    })?;
     let bad = |message: String| RuntimeError::Input { name: name.clone(), message };
     let values = logits.as_f32().ok_or_else(|| bad(format!("expected float logits, got {}", logits.describe())))?;
     let shape = values.shape();
@@ -184,7 +189,12 @@ pub fn empty_cache(layout: &CacheLayout) -> Vec<Tensor> {
 
 /// One step of a cached model: feed `ids` (the prompt, then one token at a time) and
 /// the cache; returns the logits of every fed position and the new cache.
-pub fn cached_step(model: &dyn Runner, layout: &CacheLayout, ids: &[i64], cache: Vec<Tensor>) -> Result<(Logits, Vec<Tensor>), RuntimeError> {
+pub fn cached_step(
+    model: &dyn Runner,
+    layout: &CacheLayout,
+    ids: &[i64],
+    cache: Vec<Tensor>,
+) -> Result<(Logits, Vec<Tensor>), RuntimeError> {
     let mut inputs = vec![(layout.ids.clone(), ids_tensor(&layout.ids, ids)?)];
     inputs.extend(layout.entries.iter().map(|(n, _, _)| n.clone()).zip(cache));
     let mut outputs: HashMap<String, Tensor> = model.run(inputs)?.into_iter().collect();
@@ -192,7 +202,10 @@ pub fn cached_step(model: &dyn Runner, layout: &CacheLayout, ids: &[i64], cache:
         .entries
         .iter()
         .map(|(n, present, _)| {
-            outputs.remove(present).ok_or_else(|| RuntimeError::Input { name: n.clone(), message: format!("`{present}` was not produced") })
+            outputs.remove(present).ok_or_else(|| RuntimeError::Input {
+                name: n.clone(),
+                message: format!("`{present}` was not produced"),
+            })
         })
         .collect::<Result<Vec<_>, _>>()?;
     let logits = take_logits(&mut outputs, &model.outputs(), ids.len())?;
@@ -206,7 +219,12 @@ pub fn cached_prefill(model: &dyn Runner, layout: &CacheLayout, ids: &[i64]) -> 
 
 /// Greedy continuation with the KV cache: one prefill step over the prompt, then each
 /// decode step feeds only the last token and the cache.
-pub fn greedy_cached(model: &dyn Runner, layout: &CacheLayout, prompt: &[i64], n: usize) -> Result<Vec<i64>, RuntimeError> {
+pub fn greedy_cached(
+    model: &dyn Runner,
+    layout: &CacheLayout,
+    prompt: &[i64],
+    n: usize,
+) -> Result<Vec<i64>, RuntimeError> {
     let mut out = Vec::with_capacity(n);
     let mut cache = empty_cache(layout);
     let mut feed = prompt.to_vec();

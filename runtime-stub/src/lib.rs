@@ -2,8 +2,8 @@
 //! executor ([`Session`]) with f32 kernels for every op of the op set, weights read
 //! through memory maps on first use.
 
-mod error;
 pub mod cluster;
+mod error;
 pub mod exec;
 pub mod frame;
 pub mod generate;

@@ -31,7 +31,13 @@ pub struct NetOptions {
     pub slowdown: f64,
 }
 
-fn send(sockets: &mut HashMap<String, zmq::Socket>, ctx: &zmq::Context, address: &str, frame: &Frame, opts: &NetOptions) -> Result<(), String> {
+fn send(
+    sockets: &mut HashMap<String, zmq::Socket>,
+    ctx: &zmq::Context,
+    address: &str,
+    frame: &Frame,
+    opts: &NetOptions,
+) -> Result<(), String> {
     if !sockets.contains_key(address) {
         let s = ctx.socket(zmq::PUSH).map_err(|e| e.to_string())?;
         s.set_linger(1000).map_err(|e| e.to_string())?;
@@ -75,7 +81,14 @@ fn check(parts: &[Vec<u8>], opts: &NetOptions) -> Result<Frame, String> {
 }
 
 /// Run one device until a `stop` message (or `stop` is set).
-pub fn serve(out: &Path, device: &str, cluster: &Cluster, ctx: &zmq::Context, opts: &NetOptions, stop: Arc<AtomicBool>) -> Result<(), String> {
+pub fn serve(
+    out: &Path,
+    device: &str,
+    cluster: &Cluster,
+    ctx: &zmq::Context,
+    opts: &NetOptions,
+    stop: Arc<AtomicBool>,
+) -> Result<(), String> {
     let dir = out.join(device);
     let (manifest, graph) = package::load(&dir).map_err(|e| e.to_string())?;
     let session = Session::new(graph, &dir);
@@ -91,7 +104,15 @@ pub fn serve(out: &Path, device: &str, cluster: &Cluster, ctx: &zmq::Context, op
         .map(|&v| session.graph().value(v))
         .filter(|v| local.contains(&v.name))
         .map(|v| {
-            let shape = v.ty.as_ref().map(|t| t.shape.iter().map(|d| d.as_known().map_or(if d.symbols() == ["past"] { 0 } else { 1 }, |n| n as usize)).collect()).unwrap_or_default();
+            let shape =
+                v.ty.as_ref()
+                    .map(|t| {
+                        t.shape
+                            .iter()
+                            .map(|d| d.as_known().map_or(if d.symbols() == ["past"] { 0 } else { 1 }, |n| n as usize))
+                            .collect()
+                    })
+                    .unwrap_or_default();
             (v.name.clone(), shape)
         })
         .collect();
@@ -155,15 +176,32 @@ pub fn serve(out: &Path, device: &str, cluster: &Cluster, ctx: &zmq::Context, op
                     }
                 }
                 for (peer, tensors) in by_peer {
-                    let addr = cluster.address(&peer).ok_or_else(|| format!("{device}: peer `{peer}` is not in the cluster file"))?;
-                    let f = Frame { kind: "tensors".into(), request: key.0, step: key.1, sender: device.to_string(), tensors };
+                    let addr = cluster
+                        .address(&peer)
+                        .ok_or_else(|| format!("{device}: peer `{peer}` is not in the cluster file"))?;
+                    let f = Frame {
+                        kind: "tensors".into(),
+                        request: key.0,
+                        step: key.1,
+                        sender: device.to_string(),
+                        tensors,
+                    };
                     send(&mut peers, ctx, addr, &f, opts)?;
                 }
                 let timing = Tensor::f32(
-                    ArrayD::from_shape_vec(IxDyn(&[3]), vec![compute_ms as f32, waited_ms as f32, send_started.elapsed().as_secs_f32() * 1e3])
-                        .unwrap_or_default(),
+                    ArrayD::from_shape_vec(
+                        IxDyn(&[3]),
+                        vec![compute_ms as f32, waited_ms as f32, send_started.elapsed().as_secs_f32() * 1e3],
+                    )
+                    .unwrap_or_default(),
                 );
-                let done = Frame { kind: "done".into(), request: key.0, step: key.1, sender: device.to_string(), tensors: vec![("timing_ms".into(), timing)] };
+                let done = Frame {
+                    kind: "done".into(),
+                    request: key.0,
+                    step: key.1,
+                    sender: device.to_string(),
+                    tensors: vec![("timing_ms".into(), timing)],
+                };
                 send(&mut peers, ctx, &cluster.client, &done, opts)?;
             }
             _ => {}
@@ -198,10 +236,25 @@ pub struct StageTiming {
 }
 
 /// Drive `requests` greedy generations of `n` tokens through the devices.
-pub fn generate(out: &Path, cluster: &Cluster, ctx: &zmq::Context, opts: &NetOptions, prompt: &[i64], n: usize, requests: usize, timeout: Duration) -> Result<Generation, String> {
-    let map_text = std::fs::read_to_string(out.join("transmission_map.json")).map_err(|e| format!("{}: {e}", out.display()))?;
+pub fn generate(
+    out: &Path,
+    cluster: &Cluster,
+    ctx: &zmq::Context,
+    opts: &NetOptions,
+    prompt: &[i64],
+    n: usize,
+    requests: usize,
+    timeout: Duration,
+) -> Result<Generation, String> {
+    let map_text =
+        std::fs::read_to_string(out.join("transmission_map.json")).map_err(|e| format!("{}: {e}", out.display()))?;
     let map: serde_json::Value = serde_json::from_str(&map_text).map_err(|e| e.to_string())?;
-    let stages: Vec<String> = map["stages"].as_array().ok_or("transmission map has no stages")?.iter().filter_map(|s| s.as_str().map(String::from)).collect();
+    let stages: Vec<String> = map["stages"]
+        .as_array()
+        .ok_or("transmission map has no stages")?
+        .iter()
+        .filter_map(|s| s.as_str().map(String::from))
+        .collect();
     let ids_to: Vec<String> = map["transfers"]
         .as_array()
         .and_then(|t| t.iter().find(|t| t["tensor"] == "input_ids"))
@@ -210,19 +263,29 @@ pub fn generate(out: &Path, cluster: &Cluster, ctx: &zmq::Context, opts: &NetOpt
         .iter()
         .filter_map(|s| s.as_str().map(String::from))
         .collect();
-    let manifests: Vec<Manifest> = stages.iter().map(|d| package::load_manifest(&out.join(d)).map_err(|e| e.to_string())).collect::<Result<_, _>>()?;
+    let manifests: Vec<Manifest> = stages
+        .iter()
+        .map(|d| package::load_manifest(&out.join(d)).map_err(|e| e.to_string()))
+        .collect::<Result<_, _>>()?;
     let socket = ctx.socket(zmq::PULL).map_err(|e| e.to_string())?;
     socket.bind(&cluster.client).map_err(|e| format!("client: cannot bind {}: {e}", cluster.client))?;
     let mut peers = HashMap::new();
     let started = Instant::now();
     let mut tokens: Vec<Vec<i64>> = vec![Vec::new(); requests];
     let mut ids_sent = Vec::new();
-    let mut timings: Vec<StageTiming> = manifests.iter().map(|m| StageTiming { device: m.device.clone(), ..Default::default() }).collect();
+    let mut timings: Vec<StageTiming> =
+        manifests.iter().map(|m| StageTiming { device: m.device.clone(), ..Default::default() }).collect();
     let send_ids = |peers: &mut HashMap<String, zmq::Socket>, r: u64, step: u64, ids: &[i64]| -> Result<(), String> {
         let t = Tensor::i64(ArrayD::from_shape_vec(IxDyn(&[1, ids.len()]), ids.to_vec()).map_err(|e| e.to_string())?);
         for d in &ids_to {
             let addr = cluster.address(d).ok_or_else(|| format!("`{d}` is not in the cluster file"))?;
-            let f = Frame { kind: "tensors".into(), request: r, step, sender: "client".into(), tensors: vec![("input_ids".into(), t.clone())] };
+            let f = Frame {
+                kind: "tensors".into(),
+                request: r,
+                step,
+                sender: "client".into(),
+                tensors: vec![("input_ids".into(), t.clone())],
+            };
             send(peers, ctx, addr, &f, opts)?;
         }
         Ok(())
@@ -241,7 +304,12 @@ pub fn generate(out: &Path, cluster: &Cluster, ctx: &zmq::Context, opts: &NetOpt
             // Name the first stage that has not finished the oldest outstanding step.
             let (key, flags) = done.iter().min_by_key(|(k, _)| **k).ok_or("timed out")?;
             let missing = flags.iter().position(|f| !f).map_or("?".to_string(), |i| stages[i].clone());
-            return Err(format!("device `{missing}` did not finish request {} step {} within {:.1} s", key.0, key.1, timeout.as_secs_f64()));
+            return Err(format!(
+                "device `{missing}` did not finish request {} step {} within {:.1} s",
+                key.0,
+                key.1,
+                timeout.as_secs_f64()
+            ));
         };
         let key = (msg.request, msg.step);
         match msg.kind.as_str() {
@@ -252,7 +320,8 @@ pub fn generate(out: &Path, cluster: &Cluster, ctx: &zmq::Context, opts: &NetOpt
                     }
                     if let Some((_, t)) = msg.tensors.first() {
                         let v: Vec<f64> = t.to_f32_vec().into_iter().map(f64::from).collect();
-                        let (c, w, s) = (*v.first().unwrap_or(&0.0), *v.get(1).unwrap_or(&0.0), *v.get(2).unwrap_or(&0.0));
+                        let (c, w, s) =
+                            (*v.first().unwrap_or(&0.0), *v.get(1).unwrap_or(&0.0), *v.get(2).unwrap_or(&0.0));
                         let st = &mut timings[i];
                         st.steps += 1;
                         st.compute_ms += c;
@@ -282,7 +351,13 @@ pub fn generate(out: &Path, cluster: &Cluster, ctx: &zmq::Context, opts: &NetOpt
                 active -= 1;
                 for d in &stages {
                     if let Some(addr) = cluster.address(d) {
-                        let end = Frame { kind: "end".into(), request: key.0, step: key.1, sender: "client".into(), tensors: vec![] };
+                        let end = Frame {
+                            kind: "end".into(),
+                            request: key.0,
+                            step: key.1,
+                            sender: "client".into(),
+                            tensors: vec![],
+                        };
                         send(&mut peers, ctx, addr, &end, opts)?;
                     }
                 }

@@ -71,7 +71,10 @@ pub fn load_manifest(dir: &Path) -> Result<Manifest, RuntimeError> {
         let f = dir.join(file);
         let got = hash_file(&f).map_err(|e| err(&f, format!("cannot read: {e}")))?;
         if &got != expected {
-            return Err(err(&f, format!("blake3 {got} does not match the manifest's {expected}: the package was altered")));
+            return Err(err(
+                &f,
+                format!("blake3 {got} does not match the manifest's {expected}: the package was altered"),
+            ));
         }
     }
     Ok(m)

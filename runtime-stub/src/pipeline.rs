@@ -45,14 +45,16 @@ impl Runner for Pipeline {
     fn outputs(&self) -> Vec<String> {
         let mut out = Vec::new();
         for (i, s) in self.stages.iter().enumerate() {
-            let later: BTreeSet<String> = self.stages[i + 1..].iter().flat_map(|x| x.inputs().into_iter().map(|(n, _)| n)).collect();
+            let later: BTreeSet<String> =
+                self.stages[i + 1..].iter().flat_map(|x| x.inputs().into_iter().map(|(n, _)| n)).collect();
             out.extend(s.outputs().into_iter().filter(|n| !later.contains(n)));
         }
         out
     }
 
     fn run(&self, inputs: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>, RuntimeError> {
-        let mut bus: HashMap<String, (Option<usize>, Tensor)> = inputs.into_iter().map(|(n, t)| (n, (None, t))).collect();
+        let mut bus: HashMap<String, (Option<usize>, Tensor)> =
+            inputs.into_iter().map(|(n, t)| (n, (None, t))).collect();
         let mut moved = Vec::new();
         for (i, stage) in self.stages.iter().enumerate() {
             let mut ins = Vec::new();

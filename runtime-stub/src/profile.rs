@@ -51,5 +51,10 @@ pub fn measure(name: &str) -> Device {
     });
     // A copy reads and writes every byte.
     let bandwidth = 2.0 * len as f64 / secs;
-    Device { name: name.to_string(), memory: available_memory(), flops: BTreeMap::from([("*".to_string(), flops)]), bandwidth }
+    Device {
+        name: name.to_string(),
+        memory: available_memory(),
+        flops: BTreeMap::from([("*".to_string(), flops)]),
+        bandwidth,
+    }
 }

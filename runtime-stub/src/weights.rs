@@ -41,10 +41,16 @@ impl WeightFiles {
     /// Read and convert one weight.
     pub fn load(&self, name: &str, w: &WeightRef) -> Result<Tensor, RuntimeError> {
         let loc = w.location.as_ref().ok_or_else(|| RuntimeError::NoWeightFile { name: name.to_string() })?;
-        let fail = |message: String| RuntimeError::Weight { name: name.to_string(), file: self.dir.join(&loc.file), message };
+        let fail =
+            |message: String| RuntimeError::Weight { name: name.to_string(), file: self.dir.join(&loc.file), message };
         let map = self.map(&loc.file).map_err(|e| fail(e.to_string()))?;
         let end = loc.offset.checked_add(loc.length).filter(|&e| e <= map.len() as u64).ok_or_else(|| {
-            fail(format!("bytes {}..{} lie past the end of the file ({} bytes)", loc.offset, loc.offset + loc.length, map.len()))
+            fail(format!(
+                "bytes {}..{} lie past the end of the file ({} bytes)",
+                loc.offset,
+                loc.offset + loc.length,
+                map.len()
+            ))
         })?;
         if loc.length != w.byte_len() {
             return Err(fail(format!("{} bytes, but {} {:?} needs {}", loc.length, w.dtype, w.shape, w.byte_len())));

@@ -183,9 +183,18 @@ fn bad_inputs_are_named() {
     let ok = vec![("ids", i64s(&[1, 2], &[1, 2])), ("x", f32s(&[2, 3], &[0.; 6]))];
     assert!(run(g, ok).is_ok());
     let cases = [
-        (vec![("ids", f32s(&[1, 2], &[1., 2.])), ("x", f32s(&[2, 3], &[0.; 6]))], "input `ids`: expected i64[batch, seq], got f32[1, 2]"),
-        (vec![("ids", i64s(&[2], &[1, 2])), ("x", f32s(&[2, 3], &[0.; 6]))], "input `ids`: expected rank 2 (i64[batch, seq]), got i64[2]"),
-        (vec![("ids", i64s(&[1, 2], &[1, 2])), ("x", f32s(&[2, 2], &[0.; 4]))], "input `x`: expected f32[2, 3], got f32[2, 2]"),
+        (
+            vec![("ids", f32s(&[1, 2], &[1., 2.])), ("x", f32s(&[2, 3], &[0.; 6]))],
+            "input `ids`: expected i64[batch, seq], got f32[1, 2]",
+        ),
+        (
+            vec![("ids", i64s(&[2], &[1, 2])), ("x", f32s(&[2, 3], &[0.; 6]))],
+            "input `ids`: expected rank 2 (i64[batch, seq]), got i64[2]",
+        ),
+        (
+            vec![("ids", i64s(&[1, 2], &[1, 2])), ("x", f32s(&[2, 2], &[0.; 4]))],
+            "input `x`: expected f32[2, 3], got f32[2, 2]",
+        ),
         (vec![("ids", i64s(&[1, 2], &[1, 2]))], "input `x`: not given"),
     ];
     for (inputs, message) in cases {

@@ -72,14 +72,18 @@ fn store_weights(graph: &Graph, dtype: Option<DType>) -> (Graph, HashMap<usize, 
         let id = ValueId(i as u32);
         match &v.def {
             ValueDef::Input => {
-                map.insert(id, out.add_input(v.name.clone(), v.ty.clone().unwrap_or_else(|| TensorType::new(DType::F32, vec![]))));
+                map.insert(
+                    id,
+                    out.add_input(v.name.clone(), v.ty.clone().unwrap_or_else(|| TensorType::new(DType::F32, vec![]))),
+                );
             }
             ValueDef::Weight(w) => {
                 let target = dtype.filter(|_| w.dtype.is_float()).unwrap_or(w.dtype);
                 let mut nw = w.clone();
                 nw.dtype = target;
                 nw.location = None;
-                let new = out.add_value(v.name.clone(), Some(TensorType::known(target, &w.shape)), ValueDef::Weight(nw));
+                let new =
+                    out.add_value(v.name.clone(), Some(TensorType::known(target, &w.shape)), ValueDef::Weight(nw));
                 if let Some(loc) = &w.location {
                     stored.insert(new.index(), (w.dtype, loc.clone()));
                 }
@@ -99,7 +103,8 @@ fn store_weights(graph: &Graph, dtype: Option<DType>) -> (Graph, HashMap<usize, 
     for (w, original) in recast {
         let name = format!("{}:stored_as", graph.value(w).name);
         let cast = Op::Cast(shardc_ir::ops::Cast { to: original, saturate: 1 });
-        let nid = out.add_node(name.clone(), cast, vec![Some(map[&w])], &[format!("{}:as_{original}", graph.value(w).name)]);
+        let nid =
+            out.add_node(name.clone(), cast, vec![Some(map[&w])], &[format!("{}:as_{original}", graph.value(w).name)]);
         let o = out.node(nid).outputs[0];
         out.value_mut(o).ty = graph.value(w).ty.clone();
         map.insert(w, o);
@@ -134,7 +139,13 @@ fn json<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, EmitError> {
 }
 
 /// Compile `graph` (after the pass pipeline; weights relative to `source`) into `out`.
-pub fn compile(graph: &Graph, source: &Path, profile: &Profile, opts: &CompileOptions, out: &Path) -> Result<Summary, EmitError> {
+pub fn compile(
+    graph: &Graph,
+    source: &Path,
+    profile: &Profile,
+    opts: &CompileOptions,
+    out: &Path,
+) -> Result<Summary, EmitError> {
     if out.exists() && !opts.force {
         return Err(EmitError::Other(format!("{}: exists; pass --force to replace it", out.display())));
     }
@@ -151,7 +162,8 @@ pub fn compile(graph: &Graph, source: &Path, profile: &Profile, opts: &CompileOp
     let stages = split(graph, &planned.prep.seg, &plan);
 
     let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(|e| EmitError::Io { path: parent.to_path_buf(), message: e.to_string() })?;
+    std::fs::create_dir_all(parent)
+        .map_err(|e| EmitError::Io { path: parent.to_path_buf(), message: e.to_string() })?;
     let base = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
     // Leftovers of compiles that were killed mid-write (never a finished OUT).
     if let Ok(entries) = std::fs::read_dir(parent) {
@@ -168,9 +180,11 @@ pub fn compile(graph: &Graph, source: &Path, profile: &Profile, opts: &CompileOp
         Ok(weight_bytes) => {
             let old = parent.join(format!(".{base}.old-{}", std::process::id()));
             if out.exists() {
-                std::fs::rename(out, &old).map_err(|e| EmitError::Io { path: out.to_path_buf(), message: e.to_string() })?;
+                std::fs::rename(out, &old)
+                    .map_err(|e| EmitError::Io { path: out.to_path_buf(), message: e.to_string() })?;
             }
-            std::fs::rename(&tmp, out).map_err(|e| EmitError::Io { path: out.to_path_buf(), message: e.to_string() })?;
+            std::fs::rename(&tmp, out)
+                .map_err(|e| EmitError::Io { path: out.to_path_buf(), message: e.to_string() })?;
             let _ = std::fs::remove_dir_all(&old);
             Ok(Summary { report, weight_bytes })
         }
@@ -192,7 +206,9 @@ fn write_all(
     map: &transmission::TransmissionMap,
     opts: &CompileOptions,
 ) -> Result<u64, EmitError> {
-    let mkdir = |p: &Path| std::fs::create_dir_all(p).map_err(|e| EmitError::Io { path: p.to_path_buf(), message: e.to_string() });
+    let mkdir = |p: &Path| {
+        std::fs::create_dir_all(p).map_err(|e| EmitError::Io { path: p.to_path_buf(), message: e.to_string() })
+    };
     mkdir(tmp)?;
     let prepared: Vec<_> = stages.iter().map(|s| store_weights(s, opts.dtype)).collect();
     let total: u64 = prepared.iter().flat_map(|(_, st)| st.values().map(|(_, l)| l.length)).sum();
@@ -230,13 +246,19 @@ fn write_all(
             Port {
                 name: value.name.clone(),
                 dtype: value.ty.as_ref().map_or("?".into(), |t| t.dtype.to_string()),
-                shape: value.ty.as_ref().map_or("?".into(), |t| format!("[{}]", shardc_ir::text::print::dims_text(&t.shape))),
+                shape: value
+                    .ty
+                    .as_ref()
+                    .map_or("?".into(), |t| format!("[{}]", shardc_ir::text::print::dims_text(&t.shape))),
                 peers,
             }
         };
         let local = map.device_local.get(device).cloned().unwrap_or_default();
-        let senders = |name: &str| map.transfers.iter().filter(|t| t.tensor == name).map(|t| t.from.clone()).collect::<Vec<_>>();
-        let receivers = |name: &str| map.transfers.iter().filter(|t| t.tensor == name).flat_map(|t| t.to.clone()).collect::<Vec<_>>();
+        let senders =
+            |name: &str| map.transfers.iter().filter(|t| t.tensor == name).map(|t| t.from.clone()).collect::<Vec<_>>();
+        let receivers = |name: &str| {
+            map.transfers.iter().filter(|t| t.tensor == name).flat_map(|t| t.to.clone()).collect::<Vec<_>>()
+        };
         let inputs = stage
             .inputs
             .iter()
@@ -253,7 +275,10 @@ fn write_all(
         files.insert("weights.safetensors".to_string(), written_weights.hash.clone());
         for f in ["shard.ir", "shard.onnx"] {
             let p = dir.join(f);
-            files.insert(f.to_string(), hash_file(&p).map_err(|e| EmitError::Io { path: p.clone(), message: e.to_string() })?);
+            files.insert(
+                f.to_string(),
+                hash_file(&p).map_err(|e| EmitError::Io { path: p.clone(), message: e.to_string() })?,
+            );
         }
         let weights_dtype = stage
             .values

@@ -7,8 +7,8 @@ use onnx_protobuf::attribute_proto::AttributeType;
 use onnx_protobuf::tensor_proto::DataLocation;
 use onnx_protobuf::tensor_shape_proto::{dimension, Dimension};
 use onnx_protobuf::{
-    type_proto, AttributeProto, GraphProto, Message, ModelProto, NodeProto, OperatorSetIdProto, StringStringEntryProto, TensorProto,
-    TensorShapeProto, TypeProto, ValueInfoProto,
+    type_proto, AttributeProto, GraphProto, Message, ModelProto, NodeProto, OperatorSetIdProto, StringStringEntryProto,
+    TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
 };
 use shardc_ir::{AttrValue, Graph, TensorData, TensorType, ValueDef, ValueId};
 
@@ -108,7 +108,11 @@ pub fn to_onnx(graph: &Graph) -> Result<Vec<u8>, EmitError> {
                 t.data_type = w.dtype.onnx_code();
                 t.dims = w.shape.iter().map(|&d| d as i64).collect();
                 t.data_location = DataLocation::EXTERNAL.into();
-                for (k, v) in [("location", loc.file.clone()), ("offset", loc.offset.to_string()), ("length", loc.length.to_string())] {
+                for (k, v) in [
+                    ("location", loc.file.clone()),
+                    ("offset", loc.offset.to_string()),
+                    ("length", loc.length.to_string()),
+                ] {
                     let mut e = StringStringEntryProto::new();
                     e.key = k.into();
                     e.value = v;
@@ -137,5 +141,6 @@ pub fn to_onnx(graph: &Graph) -> Result<Vec<u8>, EmitError> {
     m.producer_version = env!("CARGO_PKG_VERSION").into();
     m.opset_import.push(opset);
     m.graph = Some(g).into();
-    m.write_to_bytes().map_err(|e| EmitError::Io { path: Default::default(), message: format!("serialising ONNX: {e}") })
+    m.write_to_bytes()
+        .map_err(|e| EmitError::Io { path: Default::default(), message: format!("serialising ONNX: {e}") })
 }

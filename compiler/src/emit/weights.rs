@@ -89,7 +89,8 @@ pub fn write(
         })
         .collect();
     let (header_bytes, offsets) = encode_header(&tensors);
-    let spans: Vec<(usize, u64, u64)> = names.iter().zip(offsets).map(|((_, i), (start, len))| (*i, start, len)).collect();
+    let spans: Vec<(usize, u64, u64)> =
+        names.iter().zip(offsets).map(|((_, i), (start, len))| (*i, start, len)).collect();
     let data_start = header_bytes.len() as u64;
     let mut out = File::create(path).map_err(io(path))?;
     let mut maps: HashMap<String, Mmap> = HashMap::new();
@@ -140,9 +141,16 @@ pub fn write(
                 message: "has no file to copy from (a config.json alone cannot be compiled)".into(),
             })?;
             let map = &maps[&loc.file];
-            let end = loc.offset.checked_add(loc.length).filter(|&e| e <= map.len() as u64).ok_or_else(|| EmitError::Weight {
-                name: stage.values[i].name.clone(),
-                message: format!("bytes {}..{} lie past the end of `{}`", loc.offset, loc.offset + loc.length, loc.file),
+            let end = loc.offset.checked_add(loc.length).filter(|&e| e <= map.len() as u64).ok_or_else(|| {
+                EmitError::Weight {
+                    name: stage.values[i].name.clone(),
+                    message: format!(
+                        "bytes {}..{} lie past the end of `{}`",
+                        loc.offset,
+                        loc.offset + loc.length,
+                        loc.file
+                    ),
+                }
             })?;
             if *from == w.dtype {
                 // Same dtype: straight from the map; the hashing thread reads the same pages.
@@ -162,7 +170,10 @@ pub fn write(
                     progress(chunk.len() as u64);
                 }
             }
-            locations.insert(i, WeightLocation { file: "weights.safetensors".into(), offset: data_start + start, length: len });
+            locations.insert(
+                i,
+                WeightLocation { file: "weights.safetensors".into(), offset: data_start + start, length: len },
+            );
             let begin = (loc.offset as usize / 4096) * 4096;
             let _ = send.send(Chunk::Release(map, begin, end as usize - begin));
         }

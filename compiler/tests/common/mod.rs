@@ -51,7 +51,12 @@ pub fn reference(name: &str) -> Reference {
     let bytes = std::fs::read(fixture_dir(name).join("reference.safetensors")).expect("reference.safetensors");
     let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
     let i64s = |t: &str| -> Vec<i64> {
-        st.tensor(t).expect(t).data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap_or_default())).collect()
+        st.tensor(t)
+            .expect(t)
+            .data()
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap_or_default()))
+            .collect()
     };
     let logits = st
         .tensor("logits")

@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use crate::attr::AttrValue;
 use crate::dim::parse_dim;
 use crate::ops::Attrs;
-use crate::{DType, Dim, Graph, Node, NodeId, Op, TensorData, TensorType, Value, ValueDef, ValueId, WeightLocation, WeightRef};
+use crate::{
+    DType, Dim, Graph, Node, NodeId, Op, TensorData, TensorType, Value, ValueDef, ValueId, WeightLocation, WeightRef,
+};
 
 /// A text-form syntax or consistency error, with its 1-based line.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -357,7 +359,9 @@ impl Cursor<'_> {
         }
         let expected: usize = shape.iter().product();
         if values.len() != expected {
-            return Err(self.error(format!("tensor of shape {shape:?} needs {expected} elements, found {}", values.len())));
+            return Err(
+                self.error(format!("tensor of shape {shape:?} needs {expected} elements, found {}", values.len()))
+            );
         }
         if dtype == DType::I64 || dtype == DType::U64 {
             // Parse exactly, not through f64.
@@ -402,7 +406,9 @@ impl Cursor<'_> {
                         .map(AttrValue::Floats)
                 }
             }
-            Some(c) if c.is_ascii_alphabetic() && !self.rest().starts_with("inf") && !self.rest().starts_with("NaN") => {
+            Some(c)
+                if c.is_ascii_alphabetic() && !self.rest().starts_with("inf") && !self.rest().starts_with("NaN") =>
+            {
                 let save = self.pos;
                 let dtype = self.dtype()?;
                 if self.peek() == Some('[') {
@@ -414,10 +420,8 @@ impl Cursor<'_> {
             }
             _ => {
                 self.skip_ws();
-                let len = self
-                    .rest()
-                    .find(|c: char| c == ',' || c == '}' || c.is_whitespace())
-                    .unwrap_or(self.rest().len());
+                let len =
+                    self.rest().find(|c: char| c == ',' || c == '}' || c.is_whitespace()).unwrap_or(self.rest().len());
                 let tok = self.rest()[..len].to_string();
                 self.pos += len;
                 if let Ok(i) = tok.parse::<i64>() {

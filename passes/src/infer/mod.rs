@@ -81,9 +81,7 @@ impl Out {
 
 /// True when contents of `len` elements may be tracked for a value of type `ty`.
 fn trackable(ty: &TensorType, len: usize) -> bool {
-    !ty.dtype.is_float()
-        && len <= MAX_TRACKED_ELEMENTS
-        && element_count(&ty.shape).is_some_and(|n| n == len)
+    !ty.dtype.is_float() && len <= MAX_TRACKED_ELEMENTS && element_count(&ty.shape).is_some_and(|n| n == len)
 }
 
 /// The number of elements, when every dim is a known number.
@@ -146,9 +144,7 @@ fn required<'a>(inputs: &[Option<In<'a>>], slot: usize) -> Result<In<'a>, String
 
 /// Known integer contents of input `slot` (axes, sizes, indices).
 fn const_ints(inputs: &[Option<In>], slot: usize, what: &str) -> Result<Vec<i64>, String> {
-    required(inputs, slot)?
-        .known_ints()
-        .ok_or_else(|| format!("{what} (input {slot}) must be known at compile time"))
+    required(inputs, slot)?.known_ints().ok_or_else(|| format!("{what} (input {slot}) must be known at compile time"))
 }
 
 /// Normalise a possibly negative axis.
@@ -169,9 +165,10 @@ fn broadcast(a: &[Dim], b: &[Dim]) -> Result<Vec<Dim>, String> {
     for i in 0..rank {
         let da = if i + a.len() >= rank { &a[i + a.len() - rank] } else { &Dim::known(1) };
         let db = if i + b.len() >= rank { &b[i + b.len() - rank] } else { &Dim::known(1) };
-        out.push(broadcast_dim(da, db).ok_or_else(|| {
-            format!("cannot broadcast [{}] with [{}]", dims_text(a), dims_text(b))
-        })?);
+        out.push(
+            broadcast_dim(da, db)
+                .ok_or_else(|| format!("cannot broadcast [{}] with [{}]", dims_text(a), dims_text(b)))?,
+        );
     }
     Ok(out)
 }
@@ -185,7 +182,13 @@ fn broadcast_dim(a: &Dim, b: &Dim) -> Option<Dim> {
         Some(a.clone())
     } else if !a.is_determined() || !b.is_determined() {
         // One side unknown: the other (not 1) decides, when it is not 1 itself.
-        Some(if a.is_determined() { a.clone() } else if b.is_determined() { b.clone() } else { Dim::Unknown })
+        Some(if a.is_determined() {
+            a.clone()
+        } else if b.is_determined() {
+            b.clone()
+        } else {
+            Dim::Unknown
+        })
     } else {
         None
     }
@@ -196,11 +199,7 @@ fn dims_text(d: &[Dim]) -> String {
 }
 
 /// Contents of an elementwise op over broadcast inputs, when every input has them.
-fn broadcast_contents(
-    inputs: &[In],
-    out_shape: &[Dim],
-    f: impl Fn(&[&Dim]) -> Option<Dim>,
-) -> Option<Vec<Dim>> {
+fn broadcast_contents(inputs: &[In], out_shape: &[Dim], f: impl Fn(&[&Dim]) -> Option<Dim>) -> Option<Vec<Dim>> {
     let out_dims: Vec<usize> = out_shape.iter().map(|d| usize::try_from(d.as_known()?).ok()).collect::<Option<_>>()?;
     let total: usize = out_dims.iter().product();
     if total > MAX_TRACKED_ELEMENTS {
@@ -210,7 +209,8 @@ fn broadcast_contents(
     let mut strides = Vec::new();
     for input in inputs {
         let contents = input.contents?;
-        let dims: Vec<usize> = input.shape().iter().map(|d| usize::try_from(d.as_known()?).ok()).collect::<Option<_>>()?;
+        let dims: Vec<usize> =
+            input.shape().iter().map(|d| usize::try_from(d.as_known()?).ok()).collect::<Option<_>>()?;
         let mut s = vec![0usize; rank];
         let mut acc = 1;
         for k in (0..dims.len()).rev() {
@@ -243,9 +243,13 @@ pub fn infer_node(op: &Op, inputs: &[Option<In>], n_outputs: usize) -> Result<Ve
         Op::Add(_) | Op::Sub(_) | Op::Mul(_) | Op::Div(_) | Op::Pow(_) | Op::Mod(_) | Op::Max(_) | Op::Min(_) => {
             elementwise::arithmetic(op, inputs)
         }
-        Op::Equal(_) | Op::Less(_) | Op::LessOrEqual(_) | Op::Greater(_) | Op::GreaterOrEqual(_) | Op::And(_) | Op::Or(_) => {
-            elementwise::comparison(op, inputs)
-        }
+        Op::Equal(_)
+        | Op::Less(_)
+        | Op::LessOrEqual(_)
+        | Op::Greater(_)
+        | Op::GreaterOrEqual(_)
+        | Op::And(_)
+        | Op::Or(_) => elementwise::comparison(op, inputs),
         Op::Where(_) => elementwise::where_(inputs),
         Op::Neg(_) | Op::Abs(_) | Op::Identity(_) | Op::Not(_) => elementwise::unary_exact(op, inputs),
         Op::Sqrt(_)

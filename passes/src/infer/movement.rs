@@ -9,9 +9,7 @@ use super::{axis, broadcast, const_ints, element_count, required, In, Out};
 const SLICE_TO_END: i64 = i32::MAX as i64;
 
 fn contents_dims<'a>(inputs: &[Option<In<'a>>], slot: usize, what: &str) -> Result<&'a [Dim], String> {
-    required(inputs, slot)?
-        .contents
-        .ok_or_else(|| format!("{what} (input {slot}) must be known at compile time"))
+    required(inputs, slot)?.contents.ok_or_else(|| format!("{what} (input {slot}) must be known at compile time"))
 }
 
 /// `Shape{start,end}`: the dims as an i64 vector.
@@ -105,7 +103,9 @@ pub fn unsqueeze(inputs: &[Option<In>]) -> Result<Vec<Out>, String> {
         return Err(format!("repeated axis in {axes:?}"));
     }
     let mut dims = x.shape().iter().cloned();
-    let shape = (0..rank).map(|i| if norm.contains(&i) { Dim::known(1) } else { dims.next().unwrap_or(Dim::Unknown) }).collect();
+    let shape = (0..rank)
+        .map(|i| if norm.contains(&i) { Dim::known(1) } else { dims.next().unwrap_or(Dim::Unknown) })
+        .collect();
     Ok(vec![Out::with_contents(x.dtype(), shape, x.contents.map(<[Dim]>::to_vec))])
 }
 

@@ -122,13 +122,17 @@ pub fn solve(p: &Problem, warm: Option<&[Stage]>, limit: Duration) -> (Option<(P
     };
     let optimal = outcome.termination_reason() == microlp::TerminationReason::ProvenOptimal;
     let Some(solution) = outcome.solution() else {
-        return (None, MilpStatus::Unknown(format!("stopped ({:?}) before finding a plan", outcome.termination_reason())));
+        return (
+            None,
+            MilpStatus::Unknown(format!("stopped ({:?}) before finding a plan", outcome.termination_reason())),
+        );
     };
     let gap = solution.gap();
     // Read the blocks back: device of each unit, then runs.
     let mut plan: Plan = Vec::new();
     for u in 0..n {
-        let d = (0..nd).max_by(|&a, &b| solution.var_value(x[u][a]).total_cmp(&solution.var_value(x[u][b]))).unwrap_or(0);
+        let d =
+            (0..nd).max_by(|&a, &b| solution.var_value(x[u][a]).total_cmp(&solution.var_value(x[u][b]))).unwrap_or(0);
         match plan.last_mut() {
             Some(st) if st.device == d => st.end = u + 1,
             _ => plan.push(Stage { device: d, start: u, end: u + 1 }),

@@ -105,13 +105,17 @@ pub fn solve(p: &Problem, strategy: Strategy, opts: &SolveOptions) -> Outcome {
         }
         Strategy::Dp => match order_dp::solve(p, &file_order) {
             Some((plan, _)) => (Some(plan), "order-dp", false, None, None),
-            None => (None, "order-dp", false, None, Some("the devices cannot hold the model in file order".to_string())),
+            None => {
+                (None, "order-dp", false, None, Some("the devices cannot hold the model in file order".to_string()))
+            }
         },
         Strategy::Ilp => {
             let structured = if opts.force_milp { None } else { class_dp::solve(p) };
             match structured {
                 Some(Some((plan, _))) => (Some(plan), "class-dp", true, None, None),
-                Some(None) => (None, "class-dp", true, None, Some("no choice of devices can hold the model".to_string())),
+                Some(None) => {
+                    (None, "class-dp", true, None, Some("no choice of devices can hold the model".to_string()))
+                }
                 None => {
                     let warm = order_dp::solve(p, &file_order).map(|(plan, _)| plan);
                     let (found, status) = milp::solve(p, warm.as_deref(), opts.time_limit);

@@ -94,7 +94,8 @@ pub fn build(graph: &Graph, seg: &Segmentation, profile: &Profile, inputs: &Plan
         }
     }
     // KV cache at the full context: the past input's elements with past = max_context.
-    let kv_element = inputs.kv_bytes.unwrap_or_else(|| dominant_weight_dtype(graph).map_or(4.0, |d| d.size_bytes() as f64));
+    let kv_element =
+        inputs.kv_bytes.unwrap_or_else(|| dominant_weight_dtype(graph).map_or(4.0, |d| d.size_bytes() as f64));
     let mut full = inputs.workload.bindings(Phase::Decode, true);
     full.insert("past".into(), inputs.workload.max_context as i64);
     let full_size = sizes(graph, &full)?;
@@ -108,8 +109,19 @@ pub fn build(graph: &Graph, seg: &Segmentation, profile: &Profile, inputs: &Plan
             .iter()
             .map(|&i| {
                 let node = &graph.nodes[i];
-                let ins: f64 = node.inputs.iter().flatten().filter(|v| !pre_size.constant[v.index()]).map(|v| pre_size.bytes[v.index()]).sum();
-                let outs: f64 = node.outputs.iter().filter(|v| !pre_size.constant[v.index()]).map(|v| pre_size.bytes[v.index()]).sum();
+                let ins: f64 = node
+                    .inputs
+                    .iter()
+                    .flatten()
+                    .filter(|v| !pre_size.constant[v.index()])
+                    .map(|v| pre_size.bytes[v.index()])
+                    .sum();
+                let outs: f64 = node
+                    .outputs
+                    .iter()
+                    .filter(|v| !pre_size.constant[v.index()])
+                    .map(|v| pre_size.bytes[v.index()])
+                    .sum();
                 ins + outs
             })
             .fold(0.0, f64::max);

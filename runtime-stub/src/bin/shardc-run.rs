@@ -107,7 +107,10 @@ fn report(g: &Generation, json: bool) -> Result<()> {
         println!("request {r}: {}", t.iter().map(i64::to_string).collect::<Vec<_>>().join(","));
     }
     for s in &g.stages {
-        println!("{:<14} {} steps, compute {:.2} ms, waiting {:.2} ms, send {:.2} ms", s.device, s.steps, s.compute_ms, s.waiting_ms, s.send_ms);
+        println!(
+            "{:<14} {} steps, compute {:.2} ms, waiting {:.2} ms, send {:.2} ms",
+            s.device, s.steps, s.compute_ms, s.waiting_ms, s.send_ms
+        );
     }
     println!("wall {:.1} ms", g.wall_ms);
     Ok(())
@@ -130,11 +133,21 @@ fn local(out: &Path, gen: &Gen) -> Result<Generation> {
         .devices
         .keys()
         .map(|d| {
-            let (out, d, cluster, ctx, opts, stop) = (out.to_path_buf(), d.clone(), cluster.clone(), ctx.clone(), opts.clone(), stop.clone());
+            let (out, d, cluster, ctx, opts, stop) =
+                (out.to_path_buf(), d.clone(), cluster.clone(), ctx.clone(), opts.clone(), stop.clone());
             std::thread::spawn(move || node::serve(&out, &d, &cluster, &ctx, &opts, stop))
         })
         .collect();
-    let result = node::generate(out, &cluster, &ctx, &opts, &gen.input_ids, gen.max_new_tokens, gen.requests, Duration::from_secs_f64(gen.timeout));
+    let result = node::generate(
+        out,
+        &cluster,
+        &ctx,
+        &opts,
+        &gen.input_ids,
+        gen.max_new_tokens,
+        gen.requests,
+        Duration::from_secs_f64(gen.timeout),
+    );
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for h in handles {
         if let Ok(Err(e)) = h.join() {
@@ -156,8 +169,17 @@ fn run(cli: Cli) -> Result<()> {
             let cluster = Cluster::load(&cluster, allow_remote).map_err(|e| anyhow!(e))?;
             let opts = net_options(&net, 1.0)?;
             let ctx = zmq::Context::new();
-            let g = node::generate(&out, &cluster, &ctx, &opts, &generation.input_ids, generation.max_new_tokens, generation.requests, Duration::from_secs_f64(generation.timeout))
-                .map_err(|e| anyhow!(e))?;
+            let g = node::generate(
+                &out,
+                &cluster,
+                &ctx,
+                &opts,
+                &generation.input_ids,
+                generation.max_new_tokens,
+                generation.requests,
+                Duration::from_secs_f64(generation.timeout),
+            )
+            .map_err(|e| anyhow!(e))?;
             report(&g, generation.json)
         }
         Command::Local { out, generation } => {

@@ -132,7 +132,9 @@ pub fn gemm(g: &Gemm, inputs: &[Option<&Tensor>]) -> KernelResult {
     let mut out = match optional(inputs, 2) {
         Some(c) => {
             let c = floats(c, "C")?;
-            let cb = c.broadcast(IxDyn(&[m, n])).ok_or_else(|| format!("C {:?} does not broadcast to [{m}, {n}]", c.shape()))?;
+            let cb = c
+                .broadcast(IxDyn(&[m, n]))
+                .ok_or_else(|| format!("C {:?} does not broadcast to [{m}, {n}]", c.shape()))?;
             // `assign` walks the broadcast view row by row (a plain iterator over a
             // broadcast view is an order of magnitude slower).
             let mut init = ArrayD::<f32>::zeros(IxDyn(&[m, n]));
@@ -178,9 +180,12 @@ pub fn layer_norm(l: &LayerNormalization, inputs: &[Option<&Tensor>], n_outputs:
     let inner: usize = x.shape()[ax..].iter().product();
     let norm_shape = IxDyn(&x.shape()[ax..]);
     let scale = floats(input(inputs, 1)?, "scale")?;
-    let scale: Vec<f32> = scale.broadcast(norm_shape.clone()).ok_or("scale does not broadcast")?.iter().copied().collect();
+    let scale: Vec<f32> =
+        scale.broadcast(norm_shape.clone()).ok_or("scale does not broadcast")?.iter().copied().collect();
     let bias: Option<Vec<f32>> = match optional(inputs, 2) {
-        Some(b) => Some(floats(b, "B")?.broadcast(norm_shape).ok_or("bias does not broadcast")?.iter().copied().collect()),
+        Some(b) => {
+            Some(floats(b, "B")?.broadcast(norm_shape).ok_or("bias does not broadcast")?.iter().copied().collect())
+        }
         None => None,
     };
     let xs = x.as_standard_layout();

@@ -22,9 +22,13 @@ pub fn run(op: &Op, inputs: &[Option<&Tensor>], n_outputs: usize) -> KernelResul
     match op {
         Op::Add(_) | Op::Sub(_) | Op::Mul(_) | Op::Div(_) | Op::Pow(_) | Op::Mod(_) => e::binary(op, inputs),
         Op::Max(_) | Op::Min(_) => e::variadic_extreme(op, inputs),
-        Op::Equal(_) | Op::Less(_) | Op::LessOrEqual(_) | Op::Greater(_) | Op::GreaterOrEqual(_) | Op::And(_) | Op::Or(_) => {
-            e::comparison(op, inputs)
-        }
+        Op::Equal(_)
+        | Op::Less(_)
+        | Op::LessOrEqual(_)
+        | Op::Greater(_)
+        | Op::GreaterOrEqual(_)
+        | Op::And(_)
+        | Op::Or(_) => e::comparison(op, inputs),
         Op::Where(_) => e::where_(inputs),
         Op::Neg(_)
         | Op::Abs(_)
@@ -63,8 +67,12 @@ pub fn run(op: &Op, inputs: &[Option<&Tensor>], n_outputs: usize) -> KernelResul
         Op::Gemm(g) => linalg::gemm(g, inputs),
         Op::Softmax(s) => linalg::softmax(s.axis, inputs),
         Op::LayerNormalization(l) => linalg::layer_norm(l, inputs, n_outputs),
-        Op::ReduceMean(r) => reduce::reduce(reduce::Kind::Mean, r.axes.as_deref(), r.keepdims, r.noop_with_empty_axes, inputs),
-        Op::ReduceMax(r) => reduce::reduce(reduce::Kind::Max, r.axes.as_deref(), r.keepdims, r.noop_with_empty_axes, inputs),
+        Op::ReduceMean(r) => {
+            reduce::reduce(reduce::Kind::Mean, r.axes.as_deref(), r.keepdims, r.noop_with_empty_axes, inputs)
+        }
+        Op::ReduceMax(r) => {
+            reduce::reduce(reduce::Kind::Max, r.axes.as_deref(), r.keepdims, r.noop_with_empty_axes, inputs)
+        }
         Op::ReduceSum(r) => reduce::reduce(reduce::Kind::Sum, None, r.keepdims, r.noop_with_empty_axes, inputs),
         Op::ArgMax(a) => reduce::argmax(a.axis, a.keepdims != 0, a.select_last_index != 0, inputs),
     }
@@ -110,7 +118,9 @@ pub(crate) fn broadcast_shape(a: &[usize], b: &[usize]) -> Result<Vec<usize>, St
 
 /// A vector of i64 values from an integer input (axes, shapes, indices).
 pub(crate) fn ints(t: &Tensor, what: &str) -> Result<Vec<i64>, String> {
-    t.as_i64().map(|a| a.iter().copied().collect()).ok_or_else(|| format!("{what} must be integers, got {}", t.describe()))
+    t.as_i64()
+        .map(|a| a.iter().copied().collect())
+        .ok_or_else(|| format!("{what} must be integers, got {}", t.describe()))
 }
 
 /// Build an array, turning a shape mismatch into a message.

@@ -94,7 +94,8 @@ pub fn unsqueeze(inputs: &[Option<&Tensor>]) -> KernelResult {
     let rank = x.shape().len() + axes.len();
     let norm: Vec<usize> = axes.iter().map(|&a| axis(a, rank)).collect::<Result<_, _>>()?;
     let mut dims = x.shape().iter();
-    let shape: Vec<usize> = (0..rank).map(|i| if norm.contains(&i) { 1 } else { dims.next().copied().unwrap_or(1) }).collect();
+    let shape: Vec<usize> =
+        (0..rank).map(|i| if norm.contains(&i) { 1 } else { dims.next().copied().unwrap_or(1) }).collect();
     Ok(vec![map_data!(x, |a| reshaped(a, &shape)?)])
 }
 
@@ -120,15 +121,18 @@ pub fn concat(ax: i64, inputs: &[Option<&Tensor>]) -> KernelResult {
     let ax = Axis(axis(ax, first.shape().len())?);
     let data = match &first.data {
         Data::F32(_) => {
-            let v: Vec<ArrayViewD<f32>> = ts.iter().map(|t| t.as_f32().map(|a| a.view()).ok_or("mixed dtypes")).collect::<Result<_, _>>()?;
+            let v: Vec<ArrayViewD<f32>> =
+                ts.iter().map(|t| t.as_f32().map(|a| a.view()).ok_or("mixed dtypes")).collect::<Result<_, _>>()?;
             Data::F32(concatenate(ax, &v).map_err(|e| e.to_string())?)
         }
         Data::I64(_) => {
-            let v: Vec<ArrayViewD<i64>> = ts.iter().map(|t| t.as_i64().map(|a| a.view()).ok_or("mixed dtypes")).collect::<Result<_, _>>()?;
+            let v: Vec<ArrayViewD<i64>> =
+                ts.iter().map(|t| t.as_i64().map(|a| a.view()).ok_or("mixed dtypes")).collect::<Result<_, _>>()?;
             Data::I64(concatenate(ax, &v).map_err(|e| e.to_string())?)
         }
         Data::Bool(_) => {
-            let v: Vec<ArrayViewD<bool>> = ts.iter().map(|t| t.as_bool().map(|a| a.view()).ok_or("mixed dtypes")).collect::<Result<_, _>>()?;
+            let v: Vec<ArrayViewD<bool>> =
+                ts.iter().map(|t| t.as_bool().map(|a| a.view()).ok_or("mixed dtypes")).collect::<Result<_, _>>()?;
             Data::Bool(concatenate(ax, &v).map_err(|e| e.to_string())?)
         }
     };

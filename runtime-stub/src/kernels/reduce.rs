@@ -14,7 +14,13 @@ pub enum Kind {
 }
 
 /// `ReduceMean`, `ReduceSum`, `ReduceMax` over `axes` (attribute, else input 1).
-pub fn reduce(kind: Kind, attr_axes: Option<&[i64]>, keepdims: i64, noop_with_empty_axes: i64, inputs: &[Option<&Tensor>]) -> KernelResult {
+pub fn reduce(
+    kind: Kind,
+    attr_axes: Option<&[i64]>,
+    keepdims: i64,
+    noop_with_empty_axes: i64,
+    inputs: &[Option<&Tensor>],
+) -> KernelResult {
     let t = input(inputs, 0)?;
     let rank = t.shape().len();
     let axes: Vec<i64> = match (attr_axes, optional(inputs, 1)) {
@@ -85,7 +91,12 @@ pub fn cumsum(exclusive: bool, reverse: bool, inputs: &[Option<&Tensor>]) -> Ker
     let t = input(inputs, 0)?;
     let a = *ints(input(inputs, 1)?, "axis")?.first().ok_or("axis is empty")?;
     let ax = Axis(axis(a, t.shape().len())?);
-    fn scan<T: Copy + std::ops::Add<Output = T> + Default>(a: &ArrayD<T>, ax: Axis, exclusive: bool, reverse: bool) -> ArrayD<T> {
+    fn scan<T: Copy + std::ops::Add<Output = T> + Default>(
+        a: &ArrayD<T>,
+        ax: Axis,
+        exclusive: bool,
+        reverse: bool,
+    ) -> ArrayD<T> {
         let mut out = a.clone();
         for mut lane in out.lanes_mut(ax) {
             let n = lane.len();

@@ -26,8 +26,16 @@ pub(crate) fn lower(b: &mut Builder, arch: &Arch, common: &Common) -> Result<Val
     let (h, hd, nh) = (arch.hidden, arch.head_dim, arch.heads);
     let embed = "transformer.word_embeddings.weight";
     let table = b.weight(embed, &[arch.vocab, h])?;
-    let x = b.scoped("transformer/word_embeddings", |b| b.op("Gather", Op::Gather(Gather { axis: 0 }), &[table, common.ids]));
-    let mut x = b.layer_norm("transformer/word_embeddings_layernorm", x, "transformer.word_embeddings_layernorm", h, arch.norm_eps)?;
+    let x = b.scoped("transformer/word_embeddings", |b| {
+        b.op("Gather", Op::Gather(Gather { axis: 0 }), &[table, common.ids])
+    });
+    let mut x = b.layer_norm(
+        "transformer/word_embeddings_layernorm",
+        x,
+        "transformer.word_embeddings_layernorm",
+        h,
+        arch.norm_eps,
+    )?;
     // ALiBi: slope[head] · key position, [heads, 1, past+seq].
     let alibi = b.scoped("transformer/alibi", |b| {
         let slopes = b.floats("slopes", &[nh, 1, 1], &alibi_slopes(nh));
@@ -58,20 +66,59 @@ pub(crate) fn lower(b: &mut Builder, arch: &Arch, common: &Common) -> Result<Val
                     let end = b.ints(&format!("{name}_end"), &[1], &[k as i64 + 1]);
                     let s = b.op(&format!("Slice_{name}"), Op::Slice(Slice {}), &[r, start, end, axis]);
                     let sq = b.op(&format!("Squeeze_{name}"), Op::Squeeze(Squeeze {}), &[s, axis]);
-                    parts.push(b.op(&format!("Transpose_{name}"), Op::Transpose(Transpose { perm: Some(vec![0, 2, 1, 3]) }), &[sq]));
+                    parts.push(b.op(
+                        &format!("Transpose_{name}"),
+                        Op::Transpose(Transpose { perm: Some(vec![0, 2, 1, 3]) }),
+                        &[sq],
+                    ));
                 }
-                let ctx = attention(b, arch, common, i, (parts[0], parts[1], parts[2]), 1.0 / (hd as f64).sqrt(), Some(alibi));
+                let ctx = attention(
+                    b,
+                    arch,
+                    common,
+                    i,
+                    (parts[0], parts[1], parts[2]),
+                    1.0 / (hd as f64).sqrt(),
+                    Some(alibi),
+                );
                 let merged = b.merge_heads(ctx, h);
-                b.linear("dense", merged, &format!("{p}.self_attention.dense.weight"), Some(&format!("{p}.self_attention.dense.bias")), (h, h), true)
+                b.linear(
+                    "dense",
+                    merged,
+                    &format!("{p}.self_attention.dense.weight"),
+                    Some(&format!("{p}.self_attention.dense.bias")),
+                    (h, h),
+                    true,
+                )
             })?;
             let x = b.op("Add_attn", Op::Add(Add {}), &[attn, residual]);
-            let ln2 = b.layer_norm("post_attention_layernorm", x, &format!("{p}.post_attention_layernorm"), h, arch.norm_eps)?;
+            let ln2 = b.layer_norm(
+                "post_attention_layernorm",
+                x,
+                &format!("{p}.post_attention_layernorm"),
+                h,
+                arch.norm_eps,
+            )?;
             let residual = if arch.residual_post_layernorm { ln2 } else { x };
             let mlp = b.scoped("mlp", |b| -> Result<ValueId, HfError> {
                 let ff = arch.intermediate;
-                let up = b.linear("dense_h_to_4h", ln2, &format!("{p}.mlp.dense_h_to_4h.weight"), Some(&format!("{p}.mlp.dense_h_to_4h.bias")), (h, ff), true)?;
+                let up = b.linear(
+                    "dense_h_to_4h",
+                    ln2,
+                    &format!("{p}.mlp.dense_h_to_4h.weight"),
+                    Some(&format!("{p}.mlp.dense_h_to_4h.bias")),
+                    (h, ff),
+                    true,
+                )?;
                 let act = b.scoped("gelu", |b| b.activation(up, arch.activation));
-                b.linear("dense_4h_to_h", act, &format!("{p}.mlp.dense_4h_to_h.weight"), Some(&format!("{p}.mlp.dense_4h_to_h.bias")), (ff, h), true)
+                b.linear(
+                    "dense_4h_to_h",
+                    act,
+                    &format!("{p}.mlp.dense_4h_to_h.weight"),
+                    Some(&format!("{p}.mlp.dense_4h_to_h.bias")),
+                    (ff, h),
+                    true,
+                )
             })?;
             Ok(b.op("Add_mlp", Op::Add(Add {}), &[mlp, residual]))
         })?;

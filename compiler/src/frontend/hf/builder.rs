@@ -33,7 +33,12 @@ pub struct Builder<'a> {
 }
 
 impl<'a> Builder<'a> {
-    pub fn new(name: &str, checkpoint: Option<&'a Checkpoint>, source: PathBuf, shape_only_dtype: DType) -> Builder<'a> {
+    pub fn new(
+        name: &str,
+        checkpoint: Option<&'a Checkpoint>,
+        source: PathBuf,
+        shape_only_dtype: DType,
+    ) -> Builder<'a> {
         Builder {
             graph: Graph::new(name),
             checkpoint,
@@ -125,7 +130,8 @@ impl<'a> Builder<'a> {
             None => (name.to_string(), None),
             Some(ck) => {
                 let candidates = [Some(name), name.strip_prefix("transformer."), name.strip_prefix("model.")];
-                let found = candidates.into_iter().flatten().find_map(|n| ck.tensors.get(n).map(|t| (n.to_string(), t)));
+                let found =
+                    candidates.into_iter().flatten().find_map(|n| ck.tensors.get(n).map(|t| (n.to_string(), t)));
                 let (n, t) = found.ok_or_else(|| HfError::Tensor {
                     dir: self.source.clone(),
                     tensor: name.to_string(),
@@ -137,7 +143,11 @@ impl<'a> Builder<'a> {
         let w = match info {
             None => WeightRef { dtype: self.shape_only_dtype, shape: shape.to_vec(), location: None },
             Some(t) => {
-                let err = |message: String| HfError::Tensor { dir: self.source.clone(), tensor: stored_name.clone(), message };
+                let err = |message: String| HfError::Tensor {
+                    dir: self.source.clone(),
+                    tensor: stored_name.clone(),
+                    message,
+                };
                 if t.shape != shape {
                     return Err(err(format!("has shape {:?}, but the config implies {shape:?}", t.shape)));
                 }
@@ -204,7 +214,14 @@ impl<'a> Builder<'a> {
     }
 
     /// `LayerNormalization` over the last axis with scale and bias weights.
-    pub fn layer_norm(&mut self, label: &str, x: ValueId, prefix: &str, dim: usize, eps: f64) -> Result<ValueId, HfError> {
+    pub fn layer_norm(
+        &mut self,
+        label: &str,
+        x: ValueId,
+        prefix: &str,
+        dim: usize,
+        eps: f64,
+    ) -> Result<ValueId, HfError> {
         let w = self.weight(&format!("{prefix}.weight"), &[dim])?;
         let b = self.weight(&format!("{prefix}.bias"), &[dim])?;
         let op = Op::LayerNormalization(LayerNormalization { axis: -1, epsilon: eps as f32, stash_type: 1 });
@@ -212,11 +229,22 @@ impl<'a> Builder<'a> {
     }
 
     /// RMSNorm: `x / sqrt(mean(x²) + eps) · weight`.
-    pub fn rms_norm(&mut self, label: &str, x: ValueId, weight: &str, dim: usize, eps: f64) -> Result<ValueId, HfError> {
+    pub fn rms_norm(
+        &mut self,
+        label: &str,
+        x: ValueId,
+        weight: &str,
+        dim: usize,
+        eps: f64,
+    ) -> Result<ValueId, HfError> {
         let w = self.weight(weight, &[dim])?;
         Ok(self.scoped(label, |b| {
             let sq = b.op("Mul", Op::Mul(Mul {}), &[x, x]);
-            let mean = b.op("ReduceMean", Op::ReduceMean(ReduceMean { axes: Some(vec![-1]), keepdims: 1, noop_with_empty_axes: 0 }), &[sq]);
+            let mean = b.op(
+                "ReduceMean",
+                Op::ReduceMean(ReduceMean { axes: Some(vec![-1]), keepdims: 1, noop_with_empty_axes: 0 }),
+                &[sq],
+            );
             let e = b.scalar("eps", eps);
             let var = b.op("Add", Op::Add(Add {}), &[mean, e]);
             let std = b.op("Sqrt", Op::Sqrt(Sqrt {}), &[var]);

@@ -134,7 +134,10 @@ fn activation(keys: &Keys, key: &str, default: &str) -> Result<Activation, HfErr
         "silu" | "swish" => Ok(Activation::Silu),
         "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Ok(Activation::GeluTanh),
         "gelu" => Ok(Activation::Gelu),
-        other => Err(keys.err(key, format!("activation `{other}` is not supported (supported: silu, gelu, gelu_new, gelu_pytorch_tanh)"))),
+        other => Err(keys.err(
+            key,
+            format!("activation `{other}` is not supported (supported: silu, gelu, gelu_new, gelu_pytorch_tanh)"),
+        )),
     }
 }
 
@@ -143,7 +146,9 @@ fn torch_dtype(keys: &Keys) -> Result<DType, HfError> {
         "float32" => Ok(DType::F32),
         "float16" => Ok(DType::F16),
         "bfloat16" => Ok(DType::BF16),
-        other => Err(keys.err("torch_dtype", format!("`{other}` is not supported (supported: float32, float16, bfloat16)"))),
+        other => {
+            Err(keys.err("torch_dtype", format!("`{other}` is not supported (supported: float32, float16, bfloat16)")))
+        }
     }
 }
 
@@ -161,9 +166,14 @@ pub fn parse(file: &Path, max_context: Option<usize>) -> Result<Arch, HfError> {
         "gpt2" => Family::Gpt2,
         "llama" | "mistral" | "qwen2" => Family::Llama,
         "bloom" => Family::Bloom,
-        "" => return Err(keys.err("model_type", format!("is missing (supported: {})", SUPPORTED_MODEL_TYPES.join(", ")))),
+        "" => {
+            return Err(keys.err("model_type", format!("is missing (supported: {})", SUPPORTED_MODEL_TYPES.join(", "))))
+        }
         other => {
-            return Err(keys.err("model_type", format!("`{other}` is not supported (supported: {})", SUPPORTED_MODEL_TYPES.join(", "))))
+            return Err(keys.err(
+                "model_type",
+                format!("`{other}` is not supported (supported: {})", SUPPORTED_MODEL_TYPES.join(", ")),
+            ))
         }
     };
     keys.require("rope_scaling", &Value::Null, "supported: no rope_scaling")?;
@@ -204,14 +214,18 @@ pub fn parse(file: &Path, max_context: Option<usize>) -> Result<Arch, HfError> {
             let heads = keys.usize("num_attention_heads")?;
             let kv_heads = keys.opt_usize("num_key_value_heads")?.unwrap_or(heads);
             if heads % kv_heads != 0 {
-                return Err(keys.err("num_key_value_heads", format!("{kv_heads} does not divide num_attention_heads {heads}")));
+                return Err(
+                    keys.err("num_key_value_heads", format!("{kv_heads} does not divide num_attention_heads {heads}"))
+                );
             }
             let head_dim = match keys.opt_usize("head_dim")? {
                 Some(d) => d,
                 None => divide(&keys, "hidden_size", hidden, heads)?,
             };
             if head_dim % 2 != 0 {
-                return Err(keys.err("head_dim", format!("{head_dim} is odd; rotary embeddings need an even head size")));
+                return Err(
+                    keys.err("head_dim", format!("{head_dim} is odd; rotary embeddings need an even head size"))
+                );
             }
             let max_positions = keys.usize("max_position_embeddings")?;
             let qwen = model_type == "qwen2";
@@ -296,7 +310,10 @@ fn context(keys: &Keys, asked: Option<usize>, max_positions: usize, window: Opti
         )),
         Some(c) if window.is_some_and(|w| c > w) => Err(keys.err(
             "sliding_window",
-            format!("a sliding window of {} is shorter than the context asked for ({c}); shardc lowers full attention only", window.unwrap_or(0)),
+            format!(
+                "a sliding window of {} is shorter than the context asked for ({c}); shardc lowers full attention only",
+                window.unwrap_or(0)
+            ),
         )),
         Some(c) => Ok(c),
         None => Ok(limit),

@@ -23,23 +23,52 @@ pub(crate) fn lower(b: &mut Builder, arch: &Arch, common: &Common) -> Result<Val
         x = b.scoped(&format!("transformer/h.{i}"), |b| -> Result<ValueId, HfError> {
             let a = b.layer_norm("ln_1", x, &format!("{p}.ln_1"), h, arch.norm_eps)?;
             let attn = b.scoped("attn", |b| -> Result<ValueId, HfError> {
-                let qkv = b.linear("c_attn", a, &format!("{p}.attn.c_attn.weight"), Some(&format!("{p}.attn.c_attn.bias")), (h, 3 * h), false)?;
+                let qkv = b.linear(
+                    "c_attn",
+                    a,
+                    &format!("{p}.attn.c_attn.weight"),
+                    Some(&format!("{p}.attn.c_attn.bias")),
+                    (h, 3 * h),
+                    false,
+                )?;
                 let sizes = b.ints("split_sizes", &[3], &[h as i64; 3]);
-                let parts = b.op_n("Split", Op::Split(Split { axis: 2, num_outputs: None }), vec![Some(qkv), Some(sizes)], 3);
+                let parts =
+                    b.op_n("Split", Op::Split(Split { axis: 2, num_outputs: None }), vec![Some(qkv), Some(sizes)], 3);
                 let q = b.scoped("q", |b| b.split_heads(parts[0], arch.heads, hd));
                 let k = b.scoped("k", |b| b.split_heads(parts[1], arch.heads, hd));
                 let v = b.scoped("v", |b| b.split_heads(parts[2], arch.heads, hd));
                 let ctx = attention(b, arch, common, i, (q, k, v), scale, None);
                 let merged = b.merge_heads(ctx, h);
-                b.linear("c_proj", merged, &format!("{p}.attn.c_proj.weight"), Some(&format!("{p}.attn.c_proj.bias")), (h, h), false)
+                b.linear(
+                    "c_proj",
+                    merged,
+                    &format!("{p}.attn.c_proj.weight"),
+                    Some(&format!("{p}.attn.c_proj.bias")),
+                    (h, h),
+                    false,
+                )
             })?;
             let x = b.op("Add_attn", Op::Add(Add {}), &[x, attn]);
             let m = b.layer_norm("ln_2", x, &format!("{p}.ln_2"), h, arch.norm_eps)?;
             let mlp = b.scoped("mlp", |b| -> Result<ValueId, HfError> {
                 let ff = arch.intermediate;
-                let up = b.linear("c_fc", m, &format!("{p}.mlp.c_fc.weight"), Some(&format!("{p}.mlp.c_fc.bias")), (h, ff), false)?;
+                let up = b.linear(
+                    "c_fc",
+                    m,
+                    &format!("{p}.mlp.c_fc.weight"),
+                    Some(&format!("{p}.mlp.c_fc.bias")),
+                    (h, ff),
+                    false,
+                )?;
                 let act = b.scoped("act", |b| b.activation(up, arch.activation));
-                b.linear("c_proj", act, &format!("{p}.mlp.c_proj.weight"), Some(&format!("{p}.mlp.c_proj.bias")), (ff, h), false)
+                b.linear(
+                    "c_proj",
+                    act,
+                    &format!("{p}.mlp.c_proj.weight"),
+                    Some(&format!("{p}.mlp.c_proj.bias")),
+                    (ff, h),
+                    false,
+                )
             })?;
             Ok(b.op("Add_mlp", Op::Add(Add {}), &[x, mlp]))
         })?;

@@ -11,7 +11,8 @@ pub(crate) fn lower(b: &mut Builder, arch: &Arch, common: &Common) -> Result<Val
     let (h, hd) = (arch.hidden, arch.head_dim);
     let embed = "model.embed_tokens.weight";
     let table = b.weight(embed, &[arch.vocab, h])?;
-    let mut x = b.scoped("model/embed_tokens", |b| b.op("Gather", Op::Gather(Gather { axis: 0 }), &[table, common.ids]));
+    let mut x =
+        b.scoped("model/embed_tokens", |b| b.op("Gather", Op::Gather(Gather { axis: 0 }), &[table, common.ids]));
     let (cos, sin) = b.scoped("model/rotary_emb", |b| rotary_tables(b, arch, common.positions));
     for i in 0..arch.layers {
         let p = format!("model.layers.{i}");
@@ -19,9 +20,30 @@ pub(crate) fn lower(b: &mut Builder, arch: &Arch, common: &Common) -> Result<Val
             let normed = b.rms_norm("input_layernorm", x, &format!("{p}.input_layernorm.weight"), h, arch.norm_eps)?;
             let attn = b.scoped("self_attn", |b| -> Result<ValueId, HfError> {
                 let bias = |n: &str| arch.qkv_bias.then(|| format!("{p}.self_attn.{n}.bias"));
-                let q = b.linear("q_proj", normed, &format!("{p}.self_attn.q_proj.weight"), bias("q_proj").as_deref(), (h, arch.heads * hd), true)?;
-                let k = b.linear("k_proj", normed, &format!("{p}.self_attn.k_proj.weight"), bias("k_proj").as_deref(), (h, arch.kv_heads * hd), true)?;
-                let v = b.linear("v_proj", normed, &format!("{p}.self_attn.v_proj.weight"), bias("v_proj").as_deref(), (h, arch.kv_heads * hd), true)?;
+                let q = b.linear(
+                    "q_proj",
+                    normed,
+                    &format!("{p}.self_attn.q_proj.weight"),
+                    bias("q_proj").as_deref(),
+                    (h, arch.heads * hd),
+                    true,
+                )?;
+                let k = b.linear(
+                    "k_proj",
+                    normed,
+                    &format!("{p}.self_attn.k_proj.weight"),
+                    bias("k_proj").as_deref(),
+                    (h, arch.kv_heads * hd),
+                    true,
+                )?;
+                let v = b.linear(
+                    "v_proj",
+                    normed,
+                    &format!("{p}.self_attn.v_proj.weight"),
+                    bias("v_proj").as_deref(),
+                    (h, arch.kv_heads * hd),
+                    true,
+                )?;
                 let q = b.scoped("q", |b| b.split_heads(q, arch.heads, hd));
                 let k = b.scoped("k", |b| b.split_heads(k, arch.kv_heads, hd));
                 let v = b.scoped("v", |b| b.split_heads(v, arch.kv_heads, hd));
@@ -30,18 +52,52 @@ pub(crate) fn lower(b: &mut Builder, arch: &Arch, common: &Common) -> Result<Val
                 let ctx = attention(b, arch, common, i, (q, k, v), 1.0 / (hd as f64).sqrt(), None);
                 let merged = b.merge_heads(ctx, arch.heads * hd);
                 let o_bias = arch.o_bias.then(|| format!("{p}.self_attn.o_proj.bias"));
-                b.linear("o_proj", merged, &format!("{p}.self_attn.o_proj.weight"), o_bias.as_deref(), (arch.heads * hd, h), true)
+                b.linear(
+                    "o_proj",
+                    merged,
+                    &format!("{p}.self_attn.o_proj.weight"),
+                    o_bias.as_deref(),
+                    (arch.heads * hd, h),
+                    true,
+                )
             })?;
             let x = b.op("Add_attn", Op::Add(Add {}), &[x, attn]);
-            let normed = b.rms_norm("post_attention_layernorm", x, &format!("{p}.post_attention_layernorm.weight"), h, arch.norm_eps)?;
+            let normed = b.rms_norm(
+                "post_attention_layernorm",
+                x,
+                &format!("{p}.post_attention_layernorm.weight"),
+                h,
+                arch.norm_eps,
+            )?;
             let mlp = b.scoped("mlp", |b| -> Result<ValueId, HfError> {
                 let bias = |n: &str| arch.mlp_bias.then(|| format!("{p}.mlp.{n}.bias"));
                 let ff = arch.intermediate;
-                let gate = b.linear("gate_proj", normed, &format!("{p}.mlp.gate_proj.weight"), bias("gate_proj").as_deref(), (h, ff), true)?;
-                let up = b.linear("up_proj", normed, &format!("{p}.mlp.up_proj.weight"), bias("up_proj").as_deref(), (h, ff), true)?;
+                let gate = b.linear(
+                    "gate_proj",
+                    normed,
+                    &format!("{p}.mlp.gate_proj.weight"),
+                    bias("gate_proj").as_deref(),
+                    (h, ff),
+                    true,
+                )?;
+                let up = b.linear(
+                    "up_proj",
+                    normed,
+                    &format!("{p}.mlp.up_proj.weight"),
+                    bias("up_proj").as_deref(),
+                    (h, ff),
+                    true,
+                )?;
                 let act = b.scoped("act_fn", |b| b.activation(gate, arch.activation));
                 let prod = b.op("Mul", Op::Mul(Mul {}), &[act, up]);
-                b.linear("down_proj", prod, &format!("{p}.mlp.down_proj.weight"), bias("down_proj").as_deref(), (ff, h), true)
+                b.linear(
+                    "down_proj",
+                    prod,
+                    &format!("{p}.mlp.down_proj.weight"),
+                    bias("down_proj").as_deref(),
+                    (ff, h),
+                    true,
+                )
             })?;
             Ok(b.op("Add_mlp", Op::Add(Add {}), &[x, mlp]))
         })?;

@@ -117,7 +117,8 @@ fn prologue(b: &mut Builder, arch: &Arch) -> Common {
     let ids = b.input("input_ids", DType::I64, vec![batch.clone(), Dim::sym("seq")]);
     let mut past = Vec::with_capacity(arch.layers);
     for i in 0..arch.layers {
-        let dims = vec![batch.clone(), Dim::known(arch.kv_heads as i64), Dim::sym("past"), Dim::known(arch.head_dim as i64)];
+        let dims =
+            vec![batch.clone(), Dim::known(arch.kv_heads as i64), Dim::sym("past"), Dim::known(arch.head_dim as i64)];
         let (k, v) = past_names(i);
         let kv = b.input(&k, DType::F32, dims.clone());
         let vv = b.input(&v, DType::F32, dims);

@@ -70,7 +70,8 @@ pub fn read_header(dir: &Path, rel: &str) -> Result<BTreeMap<String, TensorInfo>
     }
     let mut header = vec![0u8; n as usize];
     f.read_exact(&mut header).map_err(|e| bad(format!("cannot read the header: {e}")))?;
-    let json: serde_json::Value = serde_json::from_slice(&header).map_err(|e| bad(format!("header is not JSON: {e}")))?;
+    let json: serde_json::Value =
+        serde_json::from_slice(&header).map_err(|e| bad(format!("header is not JSON: {e}")))?;
     let obj = json.as_object().ok_or_else(|| bad("header is not a JSON object".into()))?;
     let data_start = 8 + n;
     let data_len = file_len - data_start;
@@ -102,19 +103,14 @@ pub fn read_header(dir: &Path, rel: &str) -> Result<BTreeMap<String, TensorInfo>
             return Err(tbad(format!("data_offsets [{begin}, {end}] are reversed")));
         }
         if end > data_len {
-            return Err(tbad(format!(
-                "data_offsets [{begin}, {end}] run past the end of the data ({data_len} bytes)"
-            )));
+            return Err(tbad(format!("data_offsets [{begin}, {end}] run past the end of the data ({data_len} bytes)")));
         }
         let expected = shape
             .iter()
             .try_fold(dtype.size_bytes() as u64, |acc, &d| acc.checked_mul(d as u64))
             .ok_or_else(|| tbad(format!("shape {shape:?} is too large")))?;
         if end - begin != expected {
-            return Err(tbad(format!(
-                "{} bytes of data, but {dtype_name} {shape:?} needs {expected}",
-                end - begin
-            )));
+            return Err(tbad(format!("{} bytes of data, but {dtype_name} {shape:?} needs {expected}", end - begin)));
         }
         ranges.push((begin, end, name));
         let location = WeightLocation { file: rel.to_string(), offset: data_start + begin, length: end - begin };

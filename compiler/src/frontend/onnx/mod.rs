@@ -58,8 +58,8 @@ pub fn import(path: &Path) -> Result<OnnxModel, OnnxError> {
     // write model files, and a concurrent writer is outside what it supports.
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| err(e.into()))?;
     let stripped = wire::strip_tensor_payloads(&map).map_err(|e| err(OnnxErrorKind::Protobuf(e.to_string())))?;
-    let proto = ModelProto::parse_from_bytes(&stripped.message)
-        .map_err(|e| err(OnnxErrorKind::Protobuf(e.to_string())))?;
+    let proto =
+        ModelProto::parse_from_bytes(&stripped.message).map_err(|e| err(OnnxErrorKind::Protobuf(e.to_string())))?;
     let Some(graph_proto) = proto.graph.as_ref() else {
         return Err(err(OnnxErrorKind::NotAModel("it has no graph".into())));
     };
@@ -75,7 +75,12 @@ pub fn import(path: &Path) -> Result<OnnxModel, OnnxError> {
 
     let model_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let model_file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let reader = TensorReader { map: &map, model_dir: &model_dir, model_file_name: &model_file_name, payloads: &stripped.payloads };
+    let reader = TensorReader {
+        map: &map,
+        model_dir: &model_dir,
+        model_file_name: &model_file_name,
+        payloads: &stripped.payloads,
+    };
 
     let name = if graph_proto.name.is_empty() {
         path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
@@ -134,7 +139,10 @@ pub fn import(path: &Path) -> Result<OnnxModel, OnnxError> {
                 inputs.push(None);
             } else {
                 let id = defined.get(name).copied().ok_or_else(|| {
-                    err(OnnxErrorKind::Undefined { value: name.clone(), role: format!("input of node `{}`", node_label(node, index)) })
+                    err(OnnxErrorKind::Undefined {
+                        value: name.clone(),
+                        role: format!("input of node `{}`", node_label(node, index)),
+                    })
                 })?;
                 inputs.push(Some(id));
             }
@@ -144,7 +152,15 @@ pub fn import(path: &Path) -> Result<OnnxModel, OnnxError> {
         let outputs: Vec<String> = node.output[..last]
             .iter()
             .enumerate()
-            .map(|(k, o)| if o.is_empty() { format!("{}:unused_output_{k}", node_label(node, index)) } else { o.clone() })
+            .map(
+                |(k, o)| {
+                    if o.is_empty() {
+                        format!("{}:unused_output_{k}", node_label(node, index))
+                    } else {
+                        o.clone()
+                    }
+                },
+            )
             .collect();
         let nid = graph.add_node(node.name.clone(), op, inputs, &outputs);
         for (k, out) in outputs.iter().enumerate() {
@@ -153,9 +169,10 @@ pub fn import(path: &Path) -> Result<OnnxModel, OnnxError> {
         }
     }
     for output in &graph_proto.output {
-        let id = defined.get(&output.name).copied().ok_or_else(|| {
-            err(OnnxErrorKind::Undefined { value: output.name.clone(), role: "graph output".into() })
-        })?;
+        let id = defined
+            .get(&output.name)
+            .copied()
+            .ok_or_else(|| err(OnnxErrorKind::Undefined { value: output.name.clone(), role: "graph output".into() }))?;
         graph.outputs.push(id);
     }
 
@@ -200,7 +217,8 @@ fn input_type(input: &ValueInfoProto) -> Result<TensorType, OnnxErrorKind> {
     let Some(TypeValue::TensorType(t)) = input.type_.as_ref().and_then(|t| t.value.as_ref()) else {
         return Err(bad("graph input is not a tensor".into()));
     };
-    let dtype = DType::from_onnx(t.elem_type).ok_or_else(|| bad(format!("unsupported element type code {}", t.elem_type)))?;
+    let dtype =
+        DType::from_onnx(t.elem_type).ok_or_else(|| bad(format!("unsupported element type code {}", t.elem_type)))?;
     let Some(shape) = t.shape.as_ref() else {
         return Err(bad("graph input has no shape (its rank must be known)".into()));
     };
@@ -294,7 +312,11 @@ fn find_cycle(nodes: &[NodeProto], consumers: &[Vec<usize>], pending: &[usize]) 
     members.into_iter().map(|i| node_label(&nodes[i], i)).collect()
 }
 
-fn attr_value(attr: &onnx_protobuf::AttributeProto, owner: PayloadOwner, reader: &TensorReader) -> Result<AttrValue, String> {
+fn attr_value(
+    attr: &onnx_protobuf::AttributeProto,
+    owner: PayloadOwner,
+    reader: &TensorReader,
+) -> Result<AttrValue, String> {
     let kind = attr.type_.enum_value();
     Ok(match kind {
         Ok(AttributeType::FLOAT) => AttrValue::Float(attr.f),
@@ -317,10 +339,7 @@ fn attr_value(attr: &onnx_protobuf::AttributeProto, owner: PayloadOwner, reader:
 }
 
 fn constant_node(node: &NodeProto, index: usize, reader: &TensorReader) -> Result<ValueDef, tensor::TensorError> {
-    let fail = |message: String| tensor::TensorError::Node {
-        node: node_label(node, index),
-        message,
-    };
+    let fail = |message: String| tensor::TensorError::Node { node: node_label(node, index), message };
     let [attr] = node.attribute.as_slice() else {
         return Err(fail(format!("Constant needs exactly one attribute, found {}", node.attribute.len())));
     };

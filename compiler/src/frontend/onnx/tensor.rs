@@ -67,8 +67,8 @@ impl TensorReader<'_> {
     pub fn read(&self, t: &TensorProto, owner: PayloadOwner) -> Result<Payload, TensorError> {
         let name = t.name.clone();
         let bad = |message: String| OnnxErrorKind::Tensor { tensor: name.clone(), message };
-        let dtype = DType::from_onnx(t.data_type)
-            .ok_or_else(|| bad(format!("unsupported data type code {}", t.data_type)))?;
+        let dtype =
+            DType::from_onnx(t.data_type).ok_or_else(|| bad(format!("unsupported data type code {}", t.data_type)))?;
         let mut shape = Vec::with_capacity(t.dims.len());
         for &d in &t.dims {
             shape.push(usize::try_from(d).map_err(|_| bad(format!("negative dimension {d} in {:?}", t.dims)))?);
@@ -93,11 +93,8 @@ impl TensorReader<'_> {
             if span.length != expected {
                 return Err(length_error(span.length).into());
             }
-            let location = WeightLocation {
-                file: self.model_file_name.to_string(),
-                offset: span.offset,
-                length: span.length,
-            };
+            let location =
+                WeightLocation { file: self.model_file_name.to_string(), offset: span.offset, length: span.length };
             return Ok(Payload::Located { name, dtype, shape, location });
         }
         let data = decode_typed_fields(t, dtype, &shape).map_err(bad)?;
@@ -120,7 +117,9 @@ impl TensorReader<'_> {
         let mut offset = 0u64;
         let mut length = None;
         for entry in &t.external_data {
-            let parse = |v: &str| v.parse::<u64>().map_err(|_| bad(format!("external data {} `{v}` is not a number", entry.key)));
+            let parse = |v: &str| {
+                v.parse::<u64>().map_err(|_| bad(format!("external data {} `{v}` is not a number", entry.key)))
+            };
             match entry.key.as_str() {
                 "location" => location = Some(entry.value.clone()),
                 "offset" => offset = parse(&entry.value)?,
@@ -138,7 +137,8 @@ impl TensorReader<'_> {
         if rel.is_absolute() || location.starts_with('/') || location.starts_with('\\') {
             return Err(path_error("is absolute; external data must sit in the model's folder").into());
         }
-        if rel.components().any(|c| matches!(c, Component::ParentDir)) || location.split(['/', '\\']).any(|c| c == "..") {
+        if rel.components().any(|c| matches!(c, Component::ParentDir)) || location.split(['/', '\\']).any(|c| c == "..")
+        {
             return Err(path_error("contains `..`; external data must sit in the model's folder").into());
         }
         if !rel.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir)) {
@@ -146,7 +146,8 @@ impl TensorReader<'_> {
         }
         let full = self.model_dir.join(rel);
         let canonical = full.canonicalize().map_err(|e| path_error(&format!("cannot be opened: {e}")))?;
-        let dir = self.model_dir.canonicalize().map_err(|e| path_error(&format!("model folder cannot be opened: {e}")))?;
+        let dir =
+            self.model_dir.canonicalize().map_err(|e| path_error(&format!("model folder cannot be opened: {e}")))?;
         if !canonical.starts_with(&dir) {
             return Err(path_error("resolves (through a link) outside the model's folder").into());
         }
@@ -243,7 +244,9 @@ fn decode_typed_fields(t: &TensorProto, dtype: DType, shape: &[usize]) -> Result
         DType::U32 => t.uint64_data.iter().map(|&v| (v as u32).to_le_bytes().to_vec()).collect(),
         DType::I32 => t.int32_data.iter().map(|v| v.to_le_bytes().to_vec()).collect(),
         DType::I16 => t.int32_data.iter().map(|&v| (v as i16).to_le_bytes().to_vec()).collect(),
-        DType::U16 | DType::F16 | DType::BF16 => t.int32_data.iter().map(|&v| (v as u16).to_le_bytes().to_vec()).collect(),
+        DType::U16 | DType::F16 | DType::BF16 => {
+            t.int32_data.iter().map(|&v| (v as u16).to_le_bytes().to_vec()).collect()
+        }
         DType::I8 => t.int32_data.iter().map(|&v| vec![v as i8 as u8]).collect(),
         DType::U8 => t.int32_data.iter().map(|&v| vec![v as u8]).collect(),
         DType::Bool => t.int32_data.iter().map(|&v| vec![u8::from(v != 0)]).collect(),

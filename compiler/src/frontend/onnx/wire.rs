@@ -243,10 +243,8 @@ impl State {
         for field in fields(bytes, base) {
             let field = field?;
             if field.number == TENSOR_RAW_DATA && field.wire == WIRE_LEN {
-                self.payloads.insert(
-                    owner,
-                    Span { offset: field.payload_offset as u64, length: field.payload.len() as u64 },
-                );
+                self.payloads
+                    .insert(owner, Span { offset: field.payload_offset as u64, length: field.payload.len() as u64 });
             } else {
                 out.extend_from_slice(field.raw);
             }
