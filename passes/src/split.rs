@@ -17,72 +17,71 @@ use crate::segment::Segmentation;
 
 /// The graph of every stage, in plan order.
 pub fn split(graph: &Graph, seg: &Segmentation, plan: &[Stage]) -> Vec<Graph> {
-    let (constant_node, _) = constant_nodes(graph);
     let stage_of_node = seg.stage_of_nodes(plan);
+    (0..plan.len()).map(|s| stage_graph(graph, &stage_of_node, s).0).collect()
+}
+
+/// The graph of stage `s` when node `i` runs on stage `stage_of_node[i]` (load-time
+/// nodes go wherever they are needed, whatever stage they are given), and the index in
+/// `graph` of each of its nodes.
+pub fn stage_graph(graph: &Graph, stage_of_node: &[usize], s: usize) -> (Graph, Vec<usize>) {
+    let (constant_node, _) = constant_nodes(graph);
     let uses = graph.uses();
     let outputs: BTreeSet<ValueId> = graph.outputs.iter().copied().collect();
-    (0..plan.len())
-        .map(|s| {
-            // Nodes of the stage, plus the load-time nodes they need (transitively).
-            let mut members: BTreeSet<usize> =
-                (0..graph.nodes.len()).filter(|&i| !constant_node[i] && stage_of_node[i] == s).collect();
-            let mut stack: Vec<usize> = members.iter().copied().collect();
-            while let Some(i) = stack.pop() {
-                for v in graph.nodes[i].inputs.iter().flatten() {
-                    if let ValueDef::Node(p) = graph.value(*v).def {
-                        if constant_node[p.index()] && members.insert(p.index()) {
-                            stack.push(p.index());
-                        }
-                    }
+    // Nodes of the stage, plus the load-time nodes they need (transitively).
+    let mut members: BTreeSet<usize> =
+        (0..graph.nodes.len()).filter(|&i| !constant_node[i] && stage_of_node[i] == s).collect();
+    let mut stack: Vec<usize> = members.iter().copied().collect();
+    while let Some(i) = stack.pop() {
+        for v in graph.nodes[i].inputs.iter().flatten() {
+            if let ValueDef::Node(p) = graph.value(*v).def {
+                if constant_node[p.index()] && members.insert(p.index()) {
+                    stack.push(p.index());
                 }
             }
-            let mut sub = Graph::new(format!("{}.stage{s}", graph.name));
-            let mut map: HashMap<ValueId, ValueId> = HashMap::new();
-            let produced: BTreeSet<ValueId> =
-                members.iter().flat_map(|&i| graph.nodes[i].outputs.iter().copied()).collect();
-            // Inputs and data, in the original value order.
-            let mut needed: BTreeSet<ValueId> = BTreeSet::new();
-            for &i in &members {
-                needed.extend(graph.nodes[i].inputs.iter().flatten().copied());
+        }
+    }
+    let mut sub = Graph::new(format!("{}.stage{s}", graph.name));
+    let mut map: HashMap<ValueId, ValueId> = HashMap::new();
+    let produced: BTreeSet<ValueId> = members.iter().flat_map(|&i| graph.nodes[i].outputs.iter().copied()).collect();
+    // Inputs and data, in the original value order.
+    let mut needed: BTreeSet<ValueId> = BTreeSet::new();
+    for &i in &members {
+        needed.extend(graph.nodes[i].inputs.iter().flatten().copied());
+    }
+    for &v in &needed {
+        if produced.contains(&v) {
+            continue;
+        }
+        let value = graph.value(v);
+        let id = match &value.def {
+            ValueDef::Weight(_) | ValueDef::Const(_) => {
+                sub.add_value(value.name.clone(), value.ty.clone(), value.def.clone())
             }
-            for &v in &needed {
-                if produced.contains(&v) {
-                    continue;
-                }
-                let value = graph.value(v);
-                let id = match &value.def {
-                    ValueDef::Weight(_) | ValueDef::Const(_) => {
-                        sub.add_value(value.name.clone(), value.ty.clone(), value.def.clone())
-                    }
-                    ValueDef::Input | ValueDef::Node(_) => {
-                        let ty = value
-                            .ty
-                            .clone()
-                            .unwrap_or_else(|| shardc_ir::TensorType::new(shardc_ir::DType::F32, vec![]));
-                        sub.add_input(value.name.clone(), ty)
-                    }
-                };
-                map.insert(v, id);
+            ValueDef::Input | ValueDef::Node(_) => {
+                let ty = value.ty.clone().unwrap_or_else(|| shardc_ir::TensorType::new(shardc_ir::DType::F32, vec![]));
+                sub.add_input(value.name.clone(), ty)
             }
-            for &i in &members {
-                let node = &graph.nodes[i];
-                let inputs = node.inputs.iter().map(|v| v.map(|v| map[&v])).collect();
-                map.extend(sub.append_copy(graph, node, inputs));
+        };
+        map.insert(v, id);
+    }
+    for &i in &members {
+        let node = &graph.nodes[i];
+        let inputs = node.inputs.iter().map(|v| v.map(|v| map[&v])).collect();
+        map.extend(sub.append_copy(graph, node, inputs));
+    }
+    // Outputs: graph outputs computed here, and what other stages read.
+    for &i in &members {
+        if constant_node[i] {
+            continue;
+        }
+        for &o in &graph.nodes[i].outputs {
+            let read_elsewhere =
+                uses[o.index()].iter().any(|c| stage_of_node[c.index()] != s && !constant_node[c.index()]);
+            if outputs.contains(&o) || read_elsewhere {
+                sub.outputs.push(map[&o]);
             }
-            // Outputs: graph outputs computed here, and what other stages read.
-            for &i in &members {
-                if constant_node[i] {
-                    continue;
-                }
-                for &o in &graph.nodes[i].outputs {
-                    let read_elsewhere =
-                        uses[o.index()].iter().any(|c| stage_of_node[c.index()] != s && !constant_node[c.index()]);
-                    if outputs.contains(&o) || read_elsewhere {
-                        sub.outputs.push(map[&o]);
-                    }
-                }
-            }
-            sub
-        })
-        .collect()
+        }
+    }
+    (sub, members.into_iter().collect())
 }

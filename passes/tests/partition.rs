@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use shardc_passes::devices::Link;
-use shardc_passes::plan::{exhaustive, solve, Objective, Problem, SharedWeight, SolveOptions, Strategy};
+use shardc_passes::plan::{
+    exhaustive, order_dp, solve, Objective, Problem, SharedWeight, SolveOptions, Stage, Strategy,
+};
 
 /// xorshift64*: a small deterministic generator, so failures reproduce.
 struct Rng(u64);
@@ -132,4 +134,78 @@ fn ilp_equals_exhaustive_search_and_beats_every_baseline() {
     }
     assert!(infeasible >= 10, "only {infeasible} infeasible instances: the generator should make some");
     assert!(classes_seen >= 10, "only {classes_seen} instances with interchangeable devices");
+}
+
+/// Every plan that keeps `order`'s devices, in order, each inside its held units.
+fn bounded_brute_force(p: &Problem, order: &[usize], held: &[std::ops::Range<usize>]) -> Option<f64> {
+    fn go(
+        p: &Problem,
+        order: &[usize],
+        held: &[std::ops::Range<usize>],
+        stages: &mut Vec<Stage>,
+        best: &mut Option<f64>,
+    ) {
+        let k = stages.len();
+        let start = stages.last().map_or(0, |s| s.end);
+        if k == order.len() {
+            if start == p.units() {
+                if let Ok(f) = p.evaluate(stages) {
+                    if f.feasible && best.is_none_or(|b| f.objective < b) {
+                        *best = Some(f.objective);
+                    }
+                }
+            }
+            return;
+        }
+        for end in start + 1..=p.units() {
+            if held[k].contains(&start) && end <= held[k].end {
+                stages.push(Stage { device: order[k], start, end });
+                go(p, order, held, stages, best);
+                stages.pop();
+            }
+        }
+    }
+    let mut best = None;
+    go(p, order, held, &mut Vec::new(), &mut best);
+    best
+}
+
+#[test]
+fn bounded_replanning_equals_brute_force_within_the_standby_units() {
+    let mut rng = Rng(0x5EED_1234_ABCD_0002);
+    let mut moved = 0;
+    let mut checked = 0;
+    for case in 0..300 {
+        let objective = if case % 2 == 0 { Objective::Latency } else { Objective::Throughput };
+        let p = instance(&mut rng, objective);
+        let Some((plan, _)) = exhaustive::solve(&p) else { continue };
+        let n = rng.below(3);
+        let held = p.standby(&plan, n);
+        for (s, h) in plan.iter().zip(&held) {
+            assert!(h.start <= s.start && s.end <= h.end, "case {case}: held {h:?} does not contain {s:?}");
+            assert!(h.start + n >= s.start && s.end + n >= h.end, "case {case}: held {h:?} beyond {n} of {s:?}");
+            assert!(p.memory(h.start, h.end) <= p.budget[s.device], "case {case}: held units exceed the budget");
+        }
+        // Measured speeds: one device slowed.
+        let mut factor = vec![1.0; p.devices()];
+        factor[plan[rng.below(plan.len())].device] = 1.0 + rng.uniform(0.0, 4.0);
+        let q = p.slowed(&factor);
+        let order: Vec<usize> = plan.iter().map(|s| s.device).collect();
+        let got = order_dp::solve_in(&q, &order, Some(&held));
+        let truth = bounded_brute_force(&q, &order, &held);
+        checked += 1;
+        match (got, truth) {
+            (Some((new, value)), Some(best)) => {
+                assert!(close(value, best), "case {case}: bounded dp {value} vs brute force {best}");
+                let f = q.evaluate(&new).unwrap();
+                assert!(close(f.objective, value), "case {case}: reported value is not the plan's");
+                assert!(new.iter().map(|s| s.device).eq(order.iter().copied()), "case {case}: device order changed");
+                moved += usize::from(new != plan);
+            }
+            // The compiled plan itself is always a candidate.
+            (got, truth) => panic!("case {case}: bounded dp {got:?} vs brute force {truth:?}"),
+        }
+    }
+    assert!(checked >= 120, "only {checked} feasible instances");
+    assert!(moved >= 20, "only {moved} instances where a boundary moved");
 }

@@ -8,7 +8,7 @@
 use crate::devices::Link;
 
 /// What a plan minimises.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Objective {
     /// One request end to end: prefill plus every decode step, compute and links.
@@ -29,14 +29,14 @@ impl std::str::FromStr for Objective {
 }
 
 /// A weight that several units read (tied embeddings): stored once per device.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SharedWeight {
     pub bytes: f64,
     pub units: Vec<usize>,
 }
 
 /// A partitioning problem.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Problem {
     /// Prefill seconds of unit `u` on device `d`: `prefill[d][u]`.
     pub prefill: Vec<Vec<f64>>,
@@ -60,7 +60,7 @@ pub struct Problem {
 }
 
 /// One stage: a device and the units `start..end`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Stage {
     pub device: usize,
     pub start: usize,
@@ -164,6 +164,36 @@ impl Problem {
             Objective::Throughput => bottleneck_s,
         };
         Ok(Figures { feasible, objective, prefill_s, decode_s, bottleneck_s, stages })
+    }
+
+    /// The units each stage of `plan` holds weights for when it also keeps up to `n`
+    /// standby units beyond each of its boundaries: grown one unit at a time, before
+    /// then after, while the held units fit the device's budget.
+    pub fn standby(&self, plan: &[Stage], n: usize) -> Vec<std::ops::Range<usize>> {
+        plan.iter()
+            .map(|s| {
+                let (mut start, mut end) = (s.start, s.end);
+                for _ in 0..n {
+                    if start > 0 && self.memory(start - 1, end) <= self.budget[s.device] {
+                        start -= 1;
+                    }
+                    if end < self.units() && self.memory(start, end + 1) <= self.budget[s.device] {
+                        end += 1;
+                    }
+                }
+                start..end
+            })
+            .collect()
+    }
+
+    /// The same problem on devices `factor[d]` times slower (compute only).
+    pub fn slowed(&self, factor: &[f64]) -> Problem {
+        let mut p = self.clone();
+        for (d, &f) in factor.iter().enumerate() {
+            p.prefill[d].iter_mut().for_each(|t| *t *= f);
+            p.decode[d].iter_mut().for_each(|t| *t *= f);
+        }
+        p
     }
 
     /// Latency-objective cost of one stage (compute only).
