@@ -43,6 +43,7 @@ fn main() {
                 margin: 0.1,
                 time_limit: Duration::from_secs(10),
                 compute_dtype: None,
+                standby: 0,
             };
             let prep = planning::prepare(&g, &p, &req).expect("prepare");
             let mut status = String::new();
@@ -95,6 +96,7 @@ fn main() {
             margin: 0.1,
             time_limit: Duration::from_secs(10),
             compute_dtype: Some("f16".into()),
+            standby: 0,
         };
         match planning::compare(&g, &p, &req) {
             Ok(rows) => {

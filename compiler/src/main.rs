@@ -64,6 +64,10 @@ struct PlanArgs {
     /// Size the weights as stored in this dtype (f32, f16, bf16), as the shards will ship.
     #[arg(long)]
     dtype: Option<String>,
+    /// Each stage also holds the weights of up to N units beyond each of its boundaries
+    /// (memory permitting), so the runtime can move boundaries without shipping weights.
+    #[arg(long, default_value_t = 0)]
+    standby: usize,
 }
 
 #[derive(Subcommand)]
@@ -305,6 +309,7 @@ fn planning_inputs(model: &std::path::Path, args: &PlanArgs) -> Result<Planning>
         margin: args.margin,
         time_limit: std::time::Duration::from_secs_f64(args.time_limit.max(0.001)),
         compute_dtype: args.compute_dtype.clone(),
+        standby: args.standby,
     };
     Ok(Planning { graph, weights_dir: loaded.weights_dir, profile, req, dtype })
 }

@@ -33,6 +33,9 @@ pub struct Request {
     pub margin: f64,
     pub time_limit: Duration,
     pub compute_dtype: Option<String>,
+    /// Units beyond each stage boundary whose weights a stage also holds, so runtime
+    /// load balancing can move the boundary (memory permitting).
+    pub standby: usize,
 }
 
 /// One stage of a reported plan.
@@ -51,6 +54,20 @@ pub struct StageReport {
     /// To the next stage.
     pub link_prefill_ms: f64,
     pub link_decode_ms: f64,
+    /// With standby units: every unit whose weights the stage holds, and the memory
+    /// that takes (weights and KV cache of all of them, the largest activation).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held: Option<HeldReport>,
+}
+
+/// The units a stage holds weights for.
+#[derive(Clone, Debug, Serialize)]
+pub struct HeldReport {
+    pub first_unit: String,
+    pub last_unit: String,
+    /// `[start, end)` unit indices.
+    pub units: [usize; 2],
+    pub memory_bytes: f64,
 }
 
 /// Predicted figures of a plan.
@@ -154,10 +171,13 @@ pub fn report(
     let plan = outcome.plan.as_ref()?;
     let figures = outcome.figures.as_ref()?;
     let units = &prep.seg.units;
+    let problem = &prep.model.problem;
+    let held = (req.standby > 0).then(|| problem.standby(plan, req.standby));
     let stages = plan
         .iter()
         .zip(&figures.stages)
-        .map(|(s, f)| {
+        .enumerate()
+        .map(|(i, (s, f))| {
             let layers: Vec<usize> = units[s.start..s.end].iter().filter_map(|u| u.layer).collect();
             StageReport {
                 device: profile.devices[s.device].name.clone(),
@@ -170,6 +190,12 @@ pub fn report(
                 decode_ms: f.decode_s * 1e3,
                 link_prefill_ms: f.link_prefill_s * 1e3,
                 link_decode_ms: f.link_decode_s * 1e3,
+                held: held.as_ref().map(|h| HeldReport {
+                    first_unit: units[h[i].start].name.clone(),
+                    last_unit: units[h[i].end - 1].name.clone(),
+                    units: [h[i].start, h[i].end],
+                    memory_bytes: problem.memory(h[i].start, h[i].end),
+                }),
             }
         })
         .collect();
@@ -317,6 +343,18 @@ impl PlanReport {
                 ms(st.decode_ms),
                 link
             );
+        }
+        for (i, st) in self.stages.iter().enumerate() {
+            if let Some(h) = &st.held {
+                let _ = writeln!(
+                    out,
+                    "standby     stage {i} holds {} .. {} ({} / {})",
+                    h.first_unit,
+                    h.last_unit,
+                    bytes_text(h.memory_bytes),
+                    bytes_text(st.budget_bytes)
+                );
+            }
         }
         let p = &self.predictions;
         let _ = writeln!(out, "prefill     {}", ms(p.prefill_ms));

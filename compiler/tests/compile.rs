@@ -26,6 +26,7 @@ fn options(dtype: Option<shardc_ir::DType>) -> CompileOptions {
             margin: 0.1,
             time_limit: std::time::Duration::from_secs(10),
             compute_dtype: None,
+            standby: 0,
         },
         dtype,
         force: false,

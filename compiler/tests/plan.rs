@@ -34,6 +34,7 @@ fn request(objective: Objective) -> Request {
         margin: 0.1,
         time_limit: std::time::Duration::from_secs(10),
         compute_dtype: None,
+        standby: 0,
     }
 }
 

@@ -28,6 +28,7 @@ fn stage_graphs_chained_reproduce_the_model() {
             margin: 0.1,
             time_limit: std::time::Duration::from_secs(5),
             compute_dtype: None,
+            standby: 0,
         };
         let prep = planning::prepare(&graph, &profile, &req).unwrap();
         // Uniform spreads even these tiny models over several devices.

@@ -1,7 +1,8 @@
 //! Frames: the tensors one message carries between devices, as safetensors bytes.
 //!
 //! The safetensors header's `__metadata__` holds the message kind, the request id, the
-//! decode step and the sender; tensor names are the transmission map's. When devices share a secret,
+//! decode step, the sender and, for control messages, a JSON text (`info`); tensor
+//! names are the transmission map's. When devices share a secret,
 //! each frame travels with a keyed blake3 MAC of its bytes, so nobody else on the
 //! network can inject tensors. Decoding trusts nothing: size limits, header length,
 //! JSON, dtypes, shapes, offsets that tile the data exactly, and the MAC are checked
@@ -25,7 +26,16 @@ pub struct Frame {
     pub request: u64,
     pub step: u64,
     pub sender: String,
+    /// Control messages' body (JSON), empty for tensor messages.
+    pub info: String,
     pub tensors: Vec<(String, Tensor)>,
+}
+
+impl Frame {
+    /// A frame without a control body.
+    pub fn new(kind: &str, request: u64, step: u64, sender: &str, tensors: Vec<(String, Tensor)>) -> Frame {
+        Frame { kind: kind.into(), request, step, sender: sender.into(), info: String::new(), tensors }
+    }
 }
 
 /// Why a frame was refused.
@@ -58,6 +68,9 @@ pub fn encode(frame: &Frame, secret: Option<&[u8; 32]>) -> (Vec<u8>, Option<[u8;
     meta.insert("request".into(), frame.request.to_string().into());
     meta.insert("step".into(), frame.step.to_string().into());
     meta.insert("sender".into(), frame.sender.clone().into());
+    if !frame.info.is_empty() {
+        meta.insert("info".into(), frame.info.clone().into());
+    }
     header.insert("__metadata__".into(), serde_json::Value::Object(meta));
     let mut data = Vec::new();
     for (name, t) in &frame.tensors {
@@ -116,6 +129,10 @@ pub fn decode(bytes: &[u8], tag: Option<&[u8]>, secret: Option<&[u8; 32]>, limit
     let request = field("request")?.parse().map_err(|_| malformed("request is not a number"))?;
     let step = field("step")?.parse().map_err(|_| malformed("step is not a number"))?;
     let sender = field("sender")?.to_string();
+    let info = match meta.get("info") {
+        None => String::new(),
+        Some(v) => v.as_str().ok_or_else(|| malformed("metadata `info` is not a string"))?.to_string(),
+    };
     let mut spans: BTreeMap<u64, (u64, String)> = BTreeMap::new();
     let mut tensors = Vec::new();
     for (name, entry) in obj {
@@ -183,7 +200,7 @@ pub fn decode(bytes: &[u8], tag: Option<&[u8]>, secret: Option<&[u8; 32]>, limit
     if next as usize != data.len() {
         return Err(malformed(format!("{} trailing bytes after the tensors", data.len() - next as usize)));
     }
-    Ok(Frame { kind, request, step, sender, tensors })
+    Ok(Frame { kind, request, step, sender, info, tensors })
 }
 
 #[cfg(test)]
@@ -196,6 +213,7 @@ mod tests {
             request: 7,
             step: 3,
             sender: "dev-a".into(),
+            info: r#"{"epoch": 1}"#.into(),
             tensors: vec![
                 (
                     "hidden".into(),

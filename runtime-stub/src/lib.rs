@@ -2,6 +2,7 @@
 //! executor ([`Session`]) with f32 kernels for every op of the op set, weights read
 //! through memory maps on first use.
 
+pub mod balance;
 pub mod cluster;
 mod error;
 pub mod exec;

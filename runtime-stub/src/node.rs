@@ -179,13 +179,7 @@ pub fn serve(
                     let addr = cluster
                         .address(&peer)
                         .ok_or_else(|| format!("{device}: peer `{peer}` is not in the cluster file"))?;
-                    let f = Frame {
-                        kind: "tensors".into(),
-                        request: key.0,
-                        step: key.1,
-                        sender: device.to_string(),
-                        tensors,
-                    };
+                    let f = Frame::new("tensors", key.0, key.1, device, tensors);
                     send(&mut peers, ctx, addr, &f, opts)?;
                 }
                 let timing = Tensor::f32(
@@ -195,13 +189,7 @@ pub fn serve(
                     )
                     .unwrap_or_default(),
                 );
-                let done = Frame {
-                    kind: "done".into(),
-                    request: key.0,
-                    step: key.1,
-                    sender: device.to_string(),
-                    tensors: vec![("timing_ms".into(), timing)],
-                };
+                let done = Frame::new("done", key.0, key.1, device, vec![("timing_ms".into(), timing)]);
                 send(&mut peers, ctx, &cluster.client, &done, opts)?;
             }
             _ => {}
@@ -279,13 +267,7 @@ pub fn generate(
         let t = Tensor::i64(ArrayD::from_shape_vec(IxDyn(&[1, ids.len()]), ids.to_vec()).map_err(|e| e.to_string())?);
         for d in &ids_to {
             let addr = cluster.address(d).ok_or_else(|| format!("`{d}` is not in the cluster file"))?;
-            let f = Frame {
-                kind: "tensors".into(),
-                request: r,
-                step,
-                sender: "client".into(),
-                tensors: vec![("input_ids".into(), t.clone())],
-            };
+            let f = Frame::new("tensors", r, step, "client", vec![("input_ids".into(), t.clone())]);
             send(peers, ctx, addr, &f, opts)?;
         }
         Ok(())
@@ -351,13 +333,7 @@ pub fn generate(
                 active -= 1;
                 for d in &stages {
                     if let Some(addr) = cluster.address(d) {
-                        let end = Frame {
-                            kind: "end".into(),
-                            request: key.0,
-                            step: key.1,
-                            sender: "client".into(),
-                            tensors: vec![],
-                        };
+                        let end = Frame::new("end", key.0, key.1, "client", vec![]);
                         send(&mut peers, ctx, addr, &end, opts)?;
                     }
                 }
@@ -377,7 +353,7 @@ pub fn generate(
 pub fn stop_all(cluster: &Cluster, ctx: &zmq::Context, opts: &NetOptions) {
     let mut peers = HashMap::new();
     for addr in cluster.devices.values() {
-        let stop = Frame { kind: "stop".into(), request: 0, step: 0, sender: "client".into(), tensors: vec![] };
+        let stop = Frame::new("stop", 0, 0, "client", vec![]);
         let _ = send(&mut peers, ctx, addr, &stop, opts);
     }
 }

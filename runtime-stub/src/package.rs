@@ -39,6 +39,54 @@ pub struct Manifest {
     pub weights_dtype: String,
     /// blake3 of every other file of the package.
     pub files: BTreeMap<String, String>,
+    /// First and last unit whose weights the package holds, when compiled with standby
+    /// units (`standby.ir` and `standby.json` then describe them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<[String; 2]>,
+}
+
+/// `standby.json`: the units of `standby.ir`, the graph of every unit the package
+/// holds, from which the runtime cuts the stage of any plan the standby units allow.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Standby {
+    /// Index (in the whole model) of the first held unit.
+    pub first: usize,
+    /// Names of the held units.
+    pub units: Vec<String>,
+    /// Held unit (index into `units`) of each node of `standby.ir`, in node order.
+    pub node_units: Vec<usize>,
+}
+
+/// The standby graph and its units, when the package has them.
+pub fn load_standby(dir: &Path, m: &Manifest) -> Result<Option<(Standby, Graph)>, RuntimeError> {
+    if m.held.is_none() {
+        return Ok(None);
+    }
+    let read = |f: &str| {
+        let path = dir.join(f);
+        if !m.files.contains_key(f) {
+            return Err(err(&path, "the manifest holds units on standby but does not list this file".into()));
+        }
+        std::fs::read_to_string(&path).map_err(|e| err(&path, format!("cannot read: {e}")))
+    };
+    let path = dir.join("standby.json");
+    let standby: Standby =
+        serde_json::from_str(&read("standby.json")?).map_err(|e| err(&path, format!("not a standby file: {e}")))?;
+    let ir = dir.join("standby.ir");
+    let graph = shardc_ir::text::parse(&read("standby.ir")?).map_err(|e| err(&ir, e.to_string()))?;
+    shardc_ir::verify(&graph).map_err(|e| err(&ir, e.to_string()))?;
+    if standby.node_units.len() != graph.nodes.len() || standby.node_units.iter().any(|&u| u >= standby.units.len()) {
+        return Err(err(
+            &path,
+            format!(
+                "gives units for {} nodes (of {} held units), standby.ir has {} nodes",
+                standby.node_units.len(),
+                standby.units.len(),
+                graph.nodes.len()
+            ),
+        ));
+    }
+    Ok(Some((standby, graph)))
 }
 
 /// The current package format.

@@ -21,9 +21,11 @@ use std::path::{Path, PathBuf};
 use shardc_ir::{DType, Graph, Op, TensorType, ValueDef, ValueId, WeightLocation};
 use shardc_passes::devices::Profile;
 use shardc_passes::plan::Strategy;
-use shardc_passes::split::split;
+use shardc_passes::segment::Segmentation;
+use shardc_passes::split::{split, stage_graph};
 use shardc_passes::transmission;
-use shardc_runtime::package::{hash_file, Manifest, Port, FORMAT};
+use shardc_runtime::balance::{self, BalanceSpec, Crossing};
+use shardc_runtime::package::{hash_file, Manifest, Port, Standby, FORMAT};
 
 use crate::planning::{self, PlanError, PlanReport, Request};
 
@@ -159,7 +161,25 @@ pub fn compile(
     let plan = planned.outcome.plan.clone().unwrap_or_default();
     let (report, map) = (planned.report, planned.map);
     let names: Vec<String> = profile.devices.iter().map(|d| d.name.clone()).collect();
-    let stages = split(graph, &planned.prep.seg, &plan);
+    let seg = &planned.prep.seg;
+    let stages = split(graph, seg, &plan);
+    let (held, spec) = if req.standby > 0 {
+        let problem = &planned.prep.model.problem;
+        let held = problem.standby(&plan, req.standby);
+        let spec = BalanceSpec {
+            format: balance::FORMAT,
+            units: seg.units.iter().map(|u| u.name.clone()).collect(),
+            devices: names.clone(),
+            plan: plan.clone(),
+            held: held.iter().map(|h| [h.start, h.end]).collect(),
+            problem: problem.clone(),
+            crossings: crossings(graph, seg, &map),
+        };
+        spec.check().map_err(|e| EmitError::Other(format!("balance.json: {e}")))?;
+        (Some(held.iter().map(|h| held_graph(graph, seg, h.clone())).collect::<Vec<_>>()), Some(spec))
+    } else {
+        (None, None)
+    };
 
     let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent)
@@ -175,7 +195,13 @@ pub fn compile(
         }
     }
     let tmp = parent.join(format!(".{base}.partial-{}", std::process::id()));
-    let result = write_all(&tmp, source, &stages, &plan, &names, &report, &map, opts);
+    let result = write_all(&tmp, source, &stages, held.as_deref(), &plan, &names, &report, &map, opts);
+    let result = result.and_then(|w| {
+        if let Some(spec) = &spec {
+            write_file(&tmp.join("balance.json"), &json(spec)?)?;
+        }
+        Ok(w)
+    });
     match result {
         Ok(weight_bytes) => {
             let old = parent.join(format!(".{base}.old-{}", std::process::id()));
@@ -200,6 +226,7 @@ fn write_all(
     tmp: &Path,
     source: &Path,
     stages: &[Graph],
+    held: Option<&[Held]>,
     plan: &[shardc_passes::plan::Stage],
     names: &[String],
     report: &PlanReport,
@@ -211,7 +238,13 @@ fn write_all(
     };
     mkdir(tmp)?;
     let prepared: Vec<_> = stages.iter().map(|s| store_weights(s, opts.dtype)).collect();
-    let total: u64 = prepared.iter().flat_map(|(_, st)| st.values().map(|(_, l)| l.length)).sum();
+    // With standby units, the held graph's weights (a superset) are what is written.
+    let prepared_held: Option<Vec<_>> = held.map(|h| h.iter().map(|h| store_weights(&h.graph, opts.dtype)).collect());
+    let total: u64 = match &prepared_held {
+        Some(p) => p.iter().flat_map(|(_, st)| st.values().map(|(_, l)| l.length)).sum(),
+        None => prepared.iter().flat_map(|(_, st)| st.values().map(|(_, l)| l.length)).sum(),
+    };
+    let mut prepared_held = prepared_held.map(|p| p.into_iter());
     let bar = if std::io::stderr().is_terminal() {
         let b = indicatif::ProgressBar::new(total);
         b.set_style(
@@ -229,15 +262,58 @@ fn write_all(
         let dir = tmp.join(device);
         mkdir(&dir)?;
         let mut stage = stage;
-        let written_weights = weights::write(&stage, &stored, source, &dir.join("weights.safetensors"), &|n| {
-            bar.inc(n);
-        })?;
-        for (i, loc) in written_weights.locations {
-            written += loc.length;
-            if let ValueDef::Weight(w) = &mut stage.values[i].def {
-                w.location = Some(loc);
+        let mut files = std::collections::BTreeMap::new();
+        let mut held_units = None;
+        let weights_path = dir.join("weights.safetensors");
+        let progress = |n| bar.inc(n);
+        let written_weights = match prepared_held.as_mut().and_then(Iterator::next) {
+            None => {
+                let w = weights::write(&stage, &stored, source, &weights_path, &progress)?;
+                for (i, loc) in &w.locations {
+                    if let ValueDef::Weight(wr) = &mut stage.values[*i].def {
+                        wr.location = Some(loc.clone());
+                    }
+                }
+                w
             }
-        }
+            Some((mut standby, standby_stored)) => {
+                let h = &held.unwrap_or_default()[s];
+                let w = weights::write(&standby, &standby_stored, source, &weights_path, &progress)?;
+                let mut by_name = HashMap::new();
+                for (i, loc) in &w.locations {
+                    if let ValueDef::Weight(wr) = &mut standby.values[*i].def {
+                        wr.location = Some(loc.clone());
+                    }
+                    by_name.insert(standby.values[*i].name.clone(), loc.clone());
+                }
+                for v in &mut stage.values {
+                    if let ValueDef::Weight(wr) = &mut v.def {
+                        wr.location = by_name.get(&v.name).cloned();
+                    }
+                }
+                shardc_ir::verify(&standby)
+                    .map_err(|e| EmitError::Other(format!("stage {s} ({device}) standby units: {e}")))?;
+                write_file(&dir.join("standby.ir"), shardc_ir::text::print(&standby).as_bytes())?;
+                // Casts of stored weights come first in the stored graph; their unit is moot.
+                let extra = standby.nodes.len() - h.graph.nodes.len();
+                let node_units = std::iter::repeat_n(0, extra).chain(h.node_units.iter().copied()).collect();
+                let first = h.units.start;
+                let names = h.names.clone();
+                let standby_json = Standby { first, units: names.clone(), node_units };
+                let text = serde_json::to_string(&standby_json).map_err(|e| EmitError::Other(e.to_string()))? + "\n";
+                write_file(&dir.join("standby.json"), text.as_bytes())?;
+                for f in ["standby.ir", "standby.json"] {
+                    let p = dir.join(f);
+                    files.insert(
+                        f.to_string(),
+                        hash_file(&p).map_err(|e| EmitError::Io { path: p.clone(), message: e.to_string() })?,
+                    );
+                }
+                held_units = Some([names[0].clone(), names[names.len() - 1].clone()]);
+                w
+            }
+        };
+        written += written_weights.locations.values().map(|l| l.length).sum::<u64>();
         shardc_ir::verify(&stage).map_err(|e| EmitError::Other(format!("stage {s} ({device}): {e}")))?;
         write_file(&dir.join("shard.ir"), shardc_ir::text::print(&stage).as_bytes())?;
         write_file(&dir.join("shard.onnx"), &onnx::to_onnx(&stage)?)?;
@@ -271,7 +347,6 @@ fn write_all(
             .filter(|&&v| !local.contains(&stage.value(v).name))
             .map(|&v| port(v, receivers(&stage.value(v).name)))
             .collect();
-        let mut files = std::collections::BTreeMap::new();
         files.insert("weights.safetensors".to_string(), written_weights.hash.clone());
         for f in ["shard.ir", "shard.onnx"] {
             let p = dir.join(f);
@@ -299,6 +374,7 @@ fn write_all(
             device_local: local,
             weights_dtype,
             files,
+            held: held_units,
         };
         write_file(&dir.join("manifest.json"), &json(&manifest)?)?;
     }
@@ -307,4 +383,73 @@ fn write_all(
     write_file(&tmp.join("transmission_map.json"), &json(map)?)?;
     write_file(&tmp.join("report.svg"), svg::render(report).as_bytes())?;
     Ok(written)
+}
+
+/// The units a stage holds (its own and its standby units): their graph, and the held
+/// unit of each of its nodes.
+pub struct Held {
+    pub units: std::ops::Range<usize>,
+    pub names: Vec<String>,
+    pub graph: Graph,
+    pub node_units: Vec<usize>,
+}
+
+fn held_graph(graph: &Graph, seg: &Segmentation, units: std::ops::Range<usize>) -> Held {
+    let side: Vec<usize> = seg
+        .unit_of
+        .iter()
+        .map(|&u| {
+            if u < units.start {
+                0
+            } else if u < units.end {
+                1
+            } else {
+                2
+            }
+        })
+        .collect();
+    let (mut sub, members) = stage_graph(graph, &side, 1);
+    sub.name = format!("{}.units{}-{}", graph.name, units.start, units.end);
+    // Load-time nodes may belong to a unit outside (their first reader's); any held
+    // unit does, since they run wherever they are needed.
+    let last = units.end - units.start - 1;
+    let node_units = members.iter().map(|&i| seg.unit_of[i].saturating_sub(units.start).min(last)).collect();
+    let names = seg.units[units.clone()].iter().map(|u| u.name.clone()).collect();
+    Held { units, names, graph: sub, node_units }
+}
+
+/// Every tensor that crosses units, with the units that make and read it: what the
+/// runtime routes by when boundaries move. KV-cache tensors stay on their device.
+fn crossings(graph: &Graph, seg: &Segmentation, map: &transmission::TransmissionMap) -> Vec<Crossing> {
+    let local: std::collections::BTreeSet<&String> = map.device_local.values().flatten().collect();
+    let (constant_node, _) = shardc_passes::cost::constant_nodes(graph);
+    let uses = graph.uses();
+    let mut out = Vec::new();
+    for &v in &graph.inputs {
+        let name = &graph.value(v).name;
+        if local.contains(name) {
+            continue;
+        }
+        let mut to: Vec<usize> =
+            uses[v.index()].iter().filter(|n| !constant_node[n.index()]).map(|n| seg.unit_of[n.index()]).collect();
+        to.sort_unstable();
+        to.dedup();
+        out.push(Crossing { tensor: name.clone(), from: None, to, output: false });
+    }
+    let mut crossing_values = std::collections::BTreeSet::new();
+    for c in &seg.crossings {
+        crossing_values.insert(c.value);
+        let name = graph.value(c.value).name.clone();
+        out.push(Crossing { tensor: name, from: Some(c.producer), to: c.consumers.clone(), output: c.output });
+    }
+    for &v in &graph.outputs {
+        let name = &graph.value(v).name;
+        if local.contains(name) || crossing_values.contains(&v) {
+            continue;
+        }
+        if let ValueDef::Node(n) = graph.value(v).def {
+            out.push(Crossing { tensor: name.clone(), from: Some(seg.unit_of[n.index()]), to: vec![], output: true });
+        }
+    }
+    out
 }

@@ -1,0 +1,348 @@
+//! Runtime load balancing: what a compile with `--standby` tells the runtime
+//! (`balance.json`), routing for any plan, and the balancer that watches per-stage
+//! times and decides when moving stage boundaries pays.
+//!
+//! The balancer keeps each stage's decode compute times (per step, slowdowns
+//! included) over a sliding window. Every half window it turns the medians into one
+//! speed factor per device — measured over what the compile-time cost model predicted
+//! for the units the device runs — scales the compile-time [`Problem`] by them, and
+//! re-plans with [`order_dp::solve_in`]: same devices in the same order, each confined
+//! to the units whose weights its package holds. It moves only when the predicted gain
+//! clears the threshold; after a move the window starts again, so a decision is always
+//! made on times measured under the plan in force.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use shardc_passes::plan::{order_dp, Problem, Stage};
+
+/// The current `balance.json` format.
+pub const FORMAT: u32 = 1;
+
+/// A tensor that goes from one unit to later ones (or from the client).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Crossing {
+    pub tensor: String,
+    /// The unit that computes it; `None` for a graph input the client sends.
+    pub from: Option<usize>,
+    /// The units that read it.
+    pub to: Vec<usize>,
+    /// A graph output: the client receives it too.
+    pub output: bool,
+}
+
+/// `balance.json`: written by `shardc compile --standby N`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BalanceSpec {
+    pub format: u32,
+    /// Unit names, in order.
+    pub units: Vec<String>,
+    /// Device names, indexed as the problem's devices.
+    pub devices: Vec<String>,
+    /// The compiled plan.
+    pub plan: Vec<Stage>,
+    /// Per stage, the units `[start, end)` whose weights its package holds.
+    pub held: Vec<[usize; 2]>,
+    /// The compile-time partitioning problem (cost model, memory, links, objective).
+    pub problem: Problem,
+    /// Every tensor that crosses units, for routing under any plan.
+    pub crossings: Vec<Crossing>,
+}
+
+/// Who sends a tensor and who receives it (device names, or `client`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Route {
+    pub from: String,
+    pub to: Vec<String>,
+}
+
+impl BalanceSpec {
+    /// Read `OUT/balance.json`; `Ok(None)` when the output was compiled without standby units.
+    pub fn load(out: &Path) -> Result<Option<BalanceSpec>, String> {
+        let path = out.join("balance.json");
+        if !path.exists() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+        let spec: BalanceSpec =
+            serde_json::from_str(&text).map_err(|e| format!("{}: not a balance file: {e}", path.display()))?;
+        spec.check().map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(Some(spec))
+    }
+
+    /// Everything agrees: sizes, the plan tiles the units, each stage inside what it holds.
+    pub fn check(&self) -> Result<(), String> {
+        if self.format != FORMAT {
+            return Err(format!("balance format {} (this runtime reads {FORMAT})", self.format));
+        }
+        let (u, d) = (self.units.len(), self.devices.len());
+        let p = &self.problem;
+        let rows_ok = |m: &[Vec<f64>]| m.len() == d && m.iter().all(|r| r.len() == u);
+        if p.units() != u
+            || p.devices() != d
+            || !rows_ok(&p.prefill)
+            || !rows_ok(&p.decode)
+            || p.activation_bytes.len() != u
+            || p.cut_prefill.len() + 1 < u
+            || p.cut_decode.len() + 1 < u
+            || p.links.len() != d
+            || p.links.iter().any(|l| l.len() != d)
+        {
+            return Err(format!("the problem does not have {u} units and {d} devices"));
+        }
+        p.evaluate(&self.plan)?;
+        if self.held.len() != self.plan.len() {
+            return Err(format!("{} held ranges for {} stages", self.held.len(), self.plan.len()));
+        }
+        for (s, h) in self.plan.iter().zip(&self.held) {
+            if h[0] > s.start || s.end > h[1] || h[1] > u {
+                return Err(format!(
+                    "stage on `{}` holds units {h:?}, which do not contain its own",
+                    self.devices[s.device]
+                ));
+            }
+        }
+        for c in &self.crossings {
+            if c.from.is_some_and(|f| f >= u) || c.to.iter().any(|&t| t >= u || c.from.is_some_and(|f| t <= f)) {
+                return Err(format!("tensor `{}` crosses units that do not exist or go backwards", c.tensor));
+            }
+        }
+        Ok(())
+    }
+
+    /// Held unit ranges, as ranges.
+    pub fn held_ranges(&self) -> Vec<std::ops::Range<usize>> {
+        self.held.iter().map(|h| h[0]..h[1]).collect()
+    }
+
+    /// Device name of each stage of `plan`.
+    pub fn stage_devices(&self, plan: &[Stage]) -> Vec<String> {
+        plan.iter().map(|s| self.devices[s.device].clone()).collect()
+    }
+
+    /// Who sends each crossing tensor to whom under `plan`; tensors that stay on one
+    /// device are left out.
+    pub fn routes(&self, plan: &[Stage]) -> BTreeMap<String, Route> {
+        let owner = |u: usize| {
+            plan.iter()
+                .find(|s| (s.start..s.end).contains(&u))
+                .map_or("?".to_string(), |s| self.devices[s.device].clone())
+        };
+        let mut routes = BTreeMap::new();
+        for c in &self.crossings {
+            let from = c.from.map_or("client".to_string(), owner);
+            let mut to: Vec<String> = Vec::new();
+            // In pipeline order.
+            for s in plan {
+                let name = &self.devices[s.device];
+                if *name != from && c.to.iter().any(|u| (s.start..s.end).contains(u)) {
+                    to.push(name.clone());
+                }
+            }
+            if c.output {
+                to.push("client".into());
+            }
+            if !to.is_empty() {
+                routes.insert(c.tensor.clone(), Route { from, to });
+            }
+        }
+        routes
+    }
+
+    fn view(&self, plan: &[Stage]) -> Vec<StageView> {
+        plan.iter()
+            .map(|s| StageView {
+                device: self.devices[s.device].clone(),
+                units: [s.start, s.end],
+                first_unit: self.units[s.start].clone(),
+                last_unit: self.units[s.end - 1].clone(),
+            })
+            .collect()
+    }
+}
+
+/// When to re-plan.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct BalanceOptions {
+    /// Decode steps per stage the decision looks at.
+    pub window: usize,
+    /// Move only when the predicted objective improves by more than this fraction.
+    pub threshold: f64,
+}
+
+impl Default for BalanceOptions {
+    fn default() -> Self {
+        BalanceOptions { window: 8, threshold: 0.15 }
+    }
+}
+
+/// One stage of a plan, for reports.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct StageView {
+    pub device: String,
+    /// Units `[start, end)`.
+    pub units: [usize; 2],
+    pub first_unit: String,
+    pub last_unit: String,
+}
+
+/// One look at the measured times, and what came of it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Decision {
+    /// Decode steps the client had completed (all requests) when it decided.
+    pub after_steps: u64,
+    /// Per stage: median decode compute per step over the window, ms.
+    pub measured_ms: Vec<f64>,
+    /// Per stage: what the compile-time cost model predicts for the same units, ms.
+    pub modelled_ms: Vec<f64>,
+    /// Per stage: measured over modelled, the device's speed factor.
+    pub factor: Vec<f64>,
+    pub old: Vec<StageView>,
+    /// The best plan the standby units allow (the old one when nothing better exists).
+    pub new: Vec<StageView>,
+    /// The objective (as compiled: latency or throughput) under measured speeds, ms.
+    pub old_objective_ms: f64,
+    pub new_objective_ms: f64,
+    /// old / new objective.
+    pub predicted_gain: f64,
+    pub moved: bool,
+    /// For moves: waiting for in-flight steps, then switching (plan sent to every
+    /// device until all reported ready, KV cache moved), ms, and KV-cache bytes moved.
+    pub drain_ms: Option<f64>,
+    pub switch_ms: Option<f64>,
+    pub kv_bytes: Option<u64>,
+}
+
+/// Watches stage times and proposes moves.
+pub struct Balancer {
+    pub spec: BalanceSpec,
+    pub opts: BalanceOptions,
+    /// The plan in force.
+    pub plan: Vec<Stage>,
+    samples: Vec<VecDeque<f64>>,
+    fresh: Vec<usize>,
+    pub decisions: Vec<Decision>,
+}
+
+fn median(v: &VecDeque<f64>) -> f64 {
+    let mut s: Vec<f64> = v.iter().copied().collect();
+    s.sort_by(f64::total_cmp);
+    match s.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => s[n / 2],
+        n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
+    }
+}
+
+impl Balancer {
+    pub fn new(spec: BalanceSpec, opts: BalanceOptions) -> Balancer {
+        let n = spec.plan.len();
+        let window = opts.window.max(1);
+        Balancer {
+            plan: spec.plan.clone(),
+            spec,
+            opts: BalanceOptions { window, ..opts },
+            samples: vec![VecDeque::with_capacity(window); n],
+            fresh: vec![0; n],
+            decisions: Vec::new(),
+        }
+    }
+
+    /// A decode step's compute time on a stage.
+    pub fn record(&mut self, stage: usize, compute_ms: f64) {
+        let Some(s) = self.samples.get_mut(stage) else { return };
+        if s.len() == self.opts.window {
+            s.pop_front();
+        }
+        s.push_back(compute_ms);
+        self.fresh[stage] += 1;
+    }
+
+    /// Look at the window when every stage has a full window and half a window of new
+    /// times; returns the new plan when moving pays. The decision is recorded.
+    pub fn evaluate(&mut self, after_steps: u64) -> Option<Vec<Stage>> {
+        let w = self.opts.window;
+        if self.samples.iter().any(|s| s.len() < w) || self.fresh.iter().any(|&f| f < w.div_ceil(2)) {
+            return None;
+        }
+        self.fresh.iter_mut().for_each(|f| *f = 0);
+        let p = &self.spec.problem;
+        let measured_ms: Vec<f64> = self.samples.iter().map(median).collect();
+        let modelled_ms: Vec<f64> =
+            self.plan.iter().map(|s| p.decode[s.device][s.start..s.end].iter().sum::<f64>() * 1e3).collect();
+        let factor: Vec<f64> =
+            measured_ms.iter().zip(&modelled_ms).map(|(m, p)| if *p > 0.0 && *m > 0.0 { m / p } else { 1.0 }).collect();
+        let mut by_device = vec![1.0; p.devices()];
+        for (s, f) in self.plan.iter().zip(&factor) {
+            by_device[s.device] = *f;
+        }
+        let q = p.slowed(&by_device);
+        let old_objective = q.evaluate(&self.plan).map_or(f64::INFINITY, |f| f.objective);
+        let order: Vec<usize> = self.plan.iter().map(|s| s.device).collect();
+        let (best, best_objective) = order_dp::solve_in(&q, &order, Some(&self.spec.held_ranges()))
+            .unwrap_or_else(|| (self.plan.clone(), old_objective));
+        let gain = if best_objective > 0.0 { old_objective / best_objective } else { 1.0 };
+        let moved = best != self.plan && gain > 1.0 + self.opts.threshold;
+        let new = if moved { best } else { self.plan.clone() };
+        self.decisions.push(Decision {
+            after_steps,
+            measured_ms,
+            modelled_ms,
+            factor,
+            old: self.spec.view(&self.plan),
+            new: self.spec.view(&new),
+            old_objective_ms: old_objective * 1e3,
+            new_objective_ms: if moved { best_objective * 1e3 } else { old_objective * 1e3 },
+            predicted_gain: gain,
+            moved,
+            drain_ms: None,
+            switch_ms: None,
+            kv_bytes: None,
+        });
+        moved.then_some(new)
+    }
+
+    /// The move proposed last is in force: times start again.
+    pub fn applied(&mut self, plan: Vec<Stage>, drain_ms: f64, switch_ms: f64, kv_bytes: u64) {
+        self.plan = plan;
+        self.samples.iter_mut().for_each(VecDeque::clear);
+        self.fresh.iter_mut().for_each(|f| *f = 0);
+        if let Some(d) = self.decisions.last_mut() {
+            d.drain_ms = Some(drain_ms);
+            d.switch_ms = Some(switch_ms);
+            d.kv_bytes = Some(kv_bytes);
+        }
+    }
+}
+
+impl Decision {
+    /// One line for the log.
+    pub fn to_text(&self) -> String {
+        let plan = |v: &[StageView]| {
+            v.iter().map(|s| format!("{} {}..{}", s.device, s.units[0], s.units[1])).collect::<Vec<_>>().join(", ")
+        };
+        let measured = self.measured_ms.iter().map(|m| format!("{m:.2}")).collect::<Vec<_>>().join("/");
+        let factor = self.factor.iter().map(|f| format!("{f:.2}")).collect::<Vec<_>>().join("/");
+        let mut s = format!(
+            "balance after {} steps: measured {measured} ms (× model {factor}); plan [{}] {:.2} ms",
+            self.after_steps,
+            plan(&self.old),
+            self.old_objective_ms
+        );
+        if self.moved {
+            s += &format!(
+                " -> [{}] {:.2} ms, predicted gain {:.2}×: moving",
+                plan(&self.new),
+                self.new_objective_ms,
+                self.predicted_gain
+            );
+        } else {
+            s += &format!(", best move gains {:.2}×: staying", self.predicted_gain);
+        }
+        if let (Some(d), Some(w), Some(k)) = (self.drain_ms, self.switch_ms, self.kv_bytes) {
+            s += &format!(" (drained {d:.1} ms, switched {w:.1} ms, {k} KV-cache bytes moved)");
+        }
+        s
+    }
+}
