@@ -150,7 +150,8 @@ impl BalanceSpec {
         routes
     }
 
-    fn view(&self, plan: &[Stage]) -> Vec<StageView> {
+    /// A plan with device and unit names.
+    pub fn view(&self, plan: &[Stage]) -> Vec<StageView> {
         plan.iter()
             .map(|s| StageView {
                 device: self.devices[s.device].clone(),

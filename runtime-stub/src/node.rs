@@ -8,18 +8,21 @@
 //! request's KV cache. A device keeps its layers' KV cache per request; decode steps
 //! carry one token.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ndarray::{ArrayD, IxDyn};
+use serde::{Deserialize, Serialize};
+use shardc_ir::Graph;
 
+use crate::balance::{BalanceOptions, BalanceSpec, Balancer, Decision, Route, StageView};
 use crate::cluster::Cluster;
 use crate::frame::{self, Frame};
 use crate::generate::argmax;
-use crate::package::{self, Manifest};
+use crate::package::{self, HeldUnits as Held, Manifest};
 use crate::{Session, Tensor};
 
 /// Options shared by devices and the client.
@@ -27,8 +30,8 @@ use crate::{Session, Tensor};
 pub struct NetOptions {
     pub secret: Option<[u8; 32]>,
     pub max_frame: usize,
-    /// Emulate a device this many times slower (sleep (F − 1) × compute).
-    pub slowdown: f64,
+    /// Emulate a slower device.
+    pub slowdown: Slowdown,
 }
 
 fn send(
@@ -74,10 +77,304 @@ fn check(parts: &[Vec<u8>], opts: &NetOptions) -> Result<Frame, String> {
         _ => return Err(format!("{} message parts (expected 1 or 2)", parts.len())),
     };
     let frame = frame::decode(bytes, tag, opts.secret.as_ref(), opts.max_frame).map_err(|e| e.to_string())?;
-    if !["tensors", "done", "end", "stop"].contains(&frame.kind.as_str()) {
+    if !["tensors", "done", "end", "stop", "rebalance", "kv", "ready"].contains(&frame.kind.as_str()) {
         return Err(format!("unknown message kind `{}`", frame.kind));
     }
     Ok(frame)
+}
+
+/// Emulated slowness: from decode step `from_step` on, each step takes `factor` times
+/// its compute time (the device sleeps (F − 1) × compute after computing).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Slowdown {
+    pub factor: f64,
+    pub from_step: u64,
+}
+
+impl Slowdown {
+    pub const NONE: Slowdown = Slowdown { factor: 1.0, from_step: 0 };
+
+    /// The factor for a step.
+    pub fn at(&self, step: u64) -> f64 {
+        if step >= self.from_step {
+            self.factor
+        } else {
+            1.0
+        }
+    }
+}
+
+/// The body of a `rebalance` message: the new plan, the requests whose KV cache must
+/// follow their layers, and where every crossing tensor goes.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Rebalance {
+    pub epoch: u64,
+    /// Device of each stage, in pipeline order.
+    pub stages: Vec<String>,
+    /// Units `[start, end)` of each stage.
+    pub ranges: Vec<[usize; 2]>,
+    pub requests: Vec<u64>,
+    pub routes: BTreeMap<String, Route>,
+}
+
+/// The body of a `ready` message.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Ready {
+    pub epoch: u64,
+    /// Why the device could not switch.
+    pub error: Option<String>,
+    /// Cutting and loading the new stage, ms.
+    pub rebuild_ms: f64,
+    /// KV-cache bytes this device sent to others.
+    pub kv_sent_bytes: u64,
+}
+
+/// What a device runs now.
+struct Active {
+    session: Session,
+    /// Units `[start, end)`, when the package says (standby units).
+    range: Option<[usize; 2]>,
+    /// Inputs that arrive from the client or other devices.
+    needed: Vec<String>,
+    /// KV-cache inputs and their empty shapes.
+    cache_inputs: Vec<(String, Vec<usize>)>,
+    /// Who receives each output.
+    peers_of: HashMap<String, Vec<String>>,
+}
+
+use crate::package::is_cache;
+
+/// The KV-cache inputs of a graph, with the shape of an empty cache (batch 1, no past).
+fn cache_inputs(g: &Graph) -> Vec<(String, Vec<usize>)> {
+    g.inputs
+        .iter()
+        .map(|&v| g.value(v))
+        .filter(|v| is_cache(&v.name))
+        .map(|v| {
+            let shape = v.ty.as_ref().map_or(Vec::new(), |t| {
+                t.shape
+                    .iter()
+                    .map(|d| d.as_known().map_or(if d.symbols() == ["past"] { 0 } else { 1 }, |n| n as usize))
+                    .collect()
+            });
+            (v.name.clone(), shape)
+        })
+        .collect()
+}
+
+/// A KV-cache handover in progress: the entries still to arrive.
+struct Handover {
+    ready: Ready,
+    missing: BTreeSet<(u64, String)>,
+}
+
+/// One serving device.
+struct Device<'a> {
+    name: String,
+    dir: std::path::PathBuf,
+    cluster: &'a Cluster,
+    ctx: &'a zmq::Context,
+    opts: &'a NetOptions,
+    held: Option<Held>,
+    active: Active,
+    sockets: HashMap<String, zmq::Socket>,
+    pending: HashMap<(u64, u64), HashMap<String, Tensor>>,
+    /// When the first input of a step arrived: the wait for the others is reported.
+    first_arrival: HashMap<(u64, u64), Instant>,
+    caches: HashMap<u64, HashMap<String, Tensor>>,
+    handover: Option<Handover>,
+}
+
+impl Device<'_> {
+    fn send_to(&mut self, peer: &str, frame: &Frame) -> Result<(), String> {
+        let addr = self
+            .cluster
+            .address(peer)
+            .ok_or_else(|| format!("{}: peer `{peer}` is not in the cluster file", self.name))?
+            .to_string();
+        send(&mut self.sockets, self.ctx, &addr, frame, self.opts)
+    }
+
+    fn on_tensors(&mut self, msg: Frame) -> Result<(), String> {
+        let device = self.name.clone();
+        let key = (msg.request, msg.step);
+        self.first_arrival.entry(key).or_insert_with(Instant::now);
+        let entry = self.pending.entry(key).or_default();
+        for (name, t) in msg.tensors {
+            if self.active.needed.contains(&name) {
+                entry.insert(name, t);
+            } else {
+                eprintln!("{device}: dropped tensor `{name}` it does not take");
+            }
+        }
+        if !self.active.needed.iter().all(|n| entry.contains_key(n)) {
+            return Ok(());
+        }
+        let waited_ms = self.first_arrival.remove(&key).map_or(0.0, |t| t.elapsed().as_secs_f64() * 1e3);
+        let mut inputs: Vec<(String, Tensor)> = self.pending.remove(&key).unwrap_or_default().into_iter().collect();
+        let cache = self.caches.entry(key.0).or_default();
+        for (name, shape) in &self.active.cache_inputs {
+            let t = cache.remove(name).unwrap_or_else(|| Tensor::f32(ArrayD::zeros(IxDyn(shape))));
+            inputs.push((name.clone(), t));
+        }
+        let started = Instant::now();
+        let outputs = match self.active.session.run(inputs) {
+            Ok(o) => o,
+            Err(e) => {
+                eprintln!("{device}: request {} step {}: {e}", key.0, key.1);
+                return Ok(());
+            }
+        };
+        let factor = self.opts.slowdown.at(key.1);
+        if factor > 1.0 {
+            std::thread::sleep(started.elapsed().mul_f64(factor - 1.0));
+        }
+        let compute_ms = started.elapsed().as_secs_f64() * 1e3;
+        let send_started = Instant::now();
+        let mut by_peer: BTreeMap<String, Vec<(String, Tensor)>> = BTreeMap::new();
+        for (name, t) in outputs {
+            if let Some(rest) = name.strip_prefix("present.") {
+                cache.insert(format!("past_key_values.{rest}"), t);
+                continue;
+            }
+            for peer in self.active.peers_of.get(&name).into_iter().flatten() {
+                by_peer.entry(peer.clone()).or_default().push((name.clone(), t.clone()));
+            }
+        }
+        for (peer, tensors) in by_peer {
+            self.send_to(&peer, &Frame::new("tensors", key.0, key.1, &device, tensors))?;
+        }
+        let timing = Tensor::f32(
+            ArrayD::from_shape_vec(
+                IxDyn(&[3]),
+                vec![compute_ms as f32, waited_ms as f32, send_started.elapsed().as_secs_f32() * 1e3],
+            )
+            .unwrap_or_default(),
+        );
+        let client = self.cluster.client.clone();
+        let done = Frame::new("done", key.0, key.1, &device, vec![("timing_ms".into(), timing)]);
+        send(&mut self.sockets, self.ctx, &client, &done, self.opts)
+    }
+
+    /// Switch to the stage a `rebalance` message gives this device: cut it from the held
+    /// units, check it against the routes, send away the KV cache of layers that leave,
+    /// and wait for the cache of layers that arrive (then report `ready`).
+    fn on_rebalance(&mut self, msg: &Frame) -> Result<(), String> {
+        let started = Instant::now();
+        let plan: Rebalance = serde_json::from_str(&msg.info).map_err(|e| format!("bad rebalance message: {e}"))?;
+        let mut ready = Ready { epoch: plan.epoch, ..Default::default() };
+        match self.switch(&plan, &mut ready) {
+            Ok(missing) => {
+                ready.rebuild_ms = started.elapsed().as_secs_f64() * 1e3;
+                self.handover = Some(Handover { ready, missing });
+                self.check_handover()
+            }
+            Err(e) => {
+                eprintln!("{}: cannot rebalance: {e}", self.name);
+                ready.error = Some(e);
+                self.report_ready(&ready)
+            }
+        }
+    }
+
+    fn switch(&mut self, plan: &Rebalance, ready: &mut Ready) -> Result<BTreeSet<(u64, String)>, String> {
+        let held =
+            self.held.as_ref().ok_or("the package was compiled without --standby: its boundaries cannot move")?;
+        let me = plan.stages.iter().position(|d| *d == self.name).ok_or("the plan has no stage for this device")?;
+        let range = *plan.ranges.get(me).ok_or("the plan has fewer ranges than stages")?;
+        let owner = |u: usize| plan.ranges.iter().position(|r| (r[0]..r[1]).contains(&u)).map(|s| &plan.stages[s]);
+        let mut active = if self.active.range == Some(range) {
+            None
+        } else {
+            let graph = held.stage(range)?;
+            let session = Session::new(graph, &self.dir);
+            let cache_inputs = cache_inputs(session.graph());
+            Some((session, cache_inputs))
+        };
+        // The new stage must take and give exactly what the routes say.
+        let (inputs, outputs): (Vec<String>, Vec<String>) = {
+            let g = active.as_ref().map_or(self.active.session.graph(), |(s, _)| s.graph());
+            (
+                g.inputs.iter().map(|&v| g.value(v).name.clone()).filter(|n| !is_cache(n)).collect(),
+                g.outputs.iter().map(|&v| g.value(v).name.clone()).filter(|n| !is_cache(n)).collect(),
+            )
+        };
+        let routed_in: BTreeSet<&String> =
+            plan.routes.iter().filter(|(_, r)| r.to.contains(&self.name)).map(|(t, _)| t).collect();
+        let routed_out: BTreeSet<&String> =
+            plan.routes.iter().filter(|(_, r)| r.from == self.name).map(|(t, _)| t).collect();
+        if inputs.iter().collect::<BTreeSet<_>>() != routed_in || outputs.iter().collect::<BTreeSet<_>>() != routed_out
+        {
+            return Err(format!(
+                "units {}..{} take {inputs:?} and give {outputs:?}, but the routes bring {routed_in:?} and take {routed_out:?}",
+                range[0], range[1]
+            ));
+        }
+        let peers_of = outputs.iter().map(|o| (o.clone(), plan.routes[o].to.clone())).collect();
+        if let Some((session, cache_inputs)) = active.take() {
+            self.active.session = session;
+            self.active.cache_inputs = cache_inputs;
+        }
+        self.active.range = Some(range);
+        self.active.needed = inputs;
+        self.active.peers_of = peers_of;
+        // KV cache: entries of layers that leave go to their new device.
+        let keep: BTreeSet<String> = self.active.cache_inputs.iter().map(|(n, _)| n.clone()).collect();
+        let mut outgoing: BTreeMap<(String, u64), Vec<(String, Tensor)>> = BTreeMap::new();
+        self.caches.retain(|r, _| plan.requests.contains(r));
+        for (&r, cache) in &mut self.caches {
+            let leaving: Vec<String> = cache.keys().filter(|n| !keep.contains(*n)).cloned().collect();
+            for name in leaving {
+                let unit = *held.cache_unit.get(&name).ok_or_else(|| format!("no held unit reads `{name}`"))?;
+                let to = owner(unit).ok_or_else(|| format!("no stage runs unit {unit}"))?.clone();
+                let t = cache.remove(&name).unwrap_or_else(|| Tensor::f32(ArrayD::zeros(IxDyn(&[0]))));
+                outgoing.entry((to, r)).or_default().push((name, t));
+            }
+        }
+        for ((to, r), tensors) in outgoing {
+            ready.kv_sent_bytes += tensors.iter().map(|(_, t)| t.len() as u64 * 4).sum::<u64>();
+            let device = self.name.clone();
+            self.send_to(&to, &Frame::new("kv", r, plan.epoch, &device, tensors))?;
+        }
+        // Entries of layers that arrive (some may have come already).
+        let mut missing = BTreeSet::new();
+        for &r in &plan.requests {
+            let have = self.caches.entry(r).or_default();
+            for name in &keep {
+                if !have.contains_key(name) {
+                    missing.insert((r, name.clone()));
+                }
+            }
+        }
+        Ok(missing)
+    }
+
+    fn on_kv(&mut self, msg: Frame) -> Result<(), String> {
+        let cache = self.caches.entry(msg.request).or_default();
+        for (name, t) in msg.tensors {
+            if let Some(h) = &mut self.handover {
+                h.missing.remove(&(msg.request, name.clone()));
+            }
+            cache.insert(name, t);
+        }
+        self.check_handover()
+    }
+
+    fn check_handover(&mut self) -> Result<(), String> {
+        if self.handover.as_ref().is_some_and(|h| h.missing.is_empty()) {
+            if let Some(h) = self.handover.take() {
+                return self.report_ready(&h.ready);
+            }
+        }
+        Ok(())
+    }
+
+    fn report_ready(&mut self, ready: &Ready) -> Result<(), String> {
+        let mut f = Frame::new("ready", 0, ready.epoch, &self.name.clone(), vec![]);
+        f.info = serde_json::to_string(ready).map_err(|e| e.to_string())?;
+        let client = self.cluster.client.clone();
+        send(&mut self.sockets, self.ctx, &client, &f, self.opts)
+    }
 }
 
 /// Run one device until a `stop` message (or `stop` is set).
@@ -91,108 +388,51 @@ pub fn serve(
 ) -> Result<(), String> {
     let dir = out.join(device);
     let (manifest, graph) = package::load(&dir).map_err(|e| e.to_string())?;
+    let held = package::load_standby(&dir, &manifest).map_err(|e| e.to_string())?;
+    let range = held.as_ref().and_then(|h| {
+        let first = h.standby.units.iter().position(|u| *u == manifest.units[0])?;
+        let last = h.standby.units.iter().position(|u| *u == manifest.units[1])?;
+        Some([h.standby.first + first, h.standby.first + last + 1])
+    });
+    if held.is_some() && range.is_none() {
+        return Err(format!("{}: the stage's units are not among the units it holds", dir.display()));
+    }
     let session = Session::new(graph, &dir);
     let address = cluster.address(device).ok_or_else(|| format!("`{device}` is not in the cluster file"))?;
     let socket = ctx.socket(zmq::PULL).map_err(|e| e.to_string())?;
     socket.bind(address).map_err(|e| format!("{device}: cannot bind {address}: {e}"))?;
-    let mut peers: HashMap<String, zmq::Socket> = HashMap::new();
-    let local: Vec<String> = manifest.device_local.clone();
-    let cache_inputs: Vec<(String, Vec<usize>)> = session
-        .graph()
-        .inputs
-        .iter()
-        .map(|&v| session.graph().value(v))
-        .filter(|v| local.contains(&v.name))
-        .map(|v| {
-            let shape =
-                v.ty.as_ref()
-                    .map(|t| {
-                        t.shape
-                            .iter()
-                            .map(|d| d.as_known().map_or(if d.symbols() == ["past"] { 0 } else { 1 }, |n| n as usize))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-            (v.name.clone(), shape)
-        })
-        .collect();
-    let needed: Vec<String> = manifest.inputs.iter().map(|p| p.name.clone()).collect();
-    let mut pending: HashMap<(u64, u64), HashMap<String, Tensor>> = HashMap::new();
-    // When the first input of a step arrived: the wait for the others is reported.
-    let mut first_arrival: HashMap<(u64, u64), Instant> = HashMap::new();
-    let mut caches: HashMap<u64, HashMap<String, Tensor>> = HashMap::new();
+    let active = Active {
+        cache_inputs: cache_inputs(session.graph()),
+        session,
+        range,
+        needed: manifest.inputs.iter().map(|p| p.name.clone()).collect(),
+        peers_of: manifest.outputs.iter().map(|p| (p.name.clone(), p.peers.clone())).collect(),
+    };
+    let mut d = Device {
+        name: device.to_string(),
+        dir,
+        cluster,
+        ctx,
+        opts,
+        held,
+        active,
+        sockets: HashMap::new(),
+        pending: HashMap::new(),
+        first_arrival: HashMap::new(),
+        caches: HashMap::new(),
+        handover: None,
+    };
     while !stop.load(Ordering::Relaxed) {
         let Some(msg) = receive(&socket, Duration::from_millis(200), opts, device)? else { continue };
         match msg.kind.as_str() {
             "stop" => break,
             "end" => {
-                caches.remove(&msg.request);
+                d.caches.remove(&msg.request);
             }
-            "tensors" => {
-                let key = (msg.request, msg.step);
-                first_arrival.entry(key).or_insert_with(Instant::now);
-                let entry = pending.entry(key).or_default();
-                for (name, t) in msg.tensors {
-                    if needed.contains(&name) {
-                        entry.insert(name, t);
-                    } else {
-                        eprintln!("{device}: dropped tensor `{name}` it does not take");
-                    }
-                }
-                if !needed.iter().all(|n| entry.contains_key(n)) {
-                    continue;
-                }
-                let waited_ms = first_arrival.remove(&key).map_or(0.0, |t| t.elapsed().as_secs_f64() * 1e3);
-                let mut inputs: Vec<(String, Tensor)> = pending.remove(&key).unwrap_or_default().into_iter().collect();
-                let cache = caches.entry(key.0).or_default();
-                for (name, shape) in &cache_inputs {
-                    let t = cache.remove(name).unwrap_or_else(|| Tensor::f32(ArrayD::zeros(IxDyn(shape))));
-                    inputs.push((name.clone(), t));
-                }
-                let started = Instant::now();
-                let outputs = match session.run(inputs) {
-                    Ok(o) => o,
-                    Err(e) => {
-                        eprintln!("{device}: request {} step {}: {e}", key.0, key.1);
-                        continue;
-                    }
-                };
-                let compute = started.elapsed();
-                if opts.slowdown > 1.0 {
-                    std::thread::sleep(compute.mul_f64(opts.slowdown - 1.0));
-                }
-                let compute_ms = started.elapsed().as_secs_f64() * 1e3;
-                let send_started = Instant::now();
-                let mut by_peer: BTreeMap<String, Vec<(String, Tensor)>> = BTreeMap::new();
-                for (name, t) in outputs {
-                    if let Some(rest) = name.strip_prefix("present.") {
-                        cache.insert(format!("past_key_values.{rest}"), t);
-                        continue;
-                    }
-                    if let Some(port) = manifest.outputs.iter().find(|p| p.name == name) {
-                        for peer in &port.peers {
-                            by_peer.entry(peer.clone()).or_default().push((name.clone(), t.clone()));
-                        }
-                    }
-                }
-                for (peer, tensors) in by_peer {
-                    let addr = cluster
-                        .address(&peer)
-                        .ok_or_else(|| format!("{device}: peer `{peer}` is not in the cluster file"))?;
-                    let f = Frame::new("tensors", key.0, key.1, device, tensors);
-                    send(&mut peers, ctx, addr, &f, opts)?;
-                }
-                let timing = Tensor::f32(
-                    ArrayD::from_shape_vec(
-                        IxDyn(&[3]),
-                        vec![compute_ms as f32, waited_ms as f32, send_started.elapsed().as_secs_f32() * 1e3],
-                    )
-                    .unwrap_or_default(),
-                );
-                let done = Frame::new("done", key.0, key.1, device, vec![("timing_ms".into(), timing)]);
-                send(&mut peers, ctx, &cluster.client, &done, opts)?;
-            }
-            _ => {}
+            "tensors" => d.on_tensors(msg)?,
+            "rebalance" => d.on_rebalance(&msg)?,
+            "kv" => d.on_kv(msg)?,
+            other => eprintln!("{device}: ignored a `{other}` message"),
         }
     }
     Ok(())
@@ -203,11 +443,26 @@ pub fn serve(
 pub struct Generation {
     /// Per request, the generated tokens.
     pub tokens: Vec<Vec<i64>>,
+    /// Per request, when each token was known, ms since the start.
+    pub token_ms: Vec<Vec<f64>>,
     /// Per step of the first request, the number of token ids sent.
     pub ids_sent: Vec<usize>,
     /// Per device (in pipeline order): total compute and send ms, steps.
     pub stages: Vec<StageTiming>,
     pub wall_ms: f64,
+    /// Load balancing, when the packages allow it and it is on.
+    pub balance: Option<BalanceReport>,
+}
+
+/// What load balancing did.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct BalanceReport {
+    pub options: BalanceOptions,
+    /// Every look at the measured times, moves and stays.
+    pub decisions: Vec<Decision>,
+    pub moves: usize,
+    /// The plan at the end.
+    pub plan: Vec<StageView>,
 }
 
 /// Timings of one stage.
@@ -223,17 +478,105 @@ pub struct StageTiming {
     pub per_step: Vec<(u64, u64, f64, f64, f64)>,
 }
 
-/// Drive `requests` greedy generations of `n` tokens through the devices.
+/// What to generate.
+#[derive(Clone, Debug)]
+pub struct Job {
+    pub prompt: Vec<i64>,
+    /// New tokens per request.
+    pub tokens: usize,
+    /// Independent requests in flight together.
+    pub requests: usize,
+    /// How long to wait for a device.
+    pub timeout: Duration,
+    /// Move stage boundaries when measured times call for it (packages compiled with
+    /// `--standby`); `None`: never.
+    pub balance: Option<BalanceOptions>,
+}
+
+/// The client's side of the cluster: sockets, and who takes the token ids.
+struct Client<'a> {
+    cluster: &'a Cluster,
+    ctx: &'a zmq::Context,
+    opts: &'a NetOptions,
+    socket: zmq::Socket,
+    peers: HashMap<String, zmq::Socket>,
+    ids_to: Vec<String>,
+}
+
+impl Client<'_> {
+    fn send_to(&mut self, who: &str, f: &Frame) -> Result<(), String> {
+        let addr = self.cluster.address(who).ok_or_else(|| format!("`{who}` is not in the cluster file"))?;
+        send(&mut self.peers, self.ctx, addr, f, self.opts)
+    }
+
+    fn send_ids(&mut self, r: u64, step: u64, ids: &[i64]) -> Result<(), String> {
+        let t = Tensor::i64(ArrayD::from_shape_vec(IxDyn(&[1, ids.len()]), ids.to_vec()).map_err(|e| e.to_string())?);
+        for d in self.ids_to.clone() {
+            self.send_to(&d, &Frame::new("tensors", r, step, "client", vec![("input_ids".into(), t.clone())]))?;
+        }
+        Ok(())
+    }
+
+    /// Apply a new plan on drained devices: every device switches, moves KV cache and
+    /// reports ready. Returns the KV-cache bytes moved.
+    fn switch(
+        &mut self,
+        spec: &BalanceSpec,
+        plan: &[shardc_passes::plan::Stage],
+        epoch: u64,
+        requests: Vec<u64>,
+        timeout: Duration,
+    ) -> Result<u64, String> {
+        let routes = spec.routes(plan);
+        let stages = spec.stage_devices(plan);
+        let body = Rebalance {
+            epoch,
+            stages: stages.clone(),
+            ranges: plan.iter().map(|s| [s.start, s.end]).collect(),
+            requests,
+            routes: routes.clone(),
+        };
+        let info = serde_json::to_string(&body).map_err(|e| e.to_string())?;
+        for d in &stages {
+            let mut f = Frame::new("rebalance", 0, epoch, "client", vec![]);
+            f.info = info.clone();
+            self.send_to(d, &f)?;
+        }
+        let mut waiting: BTreeSet<&String> = stages.iter().collect();
+        let mut kv = 0;
+        while !waiting.is_empty() {
+            let Some(msg) = receive(&self.socket, timeout, self.opts, "client")? else {
+                return Err(format!(
+                    "rebalancing: {} did not report ready within {:.1} s",
+                    waiting.iter().map(|d| format!("`{d}`")).collect::<Vec<_>>().join(", "),
+                    timeout.as_secs_f64()
+                ));
+            };
+            if msg.kind != "ready" || msg.step != epoch {
+                eprintln!("client: ignored a `{}` message from `{}` while rebalancing", msg.kind, msg.sender);
+                continue;
+            }
+            let ready: Ready = serde_json::from_str(&msg.info).map_err(|e| format!("bad ready message: {e}"))?;
+            if let Some(e) = ready.error {
+                return Err(format!("rebalancing: device `{}`: {e}", msg.sender));
+            }
+            kv += ready.kv_sent_bytes;
+            waiting.remove(&msg.sender);
+        }
+        self.ids_to = routes.get("input_ids").map_or(Vec::new(), |r| r.to.clone());
+        Ok(kv)
+    }
+}
+
+/// Drive `job.requests` greedy generations of `job.tokens` tokens through the devices.
 pub fn generate(
     out: &Path,
     cluster: &Cluster,
     ctx: &zmq::Context,
     opts: &NetOptions,
-    prompt: &[i64],
-    n: usize,
-    requests: usize,
-    timeout: Duration,
+    job: &Job,
 ) -> Result<Generation, String> {
+    let (n, requests, timeout) = (job.tokens, job.requests, job.timeout);
     let map_text =
         std::fs::read_to_string(out.join("transmission_map.json")).map_err(|e| format!("{}: {e}", out.display()))?;
     let map: serde_json::Value = serde_json::from_str(&map_text).map_err(|e| e.to_string())?;
@@ -255,34 +598,45 @@ pub fn generate(
         .iter()
         .map(|d| package::load_manifest(&out.join(d)).map_err(|e| e.to_string()))
         .collect::<Result<_, _>>()?;
+    let mut balancer = match job.balance {
+        Some(o) => BalanceSpec::load(out)?.map(|spec| Balancer::new(spec, o)),
+        None => None,
+    };
+    if let Some(b) = &balancer {
+        if b.spec.stage_devices(&b.plan) != stages {
+            return Err(format!(
+                "{}: balance.json's stages {:?} are not the transmission map's {stages:?}",
+                out.display(),
+                b.spec.stage_devices(&b.plan)
+            ));
+        }
+    }
     let socket = ctx.socket(zmq::PULL).map_err(|e| e.to_string())?;
     socket.bind(&cluster.client).map_err(|e| format!("client: cannot bind {}: {e}", cluster.client))?;
-    let mut peers = HashMap::new();
+    let mut client = Client { cluster, ctx, opts, socket, peers: HashMap::new(), ids_to };
     let started = Instant::now();
     let mut tokens: Vec<Vec<i64>> = vec![Vec::new(); requests];
+    let mut token_ms: Vec<Vec<f64>> = vec![Vec::new(); requests];
     let mut ids_sent = Vec::new();
     let mut timings: Vec<StageTiming> =
         manifests.iter().map(|m| StageTiming { device: m.device.clone(), ..Default::default() }).collect();
-    let send_ids = |peers: &mut HashMap<String, zmq::Socket>, r: u64, step: u64, ids: &[i64]| -> Result<(), String> {
-        let t = Tensor::i64(ArrayD::from_shape_vec(IxDyn(&[1, ids.len()]), ids.to_vec()).map_err(|e| e.to_string())?);
-        for d in &ids_to {
-            let addr = cluster.address(d).ok_or_else(|| format!("`{d}` is not in the cluster file"))?;
-            let f = Frame::new("tensors", r, step, "client", vec![("input_ids".into(), t.clone())]);
-            send(peers, ctx, addr, &f, opts)?;
-        }
-        Ok(())
-    };
     // Per (request, step): which stages reported done, and the logits when they come.
     let mut done: HashMap<(u64, u64), Vec<bool>> = HashMap::new();
     let mut logits: HashMap<(u64, u64), Vec<f32>> = HashMap::new();
     for r in 0..requests as u64 {
-        send_ids(&mut peers, r, 0, prompt)?;
+        client.send_ids(r, 0, &job.prompt)?;
         done.insert((r, 0), vec![false; stages.len()]);
     }
-    ids_sent.push(prompt.len());
+    ids_sent.push(job.prompt.len());
     let mut active = requests;
+    let mut completed_steps = 0u64;
+    // A move waiting for the in-flight steps to finish: the plan, since when, and the
+    // next step of each request, held back.
+    let mut draining: Option<(Vec<shardc_passes::plan::Stage>, Instant)> = None;
+    let mut held_back: Vec<(u64, u64, i64)> = Vec::new();
+    let mut epoch = 0;
     while active > 0 && n > 0 {
-        let Some(msg) = receive(&socket, timeout, opts, "client")? else {
+        let Some(msg) = receive(&client.socket, timeout, opts, "client")? else {
             // Name the first stage that has not finished the oldest outstanding step.
             let (key, flags) = done.iter().min_by_key(|(k, _)| **k).ok_or("timed out")?;
             let missing = flags.iter().position(|f| !f).map_or("?".to_string(), |i| stages[i].clone());
@@ -310,6 +664,11 @@ pub fn generate(
                         st.waiting_ms += w;
                         st.send_ms += s;
                         st.per_step.push((key.0, key.1, c, w, s));
+                        if key.1 > 0 {
+                            if let Some(b) = &mut balancer {
+                                b.record(i, c);
+                            }
+                        }
                     }
                 }
             }
@@ -329,24 +688,75 @@ pub fn generate(
             let next = argmax(&logits.remove(&key).unwrap_or_default()) as i64;
             let r = key.0 as usize;
             tokens[r].push(next);
+            token_ms[r].push(started.elapsed().as_secs_f64() * 1e3);
+            if key.1 > 0 {
+                completed_steps += 1;
+            }
             if tokens[r].len() == n {
                 active -= 1;
                 for d in &stages {
-                    if let Some(addr) = cluster.address(d) {
-                        let end = Frame::new("end", key.0, key.1, "client", vec![]);
-                        send(&mut peers, ctx, addr, &end, opts)?;
-                    }
+                    client.send_to(d, &Frame::new("end", key.0, key.1, "client", vec![]))?;
                 }
+            } else if draining.is_some() {
+                held_back.push((key.0, key.1 + 1, next));
             } else {
-                send_ids(&mut peers, key.0, key.1 + 1, &[next])?;
+                client.send_ids(key.0, key.1 + 1, &[next])?;
                 done.insert((key.0, key.1 + 1), vec![false; stages.len()]);
                 if r == 0 {
                     ids_sent.push(1);
                 }
             }
+            if let (Some(b), None) = (&mut balancer, &draining) {
+                let before = b.decisions.len();
+                match b.evaluate(completed_steps) {
+                    // Logged once applied, with what the move took.
+                    Some(plan) => draining = Some((plan, Instant::now())),
+                    None if b.decisions.len() > before => {
+                        eprintln!("client: {}", b.decisions[before].to_text());
+                    }
+                    None => {}
+                }
+            }
+        }
+        // Drained: switch, then release the held-back steps.
+        if done.is_empty() {
+            if let Some((plan, since)) = draining.take() {
+                let b = balancer.as_mut().ok_or("draining without a balancer")?;
+                let drain_ms = since.elapsed().as_secs_f64() * 1e3;
+                if !held_back.is_empty() {
+                    epoch += 1;
+                    let switch_started = Instant::now();
+                    let requests: Vec<u64> = held_back.iter().map(|h| h.0).collect();
+                    let kv = client.switch(&b.spec, &plan, epoch, requests, timeout)?;
+                    b.applied(plan, drain_ms, switch_started.elapsed().as_secs_f64() * 1e3, kv);
+                    if let Some(d) = b.decisions.last() {
+                        eprintln!("client: {}", d.to_text());
+                    }
+                }
+                for (r, step, next) in std::mem::take(&mut held_back) {
+                    client.send_ids(r, step, &[next])?;
+                    done.insert((r, step), vec![false; stages.len()]);
+                    if r == 0 {
+                        ids_sent.push(1);
+                    }
+                }
+            }
         }
     }
-    Ok(Generation { tokens, ids_sent, stages: timings, wall_ms: started.elapsed().as_secs_f64() * 1e3 })
+    let balance = balancer.map(|b| BalanceReport {
+        options: b.opts,
+        moves: b.decisions.iter().filter(|d| d.moved).count(),
+        plan: b.spec.view(&b.plan),
+        decisions: b.decisions,
+    });
+    Ok(Generation {
+        tokens,
+        token_ms,
+        ids_sent,
+        stages: timings,
+        wall_ms: started.elapsed().as_secs_f64() * 1e3,
+        balance,
+    })
 }
 
 /// Tell every device to stop.

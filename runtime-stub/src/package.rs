@@ -2,7 +2,7 @@
 //! `shard.onnx` and `weights.safetensors`. Loading checks every file against the
 //! blake3 hash the manifest records and refuses a package that was altered.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -10,6 +10,7 @@ use shardc_ir::Graph;
 
 use crate::pipeline::Pipeline;
 use crate::{RuntimeError, Session};
+use shardc_passes::split::stage_graph;
 
 /// A tensor a stage takes in or gives out.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -57,8 +58,8 @@ pub struct Standby {
     pub node_units: Vec<usize>,
 }
 
-/// The standby graph and its units, when the package has them.
-pub fn load_standby(dir: &Path, m: &Manifest) -> Result<Option<(Standby, Graph)>, RuntimeError> {
+/// The units the package holds, when it was compiled with standby units.
+pub fn load_standby(dir: &Path, m: &Manifest) -> Result<Option<HeldUnits>, RuntimeError> {
     if m.held.is_none() {
         return Ok(None);
     }
@@ -86,7 +87,7 @@ pub fn load_standby(dir: &Path, m: &Manifest) -> Result<Option<(Standby, Graph)>
             ),
         ));
     }
-    Ok(Some((standby, graph)))
+    Ok(Some(HeldUnits::new(standby, graph)))
 }
 
 /// The current package format.
@@ -162,4 +163,64 @@ pub fn load_pipeline(out: &Path) -> Result<(Vec<Manifest>, Pipeline), RuntimeErr
         manifests.push(m);
     }
     Ok((manifests, Pipeline::new(sessions)))
+}
+
+/// KV-cache inputs (`past_key_values.*`) and outputs (`present.*`) stay on their device.
+pub fn is_cache(name: &str) -> bool {
+    name.starts_with("past_key_values.") || name.starts_with("present.")
+}
+
+/// The units a package holds: the graph any stage within them is cut from.
+pub struct HeldUnits {
+    pub standby: Standby,
+    pub graph: Graph,
+    /// The unit (whole-model index) that reads each KV-cache input.
+    pub cache_unit: HashMap<String, usize>,
+}
+
+impl HeldUnits {
+    pub fn new(standby: Standby, graph: Graph) -> HeldUnits {
+        let uses = graph.uses();
+        let cache_unit = graph
+            .inputs
+            .iter()
+            .filter(|&&v| is_cache(&graph.value(v).name))
+            .filter_map(|&v| {
+                let unit = uses[v.index()].iter().map(|n| standby.node_units[n.index()]).min()?;
+                Some((graph.value(v).name.clone(), standby.first + unit))
+            })
+            .collect();
+        HeldUnits { standby, graph, cache_unit }
+    }
+
+    /// Units `[start, end)` held.
+    pub fn range(&self) -> [usize; 2] {
+        [self.standby.first, self.standby.first + self.standby.units.len()]
+    }
+
+    /// The graph of units `[start, end)`, which must be held.
+    pub fn stage(&self, range: [usize; 2]) -> Result<Graph, String> {
+        let [h0, h1] = self.range();
+        if range[0] < h0 || range[1] > h1 || range[0] >= range[1] {
+            return Err(format!(
+                "asked to run units {}..{}, but the package holds units {h0}..{h1} ({} .. {})",
+                range[0],
+                range[1],
+                self.standby.units[0],
+                self.standby.units[self.standby.units.len() - 1]
+            ));
+        }
+        let side: Vec<usize> = self
+            .standby
+            .node_units
+            .iter()
+            .map(|&u| {
+                let g = h0 + u;
+                usize::from(g >= range[0]) + usize::from(g >= range[1])
+            })
+            .collect();
+        let (mut g, _) = stage_graph(&self.graph, &side, 1);
+        g.name = format!("units{}-{}", range[0], range[1]);
+        Ok(g)
+    }
 }

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Result};
 use clap::{Args, Parser, Subcommand};
+use shardc_runtime::balance::BalanceOptions;
 use shardc_runtime::cluster::Cluster;
-use shardc_runtime::node::{self, Generation, NetOptions};
+use shardc_runtime::node::{self, Generation, Job, NetOptions, Slowdown};
 
 /// Run compiled shardc packages, one process per device or all in one.
 #[derive(Parser)]
@@ -44,6 +45,47 @@ struct Gen {
     timeout: f64,
     #[arg(long)]
     json: bool,
+    /// Never move stage boundaries (packages compiled with --standby otherwise do when
+    /// measured stage times call for it).
+    #[arg(long)]
+    no_balance: bool,
+    /// Decode steps per stage that load balancing looks at.
+    #[arg(long, default_value_t = BalanceOptions::default().window)]
+    balance_window: usize,
+    /// Move boundaries only when that is predicted to improve the objective by more
+    /// than this fraction.
+    #[arg(long, default_value_t = BalanceOptions::default().threshold)]
+    balance_threshold: f64,
+}
+
+impl Gen {
+    fn job(&self) -> Result<Job> {
+        if self.balance_window == 0 {
+            bail!("--balance-window must be at least 1");
+        }
+        if !(self.balance_threshold >= 0.0 && self.balance_threshold.is_finite()) {
+            bail!("--balance-threshold must be a fraction ≥ 0, got {}", self.balance_threshold);
+        }
+        Ok(Job {
+            prompt: self.input_ids.clone(),
+            tokens: self.max_new_tokens,
+            requests: self.requests,
+            timeout: Duration::from_secs_f64(self.timeout),
+            balance: (!self.no_balance)
+                .then_some(BalanceOptions { window: self.balance_window, threshold: self.balance_threshold }),
+        })
+    }
+}
+
+/// `STEPS:F`.
+fn parse_slowdown_after(s: &str) -> Result<Slowdown, String> {
+    let (steps, factor) = s.split_once(':').ok_or_else(|| format!("`{s}`: expected STEPS:F, like 16:3"))?;
+    let steps: u64 = steps.trim().parse().map_err(|_| format!("`{steps}` is not a number of decode steps"))?;
+    let factor: f64 = factor.trim().parse().map_err(|_| format!("`{factor}` is not a factor"))?;
+    if !(factor >= 1.0 && factor.is_finite()) {
+        return Err(format!("slowdown factor {factor} must be at least 1"));
+    }
+    Ok(Slowdown { factor, from_step: steps + 1 })
 }
 
 #[derive(Subcommand)]
@@ -59,8 +101,11 @@ enum Command {
         #[arg(long)]
         allow_remote: bool,
         /// Emulate a device this many times slower.
-        #[arg(long, default_value_t = 1.0)]
+        #[arg(long, default_value_t = 1.0, conflicts_with = "slowdown_after")]
         slowdown: f64,
+        /// Become F times slower after STEPS decode steps (`STEPS:F`).
+        #[arg(long, value_parser = parse_slowdown_after)]
+        slowdown_after: Option<Slowdown>,
         #[command(flatten)]
         net: Net,
     },
@@ -84,7 +129,7 @@ enum Command {
     },
 }
 
-fn net_options(net: &Net, slowdown: f64) -> Result<NetOptions> {
+fn net_options(net: &Net, slowdown: Slowdown) -> Result<NetOptions> {
     let secret = match &net.secret_file {
         Some(p) => {
             let bytes = std::fs::read(p).map_err(|e| anyhow!("{}: {e}", p.display()))?;
@@ -112,6 +157,15 @@ fn report(g: &Generation, json: bool) -> Result<()> {
             s.device, s.steps, s.compute_ms, s.waiting_ms, s.send_ms
         );
     }
+    if let Some(b) = &g.balance {
+        println!("balance: {} decisions, {} moves", b.decisions.len(), b.moves);
+        for d in b.decisions.iter().filter(|d| d.moved) {
+            println!("  {}", d.to_text());
+        }
+        let plan: Vec<String> =
+            b.plan.iter().map(|s| format!("{}: {} .. {}", s.device, s.first_unit, s.last_unit)).collect();
+        println!("final plan: {}", plan.join("; "));
+    }
     println!("wall {:.1} ms", g.wall_ms);
     Ok(())
 }
@@ -127,7 +181,7 @@ fn local(out: &Path, gen: &Gen) -> Result<Generation> {
         }
     }
     let cluster = Cluster { client: "inproc://client".into(), devices };
-    let opts = NetOptions { secret: None, max_frame: 1 << 30, slowdown: 1.0 };
+    let opts = NetOptions { secret: None, max_frame: 1 << 30, slowdown: Slowdown::NONE };
     let stop = Arc::new(AtomicBool::new(false));
     let handles: Vec<_> = cluster
         .devices
@@ -138,48 +192,33 @@ fn local(out: &Path, gen: &Gen) -> Result<Generation> {
             std::thread::spawn(move || node::serve(&out, &d, &cluster, &ctx, &opts, stop))
         })
         .collect();
-    let result = node::generate(
-        out,
-        &cluster,
-        &ctx,
-        &opts,
-        &gen.input_ids,
-        gen.max_new_tokens,
-        gen.requests,
-        Duration::from_secs_f64(gen.timeout),
-    );
+    let result = gen.job().and_then(|job| node::generate(out, &cluster, &ctx, &opts, &job).map_err(|e| anyhow!(e)));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for h in handles {
         if let Ok(Err(e)) = h.join() {
             eprintln!("{e}");
         }
     }
-    result.map_err(|e| anyhow!(e))
+    result
 }
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Serve { out, device, cluster, allow_remote, slowdown, net } => {
+        Command::Serve { out, device, cluster, allow_remote, slowdown, slowdown_after, net } => {
             let cluster = Cluster::load(&cluster, allow_remote).map_err(|e| anyhow!(e))?;
+            if !(slowdown >= 1.0 && slowdown.is_finite()) {
+                bail!("--slowdown {slowdown}: the factor must be at least 1");
+            }
+            let slowdown = slowdown_after.unwrap_or(Slowdown { factor: slowdown, from_step: 0 });
             let opts = net_options(&net, slowdown)?;
             let ctx = zmq::Context::new();
             node::serve(&out, &device, &cluster, &ctx, &opts, Arc::new(AtomicBool::new(false))).map_err(|e| anyhow!(e))
         }
         Command::Generate { out, cluster, allow_remote, generation, net } => {
             let cluster = Cluster::load(&cluster, allow_remote).map_err(|e| anyhow!(e))?;
-            let opts = net_options(&net, 1.0)?;
+            let opts = net_options(&net, Slowdown::NONE)?;
             let ctx = zmq::Context::new();
-            let g = node::generate(
-                &out,
-                &cluster,
-                &ctx,
-                &opts,
-                &generation.input_ids,
-                generation.max_new_tokens,
-                generation.requests,
-                Duration::from_secs_f64(generation.timeout),
-            )
-            .map_err(|e| anyhow!(e))?;
+            let g = node::generate(&out, &cluster, &ctx, &opts, &generation.job()?).map_err(|e| anyhow!(e))?;
             report(&g, generation.json)
         }
         Command::Local { out, generation } => {
