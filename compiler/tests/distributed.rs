@@ -4,87 +4,18 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{fixture_dir, meta, root};
-
-fn shardc_run() -> PathBuf {
-    let p = Path::new(env!("CARGO_BIN_EXE_shardc")).with_file_name("shardc-run");
-    assert!(p.exists(), "{} is missing: build the workspace (cargo test --workspace)", p.display());
-    p
-}
-
-fn compile(model: &Path, out: &Path) {
-    let st = Command::new(env!("CARGO_BIN_EXE_shardc"))
-        .arg("compile")
-        .arg(model)
-        .args(["--devices", root().join("fixtures/devices/loopback-3.toml").to_str().unwrap()])
-        .args(["--objective", "throughput", "--prompt-len", "16", "--max-context", "64", "-o"])
-        .arg(out)
-        .output()
-        .unwrap();
-    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
-}
-
-/// A cluster file on free-looking loopback ports; returns its path and the addresses.
-fn cluster(dir: &Path, base: u16) -> (PathBuf, Vec<String>) {
-    let addrs: Vec<String> = (0..4).map(|i| format!("tcp://127.0.0.1:{}", base + i)).collect();
-    let text = format!(
-        "client = \"{}\"\n[devices]\ndev-a = \"{}\"\ndev-b = \"{}\"\ndev-c = \"{}\"\n",
-        addrs[0], addrs[1], addrs[2], addrs[3]
-    );
-    let path = dir.join("cluster.toml");
-    std::fs::write(&path, text).unwrap();
-    (path, addrs)
-}
-
-fn port_base(salt: u16) -> u16 {
-    20000 + ((std::process::id() as u16).wrapping_mul(7).wrapping_add(salt * 101) % 20000)
-}
-
-struct Devices(Vec<Child>);
-
-impl Drop for Devices {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn serve(out: &Path, cluster: &Path, extra: &[&str]) -> Devices {
-    Devices(
-        ["dev-a", "dev-b", "dev-c"]
-            .iter()
-            .map(|d| {
-                Command::new(shardc_run())
-                    .arg("serve")
-                    .arg(out)
-                    .args(["--device", d, "--cluster", cluster.to_str().unwrap()])
-                    .args(extra)
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .unwrap()
-            })
-            .collect(),
-    )
-}
-
-fn ids(name: &str) -> (String, Vec<i64>) {
-    let m = meta(name);
-    let ids: Vec<String> = m["input_ids"].as_array().unwrap().iter().map(|v| v.to_string()).collect();
-    (ids.join(","), m["greedy_tokens"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect())
-}
+use common::fixture_dir;
+use common::net::{cluster, compile, ids, port_base, serve, shardc_run};
 
 #[test]
 fn three_processes_on_loopback_reproduce_every_checkpoint() {
     for (k, name) in ["gpt2", "llama", "qwen2", "bloom", "llama32"].iter().enumerate() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out");
-        compile(&fixture_dir(name).join("hf"), &out);
+        compile(&fixture_dir(name).join("hf"), &out, &[]);
         let (cluster_file, _) = cluster(dir.path(), port_base(k as u16));
         let _devices = serve(&out, &cluster_file, &[]);
         let (ids, expected) = ids(name);
@@ -135,7 +66,7 @@ fn three_processes_on_loopback_reproduce_every_checkpoint() {
 fn a_killed_device_ends_generation_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    compile(&fixture_dir("llama32").join("hf"), &out);
+    compile(&fixture_dir("llama32").join("hf"), &out, &[]);
     let (cluster_file, _) = cluster(dir.path(), port_base(11));
     let mut devices = serve(&out, &cluster_file, &["--slowdown", "20"]);
     let (ids, _) = ids("llama32");
@@ -170,7 +101,7 @@ fn a_killed_device_ends_generation_naming_it() {
 fn bad_frames_are_dropped_and_the_device_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    compile(&fixture_dir("gpt2").join("hf"), &out);
+    compile(&fixture_dir("gpt2").join("hf"), &out, &[]);
     let (cluster_file, addrs) = cluster(dir.path(), port_base(23));
     let secret = dir.path().join("secret");
     std::fs::write(&secret, b"shared by the devices of this test").unwrap();
@@ -221,7 +152,7 @@ fn bad_frames_are_dropped_and_the_device_keeps_serving() {
 fn an_altered_package_will_not_serve() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    compile(&fixture_dir("llama").join("hf"), &out);
+    compile(&fixture_dir("llama").join("hf"), &out, &[]);
     let w = out.join("dev-c/weights.safetensors");
     let mut b = std::fs::read(&w).unwrap();
     let last = b.len() - 1;

@@ -8,8 +8,9 @@
 //! for the units the device runs — scales the compile-time [`Problem`] by them, and
 //! re-plans with [`order_dp::solve_in`]: same devices in the same order, each confined
 //! to the units whose weights its package holds. It moves only when the predicted gain
-//! clears the threshold; after a move the window starts again, so a decision is always
-//! made on times measured under the plan in force.
+//! clears the threshold plus the window's own noise (the widest relative interquartile
+//! range), twice in a row (half a window apart); after a move the window starts again,
+//! so a decision is always made on times measured under the plan in force.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
@@ -207,6 +208,13 @@ pub struct Decision {
     pub new_objective_ms: f64,
     /// old / new objective.
     pub predicted_gain: f64,
+    /// The widest interquartile range of a stage's window, relative to its median.
+    pub noise: f64,
+    /// The gain a move needed: 1 + threshold + noise.
+    pub required_gain: f64,
+    /// The best move cleared the bar for the first time: it is made if the next look
+    /// (half a window later) agrees.
+    pub confirming: bool,
     pub moved: bool,
     /// For moves: waiting for in-flight steps, then switching (plan sent to every
     /// device until all reported ready, KV cache moved), ms, and KV-cache bytes moved.
@@ -223,17 +231,21 @@ pub struct Balancer {
     pub plan: Vec<Stage>,
     samples: Vec<VecDeque<f64>>,
     fresh: Vec<usize>,
+    /// The last look found a move that cleared the bar.
+    cleared_last: bool,
     pub decisions: Vec<Decision>,
 }
 
-fn median(v: &VecDeque<f64>) -> f64 {
+/// The `q` quantile (0..=1) of a window, interpolating between order statistics.
+fn quantile(v: &VecDeque<f64>, q: f64) -> f64 {
     let mut s: Vec<f64> = v.iter().copied().collect();
     s.sort_by(f64::total_cmp);
-    match s.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => s[n / 2],
-        n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
+    if s.is_empty() {
+        return 0.0;
     }
+    let x = q * (s.len() - 1) as f64;
+    let (i, f) = (x.floor() as usize, x - x.floor());
+    s[i] + f * (s[(i + 1).min(s.len() - 1)] - s[i])
 }
 
 impl Balancer {
@@ -246,6 +258,7 @@ impl Balancer {
             opts: BalanceOptions { window, ..opts },
             samples: vec![VecDeque::with_capacity(window); n],
             fresh: vec![0; n],
+            cleared_last: false,
             decisions: Vec::new(),
         }
     }
@@ -269,7 +282,18 @@ impl Balancer {
         }
         self.fresh.iter_mut().for_each(|f| *f = 0);
         let p = &self.spec.problem;
-        let measured_ms: Vec<f64> = self.samples.iter().map(median).collect();
+        let measured_ms: Vec<f64> = self.samples.iter().map(|w| quantile(w, 0.5)).collect();
+        // How much the times wander within the window: the widest interquartile range
+        // relative to its median. A move must beat the threshold by that much too, so
+        // noise alone never moves a boundary (and a slowdown that is still arriving
+        // waits until the window has settled).
+        let noise = self
+            .samples
+            .iter()
+            .zip(&measured_ms)
+            .map(|(w, m)| if *m > 0.0 { (quantile(w, 0.75) - quantile(w, 0.25)) / m } else { 0.0 })
+            .fold(0.0, f64::max);
+        let required_gain = 1.0 + self.opts.threshold + noise;
         let modelled_ms: Vec<f64> =
             self.plan.iter().map(|s| p.decode[s.device][s.start..s.end].iter().sum::<f64>() * 1e3).collect();
         let factor: Vec<f64> =
@@ -284,7 +308,10 @@ impl Balancer {
         let (best, best_objective) = order_dp::solve_in(&q, &order, Some(&self.spec.held_ranges()))
             .unwrap_or_else(|| (self.plan.clone(), old_objective));
         let gain = if best_objective > 0.0 { old_objective / best_objective } else { 1.0 };
-        let moved = best != self.plan && gain > 1.0 + self.opts.threshold;
+        // A move must clear the bar twice in a row: a burst on one window moves nothing.
+        let clears = best != self.plan && gain > required_gain;
+        let moved = clears && self.cleared_last;
+        self.cleared_last = clears && !moved;
         let new = if moved { best } else { self.plan.clone() };
         self.decisions.push(Decision {
             after_steps,
@@ -296,6 +323,9 @@ impl Balancer {
             old_objective_ms: old_objective * 1e3,
             new_objective_ms: if moved { best_objective * 1e3 } else { old_objective * 1e3 },
             predicted_gain: gain,
+            noise,
+            required_gain,
+            confirming: clears && !moved,
             moved,
             drain_ms: None,
             switch_ms: None,
@@ -309,6 +339,7 @@ impl Balancer {
         self.plan = plan;
         self.samples.iter_mut().for_each(VecDeque::clear);
         self.fresh.iter_mut().for_each(|f| *f = 0);
+        self.cleared_last = false;
         if let Some(d) = self.decisions.last_mut() {
             d.drain_ms = Some(drain_ms);
             d.switch_ms = Some(switch_ms);
@@ -339,7 +370,13 @@ impl Decision {
                 self.predicted_gain
             );
         } else {
-            s += &format!(", best move gains {:.2}×: staying", self.predicted_gain);
+            let verdict = if self.confirming { "clears it once, looking again" } else { "staying" };
+            s += &format!(
+                ", best move gains {:.2}× (needs {:.2}×, noise {:.0}%): {verdict}",
+                self.predicted_gain,
+                self.required_gain,
+                self.noise * 100.0,
+            );
         }
         if let (Some(d), Some(w), Some(k)) = (self.drain_ms, self.switch_ms, self.kv_bytes) {
             s += &format!(" (drained {d:.1} ms, switched {w:.1} ms, {k} KV-cache bytes moved)");

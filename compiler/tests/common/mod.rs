@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+pub mod net;
+
 /// The fixture models `fixtures/generate.py` wrote.
 pub const FIXTURES: &[&str] = &["gpt2", "llama", "qwen2", "bloom", "llama32"];
 

@@ -1,0 +1,82 @@
+//! Helpers for tests that run `shardc-run` processes on loopback.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use super::{meta, root};
+
+/// The `shardc-run` binary beside `shardc`.
+pub fn shardc_run() -> PathBuf {
+    let p = Path::new(env!("CARGO_BIN_EXE_shardc")).with_file_name("shardc-run");
+    assert!(p.exists(), "{} is missing: build the workspace (cargo test --workspace)", p.display());
+    p
+}
+
+/// `shardc compile` for `loopback-3.toml`, throughput objective, with `extra` arguments.
+pub fn compile(model: &Path, out: &Path, extra: &[&str]) {
+    let st = Command::new(env!("CARGO_BIN_EXE_shardc"))
+        .arg("compile")
+        .arg(model)
+        .args(extra)
+        .args(["--devices", root().join("fixtures/devices/loopback-3.toml").to_str().unwrap()])
+        .args(["--objective", "throughput", "--prompt-len", "16", "--max-context", "64", "-o"])
+        .arg(out)
+        .output()
+        .unwrap();
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+}
+
+/// A cluster file on free-looking loopback ports; returns its path and the addresses.
+pub fn cluster(dir: &Path, base: u16) -> (PathBuf, Vec<String>) {
+    let addrs: Vec<String> = (0..4).map(|i| format!("tcp://127.0.0.1:{}", base + i)).collect();
+    let text = format!(
+        "client = \"{}\"\n[devices]\ndev-a = \"{}\"\ndev-b = \"{}\"\ndev-c = \"{}\"\n",
+        addrs[0], addrs[1], addrs[2], addrs[3]
+    );
+    let path = dir.join("cluster.toml");
+    std::fs::write(&path, text).unwrap();
+    (path, addrs)
+}
+
+/// A port range unlikely to clash with other tests.
+pub fn port_base(salt: u16) -> u16 {
+    20000 + ((std::process::id() as u16).wrapping_mul(7).wrapping_add(salt * 101) % 20000)
+}
+
+pub struct Devices(pub Vec<Child>);
+
+impl Drop for Devices {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// `shardc-run serve` for dev-a, dev-b and dev-c, each with `extra` arguments.
+pub fn serve(out: &Path, cluster: &Path, extra: &[&str]) -> Devices {
+    Devices(
+        ["dev-a", "dev-b", "dev-c"]
+            .iter()
+            .map(|d| {
+                Command::new(shardc_run())
+                    .arg("serve")
+                    .arg(out)
+                    .args(["--device", d, "--cluster", cluster.to_str().unwrap()])
+                    .args(extra)
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect(),
+    )
+}
+
+/// A fixture's prompt (comma-separated) and its PyTorch greedy tokens.
+pub fn ids(name: &str) -> (String, Vec<i64>) {
+    let m = meta(name);
+    let ids: Vec<String> = m["input_ids"].as_array().unwrap().iter().map(|v| v.to_string()).collect();
+    (ids.join(","), m["greedy_tokens"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect())
+}
+
