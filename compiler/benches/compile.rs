@@ -4,12 +4,11 @@
 //!
 //! Run: `cargo bench -p shardc --bench compile` (writes 2.2 GB under target/bench-models).
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
-use shardc::frontend::hf::sparse::write_sparse_checkpoint;
+use shardc::frontend::hf::sparse::{fill_random_f16, write_sparse_checkpoint};
 
 const CONFIG: &str = r#"{
   "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
@@ -20,32 +19,6 @@ const CONFIG: &str = r#"{
 }
 "#;
 
-/// Fill the (sparse) data region of the checkpoint with random f16 values.
-fn fill_random(file: &Path) {
-    let bytes = std::fs::read(file).expect("read header");
-    let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
-    let total = std::fs::metadata(file).expect("stat").len() as usize;
-    let mut f = std::fs::OpenOptions::new().write(true).open(file).expect("open");
-    use std::io::Seek;
-    f.seek(std::io::SeekFrom::Start((8 + n) as u64)).expect("seek");
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    let mut buf = vec![0u8; 1 << 22];
-    let mut left = total - 8 - n;
-    while left > 0 {
-        for c in buf.chunks_exact_mut(8) {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            // Four f16 values with magnitudes in [2^-4, 2^-3): finite, never NaN.
-            let v = (state & 0x83FF_83FF_83FF_83FF) | 0x2C00_2C00_2C00_2C00;
-            c.copy_from_slice(&v.to_le_bytes());
-        }
-        let k = left.min(buf.len());
-        f.write_all(&buf[..k]).expect("write");
-        left -= k;
-    }
-}
-
 fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let model = root.join("target/bench-models/tinyllama-f16");
@@ -54,7 +27,7 @@ fn main() {
         let config = model.join("source-config.json");
         std::fs::write(&config, CONFIG).expect("config");
         write_sparse_checkpoint(&config, &model).expect("checkpoint");
-        fill_random(&model.join("model.safetensors"));
+        fill_random_f16(&model.join("model.safetensors")).expect("fill");
     }
     let size = std::fs::metadata(model.join("model.safetensors")).expect("stat").len();
     let scratch = root.join("target/bench-models/scratch");

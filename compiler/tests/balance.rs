@@ -107,7 +107,7 @@ fn a_device_slowed_three_times_mid_generation_hands_units_to_its_neighbours() {
             // Each move is logged with its measurements, both plans and what it took.
             assert_eq!(d["measured_ms"].as_array().unwrap().len(), 3);
             assert!(d["predicted_gain"].as_f64().unwrap() > 1.15, "{d:#}");
-            assert!(d["new_objective_ms"].as_f64().unwrap() < d["old_objective_ms"].as_f64().unwrap());
+            assert!(d["new_token_ms"].as_f64().unwrap() < d["old_token_ms"].as_f64().unwrap());
             assert!(d["switch_ms"].as_f64().is_some() && d["drain_ms"].as_f64().is_some(), "{d:#}");
             // Layers changed devices, so KV cache moved with them.
             assert!(d["kv_bytes"].as_u64().unwrap() > 0, "{d:#}");

@@ -7,7 +7,8 @@
 //! speed factor per device — measured over what the compile-time cost model predicted
 //! for the units the device runs — scales the compile-time [`Problem`] by them, and
 //! re-plans with [`order_dp::solve_in`]: same devices in the same order, each confined
-//! to the units whose weights its package holds. It moves only when the predicted gain
+//! to the units whose weights its package holds, judged by the time per token for the
+//! requests actually in flight (see [`token_time`]). It moves only when the predicted gain
 //! clears the threshold plus the window's own noise (the widest relative interquartile
 //! range), twice in a row (half a window apart); after a move the window starts again,
 //! so a decision is always made on times measured under the plan in force.
@@ -16,7 +17,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use shardc_passes::plan::{order_dp, Problem, Stage};
+use shardc_passes::plan::{order_dp, Objective, Problem, Stage};
 
 /// The current `balance.json` format.
 pub const FORMAT: u32 = 1;
@@ -203,10 +204,14 @@ pub struct Decision {
     pub old: Vec<StageView>,
     /// The best plan the standby units allow (the old one when nothing better exists).
     pub new: Vec<StageView>,
-    /// The objective (as compiled: latency or throughput) under measured speeds, ms.
-    pub old_objective_ms: f64,
-    pub new_objective_ms: f64,
-    /// old / new objective.
+    /// Requests in flight when deciding.
+    pub in_flight: usize,
+    /// Predicted time per generated token with that many requests in flight, under
+    /// measured speeds: max(sum of stage and link times / in flight, slowest stage or
+    /// link), ms. For the plan in force and for the best plan the standby units allow.
+    pub old_token_ms: f64,
+    pub new_token_ms: f64,
+    /// old / new token time.
     pub predicted_gain: f64,
     /// The widest interquartile range of a stage's window, relative to its median.
     pub noise: f64,
@@ -221,6 +226,43 @@ pub struct Decision {
     pub drain_ms: Option<f64>,
     pub switch_ms: Option<f64>,
     pub kv_bytes: Option<u64>,
+}
+
+/// Seconds per generated token of `plan` with `k` requests in flight: the requests
+/// share the pipeline, so a token takes the sum of stage and link times over `k`, but
+/// never less than the slowest stage or link. Prefill is over by the time anyone re-plans.
+pub fn token_time(q: &Problem, plan: &[Stage], k: usize) -> f64 {
+    q.evaluate(plan).map_or(f64::INFINITY, |f| {
+        if f.feasible {
+            (f.decode_s / k as f64).max(f.bottleneck_s)
+        } else {
+            f64::INFINITY
+        }
+    })
+}
+
+/// The best plan within the held units for `k` requests in flight: the bounded
+/// planner's answers for the sum (one request) and for the slowest stage (a full
+/// pipeline), whichever gives the shorter token time — or the plan in force. Returns
+/// it with the token times of the plan in force and of it.
+pub fn replan(q: &Problem, plan: &[Stage], held: &[std::ops::Range<usize>], k: usize) -> (Vec<Stage>, f64, f64) {
+    let order: Vec<usize> = plan.iter().map(|s| s.device).collect();
+    let old = token_time(q, plan, k);
+    let mut best = (plan.to_vec(), old);
+    for objective in [Objective::Latency, Objective::Throughput] {
+        let mut p = q.clone();
+        p.objective = objective;
+        p.decode_tokens = 1.0;
+        p.prefill.iter_mut().flatten().for_each(|t| *t = 0.0);
+        p.cut_prefill.iter_mut().for_each(|b| *b = 0.0);
+        if let Some((candidate, _)) = order_dp::solve_in(&p, &order, Some(held)) {
+            let t = token_time(q, &candidate, k);
+            if t < best.1 {
+                best = (candidate, t);
+            }
+        }
+    }
+    (best.0, old, best.1)
 }
 
 /// Watches stage times and proposes moves.
@@ -275,7 +317,7 @@ impl Balancer {
 
     /// Look at the window when every stage has a full window and half a window of new
     /// times; returns the new plan when moving pays. The decision is recorded.
-    pub fn evaluate(&mut self, after_steps: u64) -> Option<Vec<Stage>> {
+    pub fn evaluate(&mut self, after_steps: u64, in_flight: usize) -> Option<Vec<Stage>> {
         let w = self.opts.window;
         if self.samples.iter().any(|s| s.len() < w) || self.fresh.iter().any(|&f| f < w.div_ceil(2)) {
             return None;
@@ -303,11 +345,9 @@ impl Balancer {
             by_device[s.device] = *f;
         }
         let q = p.slowed(&by_device);
-        let old_objective = q.evaluate(&self.plan).map_or(f64::INFINITY, |f| f.objective);
-        let order: Vec<usize> = self.plan.iter().map(|s| s.device).collect();
-        let (best, best_objective) = order_dp::solve_in(&q, &order, Some(&self.spec.held_ranges()))
-            .unwrap_or_else(|| (self.plan.clone(), old_objective));
-        let gain = if best_objective > 0.0 { old_objective / best_objective } else { 1.0 };
+        let k = in_flight.max(1);
+        let (best, old_token, best_token) = replan(&q, &self.plan, &self.spec.held_ranges(), k);
+        let gain = if best_token > 0.0 { old_token / best_token } else { 1.0 };
         // A move must clear the bar twice in a row: a burst on one window moves nothing.
         let clears = best != self.plan && gain > required_gain;
         let moved = clears && self.cleared_last;
@@ -320,8 +360,9 @@ impl Balancer {
             factor,
             old: self.spec.view(&self.plan),
             new: self.spec.view(&new),
-            old_objective_ms: old_objective * 1e3,
-            new_objective_ms: if moved { best_objective * 1e3 } else { old_objective * 1e3 },
+            in_flight: k,
+            old_token_ms: old_token * 1e3,
+            new_token_ms: if moved { best_token * 1e3 } else { old_token * 1e3 },
             predicted_gain: gain,
             noise,
             required_gain,
@@ -357,16 +398,17 @@ impl Decision {
         let measured = self.measured_ms.iter().map(|m| format!("{m:.2}")).collect::<Vec<_>>().join("/");
         let factor = self.factor.iter().map(|f| format!("{f:.2}")).collect::<Vec<_>>().join("/");
         let mut s = format!(
-            "balance after {} steps: measured {measured} ms (× model {factor}); plan [{}] {:.2} ms",
+            "balance after {} steps, {} in flight: measured {measured} ms (× model {factor}); plan [{}] {:.2} ms/token",
             self.after_steps,
+            self.in_flight,
             plan(&self.old),
-            self.old_objective_ms
+            self.old_token_ms
         );
         if self.moved {
             s += &format!(
-                " -> [{}] {:.2} ms, predicted gain {:.2}×: moving",
+                " -> [{}] {:.2} ms/token, predicted gain {:.2}×: moving",
                 plan(&self.new),
-                self.new_objective_ms,
+                self.new_token_ms,
                 self.predicted_gain
             );
         } else {
@@ -382,5 +424,131 @@ impl Decision {
             s += &format!(" (drained {d:.1} ms, switched {w:.1} ms, {k} KV-cache bytes moved)");
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shardc_passes::devices::Link;
+
+    /// Three equal devices, 12 equal units (1 ms each), 4 per stage, 2 standby units.
+    fn spec() -> BalanceSpec {
+        let (u, d) = (12, 3);
+        let problem = Problem {
+            prefill: vec![vec![0.01; u]; d],
+            decode: vec![vec![0.001; u]; d],
+            private_bytes: vec![1.0; u],
+            activation_bytes: vec![0.0; u],
+            shared: vec![],
+            budget: vec![100.0; d],
+            cut_prefill: vec![0.0; u - 1],
+            cut_decode: vec![0.0; u - 1],
+            links: vec![vec![Link { bandwidth: f64::INFINITY, latency: 0.0 }; d]; d],
+            decode_tokens: 16.0,
+            objective: Objective::Throughput,
+        };
+        let plan: Vec<Stage> = (0..3).map(|s| Stage { device: s, start: 4 * s, end: 4 * s + 4 }).collect();
+        let held = problem.standby(&plan, 2).iter().map(|r| [r.start, r.end]).collect();
+        BalanceSpec {
+            format: FORMAT,
+            units: (0..u).map(|i| format!("unit {i}")).collect(),
+            devices: vec!["a".into(), "b".into(), "c".into()],
+            plan,
+            held,
+            problem,
+            crossings: vec![
+                Crossing { tensor: "input_ids".into(), from: None, to: vec![0], output: false },
+                Crossing { tensor: "h3".into(), from: Some(3), to: vec![4], output: false },
+                Crossing { tensor: "h5".into(), from: Some(5), to: vec![6, 10], output: false },
+                Crossing { tensor: "logits".into(), from: Some(11), to: vec![], output: true },
+            ],
+        }
+    }
+
+    /// One step on every stage, the middle one `slow` times slower, with jitter.
+    fn step(b: &mut Balancer, slow: f64, jitter: f64, i: usize) {
+        for s in 0..3 {
+            let units = (b.plan[s].end - b.plan[s].start) as f64;
+            let wobble = 1.0 + jitter * (((i * 7 + s * 3) % 5) as f64 - 2.0) / 2.0;
+            b.record(s, units * if s == 1 { slow } else { 1.0 } * wobble);
+        }
+    }
+
+    #[test]
+    fn routes_follow_the_plan() {
+        let s = spec();
+        let r = s.routes(&s.plan);
+        assert_eq!(r["input_ids"], Route { from: "client".into(), to: vec!["a".into()] });
+        assert_eq!(r["h3"], Route { from: "a".into(), to: vec!["b".into()] });
+        // Long-range: straight to both readers.
+        assert_eq!(r["h5"], Route { from: "b".into(), to: vec!["c".into()] });
+        assert_eq!(r["logits"], Route { from: "c".into(), to: vec!["client".into()] });
+        let moved = vec![
+            Stage { device: 0, start: 0, end: 6 },
+            Stage { device: 1, start: 6, end: 7 },
+            Stage { device: 2, start: 7, end: 12 },
+        ];
+        let r = s.routes(&moved);
+        assert!(!r.contains_key("h3"), "h3 stays on a");
+        assert_eq!(r["h5"], Route { from: "a".into(), to: vec!["b".into(), "c".into()] });
+    }
+
+    #[test]
+    fn a_steady_pipeline_never_moves_and_a_slowed_stage_loses_units_after_confirmation() {
+        let mut b = Balancer::new(spec(), BalanceOptions::default());
+        for i in 0..200 {
+            step(&mut b, 1.0, 0.1, i);
+            assert_eq!(b.evaluate(i as u64, 2), None, "moved on noise: {:?}", b.decisions.last());
+        }
+        assert!(b.decisions.len() > 40);
+        // Slowed 3×: the window fills, the move clears the bar, then again, then moves.
+        let mut moved = None;
+        for i in 0..40 {
+            step(&mut b, 3.0, 0.1, i);
+            if let Some(p) = b.evaluate(200 + i as u64, 2) {
+                moved = Some((i, p));
+                break;
+            }
+        }
+        let (at, plan) = moved.expect("no move after a 3x slowdown");
+        assert!((8..=16).contains(&at), "moved after {at} steps");
+        let last = b.decisions.last().unwrap();
+        assert!(last.moved && b.decisions[b.decisions.len() - 2].confirming);
+        assert!(plan[1].end - plan[1].start < 4, "{plan:?}");
+        for (s, h) in plan.iter().zip(&b.spec.held) {
+            assert!(h[0] <= s.start && s.end <= h[1], "{plan:?} leaves the held units");
+        }
+        b.applied(plan.clone(), 1.0, 1.0, 10);
+        // Under the new plan the times agree with it: no further move.
+        for i in 0..60 {
+            step(&mut b, 3.0, 0.1, i);
+            assert_eq!(b.evaluate(300 + i as u64, 2), None, "{:?}", b.decisions.last());
+        }
+    }
+
+    #[test]
+    fn a_single_burst_moves_nothing() {
+        let mut b = Balancer::new(spec(), BalanceOptions::default());
+        for i in 0..40 {
+            // Four slow steps in the middle of the run.
+            let slow = if (20..24).contains(&i) { 3.0 } else { 1.0 };
+            step(&mut b, slow, 0.0, i);
+            assert_eq!(b.evaluate(i as u64, 2), None, "{:?}", b.decisions.last());
+        }
+    }
+
+    #[test]
+    fn one_request_in_flight_minimises_the_sum() {
+        let s = spec();
+        let q = s.problem.slowed(&[1.0, 3.0, 1.0]);
+        let held = s.held_ranges();
+        let (one, old1, new1) = replan(&q, &s.plan, &held, 1);
+        let (full, old3, new3) = replan(&q, &s.plan, &held, 3);
+        // One request: as few units on the slow device as the standby units allow.
+        assert_eq!(one[1].end - one[1].start, 1, "{one:?}");
+        assert!((old1 - 0.020).abs() < 1e-12 && new1 < old1);
+        // A full pipeline: the slowest stage decides.
+        assert!((old3 - 0.012).abs() < 1e-12 && new3 < old3 && new3 >= 0.0045 - 1e-12, "{full:?} {new3}");
     }
 }

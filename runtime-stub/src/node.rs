@@ -708,7 +708,7 @@ pub fn generate(
             }
             if let (Some(b), None) = (&mut balancer, &draining) {
                 let before = b.decisions.len();
-                match b.evaluate(completed_steps) {
+                match b.evaluate(completed_steps, active) {
                     // Logged once applied, with what the move took.
                     Some(plan) => draining = Some((plan, Instant::now())),
                     None if b.decisions.len() > before => {

@@ -79,4 +79,3 @@ pub fn ids(name: &str) -> (String, Vec<i64>) {
     let ids: Vec<String> = m["input_ids"].as_array().unwrap().iter().map(|v| v.to_string()).collect();
     (ids.join(","), m["greedy_tokens"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect())
 }
-

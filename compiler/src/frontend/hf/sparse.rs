@@ -38,3 +38,32 @@ pub fn write_sparse_checkpoint(config: &Path, dir: &Path) -> Result<u64, HfError
     f.set_len(header.len() as u64 + data).map_err(io(&path))?;
     Ok(data)
 }
+
+/// Fill the data region of a checkpoint written by [`write_sparse_checkpoint`] with
+/// pseudo-random f16 values (magnitudes in [2^-4, 2^-3), either sign; never NaN), the
+/// same bytes every time: a stand-in for a real f16 model in benchmarks.
+pub fn fill_random_f16(file: &Path) -> std::io::Result<()> {
+    use std::io::{Read, Seek};
+    let mut f = std::fs::OpenOptions::new().read(true).write(true).open(file)?;
+    let mut n = [0u8; 8];
+    f.read_exact(&mut n)?;
+    let start = 8 + u64::from_le_bytes(n);
+    let total = f.metadata()?.len();
+    f.seek(std::io::SeekFrom::Start(start))?;
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut buf = vec![0u8; 1 << 22];
+    let mut left = total.saturating_sub(start) as usize;
+    while left > 0 {
+        for c in buf.chunks_exact_mut(8) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let v = (state & 0x83FF_83FF_83FF_83FF) | 0x2C00_2C00_2C00_2C00;
+            c.copy_from_slice(&v.to_le_bytes());
+        }
+        let k = left.min(buf.len());
+        f.write_all(&buf[..k])?;
+        left -= k;
+    }
+    Ok(())
+}
