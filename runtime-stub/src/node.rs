@@ -261,7 +261,14 @@ impl Device<'_> {
     /// and wait for the cache of layers that arrive (then report `ready`).
     fn on_rebalance(&mut self, msg: &Frame) -> Result<(), String> {
         let started = Instant::now();
-        let plan: Rebalance = serde_json::from_str(&msg.info).map_err(|e| format!("bad rebalance message: {e}"))?;
+        let plan: Rebalance = match serde_json::from_str(&msg.info) {
+            Ok(p) => p,
+            Err(e) => {
+                let error = format!("malformed rebalance message from `{}`: {e}", msg.sender);
+                eprintln!("{}: {error}", self.name);
+                return self.report_ready(&Ready { epoch: msg.step, error: Some(error), ..Default::default() });
+            }
+        };
         let mut ready = Ready { epoch: plan.epoch, ..Default::default() };
         match self.switch(&plan, &mut ready) {
             Ok(missing) => {
@@ -281,7 +288,13 @@ impl Device<'_> {
         let held =
             self.held.as_ref().ok_or("the package was compiled without --standby: its boundaries cannot move")?;
         let me = plan.stages.iter().position(|d| *d == self.name).ok_or("the plan has no stage for this device")?;
-        let range = *plan.ranges.get(me).ok_or("the plan has fewer ranges than stages")?;
+        if plan.ranges.len() != plan.stages.len()
+            || plan.ranges.first().is_none_or(|r| r[0] != 0)
+            || plan.ranges.windows(2).any(|w| w[0][1] != w[1][0] || w[0][0] >= w[0][1])
+        {
+            return Err(format!("the plan's unit ranges {:?} do not tile the model", plan.ranges));
+        }
+        let range = plan.ranges[me];
         let owner = |u: usize| plan.ranges.iter().position(|r| (r[0]..r[1]).contains(&u)).map(|s| &plan.stages[s]);
         let mut active = if self.active.range == Some(range) {
             None
@@ -310,7 +323,8 @@ impl Device<'_> {
                 range[0], range[1]
             ));
         }
-        let peers_of = outputs.iter().map(|o| (o.clone(), plan.routes[o].to.clone())).collect();
+        let peers_of =
+            outputs.iter().map(|o| (o.clone(), plan.routes.get(o).map_or(Vec::new(), |r| r.to.clone()))).collect();
         if let Some((session, cache_inputs)) = active.take() {
             self.active.session = session;
             self.active.cache_inputs = cache_inputs;
