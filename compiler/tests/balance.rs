@@ -237,34 +237,27 @@ fn bad_balance_options_and_files_are_refused() {
         let err = String::from_utf8_lossy(&st.stderr);
         assert!(err.contains(message), "{args:?}: {err}");
     }
+    // generate fails, saying why.
+    let refused = |extra: &[&str]| {
+        let gen = Command::new(shardc_run())
+            .arg("generate")
+            .arg(&out)
+            .args(["--cluster", c, "--input-ids", "1,2,3", "--timeout", "1"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(!gen.status.success());
+        String::from_utf8_lossy(&gen.stderr).into_owned()
+    };
     // A balance.json whose stage lies outside what it holds.
     let path = out.join("balance.json");
     let mut spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     spec["held"][0][1] = serde_json::json!(1);
     std::fs::write(&path, serde_json::to_vec(&spec).unwrap()).unwrap();
-    let gen = Command::new(shardc_run())
-        .arg("generate")
-        .arg(&out)
-        .args(["--cluster", c, "--input-ids", "1,2,3", "--timeout", "1"])
-        .output()
-        .unwrap();
-    assert!(!gen.status.success());
-    let err = String::from_utf8_lossy(&gen.stderr);
+    let err = refused(&[]);
     assert!(err.contains("balance.json") && err.contains("do not contain its own"), "{err}");
     std::fs::write(&path, b"{\"format\": 1}").unwrap();
-    let gen = Command::new(shardc_run())
-        .arg("generate")
-        .arg(&out)
-        .args(["--cluster", c, "--input-ids", "1,2,3", "--timeout", "1", "--balance-window", "0"])
-        .output()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&gen.stderr).contains("--balance-window must be at least 1"));
-    let gen = Command::new(shardc_run())
-        .arg("generate")
-        .arg(&out)
-        .args(["--cluster", c, "--input-ids", "1,2,3", "--timeout", "1"])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&gen.stderr);
+    assert!(refused(&["--balance-window", "0"]).contains("--balance-window must be at least 1"));
+    let err = refused(&[]);
     assert!(err.contains("balance.json: not a balance file"), "{err}");
 }
