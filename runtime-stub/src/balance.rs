@@ -202,7 +202,8 @@ pub struct Decision {
     /// Per stage: measured over modelled, the device's speed factor.
     pub factor: Vec<f64>,
     pub old: Vec<StageView>,
-    /// The best plan the standby units allow (the old one when nothing better exists).
+    /// The plan after the decision: the best the standby units allow when moving, else
+    /// the old one.
     pub new: Vec<StageView>,
     /// Requests in flight when deciding.
     pub in_flight: usize,
