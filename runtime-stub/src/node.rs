@@ -346,7 +346,7 @@ impl Device<'_> {
             }
         }
         for ((to, r), tensors) in outgoing {
-            ready.kv_sent_bytes += tensors.iter().map(|(_, t)| t.len() as u64 * 4).sum::<u64>();
+            ready.kv_sent_bytes += tensors.iter().map(|(_, t)| t.byte_len() as u64).sum::<u64>();
             let device = self.name.clone();
             self.send_to(&to, &Frame::new("kv", r, plan.epoch, &device, tensors))?;
         }

@@ -60,6 +60,16 @@ impl Tensor {
         self.shape().iter().product()
     }
 
+    /// Bytes of its elements.
+    pub fn byte_len(&self) -> usize {
+        self.len()
+            * match &self.data {
+                Data::F32(_) => 4,
+                Data::I64(_) => 8,
+                Data::Bool(_) => 1,
+            }
+    }
+
     /// True when there are no elements.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
