@@ -4,7 +4,7 @@
 //! addressed by typed ids ([`ValueId`], [`NodeId`]). Ops form one closed enum
 //! ([`Op`]) with typed attributes; shapes are symbolic ([`Dim`]); weights are
 //! references into files ([`WeightRef`]), never loaded while compiling. The
-//! [`text`] module holds the canonical text form and [`verify`] the verifier.
+//! [`text`] module holds the canonical text form and [`verify()`] the verifier.
 
 pub mod attr;
 pub mod dim;

@@ -3,7 +3,7 @@
 //!
 //! The file is memory-mapped and weight bytes are never copied: tensor payloads are
 //! lifted out of the message by [`wire`] before `onnx-protobuf` parses the rest, and
-//! initializers become [`WeightRef`]s (file, offset, length) into the model file or its
+//! initializers become [`WeightRef`](shardc_ir::WeightRef)s (file, offset, length) into the model file or its
 //! external data files. Small integer initializers (at most [`INLINE_MAX_ELEMENTS`]
 //! elements, the shape arithmetic of exports) and small `Constant` nodes are held
 //! inline. Every node attribute is kept as a typed op field; anything outside the op
