@@ -526,6 +526,18 @@ mod tests {
             step(&mut b, 3.0, 0.1, i);
             assert_eq!(b.evaluate(300 + i as u64, 2), None, "{:?}", b.decisions.last());
         }
+        // The device recovers: with the pipeline full (with two requests in flight, the
+        // sum of the stages decides, which the move did not change), it gets units back.
+        let mut back = None;
+        for i in 0..40 {
+            step(&mut b, 1.0, 0.1, i);
+            if let Some(p) = b.evaluate(400 + i as u64, 3) {
+                back = Some(p);
+                break;
+            }
+        }
+        let back = back.expect("no move back after the device recovered");
+        assert!(back[1].end - back[1].start > plan[1].end - plan[1].start, "{back:?}");
     }
 
     #[test]
