@@ -136,19 +136,28 @@ fn ilp_equals_exhaustive_search_and_beats_every_baseline() {
     assert!(classes_seen >= 10, "only {classes_seen} instances with interchangeable devices");
 }
 
-/// Every plan that keeps `order`'s devices, in order, each inside its held units.
-fn bounded_brute_force(p: &Problem, order: &[usize], held: &[std::ops::Range<usize>]) -> Option<f64> {
+/// Every plan that keeps `order`'s devices, in order, each inside its held units: the
+/// best feasible objective, and per stage the units some such plan gives it.
+fn bounded_brute_force(
+    p: &Problem,
+    order: &[usize],
+    held: &[std::ops::Range<usize>],
+) -> (Option<f64>, Vec<std::collections::BTreeSet<usize>>) {
     fn go(
         p: &Problem,
         order: &[usize],
         held: &[std::ops::Range<usize>],
         stages: &mut Vec<Stage>,
-        best: &mut Option<f64>,
+        best: &mut (Option<f64>, Vec<std::collections::BTreeSet<usize>>),
     ) {
         let k = stages.len();
         let start = stages.last().map_or(0, |s| s.end);
         if k == order.len() {
             if start == p.units() {
+                for (s, reached) in stages.iter().zip(&mut best.1) {
+                    reached.extend(s.start..s.end);
+                }
+                let best = &mut best.0;
                 if let Ok(f) = p.evaluate(stages) {
                     if f.feasible && best.is_none_or(|b| f.objective < b) {
                         *best = Some(f.objective);
@@ -165,7 +174,7 @@ fn bounded_brute_force(p: &Problem, order: &[usize], held: &[std::ops::Range<usi
             }
         }
     }
-    let mut best = None;
+    let mut best = (None, vec![std::collections::BTreeSet::new(); order.len()]);
     go(p, order, held, &mut Vec::new(), &mut best);
     best
 }
@@ -184,6 +193,7 @@ fn bounded_replanning_equals_brute_force_within_the_standby_units() {
         for (s, h) in plan.iter().zip(&held) {
             assert!(h.start <= s.start && s.end <= h.end, "case {case}: held {h:?} does not contain {s:?}");
             assert!(h.start + n >= s.start && s.end + n >= h.end, "case {case}: held {h:?} beyond {n} of {s:?}");
+            assert!(h.start <= s.start && s.end <= h.end && h.start < h.end, "case {case}: {h:?} misses {s:?}");
             assert!(p.memory(h.start, h.end) <= p.budget[s.device], "case {case}: held units exceed the budget");
         }
         // Measured speeds: one device slowed.
@@ -192,7 +202,11 @@ fn bounded_replanning_equals_brute_force_within_the_standby_units() {
         let q = p.slowed(&factor);
         let order: Vec<usize> = plan.iter().map(|s| s.device).collect();
         let got = order_dp::solve_in(&q, &order, Some(&held));
-        let truth = bounded_brute_force(&q, &order, &held);
+        let (truth, reached) = bounded_brute_force(&q, &order, &held);
+        // Every held unit is one its stage can reach: no weights held for nothing.
+        for (j, (h, r)) in held.iter().zip(&reached).enumerate() {
+            assert!(h.clone().eq(r.iter().copied()), "case {case}: stage {j} holds {h:?} but can reach {r:?}");
+        }
         checked += 1;
         match (got, truth) {
             (Some((new, value)), Some(best)) => {

@@ -168,9 +168,12 @@ impl Problem {
 
     /// The units each stage of `plan` holds weights for when it also keeps up to `n`
     /// standby units beyond each of its boundaries: grown one unit at a time, before
-    /// then after, while the held units fit the device's budget.
+    /// then after, while the held units fit the device's budget; then trimmed to what a
+    /// stage can actually reach while every stage keeps at least one unit (a stage
+    /// never starts before the earliest start of the one before it, plus one).
     pub fn standby(&self, plan: &[Stage], n: usize) -> Vec<std::ops::Range<usize>> {
-        plan.iter()
+        let mut held: Vec<std::ops::Range<usize>> = plan
+            .iter()
             .map(|s| {
                 let (mut start, mut end) = (s.start, s.end);
                 for _ in 0..n {
@@ -183,7 +186,14 @@ impl Problem {
                 }
                 start..end
             })
-            .collect()
+            .collect();
+        for j in 1..held.len() {
+            held[j].start = held[j].start.max(held[j - 1].start + 1);
+        }
+        for j in (0..held.len().saturating_sub(1)).rev() {
+            held[j].end = held[j].end.min(held[j + 1].end - 1);
+        }
+        held
     }
 
     /// The same problem on devices `factor[d]` times slower (compute only).
