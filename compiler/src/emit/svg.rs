@@ -55,14 +55,27 @@ pub fn render(report: &PlanReport) -> String {
         let used = (s.memory_bytes / s.budget_bytes).clamp(0.0, 1.0);
         let colour = if used > 0.9 { "#d9534f" } else { "#4a90d9" };
         let _ = writeln!(out, r##"<rect x="{left}" y="{y:.0}" width="{bar}" height="22" fill="#eee" stroke="#999"/>"##);
+        // Standby units: the memory they add, lighter, after the stage's own.
+        let mut held_text = String::new();
+        if let Some(h) = &s.held {
+            let with = (h.memory_bytes / s.budget_bytes).clamp(used, 1.0);
+            let _ = writeln!(
+                out,
+                r##"<rect x="{:.1}" y="{y:.0}" width="{:.1}" height="22" fill="#b8d4f0"/>"##,
+                left + bar * used,
+                bar * (with - used)
+            );
+            held_text = format!(", {} with standby units", bytes_text(h.memory_bytes));
+        }
         let _ = writeln!(out, r#"<rect x="{left}" y="{y:.0}" width="{:.1}" height="22" fill="{colour}"/>"#, bar * used);
         let _ = writeln!(
             out,
-            r#"<text x="{left}" y="{:.0}" font-size="11">{} / {} ({:.0}%)</text>"#,
+            r#"<text x="{left}" y="{:.0}" font-size="11">{} / {} ({:.0}%){}</text>"#,
             y + 36.0,
             bytes_text(s.memory_bytes),
             bytes_text(s.budget_bytes),
-            used * 100.0
+            used * 100.0,
+            escape(&held_text)
         );
         let x = left + bar + gap;
         let compute = bar * s.decode_ms / max_time;
