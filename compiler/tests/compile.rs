@@ -9,8 +9,6 @@ use std::process::Command;
 use common::{fixture_dir, fixture_onnx, reference, root, FIXTURES};
 use shardc::emit::{compile, CompileOptions};
 use shardc::frontend::hf::LowerOptions;
-use shardc::planning::Request;
-use shardc_passes::cost::Workload;
 use shardc_passes::devices;
 use shardc_passes::plan::{Objective, Strategy};
 use shardc_passes::{run_pipeline, Ctx};
@@ -20,14 +18,7 @@ use shardc_runtime::package::load_pipeline;
 fn options(dtype: Option<shardc_ir::DType>) -> CompileOptions {
     CompileOptions {
         strategy: Strategy::Ilp,
-        request: Request {
-            workload: Workload { batch: 1, prompt_len: 16, max_context: 64 },
-            objective: Objective::Throughput,
-            margin: 0.1,
-            time_limit: std::time::Duration::from_secs(10),
-            compute_dtype: None,
-            standby: 0,
-        },
+        request: common::fixture_request(Objective::Throughput, 0),
         dtype,
         force: false,
         model_name: "fixture".into(),

@@ -9,7 +9,6 @@ use std::process::Command;
 use common::{fixture_dir, root};
 use shardc::frontend::hf::LowerOptions;
 use shardc::planning::{self, Request};
-use shardc_passes::cost::Workload;
 use shardc_passes::devices;
 use shardc_passes::plan::{Objective, Strategy};
 use shardc_passes::segment::segment;
@@ -28,14 +27,7 @@ fn graph(path: &Path) -> shardc_ir::Graph {
 }
 
 fn request(objective: Objective) -> Request {
-    Request {
-        workload: Workload { batch: 1, prompt_len: 16, max_context: 64 },
-        objective,
-        margin: 0.1,
-        time_limit: std::time::Duration::from_secs(10),
-        compute_dtype: None,
-        standby: 0,
-    }
+    common::fixture_request(objective, 0)
 }
 
 #[test]

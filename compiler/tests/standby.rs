@@ -10,8 +10,6 @@ use std::path::Path;
 use common::{fixture_dir, fixture_onnx, reference, root};
 use shardc::emit::{compile, CompileOptions};
 use shardc::frontend::hf::LowerOptions;
-use shardc::planning::Request;
-use shardc_passes::cost::Workload;
 use shardc_passes::devices;
 use shardc_passes::plan::{Objective, Strategy};
 use shardc_passes::{run_pipeline, Ctx};
@@ -28,14 +26,7 @@ fn compile_standby(model: &Path, out: &Path, standby: usize) -> serde_json::Valu
     let profile = devices::load(&root().join("fixtures/devices/loopback-3.toml")).unwrap();
     let opts = CompileOptions {
         strategy: Strategy::Ilp,
-        request: Request {
-            workload: Workload { batch: 1, prompt_len: 16, max_context: 64 },
-            objective: Objective::Throughput,
-            margin: 0.1,
-            time_limit: std::time::Duration::from_secs(10),
-            compute_dtype: None,
-            standby,
-        },
+        request: common::fixture_request(Objective::Throughput, standby),
         dtype: None,
         force: false,
         model_name: "fixture".into(),
