@@ -261,3 +261,27 @@ fn bad_balance_options_and_files_are_refused() {
     let err = refused(&[]);
     assert!(err.contains("balance.json: not a balance file"), "{err}");
 }
+
+#[test]
+fn in_one_process_a_slowed_thread_loses_units_too() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    compile(&fixture_dir("llama32").join("hf"), &out, &["--standby", "8"]);
+    let (prompt, pytorch) = ids("llama32");
+    let local = Command::new(shardc_run())
+        .arg("local")
+        .arg(&out)
+        .args(["--input-ids", &prompt, "--max-new-tokens", &TOKENS.to_string(), "--requests", "2", "--json"])
+        .args(["--slow-device", "dev-b:8:3", "--timeout", "20"])
+        .output()
+        .unwrap();
+    assert!(local.status.success(), "{}", String::from_utf8_lossy(&local.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&local.stdout).unwrap();
+    let b = &report["balance"];
+    assert!(b["moves"].as_u64().unwrap() >= 1, "{b:#}");
+    assert!(units(&b["plan"][1]) < units(&b["decisions"][0]["old"][1]), "{b:#}");
+    for r in 0..2 {
+        assert_eq!(tokens(&report, r)[..8], pytorch[..], "request {r}");
+    }
+}

@@ -126,6 +126,10 @@ enum Command {
         out: PathBuf,
         #[command(flatten)]
         generation: Gen,
+        /// Emulate one device becoming slower: `DEVICE:STEPS:F` (F times slower after
+        /// STEPS decode steps).
+        #[arg(long, value_parser = parse_slow_device)]
+        slow_device: Option<(String, Slowdown)>,
     },
 }
 
@@ -170,7 +174,13 @@ fn report(g: &Generation, json: bool) -> Result<()> {
     Ok(())
 }
 
-fn local(out: &Path, gen: &Gen) -> Result<Generation> {
+/// `DEVICE:STEPS:F`.
+fn parse_slow_device(s: &str) -> Result<(String, Slowdown), String> {
+    let (device, rest) = s.split_once(':').ok_or_else(|| format!("`{s}`: expected DEVICE:STEPS:F, like dev-b:16:3"))?;
+    Ok((device.to_string(), parse_slowdown_after(rest)?))
+}
+
+fn local(out: &Path, gen: &Gen, slow: Option<&(String, Slowdown)>) -> Result<Generation> {
     let ctx = zmq::Context::new();
     let mut devices = std::collections::BTreeMap::new();
     for entry in std::fs::read_dir(out)? {
@@ -180,6 +190,11 @@ fn local(out: &Path, gen: &Gen) -> Result<Generation> {
             devices.insert(name.clone(), format!("inproc://{name}"));
         }
     }
+    if let Some((d, _)) = slow {
+        if !devices.contains_key(d) {
+            bail!("--slow-device: `{d}` is not one of the packages in {}", out.display());
+        }
+    }
     let cluster = Cluster { client: "inproc://client".into(), devices };
     let opts = NetOptions { secret: None, max_frame: 1 << 30, slowdown: Slowdown::NONE };
     let stop = Arc::new(AtomicBool::new(false));
@@ -187,8 +202,12 @@ fn local(out: &Path, gen: &Gen) -> Result<Generation> {
         .devices
         .keys()
         .map(|d| {
-            let (out, d, cluster, ctx, opts, stop) =
-                (out.to_path_buf(), d.clone(), cluster.clone(), ctx.clone(), opts.clone(), stop.clone());
+            let mut opts = opts.clone();
+            if let Some((_, slowdown)) = slow.filter(|(name, _)| name == d) {
+                opts.slowdown = *slowdown;
+            }
+            let (out, d, cluster, ctx, stop) =
+                (out.to_path_buf(), d.clone(), cluster.clone(), ctx.clone(), stop.clone());
             std::thread::spawn(move || node::serve(&out, &d, &cluster, &ctx, &opts, stop))
         })
         .collect();
@@ -221,8 +240,8 @@ fn run(cli: Cli) -> Result<()> {
             let g = node::generate(&out, &cluster, &ctx, &opts, &generation.job()?).map_err(|e| anyhow!(e))?;
             report(&g, generation.json)
         }
-        Command::Local { out, generation } => {
-            let g = local(&out, &generation)?;
+        Command::Local { out, generation, slow_device } => {
+            let g = local(&out, &generation, slow_device.as_ref())?;
             report(&g, generation.json)
         }
     }
