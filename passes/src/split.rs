@@ -21,6 +21,17 @@ pub fn split(graph: &Graph, seg: &Segmentation, plan: &[Stage]) -> Vec<Graph> {
     (0..plan.len()).map(|s| stage_graph(graph, &stage_of_node, s).0).collect()
 }
 
+/// The subgraph of the units `units` when node `i` belongs to unit `node_unit[i]` (as
+/// [`stage_graph`]: load-time nodes go wherever they are needed), named after them,
+/// and the index in `graph` of each of its nodes.
+pub fn units_graph(graph: &Graph, node_unit: &[usize], units: std::ops::Range<usize>) -> (Graph, Vec<usize>) {
+    let side: Vec<usize> =
+        node_unit.iter().map(|&u| usize::from(u >= units.start) + usize::from(u >= units.end)).collect();
+    let (mut sub, members) = stage_graph(graph, &side, 1);
+    sub.name = format!("{}.units{}-{}", graph.name, units.start, units.end);
+    (sub, members)
+}
+
 /// The graph of stage `s` when node `i` runs on stage `stage_of_node[i]` (load-time
 /// nodes go wherever they are needed, whatever stage they are given), and the index in
 /// `graph` of each of its nodes.

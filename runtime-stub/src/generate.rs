@@ -52,8 +52,21 @@ impl Logits {
     }
 }
 
-fn is_cache(name: &str) -> bool {
-    name.starts_with("past_key_values.")
+/// KV-cache inputs (`past_key_values.*`) and outputs (`present.*`): state that stays
+/// with the layers that read it.
+pub fn is_cache(name: &str) -> bool {
+    name.starts_with("past_key_values.") || name.starts_with("present.")
+}
+
+/// A dimension of an empty cache (nothing cached yet, batch 1): known sizes as they
+/// are, `past` 0, `batch` 1; `None` for any other symbol.
+pub fn empty_cache_dim(d: &shardc_ir::Dim) -> Option<usize> {
+    match d.as_known() {
+        Some(n) => Some(n as usize),
+        None if d.symbols() == ["past"] => Some(0),
+        None if d.symbols() == ["batch"] => Some(1),
+        None => None,
+    }
 }
 
 /// The name of the token input: the one i64 `[batch, seq]` input that is not a cache.
@@ -166,11 +179,8 @@ impl CacheLayout {
             let shape = ty
                 .shape
                 .iter()
-                .map(|d| match d.as_known() {
-                    Some(n) => Ok(n as usize),
-                    None if d.symbols() == ["past"] => Ok(0),
-                    None if d.symbols() == ["batch"] => Ok(1),
-                    None => Err(bad(format!("cache dim `{d}` is neither known, batch nor past"))),
+                .map(|d| {
+                    empty_cache_dim(d).ok_or_else(|| bad(format!("cache dim `{d}` is neither known, batch nor past")))
                 })
                 .collect::<Result<_, _>>()?;
             entries.push((name.clone(), present, shape));

@@ -21,8 +21,8 @@ use shardc_ir::Graph;
 use crate::balance::{BalanceOptions, BalanceSpec, Balancer, Decision, Route, StageView};
 use crate::cluster::Cluster;
 use crate::frame::{self, Frame};
-use crate::generate::argmax;
-use crate::package::{self, HeldUnits as Held, Manifest};
+use crate::generate::{argmax, empty_cache_dim, is_cache};
+use crate::package::{self, HeldUnits, Manifest};
 use crate::{Session, Tensor};
 
 /// Options shared by devices and the client.
@@ -51,6 +51,19 @@ fn send(
     let mut parts = vec![bytes];
     parts.extend(tag.map(|t| t.to_vec()));
     sockets[address].send_multipart(parts, 0).map_err(|e| format!("cannot send to {address}: {e}"))
+}
+
+/// Send a frame to a device or the client, by its name in the cluster file.
+fn send_to(
+    sockets: &mut HashMap<String, zmq::Socket>,
+    ctx: &zmq::Context,
+    cluster: &Cluster,
+    who: &str,
+    frame: &Frame,
+    opts: &NetOptions,
+) -> Result<(), String> {
+    let addr = cluster.address(who).ok_or_else(|| format!("`{who}` is not in the cluster file"))?;
+    send(sockets, ctx, addr, frame, opts)
 }
 
 /// Receive one frame, or `Ok(None)` on timeout; refused messages are logged and skipped.
@@ -142,8 +155,6 @@ struct Active {
     peers_of: HashMap<String, Vec<String>>,
 }
 
-use crate::package::is_cache;
-
 /// The KV-cache inputs of a graph, with the shape of an empty cache (batch 1, no past).
 fn cache_inputs(g: &Graph) -> Vec<(String, Vec<usize>)> {
     g.inputs
@@ -151,12 +162,9 @@ fn cache_inputs(g: &Graph) -> Vec<(String, Vec<usize>)> {
         .map(|&v| g.value(v))
         .filter(|v| is_cache(&v.name))
         .map(|v| {
-            let shape = v.ty.as_ref().map_or(Vec::new(), |t| {
-                t.shape
-                    .iter()
-                    .map(|d| d.as_known().map_or(if d.symbols() == ["past"] { 0 } else { 1 }, |n| n as usize))
-                    .collect()
-            });
+            // Any other symbol is taken as 1, like batch.
+            let shape =
+                v.ty.as_ref().map_or(Vec::new(), |t| t.shape.iter().map(|d| empty_cache_dim(d).unwrap_or(1)).collect());
             (v.name.clone(), shape)
         })
         .collect()
@@ -175,7 +183,7 @@ struct Device<'a> {
     cluster: &'a Cluster,
     ctx: &'a zmq::Context,
     opts: &'a NetOptions,
-    held: Option<Held>,
+    held: Option<HeldUnits>,
     active: Active,
     sockets: HashMap<String, zmq::Socket>,
     pending: HashMap<(u64, u64), HashMap<String, Tensor>>,
@@ -187,12 +195,8 @@ struct Device<'a> {
 
 impl Device<'_> {
     fn send_to(&mut self, peer: &str, frame: &Frame) -> Result<(), String> {
-        let addr = self
-            .cluster
-            .address(peer)
-            .ok_or_else(|| format!("{}: peer `{peer}` is not in the cluster file", self.name))?
-            .to_string();
-        send(&mut self.sockets, self.ctx, &addr, frame, self.opts)
+        send_to(&mut self.sockets, self.ctx, self.cluster, peer, frame, self.opts)
+            .map_err(|e| format!("{}: {e}", self.name))
     }
 
     fn on_tensors(&mut self, msg: Frame) -> Result<(), String> {
@@ -251,9 +255,7 @@ impl Device<'_> {
             )
             .unwrap_or_default(),
         );
-        let client = self.cluster.client.clone();
-        let done = Frame::new("done", key.0, key.1, &device, vec![("timing_ms".into(), timing)]);
-        send(&mut self.sockets, self.ctx, &client, &done, self.opts)
+        self.send_to("client", &Frame::new("done", key.0, key.1, &device, vec![("timing_ms".into(), timing)]))
     }
 
     /// Switch to the stage a `rebalance` message gives this device: cut it from the held
@@ -296,7 +298,7 @@ impl Device<'_> {
         }
         let range = plan.ranges[me];
         let owner = |u: usize| plan.ranges.iter().position(|r| (r[0]..r[1]).contains(&u)).map(|s| &plan.stages[s]);
-        let mut active = if self.active.range == Some(range) {
+        let active = if self.active.range == Some(range) {
             None
         } else {
             let graph = held.stage(range)?;
@@ -325,7 +327,7 @@ impl Device<'_> {
         }
         let peers_of =
             outputs.iter().map(|o| (o.clone(), plan.routes.get(o).map_or(Vec::new(), |r| r.to.clone()))).collect();
-        if let Some((session, cache_inputs)) = active.take() {
+        if let Some((session, cache_inputs)) = active {
             self.active.session = session;
             self.active.cache_inputs = cache_inputs;
         }
@@ -386,8 +388,7 @@ impl Device<'_> {
     fn report_ready(&mut self, ready: &Ready) -> Result<(), String> {
         let mut f = Frame::new("ready", 0, ready.epoch, &self.name.clone(), vec![]);
         f.info = serde_json::to_string(ready).map_err(|e| e.to_string())?;
-        let client = self.cluster.client.clone();
-        send(&mut self.sockets, self.ctx, &client, &f, self.opts)
+        self.send_to("client", &f)
     }
 }
 
@@ -519,14 +520,14 @@ struct Client<'a> {
 
 impl Client<'_> {
     fn send_to(&mut self, who: &str, f: &Frame) -> Result<(), String> {
-        let addr = self.cluster.address(who).ok_or_else(|| format!("`{who}` is not in the cluster file"))?;
-        send(&mut self.peers, self.ctx, addr, f, self.opts)
+        send_to(&mut self.peers, self.ctx, self.cluster, who, f, self.opts)
     }
 
     fn send_ids(&mut self, r: u64, step: u64, ids: &[i64]) -> Result<(), String> {
         let t = Tensor::i64(ArrayD::from_shape_vec(IxDyn(&[1, ids.len()]), ids.to_vec()).map_err(|e| e.to_string())?);
-        for d in self.ids_to.clone() {
-            self.send_to(&d, &Frame::new("tensors", r, step, "client", vec![("input_ids".into(), t.clone())]))?;
+        for d in &self.ids_to {
+            let f = Frame::new("tensors", r, step, "client", vec![("input_ids".into(), t.clone())]);
+            send_to(&mut self.peers, self.ctx, self.cluster, d, &f, self.opts)?;
         }
         Ok(())
     }

@@ -8,9 +8,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use shardc_ir::Graph;
 
+use crate::generate::is_cache;
 use crate::pipeline::Pipeline;
 use crate::{RuntimeError, Session};
-use shardc_passes::split::stage_graph;
+use shardc_passes::split::units_graph;
 
 /// A tensor a stage takes in or gives out.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -165,11 +166,6 @@ pub fn load_pipeline(out: &Path) -> Result<(Vec<Manifest>, Pipeline), RuntimeErr
     Ok((manifests, Pipeline::new(sessions)))
 }
 
-/// KV-cache inputs (`past_key_values.*`) and outputs (`present.*`) stay on their device.
-pub fn is_cache(name: &str) -> bool {
-    name.starts_with("past_key_values.") || name.starts_with("present.")
-}
-
 /// The units a package holds: the graph any stage within them is cut from.
 pub struct HeldUnits {
     pub standby: Standby,
@@ -210,16 +206,7 @@ impl HeldUnits {
                 self.standby.units[self.standby.units.len() - 1]
             ));
         }
-        let side: Vec<usize> = self
-            .standby
-            .node_units
-            .iter()
-            .map(|&u| {
-                let g = h0 + u;
-                usize::from(g >= range[0]) + usize::from(g >= range[1])
-            })
-            .collect();
-        let (mut g, _) = stage_graph(&self.graph, &side, 1);
+        let (mut g, _) = units_graph(&self.graph, &self.standby.node_units, range[0] - h0..range[1] - h0);
         g.name = format!("units{}-{}", range[0], range[1]);
         Ok(g)
     }

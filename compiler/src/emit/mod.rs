@@ -22,7 +22,7 @@ use shardc_ir::{DType, Graph, Op, TensorType, ValueDef, ValueId, WeightLocation}
 use shardc_passes::devices::Profile;
 use shardc_passes::plan::Strategy;
 use shardc_passes::segment::Segmentation;
-use shardc_passes::split::{split, stage_graph};
+use shardc_passes::split::{split, units_graph};
 use shardc_passes::transmission;
 use shardc_runtime::balance::{self, BalanceSpec, Crossing};
 use shardc_runtime::package::{hash_file, Manifest, Port, Standby, FORMAT};
@@ -163,20 +163,21 @@ pub fn compile(
     let names: Vec<String> = profile.devices.iter().map(|d| d.name.clone()).collect();
     let seg = &planned.prep.seg;
     let stages = split(graph, seg, &plan);
-    let (held, spec) = if req.standby > 0 {
+    // The held units as planning reported them (every stage has them with --standby).
+    let held: Option<Vec<[usize; 2]>> = report.stages.iter().map(|s| s.held.as_ref().map(|h| h.units)).collect();
+    let (held, spec) = if let Some(held) = held {
         let problem = &planned.prep.model.problem;
-        let held = problem.standby(&plan, req.standby);
         let spec = BalanceSpec {
             format: balance::FORMAT,
             units: seg.units.iter().map(|u| u.name.clone()).collect(),
             devices: names.clone(),
             plan: plan.clone(),
-            held: held.iter().map(|h| [h.start, h.end]).collect(),
+            held: held.clone(),
             problem: problem.clone(),
             crossings: crossings(graph, seg, &map),
         };
         spec.check().map_err(|e| EmitError::Other(format!("balance.json: {e}")))?;
-        (Some(held.iter().map(|h| held_graph(graph, seg, h.clone())).collect::<Vec<_>>()), Some(spec))
+        (Some(held.iter().map(|h| held_graph(graph, seg, h[0]..h[1])).collect::<Vec<_>>()), Some(spec))
     } else {
         (None, None)
     };
@@ -264,55 +265,41 @@ fn write_all(
         let mut stage = stage;
         let mut files = std::collections::BTreeMap::new();
         let mut held_units = None;
-        let weights_path = dir.join("weights.safetensors");
-        let progress = |n| bar.inc(n);
-        let written_weights = match prepared_held.as_mut().and_then(Iterator::next) {
-            None => {
-                let w = weights::write(&stage, &stored, source, &weights_path, &progress)?;
-                for (i, loc) in &w.locations {
-                    if let ValueDef::Weight(wr) = &mut stage.values[*i].def {
-                        wr.location = Some(loc.clone());
-                    }
-                }
-                w
-            }
-            Some((mut standby, standby_stored)) => {
-                let h = &held.unwrap_or_default()[s];
-                let w = weights::write(&standby, &standby_stored, source, &weights_path, &progress)?;
-                let mut by_name = HashMap::new();
-                for (i, loc) in &w.locations {
-                    if let ValueDef::Weight(wr) = &mut standby.values[*i].def {
-                        wr.location = Some(loc.clone());
-                    }
-                    by_name.insert(standby.values[*i].name.clone(), loc.clone());
-                }
-                for v in &mut stage.values {
-                    if let ValueDef::Weight(wr) = &mut v.def {
-                        wr.location = by_name.get(&v.name).cloned();
-                    }
-                }
-                shardc_ir::verify(&standby)
-                    .map_err(|e| EmitError::Other(format!("stage {s} ({device}) standby units: {e}")))?;
-                write_file(&dir.join("standby.ir"), shardc_ir::text::print(&standby).as_bytes())?;
-                // Casts of stored weights come first in the stored graph; their unit is moot.
-                let extra = standby.nodes.len() - h.graph.nodes.len();
-                let node_units = std::iter::repeat_n(0, extra).chain(h.node_units.iter().copied()).collect();
-                let first = h.units.start;
-                let names = h.names.clone();
-                let standby_json = Standby { first, units: names.clone(), node_units };
-                let text = serde_json::to_string(&standby_json).map_err(|e| EmitError::Other(e.to_string()))? + "\n";
-                write_file(&dir.join("standby.json"), text.as_bytes())?;
-                for f in ["standby.ir", "standby.json"] {
-                    let p = dir.join(f);
-                    files.insert(
-                        f.to_string(),
-                        hash_file(&p).map_err(|e| EmitError::Io { path: p.clone(), message: e.to_string() })?,
-                    );
-                }
-                held_units = Some([names[0].clone(), names[names.len() - 1].clone()]);
-                w
-            }
+        // With standby units, the held graph's weights (a superset) are what is written;
+        // the stage's weights point into the same file.
+        let standby = prepared_held.as_mut().and_then(Iterator::next);
+        let (written_graph, written_stored) = match &standby {
+            Some((g, st)) => (g, st),
+            None => (&stage, &stored),
         };
+        let written_weights =
+            weights::write(written_graph, written_stored, source, &dir.join("weights.safetensors"), &|n| bar.inc(n))?;
+        let locations: HashMap<String, WeightLocation> = written_weights
+            .locations
+            .iter()
+            .map(|(i, loc)| (written_graph.values[*i].name.clone(), loc.clone()))
+            .collect();
+        place_weights(&mut stage, &locations);
+        if let (Some((mut standby, _)), Some(h)) = (standby, held.map(|h| &h[s])) {
+            place_weights(&mut standby, &locations);
+            shardc_ir::verify(&standby)
+                .map_err(|e| EmitError::Other(format!("stage {s} ({device}) standby units: {e}")))?;
+            write_file(&dir.join("standby.ir"), shardc_ir::text::print(&standby).as_bytes())?;
+            // Casts of stored weights come first in the stored graph; their unit is moot.
+            let extra = standby.nodes.len() - h.graph.nodes.len();
+            let node_units = std::iter::repeat_n(0, extra).chain(h.node_units.iter().copied()).collect();
+            let standby_json = Standby { first: h.units.start, units: h.names.clone(), node_units };
+            let text = serde_json::to_string(&standby_json).map_err(|e| EmitError::Other(e.to_string()))? + "\n";
+            write_file(&dir.join("standby.json"), text.as_bytes())?;
+            for f in ["standby.ir", "standby.json"] {
+                let p = dir.join(f);
+                files.insert(
+                    f.to_string(),
+                    hash_file(&p).map_err(|e| EmitError::Io { path: p.clone(), message: e.to_string() })?,
+                );
+            }
+            held_units = Some([h.names[0].clone(), h.names[h.names.len() - 1].clone()]);
+        }
         written += written_weights.locations.values().map(|l| l.length).sum::<u64>();
         shardc_ir::verify(&stage).map_err(|e| EmitError::Other(format!("stage {s} ({device}): {e}")))?;
         write_file(&dir.join("shard.ir"), shardc_ir::text::print(&stage).as_bytes())?;
@@ -385,6 +372,15 @@ fn write_all(
     Ok(written)
 }
 
+/// Point every weight of `graph` at where it was written.
+fn place_weights(graph: &mut Graph, locations: &HashMap<String, WeightLocation>) {
+    for v in &mut graph.values {
+        if let ValueDef::Weight(w) = &mut v.def {
+            w.location = locations.get(&v.name).cloned();
+        }
+    }
+}
+
 /// The units a stage holds (its own and its standby units): their graph, and the held
 /// unit of each of its nodes.
 pub struct Held {
@@ -395,21 +391,7 @@ pub struct Held {
 }
 
 fn held_graph(graph: &Graph, seg: &Segmentation, units: std::ops::Range<usize>) -> Held {
-    let side: Vec<usize> = seg
-        .unit_of
-        .iter()
-        .map(|&u| {
-            if u < units.start {
-                0
-            } else if u < units.end {
-                1
-            } else {
-                2
-            }
-        })
-        .collect();
-    let (mut sub, members) = stage_graph(graph, &side, 1);
-    sub.name = format!("{}.units{}-{}", graph.name, units.start, units.end);
+    let (sub, members) = units_graph(graph, &seg.unit_of, units.clone());
     // Load-time nodes may belong to a unit outside (their first reader's); any held
     // unit does, since they run wherever they are needed.
     let last = units.end - units.start - 1;
