@@ -12,7 +12,7 @@ use std::process::Command;
 use std::sync::Mutex;
 
 use common::fixture_dir;
-use common::net::{cluster, compile, ids, port_base, serve, shardc_run};
+use common::net::{cluster, compile, generate_command, ids, port_base, serve, serve_each, shardc_run};
 use shardc::frontend::hf::LowerOptions;
 use shardc_passes::{run_pipeline, Ctx};
 use shardc_runtime::generate::{greedy_cached, CacheLayout};
@@ -34,10 +34,7 @@ fn reference_tokens(prompt: &[i64]) -> Vec<i64> {
 }
 
 fn generate(out: &Path, cluster_file: &Path, prompt: &str, extra: &[&str]) -> serde_json::Value {
-    let gen = Command::new(shardc_run())
-        .arg("generate")
-        .arg(out)
-        .args(["--cluster", cluster_file.to_str().unwrap(), "--input-ids", prompt])
+    let gen = generate_command(out, cluster_file, prompt)
         .args(["--max-new-tokens", &TOKENS.to_string(), "--requests", "2", "--timeout", "20", "--json"])
         .args(extra)
         .output()
@@ -74,17 +71,9 @@ fn a_device_slowed_three_times_mid_generation_hands_units_to_its_neighbours() {
 
     for (k, balance) in [true, false].into_iter().enumerate() {
         let (cluster_file, _) = cluster(dir.path(), port_base(40 + k as u16));
-        let mut devices = serve(&out, &cluster_file, &[]);
-        // dev-b again, 3× slower after 8 decode steps.
-        let _ = devices.0[1].kill();
-        let _ = devices.0[1].wait();
-        devices.0[1] = Command::new(shardc_run())
-            .arg("serve")
-            .arg(&out)
-            .args(["--device", "dev-b", "--cluster", cluster_file.to_str().unwrap(), "--slowdown-after", "8:3"])
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+        // dev-b 3× slower after 8 decode steps.
+        let slow = |d: &str| if d == "dev-b" { vec!["--slowdown-after", "8:3"] } else { vec![] };
+        let _devices = serve_each(&out, &cluster_file, slow);
         let report = generate(&out, &cluster_file, &prompt, if balance { &[] } else { &["--no-balance"] });
         // No request lost, none changed.
         for r in 0..2 {
@@ -201,12 +190,7 @@ fn devices_refuse_moves_they_cannot_make_and_keep_serving() {
     let (cluster_file, _) = cluster(dir.path(), port_base(55));
     let _devices = serve(&standby, &cluster_file, &[]);
     let (prompt, pytorch) = ids("llama32");
-    let gen = Command::new(shardc_run())
-        .arg("generate")
-        .arg(&standby)
-        .args(["--cluster", cluster_file.to_str().unwrap(), "--input-ids", &prompt, "--json"])
-        .output()
-        .unwrap();
+    let gen = generate_command(&standby, &cluster_file, &prompt).arg("--json").output().unwrap();
     assert!(gen.status.success(), "{}", String::from_utf8_lossy(&gen.stderr));
     let report: serde_json::Value = serde_json::from_slice(&gen.stdout).unwrap();
     assert_eq!(tokens(&report, 0), pytorch);
@@ -239,13 +223,7 @@ fn bad_balance_options_and_files_are_refused() {
     }
     // generate fails, saying why.
     let refused = |extra: &[&str]| {
-        let gen = Command::new(shardc_run())
-            .arg("generate")
-            .arg(&out)
-            .args(["--cluster", c, "--input-ids", "1,2,3", "--timeout", "1"])
-            .args(extra)
-            .output()
-            .unwrap();
+        let gen = generate_command(&out, &cluster_file, "1,2,3").args(["--timeout", "1"]).args(extra).output().unwrap();
         assert!(!gen.status.success());
         String::from_utf8_lossy(&gen.stderr).into_owned()
     };

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::fixture_dir;
-use common::net::{cluster, compile, ids, port_base, serve, shardc_run};
+use common::net::{cluster, compile, generate_command, ids, port_base, serve, shardc_run};
 
 #[test]
 fn three_processes_on_loopback_reproduce_every_checkpoint() {
@@ -19,20 +19,8 @@ fn three_processes_on_loopback_reproduce_every_checkpoint() {
         let (cluster_file, _) = cluster(dir.path(), port_base(k as u16));
         let _devices = serve(&out, &cluster_file, &[]);
         let (ids, expected) = ids(name);
-        let gen = Command::new(shardc_run())
-            .arg("generate")
-            .arg(&out)
-            .args([
-                "--cluster",
-                cluster_file.to_str().unwrap(),
-                "--input-ids",
-                &ids,
-                "--max-new-tokens",
-                "8",
-                "--requests",
-                "2",
-                "--json",
-            ])
+        let gen = generate_command(&out, &cluster_file, &ids)
+            .args(["--max-new-tokens", "8", "--requests", "2", "--json"])
             .output()
             .unwrap();
         assert!(gen.status.success(), "{name}: {}", String::from_utf8_lossy(&gen.stderr));
@@ -70,19 +58,8 @@ fn a_killed_device_ends_generation_naming_it() {
     let (cluster_file, _) = cluster(dir.path(), port_base(11));
     let mut devices = serve(&out, &cluster_file, &["--slowdown", "20"]);
     let (ids, _) = ids("llama32");
-    let gen = Command::new(shardc_run())
-        .arg("generate")
-        .arg(&out)
-        .args([
-            "--cluster",
-            cluster_file.to_str().unwrap(),
-            "--input-ids",
-            &ids,
-            "--max-new-tokens",
-            "100",
-            "--timeout",
-            "2",
-        ])
+    let gen = generate_command(&out, &cluster_file, &ids)
+        .args(["--max-new-tokens", "100", "--timeout", "2"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -117,20 +94,8 @@ fn bad_frames_are_dropped_and_the_device_keeps_serving() {
     std::thread::sleep(Duration::from_millis(300));
     // The devices still serve a real request.
     let (ids, expected) = ids("gpt2");
-    let gen = Command::new(shardc_run())
-        .arg("generate")
-        .arg(&out)
-        .args([
-            "--cluster",
-            cluster_file.to_str().unwrap(),
-            "--secret-file",
-            s,
-            "--input-ids",
-            &ids,
-            "--max-new-tokens",
-            "8",
-            "--json",
-        ])
+    let gen = generate_command(&out, &cluster_file, &ids)
+        .args(["--secret-file", s, "--max-new-tokens", "8", "--json"])
         .output()
         .unwrap();
     assert!(gen.status.success(), "{}", String::from_utf8_lossy(&gen.stderr));

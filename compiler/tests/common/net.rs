@@ -56,6 +56,11 @@ impl Drop for Devices {
 
 /// `shardc-run serve` for dev-a, dev-b and dev-c, each with `extra` arguments.
 pub fn serve(out: &Path, cluster: &Path, extra: &[&str]) -> Devices {
+    serve_each(out, cluster, |_| extra.to_vec())
+}
+
+/// `shardc-run serve` for dev-a, dev-b and dev-c, each with the arguments `extra` gives it.
+pub fn serve_each<'a>(out: &Path, cluster: &Path, extra: impl Fn(&str) -> Vec<&'a str>) -> Devices {
     Devices(
         ["dev-a", "dev-b", "dev-c"]
             .iter()
@@ -64,7 +69,7 @@ pub fn serve(out: &Path, cluster: &Path, extra: &[&str]) -> Devices {
                     .arg("serve")
                     .arg(out)
                     .args(["--device", d, "--cluster", cluster.to_str().unwrap()])
-                    .args(extra)
+                    .args(extra(d))
                     .stderr(Stdio::piped())
                     .spawn()
                     .unwrap()
@@ -78,4 +83,12 @@ pub fn ids(name: &str) -> (String, Vec<i64>) {
     let m = meta(name);
     let ids: Vec<String> = m["input_ids"].as_array().unwrap().iter().map(|v| v.to_string()).collect();
     (ids.join(","), m["greedy_tokens"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect())
+}
+
+/// `shardc-run generate OUT --cluster CLUSTER --input-ids PROMPT`, for the caller to
+/// add flags to and run.
+pub fn generate_command(out: &Path, cluster: &Path, prompt: &str) -> Command {
+    let mut c = Command::new(shardc_run());
+    c.arg("generate").arg(out).args(["--cluster", cluster.to_str().unwrap(), "--input-ids", prompt]);
+    c
 }
