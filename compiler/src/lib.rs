@@ -8,3 +8,4 @@ pub mod frontend;
 pub mod inspect;
 pub mod load;
 pub mod planning;
+pub mod run;

@@ -146,19 +146,28 @@ enum Command {
         #[arg(long, default_value_t = 1e-4)]
         tolerance: f64,
     },
+    /// The ops shardc knows (the ONNX op types it imports), one per line.
+    Ops,
     /// Measure this host with the runtime's kernels and print its device entry.
     Profile {
         /// Name of the device entry.
         #[arg(long, default_value = "this-host")]
         name: String,
     },
-    /// Run a model on the CPU with the reference interpreter.
+    /// Run a model on the CPU with the reference interpreter: a language model on
+    /// token ids (`--input-ids`), or any graph on named tensors (`--inputs`).
     Run {
         #[command(flatten)]
         model: ModelArgs,
         /// Prompt token ids, comma-separated (`1,2,3`).
-        #[arg(long, value_delimiter = ',', required = true, num_args = 1..)]
-        input_ids: Vec<i64>,
+        #[arg(long, value_delimiter = ',', num_args = 1.., required_unless_present = "inputs", conflicts_with = "inputs")]
+        input_ids: Option<Vec<i64>>,
+        /// Every graph input by name, from a safetensors file.
+        #[arg(long)]
+        inputs: Option<PathBuf>,
+        /// Write every graph output by name into this safetensors file (with --inputs).
+        #[arg(long, requires = "inputs")]
+        outputs: Option<PathBuf>,
         /// Greedily generate this many tokens (with the KV cache for checkpoints;
         /// ONNX graphs without a cache re-run the prefix each step).
         #[arg(long, default_value_t = 0)]
@@ -211,9 +220,11 @@ fn run(cli: Cli) -> Result<()> {
             }
             print!("{}", shardc_ir::text::print(&graph));
         }
-        Command::Run { model: args, input_ids, max_new_tokens, top_k, json } => {
-            run_model(&args, &input_ids, max_new_tokens, top_k, json)?;
-        }
+        Command::Run { model: args, input_ids, inputs, outputs, max_new_tokens, top_k, json } => match (input_ids, inputs) {
+            (Some(ids), _) => run_model(&args, &ids, max_new_tokens, top_k, json)?,
+            (None, Some(inputs)) => run_tensors(&args, &inputs, outputs.as_deref(), json)?,
+            (None, None) => bail!("give --input-ids or --inputs"),
+        },
         Command::Plan { model, plan: args, strategy, json, out, timings } => {
             let strategy: Strategy = strategy.parse().map_err(anyhow::Error::msg)?;
             let (graph, profile, req) = sized(planning_inputs(&model, &args)?);
@@ -262,6 +273,14 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Verify { model, out, input_ids, tokens, tolerance } => {
             verify(&model, &out, input_ids.unwrap_or_else(|| (1..=8).collect()), tokens, tolerance)?;
+        }
+        Command::Ops => {
+            let mut names: Vec<&str> = shardc_ir::Op::NAMES.to_vec();
+            names.extend(shardc::frontend::onnx::opset::CONVERTED);
+            names.sort_unstable();
+            for name in names {
+                println!("{name}");
+            }
         }
         Command::Profile { name } => {
             let device = shardc_runtime::profile::measure(&name);
@@ -364,6 +383,46 @@ fn verify(model: &std::path::Path, out: &std::path::Path, ids: Vec<i64>, tokens:
     );
     if diff > limit || diff.is_nan() || !agree {
         bail!("the packages do not reproduce the model");
+    }
+    Ok(())
+}
+
+fn run_tensors(args: &ModelArgs, inputs: &std::path::Path, outputs: Option<&std::path::Path>, json: bool) -> Result<()> {
+    let model = open(args)?;
+    if !model.has_weights {
+        bail!("{}: a config.json alone has no weights to run; give the checkpoint folder", args.model.display());
+    }
+    let tensors = shardc::run::read_tensors(inputs)?;
+    let start = Instant::now();
+    let results = shardc::run::run_graph(model.graph, &model.weights_dir, tensors)?;
+    let elapsed = start.elapsed();
+    if let Some(path) = outputs {
+        shardc::run::write_tensors(path, &results)?;
+    }
+    let describe = |t: &shardc_ir::TensorData| {
+        let dims: Vec<String> = t.shape.iter().map(usize::to_string).collect();
+        format!("{}[{}]", t.dtype, dims.join(", "))
+    };
+    if json {
+        let report = serde_json::json!({
+            "model": args.model.display().to_string(),
+            "inputs": inputs.display().to_string(),
+            "outputs": results.iter().map(|(n, t)| serde_json::json!({"name": n, "type": describe(t)})).collect::<Vec<_>>(),
+            "written": outputs.map(|p| p.display().to_string()),
+            "run_ms": elapsed.as_secs_f64() * 1e3,
+        });
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("ran         {} in {:.1} ms", args.model.display(), elapsed.as_secs_f64() * 1e3);
+        for (name, t) in &results {
+            let values = t.to_f64_vec();
+            let head: Vec<String> = values.iter().take(4).map(|v| format!("{v:.6}")).collect();
+            let more = if values.len() > 4 { ", ..." } else { "" };
+            println!("output      {name}: {} [{}{more}]", describe(t), head.join(", "));
+        }
+        if let Some(path) = outputs {
+            println!("wrote       {}", path.display());
+        }
     }
     Ok(())
 }

@@ -108,7 +108,7 @@ pub struct Prepared {
 pub fn retype_weights(graph: &mut Graph, dtype: shardc_ir::DType) {
     for v in &mut graph.values {
         if let ValueDef::Weight(w) = &mut v.def {
-            if w.dtype.is_float() {
+            if w.dtype.is_ieee_float() {
                 w.dtype = dtype;
                 w.location = None;
                 v.ty = Some(shardc_ir::TensorType::known(dtype, &w.shape));

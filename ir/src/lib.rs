@@ -9,8 +9,10 @@
 pub mod attr;
 pub mod dim;
 pub mod dtype;
+pub mod einsum;
 pub mod graph;
 pub mod id;
+pub mod minifloat;
 pub mod ops;
 pub mod tensor;
 pub mod text;
@@ -21,6 +23,6 @@ pub use dim::Dim;
 pub use dtype::DType;
 pub use graph::{Graph, Node, TensorType, Value, ValueDef};
 pub use id::{NodeId, ValueId};
-pub use ops::{Op, OpError};
+pub use ops::{Family, Op, OpError};
 pub use tensor::{TensorData, TensorSizeError, WeightLocation, WeightRef};
 pub use verify::{verify, VerifyError};

@@ -1,5 +1,6 @@
 //! Tensor contents: small inline constants and references to weights on disk.
 
+use crate::minifloat::RoundMode;
 use crate::DType;
 
 /// A small constant held in the IR: little-endian element bytes.
@@ -21,11 +22,13 @@ pub struct TensorSizeError {
 }
 
 impl TensorData {
-    /// Wrap little-endian bytes; the length must equal elements × element size.
+    /// Wrap little-endian bytes; the length must be what elements × element bits take
+    /// (4-bit elements packed two to a byte, low nibble first).
     pub fn from_le_bytes(dtype: DType, shape: Vec<usize>, bytes: Vec<u8>) -> Result<TensorData, TensorSizeError> {
-        let expected = shape.iter().product::<usize>() * dtype.size_bytes();
-        if bytes.len() != expected {
-            return Err(TensorSizeError { dtype, shape, expected, actual: bytes.len() });
+        let elements = shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d as u64));
+        let expected = elements.and_then(|n| dtype.byte_len(n)).and_then(|b| usize::try_from(b).ok());
+        if expected != Some(bytes.len()) {
+            return Err(TensorSizeError { dtype, shape, expected: expected.unwrap_or(usize::MAX), actual: bytes.len() });
         }
         Ok(TensorData { dtype, shape, bytes })
     }
@@ -36,26 +39,38 @@ impl TensorData {
         TensorData { dtype: DType::I64, shape, bytes }
     }
 
-    /// Build a tensor of `dtype` from f64 element values (rounded for integer types,
-    /// non-zero for bool).
+    /// Build a tensor of `dtype` from f64 element values: floats rounded to the type
+    /// (out-of-range values become what the type holds of them: infinity or NaN; the
+    /// largest value in `f4e2m1`), integers truncated toward zero and wrapped to the
+    /// type's width, bool non-zero.
     pub fn from_f64_values(dtype: DType, shape: Vec<usize>, values: &[f64]) -> TensorData {
-        let mut bytes = Vec::with_capacity(values.len() * dtype.size_bytes());
+        let mut bytes = Vec::with_capacity(dtype.byte_len(values.len() as u64).unwrap_or(0) as usize);
+        let mut nibbles = Vec::new();
         for &v in values {
             match dtype {
                 DType::F32 => bytes.extend((v as f32).to_le_bytes()),
                 DType::F64 => bytes.extend(v.to_le_bytes()),
                 DType::F16 => bytes.extend(half::f16::from_f64(v).to_le_bytes()),
                 DType::BF16 => bytes.extend(half::bf16::from_f64(v).to_le_bytes()),
-                DType::I8 => bytes.extend((v as i8).to_le_bytes()),
-                DType::I16 => bytes.extend((v as i16).to_le_bytes()),
-                DType::I32 => bytes.extend((v as i32).to_le_bytes()),
+                DType::F8E4M3FN | DType::F8E4M3FNUZ | DType::F8E5M2 | DType::F8E5M2FNUZ => {
+                    bytes.push(dtype.minifloat().map_or(0, |f| f.encode(v as f32, false)))
+                }
+                DType::F8E8M0 => bytes.push(crate::minifloat::encode_e8m0(v as f32, true, RoundMode::Up)),
+                DType::F4E2M1 => nibbles.push(crate::minifloat::Format::E2M1.encode(v as f32, false)),
+                DType::I4 | DType::U4 => nibbles.push((v as i64 as u8) & 0x0F),
+                DType::I8 => bytes.extend((v as i64 as i8).to_le_bytes()),
+                DType::I16 => bytes.extend((v as i64 as i16).to_le_bytes()),
+                DType::I32 => bytes.extend((v as i64 as i32).to_le_bytes()),
                 DType::I64 => bytes.extend((v as i64).to_le_bytes()),
-                DType::U8 => bytes.extend((v as u8).to_le_bytes()),
-                DType::U16 => bytes.extend((v as u16).to_le_bytes()),
-                DType::U32 => bytes.extend((v as u32).to_le_bytes()),
+                DType::U8 => bytes.extend((v as i64 as u8).to_le_bytes()),
+                DType::U16 => bytes.extend((v as i64 as u16).to_le_bytes()),
+                DType::U32 => bytes.extend((v as i64 as u32).to_le_bytes()),
                 DType::U64 => bytes.extend((v as u64).to_le_bytes()),
                 DType::Bool => bytes.push(u8::from(v != 0.0)),
             }
+        }
+        if dtype.bits() == 4 {
+            bytes = pack_nibbles(&nibbles);
         }
         TensorData { dtype, shape, bytes }
     }
@@ -80,40 +95,77 @@ impl TensorData {
         if self.dtype.is_float() {
             return None;
         }
-        Some(self.to_f64_vec().into_iter().map(|v| v as i64).collect())
+        self.i64_elements()
     }
 
     /// Elements as f64 (exact for every dtype except i64/u64 beyond 2^53).
     pub fn to_f64_vec(&self) -> Vec<f64> {
-        let n = self.dtype.size_bytes();
-        self.bytes
-            .chunks_exact(n)
-            .map(|c| match self.dtype {
-                DType::F32 => f32::from_le_bytes(c.try_into().unwrap_or_default()) as f64,
-                DType::F64 => f64::from_le_bytes(c.try_into().unwrap_or_default()),
-                DType::F16 => half::f16::from_le_bytes([c[0], c[1]]).to_f64(),
-                DType::BF16 => half::bf16::from_le_bytes([c[0], c[1]]).to_f64(),
-                DType::I8 => c[0] as i8 as f64,
-                DType::U8 => c[0] as f64,
-                DType::Bool => f64::from(u8::from(c[0] != 0)),
-                DType::I16 => i16::from_le_bytes([c[0], c[1]]) as f64,
-                DType::U16 => u16::from_le_bytes([c[0], c[1]]) as f64,
-                DType::I32 => i32::from_le_bytes(c.try_into().unwrap_or_default()) as f64,
-                DType::U32 => u32::from_le_bytes(c.try_into().unwrap_or_default()) as f64,
-                DType::I64 => i64::from_le_bytes(c.try_into().unwrap_or_default()) as f64,
-                DType::U64 => u64::from_le_bytes(c.try_into().unwrap_or_default()) as f64,
-            })
-            .collect()
+        decode_f64(self.dtype, &self.bytes, self.len())
     }
 
-    /// Exact i64 elements for i64 tensors (no f64 round trip).
+    /// Exact elements of integer and bool tensors (u64 beyond `i64::MAX` wraps).
     pub fn i64_elements(&self) -> Option<Vec<i64>> {
-        match self.dtype {
-            DType::I64 => {
-                Some(self.bytes.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap_or_default())).collect())
-            }
-            _ => self.to_i64_vec(),
+        if self.dtype.is_float() {
+            return None;
         }
+        decode_i64(self.dtype, &self.bytes, self.len())
+    }
+}
+
+/// Pack 4-bit codes two to a byte, low nibble first (ONNX's layout).
+pub fn pack_nibbles(codes: &[u8]) -> Vec<u8> {
+    codes.chunks(2).map(|p| (p[0] & 0x0F) | (p.get(1).copied().unwrap_or(0) << 4)).collect()
+}
+
+/// The 4-bit codes of `n` packed elements.
+pub fn unpack_nibbles(bytes: &[u8], n: usize) -> Vec<u8> {
+    (0..n).map(|i| bytes.get(i / 2).map_or(0, |b| if i % 2 == 0 { b & 0x0F } else { b >> 4 })).collect()
+}
+
+/// Exact integer (and bool) elements of `n` elements stored as `dtype`; `None` for floats
+/// or too few bytes.
+pub fn decode_i64(dtype: DType, bytes: &[u8], n: usize) -> Option<Vec<i64>> {
+    let need = dtype.byte_len(n as u64)? as usize;
+    if bytes.len() < need {
+        return None;
+    }
+    let b = &bytes[..need];
+    Some(match dtype {
+        DType::I64 => b.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap_or_default())).collect(),
+        DType::U64 => b.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()) as i64).collect(),
+        DType::I32 => b.chunks_exact(4).map(|c| i64::from(i32::from_le_bytes(c.try_into().unwrap_or_default()))).collect(),
+        DType::U32 => b.chunks_exact(4).map(|c| i64::from(u32::from_le_bytes(c.try_into().unwrap_or_default()))).collect(),
+        DType::I16 => b.chunks_exact(2).map(|c| i64::from(i16::from_le_bytes([c[0], c[1]]))).collect(),
+        DType::U16 => b.chunks_exact(2).map(|c| i64::from(u16::from_le_bytes([c[0], c[1]]))).collect(),
+        DType::I8 => b.iter().map(|&c| i64::from(c as i8)).collect(),
+        DType::U8 => b.iter().map(|&c| i64::from(c)).collect(),
+        DType::Bool => b.iter().map(|&c| i64::from(c != 0)).collect(),
+        DType::I4 => unpack_nibbles(b, n).into_iter().map(|c| i64::from(((c << 4) as i8) >> 4)).collect(),
+        DType::U4 => unpack_nibbles(b, n).into_iter().map(i64::from).collect(),
+        _ => return None,
+    })
+}
+
+/// Elements as f64 of `n` elements stored as `dtype` (missing bytes read as zero).
+pub fn decode_f64(dtype: DType, bytes: &[u8], n: usize) -> Vec<f64> {
+    if let Some(ints) = decode_i64(dtype, bytes, n) {
+        return ints.into_iter().map(|v| if dtype == DType::U64 { v as u64 as f64 } else { v as f64 }).collect();
+    }
+    let code = |i: usize| bytes.get(i).copied().unwrap_or(0);
+    match dtype {
+        DType::F32 => (0..n).map(|i| f64::from(f32::from_le_bytes(std::array::from_fn(|k| code(4 * i + k))))).collect(),
+        DType::F64 => (0..n).map(|i| f64::from_le_bytes(std::array::from_fn(|k| code(8 * i + k)))).collect(),
+        DType::F16 => (0..n).map(|i| half::f16::from_le_bytes([code(2 * i), code(2 * i + 1)]).to_f64()).collect(),
+        DType::BF16 => (0..n).map(|i| half::bf16::from_le_bytes([code(2 * i), code(2 * i + 1)]).to_f64()).collect(),
+        DType::F8E8M0 => (0..n).map(|i| f64::from(crate::minifloat::decode_e8m0(code(i)))).collect(),
+        DType::F4E2M1 => unpack_nibbles(bytes, n)
+            .into_iter()
+            .map(|c| f64::from(crate::minifloat::Format::E2M1.decode(c)))
+            .collect(),
+        d => match d.minifloat() {
+            Some(f) => (0..n).map(|i| f64::from(f.decode(code(i)))).collect(),
+            None => vec![0.0; n],
+        },
     }
 }
 
@@ -141,17 +193,17 @@ impl WeightRef {
         self.shape.iter().map(|&d| d as u64).product()
     }
 
-    /// Bytes the weight takes at its dtype.
+    /// Bytes the weight takes at its dtype (saturating at `u64::MAX`).
     pub fn byte_len(&self) -> u64 {
-        self.elements() * self.dtype.size_bytes() as u64
+        self.dtype.byte_len(self.elements()).unwrap_or(u64::MAX)
     }
 }
 
 impl TensorData {
-    /// Build a tensor of integer or bool `dtype` from exact i64 values (bool: non-zero).
-    /// Float dtypes go through f64.
+    /// Build a tensor of integer or bool `dtype` from exact i64 values, wrapped to the
+    /// type's width (bool: non-zero). Float dtypes go through f64.
     pub fn from_ints(dtype: DType, shape: Vec<usize>, values: &[i64]) -> TensorData {
-        let mut bytes = Vec::with_capacity(values.len() * dtype.size_bytes());
+        let mut bytes = Vec::with_capacity(dtype.byte_len(values.len() as u64).unwrap_or(0) as usize);
         for &v in values {
             match dtype {
                 DType::I64 => bytes.extend(v.to_le_bytes()),
@@ -163,7 +215,11 @@ impl TensorData {
                 DType::I8 => bytes.push(v as i8 as u8),
                 DType::U8 => bytes.push(v as u8),
                 DType::Bool => bytes.push(u8::from(v != 0)),
-                DType::F32 | DType::F64 | DType::F16 | DType::BF16 => {
+                DType::I4 | DType::U4 => {
+                    let codes: Vec<u8> = values.iter().map(|&v| (v as u8) & 0x0F).collect();
+                    return TensorData { dtype, shape, bytes: pack_nibbles(&codes) };
+                }
+                _ => {
                     return TensorData::from_f64_values(
                         dtype,
                         shape,

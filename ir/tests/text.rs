@@ -12,11 +12,12 @@ const CANONICAL: &str = r#"graph "every \"kind\"\tof\\thing" {
   const %4 "axes": i64[1] [-1]
   const %5 "flags": bool[2, 2] [true, false, false, true]
   const %6 "eps": f16[] [0.0010004044]
+  const %19 "axes": i64[1] [-1]
   n0 "/gemm" Gemm{alpha=0.5, transB=1}(%7, %2) -> %8 "y": ?
   n1 "" Cast{to=f32}(%1) -> %9 "ids_f": f32[batch, past+seq]
   n2 "fill" ConstantOfShape{value=f32[1] [-3.4028235e38]}(%10) -> %11 "filled": ?
   n3 "split" Split{axis=2, num_outputs=2}(%0) -> %12 "a": f32[batch, seq, 32], %13 "b": f32[batch, seq, 32]
-  n4 "reduce" ReduceMean{axes=[-1]}(%12) -> %14 "m": f32[batch, seq, 1]
+  n4 "reduce" ReduceMean(%12, %19) -> %14 "m": f32[batch, seq, 1]
   n5 "scatter" ScatterND{reduction="add"}(%0, %15, %16) -> %17 "s": ?
   n6 "slice" Slice(%0, %4, %4, _, %4) -> %18 "sl": f32[?, 2*seq-1, 64]
   output %8

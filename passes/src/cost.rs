@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use shardc_ir::{DType, Dim, Graph, Op, ValueDef, ValueId};
+use shardc_ir::{DType, Dim, Family, Graph, Node, Op, ValueDef, ValueId};
 
 /// The work one request asks for.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
@@ -118,7 +118,7 @@ pub fn sizes(graph: &Graph, bindings: &HashMap<String, i64>) -> Result<Sizes, Co
             })? as f64;
         }
         elements[i] = n;
-        bytes[i] = n * ty.dtype.size_bytes() as f64;
+        bytes[i] = n * f64::from(ty.dtype.bits()) / 8.0;
     }
     // Results of load-time nodes weigh what their weights weigh on disk.
     for (i, node) in graph.nodes.iter().enumerate() {
@@ -154,69 +154,7 @@ pub fn node_costs(graph: &Graph, bindings: &HashMap<String, i64>) -> Result<Vec<
             }
             let out: f64 = node.outputs.iter().map(|o| s.elements[o.index()]).sum();
             let first_in = node.inputs.first().copied().flatten().map_or(0.0, |v| s.elements[v.index()]);
-            let flops = match &node.op {
-                Op::MatMul(_) => {
-                    let k =
-                        node.inputs.first().copied().flatten().map(dims).and_then(|d| d.last().copied()).unwrap_or(0.0);
-                    2.0 * out * k
-                }
-                Op::Gemm(g) => {
-                    let a = node.inputs.first().copied().flatten().map(dims).unwrap_or_default();
-                    let k = if g.transA != 0 { a.first() } else { a.last() }.copied().unwrap_or(0.0);
-                    2.0 * out * k + if node.inputs.get(2).copied().flatten().is_some() { out } else { 0.0 }
-                }
-                Op::Exp(_)
-                | Op::Log(_)
-                | Op::Tanh(_)
-                | Op::Sigmoid(_)
-                | Op::Sin(_)
-                | Op::Cos(_)
-                | Op::Erf(_)
-                | Op::Pow(_)
-                | Op::Sqrt(_) => 4.0 * out,
-                Op::Softmax(_) => 5.0 * out,
-                Op::LayerNormalization(_) => 8.0 * first_in,
-                Op::ReduceMean(_) | Op::ReduceSum(_) | Op::ReduceMax(_) | Op::ArgMax(_) | Op::CumSum(_) => first_in,
-                Op::Add(_)
-                | Op::Sub(_)
-                | Op::Mul(_)
-                | Op::Div(_)
-                | Op::Mod(_)
-                | Op::Max(_)
-                | Op::Min(_)
-                | Op::Neg(_)
-                | Op::Abs(_)
-                | Op::Reciprocal(_)
-                | Op::Relu(_)
-                | Op::Floor(_)
-                | Op::Ceil(_)
-                | Op::Equal(_)
-                | Op::Less(_)
-                | Op::LessOrEqual(_)
-                | Op::Greater(_)
-                | Op::GreaterOrEqual(_)
-                | Op::And(_)
-                | Op::Or(_)
-                | Op::Not(_)
-                | Op::Where(_)
-                | Op::Trilu(_) => out,
-                Op::Cast(_)
-                | Op::Identity(_)
-                | Op::Shape(_)
-                | Op::Gather(_)
-                | Op::Reshape(_)
-                | Op::Unsqueeze(_)
-                | Op::Squeeze(_)
-                | Op::Concat(_)
-                | Op::Transpose(_)
-                | Op::Slice(_)
-                | Op::Split(_)
-                | Op::Expand(_)
-                | Op::Tile(_)
-                | Op::Range(_)
-                | Op::ConstantOfShape(_)
-                | Op::ScatterND(_) => 0.0,
-            };
+            let flops = flops(node, &dims, out, first_in);
             // An embedding lookup reads the rows it gathers, not the table.
             let gather = matches!(node.op, Op::Gather(_));
             let read: f64 = node
@@ -230,4 +168,193 @@ pub fn node_costs(graph: &Graph, bindings: &HashMap<String, i64>) -> Result<Vec<
             NodeCost { flops, bytes: read + written + gathered }
         })
         .collect())
+}
+
+/// FLOPs of one node: `out` output elements, `first_in` elements of its first input,
+/// `dims` the bound dims of a value.
+fn flops(node: &Node, dims: &dyn Fn(ValueId) -> Vec<f64>, out: f64, first_in: f64) -> f64 {
+    let input = |slot: usize| node.inputs.get(slot).copied().flatten().map(dims).unwrap_or_default();
+    // Transcendental functions cost a few multiply-adds per element.
+    let transcendental = 4.0;
+    match node.op.family() {
+        Family::Binary | Family::Variadic | Family::Comparison | Family::Logical | Family::Predicate => {
+            return out * node.inputs.len().saturating_sub(1).max(1) as f64
+        }
+        Family::Unary => {
+            return match &node.op {
+                Op::Neg(_)
+                | Op::Abs(_)
+                | Op::Relu(_)
+                | Op::Not(_)
+                | Op::BitwiseNot(_)
+                | Op::Floor(_)
+                | Op::Ceil(_)
+                | Op::Round(_)
+                | Op::Sign(_)
+                | Op::Reciprocal(_)
+                | Op::LeakyRelu(_)
+                | Op::ThresholdedRelu(_)
+                | Op::Shrink(_)
+                | Op::HardSigmoid(_)
+                | Op::HardSwish(_)
+                | Op::Softsign(_) => out,
+                Op::Identity(_) => 0.0,
+                _ => transcendental * out,
+            }
+        }
+        Family::Other => {}
+    }
+    match &node.op {
+        Op::MatMul(_) | Op::MatMulInteger(_) => 2.0 * out * input(0).last().copied().unwrap_or(0.0),
+        Op::Gemm(g) => {
+            let a = input(0);
+            let k = if g.transA != 0 { a.first() } else { a.last() }.copied().unwrap_or(0.0);
+            2.0 * out * k + if node.inputs.get(2).copied().flatten().is_some() { out } else { 0.0 }
+        }
+        Op::Einsum(e) => {
+            // Every combination of label values is one multiply-add per extra operand.
+            let ranks: Vec<usize> = (0..node.inputs.len()).map(|i| input(i).len()).collect();
+            let mut sizes: std::collections::HashMap<char, f64> = std::collections::HashMap::new();
+            if let Ok((labels, _)) =
+                shardc_ir::einsum::Equation::parse(&e.equation).and_then(|eq| eq.labels(&ranks))
+            {
+                for (i, ls) in labels.iter().enumerate() {
+                    for (l, d) in ls.iter().zip(input(i)) {
+                        let s = sizes.entry(*l).or_insert(d);
+                        *s = s.max(d);
+                    }
+                }
+            }
+            2.0 * sizes.values().product::<f64>() * node.inputs.len().saturating_sub(1).max(1) as f64
+        }
+        Op::Attention(_) => {
+            // Scores and context: two products over every (query, key) pair, plus softmax.
+            let q = input(0);
+            let v = input(2);
+            let q_elems: f64 = q.iter().product();
+            let per_query_head = if q.len() == 4 { q[3] } else { 1.0 };
+            let v_head = v.last().copied().unwrap_or(0.0);
+            let total = input(4).get(2).copied().unwrap_or(0.0) + if v.len() == 4 { v[2] } else { v.get(1).copied().unwrap_or(0.0) };
+            let queries = if per_query_head > 0.0 { q_elems / per_query_head } else { 0.0 };
+            queries * total * (2.0 * per_query_head + 2.0 * v_head + 5.0)
+        }
+        Op::Softmax(_) | Op::LogSoftmax(_) => 5.0 * out,
+        Op::LayerNormalization(_) | Op::MeanVarianceNormalization(_) => 8.0 * first_in,
+        Op::RMSNormalization(_) | Op::LpNormalization(_) => 4.0 * first_in,
+        Op::RotaryEmbedding(_) => 3.0 * out,
+        Op::ReduceMean(_)
+        | Op::ReduceSum(_)
+        | Op::ReduceMax(_)
+        | Op::ReduceMin(_)
+        | Op::ReduceProd(_)
+        | Op::ReduceL1(_)
+        | Op::ReduceSumSquare(_)
+        | Op::ArgMax(_)
+        | Op::ArgMin(_)
+        | Op::CumSum(_)
+        | Op::Hardmax(_)
+        | Op::TopK(_) => first_in,
+        Op::ReduceL2(_) | Op::ReduceLogSum(_) | Op::ReduceLogSumExp(_) => transcendental * first_in,
+        Op::Where(_)
+        | Op::Clip(_)
+        | Op::Trilu(_)
+        | Op::QuantizeLinear(_)
+        | Op::DequantizeLinear(_)
+        | Op::OneHot(_)
+        | Op::EyeLike(_)
+        | Op::NonZero(_) => out,
+        Op::DynamicQuantizeLinear(_) => 3.0 * out,
+        Op::Cast(_)
+        | Op::CastLike(_)
+        | Op::Dropout(_)
+        | Op::Shape(_)
+        | Op::Size(_)
+        | Op::Gather(_)
+        | Op::GatherElements(_)
+        | Op::GatherND(_)
+        | Op::Reshape(_)
+        | Op::Unsqueeze(_)
+        | Op::Squeeze(_)
+        | Op::Flatten(_)
+        | Op::Concat(_)
+        | Op::Transpose(_)
+        | Op::Slice(_)
+        | Op::Split(_)
+        | Op::Expand(_)
+        | Op::Tile(_)
+        | Op::Range(_)
+        | Op::ConstantOfShape(_)
+        | Op::ScatterND(_)
+        | Op::ScatterElements(_)
+        | Op::Pad(_)
+        | Op::ReverseSequence(_)
+        | Op::TensorScatter(_) => 0.0,
+        // The families above.
+        Op::Add(_)
+        | Op::Sub(_)
+        | Op::Mul(_)
+        | Op::Div(_)
+        | Op::Pow(_)
+        | Op::Mod(_)
+        | Op::BitShift(_)
+        | Op::BitwiseAnd(_)
+        | Op::BitwiseOr(_)
+        | Op::BitwiseXor(_)
+        | Op::PRelu(_)
+        | Op::Max(_)
+        | Op::Min(_)
+        | Op::Sum(_)
+        | Op::Mean(_)
+        | Op::Equal(_)
+        | Op::Less(_)
+        | Op::LessOrEqual(_)
+        | Op::Greater(_)
+        | Op::GreaterOrEqual(_)
+        | Op::And(_)
+        | Op::Or(_)
+        | Op::Xor(_)
+        | Op::Neg(_)
+        | Op::Abs(_)
+        | Op::Sqrt(_)
+        | Op::Reciprocal(_)
+        | Op::Exp(_)
+        | Op::Log(_)
+        | Op::Tanh(_)
+        | Op::Sigmoid(_)
+        | Op::Sin(_)
+        | Op::Cos(_)
+        | Op::Tan(_)
+        | Op::Asin(_)
+        | Op::Acos(_)
+        | Op::Atan(_)
+        | Op::Sinh(_)
+        | Op::Cosh(_)
+        | Op::Asinh(_)
+        | Op::Acosh(_)
+        | Op::Atanh(_)
+        | Op::Erf(_)
+        | Op::Relu(_)
+        | Op::Not(_)
+        | Op::BitwiseNot(_)
+        | Op::Floor(_)
+        | Op::Ceil(_)
+        | Op::Round(_)
+        | Op::Sign(_)
+        | Op::IsNaN(_)
+        | Op::IsInf(_)
+        | Op::Softplus(_)
+        | Op::Softsign(_)
+        | Op::LeakyRelu(_)
+        | Op::Elu(_)
+        | Op::Selu(_)
+        | Op::Celu(_)
+        | Op::HardSigmoid(_)
+        | Op::HardSwish(_)
+        | Op::ThresholdedRelu(_)
+        | Op::Shrink(_)
+        | Op::Mish(_)
+        | Op::Swish(_)
+        | Op::Gelu(_)
+        | Op::Identity(_) => out,
+    }
 }

@@ -22,7 +22,7 @@ impl Pass for InferShapes {
     }
 
     fn run(&self, graph: &mut Graph, ctx: &mut Ctx) -> Result<Changed, PassError> {
-        let facts = infer(graph).map_err(|e| node_error(graph, self.name(), e))?;
+        let facts = infer(graph, &ctx.input_contents).map_err(|e| node_error(graph, self.name(), e))?;
         let mut changed = Changed::No;
         let mut unknown = 0;
         for (value, ty) in graph.values.iter_mut().zip(facts.types) {

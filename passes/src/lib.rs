@@ -33,6 +33,9 @@ pub struct Ctx {
     pub verify_each: bool,
     /// What each pass reported, in order (pass name, message).
     pub notes: Vec<(String, String)>,
+    /// Values of graph inputs known for this run, by name (`shardc run` with given
+    /// inputs): shape arithmetic may fold them. Empty when compiling for any input.
+    pub input_contents: std::collections::BTreeMap<String, Vec<i64>>,
 }
 
 /// A pass error: which pass, and what went wrong (naming the node where there is one).

@@ -21,7 +21,7 @@ impl Pass for Simplify {
     }
 
     fn run(&self, graph: &mut Graph, ctx: &mut Ctx) -> Result<Changed, PassError> {
-        let facts = infer(graph).map_err(|e| node_error(graph, self.name(), e))?;
+        let facts = infer(graph, &ctx.input_contents).map_err(|e| node_error(graph, self.name(), e))?;
         let mut removed: HashSet<NodeId> = HashSet::new();
 
         // 1. Fold nodes whose every output has known contents.

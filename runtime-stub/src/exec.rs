@@ -208,6 +208,7 @@ impl Session {
                 });
             }
             for (&v, t) in node.outputs.iter().zip(outs) {
+                let t = t.normalize();
                 self.check_output(v, &t, &sizes).map_err(|message| RuntimeError::Kernel {
                     node: label(),
                     op: node.op.name(),

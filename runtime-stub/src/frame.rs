@@ -161,7 +161,7 @@ pub fn decode(bytes: &[u8], tag: Option<&[u8]>, secret: Option<&[u8; 32]>, limit
             .collect();
         let [begin, end] = offsets.as_slice() else { return Err(bad("data_offsets must be two numbers")) };
         let elements = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| bad("shape too large"))?;
-        let expected = elements.checked_mul(dtype.size_bytes()).ok_or_else(|| bad("shape too large"))? as u64;
+        let expected = dtype.byte_len(elements as u64).ok_or_else(|| bad("shape too large"))?;
         if end < begin || end - begin != expected || *end as usize > data.len() {
             return Err(bad("data_offsets disagree with dtype, shape or the frame"));
         }

@@ -130,6 +130,52 @@ impl Tensor {
         Ok(Tensor { dtype: t.dtype, data })
     }
 
+    /// The tensor as an IR constant: its elements encoded as its dtype.
+    pub fn to_data(&self) -> Result<TensorData, String> {
+        let shape = self.shape().to_vec();
+        let out = match &self.data {
+            Data::F32(a) => {
+                let v: Vec<f64> = a.iter().map(|&x| f64::from(x)).collect();
+                TensorData::from_f64_values(self.dtype, shape, &v)
+            }
+            Data::I64(a) => TensorData::from_ints(self.dtype, shape, &a.iter().copied().collect::<Vec<_>>()),
+            Data::Bool(a) => TensorData::from_ints(self.dtype, shape, &a.iter().map(|&b| i64::from(b)).collect::<Vec<_>>()),
+        };
+        Ok(out)
+    }
+
+    /// Hold exactly what the dtype holds: floats narrower than f32 rounded to their
+    /// type, integers narrower than 64 bits wrapped to their width. Kernels compute in
+    /// f32 and i64; the executor normalises every result.
+    pub fn normalize(mut self) -> Tensor {
+        let dtype = self.dtype;
+        match &mut self.data {
+            Data::F32(a) => match dtype {
+                DType::F32 | DType::F64 => {}
+                DType::F16 => a.mapv_inplace(|v| half::f16::from_f32(v).to_f32()),
+                DType::BF16 => a.mapv_inplace(|v| half::bf16::from_f32(v).to_f32()),
+                DType::F8E8M0 => a.mapv_inplace(|v| {
+                    let code = shardc_ir::minifloat::encode_e8m0(v, true, shardc_ir::minifloat::RoundMode::Up);
+                    shardc_ir::minifloat::decode_e8m0(code)
+                }),
+                d => {
+                    // Not saturating: a result beyond the type's range is what the
+                    // type holds of it (infinity or NaN), as IEEE arithmetic would give.
+                    if let Some(f) = d.minifloat() {
+                        a.mapv_inplace(|v| f.decode(f.encode(v, false)));
+                    }
+                }
+            },
+            Data::I64(a) => {
+                if !matches!(dtype, DType::I64 | DType::U64) {
+                    a.mapv_inplace(|v| wrap_int(v, dtype));
+                }
+            }
+            Data::Bool(_) => {}
+        }
+        self
+    }
+
     /// `f32[1, 3]`-style description, for error messages.
     pub fn describe(&self) -> String {
         let dims: Vec<String> = self.shape().iter().map(usize::to_string).collect();
@@ -145,5 +191,20 @@ pub fn storage_of(dtype: DType) -> &'static str {
         "bool"
     } else {
         "i64"
+    }
+}
+
+/// Wrap an integer to the range of `dtype` (two's complement, as C casts do).
+pub fn wrap_int(v: i64, dtype: DType) -> i64 {
+    match dtype {
+        DType::I4 => i64::from(((v as u8) << 4) as i8 >> 4),
+        DType::U4 => v & 0x0F,
+        DType::I8 => i64::from(v as i8),
+        DType::U8 => i64::from(v as u8),
+        DType::I16 => i64::from(v as i16),
+        DType::U16 => i64::from(v as u16),
+        DType::I32 => i64::from(v as i32),
+        DType::U32 => i64::from(v as u32),
+        _ => v,
     }
 }

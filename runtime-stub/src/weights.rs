@@ -57,7 +57,7 @@ impl WeightFiles {
         }
         let bytes = &map[loc.offset as usize..end as usize];
         let shape = IxDyn(&w.shape);
-        let data = decode(w.dtype, bytes);
+        let data = decode(w.dtype, bytes, w.elements() as usize);
         let data = match data {
             Decoded::F32(v) => Data::F32(ArrayD::from_shape_vec(shape, v).map_err(|e| fail(e.to_string()))?),
             Decoded::I64(v) => Data::I64(ArrayD::from_shape_vec(shape, v).map_err(|e| fail(e.to_string()))?),
@@ -74,7 +74,7 @@ enum Decoded {
 }
 
 /// Little-endian bytes into compute values.
-fn decode(dtype: DType, bytes: &[u8]) -> Decoded {
+fn decode(dtype: DType, bytes: &[u8], elements: usize) -> Decoded {
     fn chunks<const N: usize>(bytes: &[u8]) -> impl Iterator<Item = [u8; N]> + '_ {
         bytes.chunks_exact(N).map(|c| {
             let mut a = [0u8; N];
@@ -96,5 +96,16 @@ fn decode(dtype: DType, bytes: &[u8]) -> Decoded {
         DType::I8 => Decoded::I64(bytes.iter().map(|&b| i64::from(b as i8)).collect()),
         DType::U8 => Decoded::I64(bytes.iter().map(|&b| i64::from(b)).collect()),
         DType::Bool => Decoded::Bool(bytes.iter().map(|&b| b != 0).collect()),
+        DType::I4 | DType::U4 => {
+            Decoded::I64(shardc_ir::tensor::decode_i64(dtype, bytes, elements).unwrap_or_default())
+        }
+        DType::F8E4M3FN
+        | DType::F8E4M3FNUZ
+        | DType::F8E5M2
+        | DType::F8E5M2FNUZ
+        | DType::F8E8M0
+        | DType::F4E2M1 => Decoded::F32(
+            shardc_ir::tensor::decode_f64(dtype, bytes, elements).into_iter().map(|v| v as f32).collect(),
+        ),
     }
 }

@@ -211,7 +211,7 @@ fn kernel_errors_name_the_node_and_op() {
   output %1
 }"#;
     let err = run(g, vec![("x", f32s(&[2], &[1., 2.]))]).unwrap_err().to_string();
-    assert_eq!(err, "node `float_mod` (Mod): Mod with fmod=0 is only defined for integers");
+    assert_eq!(err, "node `float_mod` (Mod): Mod of floats needs fmod = 1");
     // A wrong inferred type is caught at the node that produced it.
     let g = g.replace("Mod(%0, %0) -> %1 \"y\": f32[2]", "Neg(%0) -> %1 \"y\": f32[3]");
     let err = run(&g, vec![("x", f32s(&[2], &[1., 2.]))]).unwrap_err().to_string();

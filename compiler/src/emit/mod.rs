@@ -80,7 +80,7 @@ fn store_weights(graph: &Graph, dtype: Option<DType>) -> (Graph, HashMap<usize, 
                 );
             }
             ValueDef::Weight(w) => {
-                let target = dtype.filter(|_| w.dtype.is_float()).unwrap_or(w.dtype);
+                let target = dtype.filter(|_| w.dtype.is_ieee_float()).unwrap_or(w.dtype);
                 let mut nw = w.clone();
                 nw.dtype = target;
                 nw.location = None;
@@ -104,7 +104,7 @@ fn store_weights(graph: &Graph, dtype: Option<DType>) -> (Graph, HashMap<usize, 
     // Casts back to the dtype the graph computes with, ahead of every node.
     for (w, original) in recast {
         let name = format!("{}:stored_as", graph.value(w).name);
-        let cast = Op::Cast(shardc_ir::ops::Cast { to: original, saturate: 1 });
+        let cast = Op::Cast(shardc_ir::ops::Cast { to: original, saturate: 1, round_mode: "up".into() });
         let nid =
             out.add_node(name.clone(), cast, vec![Some(map[&w])], &[format!("{}:as_{original}", graph.value(w).name)]);
         let o = out.node(nid).outputs[0];

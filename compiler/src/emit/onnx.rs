@@ -1,4 +1,5 @@
-//! A stage graph as an ONNX model (opset 17) that ONNX Runtime runs as shipped:
+//! A stage graph as an ONNX model that ONNX Runtime runs as shipped (at the lowest
+//! opset, 17 or later, whose op definitions are the IR's — see [`opset_of`]):
 //! weights are initializers with external data pointing into `weights.safetensors`
 //! (offset = 8 + header length + tensor offset), small constants are inline
 //! initializers, and symbolic dims become `dim_param`s spelled as in the text IR.
@@ -10,12 +11,63 @@ use onnx_protobuf::{
     type_proto, AttributeProto, GraphProto, Message, ModelProto, NodeProto, OperatorSetIdProto, StringStringEntryProto,
     TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
 };
-use shardc_ir::{AttrValue, Graph, TensorData, TensorType, ValueDef, ValueId};
+use shardc_ir::{AttrValue, DType, Graph, Op, TensorData, TensorType, ValueDef, ValueId};
 
 use super::EmitError;
 
-/// Opset the emitted models import.
-pub const OPSET: i64 = 17;
+/// The lowest opset an emitted model imports.
+pub const MIN_OPSET: i64 = 17;
+
+/// The opset at which ONNX defines `op`, as the node uses it, the way the IR does:
+/// the version that introduced the forms and attributes in use.
+fn op_opset(op: &Op, inputs: usize) -> i64 {
+    use Op::*;
+    match op {
+        ReduceMean(_) | ReduceMax(_) | ReduceMin(_) | ReduceProd(_) | ReduceL1(_) | ReduceL2(_) | ReduceLogSum(_)
+        | ReduceLogSumExp(_) | ReduceSumSquare(_) => 18,
+        Split(s) if s.num_outputs.is_some() => 18,
+        Pad(p) if p.mode == "wrap" => 19,
+        Pad(_) if inputs > 3 => 18,
+        Cast(c) if c.round_mode != "up" => 24,
+        Cast(c) if c.saturate != 1 => 19,
+        CastLike(c) if c.round_mode != "up" => 24,
+        CastLike(c) if c.saturate != 1 => 19,
+        ScatterND(s) if matches!(s.reduction.as_str(), "max" | "min") => 18,
+        ScatterElements(s) if matches!(s.reduction.as_str(), "max" | "min") => 18,
+        ScatterND(s) if s.reduction != "none" => 16,
+        ScatterElements(s) if s.reduction != "none" => 16,
+        QuantizeLinear(q) if q.precision.is_some() => 23,
+        QuantizeLinear(q) if q.block_size != 0 || q.output_dtype.is_some() => 21,
+        QuantizeLinear(q) if q.saturate != 1 => 19,
+        DequantizeLinear(d) if d.output_dtype.is_some() => 23,
+        DequantizeLinear(d) if d.block_size != 0 => 21,
+        Attention(_) if inputs > 6 => 24,
+        Gelu(_) => 20,
+        RMSNormalization(_) | RotaryEmbedding(_) | Attention(_) => 23,
+        Swish(_) | TensorScatter(_) => 24,
+        BitwiseAnd(_) | BitwiseOr(_) | BitwiseXor(_) | BitwiseNot(_) | Mish(_) => 18,
+        _ => MIN_OPSET,
+    }
+}
+
+/// The opset at which element type `dtype` may appear.
+fn dtype_opset(dtype: DType) -> i64 {
+    match dtype {
+        DType::F8E4M3FN | DType::F8E4M3FNUZ | DType::F8E5M2 | DType::F8E5M2FNUZ => 19,
+        DType::I4 | DType::U4 => 21,
+        DType::F4E2M1 => 23,
+        DType::F8E8M0 => 24,
+        _ => MIN_OPSET,
+    }
+}
+
+/// The opset a stage graph's model imports: the lowest at which every op, as used,
+/// and every element type has the IR's definition.
+pub fn opset_of(graph: &Graph) -> i64 {
+    let ops = graph.nodes.iter().map(|n| op_opset(&n.op, n.inputs.len()));
+    let types = graph.values.iter().filter_map(|v| v.ty.as_ref()).map(|t| dtype_opset(t.dtype));
+    ops.chain(types).fold(MIN_OPSET, i64::max)
+}
 
 fn value_info(name: &str, ty: Option<&TensorType>) -> ValueInfoProto {
     let mut vi = ValueInfoProto::new();
@@ -134,9 +186,16 @@ pub fn to_onnx(graph: &Graph) -> Result<Vec<u8>, EmitError> {
         g.node.push(n);
     }
     let mut opset = OperatorSetIdProto::new();
-    opset.version = OPSET;
+    opset.version = opset_of(graph);
+    // The IR version that introduced each opset (onnx/helper.py's table).
+    let ir_version = match opset.version {
+        ..=18 => 8,
+        19 | 20 => 9,
+        21 | 22 => 10,
+        _ => 11,
+    };
     let mut m = ModelProto::new();
-    m.ir_version = 8;
+    m.ir_version = ir_version;
     m.producer_name = "shardc".into();
     m.producer_version = env!("CARGO_PKG_VERSION").into();
     m.opset_import.push(opset);

@@ -35,7 +35,9 @@ pub fn convert(from: DType, to: DType, src: &[u8], out: &mut Vec<u8>) {
             _ => 0.0,
         }
     };
-    for c in src.chunks_exact(from.size_bytes()) {
+    // Only f32, f16, bf16 and f64 are converted (`--dtype` takes those); callers copy
+    // every other dtype as it is.
+    for c in src.chunks_exact((from.bits() / 8).max(1) as usize) {
         let v = read(c);
         match to {
             DType::F32 => out.extend(v.to_le_bytes()),
@@ -154,16 +156,17 @@ pub fn write(
             })?;
             if *from == w.dtype {
                 // Same dtype: straight from the map; the hashing thread reads the same pages.
-                for chunk in map[loc.offset as usize..end as usize].chunks(CHUNK_ELEMENTS * from.size_bytes()) {
+                for chunk in map[loc.offset as usize..end as usize].chunks(CHUNK_ELEMENTS) {
                     out.write_all(chunk).map_err(io(path))?;
                     let _ = send.send(Chunk::Borrowed(chunk));
                     progress(chunk.len() as u64);
                 }
             } else {
                 let bytes: &[u8] = &map[loc.offset as usize..end as usize];
-                let step = CHUNK_ELEMENTS * from.size_bytes();
+                let (from_bytes, to_bytes) = ((from.bits() / 8) as usize, (w.dtype.bits() / 8) as usize);
+                let step = CHUNK_ELEMENTS * from_bytes;
                 for chunk in bytes.chunks(step) {
-                    let mut buf = Vec::with_capacity(chunk.len() / from.size_bytes() * w.dtype.size_bytes());
+                    let mut buf = Vec::with_capacity(chunk.len() / from_bytes * to_bytes);
                     convert(*from, w.dtype, chunk, &mut buf);
                     out.write_all(&buf).map_err(io(path))?;
                     let _ = send.send(Chunk::Owned(buf));

@@ -100,8 +100,8 @@ pub fn tensor_text(t: &TensorData) -> String {
 
 fn tensor_values_text(t: &TensorData) -> String {
     let items: Vec<String> = match t.dtype {
-        DType::F32 | DType::F16 | DType::BF16 => t.to_f64_vec().into_iter().map(|v| float_text(v as f32)).collect(),
         DType::F64 => t.to_f64_vec().into_iter().map(|v| format!("{v:?}")).collect(),
+        d if d.is_float() => t.to_f64_vec().into_iter().map(|v| float_text(v as f32)).collect(),
         DType::Bool => t.to_f64_vec().into_iter().map(|v| (v != 0.0).to_string()).collect(),
         DType::I64 => t.i64_elements().unwrap_or_default().iter().map(i64::to_string).collect(),
         DType::U64 => t

@@ -1,9 +1,8 @@
 //! Elementwise ops: numpy broadcasting; contents for integer shape arithmetic.
 
-use shardc_ir::ops::Cast;
-use shardc_ir::{DType, Dim, Op};
+use shardc_ir::{DType, Dim, Family, Op};
 
-use super::{broadcast, broadcast_contents, required, In, Out};
+use super::{broadcast, broadcast_contents, element_count, required, In, Out};
 
 fn all_inputs<'a>(inputs: &[Option<In<'a>>]) -> Result<Vec<In<'a>>, String> {
     (0..inputs.len()).map(|i| required(inputs, i)).collect()
@@ -21,10 +20,20 @@ fn broadcast_all(ins: &[In]) -> Result<Vec<Dim>, String> {
     ins.iter().skip(1).try_fold(ins[0].shape().to_vec(), |acc, i| broadcast(&acc, i.shape()))
 }
 
-/// `Add`, `Sub`, `Mul`, `Div`, `Pow`, `Mod`, `Max`, `Min`.
+/// The binary and variadic arithmetic ops (`Add` … `Mod`, bit operations, `PRelu`,
+/// `Max`, `Min`, `Sum`, `Mean`).
 pub fn arithmetic(op: &Op, inputs: &[Option<In>]) -> Result<Vec<Out>, String> {
     let ins = all_inputs(inputs)?;
+    if ins.is_empty() {
+        return Err("needs at least one input".into());
+    }
     let dtype = if matches!(op, Op::Pow(_)) { ins[0].dtype() } else { same_dtype(&ins)? };
+    if dtype == DType::Bool {
+        return Err(format!("{} does not take bool operands", op.name()));
+    }
+    if matches!(op, Op::BitShift(_) | Op::BitwiseAnd(_) | Op::BitwiseOr(_) | Op::BitwiseXor(_)) && !dtype.is_integer() {
+        return Err(format!("{} takes integers, got {dtype}", op.name()));
+    }
     let shape = broadcast_all(&ins)?;
     let contents = broadcast_contents(&ins, &shape, |args| match op {
         Op::Add(_) => Some(args[0].add(args[1])),
@@ -51,7 +60,12 @@ pub fn arithmetic(op: &Op, inputs: &[Option<In>]) -> Result<Vec<Out>, String> {
         }
         Op::Max(_) => extreme(args, true),
         Op::Min(_) => extreme(args, false),
+        Op::Sum(_) => Some(args.iter().skip(1).fold(args[0].clone(), |acc, d| acc.add(d))),
         _ => None,
+    });
+    // Known results outside the type's range would not be what the kernel computes.
+    let contents = contents.filter(|c| {
+        dtype.int_range().is_some_and(|(lo, hi)| c.iter().all(|d| d.as_known().is_none_or(|v| (lo..=hi).contains(&v))))
     });
     Ok(vec![Out::with_contents(dtype, shape, contents)])
 }
@@ -63,10 +77,13 @@ fn extreme(args: &[&Dim], max: bool) -> Option<Dim> {
         .map(|d| (*d).clone())
 }
 
-/// Comparisons and logical `And`/`Or`: bool results.
+/// Comparisons and logical `And`/`Or`/`Xor`: bool results.
 pub fn comparison(op: &Op, inputs: &[Option<In>]) -> Result<Vec<Out>, String> {
     let ins = all_inputs(inputs)?;
-    same_dtype(&ins)?;
+    let dtype = same_dtype(&ins)?;
+    if op.family() == Family::Logical && dtype != DType::Bool {
+        return Err(format!("{} takes bool operands, got {dtype}", op.name()));
+    }
     let shape = broadcast_all(&ins)?;
     let truth = |b: bool| Some(Dim::known(i64::from(b)));
     let contents = broadcast_contents(&ins, &shape, |args| {
@@ -106,6 +123,7 @@ pub fn comparison(op: &Op, inputs: &[Option<In>]) -> Result<Vec<Out>, String> {
             Op::GreaterOrEqual(_) => truth(!lt()?),
             Op::And(_) => truth(a.as_known()? != 0 && b.as_known()? != 0),
             Op::Or(_) => truth(a.as_known()? != 0 || b.as_known()? != 0),
+            Op::Xor(_) => truth((a.as_known()? != 0) != (b.as_known()? != 0)),
             _ => None,
         }
     });
@@ -115,6 +133,9 @@ pub fn comparison(op: &Op, inputs: &[Option<In>]) -> Result<Vec<Out>, String> {
 /// `Where(cond, x, y)`.
 pub fn where_(inputs: &[Option<In>]) -> Result<Vec<Out>, String> {
     let ins = all_inputs(inputs)?;
+    if ins.len() != 3 {
+        return Err("Where takes three inputs".into());
+    }
     if ins[0].dtype() != DType::Bool {
         return Err(format!("condition must be bool, is {}", ins[0].dtype()));
     }
@@ -126,30 +147,70 @@ pub fn where_(inputs: &[Option<In>]) -> Result<Vec<Out>, String> {
     Ok(vec![Out::with_contents(dtype, shape, contents)])
 }
 
-/// `Neg`, `Abs`, `Identity`, `Not`: same type, contents carried through.
-pub fn unary_exact(op: &Op, inputs: &[Option<In>]) -> Result<Vec<Out>, String> {
+/// Elementwise unary ops: the input's type; contents carried through the exact
+/// integer ones (`Neg`, `Abs`, `Identity`, `Not`, `Sign`, `Relu`).
+pub fn unary(op: &Op, inputs: &[Option<In>]) -> Result<Vec<Out>, String> {
     let x = required(inputs, 0)?;
-    if matches!(op, Op::Not(_)) && x.dtype() != DType::Bool {
-        return Err(format!("Not takes bool, got {}", x.dtype()));
+    match op {
+        Op::Not(_) if x.dtype() != DType::Bool => return Err(format!("Not takes bool, got {}", x.dtype())),
+        Op::BitwiseNot(_) if !x.dtype().is_integer() => {
+            return Err(format!("BitwiseNot takes integers, got {}", x.dtype()))
+        }
+        Op::Identity(_) | Op::Not(_) | Op::BitwiseNot(_) => {}
+        _ if x.dtype() == DType::Bool => return Err(format!("{} does not take bool", op.name())),
+        _ => {}
     }
     let contents = x.contents.and_then(|c| {
         c.iter()
             .map(|d| match op {
-                Op::Neg(_) => Some(d.neg()),
+                Op::Neg(_) if !x.dtype().is_unsigned() => Some(d.neg()),
                 Op::Abs(_) if d.lower_bound().is_some_and(|lb| lb >= 0) => Some(d.clone()),
                 Op::Abs(_) => d.as_known().map(|v| Dim::known(v.abs())),
                 Op::Not(_) => d.as_known().map(|v| Dim::known(i64::from(v == 0))),
-                _ => Some(d.clone()),
+                Op::Sign(_) => d.as_known().map(|v| Dim::known(v.signum())),
+                Op::Relu(_) if d.lower_bound().is_some_and(|lb| lb >= 0) => Some(d.clone()),
+                Op::Relu(_) => d.as_known().map(|v| Dim::known(v.max(0))),
+                Op::Identity(_) => Some(d.clone()),
+                _ => None,
             })
             .collect()
     });
     Ok(vec![Out::with_contents(x.dtype(), x.shape().to_vec(), contents)])
 }
 
-/// Float functions: same type, no contents.
-pub fn unary_float(inputs: &[Option<In>]) -> Result<Vec<Out>, String> {
+/// `IsNaN`, `IsInf`: a bool of the input's shape.
+pub fn predicate(inputs: &[Option<In>]) -> Result<Vec<Out>, String> {
     let x = required(inputs, 0)?;
+    if !x.dtype().is_float() {
+        return Err(format!("takes a float tensor, got {}", x.dtype()));
+    }
+    Ok(vec![Out::new(DType::Bool, x.shape().to_vec())])
+}
+
+/// `Clip(x[, min[, max]])`: the input's type; bounds must be scalars of that type.
+pub fn clip(inputs: &[Option<In>]) -> Result<Vec<Out>, String> {
+    let x = required(inputs, 0)?;
+    for slot in 1..3 {
+        if let Some(b) = inputs.get(slot).copied().flatten() {
+            if b.dtype() != x.dtype() {
+                return Err(format!("bound (input {slot}) is {}, the input {}", b.dtype(), x.dtype()));
+            }
+            if element_count(b.shape()).is_some_and(|n| n != 1) {
+                return Err(format!("bound (input {slot}) must be a scalar"));
+            }
+        }
+    }
     Ok(vec![Out::new(x.dtype(), x.shape().to_vec())])
+}
+
+/// `Dropout(data[, ratio[, training_mode]])`: the data's type, and a bool mask.
+pub fn dropout(inputs: &[Option<In>], n_outputs: usize) -> Result<Vec<Out>, String> {
+    let x = required(inputs, 0)?;
+    let mut outs = vec![Out::with_contents(x.dtype(), x.shape().to_vec(), x.contents.map(<[Dim]>::to_vec))];
+    if n_outputs > 1 {
+        outs.push(Out::new(DType::Bool, x.shape().to_vec()));
+    }
+    Ok(outs)
 }
 
 /// Ops whose output has the type of their first input.
@@ -158,23 +219,30 @@ pub fn same_as_first(inputs: &[Option<In>]) -> Result<Vec<Out>, String> {
     Ok(vec![Out::new(x.dtype(), x.shape().to_vec())])
 }
 
-/// `Cast{to}`.
-pub fn cast(c: &Cast, inputs: &[Option<In>]) -> Result<Vec<Out>, String> {
+/// `Cast{to}` (and `CastLike`, with the target's dtype).
+pub fn cast(to: DType, inputs: &[Option<In>]) -> Result<Vec<Out>, String> {
     let x = required(inputs, 0)?;
     let contents = x.contents.and_then(|cs| {
         cs.iter()
             .map(|d| {
-                if c.to == DType::Bool {
+                if to == DType::Bool {
                     match d.as_known() {
                         Some(v) => Some(Dim::known(i64::from(v != 0))),
                         None if d.lower_bound().is_some_and(|lb| lb >= 1) => Some(Dim::known(1)),
                         None => None,
                     }
-                } else {
+                } else if let Some(v) = d.as_known() {
+                    // A known value keeps its value only if the target holds it.
+                    let (lo, hi) = to.int_range()?;
+                    (lo..=hi).contains(&v).then(|| d.clone())
+                } else if to.int_range().is_some_and(|(_, hi)| hi >= i64::from(i32::MAX)) {
+                    // Sizes fit in 32-bit and wider integers.
                     Some(d.clone())
+                } else {
+                    None
                 }
             })
             .collect()
     });
-    Ok(vec![Out::with_contents(c.to, x.shape().to_vec(), contents)])
+    Ok(vec![Out::with_contents(to, x.shape().to_vec(), contents)])
 }

@@ -13,9 +13,12 @@
 mod elementwise;
 mod linalg;
 mod movement;
+mod quant;
 mod reduce;
 
-use shardc_ir::{DType, Dim, Graph, Op, TensorType, ValueDef};
+use std::collections::BTreeMap;
+
+use shardc_ir::{DType, Dim, Family, Graph, Op, TensorType, ValueDef};
 
 /// Contents are tracked for integer and bool tensors of at most this many elements.
 pub const MAX_TRACKED_ELEMENTS: usize = 64;
@@ -92,13 +95,21 @@ pub fn element_count(shape: &[Dim]) -> Option<usize> {
     })
 }
 
-/// Infer the facts of every value.
-pub fn infer(graph: &Graph) -> Result<Facts, NodeError> {
+/// Infer the facts of every value. `input_contents` gives the values of graph inputs
+/// known for this run (by name), which shape arithmetic may use.
+pub fn infer(graph: &Graph, input_contents: &BTreeMap<String, Vec<i64>>) -> Result<Facts, NodeError> {
     let n = graph.values.len();
     let mut facts = Facts { types: vec![None; n], contents: vec![None; n] };
     for (i, value) in graph.values.iter().enumerate() {
         match &value.def {
-            ValueDef::Input => facts.types[i] = value.ty.clone(),
+            ValueDef::Input => {
+                facts.types[i] = value.ty.clone();
+                if let (Some(ty), Some(v)) = (&value.ty, input_contents.get(&value.name)) {
+                    if trackable(ty, v.len()) {
+                        facts.contents[i] = Some(v.iter().map(|&x| Dim::known(x)).collect());
+                    }
+                }
+            }
             ValueDef::Weight(w) => facts.types[i] = Some(TensorType::known(w.dtype, &w.shape)),
             ValueDef::Const(t) => {
                 let ty = TensorType::known(t.dtype, &t.shape);
@@ -239,37 +250,31 @@ fn broadcast_contents(inputs: &[In], out_shape: &[Dim], f: impl Fn(&[&Dim]) -> O
 
 /// Infer the outputs of one op.
 pub fn infer_node(op: &Op, inputs: &[Option<In>], n_outputs: usize) -> Result<Vec<Out>, String> {
+    match op.family() {
+        Family::Binary | Family::Variadic => return elementwise::arithmetic(op, inputs),
+        Family::Comparison | Family::Logical => return elementwise::comparison(op, inputs),
+        Family::Unary => return elementwise::unary(op, inputs),
+        Family::Predicate => return elementwise::predicate(inputs),
+        Family::Other => {}
+    }
     match op {
-        Op::Add(_) | Op::Sub(_) | Op::Mul(_) | Op::Div(_) | Op::Pow(_) | Op::Mod(_) | Op::Max(_) | Op::Min(_) => {
-            elementwise::arithmetic(op, inputs)
-        }
-        Op::Equal(_)
-        | Op::Less(_)
-        | Op::LessOrEqual(_)
-        | Op::Greater(_)
-        | Op::GreaterOrEqual(_)
-        | Op::And(_)
-        | Op::Or(_) => elementwise::comparison(op, inputs),
         Op::Where(_) => elementwise::where_(inputs),
-        Op::Neg(_) | Op::Abs(_) | Op::Identity(_) | Op::Not(_) => elementwise::unary_exact(op, inputs),
-        Op::Sqrt(_)
-        | Op::Reciprocal(_)
-        | Op::Exp(_)
-        | Op::Log(_)
-        | Op::Tanh(_)
-        | Op::Sigmoid(_)
-        | Op::Sin(_)
-        | Op::Cos(_)
-        | Op::Erf(_)
-        | Op::Relu(_)
-        | Op::Floor(_)
-        | Op::Ceil(_) => elementwise::unary_float(inputs),
-        Op::Cast(c) => elementwise::cast(c, inputs),
+        Op::Cast(c) => elementwise::cast(c.to, inputs),
+        Op::CastLike(_) => {
+            let target = required(inputs, 1)?;
+            elementwise::cast(target.dtype(), inputs)
+        }
+        Op::Clip(_) => elementwise::clip(inputs),
+        Op::Dropout(_) => elementwise::dropout(inputs, n_outputs),
         Op::Shape(s) => movement::shape(s, inputs),
+        Op::Size(_) => movement::size(inputs),
         Op::Gather(g) => movement::gather(g, inputs),
+        Op::GatherElements(g) => movement::gather_elements(g.axis, inputs),
+        Op::GatherND(g) => movement::gather_nd(g.batch_dims, inputs),
         Op::Reshape(r) => movement::reshape(r, inputs),
         Op::Unsqueeze(_) => movement::unsqueeze(inputs),
         Op::Squeeze(_) => movement::squeeze(inputs),
+        Op::Flatten(f) => movement::flatten(f.axis, inputs),
         Op::Concat(c) => movement::concat(c, inputs),
         Op::Transpose(t) => movement::transpose(t, inputs),
         Op::Slice(_) => movement::slice(inputs),
@@ -278,14 +283,49 @@ pub fn infer_node(op: &Op, inputs: &[Option<In>], n_outputs: usize) -> Result<Ve
         Op::Tile(_) => movement::tile(inputs),
         Op::Range(_) => movement::range(inputs),
         Op::ConstantOfShape(c) => movement::constant_of_shape(c, inputs),
-        Op::Trilu(_) | Op::CumSum(_) | Op::Softmax(_) => elementwise::same_as_first(inputs),
-        Op::ScatterND(_) => elementwise::same_as_first(inputs),
+        Op::Pad(_) => movement::pad(inputs),
+        Op::NonZero(_) => movement::non_zero(inputs),
+        Op::OneHot(o) => movement::one_hot(o.axis, inputs),
+        Op::EyeLike(e) => movement::eye_like(e.dtype, inputs),
+        Op::TopK(t) => movement::top_k(t.axis, inputs),
+        Op::Trilu(_)
+        | Op::CumSum(_)
+        | Op::Softmax(_)
+        | Op::LogSoftmax(_)
+        | Op::Hardmax(_)
+        | Op::LpNormalization(_)
+        | Op::MeanVarianceNormalization(_)
+        | Op::ScatterND(_)
+        | Op::ScatterElements(_)
+        | Op::ReverseSequence(_)
+        | Op::TensorScatter(_)
+        | Op::RotaryEmbedding(_)
+        | Op::RMSNormalization(_) => elementwise::same_as_first(inputs),
         Op::MatMul(_) => linalg::matmul(inputs),
+        Op::MatMulInteger(_) => linalg::matmul_integer(inputs),
         Op::Gemm(g) => linalg::gemm(g, inputs),
+        Op::Einsum(e) => linalg::einsum(&e.equation, inputs),
         Op::LayerNormalization(l) => linalg::layer_norm(l, inputs, n_outputs),
-        Op::ReduceMean(r) => reduce::reduce(inputs, r.axes.as_deref(), r.keepdims, r.noop_with_empty_axes, false),
-        Op::ReduceMax(r) => reduce::reduce(inputs, r.axes.as_deref(), r.keepdims, r.noop_with_empty_axes, false),
-        Op::ReduceSum(r) => reduce::reduce(inputs, None, r.keepdims, r.noop_with_empty_axes, false),
-        Op::ArgMax(a) => reduce::reduce(inputs, Some(&[a.axis]), a.keepdims, 0, true),
+        Op::Attention(a) => linalg::attention(a, inputs, n_outputs),
+        Op::ReduceMean(_)
+        | Op::ReduceSum(_)
+        | Op::ReduceMax(_)
+        | Op::ReduceMin(_)
+        | Op::ReduceProd(_)
+        | Op::ReduceL1(_)
+        | Op::ReduceL2(_)
+        | Op::ReduceLogSum(_)
+        | Op::ReduceLogSumExp(_)
+        | Op::ReduceSumSquare(_) => {
+            let (keepdims, noop) = op.reduction().unwrap_or((true, false));
+            reduce::reduce(inputs, keepdims, noop)
+        }
+        Op::ArgMax(a) => reduce::arg(inputs, a.axis, a.keepdims != 0),
+        Op::ArgMin(a) => reduce::arg(inputs, a.axis, a.keepdims != 0),
+        Op::QuantizeLinear(q) => quant::quantize(q, inputs),
+        Op::DequantizeLinear(d) => quant::dequantize(d, inputs),
+        Op::DynamicQuantizeLinear(_) => quant::dynamic(inputs),
+        // Families handled above.
+        _ => Err(format!("no inference rule for {}", op.name())),
     }
 }

@@ -357,3 +357,141 @@ pub fn constant_of_shape(c: &ConstantOfShape, inputs: &[Option<In>]) -> Result<V
     };
     Ok(vec![Out::with_contents(dtype, shape, contents)])
 }
+
+/// `Size`: the element count as an i64 scalar.
+pub fn size(inputs: &[Option<In>]) -> Result<Vec<Out>, String> {
+    let x = required(inputs, 0)?;
+    Ok(vec![Out::with_contents(DType::I64, vec![], Some(vec![Dim::product(x.shape())]))])
+}
+
+/// `GatherElements{axis}`: the indices' shape, the data's type.
+pub fn gather_elements(ax: i64, inputs: &[Option<In>]) -> Result<Vec<Out>, String> {
+    let data = required(inputs, 0)?;
+    let indices = required(inputs, 1)?;
+    if !indices.dtype().is_integer() {
+        return Err(format!("indices must be integers, are {}", indices.dtype()));
+    }
+    if indices.rank() != data.rank() {
+        return Err(format!("indices have rank {}, data {}", indices.rank(), data.rank()));
+    }
+    axis(ax, data.rank())?;
+    Ok(vec![Out::new(data.dtype(), indices.shape().to_vec())])
+}
+
+/// `GatherND{batch_dims}`: `indices[..-1] ++ data[batch_dims + indices[-1]..]`.
+pub fn gather_nd(batch_dims: i64, inputs: &[Option<In>]) -> Result<Vec<Out>, String> {
+    let data = required(inputs, 0)?;
+    let indices = required(inputs, 1)?;
+    if !indices.dtype().is_integer() {
+        return Err(format!("indices must be integers, are {}", indices.dtype()));
+    }
+    let b = usize::try_from(batch_dims).map_err(|_| format!("batch_dims {batch_dims} is negative"))?;
+    let Some(last) = indices.shape().last() else { return Err("indices must have rank at least 1".into()) };
+    let k = last.as_known().ok_or("the last dim of indices must be known")?;
+    let k = usize::try_from(k).map_err(|_| "the last dim of indices is negative".to_string())?;
+    if b >= indices.rank() || b + k > data.rank() {
+        return Err(format!(
+            "batch_dims {b} and index tuples of {k} do not fit data of rank {} and indices of rank {}",
+            data.rank(),
+            indices.rank()
+        ));
+    }
+    let mut shape = indices.shape()[..indices.rank() - 1].to_vec();
+    shape.extend_from_slice(&data.shape()[b + k..]);
+    Ok(vec![Out::new(data.dtype(), shape)])
+}
+
+/// `Flatten{axis}`: `[prod(dims[..axis]), prod(dims[axis..])]`.
+pub fn flatten(ax: i64, inputs: &[Option<In>]) -> Result<Vec<Out>, String> {
+    let x = required(inputs, 0)?;
+    let r = x.rank() as i64;
+    let a = if ax < 0 { ax + r } else { ax };
+    if !(0..=r).contains(&a) {
+        return Err(format!("axis {ax} is out of range for rank {r}"));
+    }
+    let a = a as usize;
+    let shape = vec![Dim::product(&x.shape()[..a]), Dim::product(&x.shape()[a..])];
+    Ok(vec![Out::with_contents(x.dtype(), shape, x.contents.map(<[Dim]>::to_vec))])
+}
+
+/// `Pad(data, pads[, constant_value[, axes]])`.
+pub fn pad(inputs: &[Option<In>]) -> Result<Vec<Out>, String> {
+    let x = required(inputs, 0)?;
+    let pads = contents_dims(inputs, 1, "pads")?;
+    let axes: Vec<usize> = match inputs.get(3).copied().flatten() {
+        Some(_) => const_ints(inputs, 3, "axes")?.iter().map(|&a| axis(a, x.rank())).collect::<Result<_, _>>()?,
+        None => (0..x.rank()).collect(),
+    };
+    if pads.len() != 2 * axes.len() {
+        return Err(format!("{} pads for {} axes (need two per axis)", pads.len(), axes.len()));
+    }
+    if let Some(v) = inputs.get(2).copied().flatten() {
+        if v.dtype() != x.dtype() {
+            return Err(format!("constant_value is {}, the data {}", v.dtype(), x.dtype()));
+        }
+    }
+    let mut shape = x.shape().to_vec();
+    for (k, &a) in axes.iter().enumerate() {
+        shape[a] = shape[a].add(&pads[k]).add(&pads[k + axes.len()]);
+        if shape[a].as_known().is_some_and(|n| n < 0) {
+            return Err(format!("pads make axis {a} negative"));
+        }
+    }
+    Ok(vec![Out::new(x.dtype(), shape)])
+}
+
+/// `NonZero`: `[rank, count]` i64, the count known only from known contents.
+pub fn non_zero(inputs: &[Option<In>]) -> Result<Vec<Out>, String> {
+    let x = required(inputs, 0)?;
+    let count = x
+        .known_ints()
+        .filter(|_| element_count(x.shape()).is_some())
+        .map_or(Dim::Unknown, |v| Dim::known(v.iter().filter(|&&e| e != 0).count() as i64));
+    Ok(vec![Out::new(DType::I64, vec![Dim::known(x.rank() as i64), count])])
+}
+
+/// `OneHot{axis}(indices, depth, values)`: a new axis of `depth` at `axis`.
+pub fn one_hot(ax: i64, inputs: &[Option<In>]) -> Result<Vec<Out>, String> {
+    let indices = required(inputs, 0)?;
+    let depth = required(inputs, 1)?;
+    let values = required(inputs, 2)?;
+    if element_count(values.shape()).is_some_and(|n| n != 2) {
+        return Err("values must hold two elements (off, on)".into());
+    }
+    let rank = indices.rank() + 1;
+    let a = axis(ax, rank)?;
+    let d = match depth.contents.and_then(|c| c.first().cloned()) {
+        Some(d) => d,
+        None => Dim::Unknown,
+    };
+    let mut shape = indices.shape().to_vec();
+    shape.insert(a, d);
+    Ok(vec![Out::new(values.dtype(), shape)])
+}
+
+/// `EyeLike{dtype}`: the input's 2-D shape.
+pub fn eye_like(dtype: Option<DType>, inputs: &[Option<In>]) -> Result<Vec<Out>, String> {
+    let x = required(inputs, 0)?;
+    if x.rank() != 2 {
+        return Err(format!("EyeLike needs a 2-D input, got rank {}", x.rank()));
+    }
+    Ok(vec![Out::new(dtype.unwrap_or(x.dtype()), x.shape().to_vec())])
+}
+
+/// `TopK{axis}(X, K)`: values and i64 indices with `K` along `axis`.
+pub fn top_k(ax: i64, inputs: &[Option<In>]) -> Result<Vec<Out>, String> {
+    let x = required(inputs, 0)?;
+    let k = required(inputs, 1)?;
+    if k.dtype() != DType::I64 || element_count(k.shape()).is_some_and(|n| n != 1) {
+        return Err("K must be an i64 tensor of one element".into());
+    }
+    let a = axis(ax, x.rank())?;
+    let mut shape = x.shape().to_vec();
+    shape[a] = k.contents.and_then(|c| c.first().cloned()).unwrap_or(Dim::Unknown);
+    if let (Some(kv), Some(n)) = (shape[a].as_known(), x.shape()[a].as_known()) {
+        if kv < 0 || kv > n {
+            return Err(format!("K = {kv} is outside 0..={n}"));
+        }
+    }
+    Ok(vec![Out::new(x.dtype(), shape.clone()), Out::new(DType::I64, shape)])
+}

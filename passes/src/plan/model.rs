@@ -95,7 +95,7 @@ pub fn build(graph: &Graph, seg: &Segmentation, profile: &Profile, inputs: &Plan
     }
     // KV cache at the full context: the past input's elements with past = max_context.
     let kv_element =
-        inputs.kv_bytes.unwrap_or_else(|| dominant_weight_dtype(graph).map_or(4.0, |d| d.size_bytes() as f64));
+        inputs.kv_bytes.unwrap_or_else(|| dominant_weight_dtype(graph).map_or(4.0, |d| f64::from(d.bits()) / 8.0));
     let mut full = inputs.workload.bindings(Phase::Decode, true);
     full.insert("past".into(), inputs.workload.max_context as i64);
     let full_size = sizes(graph, &full)?;

@@ -1,13 +1,18 @@
 //! Elementwise kernels with numpy broadcasting.
 
 use ndarray::{ArrayD, IxDyn, Zip};
+use shardc_ir::minifloat::{decode_e8m0, encode_e8m0, RoundMode};
 use shardc_ir::{DType, Op};
 
-use super::{broadcast_shape, input, KernelResult};
-use crate::tensor::{Data, Tensor};
+use super::{broadcast_shape, input, optional, KernelResult};
+use crate::tensor::{wrap_int, Data, Tensor};
 
 /// Apply `f` over two broadcast arrays.
-fn zip<A: Copy, B: Copy, C>(a: &ArrayD<A>, b: &ArrayD<B>, f: impl Fn(A, B) -> C) -> Result<ArrayD<C>, String> {
+pub(crate) fn zip<A: Copy, B: Copy, C>(
+    a: &ArrayD<A>,
+    b: &ArrayD<B>,
+    f: impl Fn(A, B) -> C,
+) -> Result<ArrayD<C>, String> {
     if a.shape() == b.shape() {
         return Ok(Zip::from(a).and(b).map_collect(|&x, &y| f(x, y)));
     }
@@ -21,9 +26,40 @@ fn mismatch(a: &Tensor, b: &Tensor) -> String {
     format!("operand types differ ({} vs {})", a.describe(), b.describe())
 }
 
-/// `Add`, `Sub`, `Mul`, `Div`, `Pow`, `Mod`.
+/// NaN-propagating maximum and minimum (numpy's `maximum`/`minimum`).
+fn fmax(p: f32, q: f32) -> f32 {
+    if p.is_nan() || q.is_nan() {
+        f32::NAN
+    } else {
+        p.max(q)
+    }
+}
+
+fn fmin(p: f32, q: f32) -> f32 {
+    if p.is_nan() || q.is_nan() {
+        f32::NAN
+    } else {
+        p.min(q)
+    }
+}
+
+/// Integer power with wrapping, negative exponents as numpy would refuse them: 0.
+fn ipow(p: i64, q: i64) -> i64 {
+    if q < 0 {
+        return match p {
+            1 => 1,
+            -1 if q % 2 == 0 => 1,
+            -1 => -1,
+            _ => 0,
+        };
+    }
+    p.wrapping_pow(q.min(u32::MAX as i64) as u32)
+}
+
+/// The binary family: `Add` … `Mod`, bit operations and `PRelu`.
 pub fn binary(op: &Op, inputs: &[Option<&Tensor>]) -> KernelResult {
     let (a, b) = (input(inputs, 0)?, input(inputs, 1)?);
+    let unsigned = a.dtype.is_unsigned();
     let out = match (&a.data, &b.data) {
         (Data::F32(x), Data::F32(y)) => Data::F32(match op {
             Op::Add(_) => zip(x, y, |p, q| p + q)?,
@@ -32,8 +68,9 @@ pub fn binary(op: &Op, inputs: &[Option<&Tensor>]) -> KernelResult {
             Op::Div(_) => zip(x, y, |p, q| p / q)?,
             Op::Pow(_) => pow(x, y)?,
             Op::Mod(m) if m.fmod == 1 => zip(x, y, |p, q| p % q)?,
-            Op::Mod(_) => return Err("Mod with fmod=0 is only defined for integers".into()),
-            _ => return Err(format!("{} is not a binary arithmetic op", op.name())),
+            Op::Mod(_) => return Err("Mod of floats needs fmod = 1".into()),
+            Op::PRelu(_) => zip(x, y, |p, q| if p < 0.0 { q * p } else { p })?,
+            _ => return Err(format!("{} does not take {}", op.name(), a.describe())),
         }),
         (Data::I64(x), Data::I64(y)) => {
             if matches!(op, Op::Div(_) | Op::Mod(_)) && y.iter().any(|&q| q == 0) {
@@ -43,14 +80,44 @@ pub fn binary(op: &Op, inputs: &[Option<&Tensor>]) -> KernelResult {
                 Op::Add(_) => zip(x, y, i64::wrapping_add)?,
                 Op::Sub(_) => zip(x, y, i64::wrapping_sub)?,
                 Op::Mul(_) => zip(x, y, i64::wrapping_mul)?,
+                Op::Div(_) if a.dtype == DType::U64 => zip(x, y, |p, q| ((p as u64) / (q as u64)) as i64)?,
                 Op::Div(_) => zip(x, y, i64::wrapping_div)?,
-                Op::Pow(_) => zip(x, y, |p, q| p.wrapping_pow(q.clamp(0, u32::MAX as i64) as u32))?,
+                Op::Pow(_) => zip(x, y, ipow)?,
                 Op::Mod(m) if m.fmod == 1 => zip(x, y, i64::wrapping_rem)?,
+                Op::Mod(_) if a.dtype == DType::U64 => zip(x, y, |p, q| ((p as u64) % (q as u64)) as i64)?,
                 Op::Mod(_) => zip(x, y, |p, q| p.wrapping_rem(q).wrapping_add(q).wrapping_rem(q))?,
-                _ => return Err(format!("{} is not a binary arithmetic op", op.name())),
+                Op::BitShift(s) => {
+                    let left = match s.direction.as_str() {
+                        "LEFT" => true,
+                        "RIGHT" => false,
+                        d => return Err(format!("BitShift direction `{d}` (expected LEFT or RIGHT)")),
+                    };
+                    if !unsigned {
+                        return Err(format!("BitShift takes unsigned integers, got {}", a.describe()));
+                    }
+                    let bits = a.dtype.bits() as i64;
+                    zip(x, y, |p, q| {
+                        if !(0..bits).contains(&q) {
+                            0
+                        } else if left {
+                            ((p as u64) << q) as i64
+                        } else {
+                            ((p as u64) >> q) as i64
+                        }
+                    })?
+                }
+                Op::BitwiseAnd(_) => zip(x, y, |p, q| p & q)?,
+                Op::BitwiseOr(_) => zip(x, y, |p, q| p | q)?,
+                Op::BitwiseXor(_) => zip(x, y, |p, q| p ^ q)?,
+                Op::PRelu(_) => zip(x, y, |p, q| if p < 0 { q.wrapping_mul(p) } else { p })?,
+                _ => return Err(format!("{} does not take {}", op.name(), a.describe())),
             })
         }
         (Data::F32(x), Data::I64(y)) if matches!(op, Op::Pow(_)) => Data::F32(pow(x, &y.mapv(|q| q as f32))?),
+        (Data::I64(x), Data::F32(y)) if matches!(op, Op::Pow(_)) => {
+            // An integer base keeps its type: the float power truncated.
+            Data::I64(zip(x, y, |p, q| (p as f64).powf(f64::from(q)) as i64)?)
+        }
         _ => return Err(mismatch(a, b)),
     };
     Ok(vec![Tensor::with_dtype(a.dtype, out)])
@@ -58,7 +125,7 @@ pub fn binary(op: &Op, inputs: &[Option<&Tensor>]) -> KernelResult {
 
 /// `x ^ y` with fast paths for the constant exponents models use (GELU's cube, RMS's square).
 fn pow(x: &ArrayD<f32>, y: &ArrayD<f32>) -> Result<ArrayD<f32>, String> {
-    if y.len() == 1 {
+    if y.len() == 1 && y.ndim() <= x.ndim() {
         let e = y.iter().next().copied().unwrap_or(1.0);
         let shape = broadcast_shape(x.shape(), y.shape())?;
         let out = if e == 2.0 {
@@ -75,22 +142,39 @@ fn pow(x: &ArrayD<f32>, y: &ArrayD<f32>) -> Result<ArrayD<f32>, String> {
     zip(x, y, f32::powf)
 }
 
-/// Variadic `Max` / `Min`.
-pub fn variadic_extreme(op: &Op, inputs: &[Option<&Tensor>]) -> KernelResult {
-    let max = matches!(op, Op::Max(_));
+/// Variadic `Max`, `Min`, `Sum`, `Mean`.
+pub fn variadic(op: &Op, inputs: &[Option<&Tensor>]) -> KernelResult {
     let mut acc = input(inputs, 0)?.clone();
     for i in 1..inputs.len() {
         let b = input(inputs, i)?;
         acc.data = match (&acc.data, &b.data) {
-            (Data::F32(x), Data::F32(y)) => Data::F32(zip(x, y, |p, q| if max { p.max(q) } else { p.min(q) })?),
-            (Data::I64(x), Data::I64(y)) => Data::I64(zip(x, y, |p, q| if max { p.max(q) } else { p.min(q) })?),
+            (Data::F32(x), Data::F32(y)) => Data::F32(match op {
+                Op::Max(_) => zip(x, y, fmax)?,
+                Op::Min(_) => zip(x, y, fmin)?,
+                _ => zip(x, y, |p, q| p + q)?,
+            }),
+            (Data::I64(x), Data::I64(y)) => Data::I64(match op {
+                Op::Max(_) if acc.dtype == DType::U64 => zip(x, y, |p, q| (p as u64).max(q as u64) as i64)?,
+                Op::Min(_) if acc.dtype == DType::U64 => zip(x, y, |p, q| (p as u64).min(q as u64) as i64)?,
+                Op::Max(_) => zip(x, y, i64::max)?,
+                Op::Min(_) => zip(x, y, i64::min)?,
+                _ => zip(x, y, i64::wrapping_add)?,
+            }),
             _ => return Err(mismatch(&acc, b)),
+        };
+    }
+    if matches!(op, Op::Mean(_)) {
+        let n = inputs.len();
+        acc.data = match acc.data {
+            Data::F32(x) => Data::F32(x.mapv(|v| v / n as f32)),
+            Data::I64(x) => Data::I64(x.mapv(|v| v / n as i64)),
+            Data::Bool(_) => return Err("Mean of bools".into()),
         };
     }
     Ok(vec![acc])
 }
 
-/// Comparisons and `And`/`Or`.
+/// Comparisons and `And`/`Or`/`Xor`.
 pub fn comparison(op: &Op, inputs: &[Option<&Tensor>]) -> KernelResult {
     let (a, b) = (input(inputs, 0)?, input(inputs, 1)?);
     fn cmp<T: Copy + PartialOrd>(op: &Op, x: &ArrayD<T>, y: &ArrayD<T>) -> Result<ArrayD<bool>, String> {
@@ -107,9 +191,13 @@ pub fn comparison(op: &Op, inputs: &[Option<&Tensor>]) -> KernelResult {
         (Data::Bool(x), Data::Bool(y)) => match op {
             Op::And(_) => zip(x, y, |p, q| p && q)?,
             Op::Or(_) => zip(x, y, |p, q| p || q)?,
+            Op::Xor(_) => zip(x, y, |p, q| p != q)?,
             _ => cmp(op, x, y)?,
         },
         (Data::F32(x), Data::F32(y)) => cmp(op, x, y)?,
+        (Data::I64(x), Data::I64(y)) if a.dtype == DType::U64 => {
+            cmp(op, &x.mapv(|v| v as u64), &y.mapv(|v| v as u64))?
+        }
         (Data::I64(x), Data::I64(y)) => cmp(op, x, y)?,
         _ => return Err(mismatch(a, b)),
     };
@@ -142,75 +230,130 @@ pub fn where_(inputs: &[Option<&Tensor>]) -> KernelResult {
     Ok(vec![Tensor::with_dtype(x.dtype, data)])
 }
 
-/// Unary functions.
+fn sigmoid(v: f32) -> f32 {
+    1.0 / (1.0 + (-v).exp())
+}
+
+fn softplus(v: f32) -> f32 {
+    // ln(1 + e^v), exact for large v where e^v would overflow.
+    if v > 20.0 {
+        v
+    } else {
+        v.exp().ln_1p()
+    }
+}
+
+/// The elementwise unary family.
 pub fn unary(op: &Op, inputs: &[Option<&Tensor>]) -> KernelResult {
     let x = input(inputs, 0)?;
     let data = match &x.data {
-        Data::F32(a) => {
-            let f: fn(f32) -> f32 = match op {
-                Op::Neg(_) => |v| -v,
-                Op::Abs(_) => f32::abs,
-                Op::Sqrt(_) => f32::sqrt,
-                Op::Reciprocal(_) => |v| 1.0 / v,
-                Op::Exp(_) => f32::exp,
-                Op::Log(_) => f32::ln,
-                Op::Tanh(_) => tanh,
-                Op::Sigmoid(_) => |v| 1.0 / (1.0 + (-v).exp()),
-                Op::Sin(_) => f32::sin,
-                Op::Cos(_) => f32::cos,
-                Op::Erf(_) => libm::erff,
-                Op::Relu(_) => |v| v.max(0.0),
-                Op::Floor(_) => f32::floor,
-                Op::Ceil(_) => f32::ceil,
-                _ => return Err(format!("{} does not take {}", op.name(), x.describe())),
-            };
-            Data::F32(a.mapv(f))
-        }
+        Data::F32(a) => Data::F32(match op {
+            Op::Neg(_) => a.mapv(|v| -v),
+            Op::Abs(_) => a.mapv(f32::abs),
+            Op::Sqrt(_) => a.mapv(f32::sqrt),
+            Op::Reciprocal(_) => a.mapv(|v| 1.0 / v),
+            Op::Exp(_) => a.mapv(f32::exp),
+            Op::Log(_) => a.mapv(f32::ln),
+            Op::Tanh(_) => a.mapv(tanh),
+            Op::Sigmoid(_) => a.mapv(sigmoid),
+            Op::Sin(_) => a.mapv(f32::sin),
+            Op::Cos(_) => a.mapv(f32::cos),
+            Op::Tan(_) => a.mapv(f32::tan),
+            Op::Asin(_) => a.mapv(f32::asin),
+            Op::Acos(_) => a.mapv(f32::acos),
+            Op::Atan(_) => a.mapv(f32::atan),
+            Op::Sinh(_) => a.mapv(f32::sinh),
+            Op::Cosh(_) => a.mapv(f32::cosh),
+            Op::Asinh(_) => a.mapv(f32::asinh),
+            Op::Acosh(_) => a.mapv(f32::acosh),
+            Op::Atanh(_) => a.mapv(f32::atanh),
+            Op::Erf(_) => a.mapv(libm::erff),
+            Op::Relu(_) => a.mapv(|v| if v < 0.0 { 0.0 } else { v }),
+            Op::Floor(_) => a.mapv(f32::floor),
+            Op::Ceil(_) => a.mapv(f32::ceil),
+            Op::Round(_) => a.mapv(f32::round_ties_even),
+            Op::Sign(_) => a.mapv(|v| if v > 0.0 { 1.0 } else if v < 0.0 { -1.0 } else { v }),
+            Op::Softplus(_) => a.mapv(softplus),
+            Op::Softsign(_) => a.mapv(|v| v / (1.0 + v.abs())),
+            Op::LeakyRelu(l) => a.mapv(|v| if v < 0.0 { l.alpha * v } else { v }),
+            Op::Elu(e) => a.mapv(|v| if v < 0.0 { e.alpha * (v.exp() - 1.0) } else { v }),
+            Op::Selu(s) => a.mapv(|v| s.gamma * if v <= 0.0 { s.alpha * (v.exp() - 1.0) } else { v }),
+            Op::Celu(c) => a.mapv(|v| v.max(0.0) + (c.alpha * ((v / c.alpha).exp() - 1.0)).min(0.0)),
+            Op::HardSigmoid(h) => a.mapv(|v| (h.alpha * v + h.beta).clamp(0.0, 1.0)),
+            Op::HardSwish(_) => a.mapv(|v| v * (v / 6.0 + 0.5).clamp(0.0, 1.0)),
+            Op::ThresholdedRelu(t) => a.mapv(|v| if v > t.alpha { v } else { 0.0 }),
+            Op::Shrink(s) => a.mapv(|v| {
+                if v < -s.lambd {
+                    v + s.bias
+                } else if v > s.lambd {
+                    v - s.bias
+                } else {
+                    0.0
+                }
+            }),
+            Op::Mish(_) => a.mapv(|v| v * tanh(softplus(v))),
+            Op::Swish(s) => a.mapv(|v| v * sigmoid(s.alpha * v)),
+            Op::Gelu(g) => match g.approximate.as_str() {
+                "none" => a.mapv(|v| 0.5 * v * (1.0 + libm::erff(v * std::f32::consts::FRAC_1_SQRT_2))),
+                "tanh" => {
+                    let k = (2.0 / std::f32::consts::PI).sqrt();
+                    a.mapv(|v| 0.5 * v * (1.0 + tanh(k * (v + 0.044715 * v * v * v))))
+                }
+                other => return Err(format!("Gelu approximate `{other}` (expected none or tanh)")),
+            },
+            Op::Identity(_) => a.clone(),
+            _ => return Err(format!("{} does not take {}", op.name(), x.describe())),
+        }),
         Data::I64(a) => Data::I64(match op {
             Op::Neg(_) => a.mapv(i64::wrapping_neg),
             Op::Abs(_) => a.mapv(i64::wrapping_abs),
             Op::Relu(_) => a.mapv(|v| v.max(0)),
-            Op::Floor(_) | Op::Ceil(_) => a.clone(),
+            Op::Sign(_) => a.mapv(i64::signum),
+            Op::BitwiseNot(_) => a.mapv(|v| !v),
+            Op::Floor(_) | Op::Ceil(_) | Op::Round(_) | Op::Identity(_) => a.clone(),
             _ => return Err(format!("{} does not take {}", op.name(), x.describe())),
         }),
         Data::Bool(a) => match op {
             Op::Not(_) => Data::Bool(a.mapv(|v| !v)),
+            Op::Identity(_) => Data::Bool(a.clone()),
             _ => return Err(format!("{} does not take {}", op.name(), x.describe())),
         },
     };
     Ok(vec![Tensor::with_dtype(x.dtype, data)])
 }
 
-/// Wrap an integer to the range of `dtype`.
-fn wrap_int(v: i64, dtype: DType) -> i64 {
-    match dtype {
-        DType::I8 => i64::from(v as i8),
-        DType::U8 => i64::from(v as u8),
-        DType::I16 => i64::from(v as i16),
-        DType::U16 => i64::from(v as u16),
-        DType::I32 => i64::from(v as i32),
-        DType::U32 => i64::from(v as u32),
-        _ => v,
-    }
-}
-
-/// Round an f32 to what `dtype` can hold.
-fn round_float(v: f32, dtype: DType) -> f32 {
-    match dtype {
-        DType::F16 => half::f16::from_f32(v).to_f32(),
-        DType::BF16 => half::bf16::from_f32(v).to_f32(),
-        _ => v,
-    }
-}
-
-/// `Cast{to}`.
-pub fn cast(to: DType, inputs: &[Option<&Tensor>]) -> KernelResult {
+/// `IsNaN`, `IsInf{detect_negative,detect_positive}`.
+pub fn predicate(op: &Op, inputs: &[Option<&Tensor>]) -> KernelResult {
     let x = input(inputs, 0)?;
+    let a = x.as_f32().ok_or_else(|| format!("{} takes floats, got {}", op.name(), x.describe()))?;
+    let out = match op {
+        Op::IsNaN(_) => a.mapv(f32::is_nan),
+        Op::IsInf(i) => a.mapv(|v| {
+            (v == f32::INFINITY && i.detect_positive != 0) || (v == f32::NEG_INFINITY && i.detect_negative != 0)
+        }),
+        _ => return Err(format!("{} is not a predicate", op.name())),
+    };
+    Ok(vec![Tensor::bool(out)])
+}
+
+/// `Cast{to,saturate,round_mode}` (and `CastLike` with the target's dtype).
+pub fn cast(to: DType, saturate: bool, round_mode: &str, inputs: &[Option<&Tensor>]) -> KernelResult {
+    let x = input(inputs, 0)?;
+    let round = RoundMode::parse(round_mode)
+        .ok_or_else(|| format!("round_mode `{round_mode}` (expected up, down or nearest)"))?;
     let data = if to.is_float() {
-        Data::F32(match &x.data {
-            Data::F32(a) => a.mapv(|v| round_float(v, to)),
-            Data::I64(a) => a.mapv(|v| round_float(v as f32, to)),
+        let values = match &x.data {
+            Data::F32(a) => a.clone(),
+            Data::I64(a) if x.dtype == DType::U64 => a.mapv(|v| v as u64 as f32),
+            Data::I64(a) => a.mapv(|v| v as f32),
             Data::Bool(a) => a.mapv(|v| f32::from(u8::from(v))),
+        };
+        Data::F32(match (to, to.minifloat()) {
+            (_, Some(f)) => values.mapv(|v| f.decode(f.encode(v, saturate))),
+            (DType::F8E8M0, _) => values.mapv(|v| decode_e8m0(encode_e8m0(v, saturate, round))),
+            (DType::F16, _) => values.mapv(|v| half::f16::from_f32(v).to_f32()),
+            (DType::BF16, _) => values.mapv(|v| half::bf16::from_f32(v).to_f32()),
+            _ => values,
         })
     } else if to == DType::Bool {
         Data::Bool(match &x.data {
@@ -220,7 +363,8 @@ pub fn cast(to: DType, inputs: &[Option<&Tensor>]) -> KernelResult {
         })
     } else {
         Data::I64(match &x.data {
-            // Float to integer truncates toward zero (saturating at the i64 range).
+            // Float to integer truncates toward zero, then wraps to the width (numpy's
+            // and ml_dtypes' conversions, which generate ONNX's expected values).
             Data::F32(a) => a.mapv(|v| wrap_int(v as i64, to)),
             Data::I64(a) => a.mapv(|v| wrap_int(v, to)),
             Data::Bool(a) => a.mapv(i64::from),
@@ -229,9 +373,74 @@ pub fn cast(to: DType, inputs: &[Option<&Tensor>]) -> KernelResult {
     Ok(vec![Tensor::with_dtype(to, data)])
 }
 
+/// `Clip(x[, min[, max]])`: `min(max(x, min), max)`, as numpy's `clip`.
+pub fn clip(inputs: &[Option<&Tensor>]) -> KernelResult {
+    let x = input(inputs, 0)?;
+    let bound = |slot: usize| -> Result<Option<&Tensor>, String> {
+        match optional(inputs, slot) {
+            Some(b) if b.len() != 1 => Err(format!("bound (input {slot}) must be a scalar, got {}", b.describe())),
+            b => Ok(b),
+        }
+    };
+    let (lo, hi) = (bound(1)?, bound(2)?);
+    let data = match &x.data {
+        Data::F32(a) => {
+            let get = |t: Option<&Tensor>, default: f32| -> Result<f32, String> {
+                match t {
+                    None => Ok(default),
+                    Some(t) => t.as_f32().and_then(|v| v.iter().next().copied()).ok_or_else(|| mismatch(x, t)),
+                }
+            };
+            let (lo, hi) = (get(lo, f32::NEG_INFINITY)?, get(hi, f32::INFINITY)?);
+            Data::F32(a.mapv(|v| if v.is_nan() { v } else { v.max(lo).min(hi) }))
+        }
+        Data::I64(a) => {
+            let get = |t: Option<&Tensor>, default: i64| -> Result<i64, String> {
+                match t {
+                    None => Ok(default),
+                    Some(t) => t.as_i64().and_then(|v| v.iter().next().copied()).ok_or_else(|| mismatch(x, t)),
+                }
+            };
+            let (lo, hi) = (get(lo, i64::MIN)?, get(hi, i64::MAX)?);
+            Data::I64(a.mapv(|v| v.max(lo).min(hi)))
+        }
+        Data::Bool(_) => return Err("Clip does not take bool".into()),
+    };
+    Ok(vec![Tensor::with_dtype(x.dtype, data)])
+}
+
+/// `Dropout(data[, ratio[, training_mode]])`: in inference the data unchanged and an
+/// all-true mask. Training mode is random unless the ratio is 0; it is refused.
+pub fn dropout(inputs: &[Option<&Tensor>], n_outputs: usize) -> KernelResult {
+    let x = input(inputs, 0)?;
+    let training = match optional(inputs, 2) {
+        Some(t) => t.as_bool().and_then(|a| a.iter().next().copied()).ok_or("training_mode must be a bool scalar")?,
+        None => false,
+    };
+    if training {
+        let ratio = match optional(inputs, 1) {
+            Some(r) => r.to_f32_vec().first().copied().ok_or("ratio is empty")?,
+            None => 0.5,
+        };
+        if ratio != 0.0 {
+            return Err(format!(
+                "training-mode Dropout with ratio {ratio} drops elements at random; shardc runs inference only"
+            ));
+        }
+    }
+    let mut outs = vec![x.clone()];
+    if n_outputs > 1 {
+        outs.push(Tensor::bool(ArrayD::from_elem(IxDyn(x.shape()), true)));
+    }
+    Ok(outs)
+}
+
 /// tanh through one `exp`: `sign(x) · (1 − e^(−2|x|)) / (1 + e^(−2|x|))`; within a few
 /// ulps of `f32::tanh` and several times faster than libm's.
-fn tanh(x: f32) -> f32 {
+pub(crate) fn tanh(x: f32) -> f32 {
+    if x.is_nan() {
+        return x;
+    }
     if x.abs() < 0.0625 {
         // Near zero the subtraction would cancel; the odd Taylor series is exact enough.
         let x2 = x * x;

@@ -5,7 +5,7 @@ use shardc_ir::ops::{Gemm, LayerNormalization};
 use shardc_ir::DType;
 
 use super::{axis, broadcast_shape, input, optional, KernelResult};
-use crate::tensor::Tensor;
+use crate::tensor::{Data, Tensor};
 
 fn floats<'a>(t: &'a Tensor, what: &str) -> Result<&'a ArrayD<f32>, String> {
     t.as_f32().ok_or_else(|| format!("{what} must be a float tensor, got {}", t.describe()))
@@ -220,4 +220,284 @@ pub fn layer_norm(l: &LayerNormalization, inputs: &[Option<&Tensor>], n_outputs:
         outs.push(Tensor::with_dtype(DType::F32, crate::tensor::Data::F32(a)));
     }
     Ok(outs)
+}
+
+/// Softmax-like lane operations along `axis`.
+fn along_axis(t: &Tensor, ax: i64, f: impl Fn(&mut ndarray::ArrayViewMut1<f32>)) -> KernelResult {
+    let x = floats(t, "input")?;
+    let ax = axis(ax, x.ndim())?;
+    let mut out = x.as_standard_layout().into_owned();
+    for mut lane in out.lanes_mut(Axis(ax)) {
+        f(&mut lane);
+    }
+    Ok(vec![Tensor::with_dtype(t.dtype, Data::F32(out))])
+}
+
+/// `LogSoftmax{axis}`: `x − max − ln Σ e^(x − max)`.
+pub fn log_softmax(ax: i64, inputs: &[Option<&Tensor>]) -> KernelResult {
+    along_axis(input(inputs, 0)?, ax, |lane| {
+        let max = lane.fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        let sum: f64 = lane.iter().map(|&v| f64::from(v - max).exp()).sum();
+        let log = sum.ln() as f32;
+        lane.mapv_inplace(|v| v - max - log);
+    })
+}
+
+/// `Hardmax{axis}`: 1 at the first maximum of each lane, 0 elsewhere.
+pub fn hardmax(ax: i64, inputs: &[Option<&Tensor>]) -> KernelResult {
+    along_axis(input(inputs, 0)?, ax, |lane| {
+        let mut best = 0;
+        for (i, &v) in lane.iter().enumerate() {
+            if v > lane[best] {
+                best = i;
+            }
+        }
+        for (i, v) in lane.iter_mut().enumerate() {
+            *v = if i == best { 1.0 } else { 0.0 };
+        }
+    })
+}
+
+/// `LpNormalization{axis,p}`: `x / (Σ |x|^p)^(1/p)` along `axis`.
+pub fn lp_normalization(ax: i64, p: i64, inputs: &[Option<&Tensor>]) -> KernelResult {
+    if p != 1 && p != 2 {
+        return Err(format!("p = {p} (expected 1 or 2)"));
+    }
+    along_axis(input(inputs, 0)?, ax, |lane| {
+        let norm = if p == 1 {
+            lane.iter().map(|&v| f64::from(v.abs())).sum::<f64>()
+        } else {
+            lane.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>().sqrt()
+        } as f32;
+        lane.mapv_inplace(|v| v / norm);
+    })
+}
+
+/// Rows `[outer, inner]` of a tensor normalised over `axis..rank`, with `scale` (and
+/// `bias`) broadcast to the normalised shape.
+fn normalised_rows(x: &ArrayD<f32>, ax: usize) -> (usize, usize) {
+    (x.shape()[..ax].iter().product(), x.shape()[ax..].iter().product())
+}
+
+/// `RMSNormalization{axis,epsilon}(X, scale)`.
+pub fn rms_norm(ax: i64, epsilon: f32, inputs: &[Option<&Tensor>]) -> KernelResult {
+    let t = input(inputs, 0)?;
+    let x = floats(t, "X")?;
+    let ax = axis(ax, x.ndim())?;
+    let (outer, inner) = normalised_rows(x, ax);
+    let scale = floats(input(inputs, 1)?, "scale")?;
+    let scale: Vec<f32> =
+        scale.broadcast(IxDyn(&x.shape()[ax..])).ok_or("scale does not broadcast")?.iter().copied().collect();
+    let xs = x.as_standard_layout();
+    let xs = xs.as_slice().ok_or("input is not contiguous")?;
+    let mut y = vec![0f32; xs.len()];
+    for r in 0..outer {
+        let row = &xs[r * inner..(r + 1) * inner];
+        let mean_sq = row.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>() / inner.max(1) as f64;
+        let inv = 1.0 / ((mean_sq as f32) + epsilon).sqrt();
+        for i in 0..inner {
+            y[r * inner + i] = row[i] * inv * scale[i];
+        }
+    }
+    let out = ArrayD::from_shape_vec(IxDyn(x.shape()), y).map_err(|e| e.to_string())?;
+    Ok(vec![Tensor::with_dtype(t.dtype, Data::F32(out))])
+}
+
+/// `MeanVarianceNormalization{axes}`: `(X − E[X]) / (sqrt(E[X²] − E[X]²) + 1e-9)`, as
+/// the op's ONNX function defines it.
+pub fn mean_variance_normalization(axes: &[i64], inputs: &[Option<&Tensor>]) -> KernelResult {
+    let t = input(inputs, 0)?;
+    let x = floats(t, "X")?;
+    let rank = x.ndim();
+    let mut axes: Vec<usize> = axes.iter().map(|&a| axis(a, rank)).collect::<Result<_, _>>()?;
+    axes.sort_unstable();
+    axes.dedup();
+    let mut mean = x.mapv(f64::from);
+    let mut mean_sq = x.mapv(|v| f64::from(v) * f64::from(v));
+    for &a in axes.iter().rev() {
+        let n = x.shape()[a].max(1) as f64;
+        mean = mean.sum_axis(Axis(a)).insert_axis(Axis(a)).mapv(|v| v / n);
+        mean_sq = mean_sq.sum_axis(Axis(a)).insert_axis(Axis(a)).mapv(|v| v / n);
+    }
+    let mean = mean.broadcast(x.raw_dim()).ok_or("broadcast failed")?.to_owned();
+    let mean_sq = mean_sq.broadcast(x.raw_dim()).ok_or("broadcast failed")?.to_owned();
+    let mut out = x.to_owned();
+    ndarray::Zip::from(&mut out).and(&mean).and(&mean_sq).for_each(|o, &m, &s| {
+        let std = (s - m * m).sqrt();
+        *o = ((f64::from(*o) - m) / (std + 1e-9)) as f32;
+    });
+    Ok(vec![Tensor::with_dtype(t.dtype, Data::F32(out))])
+}
+
+/// `MatMulInteger(A, B[, a_zero_point[, b_zero_point]])`: `(A − a0) · (B − b0)` in
+/// i32; zero points are scalars, or per row of A / per column of B.
+pub fn matmul_integer(inputs: &[Option<&Tensor>]) -> KernelResult {
+    let (a, b) = (input(inputs, 0)?, input(inputs, 1)?);
+    let (ai, bi) = (
+        a.as_i64().ok_or_else(|| format!("A must be integers, got {}", a.describe()))?,
+        b.as_i64().ok_or_else(|| format!("B must be integers, got {}", b.describe()))?,
+    );
+    let shift = |x: &ArrayD<i64>, zp: Option<&Tensor>, rows: bool| -> Result<ArrayD<f32>, String> {
+        let mut out = x.mapv(|v| v as f32);
+        if let Some(z) = zp {
+            let zv: Vec<i64> = z.to_i64_vec();
+            let r = out.ndim();
+            if zv.len() == 1 {
+                out.mapv_inplace(|v| v - zv[0] as f32);
+            } else {
+                // Per row of A (axis −2) or per column of B (axis −1).
+                let ax = if rows { r.saturating_sub(2) } else { r - 1 };
+                if out.shape()[ax] != zv.len() {
+                    return Err(format!("{} zero points for axis {ax} of {:?}", zv.len(), out.shape()));
+                }
+                for (i, mut lane) in out.axis_iter_mut(Axis(ax)).enumerate() {
+                    lane.mapv_inplace(|v| v - zv[i] as f32);
+                }
+            }
+        }
+        Ok(out)
+    };
+    let fa = shift(ai, optional(inputs, 2), true)?;
+    let fb = shift(bi, optional(inputs, 3), false)?;
+    // Products of 8-bit values summed in f32 stay exact up to 2^24 (k < 512 at worst).
+    let (ta, tb) = (Tensor::f32(fa), Tensor::f32(fb));
+    let product = matmul(&[Some(&ta), Some(&tb)])?;
+    let p = product.into_iter().next().ok_or("no product")?;
+    let values = p.as_f32().ok_or("no product")?.mapv(|v| v.round() as i64);
+    Ok(vec![Tensor::with_dtype(DType::I32, Data::I64(values))])
+}
+
+/// One operand of an einsum under way: its array and a label per axis.
+struct Labeled {
+    a: ArrayD<f32>,
+    labels: Vec<char>,
+}
+
+impl Labeled {
+    /// Take the diagonal of repeated labels, so each label names one axis.
+    fn diagonal(self) -> Result<Labeled, String> {
+        let mut unique: Vec<char> = Vec::new();
+        for &l in &self.labels {
+            if !unique.contains(&l) {
+                unique.push(l);
+            }
+        }
+        if unique.len() == self.labels.len() {
+            return Ok(self);
+        }
+        let mut sizes = Vec::new();
+        for &l in &unique {
+            let dims: Vec<usize> =
+                self.labels.iter().zip(self.a.shape()).filter(|(x, _)| **x == l).map(|(_, &d)| d).collect();
+            if dims.iter().any(|&d| d != dims[0]) {
+                return Err(format!("a repeated subscript has sizes {dims:?}"));
+            }
+            sizes.push(dims[0]);
+        }
+        let out = ArrayD::from_shape_fn(IxDyn(&sizes), |idx| {
+            let src: Vec<usize> =
+                self.labels.iter().map(|l| idx[unique.iter().position(|u| u == l).unwrap_or(0)]).collect();
+            self.a[IxDyn(&src)]
+        });
+        Ok(Labeled { a: out, labels: unique })
+    }
+
+    /// Sum out the axes whose labels `keep` does not hold.
+    fn sum_except(mut self, keep: &[char]) -> Labeled {
+        for i in (0..self.labels.len()).rev() {
+            if !keep.contains(&self.labels[i]) {
+                self.a = self.a.sum_axis(Axis(i));
+                self.labels.remove(i);
+            }
+        }
+        self
+    }
+
+    /// Axes reordered to `order` (a permutation of the labels).
+    fn permuted(&self, order: &[char]) -> ArrayD<f32> {
+        let perm: Vec<usize> =
+            order.iter().map(|l| self.labels.iter().position(|x| x == l).unwrap_or(0)).collect();
+        self.a.view().permuted_axes(IxDyn(&perm)).as_standard_layout().into_owned()
+    }
+
+    fn size(&self, l: char) -> usize {
+        self.labels.iter().position(|x| *x == l).map_or(1, |i| self.a.shape()[i])
+    }
+}
+
+/// Contract two operands, keeping the labels in `keep`, through one batched matrix product.
+fn contract(x: Labeled, y: Labeled, keep: &[char]) -> Result<Labeled, String> {
+    let x = x.sum_except(&[keep, &y.labels[..]].concat());
+    let y = y.sum_except(&[keep, &x.labels[..]].concat());
+    let shared: Vec<char> = x.labels.iter().copied().filter(|l| y.labels.contains(l)).collect();
+    let batch: Vec<char> = shared.iter().copied().filter(|l| keep.contains(l)).collect();
+    let summed: Vec<char> = shared.iter().copied().filter(|l| !keep.contains(l)).collect();
+    let x_only: Vec<char> = x.labels.iter().copied().filter(|l| !shared.contains(l)).collect();
+    let y_only: Vec<char> = y.labels.iter().copied().filter(|l| !shared.contains(l)).collect();
+    // Shared dims broadcast (size 1 against n, from `...`).
+    let size = |l: char| x.size(l).max(y.size(l));
+    for &l in &shared {
+        let (a, b) = (x.size(l), y.size(l));
+        if a != b && a != 1 && b != 1 {
+            return Err(format!("subscript sizes disagree ({a} vs {b})"));
+        }
+    }
+    let expand = |op: &Labeled, order: &[char]| -> Result<ArrayD<f32>, String> {
+        let p = op.permuted(order);
+        let full: Vec<usize> = order.iter().map(|&l| if shared.contains(&l) { size(l) } else { op.size(l) }).collect();
+        Ok(p.broadcast(IxDyn(&full)).ok_or("broadcast failed")?.to_owned())
+    };
+    let prod = |ls: &[char]| ls.iter().map(|&l| size(l)).product::<usize>();
+    let (nb, m, k, n) = (prod(&batch), x_only.iter().map(|&l| x.size(l)).product::<usize>(), prod(&summed), y_only.iter().map(|&l| y.size(l)).product::<usize>());
+    let xa = expand(&x, &[&batch[..], &x_only[..], &summed[..]].concat())?
+        .into_shape_with_order(IxDyn(&[nb, m, k]))
+        .map_err(|e| e.to_string())?;
+    let ya = expand(&y, &[&batch[..], &summed[..], &y_only[..]].concat())?
+        .into_shape_with_order(IxDyn(&[nb, k, n]))
+        .map_err(|e| e.to_string())?;
+    let (tx, ty) = (Tensor::f32(xa), Tensor::f32(ya));
+    let p = matmul(&[Some(&tx), Some(&ty)])?.into_iter().next().ok_or("no product")?;
+    let mut shape: Vec<usize> = batch.iter().map(|&l| size(l)).collect();
+    shape.extend(x_only.iter().map(|&l| x.size(l)));
+    shape.extend(y_only.iter().map(|&l| y.size(l)));
+    let a = p.as_f32().ok_or("no product")?.to_shape(IxDyn(&shape)).map_err(|e| e.to_string())?.into_owned();
+    Ok(Labeled { a, labels: [&batch[..], &x_only[..], &y_only[..]].concat() })
+}
+
+/// `Einsum{equation}`: operands contracted left to right, each step one batched
+/// matrix product; repeated subscripts take diagonals; `...` broadcasts.
+pub fn einsum(equation: &str, inputs: &[Option<&Tensor>]) -> KernelResult {
+    let ts: Vec<&Tensor> = (0..inputs.len()).map(|i| input(inputs, i)).collect::<Result<_, _>>()?;
+    let eq = shardc_ir::einsum::Equation::parse(equation)?;
+    let (labels, out) = eq.labels(&ts.iter().map(|t| t.shape().len()).collect::<Vec<_>>())?;
+    let dtype = ts.first().ok_or("Einsum needs an input")?.dtype;
+    let mut ops = Vec::new();
+    for (t, ls) in ts.iter().zip(labels) {
+        let a = t.to_f32_vec();
+        let a = ArrayD::from_shape_vec(IxDyn(t.shape()), a).map_err(|e| e.to_string())?;
+        ops.push(Labeled { a, labels: ls }.diagonal()?);
+    }
+    let mut acc = ops.remove(0);
+    let rest: Vec<Labeled> = ops;
+    for (i, y) in rest.into_iter().enumerate() {
+        // Keep what the output or a later operand still needs.
+        let mut keep = out.clone();
+        let later_labels: Vec<char> = labels_after(&eq, ts.iter().map(|t| t.shape().len()).collect(), i + 2)?;
+        keep.extend(later_labels);
+        acc = contract(acc, y, &keep)?;
+    }
+    let acc = acc.sum_except(&out);
+    let a = acc.permuted(&out);
+    let result = if dtype.is_float() {
+        Tensor::with_dtype(dtype, Data::F32(a))
+    } else {
+        Tensor::with_dtype(dtype, Data::I64(a.mapv(|v| v.round() as i64)))
+    };
+    Ok(vec![result])
+}
+
+/// Labels of the operands from index `from` on.
+fn labels_after(eq: &shardc_ir::einsum::Equation, ranks: Vec<usize>, from: usize) -> Result<Vec<char>, String> {
+    let (labels, _) = eq.labels(&ranks)?;
+    Ok(labels.into_iter().skip(from).flatten().collect())
 }

@@ -3,9 +3,11 @@
 //! Every op of the op set has a kernel (the dispatch below is an exhaustive match).
 //! Kernels return a message; the executor wraps it with the node's name.
 
+mod attention;
 mod elementwise;
 mod linalg;
 mod movement;
+mod quant;
 mod reduce;
 
 use ndarray::{ArrayD, IxDyn};
@@ -20,15 +22,26 @@ pub type KernelResult = Result<Vec<Tensor>, String>;
 pub fn run(op: &Op, inputs: &[Option<&Tensor>], n_outputs: usize) -> KernelResult {
     use elementwise as e;
     match op {
-        Op::Add(_) | Op::Sub(_) | Op::Mul(_) | Op::Div(_) | Op::Pow(_) | Op::Mod(_) => e::binary(op, inputs),
-        Op::Max(_) | Op::Min(_) => e::variadic_extreme(op, inputs),
+        Op::Add(_)
+        | Op::Sub(_)
+        | Op::Mul(_)
+        | Op::Div(_)
+        | Op::Pow(_)
+        | Op::Mod(_)
+        | Op::BitShift(_)
+        | Op::BitwiseAnd(_)
+        | Op::BitwiseOr(_)
+        | Op::BitwiseXor(_)
+        | Op::PRelu(_) => e::binary(op, inputs),
+        Op::Max(_) | Op::Min(_) | Op::Sum(_) | Op::Mean(_) => e::variadic(op, inputs),
         Op::Equal(_)
         | Op::Less(_)
         | Op::LessOrEqual(_)
         | Op::Greater(_)
         | Op::GreaterOrEqual(_)
         | Op::And(_)
-        | Op::Or(_) => e::comparison(op, inputs),
+        | Op::Or(_)
+        | Op::Xor(_) => e::comparison(op, inputs),
         Op::Where(_) => e::where_(inputs),
         Op::Neg(_)
         | Op::Abs(_)
@@ -40,18 +53,51 @@ pub fn run(op: &Op, inputs: &[Option<&Tensor>], n_outputs: usize) -> KernelResul
         | Op::Sigmoid(_)
         | Op::Sin(_)
         | Op::Cos(_)
+        | Op::Tan(_)
+        | Op::Asin(_)
+        | Op::Acos(_)
+        | Op::Atan(_)
+        | Op::Sinh(_)
+        | Op::Cosh(_)
+        | Op::Asinh(_)
+        | Op::Acosh(_)
+        | Op::Atanh(_)
         | Op::Erf(_)
         | Op::Relu(_)
         | Op::Not(_)
+        | Op::BitwiseNot(_)
         | Op::Floor(_)
-        | Op::Ceil(_) => e::unary(op, inputs),
-        Op::Identity(_) => Ok(vec![input(inputs, 0)?.clone()]),
-        Op::Cast(c) => e::cast(c.to, inputs),
+        | Op::Ceil(_)
+        | Op::Round(_)
+        | Op::Sign(_)
+        | Op::Softplus(_)
+        | Op::Softsign(_)
+        | Op::LeakyRelu(_)
+        | Op::Elu(_)
+        | Op::Selu(_)
+        | Op::Celu(_)
+        | Op::HardSigmoid(_)
+        | Op::HardSwish(_)
+        | Op::ThresholdedRelu(_)
+        | Op::Shrink(_)
+        | Op::Mish(_)
+        | Op::Swish(_)
+        | Op::Gelu(_)
+        | Op::Identity(_) => e::unary(op, inputs),
+        Op::IsNaN(_) | Op::IsInf(_) => e::predicate(op, inputs),
+        Op::Cast(c) => e::cast(c.to, c.saturate != 0, &c.round_mode, inputs),
+        Op::CastLike(c) => e::cast(input(inputs, 1)?.dtype, c.saturate != 0, &c.round_mode, inputs),
+        Op::Clip(_) => e::clip(inputs),
+        Op::Dropout(_) => e::dropout(inputs, n_outputs),
         Op::Shape(s) => movement::shape(s, inputs),
+        Op::Size(_) => movement::size(inputs),
         Op::Gather(g) => movement::gather(g.axis, inputs),
+        Op::GatherElements(g) => movement::gather_elements(g.axis, inputs),
+        Op::GatherND(g) => movement::gather_nd(g.batch_dims, inputs),
         Op::Reshape(r) => movement::reshape(r.allowzero, inputs),
         Op::Unsqueeze(_) => movement::unsqueeze(inputs),
         Op::Squeeze(_) => movement::squeeze(inputs),
+        Op::Flatten(f) => movement::flatten(f.axis, inputs),
         Op::Concat(c) => movement::concat(c.axis, inputs),
         Op::Transpose(t) => movement::transpose(t.perm.as_deref(), inputs),
         Op::Slice(_) => movement::slice(inputs),
@@ -63,18 +109,42 @@ pub fn run(op: &Op, inputs: &[Option<&Tensor>], n_outputs: usize) -> KernelResul
         Op::Trilu(t) => movement::trilu(t.upper, inputs),
         Op::CumSum(c) => reduce::cumsum(c.exclusive != 0, c.reverse != 0, inputs),
         Op::ScatterND(s) => movement::scatter_nd(&s.reduction, inputs),
+        Op::ScatterElements(s) => movement::scatter_elements(s.axis, &s.reduction, inputs),
+        Op::Pad(p) => movement::pad(&p.mode, inputs),
+        Op::NonZero(_) => movement::non_zero(inputs),
+        Op::OneHot(o) => movement::one_hot(o.axis, inputs),
+        Op::EyeLike(e) => movement::eye_like(e.dtype, e.k, inputs),
+        Op::TopK(t) => movement::top_k(t.axis, t.largest != 0, inputs),
+        Op::ReverseSequence(r) => movement::reverse_sequence(r.batch_axis, r.time_axis, inputs),
+        Op::TensorScatter(t) => movement::tensor_scatter(t.axis, &t.mode, inputs),
         Op::MatMul(_) => linalg::matmul(inputs),
         Op::Gemm(g) => linalg::gemm(g, inputs),
+        Op::Einsum(e) => linalg::einsum(&e.equation, inputs),
+        Op::MatMulInteger(_) => linalg::matmul_integer(inputs),
         Op::Softmax(s) => linalg::softmax(s.axis, inputs),
+        Op::LogSoftmax(s) => linalg::log_softmax(s.axis, inputs),
+        Op::Hardmax(h) => linalg::hardmax(h.axis, inputs),
         Op::LayerNormalization(l) => linalg::layer_norm(l, inputs, n_outputs),
-        Op::ReduceMean(r) => {
-            reduce::reduce(reduce::Kind::Mean, r.axes.as_deref(), r.keepdims, r.noop_with_empty_axes, inputs)
-        }
-        Op::ReduceMax(r) => {
-            reduce::reduce(reduce::Kind::Max, r.axes.as_deref(), r.keepdims, r.noop_with_empty_axes, inputs)
-        }
-        Op::ReduceSum(r) => reduce::reduce(reduce::Kind::Sum, None, r.keepdims, r.noop_with_empty_axes, inputs),
-        Op::ArgMax(a) => reduce::argmax(a.axis, a.keepdims != 0, a.select_last_index != 0, inputs),
+        Op::RMSNormalization(r) => linalg::rms_norm(r.axis, r.epsilon, inputs),
+        Op::LpNormalization(l) => linalg::lp_normalization(l.axis, l.p, inputs),
+        Op::MeanVarianceNormalization(m) => linalg::mean_variance_normalization(&m.axes, inputs),
+        Op::Attention(a) => attention::attention(a, inputs, n_outputs),
+        Op::RotaryEmbedding(r) => attention::rotary(r, inputs),
+        Op::ReduceMean(_)
+        | Op::ReduceSum(_)
+        | Op::ReduceMax(_)
+        | Op::ReduceMin(_)
+        | Op::ReduceProd(_)
+        | Op::ReduceL1(_)
+        | Op::ReduceL2(_)
+        | Op::ReduceLogSum(_)
+        | Op::ReduceLogSumExp(_)
+        | Op::ReduceSumSquare(_) => reduce::reduce(op, inputs),
+        Op::ArgMax(a) => reduce::arg(true, a.axis, a.keepdims != 0, a.select_last_index != 0, inputs),
+        Op::ArgMin(a) => reduce::arg(false, a.axis, a.keepdims != 0, a.select_last_index != 0, inputs),
+        Op::QuantizeLinear(q) => quant::quantize(q, inputs),
+        Op::DequantizeLinear(d) => quant::dequantize(d, inputs),
+        Op::DynamicQuantizeLinear(_) => quant::dynamic(inputs),
     }
 }
 

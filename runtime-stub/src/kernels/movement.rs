@@ -392,3 +392,513 @@ pub fn scatter_nd(reduction: &str, inputs: &[Option<&Tensor>]) -> KernelResult {
     };
     Ok(vec![Tensor::with_dtype(x.dtype, data)])
 }
+
+/// Row-major strides of a shape.
+fn strides(shape: &[usize]) -> Vec<usize> {
+    let mut s = vec![1usize; shape.len()];
+    for i in (0..shape.len().saturating_sub(1)).rev() {
+        s[i] = s[i + 1] * shape[i + 1];
+    }
+    s
+}
+
+/// Normalise index `i` into `0..n`, or say which index was out of range.
+fn index(i: i64, n: usize, what: &str) -> Result<usize, String> {
+    let j = if i < 0 { i + n as i64 } else { i };
+    if (0..n as i64).contains(&j) {
+        Ok(j as usize)
+    } else {
+        Err(format!("{what} index {i} is out of range for size {n}"))
+    }
+}
+
+/// `Size`.
+pub fn size(inputs: &[Option<&Tensor>]) -> KernelResult {
+    let x = input(inputs, 0)?;
+    Ok(vec![Tensor::i64(array(&[], vec![x.len() as i64])?)])
+}
+
+/// `Flatten{axis}`.
+pub fn flatten(ax: i64, inputs: &[Option<&Tensor>]) -> KernelResult {
+    let x = input(inputs, 0)?;
+    let r = x.shape().len() as i64;
+    let a = if ax < 0 { ax + r } else { ax };
+    if !(0..=r).contains(&a) {
+        return Err(format!("axis {ax} is out of range for rank {r}"));
+    }
+    let a = a as usize;
+    let shape = [x.shape()[..a].iter().product::<usize>(), x.shape()[a..].iter().product::<usize>()];
+    Ok(vec![map_data!(x, |d| reshaped(d, &shape)?)])
+}
+
+/// `GatherElements{axis}(data, indices)`.
+pub fn gather_elements(ax: i64, inputs: &[Option<&Tensor>]) -> KernelResult {
+    let (x, idx) = (input(inputs, 0)?, input(inputs, 1)?);
+    let rank = x.shape().len();
+    let ax = axis(ax, rank)?;
+    if idx.shape().len() != rank {
+        return Err(format!("indices {} must have the data's rank {rank}", idx.describe()));
+    }
+    let indices = ints(idx, "indices")?;
+    let (xs, is) = (strides(x.shape()), strides(idx.shape()));
+    let n = x.shape()[ax];
+    let mut offsets = Vec::with_capacity(indices.len());
+    for (flat, &i) in indices.iter().enumerate() {
+        let mut off = 0;
+        for d in 0..rank {
+            let coord = (flat / is[d]) % idx.shape()[d].max(1);
+            let c = if d == ax { index(i, n, "GatherElements")? } else { coord };
+            if d != ax && c >= x.shape()[d] {
+                return Err(format!("indices {} exceed the data {} on axis {d}", idx.describe(), x.describe()));
+            }
+            off += c * xs[d];
+        }
+        offsets.push(off);
+    }
+    let shape = idx.shape().to_vec();
+    fn pick<T: Clone>(a: &ArrayD<T>, offsets: &[usize], shape: &[usize]) -> Result<ArrayD<T>, String> {
+        let flat = a.as_standard_layout();
+        let s = flat.as_slice().ok_or("data is not contiguous")?;
+        array(shape, offsets.iter().map(|&o| s[o].clone()).collect())
+    }
+    Ok(vec![map_data!(x, |a| pick(a, &offsets, &shape)?)])
+}
+
+/// `GatherND{batch_dims}(data, indices)`.
+pub fn gather_nd(batch_dims: i64, inputs: &[Option<&Tensor>]) -> KernelResult {
+    let (x, idx) = (input(inputs, 0)?, input(inputs, 1)?);
+    let b = usize::try_from(batch_dims).map_err(|_| "batch_dims is negative".to_string())?;
+    let ishape = idx.shape();
+    let k = *ishape.last().ok_or("indices must have rank >= 1")?;
+    let xshape = x.shape();
+    if b >= ishape.len() || b + k > xshape.len() || ishape[..b] != xshape[..b] {
+        return Err(format!("indices {} do not fit data {} with batch_dims {b}", idx.describe(), x.describe()));
+    }
+    let indices = ints(idx, "indices")?;
+    let xs = strides(xshape);
+    let inner: usize = xshape[b + k..].iter().product();
+    let batches: usize = xshape[..b].iter().product();
+    let per_batch = ishape[b..ishape.len() - 1].iter().product::<usize>();
+    let mut offsets = Vec::with_capacity(batches * per_batch);
+    for batch in 0..batches {
+        let mut base = 0;
+        let mut rem = batch;
+        for d in (0..b).rev() {
+            base += (rem % xshape[d]) * xs[d];
+            rem /= xshape[d];
+        }
+        for t in 0..per_batch {
+            let tuple = &indices[(batch * per_batch + t) * k..(batch * per_batch + t + 1) * k];
+            let mut off = base;
+            for (j, &i) in tuple.iter().enumerate() {
+                off += index(i, xshape[b + j], "GatherND")? * xs[b + j];
+            }
+            offsets.push(off);
+        }
+    }
+    let mut shape = ishape[..ishape.len() - 1].to_vec();
+    shape.extend_from_slice(&xshape[b + k..]);
+    fn pick<T: Clone>(a: &ArrayD<T>, offsets: &[usize], inner: usize, shape: &[usize]) -> Result<ArrayD<T>, String> {
+        let flat = a.as_standard_layout();
+        let s = flat.as_slice().ok_or("data is not contiguous")?;
+        let mut v = Vec::with_capacity(offsets.len() * inner);
+        for &o in offsets {
+            v.extend_from_slice(&s[o..o + inner]);
+        }
+        array(shape, v)
+    }
+    Ok(vec![map_data!(x, |a| pick(a, &offsets, inner, &shape)?)])
+}
+
+/// How a scatter combines an existing element with an update.
+fn combine<T: Copy + PartialOrd>(reduction: &str, add: fn(T, T) -> T, mul: fn(T, T) -> T) -> Result<impl Fn(T, T) -> T, String> {
+    let r = match reduction {
+        "none" => 0,
+        "add" => 1,
+        "mul" => 2,
+        "max" => 3,
+        "min" => 4,
+        other => return Err(format!("reduction `{other}` (expected none, add, mul, max or min)")),
+    };
+    Ok(move |old: T, new: T| match r {
+        0 => new,
+        1 => add(old, new),
+        2 => mul(old, new),
+        3 => {
+            if new > old {
+                new
+            } else {
+                old
+            }
+        }
+        _ => {
+            if new < old {
+                new
+            } else {
+                old
+            }
+        }
+    })
+}
+
+/// `ScatterElements{axis,reduction}(data, indices, updates)`.
+pub fn scatter_elements(ax: i64, reduction: &str, inputs: &[Option<&Tensor>]) -> KernelResult {
+    let (x, idx, upd) = (input(inputs, 0)?, input(inputs, 1)?, input(inputs, 2)?);
+    let rank = x.shape().len();
+    let ax = axis(ax, rank)?;
+    if idx.shape() != upd.shape() || idx.shape().len() != rank {
+        return Err(format!("indices {} and updates {} must match, at the data's rank", idx.describe(), upd.describe()));
+    }
+    let indices = ints(idx, "indices")?;
+    let (xs, is) = (strides(x.shape()), strides(idx.shape()));
+    let mut offsets = Vec::with_capacity(indices.len());
+    for (flat, &i) in indices.iter().enumerate() {
+        let mut off = 0;
+        for d in 0..rank {
+            let c = if d == ax { index(i, x.shape()[ax], "ScatterElements")? } else { (flat / is[d]) % idx.shape()[d].max(1) };
+            if c >= x.shape()[d] {
+                return Err(format!("indices {} exceed the data {} on axis {d}", idx.describe(), x.describe()));
+            }
+            off += c * xs[d];
+        }
+        offsets.push(off);
+    }
+    fn apply<T: Copy>(a: &ArrayD<T>, u: &ArrayD<T>, offsets: &[usize], f: impl Fn(T, T) -> T) -> Result<ArrayD<T>, String> {
+        let mut out: Vec<T> = a.iter().copied().collect();
+        for (&o, &v) in offsets.iter().zip(u.iter()) {
+            out[o] = f(out[o], v);
+        }
+        array(a.shape(), out)
+    }
+    let data = match (&x.data, &upd.data) {
+        (Data::F32(a), Data::F32(u)) => Data::F32(apply(a, u, &offsets, combine(reduction, |p, q| p + q, |p, q| p * q)?)?),
+        (Data::I64(a), Data::I64(u)) => {
+            Data::I64(apply(a, u, &offsets, combine(reduction, i64::wrapping_add, i64::wrapping_mul)?)?)
+        }
+        (Data::Bool(a), Data::Bool(u)) if reduction == "none" => Data::Bool(apply(a, u, &offsets, |_, n| n)?),
+        _ => return Err(format!("cannot scatter {} into {}", upd.describe(), x.describe())),
+    };
+    Ok(vec![Tensor::with_dtype(x.dtype, data)])
+}
+
+/// `Pad{mode}(data, pads[, constant_value[, axes]])`: constant, edge, reflect or wrap;
+/// negative pads crop.
+pub fn pad(mode: &str, inputs: &[Option<&Tensor>]) -> KernelResult {
+    let x = input(inputs, 0)?;
+    let rank = x.shape().len();
+    let pads = ints(input(inputs, 1)?, "pads")?;
+    let axes: Vec<usize> = match optional(inputs, 3) {
+        Some(t) => ints(t, "axes")?.iter().map(|&a| axis(a, rank)).collect::<Result<_, _>>()?,
+        None => (0..rank).collect(),
+    };
+    if pads.len() != 2 * axes.len() {
+        return Err(format!("{} pads for {} axes", pads.len(), axes.len()));
+    }
+    let mut begin = vec![0i64; rank];
+    let mut end = vec![0i64; rank];
+    for (k, &a) in axes.iter().enumerate() {
+        begin[a] = pads[k];
+        end[a] = pads[k + axes.len()];
+    }
+    let in_shape = x.shape().to_vec();
+    let mut out_shape = Vec::with_capacity(rank);
+    for d in 0..rank {
+        let n = in_shape[d] as i64 + begin[d] + end[d];
+        if n < 0 {
+            return Err(format!("pads make axis {d} negative"));
+        }
+        out_shape.push(n as usize);
+    }
+    // For every output coordinate, the input coordinate it reads (None: the constant).
+    let source = |d: usize, o: usize| -> Result<Option<usize>, String> {
+        let n = in_shape[d] as i64;
+        let i = o as i64 - begin[d];
+        if (0..n).contains(&i) {
+            return Ok(Some(i as usize));
+        }
+        Ok(match mode {
+            "constant" => None,
+            _ if n == 0 => return Err(format!("cannot pad an empty axis {d} in `{mode}` mode")),
+            "edge" => Some(i.clamp(0, n - 1) as usize),
+            "wrap" => Some(i.rem_euclid(n) as usize),
+            "reflect" => {
+                if n == 1 {
+                    Some(0)
+                } else {
+                    let period = 2 * (n - 1);
+                    let m = i.rem_euclid(period);
+                    Some(if m < n { m } else { period - m } as usize)
+                }
+            }
+            other => return Err(format!("pad mode `{other}` (expected constant, edge, reflect or wrap)")),
+        })
+    };
+    let maps: Vec<Vec<Option<usize>>> =
+        (0..rank).map(|d| (0..out_shape[d]).map(|o| source(d, o)).collect::<Result<_, _>>()).collect::<Result<_, _>>()?;
+    let xs = strides(&in_shape);
+    let total: usize = out_shape.iter().product();
+    let mut offsets = Vec::with_capacity(total);
+    let os = strides(&out_shape);
+    for flat in 0..total {
+        let mut off = Some(0usize);
+        for d in 0..rank {
+            let o = (flat / os[d]) % out_shape[d];
+            off = match (off, maps[d][o]) {
+                (Some(acc), Some(i)) => Some(acc + i * xs[d]),
+                _ => None,
+            };
+        }
+        offsets.push(off);
+    }
+    fn fill<T: Clone>(a: &ArrayD<T>, offsets: &[Option<usize>], value: T, shape: &[usize]) -> Result<ArrayD<T>, String> {
+        let flat = a.as_standard_layout();
+        let s = flat.as_slice().ok_or("data is not contiguous")?;
+        array(shape, offsets.iter().map(|o| o.map_or_else(|| value.clone(), |i| s[i].clone())).collect())
+    }
+    let value = optional(inputs, 2);
+    let data = match &x.data {
+        Data::F32(a) => {
+            let v = value.map(|t| t.to_f32_vec().first().copied().unwrap_or(0.0)).unwrap_or(0.0);
+            Data::F32(fill(a, &offsets, v, &out_shape)?)
+        }
+        Data::I64(a) => {
+            let v = value.map(|t| t.to_i64_vec().first().copied().unwrap_or(0)).unwrap_or(0);
+            Data::I64(fill(a, &offsets, v, &out_shape)?)
+        }
+        Data::Bool(a) => {
+            let v = value.map(|t| t.to_i64_vec().first().copied().unwrap_or(0) != 0).unwrap_or(false);
+            Data::Bool(fill(a, &offsets, v, &out_shape)?)
+        }
+    };
+    Ok(vec![Tensor::with_dtype(x.dtype, data)])
+}
+
+/// `NonZero`: the coordinates of the non-zero elements, `[rank, count]`, row-major order.
+pub fn non_zero(inputs: &[Option<&Tensor>]) -> KernelResult {
+    let x = input(inputs, 0)?;
+    let shape = x.shape().to_vec();
+    let nz: Vec<bool> = match &x.data {
+        Data::F32(a) => a.iter().map(|&v| v != 0.0).collect(),
+        Data::I64(a) => a.iter().map(|&v| v != 0).collect(),
+        Data::Bool(a) => a.iter().copied().collect(),
+    };
+    let st = strides(&shape);
+    let hits: Vec<usize> = nz.iter().enumerate().filter(|(_, &b)| b).map(|(i, _)| i).collect();
+    let mut out = vec![0i64; shape.len() * hits.len()];
+    for (k, &flat) in hits.iter().enumerate() {
+        for d in 0..shape.len() {
+            out[d * hits.len() + k] = ((flat / st[d]) % shape[d]) as i64;
+        }
+    }
+    Ok(vec![Tensor::i64(array(&[shape.len(), hits.len()], out)?)])
+}
+
+/// `OneHot{axis}(indices, depth, values)`: negative indices count from the end.
+pub fn one_hot(ax: i64, inputs: &[Option<&Tensor>]) -> KernelResult {
+    let (idx, depth, values) = (input(inputs, 0)?, input(inputs, 1)?, input(inputs, 2)?);
+    let depth = depth.to_f32_vec().first().copied().ok_or("depth is empty")? as i64;
+    if depth <= 0 {
+        return Err(format!("depth {depth} must be positive"));
+    }
+    if values.len() != 2 {
+        return Err(format!("values must hold two elements, got {}", values.describe()));
+    }
+    let rank = idx.shape().len() + 1;
+    let ax = axis(ax, rank)?;
+    let indices: Vec<i64> = idx.to_f32_vec().into_iter().map(|v| v as i64).collect();
+    let mut shape = idx.shape().to_vec();
+    shape.insert(ax, depth as usize);
+    let outer: usize = idx.shape()[..ax].iter().product();
+    let inner: usize = idx.shape()[ax..].iter().product();
+    let d = depth as usize;
+    let hot = |o: usize, k: usize, i: usize| {
+        let v = indices[o * inner + i];
+        let v = if v < 0 { v + depth } else { v };
+        v == k as i64
+    };
+    let positions: Vec<bool> =
+        (0..outer).flat_map(|o| (0..d).flat_map(move |k| (0..inner).map(move |i| (o, k, i)))).map(|(o, k, i)| hot(o, k, i)).collect();
+    let data = match &values.data {
+        Data::F32(v) => {
+            let (off, on) = (v[[0]], v[[1]]);
+            Data::F32(array(&shape, positions.iter().map(|&h| if h { on } else { off }).collect())?)
+        }
+        Data::I64(v) => {
+            let (off, on) = (v[[0]], v[[1]]);
+            Data::I64(array(&shape, positions.iter().map(|&h| if h { on } else { off }).collect())?)
+        }
+        Data::Bool(v) => {
+            let (off, on) = (v[[0]], v[[1]]);
+            Data::Bool(array(&shape, positions.iter().map(|&h| if h { on } else { off }).collect())?)
+        }
+    };
+    Ok(vec![Tensor::with_dtype(values.dtype, data)])
+}
+
+/// `EyeLike{dtype,k}`.
+pub fn eye_like(dtype: Option<DType>, k: i64, inputs: &[Option<&Tensor>]) -> KernelResult {
+    let x = input(inputs, 0)?;
+    let [r, c] = x.shape() else { return Err(format!("EyeLike needs a 2-D input, got {}", x.describe())) };
+    let (r, c) = (*r, *c);
+    let dtype = dtype.unwrap_or(x.dtype);
+    let ones: Vec<bool> = (0..r * c).map(|f| (f % c) as i64 - (f / c) as i64 == k).collect();
+    let data = if dtype.is_float() {
+        Data::F32(array(&[r, c], ones.iter().map(|&b| f32::from(u8::from(b))).collect())?)
+    } else if dtype == DType::Bool {
+        Data::Bool(array(&[r, c], ones)?)
+    } else {
+        Data::I64(array(&[r, c], ones.iter().map(|&b| i64::from(b)).collect())?)
+    };
+    Ok(vec![Tensor::with_dtype(dtype, data)])
+}
+
+/// `TopK{axis,largest,sorted}(X, K)`: values and indices; ties keep the lower index first.
+pub fn top_k(ax: i64, largest: bool, inputs: &[Option<&Tensor>]) -> KernelResult {
+    let (x, k) = (input(inputs, 0)?, input(inputs, 1)?);
+    let rank = x.shape().len();
+    let ax = axis(ax, rank)?;
+    let k = *ints(k, "K")?.first().ok_or("K is empty")?;
+    let n = x.shape()[ax];
+    let k = usize::try_from(k).ok().filter(|&k| k <= n).ok_or_else(|| format!("K = {k} is outside 0..={n}"))?;
+    let mut shape = x.shape().to_vec();
+    shape[ax] = k;
+    let st = strides(x.shape());
+    let outer: usize = x.shape()[..ax].iter().product();
+    let inner: usize = x.shape()[ax + 1..].iter().product();
+    let values: Vec<f64> = match &x.data {
+        Data::F32(a) => a.iter().map(|&v| f64::from(v)).collect(),
+        Data::I64(a) if x.dtype == DType::U64 => a.iter().map(|&v| v as u64 as f64).collect(),
+        Data::I64(a) => a.iter().map(|&v| v as f64).collect(),
+        Data::Bool(_) => return Err("TopK does not take bool".into()),
+    };
+    let mut picks = vec![0usize; outer * k * inner];
+    for o in 0..outer {
+        for i in 0..inner {
+            let base = o * n * inner + i;
+            let mut order: Vec<usize> = (0..n).collect();
+            let key = |j: usize| values[base + j * st[ax]];
+            order.sort_by(|&p, &q| {
+                let (a, b) = (key(p), key(q));
+                let ord = if largest { b.total_cmp(&a) } else { a.total_cmp(&b) };
+                ord.then(p.cmp(&q))
+            });
+            for (r, &j) in order.iter().take(k).enumerate() {
+                picks[(o * k + r) * inner + i] = j;
+            }
+        }
+    }
+    let offset = |flat: usize| {
+        let (o, rest) = (flat / (k * inner), flat % (k * inner));
+        let i = rest % inner;
+        o * n * inner + picks[flat] * inner + i
+    };
+    let data = match &x.data {
+        Data::F32(a) => {
+            let s: Vec<f32> = a.iter().copied().collect();
+            Data::F32(array(&shape, (0..picks.len()).map(|f| s[offset(f)]).collect())?)
+        }
+        Data::I64(a) => {
+            let s: Vec<i64> = a.iter().copied().collect();
+            Data::I64(array(&shape, (0..picks.len()).map(|f| s[offset(f)]).collect())?)
+        }
+        Data::Bool(_) => return Err("TopK does not take bool".into()),
+    };
+    let indices = array(&shape, picks.iter().map(|&j| j as i64).collect())?;
+    Ok(vec![Tensor::with_dtype(x.dtype, data), Tensor::i64(indices)])
+}
+
+/// `ReverseSequence{batch_axis,time_axis}(input, sequence_lens)`.
+pub fn reverse_sequence(batch_axis: i64, time_axis: i64, inputs: &[Option<&Tensor>]) -> KernelResult {
+    let (x, lens) = (input(inputs, 0)?, input(inputs, 1)?);
+    let rank = x.shape().len();
+    let (b, t) = (axis(batch_axis, rank)?, axis(time_axis, rank)?);
+    if b == t || rank < 2 {
+        return Err("batch_axis and time_axis must be two different axes".into());
+    }
+    let lens = ints(lens, "sequence_lens")?;
+    if lens.len() != x.shape()[b] {
+        return Err(format!("{} sequence lengths for a batch of {}", lens.len(), x.shape()[b]));
+    }
+    let st = strides(x.shape());
+    let total = x.len();
+    let mut src = Vec::with_capacity(total);
+    for flat in 0..total {
+        let bi = (flat / st[b]) % x.shape()[b];
+        let ti = (flat / st[t]) % x.shape()[t];
+        let len = lens[bi].clamp(0, x.shape()[t] as i64) as usize;
+        let tj = if ti < len { len - 1 - ti } else { ti };
+        src.push(flat - ti * st[t] + tj * st[t]);
+    }
+    fn pick<T: Clone>(a: &ArrayD<T>, src: &[usize]) -> Result<ArrayD<T>, String> {
+        let flat = a.as_standard_layout();
+        let s = flat.as_slice().ok_or("data is not contiguous")?;
+        array(a.shape(), src.iter().map(|&i| s[i].clone()).collect())
+    }
+    Ok(vec![map_data!(x, |a| pick(a, &src)?)])
+}
+
+/// `TensorScatter{axis,mode}(past_cache, update[, write_indices])`: the update's
+/// sequence written into a copy of the cache along `axis`, per batch entry at
+/// `write_indices[b]` (0 when absent); `circular` wraps around the cache.
+pub fn tensor_scatter(ax: i64, mode: &str, inputs: &[Option<&Tensor>]) -> KernelResult {
+    let (cache, update) = (input(inputs, 0)?, input(inputs, 1)?);
+    let rank = cache.shape().len();
+    let ax = axis(ax, rank)?;
+    if ax == 0 || update.shape().len() != rank {
+        return Err("the cache and the update need one rank and a sequence axis after the batch".into());
+    }
+    for d in 0..rank {
+        if d != ax && cache.shape()[d] != update.shape()[d] {
+            return Err(format!("update {} does not match cache {} off axis {ax}", update.describe(), cache.describe()));
+        }
+    }
+    let circular = match mode {
+        "linear" => false,
+        "circular" => true,
+        other => return Err(format!("mode `{other}` (expected linear or circular)")),
+    };
+    let batch = cache.shape()[0];
+    let starts = match optional(inputs, 2) {
+        Some(w) => ints(w, "write_indices")?,
+        None => vec![0; batch],
+    };
+    if starts.len() != batch {
+        return Err(format!("{} write indices for a batch of {batch}", starts.len()));
+    }
+    let (cs, us) = (strides(cache.shape()), strides(update.shape()));
+    let max_seq = cache.shape()[ax];
+    let mut moves = Vec::with_capacity(update.len());
+    for flat in 0..update.len() {
+        let bi = flat / us[0];
+        let s = (flat / us[ax]) % update.shape()[ax];
+        let mut pos = starts[bi] + s as i64;
+        if circular {
+            pos = pos.rem_euclid(max_seq as i64);
+        }
+        if !(0..max_seq as i64).contains(&pos) {
+            return Err(format!("write position {pos} is outside the cache's {max_seq}"));
+        }
+        let coords_off = flat - s * us[ax];
+        // Re-express the update's coordinates in the cache's strides.
+        let mut off = 0;
+        for d in 0..rank {
+            let c = if d == ax { pos as usize } else { (coords_off / us[d]) % update.shape()[d] };
+            off += c * cs[d];
+        }
+        moves.push(off);
+    }
+    fn write<T: Copy>(c: &ArrayD<T>, u: &ArrayD<T>, moves: &[usize]) -> Result<ArrayD<T>, String> {
+        let mut out: Vec<T> = c.iter().copied().collect();
+        for (&m, &v) in moves.iter().zip(u.iter()) {
+            out[m] = v;
+        }
+        array(c.shape(), out)
+    }
+    let data = match (&cache.data, &update.data) {
+        (Data::F32(c), Data::F32(u)) => Data::F32(write(c, u, &moves)?),
+        (Data::I64(c), Data::I64(u)) => Data::I64(write(c, u, &moves)?),
+        (Data::Bool(c), Data::Bool(u)) => Data::Bool(write(c, u, &moves)?),
+        _ => return Err(format!("cannot write {} into {}", update.describe(), cache.describe())),
+    };
+    Ok(vec![Tensor::with_dtype(cache.dtype, data)])
+}

@@ -1,34 +1,25 @@
 //! Reductions and scans.
 
-use ndarray::{ArrayD, Axis};
+use ndarray::{ArrayD, Axis, IxDyn};
+
+use shardc_ir::Op;
 
 use super::{axis, input, ints, optional, KernelResult};
 use crate::tensor::{Data, Tensor};
 
-/// Which reduction.
-#[derive(Clone, Copy)]
-pub enum Kind {
-    Mean,
-    Sum,
-    Max,
-}
-
-/// `ReduceMean`, `ReduceSum`, `ReduceMax` over `axes` (attribute, else input 1).
-pub fn reduce(
-    kind: Kind,
-    attr_axes: Option<&[i64]>,
-    keepdims: i64,
-    noop_with_empty_axes: i64,
-    inputs: &[Option<&Tensor>],
-) -> KernelResult {
+/// `ReduceX(data[, axes])` for every reduction op: over the axes in input 1 (every
+/// axis when absent or empty, unless `noop_with_empty_axes`). Reductions over no
+/// elements give the op's identity (0 for sums, 1 for products, −∞/+∞ for max/min,
+/// −∞ for the logs of sums).
+pub fn reduce(op: &Op, inputs: &[Option<&Tensor>]) -> KernelResult {
+    let (keepdims, noop) = op.reduction().ok_or_else(|| format!("{} is not a reduction", op.name()))?;
     let t = input(inputs, 0)?;
     let rank = t.shape().len();
-    let axes: Vec<i64> = match (attr_axes, optional(inputs, 1)) {
-        (Some(a), _) => a.to_vec(),
-        (None, Some(a)) => ints(a, "axes")?,
-        (None, None) => Vec::new(),
+    let axes: Vec<i64> = match optional(inputs, 1) {
+        Some(a) => ints(a, "axes")?,
+        None => Vec::new(),
     };
-    if axes.is_empty() && noop_with_empty_axes != 0 {
+    if axes.is_empty() && noop {
         return Ok(vec![t.clone()]);
     }
     let mut axes: Vec<usize> = if axes.is_empty() {
@@ -38,43 +29,92 @@ pub fn reduce(
     };
     axes.sort_unstable();
     axes.dedup();
-    fn go<T: Copy>(a: &ArrayD<T>, axes: &[usize], keep: bool, f: impl Fn(ndarray::ArrayView1<T>) -> T) -> ArrayD<T> {
-        let mut out = a.clone();
-        for &ax in axes.iter().rev() {
-            out = out.map_axis(Axis(ax), &f);
-            if keep {
-                out.insert_axis_inplace(Axis(ax));
-            }
-        }
-        out
+    // The reduced axes moved last and flattened: each row is one output element's
+    // lane, reduced at once (L2, log-sum and friends are not per-axis repeatable).
+    fn go<T: Clone>(
+        a: &ArrayD<T>,
+        axes: &[usize],
+        keep: bool,
+        f: impl Fn(ndarray::ArrayView1<T>) -> T,
+    ) -> Result<ArrayD<T>, String> {
+        let rank = a.ndim();
+        let kept: Vec<usize> = (0..rank).filter(|d| !axes.contains(d)).collect();
+        let perm: Vec<usize> = kept.iter().chain(axes).copied().collect();
+        let rows: usize = kept.iter().map(|&d| a.shape()[d]).product();
+        let width: usize = axes.iter().map(|&d| a.shape()[d]).product();
+        let moved = a.view().permuted_axes(IxDyn(&perm)).as_standard_layout().into_owned();
+        let flat = moved.into_shape_with_order((rows, width)).map_err(|e| e.to_string())?;
+        let values: Vec<T> = flat.outer_iter().map(&f).collect();
+        let shape: Vec<usize> =
+            (0..rank).filter_map(|d| if axes.contains(&d) { keep.then_some(1) } else { Some(a.shape()[d]) }).collect();
+        ArrayD::from_shape_vec(IxDyn(&shape), values).map_err(|e| e.to_string())
     }
-    let keep = keepdims != 0;
-    let data = match (&t.data, kind) {
-        (Data::F32(a), Kind::Mean) => Data::F32(go(a, &axes, keep, |l| l.sum() / l.len().max(1) as f32)),
-        (Data::F32(a), Kind::Sum) => Data::F32(go(a, &axes, keep, |l| l.sum())),
-        (Data::F32(a), Kind::Max) => Data::F32(go(a, &axes, keep, |l| l.fold(f32::NEG_INFINITY, |m, &v| m.max(v)))),
-        (Data::I64(a), Kind::Mean) => Data::I64(go(a, &axes, keep, |l| l.sum() / l.len().max(1) as i64)),
-        (Data::I64(a), Kind::Sum) => Data::I64(go(a, &axes, keep, |l| l.sum())),
-        (Data::I64(a), Kind::Max) => Data::I64(go(a, &axes, keep, |l| l.fold(i64::MIN, |m, &v| m.max(v)))),
-        (Data::Bool(_), _) => return Err(format!("cannot reduce {}", t.describe())),
+    let data = match &t.data {
+        Data::F32(a) => {
+            // Accumulate in f64: sums of thousands of f32 values keep their digits.
+            let sum = |l: ndarray::ArrayView1<f32>| l.iter().map(|&v| f64::from(v)).sum::<f64>();
+            let f: Box<dyn Fn(ndarray::ArrayView1<f32>) -> f32> = match op {
+                Op::ReduceMean(_) => Box::new(move |l| (sum(l) / l.len() as f64) as f32),
+                Op::ReduceSum(_) => Box::new(move |l| sum(l) as f32),
+                Op::ReduceMax(_) => Box::new(|l| l.fold(f32::NEG_INFINITY, |m, &v| if v.is_nan() || m.is_nan() { f32::NAN } else { m.max(v) })),
+                Op::ReduceMin(_) => Box::new(|l| l.fold(f32::INFINITY, |m, &v| if v.is_nan() || m.is_nan() { f32::NAN } else { m.min(v) })),
+                Op::ReduceProd(_) => Box::new(|l| l.iter().map(|&v| f64::from(v)).product::<f64>() as f32),
+                Op::ReduceL1(_) => Box::new(|l| l.iter().map(|&v| f64::from(v.abs())).sum::<f64>() as f32),
+                Op::ReduceL2(_) => Box::new(|l| l.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>().sqrt() as f32),
+                Op::ReduceSumSquare(_) => Box::new(|l| l.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>() as f32),
+                Op::ReduceLogSum(_) => Box::new(move |l| sum(l).ln() as f32),
+                Op::ReduceLogSumExp(_) => Box::new(|l| {
+                    let m = l.fold(f64::NEG_INFINITY, |m, &v| m.max(f64::from(v)));
+                    if m.is_infinite() {
+                        return m as f32;
+                    }
+                    (m + l.iter().map(|&v| (f64::from(v) - m).exp()).sum::<f64>().ln()) as f32
+                }),
+                _ => return Err(format!("{} is not a reduction", op.name())),
+            };
+            Data::F32(go(a, &axes, keepdims, f)?)
+        }
+        Data::I64(a) => {
+            let f: Box<dyn Fn(ndarray::ArrayView1<i64>) -> i64> = match op {
+                Op::ReduceMean(_) => Box::new(|l| l.iter().fold(0i64, |s, &v| s.wrapping_add(v)) / l.len().max(1) as i64),
+                Op::ReduceSum(_) => Box::new(|l| l.iter().fold(0i64, |s, &v| s.wrapping_add(v))),
+                Op::ReduceMax(_) => Box::new(|l| l.fold(i64::MIN, |m, &v| m.max(v))),
+                Op::ReduceMin(_) => Box::new(|l| l.fold(i64::MAX, |m, &v| m.min(v))),
+                Op::ReduceProd(_) => Box::new(|l| l.iter().fold(1i64, |s, &v| s.wrapping_mul(v))),
+                Op::ReduceL1(_) => Box::new(|l| l.iter().fold(0i64, |s, &v| s.wrapping_add(v.wrapping_abs()))),
+                Op::ReduceSumSquare(_) => Box::new(|l| l.iter().fold(0i64, |s, &v| s.wrapping_add(v.wrapping_mul(v)))),
+                Op::ReduceL2(_) => Box::new(|l| (l.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>().sqrt()) as i64),
+                _ => return Err(format!("{} does not take {}", op.name(), t.describe())),
+            };
+            Data::I64(go(a, &axes, keepdims, f)?)
+        }
+        Data::Bool(a) => match op {
+            Op::ReduceMax(_) => Data::Bool(go(a, &axes, keepdims, |l| l.iter().any(|&v| v))?),
+            Op::ReduceMin(_) => Data::Bool(go(a, &axes, keepdims, |l| l.iter().all(|&v| v))?),
+            _ => return Err(format!("{} does not take {}", op.name(), t.describe())),
+        },
     };
     Ok(vec![Tensor::with_dtype(t.dtype, data)])
 }
 
-/// `ArgMax{axis,keepdims,select_last_index}`.
-pub fn argmax(ax: i64, keepdims: bool, last: bool, inputs: &[Option<&Tensor>]) -> KernelResult {
+/// `ArgMax` / `ArgMin{axis,keepdims,select_last_index}`.
+pub fn arg(max: bool, ax: i64, keepdims: bool, last: bool, inputs: &[Option<&Tensor>]) -> KernelResult {
     let t = input(inputs, 0)?;
     let ax = axis(ax, t.shape().len())?;
-    let values: ArrayD<f32> = match &t.data {
-        Data::F32(a) => a.clone(),
-        Data::I64(a) => a.mapv(|v| v as f32),
-        Data::Bool(a) => a.mapv(|v| f32::from(u8::from(v))),
+    let values: ArrayD<f64> = match &t.data {
+        Data::F32(a) => a.mapv(f64::from),
+        Data::I64(a) => a.mapv(|v| v as f64),
+        Data::Bool(a) => a.mapv(|v| f64::from(u8::from(v))),
     };
+    if t.shape()[ax] == 0 {
+        return Err(format!("{} over an empty axis", if max { "ArgMax" } else { "ArgMin" }));
+    }
     let mut out = values.map_axis(Axis(ax), |lane| {
         let mut best = 0usize;
         for (i, &v) in lane.iter().enumerate() {
             let b = lane[best];
-            if v > b || (last && v == b) {
+            let better = if max { v > b } else { v < b };
+            if better || (last && v == b) {
                 best = i;
             }
         }

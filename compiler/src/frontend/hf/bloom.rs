@@ -39,7 +39,7 @@ pub(crate) fn lower(b: &mut Builder, arch: &Arch, common: &Common) -> Result<Val
     // ALiBi: slope[head] · key position, [heads, 1, past+seq].
     let alibi = b.scoped("transformer/alibi", |b| {
         let slopes = b.floats("slopes", &[nh, 1, 1], &alibi_slopes(nh));
-        let pos = b.op("Cast", Op::Cast(Cast { to: DType::F32, saturate: 1 }), &[common.key_positions]);
+        let pos = b.op("Cast", Op::Cast(Cast { to: DType::F32, saturate: 1, round_mode: "up".into() }), &[common.key_positions]);
         b.op("Mul", Op::Mul(Mul {}), &[slopes, pos])
     });
     for i in 0..arch.layers {

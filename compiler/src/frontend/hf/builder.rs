@@ -164,7 +164,7 @@ impl<'a> Builder<'a> {
         self.names.insert(stored_name.clone());
         if dtype != DType::F32 {
             let saved = std::mem::replace(&mut self.scope, format!("/{stored_name}"));
-            v = self.op("Cast", Op::Cast(Cast { to: DType::F32, saturate: 1 }), &[v]);
+            v = self.op("Cast", Op::Cast(Cast { to: DType::F32, saturate: 1, round_mode: "up".into() }), &[v]);
             self.scope = saved;
         }
         self.weights.insert(name.to_string(), v);
@@ -240,11 +240,8 @@ impl<'a> Builder<'a> {
         let w = self.weight(weight, &[dim])?;
         Ok(self.scoped(label, |b| {
             let sq = b.op("Mul", Op::Mul(Mul {}), &[x, x]);
-            let mean = b.op(
-                "ReduceMean",
-                Op::ReduceMean(ReduceMean { axes: Some(vec![-1]), keepdims: 1, noop_with_empty_axes: 0 }),
-                &[sq],
-            );
+            let last = b.ints("axes", &[1], &[-1]);
+            let mean = b.op("ReduceMean", Op::ReduceMean(ReduceMean { keepdims: 1, noop_with_empty_axes: 0 }), &[sq, last]);
             let e = b.scalar("eps", eps);
             let var = b.op("Add", Op::Add(Add {}), &[mean, e]);
             let std = b.op("Sqrt", Op::Sqrt(Sqrt {}), &[var]);

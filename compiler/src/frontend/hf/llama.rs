@@ -117,7 +117,7 @@ fn rotary_tables(b: &mut Builder, arch: &Arch, positions: ValueId) -> (ValueId, 
         })
         .collect();
     let inv_freq = b.floats("inv_freq", &[hd / 2], &inv);
-    let pos = b.op("Cast", Op::Cast(Cast { to: shardc_ir::DType::F32, saturate: 1 }), &[positions]);
+    let pos = b.op("Cast", Op::Cast(Cast { to: shardc_ir::DType::F32, saturate: 1, round_mode: "up".into() }), &[positions]);
     let axes = b.ints("axes", &[1], &[1]);
     let col = b.op("Unsqueeze", Op::Unsqueeze(Unsqueeze {}), &[pos, axes]);
     let freqs = b.op("Mul", Op::Mul(Mul {}), &[col, inv_freq]);

@@ -37,25 +37,6 @@ pub struct Checkpoint {
     pub files: Vec<String>,
 }
 
-fn dtype_of(name: &str) -> Option<DType> {
-    Some(match name {
-        "F32" => DType::F32,
-        "F16" => DType::F16,
-        "BF16" => DType::BF16,
-        "F64" => DType::F64,
-        "I64" => DType::I64,
-        "I32" => DType::I32,
-        "I16" => DType::I16,
-        "I8" => DType::I8,
-        "U8" => DType::U8,
-        "U16" => DType::U16,
-        "U32" => DType::U32,
-        "U64" => DType::U64,
-        "BOOL" => DType::Bool,
-        _ => return None,
-    })
-}
-
 /// Read the header of one safetensors file; `rel` is its name relative to `dir`.
 pub fn read_header(dir: &Path, rel: &str) -> Result<BTreeMap<String, TensorInfo>, HfError> {
     let path = dir.join(rel);
@@ -83,7 +64,7 @@ pub fn read_header(dir: &Path, rel: &str) -> Result<BTreeMap<String, TensorInfo>
         }
         let tbad = |message: String| bad(format!("tensor `{name}`: {message}"));
         let dtype_name = entry["dtype"].as_str().ok_or_else(|| tbad("no dtype".into()))?;
-        let dtype = dtype_of(dtype_name).ok_or_else(|| tbad(format!("unsupported dtype `{dtype_name}`")))?;
+        let dtype = DType::from_safetensors(dtype_name).ok_or_else(|| tbad(format!("unsupported dtype `{dtype_name}`")))?;
         let shape: Vec<usize> = entry["shape"]
             .as_array()
             .ok_or_else(|| tbad("no shape".into()))?
@@ -107,7 +88,8 @@ pub fn read_header(dir: &Path, rel: &str) -> Result<BTreeMap<String, TensorInfo>
         }
         let expected = shape
             .iter()
-            .try_fold(dtype.size_bytes() as u64, |acc, &d| acc.checked_mul(d as u64))
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
+            .and_then(|n| dtype.byte_len(n))
             .ok_or_else(|| tbad(format!("shape {shape:?} is too large")))?;
         if end - begin != expected {
             return Err(tbad(format!("{} bytes of data, but {dtype_name} {shape:?} needs {expected}", end - begin)));
@@ -130,18 +112,36 @@ pub fn read_header(dir: &Path, rel: &str) -> Result<BTreeMap<String, TensorInfo>
 /// in the given order: the 8-byte header length and the JSON header, padded with
 /// spaces to 8 bytes so the data starts aligned. Returns those bytes and each tensor's
 /// (offset from the data start, length).
+///
+/// A dtype safetensors cannot name (the 4-bit types, the `fnuz` 8-bit floats) is
+/// stored as its raw bytes, `U8` of shape `[bytes]`, and the header's `__metadata__`
+/// says what they are: `shardc.dtype.NAME` = `i4[3, 4]` (dtype and shape as the text
+/// IR spells them).
 pub fn encode_header(tensors: &[(&str, DType, &[usize])]) -> (Vec<u8>, Vec<(u64, u64)>) {
     let mut header = serde_json::Map::new();
+    let mut metadata = serde_json::Map::new();
     let mut spans = Vec::with_capacity(tensors.len());
     let mut offset = 0u64;
     for &(name, dtype, shape) in tensors {
-        let len = shape.iter().map(|&d| d as u64).product::<u64>() * dtype.size_bytes() as u64;
-        header.insert(
-            name.to_string(),
-            serde_json::json!({"dtype": dtype.safetensors_name(), "shape": shape, "data_offsets": [offset, offset + len]}),
-        );
+        let elements = shape.iter().map(|&d| d as u64).product::<u64>();
+        let len = dtype.byte_len(elements).unwrap_or(u64::MAX);
+        let entry = match dtype.safetensors_name() {
+            Some(st) => serde_json::json!({"dtype": st, "shape": shape, "data_offsets": [offset, offset + len]}),
+            None => {
+                let dims: Vec<String> = shape.iter().map(usize::to_string).collect();
+                metadata.insert(
+                    format!("shardc.dtype.{name}"),
+                    serde_json::Value::String(format!("{dtype}[{}]", dims.join(", "))),
+                );
+                serde_json::json!({"dtype": "U8", "shape": [len], "data_offsets": [offset, offset + len]})
+            }
+        };
+        header.insert(name.to_string(), entry);
         spans.push((offset, len));
         offset += len;
+    }
+    if !metadata.is_empty() {
+        header.insert("__metadata__".into(), serde_json::Value::Object(metadata));
     }
     let mut text = serde_json::Value::Object(header).to_string();
     while text.len() % 8 != 0 {

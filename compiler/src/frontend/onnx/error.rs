@@ -21,8 +21,8 @@ pub enum OnnxErrorKind {
     Protobuf(String),
     #[error("not an ONNX model: {0}")]
     NotAModel(String),
-    #[error("opset {version} of the default domain is not supported (shardc reads opsets 13 to 21)")]
-    Opset { version: i64 },
+    #[error("opset {version} of the default domain is not supported (shardc reads opsets 7 to 24{})", older.as_ref().map(|op| format!("; before 7 only ops that did not change until opset 7, and `{op}` did")).unwrap_or_default())]
+    Opset { version: i64, older: Option<String> },
     #[error("tensor `{tensor}`: {message}")]
     Tensor { tensor: String, message: String },
     #[error("tensor `{tensor}`: external data location `{location}` {reason}")]

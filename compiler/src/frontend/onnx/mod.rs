@@ -1,5 +1,5 @@
-//! ONNX frontend: an `.onnx` file (opsets 13–21 of the default domain) into a
-//! [`shardc_ir::Graph`].
+//! ONNX frontend: an `.onnx` file (opsets 7–24 of the default domain, converted to
+//! the IR's op forms by [`opset`]) into a [`shardc_ir::Graph`].
 //!
 //! The file is memory-mapped and weight bytes are never copied: tensor payloads are
 //! lifted out of the message by [`wire`] before `onnx-protobuf` parses the rest, and
@@ -10,6 +10,7 @@
 //! set is an error naming the node.
 
 mod error;
+pub mod opset;
 mod tensor;
 pub mod wire;
 
@@ -29,8 +30,7 @@ use wire::PayloadOwner;
 /// Constants with at most this many elements are held inline in the IR.
 pub const INLINE_MAX_ELEMENTS: usize = 64;
 
-/// Supported opsets of the default (`ai.onnx`) domain.
-pub const OPSETS: std::ops::RangeInclusive<i64> = 13..=21;
+pub use opset::OPSETS;
 
 /// An imported ONNX model.
 #[derive(Debug)]
@@ -69,8 +69,14 @@ pub fn import(path: &Path) -> Result<OnnxModel, OnnxError> {
         .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
         .map(|o| o.version)
         .ok_or_else(|| err(OnnxErrorKind::NotAModel("it imports no opset of the default domain".into())))?;
-    if !OPSETS.contains(&opset) {
-        return Err(err(OnnxErrorKind::Opset { version: opset }));
+    if opset > *OPSETS.end() || opset < 1 {
+        return Err(err(OnnxErrorKind::Opset { version: opset, older: None }));
+    }
+    if opset < *OPSETS.start() {
+        // An older opset is read when every op in it is defined as at opset 7.
+        if let Some(node) = graph_proto.node.iter().find(|n| !opset::same_since_opset_1(&n.op_type)) {
+            return Err(err(OnnxErrorKind::Opset { version: opset, older: Some(node.op_type.clone()) }));
+        }
     }
 
     let model_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -132,7 +138,6 @@ pub fn import(path: &Path) -> Result<OnnxModel, OnnxError> {
             let value = attr_value(attr, owner, &reader).map_err(node_err)?;
             attrs.insert(attr.name.clone(), value);
         }
-        let op = Op::from_attrs(&node.op_type, attrs).map_err(|e| node_err(e.to_string()))?;
         let mut inputs = Vec::with_capacity(node.input.len());
         for name in &node.input {
             if name.is_empty() {
@@ -147,6 +152,14 @@ pub fn import(path: &Path) -> Result<OnnxModel, OnnxError> {
                 inputs.push(Some(id));
             }
         }
+        // Trailing omitted inputs are the same as absent ones.
+        while inputs.last() == Some(&None) {
+            inputs.pop();
+        }
+        let label = format!("{}#{index}", node_label(node, index));
+        let mut sink = Upgrades { graph: &mut graph, defined: &defined, label, count: 0 };
+        let (op, inputs) =
+            opset::convert(&node.op_type, opset, attrs, inputs, &mut sink).map_err(node_err)?;
         // Trailing omitted outputs are dropped; omitted ones in between get a name.
         let last = node.output.iter().rposition(|o| !o.is_empty()).map_or(0, |p| p + 1);
         let outputs: Vec<String> = node.output[..last]
@@ -357,8 +370,47 @@ fn constant_node(node: &NodeProto, index: usize, reader: &TensorReader) -> Resul
         "value_floats" => scalar_or_list(DType::F32, attr.floats.iter().map(|&f| f64::from(f)).collect(), false),
         "value_int" => ValueDef::Const(shardc_ir::TensorData::from_i64(vec![], &[attr.i])),
         "value_ints" => ValueDef::Const(shardc_ir::TensorData::from_i64(vec![attr.ints.len()], &attr.ints)),
+        "value_string" | "value_strings" => {
+            return Err(fail(format!("Constant attribute `{}`: string tensors are not supported", attr.name)))
+        }
+        "sparse_value" => return Err(fail("Constant attribute `sparse_value`: sparse tensors are not supported".into())),
         other => return Err(fail(format!("Constant attribute `{other}` is not supported"))),
     })
+}
+
+/// Adds the constants and nodes an older opset's node converts into, named after it.
+struct Upgrades<'a> {
+    graph: &'a mut Graph,
+    defined: &'a HashMap<String, ValueId>,
+    label: String,
+    count: usize,
+}
+
+impl Upgrades<'_> {
+    fn fresh(&mut self, what: &str) -> String {
+        loop {
+            let name = format!("{}/{what}_{}", self.label, self.count);
+            self.count += 1;
+            if !self.defined.contains_key(&name) {
+                return name;
+            }
+        }
+    }
+}
+
+impl opset::Sink for Upgrades<'_> {
+    fn constant(&mut self, data: shardc_ir::TensorData) -> ValueId {
+        let name = self.fresh("const");
+        let ty = TensorType::known(data.dtype, &data.shape);
+        self.graph.add_value(name, Some(ty), ValueDef::Const(data))
+    }
+
+    fn node(&mut self, op: Op, inputs: Vec<Option<ValueId>>) -> ValueId {
+        let name = self.fresh(op.name());
+        let output = format!("{name}_output");
+        let nid = self.graph.add_node(name, op, inputs, &[output]);
+        self.graph.node(nid).outputs[0]
+    }
 }
 
 /// Remove weights and constants nothing uses; returns the names of dropped initializers.

@@ -75,7 +75,8 @@ impl TensorReader<'_> {
         }
         let expected = shape
             .iter()
-            .try_fold(dtype.size_bytes() as u64, |acc, &d| acc.checked_mul(d as u64))
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
+            .and_then(|n| dtype.byte_len(n))
             .ok_or_else(|| bad(format!("shape {shape:?} is too large")))?;
         let length_error = |actual: u64| OnnxErrorKind::DataLength {
             tensor: name.clone(),
@@ -97,11 +98,10 @@ impl TensorReader<'_> {
                 WeightLocation { file: self.model_file_name.to_string(), offset: span.offset, length: span.length };
             return Ok(Payload::Located { name, dtype, shape, location });
         }
-        let data = decode_typed_fields(t, dtype, &shape).map_err(bad)?;
-        if data.len() as u64 * dtype.size_bytes() as u64 != expected {
-            return Err(length_error(data.len() as u64 * dtype.size_bytes() as u64).into());
+        let bytes = decode_typed_fields(t, dtype, &shape).map_err(bad)?;
+        if bytes.len() as u64 != expected {
+            return Err(length_error(bytes.len() as u64).into());
         }
-        let bytes = data.into_iter().flatten().collect();
         Ok(Payload::Inline(TensorData::from_le_bytes(dtype, shape, bytes).map_err(|e| bad(e.to_string()))?))
     }
 
@@ -233,30 +233,42 @@ impl Payload {
     }
 }
 
-/// Decode the typed repeated fields into little-endian element bytes.
-fn decode_typed_fields(t: &TensorProto, dtype: DType, shape: &[usize]) -> Result<Vec<Vec<u8>>, String> {
+/// Decode the typed repeated fields into little-endian element bytes, as the ONNX
+/// spec lays them out: one element per `int32_data` entry for types of 8 bits or more
+/// (16-bit floats and 8-bit floats as their bit patterns), one byte of two packed
+/// elements per entry for the 4-bit types.
+fn decode_typed_fields(t: &TensorProto, dtype: DType, shape: &[usize]) -> Result<Vec<u8>, String> {
     let elements: usize = shape.iter().product();
-    let out: Vec<Vec<u8>> = match dtype {
-        DType::F32 => t.float_data.iter().map(|v| v.to_le_bytes().to_vec()).collect(),
-        DType::F64 => t.double_data.iter().map(|v| v.to_le_bytes().to_vec()).collect(),
-        DType::I64 => t.int64_data.iter().map(|v| v.to_le_bytes().to_vec()).collect(),
-        DType::U64 => t.uint64_data.iter().map(|v| v.to_le_bytes().to_vec()).collect(),
-        DType::U32 => t.uint64_data.iter().map(|&v| (v as u32).to_le_bytes().to_vec()).collect(),
-        DType::I32 => t.int32_data.iter().map(|v| v.to_le_bytes().to_vec()).collect(),
-        DType::I16 => t.int32_data.iter().map(|&v| (v as i16).to_le_bytes().to_vec()).collect(),
+    let (entries, bytes): (usize, Vec<u8>) = match dtype {
+        DType::F32 => (t.float_data.len(), t.float_data.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        DType::F64 => (t.double_data.len(), t.double_data.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        DType::I64 => (t.int64_data.len(), t.int64_data.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        DType::U64 => (t.uint64_data.len(), t.uint64_data.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        DType::U32 => (t.uint64_data.len(), t.uint64_data.iter().flat_map(|&v| (v as u32).to_le_bytes()).collect()),
+        DType::I32 => (t.int32_data.len(), t.int32_data.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        DType::I16 => (t.int32_data.len(), t.int32_data.iter().flat_map(|&v| (v as i16).to_le_bytes()).collect()),
         DType::U16 | DType::F16 | DType::BF16 => {
-            t.int32_data.iter().map(|&v| (v as u16).to_le_bytes().to_vec()).collect()
+            (t.int32_data.len(), t.int32_data.iter().flat_map(|&v| (v as u16).to_le_bytes()).collect())
         }
-        DType::I8 => t.int32_data.iter().map(|&v| vec![v as i8 as u8]).collect(),
-        DType::U8 => t.int32_data.iter().map(|&v| vec![v as u8]).collect(),
-        DType::Bool => t.int32_data.iter().map(|&v| vec![u8::from(v != 0)]).collect(),
+        DType::I8
+        | DType::U8
+        | DType::F8E4M3FN
+        | DType::F8E4M3FNUZ
+        | DType::F8E5M2
+        | DType::F8E5M2FNUZ
+        | DType::F8E8M0 => (t.int32_data.len(), t.int32_data.iter().map(|&v| v as u8).collect()),
+        DType::Bool => (t.int32_data.len(), t.int32_data.iter().map(|&v| u8::from(v != 0)).collect()),
+        DType::I4 | DType::U4 | DType::F4E2M1 => {
+            // Two elements per entry: the entry count is the packed byte count.
+            let bytes: Vec<u8> = t.int32_data.iter().map(|&v| v as u8).collect();
+            (bytes.len() * 2 - usize::from(elements % 2 == 1 && !bytes.is_empty()), bytes)
+        }
     };
-    if out.len() != elements {
+    if entries != elements {
         return Err(format!(
-            "{} {shape:?} needs {elements} elements, the tensor holds {} (and no raw data)",
-            dtype,
-            out.len()
+            "{} {shape:?} needs {elements} elements, the tensor holds {entries} (and no raw data)",
+            dtype
         ));
     }
-    Ok(out)
+    Ok(bytes)
 }
