@@ -31,6 +31,9 @@ pub struct LoadedModel {
     pub has_weights: bool,
     /// Initializers (ONNX) or checkpoint tensors (Hugging Face) the graph does not use.
     pub unused: Vec<String>,
+    /// Why the graph has no units (an ONNX graph whose transformer structure was not
+    /// found): it runs, but cannot be planned.
+    pub no_units: Option<String>,
 }
 
 /// Load `path`: a directory is a Hugging Face checkpoint, a `.json` file its config
@@ -66,6 +69,7 @@ pub fn load(path: &Path, options: &LowerOptions) -> Result<LoadedModel, LoadErro
             format,
             has_weights: m.has_weights,
             unused: m.unused_tensors,
+            no_units: None,
         });
     }
     let m = onnx::import(path)?;
@@ -76,5 +80,6 @@ pub fn load(path: &Path, options: &LowerOptions) -> Result<LoadedModel, LoadErro
         format: format!("ONNX opset {}, {}", m.opset, m.producer),
         has_weights: true,
         unused: m.unused_initializers,
+        no_units: m.structure.err(),
     })
 }

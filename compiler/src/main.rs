@@ -320,6 +320,9 @@ fn planning_inputs(model: &std::path::Path, args: &PlanArgs) -> Result<Planning>
     };
     let profile = shardc_passes::devices::load(&args.devices)?;
     let loaded = load(model, &LowerOptions { max_context: Some(args.max_context as usize) })?;
+    if let Some(why) = &loaded.no_units {
+        bail!("{}: cannot cut the model into units: {why}", model.display());
+    }
     let mut graph = loaded.graph;
     run_pipeline(&mut graph, &mut Ctx::default(), None)?;
     let req = planning::Request {

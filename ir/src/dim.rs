@@ -320,6 +320,20 @@ impl Dim {
 }
 
 impl Dim {
+    /// The dimension with symbols replaced by the dims `map` gives them (others kept).
+    pub fn substitute(&self, map: &std::collections::HashMap<String, Dim>) -> Dim {
+        let Dim::Poly(p) = self else { return Dim::Unknown };
+        let mut total = Dim::known(0);
+        for (mono, c) in &p.terms {
+            let mut term = Dim::known(*c);
+            for s in mono {
+                term = term.mul(&map.get(s).cloned().unwrap_or_else(|| Dim::sym(s)));
+            }
+            total = total.add(&term);
+        }
+        total
+    }
+
     /// The value for given symbol sizes; `None` when unknown or a symbol is unbound.
     pub fn eval(&self, sizes: &std::collections::HashMap<String, i64>) -> Option<i64> {
         let Dim::Poly(p) = self else { return None };

@@ -56,6 +56,81 @@ pub struct Value {
     pub def: ValueDef,
 }
 
+/// The part of a transformer a node belongs to: the units partitioning cuts between.
+/// Frontends record it (the Hugging Face lowering knows it; the ONNX frontend derives
+/// it from the graph's structure); the text IR prints it as `@embed`, `@attn3`,
+/// `@mlp3`, `@layer3`, `@head`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Unit {
+    /// Token and position embeddings, and what every layer reads (masks, positions,
+    /// rotary tables).
+    Embed,
+    /// The attention sub-block of a layer.
+    Attention(u32),
+    /// The MLP sub-block of a layer.
+    Mlp(u32),
+    /// A layer whose attention and MLP are not two sub-blocks (parallel blocks).
+    Layer(u32),
+    /// After the last layer: final norm, the head.
+    Head,
+}
+
+impl Unit {
+    /// Position in the model, for the rule that data flows from a unit to itself or a
+    /// later one: embed, then per layer attention and MLP, then head.
+    pub fn order(self) -> u64 {
+        match self {
+            Unit::Embed => 0,
+            Unit::Attention(l) | Unit::Layer(l) => 1 + 2 * u64::from(l),
+            Unit::Mlp(l) => 2 + 2 * u64::from(l),
+            Unit::Head => u64::MAX,
+        }
+    }
+
+    /// The layer, for the units inside one.
+    pub fn layer(self) -> Option<u32> {
+        match self {
+            Unit::Attention(l) | Unit::Mlp(l) | Unit::Layer(l) => Some(l),
+            Unit::Embed | Unit::Head => None,
+        }
+    }
+
+    /// The text-IR spelling (without the `@`).
+    pub fn text(self) -> String {
+        match self {
+            Unit::Embed => "embed".into(),
+            Unit::Attention(l) => format!("attn{l}"),
+            Unit::Mlp(l) => format!("mlp{l}"),
+            Unit::Layer(l) => format!("layer{l}"),
+            Unit::Head => "head".into(),
+        }
+    }
+
+    /// Parse the text-IR spelling.
+    pub fn parse(s: &str) -> Option<Unit> {
+        let layer = |prefix: &str| s.strip_prefix(prefix).and_then(|n| n.parse::<u32>().ok());
+        match s {
+            "embed" => Some(Unit::Embed),
+            "head" => Some(Unit::Head),
+            _ => layer("attn")
+                .map(Unit::Attention)
+                .or_else(|| layer("mlp").map(Unit::Mlp))
+                .or_else(|| layer("layer").map(Unit::Layer)),
+        }
+    }
+}
+
+/// One KV-cache entry: a graph input holding what earlier steps computed and the graph
+/// output that holds it with this step's entries added, along `axis` (the sequence
+/// axis; an empty cache has size 0 there). The runtime feeds each step's `present`
+/// back as the next step's `past`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct CachePair {
+    pub past: ValueId,
+    pub present: ValueId,
+    pub axis: usize,
+}
+
 /// An op applied to values.
 #[derive(Clone, PartialEq, Debug)]
 pub struct Node {
@@ -65,9 +140,12 @@ pub struct Node {
     /// Inputs; `None` for an omitted optional input.
     pub inputs: Vec<Option<ValueId>>,
     pub outputs: Vec<ValueId>,
+    /// The unit it belongs to, when the frontend knows it.
+    pub unit: Option<Unit>,
 }
 
-/// A graph: nodes in topological order, values, inputs and outputs.
+/// A graph: nodes in topological order, values, inputs and outputs, and the facts
+/// frontends know (each node's [`Unit`], the KV-cache [`CachePair`]s).
 #[derive(Clone, PartialEq, Debug, Default)]
 pub struct Graph {
     pub name: String,
@@ -75,6 +153,7 @@ pub struct Graph {
     pub nodes: Vec<Node>,
     pub inputs: Vec<ValueId>,
     pub outputs: Vec<ValueId>,
+    pub cache: Vec<CachePair>,
 }
 
 impl Graph {
@@ -122,7 +201,7 @@ impl Graph {
     ) -> NodeId {
         let node = NodeId(self.nodes.len() as u32);
         let outputs = output_names.iter().map(|n| self.add_value(n.clone(), None, ValueDef::Node(node))).collect();
-        self.nodes.push(Node { name: name.into(), op, inputs, outputs });
+        self.nodes.push(Node { name: name.into(), op, inputs, outputs, unit: None });
         node
     }
 
@@ -132,6 +211,7 @@ impl Graph {
     pub fn append_copy(&mut self, src: &Graph, node: &Node, inputs: Vec<Option<ValueId>>) -> Vec<(ValueId, ValueId)> {
         let names: Vec<String> = node.outputs.iter().map(|&o| src.value(o).name.clone()).collect();
         let nid = self.add_node(node.name.clone(), node.op.clone(), inputs, &names);
+        self.nodes[nid.index()].unit = node.unit;
         let outs = self.node(nid).outputs.clone();
         node.outputs
             .iter()
@@ -185,6 +265,11 @@ impl Graph {
                 *out = to;
             }
         }
+        for c in &mut self.cache {
+            if c.present == from {
+                c.present = to;
+            }
+        }
     }
 
     /// Keep only the nodes and values for which the predicates hold, renumbering ids
@@ -227,8 +312,26 @@ impl Graph {
         }
         self.inputs = self.inputs.iter().map(|&v| map_v(v)).collect();
         self.outputs = self.outputs.iter().map(|&v| map_v(v)).collect();
+        // A cache pair goes when either end does.
+        self.cache = self
+            .cache
+            .iter()
+            .filter_map(|c| {
+                Some(CachePair { past: *value_map.get(&c.past)?, present: *value_map.get(&c.present)?, axis: c.axis })
+            })
+            .collect();
         self.nodes = nodes;
         self.values = values;
+    }
+
+    /// The cache pair whose past input is `v`.
+    pub fn cache_of_input(&self, v: ValueId) -> Option<&CachePair> {
+        self.cache.iter().find(|c| c.past == v)
+    }
+
+    /// The cache pair whose present output is `v`.
+    pub fn cache_of_output(&self, v: ValueId) -> Option<&CachePair> {
+        self.cache.iter().find(|c| c.present == v)
     }
 
     /// Op histogram: op name → node count, sorted by name.

@@ -19,6 +19,11 @@
 //!    (its location, when it has one, has exactly that length), and every weight and
 //!    constant is used by a node or is a graph output.
 //! 8. **Outputs defined**: the graph has at least one output.
+//! 9. **Units**: when any node has a unit, every node computed at run time (not from
+//!    weights and constants alone) has one, and no node's unit comes before the unit
+//!    of a run-time node whose output it reads.
+//! 10. **Cache pairs**: each names a graph input (past) and a graph output (present),
+//!     neither in another pair, with one dtype and rank, and the axis within it.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -179,6 +184,38 @@ pub fn verify(graph: &Graph) -> Result<(), VerifyError> {
         }
     }
 
+    // 9: units.
+    check_units(graph, &mut problems);
+    // 10: cache pairs.
+    let mut cached = HashSet::new();
+    for c in &graph.cache {
+        let (p, q) = (c.past, c.present);
+        if !in_range(p) || !in_range(q) {
+            problems.push(format!("cache pair {p} -> {q} names an out-of-range value"));
+            continue;
+        }
+        if !graph.inputs.contains(&p) {
+            problems.push(format!("cache pair: {p} `{}` is not a graph input", graph.value(p).name));
+        }
+        if !graph.outputs.contains(&q) {
+            problems.push(format!("cache pair: {q} `{}` is not a graph output", graph.value(q).name));
+        }
+        if !cached.insert(p) || !cached.insert(q) {
+            problems.push(format!("cache pair {p} -> {q}: a value is in two pairs"));
+        }
+        if let (Some(a), Some(b)) = (&graph.value(p).ty, &graph.value(q).ty) {
+            if a.dtype != b.dtype || a.rank() != b.rank() {
+                problems.push(format!(
+                    "cache pair {p} -> {q}: `{}` and `{}` differ in dtype or rank",
+                    graph.value(p).name,
+                    graph.value(q).name
+                ));
+            } else if c.axis >= a.rank() {
+                problems.push(format!("cache pair {p} -> {q}: axis {} is beyond rank {}", c.axis, a.rank()));
+            }
+        }
+    }
+
     // 8: outputs.
     if graph.outputs.is_empty() {
         problems.push("the graph has no outputs".into());
@@ -230,5 +267,43 @@ fn check_node_types(graph: &Graph, i: usize, problems: &mut Vec<String>) {
             }
         }
         _ => {}
+    }
+}
+
+fn check_units(graph: &Graph, problems: &mut Vec<String>) {
+    if graph.nodes.iter().all(|n| n.unit.is_none()) {
+        return;
+    }
+    // Values computed at run time, and the unit of the node computing each.
+    let mut run_time: Vec<bool> = graph.values.iter().map(|v| matches!(v.def, ValueDef::Input)).collect();
+    let mut unit_of: Vec<Option<crate::Unit>> = vec![None; graph.values.len()];
+    for (i, node) in graph.nodes.iter().enumerate() {
+        let inputs: Vec<usize> = node.inputs.iter().flatten().map(|v| v.index()).filter(|&v| v < run_time.len()).collect();
+        let computed = inputs.iter().any(|&v| run_time[v]);
+        if computed && node.unit.is_none() {
+            problems.push(format!("node n{i} `{}` ({}) has no unit, but other nodes do", node.name, node.op.name()));
+        }
+        if let Some(u) = node.unit {
+            for &v in &inputs {
+                if let Some(from) = unit_of[v] {
+                    if u.order() < from.order() {
+                        problems.push(format!(
+                            "node n{i} `{}` (@{}) reads `{}` from a later unit (@{})",
+                            node.name,
+                            u.text(),
+                            graph.values[v].name,
+                            from.text()
+                        ));
+                    }
+                }
+            }
+        }
+        let n = run_time.len();
+        for o in node.outputs.iter().map(|o| o.index()).filter(|&o| o < n) {
+            run_time[o] = computed;
+            if computed {
+                unit_of[o] = node.unit;
+            }
+        }
     }
 }

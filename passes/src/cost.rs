@@ -19,12 +19,9 @@ pub struct Workload {
     pub max_context: u64,
 }
 
-/// Whether a graph has a KV cache: some shape mentions the `past` symbol.
+/// Whether a graph has a KV cache (its frontend recorded cache pairs).
 pub fn has_past(graph: &Graph) -> bool {
-    graph
-        .values
-        .iter()
-        .any(|v| v.ty.as_ref().is_some_and(|t| t.shape.iter().any(|d| d.symbols().iter().any(|s| s == "past"))))
+    !graph.cache.is_empty()
 }
 
 /// The dtype that holds most of the weight bytes (`None` without weights).

@@ -10,6 +10,7 @@ pub mod infer;
 pub mod infer_shapes;
 pub mod plan;
 pub mod quantity;
+pub mod roles;
 pub mod segment;
 pub mod simplify;
 pub mod split;

@@ -1,19 +1,17 @@
 //! `segment`: group nodes into units, the atoms of partitioning — the embedding, one
-//! attention and one MLP sub-block per transformer layer, and the head — and record
-//! every tensor that crosses from one unit to a later one.
+//! attention and one MLP sub-block per transformer layer (or one unit per layer where
+//! the two are not separate sub-blocks), and the head — and record every tensor that
+//! crosses from one unit to a later one.
 //!
-//! Layers and sub-blocks are read from node names (`…/layers.3/self_attn/…`,
-//! `…/h.3/mlp/…`, as exporters and shardc's own lowering write them). A node with a
-//! layer but no recognisable sub-block (a residual `Add`) joins the latest unit it
-//! reads from; a node outside every layer joins the embedding when it reads only from
-//! the embedding (masks, positions, rotary tables), else the head. Nodes that read
-//! only weights and constants go to their earliest consumer (and, like weights, are
-//! repeated on every device that reads them, so they never cross a cut). Every edge
-//! then goes from a unit to the same or a later one.
+//! Units are the frontends' typed facts ([`shardc_ir::Unit`] on every node): the
+//! Hugging Face lowering knows them, the ONNX frontend derives them from the graph's
+//! structure. Nodes that read only weights and constants go to their earliest
+//! consumer (and, like weights, are repeated on every device that reads them, so they
+//! never cross a cut). Every edge then goes from a unit to the same or a later one.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
-use shardc_ir::{Graph, ValueId};
+use shardc_ir::{Graph, Unit as UnitFact, ValueId};
 
 use crate::cost::constant_nodes;
 
@@ -24,6 +22,8 @@ pub enum UnitKind {
     Embed,
     Attention,
     Mlp,
+    /// A whole layer (attention and MLP not separate sub-blocks).
+    Layer,
     Head,
 }
 
@@ -63,71 +63,43 @@ pub struct Segmentation {
 #[error("segment: {0}")]
 pub struct SegmentError(pub String);
 
-const CONTAINERS: &[&str] = &["layers", "layer", "h", "blocks", "block"];
-
-#[derive(Clone, Copy, PartialEq)]
-enum Class {
-    Attention,
-    Mlp,
-    Unknown,
-}
-
-fn classify(name: &str) -> Option<(usize, Class)> {
-    let tokens: Vec<&str> = name.split(['/', '.', ':']).collect();
-    for (i, pair) in tokens.windows(2).enumerate() {
-        if CONTAINERS.contains(&pair[0]) {
-            if let Ok(layer) = pair[1].parse::<usize>() {
-                let next = tokens.get(i + 2).copied().unwrap_or("").to_ascii_lowercase();
-                let class = if next.contains("mlp")
-                    || next.contains("feed_forward")
-                    || next == "ln_2"
-                    || next == "post_attention_layernorm"
-                {
-                    Class::Mlp
-                } else if next.contains("attn")
-                    || next.contains("attention")
-                    || next == "input_layernorm"
-                    || next == "ln_1"
-                {
-                    Class::Attention
-                } else {
-                    Class::Unknown
-                };
-                return Some((layer, class));
-            }
-        }
+fn describe(u: UnitFact) -> (String, UnitKind, Option<usize>) {
+    match u {
+        UnitFact::Embed => ("embed".into(), UnitKind::Embed, None),
+        UnitFact::Attention(l) => (format!("layer {l} attention"), UnitKind::Attention, Some(l as usize)),
+        UnitFact::Mlp(l) => (format!("layer {l} mlp"), UnitKind::Mlp, Some(l as usize)),
+        UnitFact::Layer(l) => (format!("layer {l}"), UnitKind::Layer, Some(l as usize)),
+        UnitFact::Head => ("head".into(), UnitKind::Head, None),
     }
-    None
 }
 
 /// Segment a graph into units.
 pub fn segment(graph: &Graph) -> Result<Segmentation, SegmentError> {
-    let classes: Vec<Option<(usize, Class)>> = graph.nodes.iter().map(|n| classify(&n.name)).collect();
-    let layers = classes.iter().flatten().map(|(l, _)| l + 1).max().unwrap_or(0);
-    if layers == 0 {
-        return Err(SegmentError(
-            "no transformer layers recognised in node names (`layers.N`, `h.N`, …); cannot cut the graph into units"
-                .into(),
-        ));
-    }
-    let head = 1 + 2 * layers;
     let (constant_node, _) = constant_nodes(graph);
-    let mut producer_unit: Vec<Option<usize>> = vec![None; graph.values.len()];
-    let mut unit = vec![0usize; graph.nodes.len()];
+    // The units present, in model order.
+    let mut present: BTreeMap<u64, UnitFact> = BTreeMap::new();
     for (i, node) in graph.nodes.iter().enumerate() {
         if constant_node[i] {
             continue;
         }
-        let from = node.inputs.iter().flatten().filter_map(|v| producer_unit[v.index()]).max().unwrap_or(0);
-        unit[i] = match classes[i] {
-            Some((l, Class::Attention)) => from.max(1 + 2 * l),
-            Some((l, Class::Mlp)) => from.max(2 + 2 * l),
-            Some((l, Class::Unknown)) => from.max(1 + 2 * l),
-            None if from == 0 => 0,
-            None => head.max(from),
-        };
-        for &o in &node.outputs {
-            producer_unit[o.index()] = Some(unit[i]);
+        let u = node.unit.ok_or_else(|| {
+            SegmentError(format!(
+                "node `{}` ({}) has no unit: the graph carries no unit facts, so it cannot be cut into units",
+                node.name,
+                node.op.name()
+            ))
+        })?;
+        present.insert(u.order(), u);
+    }
+    if !present.values().any(|u| u.layer().is_some()) {
+        return Err(SegmentError("no transformer layers: no node belongs to a layer's unit".into()));
+    }
+    let index: BTreeMap<u64, usize> = present.keys().enumerate().map(|(i, &k)| (k, i)).collect();
+    let head = present.len() - 1;
+    let mut unit = vec![0usize; graph.nodes.len()];
+    for (i, node) in graph.nodes.iter().enumerate() {
+        if let (false, Some(u)) = (constant_node[i], node.unit) {
+            unit[i] = index[&u.order()];
         }
     }
     // Load-time nodes run with their earliest consumer.
@@ -182,39 +154,20 @@ pub fn segment(graph: &Graph) -> Result<Segmentation, SegmentError> {
             }
         }
     }
-    // Name the units and drop empty ones.
-    let mut members: Vec<Vec<usize>> = vec![Vec::new(); head + 1];
+    let mut members: Vec<Vec<usize>> = vec![Vec::new(); present.len()];
     for (i, &u) in unit.iter().enumerate() {
         members[u].push(i);
     }
-    let mut remap = vec![usize::MAX; head + 1];
-    let mut units = Vec::new();
-    for (u, nodes) in members.into_iter().enumerate() {
-        if nodes.is_empty() {
-            continue;
-        }
-        let (name, kind, layer) = if u == 0 {
-            ("embed".to_string(), UnitKind::Embed, None)
-        } else if u == head {
-            ("head".to_string(), UnitKind::Head, None)
-        } else if u % 2 == 1 {
-            let l = (u - 1) / 2;
-            (format!("layer {l} attention"), UnitKind::Attention, Some(l))
-        } else {
-            let l = (u - 2) / 2;
-            (format!("layer {l} mlp"), UnitKind::Mlp, Some(l))
-        };
-        remap[u] = units.len();
-        units.push(Unit { name, kind, layer, nodes });
-    }
-    let unit_of = unit.iter().map(|&u| remap[u]).collect();
-    for c in &mut crossings {
-        c.producer = remap[c.producer];
-        for x in &mut c.consumers {
-            *x = remap[*x];
-        }
-    }
-    Ok(Segmentation { units, layers, unit_of, crossings })
+    let units: Vec<Unit> = present
+        .values()
+        .zip(members)
+        .map(|(&fact, nodes)| {
+            let (name, kind, layer) = describe(fact);
+            Unit { name, kind, layer, nodes }
+        })
+        .collect();
+    let layers = units.iter().filter_map(|u| u.layer).max().map_or(0, |l| l + 1);
+    Ok(Segmentation { units, layers, unit_of: unit, crossings })
 }
 
 impl Segmentation {

@@ -4,8 +4,8 @@
 //! and the load-time nodes (a weight's cast) they need, repeated on every stage that
 //! needs them. Its inputs are the graph inputs it reads (token ids, its layers' KV
 //! cache) and the tensors other stages compute; its outputs are the graph outputs it
-//! computes and the tensors later stages read. Values keep their names, which are the
-//! names the transmission map uses.
+//! computes and the tensors later stages read; the KV-cache pairs of its layers stay
+//! pairs. Values keep their names, which are the names the transmission map uses.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -91,6 +91,14 @@ pub fn stage_graph(graph: &Graph, stage_of_node: &[usize], s: usize) -> (Graph, 
                 uses[o.index()].iter().any(|c| stage_of_node[c.index()] != s && !constant_node[c.index()]);
             if outputs.contains(&o) || read_elsewhere {
                 sub.outputs.push(map[&o]);
+            }
+        }
+    }
+    // KV-cache pairs whose past and present both live here stay pairs.
+    for c in &graph.cache {
+        if let (Some(&past), Some(&present)) = (map.get(&c.past), map.get(&c.present)) {
+            if sub.inputs.contains(&past) && sub.outputs.contains(&present) {
+                sub.cache.push(shardc_ir::CachePair { past, present, axis: c.axis });
             }
         }
     }

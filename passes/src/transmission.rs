@@ -45,11 +45,23 @@ pub struct Transfer {
     pub recomputable: bool,
 }
 
+/// The tensors a client drives a language model by.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Generation {
+    /// The token-ids input the client sends.
+    pub token_input: String,
+    /// The logits output the client reads the next token from.
+    pub logits: String,
+}
+
 /// The transmission map of a plan.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct TransmissionMap {
     /// Device names in pipeline order.
     pub stages: Vec<String>,
+    /// For a language model: the token input and the logits (absent for other graphs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generation: Option<Generation>,
     /// Device-local state: KV-cache inputs and outputs each stage keeps.
     pub device_local: BTreeMap<String, Vec<String>>,
     pub transfers: Vec<Transfer>,
@@ -64,9 +76,11 @@ pub fn build(
     workload: &Workload,
 ) -> Result<TransmissionMap, CostError> {
     let has_past = crate::cost::has_past(graph);
-    let dec = sizes(graph, &workload.bindings(Phase::Decode, has_past))?;
+    // Per token for a language model; per forward pass for other graphs.
+    let step = if crate::roles::lm_roles(graph).is_some() { Phase::Decode } else { Phase::Prefill };
+    let dec = sizes(graph, &workload.bindings(step, has_past))?;
     let pre = sizes(graph, &workload.bindings(Phase::Prefill, has_past))?;
-    let costs = node_costs(graph, &workload.bindings(Phase::Decode, has_past))?;
+    let costs = node_costs(graph, &workload.bindings(step, has_past))?;
     let stages = seg.stage_of_nodes(plan);
     let stage_of_node = |i: usize| stages[i];
     let device = |s: usize| names[plan[s].device].clone();
@@ -116,7 +130,7 @@ pub fn build(
     for &input in &graph.inputs {
         let v = graph.value(input);
         let readers: BTreeSet<usize> = uses[input.index()].iter().map(|c| stage_of_node(c.index())).collect();
-        if v.name.starts_with("past_key_values.") {
+        if graph.cache_of_input(input).is_some() {
             for s in &readers {
                 device_local.entry(device(*s)).or_default().push(v.name.clone());
             }
@@ -147,7 +161,7 @@ pub fn build(
             let name = graph.value(o).name.clone();
             let (dtype, shape) = describe(o);
             if outputs.contains(&o) {
-                if name.starts_with("present.") {
+                if graph.cache_of_output(o).is_some() {
                     device_local.entry(device(from)).or_default().push(name.clone());
                 } else {
                     transfers.push(Transfer {
@@ -182,5 +196,9 @@ pub fn build(
             });
         }
     }
-    Ok(TransmissionMap { stages: plan.iter().map(|s| names[s.device].clone()).collect(), device_local, transfers })
+    let generation = crate::roles::lm_roles(graph).map(|r| Generation {
+        token_input: graph.value(r.token_input).name.clone(),
+        logits: graph.value(r.logits).name.clone(),
+    });
+    Ok(TransmissionMap { stages: plan.iter().map(|s| names[s.device].clone()).collect(), generation, device_local, transfers })
 }

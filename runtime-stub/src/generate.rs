@@ -2,17 +2,47 @@
 //! of stages: logits of a prompt, greedy generation re-running the prefix (graphs
 //! without a KV cache) or feeding one token and the cache (graphs with one).
 //!
-//! Everything is by name: the token input is the one i64 `[batch, seq]` input that is
-//! not a cache; the logits are the output named `logits` (else the first); each
-//! `past_key_values.{i}.key|value` input is fed from the `present.{i}.key|value`
-//! output of the previous step.
+//! Inputs and outputs are named as the graph names them; what is a KV cache is the
+//! graph's typed facts ([`shardc_ir::CachePair`]): each past input is fed from its
+//! present output of the previous step. The token input is the one i64 `[batch, seq]`
+//! input that is not a cache; the logits are the first output that is not a cache.
 
 use std::collections::HashMap;
 
 use ndarray::{ArrayD, IxDyn};
-use shardc_ir::{DType, TensorType};
+use shardc_ir::{DType, Graph, TensorType};
 
 use crate::{RuntimeError, Session, Tensor};
+
+/// One KV-cache entry of a graph, by name.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CacheEntry {
+    /// The input holding the entries of earlier steps.
+    pub past: String,
+    /// The output holding them with this step's added: the next step's past.
+    pub present: String,
+    /// Shape of an empty cache for one request: the sequence axis 0, other symbolic
+    /// dims (the batch) 1.
+    pub empty_shape: Vec<usize>,
+}
+
+/// The KV-cache entries of a graph, from its cache facts.
+pub fn cache_entries(g: &Graph) -> Vec<CacheEntry> {
+    g.cache
+        .iter()
+        .map(|c| {
+            let past = g.value(c.past);
+            let empty_shape = past.ty.as_ref().map_or(Vec::new(), |t| {
+                t.shape
+                    .iter()
+                    .enumerate()
+                    .map(|(i, d)| if i == c.axis { 0 } else { d.as_known().map_or(1, |n| n.max(0) as usize) })
+                    .collect()
+            });
+            CacheEntry { past: past.name.clone(), present: g.value(c.present).name.clone(), empty_shape }
+        })
+        .collect()
+}
 
 /// Something that runs a model: named inputs in, named outputs out.
 pub trait Runner {
@@ -20,6 +50,8 @@ pub trait Runner {
     fn inputs(&self) -> Vec<(String, Option<TensorType>)>;
     /// Outputs the caller receives, in order.
     fn outputs(&self) -> Vec<String>;
+    /// The KV-cache entries among those inputs and outputs.
+    fn cache(&self) -> Vec<CacheEntry>;
     /// Run once.
     fn run(&self, inputs: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>, RuntimeError>;
 }
@@ -32,6 +64,9 @@ impl Runner for Session {
     fn outputs(&self) -> Vec<String> {
         let g = self.graph();
         g.outputs.iter().map(|&v| g.value(v).name.clone()).collect()
+    }
+    fn cache(&self) -> Vec<CacheEntry> {
+        cache_entries(self.graph())
     }
     fn run(&self, inputs: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>, RuntimeError> {
         Session::run(self, inputs)
@@ -52,26 +87,11 @@ impl Logits {
     }
 }
 
-/// KV-cache inputs (`past_key_values.*`) and outputs (`present.*`): state that stays
-/// with the layers that read it.
-pub fn is_cache(name: &str) -> bool {
-    name.starts_with("past_key_values.") || name.starts_with("present.")
-}
-
-/// A dimension of an empty cache (nothing cached yet, batch 1): known sizes as they
-/// are, `past` 0, `batch` 1; `None` for any other symbol.
-pub fn empty_cache_dim(d: &shardc_ir::Dim) -> Option<usize> {
-    match d.as_known() {
-        Some(n) => Some(n as usize),
-        None if d.symbols() == ["past"] => Some(0),
-        None if d.symbols() == ["batch"] => Some(1),
-        None => None,
-    }
-}
-
 /// The name of the token input: the one i64 `[batch, seq]` input that is not a cache.
 pub fn ids_input(model: &dyn Runner) -> Result<String, RuntimeError> {
-    let inputs: Vec<(String, Option<TensorType>)> = model.inputs().into_iter().filter(|(n, _)| !is_cache(n)).collect();
+    let cache: Vec<String> = model.cache().into_iter().map(|c| c.past).collect();
+    let inputs: Vec<(String, Option<TensorType>)> =
+        model.inputs().into_iter().filter(|(n, _)| !cache.contains(n)).collect();
     let bad = |name: &str, message: String| RuntimeError::Input { name: name.to_string(), message };
     match inputs.as_slice() {
         [(name, ty)] => match ty {
@@ -97,12 +117,13 @@ fn ids_tensor(name: &str, ids: &[i64]) -> Result<Tensor, RuntimeError> {
         .map_err(|e| RuntimeError::Input { name: name.to_string(), message: e.to_string() })
 }
 
-/// Pick the logits out of a run's outputs and check their shape.
-fn take_logits(outputs: &mut HashMap<String, Tensor>, names: &[String], tokens: usize) -> Result<Logits, RuntimeError> {
-    let name =
-        if outputs.contains_key("logits") { "logits".to_string() } else { names.first().cloned().unwrap_or_default() };
+/// Pick the logits (the first output that is not a cache) out of a run's outputs and
+/// check their shape.
+fn take_logits(model: &dyn Runner, outputs: &mut HashMap<String, Tensor>, tokens: usize) -> Result<Logits, RuntimeError> {
+    let cache: Vec<String> = model.cache().into_iter().map(|c| c.present).collect();
+    let name = model.outputs().into_iter().find(|n| !cache.contains(n)).unwrap_or_default();
     let logits = outputs.remove(&name).ok_or_else(|| RuntimeError::Input {
-        name: "logits".into(),
+        name: "(logits)".into(),
         message: "the model has no logits output".into(),
     })?;
     let bad = |message: String| RuntimeError::Input { name: name.clone(), message };
@@ -119,7 +140,7 @@ pub fn logits(model: &dyn Runner, ids: &[i64]) -> Result<Logits, RuntimeError> {
     let name = ids_input(model)?;
     let input = ids_tensor(&name, ids)?;
     let mut outputs: HashMap<String, Tensor> = model.run(vec![(name, input)])?.into_iter().collect();
-    take_logits(&mut outputs, &model.outputs(), ids.len())
+    take_logits(model, &mut outputs, ids.len())
 }
 
 /// Index of the largest value (the first one on ties, as `torch.argmax`).
@@ -165,26 +186,8 @@ pub struct CacheLayout {
 impl CacheLayout {
     /// The cache layout of a model, if it has cache inputs.
     pub fn of(model: &dyn Runner) -> Result<Option<CacheLayout>, RuntimeError> {
-        let outputs = model.outputs();
-        let mut entries = Vec::new();
-        for (name, ty) in model.inputs() {
-            let Some(rest) = name.strip_prefix("past_key_values.") else { continue };
-            let present = format!("present.{rest}");
-            let bad = |message: String| RuntimeError::Input { name: name.clone(), message };
-            if !outputs.contains(&present) {
-                return Err(bad(format!("no `{present}` output feeds this cache input")));
-            }
-            let ty = ty.ok_or_else(|| bad("has no type".into()))?;
-            // Batch 1, nothing cached yet: every symbolic dim becomes 1 except `past`.
-            let shape = ty
-                .shape
-                .iter()
-                .map(|d| {
-                    empty_cache_dim(d).ok_or_else(|| bad(format!("cache dim `{d}` is neither known, batch nor past")))
-                })
-                .collect::<Result<_, _>>()?;
-            entries.push((name.clone(), present, shape));
-        }
+        let entries: Vec<(String, String, Vec<usize>)> =
+            model.cache().into_iter().map(|c| (c.past, c.present, c.empty_shape)).collect();
         if entries.is_empty() {
             return Ok(None);
         }
@@ -218,7 +221,7 @@ pub fn cached_step(
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let logits = take_logits(&mut outputs, &model.outputs(), ids.len())?;
+    let logits = take_logits(model, &mut outputs, ids.len())?;
     Ok((logits, next_cache))
 }
 

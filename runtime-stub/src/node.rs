@@ -16,12 +16,11 @@ use std::time::{Duration, Instant};
 
 use ndarray::{ArrayD, IxDyn};
 use serde::{Deserialize, Serialize};
-use shardc_ir::Graph;
 
 use crate::balance::{BalanceOptions, BalanceSpec, Balancer, Decision, Route, StageView};
 use crate::cluster::Cluster;
 use crate::frame::{self, Frame};
-use crate::generate::{argmax, empty_cache_dim, is_cache};
+use crate::generate::{argmax, cache_entries, CacheEntry};
 use crate::package::{self, HeldUnits, Manifest};
 use crate::{Session, Tensor};
 
@@ -149,25 +148,10 @@ struct Active {
     range: Option<[usize; 2]>,
     /// Inputs that arrive from the client or other devices.
     needed: Vec<String>,
-    /// KV-cache inputs and their empty shapes.
-    cache_inputs: Vec<(String, Vec<usize>)>,
+    /// The stage's KV-cache entries (past input, present output, empty shape).
+    cache: Vec<CacheEntry>,
     /// Who receives each output.
     peers_of: HashMap<String, Vec<String>>,
-}
-
-/// The KV-cache inputs of a graph, with the shape of an empty cache (batch 1, no past).
-fn cache_inputs(g: &Graph) -> Vec<(String, Vec<usize>)> {
-    g.inputs
-        .iter()
-        .map(|&v| g.value(v))
-        .filter(|v| is_cache(&v.name))
-        .map(|v| {
-            // Any other symbol is taken as 1, like batch.
-            let shape =
-                v.ty.as_ref().map_or(Vec::new(), |t| t.shape.iter().map(|d| empty_cache_dim(d).unwrap_or(1)).collect());
-            (v.name.clone(), shape)
-        })
-        .collect()
 }
 
 /// A KV-cache handover in progress: the entries still to arrive.
@@ -217,9 +201,9 @@ impl Device<'_> {
         let waited_ms = self.first_arrival.remove(&key).map_or(0.0, |t| t.elapsed().as_secs_f64() * 1e3);
         let mut inputs: Vec<(String, Tensor)> = self.pending.remove(&key).unwrap_or_default().into_iter().collect();
         let cache = self.caches.entry(key.0).or_default();
-        for (name, shape) in &self.active.cache_inputs {
-            let t = cache.remove(name).unwrap_or_else(|| Tensor::f32(ArrayD::zeros(IxDyn(shape))));
-            inputs.push((name.clone(), t));
+        for entry in &self.active.cache {
+            let t = cache.remove(&entry.past).unwrap_or_else(|| Tensor::f32(ArrayD::zeros(IxDyn(&entry.empty_shape))));
+            inputs.push((entry.past.clone(), t));
         }
         let started = Instant::now();
         let outputs = match self.active.session.run(inputs) {
@@ -237,8 +221,8 @@ impl Device<'_> {
         let send_started = Instant::now();
         let mut by_peer: BTreeMap<String, Vec<(String, Tensor)>> = BTreeMap::new();
         for (name, t) in outputs {
-            if let Some(rest) = name.strip_prefix("present.") {
-                cache.insert(format!("past_key_values.{rest}"), t);
+            if let Some(entry) = self.active.cache.iter().find(|c| c.present == name) {
+                cache.insert(entry.past.clone(), t);
                 continue;
             }
             for peer in self.active.peers_of.get(&name).into_iter().flatten() {
@@ -303,15 +287,15 @@ impl Device<'_> {
         } else {
             let graph = held.stage(range)?;
             let session = Session::new(graph, &self.dir);
-            let cache_inputs = cache_inputs(session.graph());
-            Some((session, cache_inputs))
+            let cache = cache_entries(session.graph());
+            Some((session, cache))
         };
         // The new stage must take and give exactly what the routes say.
         let (inputs, outputs): (Vec<String>, Vec<String>) = {
             let g = active.as_ref().map_or(self.active.session.graph(), |(s, _)| s.graph());
             (
-                g.inputs.iter().map(|&v| g.value(v).name.clone()).filter(|n| !is_cache(n)).collect(),
-                g.outputs.iter().map(|&v| g.value(v).name.clone()).filter(|n| !is_cache(n)).collect(),
+                g.inputs.iter().filter(|&&v| g.cache_of_input(v).is_none()).map(|&v| g.value(v).name.clone()).collect(),
+                g.outputs.iter().filter(|&&v| g.cache_of_output(v).is_none()).map(|&v| g.value(v).name.clone()).collect(),
             )
         };
         let routed_in: BTreeSet<&String> =
@@ -327,15 +311,15 @@ impl Device<'_> {
         }
         let peers_of =
             outputs.iter().map(|o| (o.clone(), plan.routes.get(o).map_or(Vec::new(), |r| r.to.clone()))).collect();
-        if let Some((session, cache_inputs)) = active {
+        if let Some((session, cache)) = active {
             self.active.session = session;
-            self.active.cache_inputs = cache_inputs;
+            self.active.cache = cache;
         }
         self.active.range = Some(range);
         self.active.needed = inputs;
         self.active.peers_of = peers_of;
         // KV cache: entries of layers that leave go to their new device.
-        let keep: BTreeSet<String> = self.active.cache_inputs.iter().map(|(n, _)| n.clone()).collect();
+        let keep: BTreeSet<String> = self.active.cache.iter().map(|c| c.past.clone()).collect();
         let mut outgoing: BTreeMap<(String, u64), Vec<(String, Tensor)>> = BTreeMap::new();
         self.caches.retain(|r, _| plan.requests.contains(r));
         for (&r, cache) in &mut self.caches {
@@ -417,7 +401,7 @@ pub fn serve(
     let socket = ctx.socket(zmq::PULL).map_err(|e| e.to_string())?;
     socket.bind(address).map_err(|e| format!("{device}: cannot bind {address}: {e}"))?;
     let active = Active {
-        cache_inputs: cache_inputs(session.graph()),
+        cache: cache_entries(session.graph()),
         session,
         range,
         needed: manifest.inputs.iter().map(|p| p.name.clone()).collect(),
@@ -516,6 +500,8 @@ struct Client<'a> {
     socket: zmq::Socket,
     peers: HashMap<String, zmq::Socket>,
     ids_to: Vec<String>,
+    /// The name of the token input (the transmission map's `generation`).
+    token_input: String,
 }
 
 impl Client<'_> {
@@ -526,7 +512,7 @@ impl Client<'_> {
     fn send_ids(&mut self, r: u64, step: u64, ids: &[i64]) -> Result<(), String> {
         let t = Tensor::i64(ArrayD::from_shape_vec(IxDyn(&[1, ids.len()]), ids.to_vec()).map_err(|e| e.to_string())?);
         for d in &self.ids_to {
-            let f = Frame::new("tensors", r, step, "client", vec![("input_ids".into(), t.clone())]);
+            let f = Frame::new("tensors", r, step, "client", vec![(self.token_input.clone(), t.clone())]);
             send_to(&mut self.peers, self.ctx, self.cluster, d, &f, self.opts)?;
         }
         Ok(())
@@ -578,7 +564,7 @@ impl Client<'_> {
             kv += ready.kv_sent_bytes;
             waiting.remove(&msg.sender);
         }
-        self.ids_to = routes.get("input_ids").map_or(Vec::new(), |r| r.to.clone());
+        self.ids_to = routes.get(&self.token_input).map_or(Vec::new(), |r| r.to.clone());
         Ok(kv)
     }
 }
@@ -601,11 +587,17 @@ pub fn generate(
         .iter()
         .filter_map(|s| s.as_str().map(String::from))
         .collect();
+    let role = |key: &str| -> Result<String, String> {
+        map["generation"][key].as_str().map(String::from).ok_or_else(|| {
+            "these packages are not a language model a client can drive: the transmission map names no token input and logits".to_string()
+        })
+    };
+    let (token_input, logits_name) = (role("token_input")?, role("logits")?);
     let ids_to: Vec<String> = map["transfers"]
         .as_array()
-        .and_then(|t| t.iter().find(|t| t["tensor"] == "input_ids"))
+        .and_then(|t| t.iter().find(|t| t["tensor"] == token_input.as_str()))
         .and_then(|t| t["to"].as_array())
-        .ok_or("the transmission map does not say who takes input_ids")?
+        .ok_or_else(|| format!("the transmission map does not say who takes `{token_input}`"))?
         .iter()
         .filter_map(|s| s.as_str().map(String::from))
         .collect();
@@ -628,7 +620,7 @@ pub fn generate(
     }
     let socket = ctx.socket(zmq::PULL).map_err(|e| e.to_string())?;
     socket.bind(&cluster.client).map_err(|e| format!("client: cannot bind {}: {e}", cluster.client))?;
-    let mut client = Client { cluster, ctx, opts, socket, peers: HashMap::new(), ids_to };
+    let mut client = Client { cluster, ctx, opts, socket, peers: HashMap::new(), ids_to, token_input };
     let started = Instant::now();
     let mut tokens: Vec<Vec<i64>> = vec![Vec::new(); requests];
     let mut token_ms: Vec<Vec<f64>> = vec![Vec::new(); requests];
@@ -688,7 +680,7 @@ pub fn generate(
                 }
             }
             "tensors" => {
-                if let Some((_, t)) = msg.tensors.iter().find(|(n, _)| n == "logits") {
+                if let Some((_, t)) = msg.tensors.iter().find(|(n, _)| *n == logits_name) {
                     let values = t.to_f32_vec();
                     let vocab = *t.shape().last().unwrap_or(&1);
                     logits.insert(key, values[values.len().saturating_sub(vocab)..].to_vec());

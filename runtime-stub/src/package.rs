@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use shardc_ir::Graph;
 
-use crate::generate::is_cache;
 use crate::pipeline::Pipeline;
 use crate::{RuntimeError, Session};
 use shardc_passes::split::units_graph;
@@ -180,7 +179,7 @@ impl HeldUnits {
         let cache_unit = graph
             .inputs
             .iter()
-            .filter(|&&v| is_cache(&graph.value(v).name))
+            .filter(|&&v| graph.cache_of_input(v).is_some())
             .filter_map(|&v| {
                 let unit = uses[v.index()].iter().map(|n| standby.node_units[n.index()]).min()?;
                 Some((graph.value(v).name.clone(), standby.first + unit))

@@ -52,6 +52,11 @@ impl Runner for Pipeline {
         out
     }
 
+    /// Every stage's cache entries.
+    fn cache(&self) -> Vec<crate::generate::CacheEntry> {
+        self.stages.iter().flat_map(|s| s.cache()).collect()
+    }
+
     fn run(&self, inputs: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>, RuntimeError> {
         let mut bus: HashMap<String, (Option<usize>, Tensor)> =
             inputs.into_iter().map(|(n, t)| (n, (None, t))).collect();

@@ -129,6 +129,11 @@ fn store_weights(graph: &Graph, dtype: Option<DType>) -> (Graph, HashMap<usize, 
         map.extend(out.append_copy(graph, node, inputs));
     }
     out.outputs = graph.outputs.iter().map(|v| map[v]).collect();
+    out.cache = graph
+        .cache
+        .iter()
+        .map(|c| shardc_ir::CachePair { past: map[&c.past], present: map[&c.present], axis: c.axis })
+        .collect();
     (out, stored)
 }
 

@@ -9,13 +9,15 @@
 //!   const %3 "axes": i64[1] = [0]
 //!   n0 "/Shape" Shape(%0) -> %4 "/Shape_output_0": i64[2]
 //!   n1 "/Gather" Gather{axis=0}(%1, %0) -> %5 "emb": f32[batch, seq, 64]
-//!   n2 "/Split" Split{axis=2}(%5, _) -> %6 "a": ?, %7 "b": ?
+//!   n2 @attn0 "/Split" Split{axis=2}(%5, _) -> %6 "a": ?, %7 "b": ?
 //!   output %5
+//!   cache %0 -> %6 axis 2
 //! }
 //! ```
 //!
 //! Values are `%id`, nodes `nid`; `_` is an omitted optional input; `?` an unknown
-//! type or dimension. Weights are references: file, byte offset and length (`none`
+//! type or dimension; `@unit` the unit a node belongs to; `cache %past -> %present
+//! axis N` a KV-cache pair. Weights are references: file, byte offset and length (`none`
 //! for a shape-only graph). Attributes equal to their defaults are left out.
 
 mod parse;

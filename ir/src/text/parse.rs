@@ -6,7 +6,8 @@ use crate::attr::AttrValue;
 use crate::dim::parse_dim;
 use crate::ops::Attrs;
 use crate::{
-    DType, Dim, Graph, Node, NodeId, Op, TensorData, TensorType, Value, ValueDef, ValueId, WeightLocation, WeightRef,
+    CachePair, DType, Dim, Graph, Node, NodeId, Op, TensorData, TensorType, Unit, Value, ValueDef, ValueId,
+    WeightLocation, WeightRef,
 };
 
 /// A text-form syntax or consistency error, with its 1-based line.
@@ -31,6 +32,7 @@ pub fn parse(text: &str) -> Result<Graph, ParseError> {
     let mut inputs = Vec::new();
     let mut outputs = Vec::new();
     let mut nodes: Vec<Node> = Vec::new();
+    let mut cache = Vec::new();
     let mut closed = false;
 
     for (line_no, line) in lines {
@@ -93,11 +95,29 @@ pub fn parse(text: &str) -> Result<Graph, ParseError> {
                 outputs.push(ValueId(c.value_id()?));
                 c.end()?;
             }
+            "cache" => {
+                let past = ValueId(c.value_id()?);
+                c.expect('-')?;
+                c.expect('>')?;
+                let present = ValueId(c.value_id()?);
+                c.keyword("axis")?;
+                let axis = c.unsigned()? as usize;
+                c.end()?;
+                cache.push(CachePair { past, present, axis });
+            }
             w if w.starts_with('n') && w[1..].parse::<u32>().is_ok() => {
                 let nid: u32 = w[1..].parse().unwrap_or(u32::MAX);
                 if nid as usize != nodes.len() {
                     return Err(c.error(format!("expected node n{}, found {w}", nodes.len())));
                 }
+                let unit = if c.eat('@') {
+                    let w = c.word()?;
+                    Some(Unit::parse(&w).ok_or_else(|| {
+                        c.error(format!("unknown unit `@{w}` (units: @embed, @attnN, @mlpN, @layerN, @head)"))
+                    })?)
+                } else {
+                    None
+                };
                 let node_name = c.string()?;
                 let op_name = c.word()?;
                 let mut attrs = Attrs::new();
@@ -146,9 +166,11 @@ pub fn parse(text: &str) -> Result<Graph, ParseError> {
                     }
                     c.expect(',')?;
                 }
-                nodes.push(Node { name: node_name, op, inputs: node_inputs, outputs: node_outputs });
+                nodes.push(Node { name: node_name, op, inputs: node_inputs, outputs: node_outputs, unit });
             }
-            other => return Err(c.error(format!("expected input, weight, const, a node or output, found `{other}`"))),
+            other => {
+                return Err(c.error(format!("expected input, weight, const, a node, output or cache, found `{other}`")))
+            }
         }
     }
     if !closed {
@@ -164,6 +186,7 @@ pub fn parse(text: &str) -> Result<Graph, ParseError> {
     graph.nodes = nodes;
     graph.inputs = inputs;
     graph.outputs = outputs;
+    graph.cache = cache;
     Ok(graph)
 }
 

@@ -32,7 +32,11 @@ pub fn print(graph: &Graph) -> String {
     }
     for nid in graph.node_ids() {
         let node = graph.node(nid);
-        let _ = write!(out, "  {nid} {} {}", quote(&node.name), node.op.name());
+        let _ = write!(out, "  {nid}");
+        if let Some(unit) = node.unit {
+            let _ = write!(out, " @{}", unit.text());
+        }
+        let _ = write!(out, " {} {}", quote(&node.name), node.op.name());
         let attrs = node.op.attributes();
         if !attrs.is_empty() {
             out.push('{');
@@ -67,6 +71,9 @@ pub fn print(graph: &Graph) -> String {
     }
     for &id in &graph.outputs {
         let _ = writeln!(out, "  output {id}");
+    }
+    for c in &graph.cache {
+        let _ = writeln!(out, "  cache {} -> {} axis {}", c.past, c.present, c.axis);
     }
     out.push_str("}\n");
     out

@@ -43,8 +43,11 @@ pub struct Model {
 /// Build the partitioning problem.
 pub fn build(graph: &Graph, seg: &Segmentation, profile: &Profile, inputs: &PlanInputs) -> Result<Model, CostError> {
     let past = has_past(graph);
+    // A graph that is not a language model (an encoder) runs one forward pass per
+    // request: its "decode step" is that pass, and a request has no decode steps.
+    let generative = crate::roles::lm_roles(graph).is_some();
     let pre_bind = inputs.workload.bindings(Phase::Prefill, past);
-    let dec_bind = inputs.workload.bindings(Phase::Decode, past);
+    let dec_bind = if generative { inputs.workload.bindings(Phase::Decode, past) } else { pre_bind.clone() };
     let pre_cost = node_costs(graph, &pre_bind)?;
     let dec_cost = node_costs(graph, &dec_bind)?;
     let pre_size = sizes(graph, &pre_bind)?;
@@ -72,7 +75,7 @@ pub fn build(graph: &Graph, seg: &Segmentation, profile: &Profile, inputs: &Plan
             ValueDef::Weight(_) if !readers.is_empty() => {
                 weight_units.insert(i, readers);
             }
-            ValueDef::Input if value.name.starts_with("past_key_values.") || value.name.starts_with("past_") => {
+            ValueDef::Input if graph.cache_of_input(shardc_ir::ValueId(i as u32)).is_some() => {
                 if let Some(&u) = readers.iter().next() {
                     kv_units.insert(i, u);
                 }
@@ -154,7 +157,11 @@ pub fn build(graph: &Graph, seg: &Segmentation, profile: &Profile, inputs: &Plan
         cut_prefill,
         cut_decode,
         links,
-        decode_tokens: inputs.workload.max_context.saturating_sub(inputs.workload.prompt_len) as f64,
+        decode_tokens: if generative {
+            inputs.workload.max_context.saturating_sub(inputs.workload.prompt_len) as f64
+        } else {
+            0.0
+        },
         objective: inputs.objective,
     };
     Ok(Model { problem, memory, total_need })

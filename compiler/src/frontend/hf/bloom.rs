@@ -3,7 +3,7 @@
 //! (tanh) MLP, tied head.
 
 use shardc_ir::ops::*;
-use shardc_ir::{DType, Op, ValueId};
+use shardc_ir::{DType, Op, Unit, ValueId};
 
 use super::builder::Builder;
 use super::{attention, lm_head, Arch, Common, HfError};
@@ -45,6 +45,7 @@ pub(crate) fn lower(b: &mut Builder, arch: &Arch, common: &Common) -> Result<Val
     for i in 0..arch.layers {
         let p = format!("transformer.h.{i}");
         x = b.scoped(&format!("transformer/h.{i}"), |b| -> Result<ValueId, HfError> {
+            b.unit = Unit::Attention(i as u32);
             let ln = b.layer_norm("input_layernorm", x, &format!("{p}.input_layernorm"), h, arch.norm_eps)?;
             let residual = if arch.residual_post_layernorm { ln } else { x };
             let attn = b.scoped("self_attention", |b| -> Result<ValueId, HfError> {
@@ -92,6 +93,7 @@ pub(crate) fn lower(b: &mut Builder, arch: &Arch, common: &Common) -> Result<Val
                 )
             })?;
             let x = b.op("Add_attn", Op::Add(Add {}), &[attn, residual]);
+            b.unit = Unit::Mlp(i as u32);
             let ln2 = b.layer_norm(
                 "post_attention_layernorm",
                 x,
@@ -123,6 +125,7 @@ pub(crate) fn lower(b: &mut Builder, arch: &Arch, common: &Common) -> Result<Val
             Ok(b.op("Add_mlp", Op::Add(Add {}), &[mlp, residual]))
         })?;
     }
+    b.unit = Unit::Head;
     let x = b.layer_norm("transformer/ln_f", x, "transformer.ln_f", h, arch.norm_eps)?;
     lm_head(b, arch, x, embed)
 }

@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 
 use shardc_ir::ops::*;
-use shardc_ir::{DType, Dim, Graph, Op, TensorData, TensorType, ValueDef, ValueId, WeightRef};
+use shardc_ir::{DType, Dim, Graph, Op, TensorData, TensorType, Unit, ValueDef, ValueId, WeightRef};
 
 use super::config::Activation;
 use super::safetensors::Checkpoint;
@@ -30,6 +30,8 @@ pub struct Builder<'a> {
     shapes3: HashMap<i64, ValueId>,
     /// `[batch, seq]` of the input ids.
     pub batch_seq: Option<ValueId>,
+    /// The unit every node added now belongs to.
+    pub unit: Unit,
 }
 
 impl<'a> Builder<'a> {
@@ -50,6 +52,7 @@ impl<'a> Builder<'a> {
             used: BTreeSet::new(),
             shapes3: HashMap::new(),
             batch_seq: None,
+            unit: Unit::Embed,
         }
     }
 
@@ -83,6 +86,7 @@ impl<'a> Builder<'a> {
         let node_name = self.unique(format!("{}/{label}", self.scope));
         let outs: Vec<String> = (0..outputs).map(|k| self.unique(format!("{node_name}_output_{k}"))).collect();
         let nid = self.graph.add_node(node_name, op, inputs, &outs);
+        self.graph.nodes[nid.index()].unit = Some(self.unit);
         self.graph.node(nid).outputs.clone()
     }
 

@@ -2,7 +2,7 @@
 //! `c_attn` projection (`Conv1D`, weights stored `[in, out]`), GELU MLP, tied head.
 
 use shardc_ir::ops::*;
-use shardc_ir::{Op, ValueId};
+use shardc_ir::{Op, Unit, ValueId};
 
 use super::builder::Builder;
 use super::{attention, lm_head, Arch, Common, HfError};
@@ -21,6 +21,7 @@ pub(crate) fn lower(b: &mut Builder, arch: &Arch, common: &Common) -> Result<Val
     for i in 0..arch.layers {
         let p = format!("transformer.h.{i}");
         x = b.scoped(&format!("transformer/h.{i}"), |b| -> Result<ValueId, HfError> {
+            b.unit = Unit::Attention(i as u32);
             let a = b.layer_norm("ln_1", x, &format!("{p}.ln_1"), h, arch.norm_eps)?;
             let attn = b.scoped("attn", |b| -> Result<ValueId, HfError> {
                 let qkv = b.linear(
@@ -49,6 +50,7 @@ pub(crate) fn lower(b: &mut Builder, arch: &Arch, common: &Common) -> Result<Val
                 )
             })?;
             let x = b.op("Add_attn", Op::Add(Add {}), &[x, attn]);
+            b.unit = Unit::Mlp(i as u32);
             let m = b.layer_norm("ln_2", x, &format!("{p}.ln_2"), h, arch.norm_eps)?;
             let mlp = b.scoped("mlp", |b| -> Result<ValueId, HfError> {
                 let ff = arch.intermediate;
@@ -73,6 +75,7 @@ pub(crate) fn lower(b: &mut Builder, arch: &Arch, common: &Common) -> Result<Val
             Ok(b.op("Add_mlp", Op::Add(Add {}), &[x, mlp]))
         })?;
     }
+    b.unit = Unit::Head;
     let x = b.layer_norm("transformer/ln_f", x, "transformer.ln_f", h, arch.norm_eps)?;
     lm_head(b, arch, x, wte_name)
 }

@@ -2,7 +2,7 @@
 //! (q/k/v bias for Qwen2 or `attention_bias`), SwiGLU MLP.
 
 use shardc_ir::ops::*;
-use shardc_ir::{Op, ValueId};
+use shardc_ir::{Op, Unit, ValueId};
 
 use super::builder::Builder;
 use super::{attention, lm_head, Arch, Common, HfError};
@@ -17,6 +17,7 @@ pub(crate) fn lower(b: &mut Builder, arch: &Arch, common: &Common) -> Result<Val
     for i in 0..arch.layers {
         let p = format!("model.layers.{i}");
         x = b.scoped(&format!("model/layers.{i}"), |b| -> Result<ValueId, HfError> {
+            b.unit = Unit::Attention(i as u32);
             let normed = b.rms_norm("input_layernorm", x, &format!("{p}.input_layernorm.weight"), h, arch.norm_eps)?;
             let attn = b.scoped("self_attn", |b| -> Result<ValueId, HfError> {
                 let bias = |n: &str| arch.qkv_bias.then(|| format!("{p}.self_attn.{n}.bias"));
@@ -62,6 +63,7 @@ pub(crate) fn lower(b: &mut Builder, arch: &Arch, common: &Common) -> Result<Val
                 )
             })?;
             let x = b.op("Add_attn", Op::Add(Add {}), &[x, attn]);
+            b.unit = Unit::Mlp(i as u32);
             let normed = b.rms_norm(
                 "post_attention_layernorm",
                 x,
@@ -102,6 +104,7 @@ pub(crate) fn lower(b: &mut Builder, arch: &Arch, common: &Common) -> Result<Val
             Ok(b.op("Add_mlp", Op::Add(Add {}), &[x, mlp]))
         })?;
     }
+    b.unit = Unit::Head;
     let x = b.rms_norm("model/norm", x, "model.norm.weight", h, arch.norm_eps)?;
     lm_head(b, arch, x, embed)
 }

@@ -21,7 +21,7 @@ pub mod sparse;
 use std::path::{Path, PathBuf};
 
 use shardc_ir::ops::*;
-use shardc_ir::{DType, Dim, Graph, Op, ValueId};
+use shardc_ir::{CachePair, DType, Dim, Graph, Op, Unit, ValueId};
 
 use builder::Builder;
 pub use config::{Arch, Family};
@@ -166,6 +166,8 @@ pub(crate) fn attention(
     let (pk, pv) = present_names(layer);
     b.output(present_k, &pk);
     b.output(present_v, &pv);
+    b.graph.cache.push(CachePair { past: past_k, present: present_k, axis: 2 });
+    b.graph.cache.push(CachePair { past: past_v, present: present_v, axis: 2 });
     let rep = arch.heads / arch.kv_heads;
     let (q, keys, values) = if rep == 1 {
         (q, present_k, present_v)
@@ -202,6 +204,7 @@ pub(crate) fn attention(
 
 /// The LM head: `hidden → logits` with `lm_head.weight`, or the embedding when tied.
 pub(crate) fn lm_head(b: &mut Builder, arch: &Arch, x: ValueId, embedding: &str) -> Result<ValueId, HfError> {
+    b.unit = Unit::Head;
     let weight = if arch.tie_embeddings { embedding } else { "lm_head.weight" };
     let logits = b.scoped("lm_head", |b| b.linear("linear", x, weight, None, (arch.hidden, arch.vocab), true))?;
     b.output(logits, "logits");

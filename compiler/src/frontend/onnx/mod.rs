@@ -11,6 +11,7 @@
 
 mod error;
 pub mod opset;
+pub mod structure;
 mod tensor;
 pub mod wire;
 
@@ -44,6 +45,9 @@ pub struct OnnxModel {
     pub producer: String,
     /// Initializers no node or output uses (dropped from the graph).
     pub unused_initializers: Vec<String>,
+    /// The transformer structure found (units, cache pairs), or why none was: such a
+    /// graph runs, but cannot be cut into units.
+    pub structure: Result<structure::Structure, String>,
 }
 
 /// Import an ONNX file.
@@ -191,12 +195,23 @@ pub fn import(path: &Path) -> Result<OnnxModel, OnnxError> {
 
     let unused_initializers = drop_unused_constants(&mut graph, &from_initializer);
     shardc_ir::verify(&graph).map_err(|e| err(e.into()))?;
+    let structure = structure::derive(&mut graph).and_then(|s| match shardc_ir::verify(&graph) {
+        Ok(()) => Ok(s),
+        Err(e) => Err(format!("the units derived from the graph's structure are inconsistent: {e}")),
+    });
+    if structure.is_err() {
+        for node in &mut graph.nodes {
+            node.unit = None;
+        }
+    }
+    shardc_ir::verify(&graph).map_err(|e| err(e.into()))?;
     Ok(OnnxModel {
         graph,
         path: path.to_path_buf(),
         opset,
         producer: format!("{} {}", proto.producer_name, proto.producer_version).trim().to_string(),
         unused_initializers,
+        structure,
     })
 }
 
