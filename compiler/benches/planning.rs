@@ -15,7 +15,9 @@ use shardc_passes::plan::{solve, Objective, Strategy};
 use shardc_passes::{run_pipeline, Ctx};
 
 fn graph(path: &Path, context: usize) -> shardc_ir::Graph {
-    let mut g = shardc::load::load(path, &LowerOptions { max_context: Some(context) }).expect("load").graph;
+    let mut g = shardc::load::load(path, &LowerOptions { max_context: Some(context), ..LowerOptions::default() })
+        .expect("load")
+        .graph;
     run_pipeline(&mut g, &mut Ctx::default(), None).expect("passes");
     g
 }

@@ -73,7 +73,10 @@ pub fn load(path: &Path, options: &LowerOptions) -> Result<LoadedModel, LoadErro
         });
     }
     let m = onnx::import(path)?;
-    let weights_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let weights_dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
     Ok(LoadedModel {
         graph: m.graph,
         weights_dir,

@@ -32,6 +32,9 @@ struct ModelArgs {
     /// Longest context the graph must serve (checkpoints; default: what the model supports).
     #[arg(long)]
     max_context: Option<usize>,
+    /// A `config.json` key shardc does not know that does not change the model (repeatable).
+    #[arg(long = "ignore-config-key", value_name = "KEY")]
+    ignore_config_keys: Vec<String>,
 }
 
 /// The workload and planning options.
@@ -68,6 +71,9 @@ struct PlanArgs {
     /// (memory permitting), so the runtime can move boundaries without shipping weights.
     #[arg(long, default_value_t = 0)]
     standby: usize,
+    /// A `config.json` key shardc does not know that does not change the model (repeatable).
+    #[arg(long = "ignore-config-key", value_name = "KEY")]
+    ignore_config_keys: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -137,8 +143,12 @@ enum Command {
         /// The compile output folder.
         out: PathBuf,
         /// Prompt token ids (default: 1..=8).
-        #[arg(long, value_delimiter = ',', num_args = 1..)]
+        #[arg(long, value_delimiter = ',', num_args = 1.., conflicts_with = "inputs")]
         input_ids: Option<Vec<i64>>,
+        /// Every graph input by name, from a safetensors file: compare every output
+        /// (any graph, an encoder say) instead of logits and tokens.
+        #[arg(long)]
+        inputs: Option<PathBuf>,
         /// Greedy tokens to compare.
         #[arg(long, default_value_t = 8)]
         tokens: usize,
@@ -192,7 +202,10 @@ fn main() -> ExitCode {
 }
 
 fn open(args: &ModelArgs) -> Result<LoadedModel> {
-    Ok(load(&args.model, &LowerOptions { max_context: args.max_context })?)
+    Ok(load(
+        &args.model,
+        &LowerOptions { max_context: args.max_context, ignore_config_keys: args.ignore_config_keys.clone() },
+    )?)
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -220,11 +233,13 @@ fn run(cli: Cli) -> Result<()> {
             }
             print!("{}", shardc_ir::text::print(&graph));
         }
-        Command::Run { model: args, input_ids, inputs, outputs, max_new_tokens, top_k, json } => match (input_ids, inputs) {
-            (Some(ids), _) => run_model(&args, &ids, max_new_tokens, top_k, json)?,
-            (None, Some(inputs)) => run_tensors(&args, &inputs, outputs.as_deref(), json)?,
-            (None, None) => bail!("give --input-ids or --inputs"),
-        },
+        Command::Run { model: args, input_ids, inputs, outputs, max_new_tokens, top_k, json } => {
+            match (input_ids, inputs) {
+                (Some(ids), _) => run_model(&args, &ids, max_new_tokens, top_k, json)?,
+                (None, Some(inputs)) => run_tensors(&args, &inputs, outputs.as_deref(), json)?,
+                (None, None) => bail!("give --input-ids or --inputs"),
+            }
+        }
         Command::Plan { model, plan: args, strategy, json, out, timings } => {
             let strategy: Strategy = strategy.parse().map_err(anyhow::Error::msg)?;
             let (graph, profile, req) = sized(planning_inputs(&model, &args)?);
@@ -271,9 +286,10 @@ fn run(cli: Cli) -> Result<()> {
                 shardc_passes::quantity::bytes_text(summary.weight_bytes as f64)
             );
         }
-        Command::Verify { model, out, input_ids, tokens, tolerance } => {
-            verify(&model, &out, input_ids.unwrap_or_else(|| (1..=8).collect()), tokens, tolerance)?;
-        }
+        Command::Verify { model, out, input_ids, inputs, tokens, tolerance } => match inputs {
+            Some(file) => verify_tensors(&model, &out, &file, tolerance)?,
+            None => verify(&model, &out, input_ids.unwrap_or_else(|| (1..=8).collect()), tokens, tolerance)?,
+        },
         Command::Ops => {
             let mut names: Vec<&str> = shardc_ir::Op::NAMES.to_vec();
             names.extend(shardc::frontend::onnx::opset::CONVERTED);
@@ -319,7 +335,13 @@ fn planning_inputs(model: &std::path::Path, args: &PlanArgs) -> Result<Planning>
         None => None,
     };
     let profile = shardc_passes::devices::load(&args.devices)?;
-    let loaded = load(model, &LowerOptions { max_context: Some(args.max_context as usize) })?;
+    let loaded = load(
+        model,
+        &LowerOptions {
+            max_context: Some(args.max_context as usize),
+            ignore_config_keys: args.ignore_config_keys.clone(),
+        },
+    )?;
     if let Some(why) = &loaded.no_units {
         bail!("{}: cannot cut the model into units: {why}", model.display());
     }
@@ -343,6 +365,51 @@ fn sized(p: Planning) -> (shardc_ir::Graph, shardc_passes::devices::Profile, pla
         planning::retype_weights(&mut graph, d);
     }
     (graph, p.profile, p.req)
+}
+
+/// Run the model and the packages on the same named inputs; every output must agree.
+fn verify_tensors(
+    model: &std::path::Path,
+    out: &std::path::Path,
+    file: &std::path::Path,
+    tolerance: f64,
+) -> Result<()> {
+    use shardc_runtime::generate::Runner;
+    let (manifests, pipeline) = shardc_runtime::package::load_pipeline(out)?;
+    let loaded = load(model, &LowerOptions::default())?;
+    let inputs = shardc::run::read_tensors(file)?;
+    let reference = shardc::run::run_graph(loaded.graph, &loaded.weights_dir, inputs.clone())?;
+    let feed = inputs
+        .iter()
+        .map(|(n, t)| Ok((n.clone(), shardc_runtime::Tensor::from_data(t).map_err(|e| anyhow::anyhow!("{n}: {e}"))?)))
+        .collect::<Result<Vec<_>>>()?;
+    let parts: std::collections::HashMap<String, Vec<f64>> = pipeline
+        .run(feed)?
+        .into_iter()
+        .map(|(n, t)| (n, t.to_f32_vec().into_iter().map(f64::from).collect()))
+        .collect();
+    let devices: Vec<&str> = manifests.iter().map(|m| m.device.as_str()).collect();
+    println!("packages    {} stages: {}", manifests.len(), devices.join(" -> "));
+    let mut bad = Vec::new();
+    for (name, t) in &reference {
+        let want = t.to_f64_vec();
+        let Some(got) = parts.get(name) else {
+            bad.push(format!("`{name}` is not produced by the packages"));
+            continue;
+        };
+        let max_ref = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+        let diff = want.iter().zip(got).fold(0f64, |m, (a, b)| m.max((a - b).abs()));
+        let limit = tolerance * max_ref.max(1.0);
+        let status = if got.len() == want.len() && diff <= limit { "agrees" } else { "DIFFERS" };
+        println!("output      {name}: max |diff| {diff:.3e} (limit {limit:.3e}) {status}");
+        if status != "agrees" {
+            bad.push(format!("`{name}` differs by {diff:.3e}"));
+        }
+    }
+    if !bad.is_empty() {
+        bail!("the packages do not reproduce the model: {}", bad.join(", "));
+    }
+    Ok(())
 }
 
 fn verify(model: &std::path::Path, out: &std::path::Path, ids: Vec<i64>, tokens: usize, tolerance: f64) -> Result<()> {
@@ -390,7 +457,12 @@ fn verify(model: &std::path::Path, out: &std::path::Path, ids: Vec<i64>, tokens:
     Ok(())
 }
 
-fn run_tensors(args: &ModelArgs, inputs: &std::path::Path, outputs: Option<&std::path::Path>, json: bool) -> Result<()> {
+fn run_tensors(
+    args: &ModelArgs,
+    inputs: &std::path::Path,
+    outputs: Option<&std::path::Path>,
+    json: bool,
+) -> Result<()> {
     let model = open(args)?;
     if !model.has_weights {
         bail!("{}: a config.json alone has no weights to run; give the checkpoint folder", args.model.display());

@@ -85,6 +85,9 @@ pub struct Predictions {
 #[derive(Clone, Debug, Serialize)]
 pub struct PlanReport {
     pub model: String,
+    /// A language model generating token by token (else one forward pass per request,
+    /// an encoder: "decode" figures are that pass).
+    pub generative: bool,
     pub devices: String,
     pub strategy: Strategy,
     pub objective: Objective,
@@ -98,6 +101,8 @@ pub struct PlanReport {
 
 /// The planner's view of a model: segmentation and problem.
 pub struct Prepared {
+    /// A language model (token by token), else one forward pass per request.
+    pub generative: bool,
     pub seg: Segmentation,
     pub model: Model,
     pub opts: SolveOptions,
@@ -131,7 +136,8 @@ pub fn prepare(graph: &Graph, profile: &Profile, req: &Request) -> Result<Prepar
     };
     let model = build(graph, &seg, profile, &inputs)?;
     let opts = SolveOptions { time_limit: req.time_limit, groups: seg.groups(), force_milp: false };
-    Ok(Prepared { seg, model, opts })
+    let generative = shardc_passes::roles::lm_roles(graph).is_some();
+    Ok(Prepared { generative, seg, model, opts })
 }
 
 fn does_not_fit(prep: &Prepared, profile: &Profile, margin: f64) -> PlanError {
@@ -201,6 +207,7 @@ pub fn report(
         .collect();
     Some(PlanReport {
         model: model_name.to_string(),
+        generative: prep.generative,
         devices: devices_name.to_string(),
         strategy: outcome.strategy,
         objective: req.objective,
@@ -357,14 +364,19 @@ impl PlanReport {
             }
         }
         let p = &self.predictions;
-        let _ = writeln!(out, "prefill     {}", ms(p.prefill_ms));
-        let _ = writeln!(
-            out,
-            "decode      {}/token ({:.2} tokens/s for one request)",
-            ms(p.decode_ms_per_token),
-            1e3 / p.decode_ms_per_token
-        );
-        let _ = writeln!(out, "pipelined   {:.2} tokens/s with requests in flight", p.pipelined_tokens_per_s);
+        if self.generative {
+            let _ = writeln!(out, "prefill     {}", ms(p.prefill_ms));
+            let _ = writeln!(
+                out,
+                "decode      {}/token ({:.2} tokens/s for one request)",
+                ms(p.decode_ms_per_token),
+                1e3 / p.decode_ms_per_token
+            );
+            let _ = writeln!(out, "pipelined   {:.2} tokens/s with requests in flight", p.pipelined_tokens_per_s);
+        } else {
+            let _ = writeln!(out, "forward     {} for one request (one pass, no decode steps)", ms(p.prefill_ms));
+            let _ = writeln!(out, "pipelined   {:.2} requests/s with requests in flight", p.pipelined_tokens_per_s);
+        }
         out
     }
 }

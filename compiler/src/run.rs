@@ -173,7 +173,9 @@ fn check_inputs(graph: &Graph, inputs: &[(String, TensorData)]) -> Result<(), Ru
         }
         for (d, &n) in ty.shape.iter().zip(&t.shape) {
             match (d.as_known(), d.symbols().as_slice()) {
-                (Some(k), _) if k != n as i64 => return Err(bad(format!("the model takes {expected}, the file holds {got}"))),
+                (Some(k), _) if k != n as i64 => {
+                    return Err(bad(format!("the model takes {expected}, the file holds {got}")))
+                }
                 (None, [sym]) if *d == Dim::sym(sym) => {
                     if let Some(&prev) = symbols.get(sym) {
                         if prev != n {
@@ -216,8 +218,8 @@ pub fn run_graph(
     let session = Session::new(graph, weights_dir);
     let mut feed = Vec::with_capacity(inputs.len());
     for (name, t) in &inputs {
-        let tensor = Tensor::from_data(t)
-            .map_err(|e| RunError::Input { name: name.clone(), message: e.to_string() })?;
+        let tensor =
+            Tensor::from_data(t).map_err(|e| RunError::Input { name: name.clone(), message: e.to_string() })?;
         feed.push((name.clone(), tensor));
     }
     let outputs = session.run(feed)?;

@@ -24,8 +24,11 @@ const TOKENS: usize = 40;
 
 /// The whole model's greedy tokens in this process (its first 8 are PyTorch's).
 fn reference_tokens(prompt: &[i64]) -> Vec<i64> {
-    let loaded =
-        shardc::load::load(&fixture_dir("llama32").join("hf"), &LowerOptions { max_context: Some(64) }).unwrap();
+    let loaded = shardc::load::load(
+        &fixture_dir("llama32").join("hf"),
+        &LowerOptions { max_context: Some(64), ..LowerOptions::default() },
+    )
+    .unwrap();
     let mut graph = loaded.graph;
     run_pipeline(&mut graph, &mut Ctx::default(), None).unwrap();
     let session = Session::new(graph, &loaded.weights_dir);

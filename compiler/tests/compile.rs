@@ -6,7 +6,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{fixture_dir, fixture_onnx, reference, root, FIXTURES};
+use common::{fixture_dir, fixture_onnx, reference, root, CURRENT, EXPORTERS, FIXTURES};
 use shardc::emit::{compile, CompileOptions};
 use shardc::frontend::hf::LowerOptions;
 use shardc_passes::devices;
@@ -27,18 +27,23 @@ fn options(dtype: Option<shardc_ir::DType>) -> CompileOptions {
 }
 
 fn compile_to(model: &Path, devices: usize, out: &Path, dtype: Option<shardc_ir::DType>) -> usize {
-    let loaded = shardc::load::load(model, &LowerOptions { max_context: Some(64) }).unwrap();
+    let loaded = shardc::load::load(model, &LowerOptions { max_context: Some(64), ..LowerOptions::default() }).unwrap();
     let mut graph = loaded.graph;
     run_pipeline(&mut graph, &mut Ctx::default(), None).unwrap();
     let profile = devices::load(&root().join(format!("fixtures/devices/loopback-{devices}.toml"))).unwrap();
     compile(&graph, &loaded.weights_dir, &profile, &options(dtype), out).unwrap().report.stages.len()
 }
 
+/// Every fixture's checkpoint and ONNX export, and the current toolchain's
+/// checkpoints and exports of both torch exporters.
 fn models() -> Vec<(String, PathBuf)> {
-    FIXTURES
-        .iter()
-        .flat_map(|n| [(n.to_string(), fixture_dir(n).join("hf")), (n.to_string(), fixture_onnx(n))])
-        .collect()
+    let pinned =
+        FIXTURES.iter().flat_map(|n| [(n.to_string(), fixture_dir(n).join("hf")), (n.to_string(), fixture_onnx(n))]);
+    let current = CURRENT.iter().flat_map(|n| {
+        std::iter::once((n.to_string(), fixture_dir(n).join("hf")))
+            .chain(EXPORTERS.iter().map(move |e| (n.to_string(), fixture_dir(n).join(format!("{e}.onnx")))))
+    });
+    pinned.chain(current).collect()
 }
 
 #[test]
@@ -65,6 +70,35 @@ fn packages_for_two_and_three_devices_reproduce_every_fixture() {
             let diff = r.max_diff(&logits.values);
             assert!(diff <= 1e-4 * max_ref.max(1.0), "{} on {devices}: {diff}", model.display());
             assert_eq!(tokens, r.greedy, "{} on {devices}", model.display());
+        }
+    }
+}
+
+/// An encoder (BERT, both exporters): the packages reproduce the whole model's
+/// last hidden state, which PyTorch computed, on inputs with padding.
+#[test]
+fn packages_reproduce_an_encoder() {
+    use shardc_runtime::generate::Runner;
+    let dir = fixture_dir("bert");
+    let inputs = shardc::run::read_tensors(&dir.join("inputs.safetensors")).unwrap();
+    let reference = shardc::run::read_tensors(&dir.join("reference.safetensors")).unwrap();
+    for exporter in EXPORTERS {
+        let model = dir.join(format!("{exporter}.onnx"));
+        for devices in [2, 3] {
+            let tmp = tempfile::tempdir().unwrap();
+            let out = tmp.path().join("out");
+            assert_eq!(compile_to(&model, devices, &out, None), devices, "{exporter} on {devices}");
+            let (_, pipeline) = load_pipeline(&out).unwrap();
+            let feed = inputs.iter().map(|(n, t)| (n.clone(), shardc_runtime::Tensor::from_data(t).unwrap())).collect();
+            let outputs = pipeline.run(feed).unwrap();
+            for (name, want) in reference.iter().filter(|(n, _)| inputs.iter().all(|(i, _)| i != n)) {
+                let got = &outputs.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("no `{name}`")).1;
+                let (got, want) = (got.to_f32_vec(), want.to_f64_vec());
+                assert_eq!(got.len(), want.len(), "{exporter} {name}");
+                let max_ref = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+                let diff = want.iter().zip(&got).fold(0f64, |m, (a, b)| m.max((a - f64::from(*b)).abs()));
+                assert!(diff <= 1e-4 * max_ref.max(1.0), "{exporter} on {devices}: `{name}` differs by {diff}");
+            }
         }
     }
 }

@@ -50,6 +50,56 @@ fn three_processes_on_loopback_reproduce_every_checkpoint() {
     }
 }
 
+/// The current toolchain's checkpoints and both exporters' exports: over three
+/// processes and in one, the reference tokens. The exports have no KV cache (the
+/// client re-sends the prefix each step); Phi-3's longrope switches tables past its
+/// original context, which the 10 + 8 tokens cross (the client then re-sends the
+/// whole prefix once, as transformers recomputes).
+#[test]
+fn three_processes_reproduce_current_checkpoints_and_exports() {
+    let mut salt = 60;
+    for name in common::CURRENT {
+        for model in ["hf", "dynamo.onnx", "torchscript.onnx"] {
+            let what = format!("{name} {model}");
+            let dir = tempfile::tempdir().unwrap();
+            let out = dir.path().join("out");
+            compile(&fixture_dir(name).join(model), &out, &[]);
+            let (cluster_file, _) = cluster(dir.path(), port_base(salt));
+            salt += 1;
+            let _devices = serve(&out, &cluster_file, &[]);
+            let (ids, expected) = ids(name);
+            let gen =
+                generate_command(&out, &cluster_file, &ids).args(["--max-new-tokens", "8", "--json"]).output().unwrap();
+            assert!(gen.status.success(), "{what}: {}", String::from_utf8_lossy(&gen.stderr));
+            let report: serde_json::Value = serde_json::from_slice(&gen.stdout).unwrap();
+            let tokens: Vec<i64> =
+                report["tokens"][0].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+            assert_eq!(tokens, expected, "{what}");
+            // What the client sent each step: with a KV cache the new token (Phi-3
+            // re-sends all 16 once, when the context passes its original 16), without
+            // one every token so far.
+            let sent: Vec<u64> = report["ids_sent"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+            let want: Vec<u64> = match (model, *name) {
+                ("hf", "phi3") => vec![10, 1, 1, 1, 1, 1, 1, 17],
+                ("hf", _) => vec![10, 1, 1, 1, 1, 1, 1, 1],
+                _ => (10..18).collect(),
+            };
+            assert_eq!(sent, want, "{what}");
+            let local = Command::new(shardc_run())
+                .arg("local")
+                .arg(&out)
+                .args(["--input-ids", &ids, "--max-new-tokens", "8", "--json"])
+                .output()
+                .unwrap();
+            assert!(local.status.success(), "{what}: {}", String::from_utf8_lossy(&local.stderr));
+            let report: serde_json::Value = serde_json::from_slice(&local.stdout).unwrap();
+            let tokens: Vec<i64> =
+                report["tokens"][0].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+            assert_eq!(tokens, expected, "{what} local");
+        }
+    }
+}
+
 #[test]
 fn a_killed_device_ends_generation_naming_it() {
     let dir = tempfile::tempdir().unwrap();

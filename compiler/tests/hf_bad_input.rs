@@ -37,7 +37,7 @@ fn raw_safetensors(path: &Path, header: &str, data_len: usize) {
 fn assert_rejected(path: &Path, args: &[&str], expected: &[&str]) {
     let max_context =
         args.iter().position(|&a| a == "--max-context").and_then(|i| args.get(i + 1)).map(|v| v.parse().unwrap());
-    let err = match shardc::load::load(path, &LowerOptions { max_context }) {
+    let err = match shardc::load::load(path, &LowerOptions { max_context, ..LowerOptions::default() }) {
         Ok(_) => panic!("{} must be rejected", path.display()),
         Err(e) => e.to_string(),
     };
@@ -144,23 +144,93 @@ fn options_the_lowering_does_not_handle() {
     assert_rejected(
         &config,
         &[],
-        &["config key `model_type`: `falcon` is not supported (supported: gpt2, llama, mistral, qwen2, bloom)"],
+        &["config key `model_type`: `falcon` is not supported (supported: gpt2, llama, mistral, qwen2, qwen3, gemma, \
+           gemma2, gemma3_text, phi3, bloom)"],
     );
+    // Settings that change what is computed and that the lowering does not implement.
+    for (key, value, message) in [
+        (
+            "rope_scaling",
+            serde_json::json!({"rope_type": "mrope", "factor": 2.0}),
+            "rope type `mrope` is not supported",
+        ),
+        ("rope_scaling", serde_json::json!({"rope_type": "linear"}), "rope type `linear` needs `factor`"),
+        (
+            "rope_scaling",
+            serde_json::json!({"rope_type": "linear", "factor": 2.0, "beta_fast": 4}),
+            "`beta_fast` is not a parameter of rope type `linear`",
+        ),
+        ("partial_rotary_factor", serde_json::json!(0.5), "partial_rotary_factor 0.5 is not supported for `llama`"),
+        ("quantization_config", serde_json::json!({"quant_method": "gptq"}), "config key `quantization_config`"),
+        ("is_encoder_decoder", serde_json::json!(true), "config key `is_encoder_decoder`"),
+        ("pruned_heads", serde_json::json!({"0": [1]}), "config key `pruned_heads`"),
+        ("hidden_act", serde_json::json!("relu2"), "config key `hidden_act`"),
+    ] {
+        let config = edit_config(dir.path(), |c| {
+            c.insert("model_type".into(), "llama".into());
+            c.remove("rope_scaling");
+            c.remove("partial_rotary_factor");
+            c.remove("quantization_config");
+            c.remove("is_encoder_decoder");
+            c.remove("pruned_heads");
+            c.insert("hidden_act".into(), "silu".into());
+            c.insert(key.into(), value.clone());
+        });
+        assert_rejected(&config, &[], &[message]);
+    }
+}
+
+/// A key shardc does not know is refused by name, since it may change what is
+/// computed; `--ignore-config-key` is the user's statement that it does not.
+#[test]
+fn unknown_config_keys_are_refused_unless_ignored() {
+    let dir = llama_copy();
     let config = edit_config(dir.path(), |c| {
-        c.insert("model_type".into(), "llama".into());
-        c.insert("rope_scaling".into(), serde_json::json!({"type": "linear", "factor": 2.0}));
+        c.insert("attention_temperature".into(), 0.7.into());
+        c.insert("zz_other".into(), 1.into());
     });
-    assert_rejected(&config, &[], &["config key `rope_scaling`", "is not supported"]);
-    // Mistral's sliding window: fine up to the window, an error past it.
-    let mistral = common::root().join("fixtures/configs/mistral-7b/config.json");
-    assert!(shardc::load::load(&mistral, &LowerOptions { max_context: Some(4096) }).is_ok());
     assert_rejected(
-        &mistral,
-        &["--max-context", "8192"],
-        &["config key `sliding_window`: a sliding window of 4096 is shorter than the context asked for (8192)"],
+        &config,
+        &[],
+        &[
+            "config key `attention_temperature`: is not a key shardc knows for `llama`",
+            "pass --ignore-config-key attention_temperature",
+            "(other unknown keys: zz_other)",
+        ],
     );
-    let err = shardc::load::load(&mistral, &LowerOptions { max_context: Some(8192) }).unwrap_err().to_string();
-    assert!(err.contains("mistral-7b/config.json"), "{err}");
+    let ignored = |keys: &[&str]| LowerOptions {
+        ignore_config_keys: keys.iter().map(|k| k.to_string()).collect(),
+        ..LowerOptions::default()
+    };
+    let err = shardc::load::load(&config, &ignored(&["attention_temperature"])).unwrap_err().to_string();
+    assert!(err.contains("config key `zz_other`"), "{err}");
+    assert!(shardc::load::load(&config, &ignored(&["attention_temperature", "zz_other"])).is_ok());
+    let out = Command::new(env!("CARGO_BIN_EXE_shardc"))
+        .arg("inspect")
+        .arg(&config)
+        .args(["--ignore-config-key", "attention_temperature", "--ignore-config-key", "zz_other"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // A key that is read cannot be ignored away: its value still has to be supported.
+    let config = edit_config(dir.path(), |c| {
+        c.remove("attention_temperature");
+        c.remove("zz_other");
+        c.insert("rope_scaling".into(), serde_json::json!({"rope_type": "mrope"}));
+    });
+    let err = shardc::load::load(&config, &ignored(&["rope_scaling"])).unwrap_err().to_string();
+    assert!(err.contains("rope type `mrope` is not supported"), "{err}");
+}
+
+/// A sliding window shorter than the context is computed as a window, as
+/// transformers does, rather than refused or ignored.
+#[test]
+fn sliding_window_shorter_than_the_context_is_honoured() {
+    let mistral = common::root().join("fixtures/configs/mistral-7b/config.json");
+    let model =
+        shardc::load::load(&mistral, &LowerOptions { max_context: Some(8192), ..LowerOptions::default() }).unwrap();
+    let text = shardc_ir::text::print(&model.graph);
+    assert!(text.contains("Where_window_4096"), "a 4096-token window mask in the graph");
 }
 
 #[test]

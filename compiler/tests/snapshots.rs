@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{fixture_dir, fixture_onnx, FIXTURES};
+use common::{fixture_dir, fixture_onnx, CURRENT, FIXTURES};
 use shardc::frontend::hf::{self, LowerOptions};
 use shardc::frontend::onnx;
 use shardc_ir::{text, verify, Graph};
@@ -36,6 +36,20 @@ fn text_ir_of_lowered_checkpoints_and_after_each_pass() {
         for name in FIXTURES {
             let graph = hf::lower(&fixture_dir(name).join("hf"), &LowerOptions::default()).unwrap().graph;
             snapshot_passes(graph, &format!("{name}__hf_"), "lower");
+        }
+    });
+}
+
+/// The architectures of current transformers: the lowered checkpoint and the
+/// dynamo export (units and symbols derived from the graph) after each pass.
+#[test]
+fn text_ir_of_current_checkpoints_and_exports() {
+    common::snapshot_settings().bind(|| {
+        for name in CURRENT {
+            let graph = hf::lower(&fixture_dir(name).join("hf"), &LowerOptions::default()).unwrap().graph;
+            snapshot_passes(graph, &format!("{name}__hf_"), "lower");
+            let graph = onnx::import(&fixture_dir(name).join("dynamo.onnx")).unwrap().graph;
+            snapshot_passes(graph, &format!("{name}__dynamo_"), "import");
         }
     });
 }

@@ -20,7 +20,8 @@ fn stage_graphs_chained_reproduce_the_model() {
     let profile = devices::load(&root().join("fixtures/devices/lingualinked-3.toml")).unwrap();
     for name in FIXTURES {
         let dir = fixture_dir(name).join("hf");
-        let mut graph = shardc::load::load(&dir, &LowerOptions { max_context: Some(64) }).unwrap().graph;
+        let mut graph =
+            shardc::load::load(&dir, &LowerOptions { max_context: Some(64), ..LowerOptions::default() }).unwrap().graph;
         run_pipeline(&mut graph, &mut Ctx::default(), None).unwrap();
         let req = Request {
             workload: Workload { batch: 1, prompt_len: 10, max_context: 64 },

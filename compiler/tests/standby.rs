@@ -20,7 +20,7 @@ use shardc_runtime::pipeline::Pipeline;
 use shardc_runtime::Session;
 
 fn compile_standby(model: &Path, out: &Path, standby: usize) -> serde_json::Value {
-    let loaded = shardc::load::load(model, &LowerOptions { max_context: Some(64) }).unwrap();
+    let loaded = shardc::load::load(model, &LowerOptions { max_context: Some(64), ..LowerOptions::default() }).unwrap();
     let mut graph = loaded.graph;
     run_pipeline(&mut graph, &mut Ctx::default(), None).unwrap();
     let profile = devices::load(&root().join("fixtures/devices/loopback-3.toml")).unwrap();

@@ -297,20 +297,30 @@ pub fn is_symbol(s: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
 }
 
+/// The smallest size a symbol can take: `batch` and `seq` count requests and the
+/// tokens of a step, at least 1; every other symbol (`past`, …) at least 0.
+pub fn symbol_min(symbol: &str) -> i64 {
+    match symbol {
+        "batch" | "seq" => 1,
+        _ => 0,
+    }
+}
+
 impl Dim {
-    /// A lower bound, assuming every symbol is a size (≥ 0): the constant term when no
-    /// symbol has a negative coefficient, otherwise none.
+    /// A lower bound over every size the symbols can take ([`symbol_min`] and up): the
+    /// value at the symbols' minimums when no symbol has a negative coefficient,
+    /// otherwise none.
     pub fn lower_bound(&self) -> Option<i64> {
         let Dim::Poly(p) = self else { return None };
-        let mut constant = 0;
+        let mut bound = 0i64;
         for (mono, c) in &p.terms {
-            if mono.is_empty() {
-                constant = *c;
-            } else if *c < 0 {
+            if *c < 0 && !mono.is_empty() {
                 return None;
             }
+            let at_min = mono.iter().try_fold(*c, |acc, s| acc.checked_mul(symbol_min(s)))?;
+            bound = bound.checked_add(at_min)?;
         }
-        Some(constant)
+        Some(bound)
     }
 
     /// True when `self >= other` for every size the symbols can take.

@@ -75,11 +75,8 @@ impl Equation {
                     })
                     .collect();
                 letters.sort_unstable();
-                let once: Vec<char> = letters
-                    .iter()
-                    .copied()
-                    .filter(|c| letters.iter().filter(|x| *x == c).count() == 1)
-                    .collect();
+                let once: Vec<char> =
+                    letters.iter().copied().filter(|c| letters.iter().filter(|x| *x == c).count() == 1).collect();
                 let mut out = Vec::new();
                 if inputs.iter().flatten().any(|s| *s == Subscript::Ellipsis) {
                     out.push(Subscript::Ellipsis);

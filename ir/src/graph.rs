@@ -154,6 +154,11 @@ pub struct Graph {
     pub inputs: Vec<ValueId>,
     pub outputs: Vec<ValueId>,
     pub cache: Vec<CachePair>,
+    /// The cache holds entries valid only while the context (past + new tokens) is at
+    /// most this: a step that first takes it beyond recomputes every entry, starting
+    /// from an empty cache with all the tokens (longrope switching to its long
+    /// factors, as transformers' generation does).
+    pub recompute_beyond: Option<u64>,
 }
 
 impl Graph {

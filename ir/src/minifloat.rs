@@ -37,12 +37,24 @@ struct Layout {
 impl Format {
     fn layout(self) -> Layout {
         match self {
-            Format::E4M3FN => {
-                Layout { exp_bits: 4, man_bits: 3, bias: 7, max: 448.0, nan: Some(0x7F), inf: None, unsigned_zero: false }
-            }
-            Format::E4M3FNUZ => {
-                Layout { exp_bits: 4, man_bits: 3, bias: 8, max: 240.0, nan: Some(0x80), inf: None, unsigned_zero: true }
-            }
+            Format::E4M3FN => Layout {
+                exp_bits: 4,
+                man_bits: 3,
+                bias: 7,
+                max: 448.0,
+                nan: Some(0x7F),
+                inf: None,
+                unsigned_zero: false,
+            },
+            Format::E4M3FNUZ => Layout {
+                exp_bits: 4,
+                man_bits: 3,
+                bias: 8,
+                max: 240.0,
+                nan: Some(0x80),
+                inf: None,
+                unsigned_zero: true,
+            },
             Format::E5M2 => Layout {
                 exp_bits: 5,
                 man_bits: 2,
@@ -97,11 +109,8 @@ impl Format {
         let exp = i32::from((code >> l.man_bits) & ((1u8 << l.exp_bits) - 1));
         let man = f32::from(code & ((1u8 << l.man_bits) - 1));
         let scale = (1u32 << l.man_bits) as f32;
-        let magnitude = if exp == 0 {
-            man / scale * 2f32.powi(1 - l.bias)
-        } else {
-            (1.0 + man / scale) * 2f32.powi(exp - l.bias)
-        };
+        let magnitude =
+            if exp == 0 { man / scale * 2f32.powi(1 - l.bias) } else { (1.0 + man / scale) * 2f32.powi(exp - l.bias) };
         if sign == 1 {
             -magnitude
         } else {

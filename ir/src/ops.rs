@@ -467,16 +467,67 @@ impl Op {
             Max(_) | Min(_) | Sum(_) | Mean(_) => Family::Variadic,
             Equal(_) | Less(_) | LessOrEqual(_) | Greater(_) | GreaterOrEqual(_) => Family::Comparison,
             And(_) | Or(_) | Xor(_) => Family::Logical,
-            Where(_) | Cast(_) | CastLike(_) | Clip(_) | Dropout(_) | Shape(_) | Size(_) | Gather(_)
-            | GatherElements(_) | GatherND(_) | Reshape(_) | Unsqueeze(_) | Squeeze(_) | Flatten(_) | Concat(_)
-            | Transpose(_) | Slice(_) | Split(_) | Expand(_) | Tile(_) | Range(_) | ConstantOfShape(_) | Trilu(_)
-            | CumSum(_) | ScatterND(_) | ScatterElements(_) | Pad(_) | NonZero(_) | OneHot(_) | EyeLike(_)
-            | TopK(_) | ReverseSequence(_) | TensorScatter(_) | MatMul(_) | Gemm(_) | Einsum(_)
-            | MatMulInteger(_) | Softmax(_) | LogSoftmax(_) | Hardmax(_) | LayerNormalization(_)
-            | RMSNormalization(_) | LpNormalization(_) | MeanVarianceNormalization(_) | Attention(_)
-            | RotaryEmbedding(_) | ReduceMean(_) | ReduceSum(_) | ReduceMax(_) | ReduceMin(_) | ReduceProd(_)
-            | ReduceL1(_) | ReduceL2(_) | ReduceLogSum(_) | ReduceLogSumExp(_) | ReduceSumSquare(_) | ArgMax(_)
-            | ArgMin(_) | QuantizeLinear(_) | DequantizeLinear(_) | DynamicQuantizeLinear(_) => Family::Other,
+            Where(_)
+            | Cast(_)
+            | CastLike(_)
+            | Clip(_)
+            | Dropout(_)
+            | Shape(_)
+            | Size(_)
+            | Gather(_)
+            | GatherElements(_)
+            | GatherND(_)
+            | Reshape(_)
+            | Unsqueeze(_)
+            | Squeeze(_)
+            | Flatten(_)
+            | Concat(_)
+            | Transpose(_)
+            | Slice(_)
+            | Split(_)
+            | Expand(_)
+            | Tile(_)
+            | Range(_)
+            | ConstantOfShape(_)
+            | Trilu(_)
+            | CumSum(_)
+            | ScatterND(_)
+            | ScatterElements(_)
+            | Pad(_)
+            | NonZero(_)
+            | OneHot(_)
+            | EyeLike(_)
+            | TopK(_)
+            | ReverseSequence(_)
+            | TensorScatter(_)
+            | MatMul(_)
+            | Gemm(_)
+            | Einsum(_)
+            | MatMulInteger(_)
+            | Softmax(_)
+            | LogSoftmax(_)
+            | Hardmax(_)
+            | LayerNormalization(_)
+            | RMSNormalization(_)
+            | LpNormalization(_)
+            | MeanVarianceNormalization(_)
+            | Attention(_)
+            | RotaryEmbedding(_)
+            | ReduceMean(_)
+            | ReduceSum(_)
+            | ReduceMax(_)
+            | ReduceMin(_)
+            | ReduceProd(_)
+            | ReduceL1(_)
+            | ReduceL2(_)
+            | ReduceLogSum(_)
+            | ReduceLogSumExp(_)
+            | ReduceSumSquare(_)
+            | ArgMax(_)
+            | ArgMin(_)
+            | QuantizeLinear(_)
+            | DequantizeLinear(_)
+            | DynamicQuantizeLinear(_) => Family::Other,
         }
     }
 
@@ -530,6 +581,9 @@ mod tests {
     fn dtype_attribute_accepts_onnx_codes() {
         let mut attrs = Attrs::new();
         attrs.insert("to".into(), AttrValue::Int(7));
-        assert_eq!(Op::from_attrs("Cast", attrs).unwrap(), Op::Cast(Cast { to: DType::I64, saturate: 1, round_mode: "up".into() }));
+        assert_eq!(
+            Op::from_attrs("Cast", attrs).unwrap(),
+            Op::Cast(Cast { to: DType::I64, saturate: 1, round_mode: "up".into() })
+        );
     }
 }

@@ -28,7 +28,12 @@ impl TensorData {
         let elements = shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d as u64));
         let expected = elements.and_then(|n| dtype.byte_len(n)).and_then(|b| usize::try_from(b).ok());
         if expected != Some(bytes.len()) {
-            return Err(TensorSizeError { dtype, shape, expected: expected.unwrap_or(usize::MAX), actual: bytes.len() });
+            return Err(TensorSizeError {
+                dtype,
+                shape,
+                expected: expected.unwrap_or(usize::MAX),
+                actual: bytes.len(),
+            });
         }
         Ok(TensorData { dtype, shape, bytes })
     }
@@ -133,8 +138,12 @@ pub fn decode_i64(dtype: DType, bytes: &[u8], n: usize) -> Option<Vec<i64>> {
     Some(match dtype {
         DType::I64 => b.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap_or_default())).collect(),
         DType::U64 => b.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()) as i64).collect(),
-        DType::I32 => b.chunks_exact(4).map(|c| i64::from(i32::from_le_bytes(c.try_into().unwrap_or_default()))).collect(),
-        DType::U32 => b.chunks_exact(4).map(|c| i64::from(u32::from_le_bytes(c.try_into().unwrap_or_default()))).collect(),
+        DType::I32 => {
+            b.chunks_exact(4).map(|c| i64::from(i32::from_le_bytes(c.try_into().unwrap_or_default()))).collect()
+        }
+        DType::U32 => {
+            b.chunks_exact(4).map(|c| i64::from(u32::from_le_bytes(c.try_into().unwrap_or_default()))).collect()
+        }
         DType::I16 => b.chunks_exact(2).map(|c| i64::from(i16::from_le_bytes([c[0], c[1]]))).collect(),
         DType::U16 => b.chunks_exact(2).map(|c| i64::from(u16::from_le_bytes([c[0], c[1]]))).collect(),
         DType::I8 => b.iter().map(|&c| i64::from(c as i8)).collect(),
@@ -158,10 +167,9 @@ pub fn decode_f64(dtype: DType, bytes: &[u8], n: usize) -> Vec<f64> {
         DType::F16 => (0..n).map(|i| half::f16::from_le_bytes([code(2 * i), code(2 * i + 1)]).to_f64()).collect(),
         DType::BF16 => (0..n).map(|i| half::bf16::from_le_bytes([code(2 * i), code(2 * i + 1)]).to_f64()).collect(),
         DType::F8E8M0 => (0..n).map(|i| f64::from(crate::minifloat::decode_e8m0(code(i)))).collect(),
-        DType::F4E2M1 => unpack_nibbles(bytes, n)
-            .into_iter()
-            .map(|c| f64::from(crate::minifloat::Format::E2M1.decode(c)))
-            .collect(),
+        DType::F4E2M1 => {
+            unpack_nibbles(bytes, n).into_iter().map(|c| f64::from(crate::minifloat::Format::E2M1.decode(c))).collect()
+        }
         d => match d.minifloat() {
             Some(f) => (0..n).map(|i| f64::from(f.decode(code(i)))).collect(),
             None => vec![0.0; n],

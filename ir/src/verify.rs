@@ -278,7 +278,8 @@ fn check_units(graph: &Graph, problems: &mut Vec<String>) {
     let mut run_time: Vec<bool> = graph.values.iter().map(|v| matches!(v.def, ValueDef::Input)).collect();
     let mut unit_of: Vec<Option<crate::Unit>> = vec![None; graph.values.len()];
     for (i, node) in graph.nodes.iter().enumerate() {
-        let inputs: Vec<usize> = node.inputs.iter().flatten().map(|v| v.index()).filter(|&v| v < run_time.len()).collect();
+        let inputs: Vec<usize> =
+            node.inputs.iter().flatten().map(|v| v.index()).filter(|&v| v < run_time.len()).collect();
         let computed = inputs.iter().any(|&v| run_time[v]);
         if computed && node.unit.is_none() {
             problems.push(format!("node n{i} `{}` ({}) has no unit, but other nodes do", node.name, node.op.name()));

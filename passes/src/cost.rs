@@ -212,9 +212,7 @@ fn flops(node: &Node, dims: &dyn Fn(ValueId) -> Vec<f64>, out: f64, first_in: f6
             // Every combination of label values is one multiply-add per extra operand.
             let ranks: Vec<usize> = (0..node.inputs.len()).map(|i| input(i).len()).collect();
             let mut sizes: std::collections::HashMap<char, f64> = std::collections::HashMap::new();
-            if let Ok((labels, _)) =
-                shardc_ir::einsum::Equation::parse(&e.equation).and_then(|eq| eq.labels(&ranks))
-            {
+            if let Ok((labels, _)) = shardc_ir::einsum::Equation::parse(&e.equation).and_then(|eq| eq.labels(&ranks)) {
                 for (i, ls) in labels.iter().enumerate() {
                     for (l, d) in ls.iter().zip(input(i)) {
                         let s = sizes.entry(*l).or_insert(d);
@@ -231,7 +229,8 @@ fn flops(node: &Node, dims: &dyn Fn(ValueId) -> Vec<f64>, out: f64, first_in: f6
             let q_elems: f64 = q.iter().product();
             let per_query_head = if q.len() == 4 { q[3] } else { 1.0 };
             let v_head = v.last().copied().unwrap_or(0.0);
-            let total = input(4).get(2).copied().unwrap_or(0.0) + if v.len() == 4 { v[2] } else { v.get(1).copied().unwrap_or(0.0) };
+            let total = input(4).get(2).copied().unwrap_or(0.0)
+                + if v.len() == 4 { v[2] } else { v.get(1).copied().unwrap_or(0.0) };
             let queries = if per_query_head > 0.0 { q_elems / per_query_head } else { 0.0 };
             queries * total * (2.0 * per_query_head + 2.0 * v_head + 5.0)
         }

@@ -36,7 +36,9 @@ pub fn lm_roles(graph: &Graph) -> Option<LmRoles> {
     let vocab = uses[token_input.index()].iter().find_map(|&n| {
         let node = graph.node(n);
         match (&node.op, node.inputs.as_slice()) {
-            (Op::Gather(g), [Some(table), Some(idx)]) if *idx == *token_input && g.axis == 0 && stored(graph, *table) => {
+            (Op::Gather(g), [Some(table), Some(idx)])
+                if *idx == *token_input && g.axis == 0 && stored(graph, *table) =>
+            {
                 graph.value(*table).ty.as_ref()?.shape.first()?.as_known()
             }
             _ => None,
@@ -44,6 +46,9 @@ pub fn lm_roles(graph: &Graph) -> Option<LmRoles> {
     })?;
     let logits = graph.outputs.iter().copied().find(|&v| graph.cache_of_output(v).is_none())?;
     let lt = graph.value(logits).ty.as_ref()?;
-    (lt.dtype.is_float() && lt.rank() == 3 && lt.shape[2].as_known() == Some(vocab))
-        .then_some(LmRoles { token_input: *token_input, logits, vocab })
+    (lt.dtype.is_float() && lt.rank() == 3 && lt.shape[2].as_known() == Some(vocab)).then_some(LmRoles {
+        token_input: *token_input,
+        logits,
+        vocab,
+    })
 }

@@ -52,6 +52,13 @@ pub struct Generation {
     pub token_input: String,
     /// The logits output the client reads the next token from.
     pub logits: String,
+    /// Whether the graph carries a KV cache. Without one each step runs on every
+    /// token so far, which the client re-sends.
+    pub kv_cache: bool,
+    /// The step that first takes the context beyond this recomputes the KV cache
+    /// from all the tokens (see `Graph::recompute_beyond`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recompute_beyond: Option<u64>,
 }
 
 /// The transmission map of a plan.
@@ -199,6 +206,13 @@ pub fn build(
     let generation = crate::roles::lm_roles(graph).map(|r| Generation {
         token_input: graph.value(r.token_input).name.clone(),
         logits: graph.value(r.logits).name.clone(),
+        kv_cache: !graph.cache.is_empty(),
+        recompute_beyond: graph.recompute_beyond,
     });
-    Ok(TransmissionMap { stages: plan.iter().map(|s| names[s.device].clone()).collect(), generation, device_local, transfers })
+    Ok(TransmissionMap {
+        stages: plan.iter().map(|s| names[s.device].clone()).collect(),
+        generation,
+        device_local,
+        transfers,
+    })
 }

@@ -14,6 +14,9 @@ use crate::tensor::{storage_of, Tensor};
 use crate::weights::WeightFiles;
 use crate::RuntimeError;
 
+/// One slot per graph value: the tensor once computed.
+type Slots = Vec<Option<Rc<Tensor>>>;
+
 /// A graph ready to run, with its weights read lazily and kept once read.
 pub struct Session {
     graph: Graph,
@@ -118,10 +121,8 @@ impl Session {
     }
 
     /// Check the inputs against the graph's input types, binding symbols to sizes.
-    fn bind_inputs(
-        &self,
-        inputs: Vec<(String, Tensor)>,
-    ) -> Result<(Vec<Option<Rc<Tensor>>>, HashMap<String, i64>), RuntimeError> {
+    /// Returns the value slots with the inputs filled in, and the symbols' sizes.
+    fn bind_inputs(&self, inputs: Vec<(String, Tensor)>) -> Result<(Slots, HashMap<String, i64>), RuntimeError> {
         let mut values: Vec<Option<Rc<Tensor>>> = vec![None; self.graph.values.len()];
         let mut sizes: HashMap<String, i64> = HashMap::new();
         let mut given: HashMap<String, Tensor> = inputs.into_iter().collect();

@@ -52,6 +52,8 @@ pub trait Runner {
     fn outputs(&self) -> Vec<String>;
     /// The KV-cache entries among those inputs and outputs.
     fn cache(&self) -> Vec<CacheEntry>;
+    /// The context past which the cache is recomputed (`Graph::recompute_beyond`).
+    fn recompute_beyond(&self) -> Option<u64>;
     /// Run once.
     fn run(&self, inputs: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>, RuntimeError>;
 }
@@ -67,6 +69,9 @@ impl Runner for Session {
     }
     fn cache(&self) -> Vec<CacheEntry> {
         cache_entries(self.graph())
+    }
+    fn recompute_beyond(&self) -> Option<u64> {
+        self.graph().recompute_beyond
     }
     fn run(&self, inputs: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>, RuntimeError> {
         Session::run(self, inputs)
@@ -119,7 +124,11 @@ fn ids_tensor(name: &str, ids: &[i64]) -> Result<Tensor, RuntimeError> {
 
 /// Pick the logits (the first output that is not a cache) out of a run's outputs and
 /// check their shape.
-fn take_logits(model: &dyn Runner, outputs: &mut HashMap<String, Tensor>, tokens: usize) -> Result<Logits, RuntimeError> {
+fn take_logits(
+    model: &dyn Runner,
+    outputs: &mut HashMap<String, Tensor>,
+    tokens: usize,
+) -> Result<Logits, RuntimeError> {
     let cache: Vec<String> = model.cache().into_iter().map(|c| c.present).collect();
     let name = model.outputs().into_iter().find(|n| !cache.contains(n)).unwrap_or_default();
     let logits = outputs.remove(&name).ok_or_else(|| RuntimeError::Input {
@@ -181,6 +190,8 @@ pub struct CacheLayout {
     pub ids: String,
     /// (input name, present output name, empty-cache shape with batch 1).
     pub entries: Vec<(String, String, Vec<usize>)>,
+    /// The step that first takes the context beyond this starts over with every token.
+    pub recompute_beyond: Option<u64>,
 }
 
 impl CacheLayout {
@@ -191,7 +202,7 @@ impl CacheLayout {
         if entries.is_empty() {
             return Ok(None);
         }
-        Ok(Some(CacheLayout { ids: ids_input(model)?, entries }))
+        Ok(Some(CacheLayout { ids: ids_input(model)?, entries, recompute_beyond: model.recompute_beyond() }))
     }
 }
 
@@ -230,8 +241,15 @@ pub fn cached_prefill(model: &dyn Runner, layout: &CacheLayout, ids: &[i64]) -> 
     Ok(cached_step(model, layout, ids, empty_cache(layout))?.0)
 }
 
+/// Whether a step that feeds `fed` tokens after `past` cached ones must start over
+/// from an empty cache with every token (`CacheLayout::recompute_beyond`).
+pub fn recomputes(layout: &CacheLayout, past: usize, fed: usize) -> bool {
+    layout.recompute_beyond.is_some_and(|n| past > 0 && past as u64 <= n && (past + fed) as u64 > n)
+}
+
 /// Greedy continuation with the KV cache: one prefill step over the prompt, then each
-/// decode step feeds only the last token and the cache.
+/// decode step feeds only the last token and the cache — except the step that first
+/// takes the context past `recompute_beyond`, which feeds every token to an empty cache.
 pub fn greedy_cached(
     model: &dyn Runner,
     layout: &CacheLayout,
@@ -240,12 +258,21 @@ pub fn greedy_cached(
 ) -> Result<Vec<i64>, RuntimeError> {
     let mut out = Vec::with_capacity(n);
     let mut cache = empty_cache(layout);
+    let mut all = prompt.to_vec();
     let mut feed = prompt.to_vec();
+    let mut past = 0;
     for _ in 0..n {
+        if recomputes(layout, past, feed.len()) {
+            feed = all.clone();
+            cache = empty_cache(layout);
+            past = 0;
+        }
         let (logits, next_cache) = cached_step(model, layout, &feed, cache)?;
         cache = next_cache;
+        past += feed.len();
         let next = argmax(logits.last()) as i64;
         out.push(next);
+        all.push(next);
         feed = vec![next];
     }
     Ok(out)

@@ -295,7 +295,11 @@ impl Device<'_> {
             let g = active.as_ref().map_or(self.active.session.graph(), |(s, _)| s.graph());
             (
                 g.inputs.iter().filter(|&&v| g.cache_of_input(v).is_none()).map(|&v| g.value(v).name.clone()).collect(),
-                g.outputs.iter().filter(|&&v| g.cache_of_output(v).is_none()).map(|&v| g.value(v).name.clone()).collect(),
+                g.outputs
+                    .iter()
+                    .filter(|&&v| g.cache_of_output(v).is_none())
+                    .map(|&v| g.value(v).name.clone())
+                    .collect(),
             )
         };
         let routed_in: BTreeSet<&String> =
@@ -593,6 +597,12 @@ pub fn generate(
         })
     };
     let (token_input, logits_name) = (role("token_input")?, role("logits")?);
+    // Past this context the cache is recomputed from every token (Phi-3's longrope).
+    let recompute_beyond = map["generation"]["recompute_beyond"].as_u64();
+    // Without a KV cache every step runs on all the tokens so far.
+    let cached = map["generation"]["kv_cache"]
+        .as_bool()
+        .ok_or("the transmission map does not say whether the model has a KV cache")?;
     let ids_to: Vec<String> = map["transfers"]
         .as_array()
         .and_then(|t| t.iter().find(|t| t["tensor"] == token_input.as_str()))
@@ -635,6 +645,11 @@ pub fn generate(
         done.insert((r, 0), vec![false; stages.len()]);
     }
     ids_sent.push(job.prompt.len());
+    // Each request travels under a wire id; a request whose cache is recomputed starts
+    // over under a new one, its old cache ended on every device.
+    let mut owner: HashMap<u64, usize> = (0..requests).map(|r| (r as u64, r)).collect();
+    let mut next_wire = requests as u64;
+    let mut fed: Vec<usize> = vec![job.prompt.len(); requests];
     let mut active = requests;
     let mut completed_steps = 0u64;
     // A move waiting for the in-flight steps to finish: the plan, since when, and the
@@ -693,7 +708,7 @@ pub fn generate(
         if complete {
             done.remove(&key);
             let next = argmax(&logits.remove(&key).unwrap_or_default()) as i64;
-            let r = key.0 as usize;
+            let r = *owner.get(&key.0).ok_or_else(|| format!("logits for unknown request {}", key.0))?;
             tokens[r].push(next);
             token_ms[r].push(started.elapsed().as_secs_f64() * 1e3);
             if key.1 > 0 {
@@ -707,10 +722,22 @@ pub fn generate(
             } else if draining.is_some() {
                 held_back.push((key.0, key.1 + 1, next));
             } else {
-                client.send_ids(key.0, key.1 + 1, &[next])?;
-                done.insert((key.0, key.1 + 1), vec![false; stages.len()]);
+                let (wire, step, ids) = advance(
+                    &mut client,
+                    &stages,
+                    key,
+                    next,
+                    r,
+                    (cached, recompute_beyond),
+                    &job.prompt,
+                    &tokens[r],
+                    &mut fed,
+                    &mut owner,
+                    &mut next_wire,
+                )?;
+                done.insert((wire, step), vec![false; stages.len()]);
                 if r == 0 {
-                    ids_sent.push(1);
+                    ids_sent.push(ids);
                 }
             }
             if let (Some(b), None) = (&mut balancer, &draining) {
@@ -740,11 +767,24 @@ pub fn generate(
                         eprintln!("client: {}", d.to_text());
                     }
                 }
-                for (r, step, next) in std::mem::take(&mut held_back) {
-                    client.send_ids(r, step, &[next])?;
-                    done.insert((r, step), vec![false; stages.len()]);
+                for (wire, step, next) in std::mem::take(&mut held_back) {
+                    let r = *owner.get(&wire).ok_or_else(|| format!("held back unknown request {wire}"))?;
+                    let (wire, step, ids) = advance(
+                        &mut client,
+                        &stages,
+                        (wire, step - 1),
+                        next,
+                        r,
+                        (cached, recompute_beyond),
+                        &job.prompt,
+                        &tokens[r],
+                        &mut fed,
+                        &mut owner,
+                        &mut next_wire,
+                    )?;
+                    done.insert((wire, step), vec![false; stages.len()]);
                     if r == 0 {
-                        ids_sent.push(1);
+                        ids_sent.push(ids);
                     }
                 }
             }
@@ -764,6 +804,50 @@ pub fn generate(
         wall_ms: started.elapsed().as_secs_f64() * 1e3,
         balance,
     })
+}
+
+/// Send request `r`'s next step after step `key` produced `next`: with a KV cache the
+/// one new token, or — when it first takes the context past `recompute_beyond` —
+/// every token under a new wire id, the old one's cache ended on every device; without
+/// a cache every token, as the next step of the same wire id. Returns the wire id,
+/// step and number of ids sent.
+#[allow(clippy::too_many_arguments)]
+fn advance(
+    client: &mut Client,
+    stages: &[String],
+    key: (u64, u64),
+    next: i64,
+    r: usize,
+    (cached, recompute_beyond): (bool, Option<u64>),
+    prompt: &[i64],
+    generated: &[i64],
+    fed: &mut [usize],
+    owner: &mut HashMap<u64, usize>,
+    next_wire: &mut u64,
+) -> Result<(u64, u64, usize), String> {
+    let past = fed[r];
+    if !cached {
+        let all: Vec<i64> = prompt.iter().chain(generated).copied().collect();
+        client.send_ids(key.0, key.1 + 1, &all)?;
+        fed[r] = all.len();
+        return Ok((key.0, key.1 + 1, all.len()));
+    }
+    if recompute_beyond.is_some_and(|n| past as u64 <= n && past as u64 + 1 > n) {
+        for d in stages {
+            client.send_to(d, &Frame::new("end", key.0, key.1, "client", vec![]))?;
+        }
+        owner.remove(&key.0);
+        let wire = *next_wire;
+        *next_wire += 1;
+        owner.insert(wire, r);
+        let all: Vec<i64> = prompt.iter().chain(generated).copied().collect();
+        client.send_ids(wire, 0, &all)?;
+        fed[r] = all.len();
+        return Ok((wire, 0, all.len()));
+    }
+    client.send_ids(key.0, key.1 + 1, &[next])?;
+    fed[r] = past + 1;
+    Ok((key.0, key.1 + 1, 1))
 }
 
 /// Tell every device to stop.

@@ -139,7 +139,9 @@ impl Tensor {
                 TensorData::from_f64_values(self.dtype, shape, &v)
             }
             Data::I64(a) => TensorData::from_ints(self.dtype, shape, &a.iter().copied().collect::<Vec<_>>()),
-            Data::Bool(a) => TensorData::from_ints(self.dtype, shape, &a.iter().map(|&b| i64::from(b)).collect::<Vec<_>>()),
+            Data::Bool(a) => {
+                TensorData::from_ints(self.dtype, shape, &a.iter().map(|&b| i64::from(b)).collect::<Vec<_>>())
+            }
         };
         Ok(out)
     }

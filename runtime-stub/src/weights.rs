@@ -99,13 +99,8 @@ fn decode(dtype: DType, bytes: &[u8], elements: usize) -> Decoded {
         DType::I4 | DType::U4 => {
             Decoded::I64(shardc_ir::tensor::decode_i64(dtype, bytes, elements).unwrap_or_default())
         }
-        DType::F8E4M3FN
-        | DType::F8E4M3FNUZ
-        | DType::F8E5M2
-        | DType::F8E5M2FNUZ
-        | DType::F8E8M0
-        | DType::F4E2M1 => Decoded::F32(
-            shardc_ir::tensor::decode_f64(dtype, bytes, elements).into_iter().map(|v| v as f32).collect(),
-        ),
+        DType::F8E4M3FN | DType::F8E4M3FNUZ | DType::F8E5M2 | DType::F8E5M2FNUZ | DType::F8E8M0 | DType::F4E2M1 => {
+            Decoded::F32(shardc_ir::tensor::decode_f64(dtype, bytes, elements).into_iter().map(|v| v as f32).collect())
+        }
     }
 }

@@ -134,6 +134,7 @@ fn store_weights(graph: &Graph, dtype: Option<DType>) -> (Graph, HashMap<usize, 
         .iter()
         .map(|c| shardc_ir::CachePair { past: map[&c.past], present: map[&c.present], axis: c.axis })
         .collect();
+    out.recompute_beyond = graph.recompute_beyond;
     (out, stored)
 }
 

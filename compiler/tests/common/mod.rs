@@ -8,6 +8,17 @@ pub mod net;
 /// The fixture models `fixtures/generate.py` wrote.
 pub const FIXTURES: &[&str] = &["gpt2", "llama", "qwen2", "bloom", "llama32"];
 
+/// The language models `fixtures/generate_current.py` wrote with the current toolchain
+/// (checkpoint, dynamo export, TorchScript export).
+pub const CURRENT: &[&str] = &["llama31", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3"];
+
+/// Its one-layer Llama checkpoints, one per rope type.
+pub const ROPES: &[&str] =
+    &["rope-default", "rope-linear", "rope-dynamic", "rope-llama3", "rope-yarn", "rope-longrope"];
+
+/// The ONNX exports of a current fixture, by exporter.
+pub const EXPORTERS: &[&str] = &["dynamo", "torchscript"];
+
 /// The workspace root.
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()

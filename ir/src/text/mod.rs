@@ -17,7 +17,8 @@
 //!
 //! Values are `%id`, nodes `nid`; `_` is an omitted optional input; `?` an unknown
 //! type or dimension; `@unit` the unit a node belongs to; `cache %past -> %present
-//! axis N` a KV-cache pair. Weights are references: file, byte offset and length (`none`
+//! axis N` a KV-cache pair; `recompute beyond N` the context past which the cache is
+//! recomputed. Weights are references: file, byte offset and length (`none`
 //! for a shape-only graph). Attributes equal to their defaults are left out.
 
 mod parse;

@@ -33,6 +33,7 @@ pub fn parse(text: &str) -> Result<Graph, ParseError> {
     let mut outputs = Vec::new();
     let mut nodes: Vec<Node> = Vec::new();
     let mut cache = Vec::new();
+    let mut recompute_beyond = None;
     let mut closed = false;
 
     for (line_no, line) in lines {
@@ -94,6 +95,14 @@ pub fn parse(text: &str) -> Result<Graph, ParseError> {
             "output" => {
                 outputs.push(ValueId(c.value_id()?));
                 c.end()?;
+            }
+            "recompute" => {
+                c.keyword("beyond")?;
+                let n = c.unsigned()?;
+                c.end()?;
+                if recompute_beyond.replace(n).is_some() {
+                    return Err(c.error("`recompute beyond` given twice".into()));
+                }
             }
             "cache" => {
                 let past = ValueId(c.value_id()?);
@@ -169,7 +178,9 @@ pub fn parse(text: &str) -> Result<Graph, ParseError> {
                 nodes.push(Node { name: node_name, op, inputs: node_inputs, outputs: node_outputs, unit });
             }
             other => {
-                return Err(c.error(format!("expected input, weight, const, a node, output or cache, found `{other}`")))
+                return Err(c.error(format!(
+                    "expected input, weight, const, a node, output, cache or recompute, found `{other}`"
+                )))
             }
         }
     }
@@ -187,6 +198,7 @@ pub fn parse(text: &str) -> Result<Graph, ParseError> {
     graph.inputs = inputs;
     graph.outputs = outputs;
     graph.cache = cache;
+    graph.recompute_beyond = recompute_beyond;
     Ok(graph)
 }
 

@@ -75,6 +75,9 @@ pub fn print(graph: &Graph) -> String {
     for c in &graph.cache {
         let _ = writeln!(out, "  cache {} -> {} axis {}", c.past, c.present, c.axis);
     }
+    if let Some(n) = graph.recompute_beyond {
+        let _ = writeln!(out, "  recompute beyond {n}");
+    }
     out.push_str("}\n");
     out
 }

@@ -140,7 +140,12 @@ pub fn attention(a: &shardc_ir::ops::Attention, inputs: &[Option<In>], n_outputs
     let k = required(inputs, 1)?;
     let v = required(inputs, 2)?;
     if q.rank() != k.rank() || q.rank() != v.rank() || !(q.rank() == 3 || q.rank() == 4) {
-        return Err(format!("Q, K and V must all be 3-D or all 4-D, got ranks {}, {}, {}", q.rank(), k.rank(), v.rank()));
+        return Err(format!(
+            "Q, K and V must all be 3-D or all 4-D, got ranks {}, {}, {}",
+            q.rank(),
+            k.rank(),
+            v.rank()
+        ));
     }
     let four = q.rank() == 4;
     let heads = |attr: Option<i64>, what: &str| -> Result<Dim, String> {

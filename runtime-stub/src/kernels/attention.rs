@@ -132,7 +132,11 @@ pub fn attention(a: &Attention, inputs: &[Option<&Tensor>], n_outputs: usize) ->
     }
     let shape = super::broadcast_shape(raw.shape(), bias.shape())?;
     if shape != raw.shape() {
-        return Err(format!("attn_mask of shape {:?} does not broadcast to the scores {:?}", bias.shape(), raw.shape()));
+        return Err(format!(
+            "attn_mask of shape {:?} does not broadcast to the scores {:?}",
+            bias.shape(),
+            raw.shape()
+        ));
     }
     let mut scores = &raw + &bias.broadcast(IxDyn(&shape)).ok_or("broadcast failed")?;
     let with_bias = scores.clone();
@@ -212,7 +216,12 @@ pub fn rotary(r: &RotaryEmbedding, inputs: &[Option<&Tensor>]) -> KernelResult {
             let pick = |c: &ArrayD<f32>| -> Result<ArrayD<f32>, String> {
                 let idx: Vec<usize> = pos
                     .iter()
-                    .map(|&i| usize::try_from(i).ok().filter(|&i| i < rows).ok_or(format!("position {i} is outside the cache of {rows}")))
+                    .map(|&i| {
+                        usize::try_from(i)
+                            .ok()
+                            .filter(|&i| i < rows)
+                            .ok_or(format!("position {i} is outside the cache of {rows}"))
+                    })
                     .collect::<Result<_, _>>()?;
                 let sel = c.select(Axis(0), &idx);
                 sel.into_shape_with_order(IxDyn(&[b, s, half])).map_err(|e| e.to_string())

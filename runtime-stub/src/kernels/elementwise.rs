@@ -195,9 +195,7 @@ pub fn comparison(op: &Op, inputs: &[Option<&Tensor>]) -> KernelResult {
             _ => cmp(op, x, y)?,
         },
         (Data::F32(x), Data::F32(y)) => cmp(op, x, y)?,
-        (Data::I64(x), Data::I64(y)) if a.dtype == DType::U64 => {
-            cmp(op, &x.mapv(|v| v as u64), &y.mapv(|v| v as u64))?
-        }
+        (Data::I64(x), Data::I64(y)) if a.dtype == DType::U64 => cmp(op, &x.mapv(|v| v as u64), &y.mapv(|v| v as u64))?,
         (Data::I64(x), Data::I64(y)) => cmp(op, x, y)?,
         _ => return Err(mismatch(a, b)),
     };
@@ -272,7 +270,15 @@ pub fn unary(op: &Op, inputs: &[Option<&Tensor>]) -> KernelResult {
             Op::Floor(_) => a.mapv(f32::floor),
             Op::Ceil(_) => a.mapv(f32::ceil),
             Op::Round(_) => a.mapv(f32::round_ties_even),
-            Op::Sign(_) => a.mapv(|v| if v > 0.0 { 1.0 } else if v < 0.0 { -1.0 } else { v }),
+            Op::Sign(_) => a.mapv(|v| {
+                if v > 0.0 {
+                    1.0
+                } else if v < 0.0 {
+                    -1.0
+                } else {
+                    v
+                }
+            }),
             Op::Softplus(_) => a.mapv(softplus),
             Op::Softsign(_) => a.mapv(|v| v / (1.0 + v.abs())),
             Op::LeakyRelu(l) => a.mapv(|v| if v < 0.0 { l.alpha * v } else { v }),

@@ -415,8 +415,7 @@ impl Labeled {
 
     /// Axes reordered to `order` (a permutation of the labels).
     fn permuted(&self, order: &[char]) -> ArrayD<f32> {
-        let perm: Vec<usize> =
-            order.iter().map(|l| self.labels.iter().position(|x| x == l).unwrap_or(0)).collect();
+        let perm: Vec<usize> = order.iter().map(|l| self.labels.iter().position(|x| x == l).unwrap_or(0)).collect();
         self.a.view().permuted_axes(IxDyn(&perm)).as_standard_layout().into_owned()
     }
 
@@ -448,7 +447,12 @@ fn contract(x: Labeled, y: Labeled, keep: &[char]) -> Result<Labeled, String> {
         Ok(p.broadcast(IxDyn(&full)).ok_or("broadcast failed")?.to_owned())
     };
     let prod = |ls: &[char]| ls.iter().map(|&l| size(l)).product::<usize>();
-    let (nb, m, k, n) = (prod(&batch), x_only.iter().map(|&l| x.size(l)).product::<usize>(), prod(&summed), y_only.iter().map(|&l| y.size(l)).product::<usize>());
+    let (nb, m, k, n) = (
+        prod(&batch),
+        x_only.iter().map(|&l| x.size(l)).product::<usize>(),
+        prod(&summed),
+        y_only.iter().map(|&l| y.size(l)).product::<usize>(),
+    );
     let xa = expand(&x, &[&batch[..], &x_only[..], &summed[..]].concat())?
         .into_shape_with_order(IxDyn(&[nb, m, k]))
         .map_err(|e| e.to_string())?;

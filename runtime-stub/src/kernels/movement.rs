@@ -343,7 +343,7 @@ pub fn scatter_nd(reduction: &str, inputs: &[Option<&Tensor>]) -> KernelResult {
         return Err(format!("index tuples of length {k} for data of rank {}", shape.len()));
     }
     let inner: usize = shape[k..].iter().product();
-    let tuples = if k == 0 { 0 } else { idx.len() / k };
+    let tuples = idx.len().checked_div(k).unwrap_or(0);
     if updates.len() != tuples * inner {
         return Err(format!("updates {} do not match {tuples} index tuples of {inner} elements", updates.describe()));
     }
@@ -511,7 +511,11 @@ pub fn gather_nd(batch_dims: i64, inputs: &[Option<&Tensor>]) -> KernelResult {
 }
 
 /// How a scatter combines an existing element with an update.
-fn combine<T: Copy + PartialOrd>(reduction: &str, add: fn(T, T) -> T, mul: fn(T, T) -> T) -> Result<impl Fn(T, T) -> T, String> {
+fn combine<T: Copy + PartialOrd>(
+    reduction: &str,
+    add: fn(T, T) -> T,
+    mul: fn(T, T) -> T,
+) -> Result<impl Fn(T, T) -> T, String> {
     let r = match reduction {
         "none" => 0,
         "add" => 1,
@@ -547,7 +551,11 @@ pub fn scatter_elements(ax: i64, reduction: &str, inputs: &[Option<&Tensor>]) ->
     let rank = x.shape().len();
     let ax = axis(ax, rank)?;
     if idx.shape() != upd.shape() || idx.shape().len() != rank {
-        return Err(format!("indices {} and updates {} must match, at the data's rank", idx.describe(), upd.describe()));
+        return Err(format!(
+            "indices {} and updates {} must match, at the data's rank",
+            idx.describe(),
+            upd.describe()
+        ));
     }
     let indices = ints(idx, "indices")?;
     let (xs, is) = (strides(x.shape()), strides(idx.shape()));
@@ -555,7 +563,11 @@ pub fn scatter_elements(ax: i64, reduction: &str, inputs: &[Option<&Tensor>]) ->
     for (flat, &i) in indices.iter().enumerate() {
         let mut off = 0;
         for d in 0..rank {
-            let c = if d == ax { index(i, x.shape()[ax], "ScatterElements")? } else { (flat / is[d]) % idx.shape()[d].max(1) };
+            let c = if d == ax {
+                index(i, x.shape()[ax], "ScatterElements")?
+            } else {
+                (flat / is[d]) % idx.shape()[d].max(1)
+            };
             if c >= x.shape()[d] {
                 return Err(format!("indices {} exceed the data {} on axis {d}", idx.describe(), x.describe()));
             }
@@ -563,7 +575,12 @@ pub fn scatter_elements(ax: i64, reduction: &str, inputs: &[Option<&Tensor>]) ->
         }
         offsets.push(off);
     }
-    fn apply<T: Copy>(a: &ArrayD<T>, u: &ArrayD<T>, offsets: &[usize], f: impl Fn(T, T) -> T) -> Result<ArrayD<T>, String> {
+    fn apply<T: Copy>(
+        a: &ArrayD<T>,
+        u: &ArrayD<T>,
+        offsets: &[usize],
+        f: impl Fn(T, T) -> T,
+    ) -> Result<ArrayD<T>, String> {
         let mut out: Vec<T> = a.iter().copied().collect();
         for (&o, &v) in offsets.iter().zip(u.iter()) {
             out[o] = f(out[o], v);
@@ -571,7 +588,9 @@ pub fn scatter_elements(ax: i64, reduction: &str, inputs: &[Option<&Tensor>]) ->
         array(a.shape(), out)
     }
     let data = match (&x.data, &upd.data) {
-        (Data::F32(a), Data::F32(u)) => Data::F32(apply(a, u, &offsets, combine(reduction, |p, q| p + q, |p, q| p * q)?)?),
+        (Data::F32(a), Data::F32(u)) => {
+            Data::F32(apply(a, u, &offsets, combine(reduction, |p, q| p + q, |p, q| p * q)?)?)
+        }
         (Data::I64(a), Data::I64(u)) => {
             Data::I64(apply(a, u, &offsets, combine(reduction, i64::wrapping_add, i64::wrapping_mul)?)?)
         }
@@ -633,8 +652,9 @@ pub fn pad(mode: &str, inputs: &[Option<&Tensor>]) -> KernelResult {
             other => return Err(format!("pad mode `{other}` (expected constant, edge, reflect or wrap)")),
         })
     };
-    let maps: Vec<Vec<Option<usize>>> =
-        (0..rank).map(|d| (0..out_shape[d]).map(|o| source(d, o)).collect::<Result<_, _>>()).collect::<Result<_, _>>()?;
+    let maps: Vec<Vec<Option<usize>>> = (0..rank)
+        .map(|d| (0..out_shape[d]).map(|o| source(d, o)).collect::<Result<_, _>>())
+        .collect::<Result<_, _>>()?;
     let xs = strides(&in_shape);
     let total: usize = out_shape.iter().product();
     let mut offsets = Vec::with_capacity(total);
@@ -650,7 +670,12 @@ pub fn pad(mode: &str, inputs: &[Option<&Tensor>]) -> KernelResult {
         }
         offsets.push(off);
     }
-    fn fill<T: Clone>(a: &ArrayD<T>, offsets: &[Option<usize>], value: T, shape: &[usize]) -> Result<ArrayD<T>, String> {
+    fn fill<T: Clone>(
+        a: &ArrayD<T>,
+        offsets: &[Option<usize>],
+        value: T,
+        shape: &[usize],
+    ) -> Result<ArrayD<T>, String> {
         let flat = a.as_standard_layout();
         let s = flat.as_slice().ok_or("data is not contiguous")?;
         array(shape, offsets.iter().map(|o| o.map_or_else(|| value.clone(), |i| s[i].clone())).collect())
@@ -716,8 +741,10 @@ pub fn one_hot(ax: i64, inputs: &[Option<&Tensor>]) -> KernelResult {
         let v = if v < 0 { v + depth } else { v };
         v == k as i64
     };
-    let positions: Vec<bool> =
-        (0..outer).flat_map(|o| (0..d).flat_map(move |k| (0..inner).map(move |i| (o, k, i)))).map(|(o, k, i)| hot(o, k, i)).collect();
+    let positions: Vec<bool> = (0..outer)
+        .flat_map(|o| (0..d).flat_map(move |k| (0..inner).map(move |i| (o, k, i))))
+        .map(|(o, k, i)| hot(o, k, i))
+        .collect();
     let data = match &values.data {
         Data::F32(v) => {
             let (off, on) = (v[[0]], v[[1]]);
@@ -849,7 +876,11 @@ pub fn tensor_scatter(ax: i64, mode: &str, inputs: &[Option<&Tensor>]) -> Kernel
     }
     for d in 0..rank {
         if d != ax && cache.shape()[d] != update.shape()[d] {
-            return Err(format!("update {} does not match cache {} off axis {ax}", update.describe(), cache.describe()));
+            return Err(format!(
+                "update {} does not match cache {} off axis {ax}",
+                update.describe(),
+                cache.describe()
+            ));
         }
     }
     let circular = match mode {

@@ -24,7 +24,8 @@ fn scale_index(shape: &[usize], scale_shape: &[usize], ax: i64, block: i64) -> R
         }
         return Ok((0..n).map(|f| (f / strides[a]) % shape[a]).collect());
     }
-    let b = usize::try_from(block).ok().filter(|&b| b > 0).ok_or_else(|| format!("block_size {block} is not positive"))?;
+    let b =
+        usize::try_from(block).ok().filter(|&b| b > 0).ok_or_else(|| format!("block_size {block} is not positive"))?;
     if scale_shape.len() != shape.len() {
         return Err(format!("blocked scales {scale_shape:?} must have the input's rank {}", shape.len()));
     }
@@ -80,7 +81,8 @@ pub fn quantize(q: &QuantizeLinear, inputs: &[Option<&Tensor>]) -> KernelResult 
         None => vec![0.0; ss.len()],
     };
     let idx = scale_index(x.shape(), scale.shape(), q.axis, q.block_size)?;
-    let quotient = |i: usize| at_precision(at_precision(xs[i], q.precision) / at_precision(ss[idx[i]], q.precision), q.precision);
+    let quotient =
+        |i: usize| at_precision(at_precision(xs[i], q.precision) / at_precision(ss[idx[i]], q.precision), q.precision);
     let shape = IxDyn(x.shape());
     let data = if let Some((lo, hi)) = to.int_range() {
         let v: Vec<i64> = (0..xs.len())
@@ -95,7 +97,8 @@ pub fn quantize(q: &QuantizeLinear, inputs: &[Option<&Tensor>]) -> KernelResult 
             .collect();
         Data::I64(ArrayD::from_shape_vec(shape, v).map_err(|e| e.to_string())?)
     } else if let Some(f) = to.minifloat() {
-        let v: Vec<f32> = (0..xs.len()).map(|i| f.decode(f.encode(quotient(i) + zs[idx[i]], q.saturate != 0))).collect();
+        let v: Vec<f32> =
+            (0..xs.len()).map(|i| f.decode(f.encode(quotient(i) + zs[idx[i]], q.saturate != 0))).collect();
         Data::F32(ArrayD::from_shape_vec(shape, v).map_err(|e| e.to_string())?)
     } else {
         return Err(format!("cannot quantize to {to}"));
@@ -144,7 +147,10 @@ pub fn dynamic(inputs: &[Option<&Tensor>]) -> KernelResult {
     let zp = (0.0 - min / scale).clamp(0.0, 255.0).round_ties_even();
     let y: Vec<i64> = xs.iter().map(|&v| ((v / scale).round_ties_even() + zp).clamp(0.0, 255.0) as i64).collect();
     Ok(vec![
-        Tensor::with_dtype(DType::U8, Data::I64(ArrayD::from_shape_vec(IxDyn(x.shape()), y).map_err(|e| e.to_string())?)),
+        Tensor::with_dtype(
+            DType::U8,
+            Data::I64(ArrayD::from_shape_vec(IxDyn(x.shape()), y).map_err(|e| e.to_string())?),
+        ),
         Tensor::with_dtype(DType::F32, Data::F32(ArrayD::from_elem(IxDyn(&[]), scale))),
         Tensor::with_dtype(DType::U8, Data::I64(ArrayD::from_elem(IxDyn(&[]), zp as i64))),
     ])

@@ -2,6 +2,9 @@
 
 use ndarray::{ArrayD, Axis, IxDyn};
 
+/// A reduction of one lane.
+type Lane<T> = Box<dyn Fn(ndarray::ArrayView1<T>) -> T>;
+
 use shardc_ir::Op;
 
 use super::{axis, input, ints, optional, KernelResult};
@@ -53,15 +56,23 @@ pub fn reduce(op: &Op, inputs: &[Option<&Tensor>]) -> KernelResult {
         Data::F32(a) => {
             // Accumulate in f64: sums of thousands of f32 values keep their digits.
             let sum = |l: ndarray::ArrayView1<f32>| l.iter().map(|&v| f64::from(v)).sum::<f64>();
-            let f: Box<dyn Fn(ndarray::ArrayView1<f32>) -> f32> = match op {
+            let f: Lane<f32> = match op {
                 Op::ReduceMean(_) => Box::new(move |l| (sum(l) / l.len() as f64) as f32),
                 Op::ReduceSum(_) => Box::new(move |l| sum(l) as f32),
-                Op::ReduceMax(_) => Box::new(|l| l.fold(f32::NEG_INFINITY, |m, &v| if v.is_nan() || m.is_nan() { f32::NAN } else { m.max(v) })),
-                Op::ReduceMin(_) => Box::new(|l| l.fold(f32::INFINITY, |m, &v| if v.is_nan() || m.is_nan() { f32::NAN } else { m.min(v) })),
+                Op::ReduceMax(_) => Box::new(|l| {
+                    l.fold(f32::NEG_INFINITY, |m, &v| if v.is_nan() || m.is_nan() { f32::NAN } else { m.max(v) })
+                }),
+                Op::ReduceMin(_) => Box::new(|l| {
+                    l.fold(f32::INFINITY, |m, &v| if v.is_nan() || m.is_nan() { f32::NAN } else { m.min(v) })
+                }),
                 Op::ReduceProd(_) => Box::new(|l| l.iter().map(|&v| f64::from(v)).product::<f64>() as f32),
                 Op::ReduceL1(_) => Box::new(|l| l.iter().map(|&v| f64::from(v.abs())).sum::<f64>() as f32),
-                Op::ReduceL2(_) => Box::new(|l| l.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>().sqrt() as f32),
-                Op::ReduceSumSquare(_) => Box::new(|l| l.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>() as f32),
+                Op::ReduceL2(_) => {
+                    Box::new(|l| l.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>().sqrt() as f32)
+                }
+                Op::ReduceSumSquare(_) => {
+                    Box::new(|l| l.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>() as f32)
+                }
                 Op::ReduceLogSum(_) => Box::new(move |l| sum(l).ln() as f32),
                 Op::ReduceLogSumExp(_) => Box::new(|l| {
                     let m = l.fold(f64::NEG_INFINITY, |m, &v| m.max(f64::from(v)));
@@ -75,15 +86,19 @@ pub fn reduce(op: &Op, inputs: &[Option<&Tensor>]) -> KernelResult {
             Data::F32(go(a, &axes, keepdims, f)?)
         }
         Data::I64(a) => {
-            let f: Box<dyn Fn(ndarray::ArrayView1<i64>) -> i64> = match op {
-                Op::ReduceMean(_) => Box::new(|l| l.iter().fold(0i64, |s, &v| s.wrapping_add(v)) / l.len().max(1) as i64),
+            let f: Lane<i64> = match op {
+                Op::ReduceMean(_) => {
+                    Box::new(|l| l.iter().fold(0i64, |s, &v| s.wrapping_add(v)) / l.len().max(1) as i64)
+                }
                 Op::ReduceSum(_) => Box::new(|l| l.iter().fold(0i64, |s, &v| s.wrapping_add(v))),
                 Op::ReduceMax(_) => Box::new(|l| l.fold(i64::MIN, |m, &v| m.max(v))),
                 Op::ReduceMin(_) => Box::new(|l| l.fold(i64::MAX, |m, &v| m.min(v))),
                 Op::ReduceProd(_) => Box::new(|l| l.iter().fold(1i64, |s, &v| s.wrapping_mul(v))),
                 Op::ReduceL1(_) => Box::new(|l| l.iter().fold(0i64, |s, &v| s.wrapping_add(v.wrapping_abs()))),
                 Op::ReduceSumSquare(_) => Box::new(|l| l.iter().fold(0i64, |s, &v| s.wrapping_add(v.wrapping_mul(v)))),
-                Op::ReduceL2(_) => Box::new(|l| (l.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>().sqrt()) as i64),
+                Op::ReduceL2(_) => {
+                    Box::new(|l| (l.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>().sqrt()) as i64)
+                }
                 _ => return Err(format!("{} does not take {}", op.name(), t.describe())),
             };
             Data::I64(go(a, &axes, keepdims, f)?)

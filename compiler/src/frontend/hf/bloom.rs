@@ -6,7 +6,7 @@ use shardc_ir::ops::*;
 use shardc_ir::{DType, Op, Unit, ValueId};
 
 use super::builder::Builder;
-use super::{attention, lm_head, Arch, Common, HfError};
+use super::{attention, lm_head, Arch, AttnOptions, Common, HfError};
 
 /// ALiBi slopes for `n` heads (Press et al.; as BLOOM computes them).
 pub fn alibi_slopes(n: usize) -> Vec<f64> {
@@ -39,7 +39,11 @@ pub(crate) fn lower(b: &mut Builder, arch: &Arch, common: &Common) -> Result<Val
     // ALiBi: slope[head] · key position, [heads, 1, past+seq].
     let alibi = b.scoped("transformer/alibi", |b| {
         let slopes = b.floats("slopes", &[nh, 1, 1], &alibi_slopes(nh));
-        let pos = b.op("Cast", Op::Cast(Cast { to: DType::F32, saturate: 1, round_mode: "up".into() }), &[common.key_positions]);
+        let pos = b.op(
+            "Cast",
+            Op::Cast(Cast { to: DType::F32, saturate: 1, round_mode: "up".into() }),
+            &[common.key_positions],
+        );
         b.op("Mul", Op::Mul(Mul {}), &[slopes, pos])
     });
     for i in 0..arch.layers {
@@ -73,15 +77,8 @@ pub(crate) fn lower(b: &mut Builder, arch: &Arch, common: &Common) -> Result<Val
                         &[sq],
                     ));
                 }
-                let ctx = attention(
-                    b,
-                    arch,
-                    common,
-                    i,
-                    (parts[0], parts[1], parts[2]),
-                    1.0 / (hd as f64).sqrt(),
-                    Some(alibi),
-                );
+                let opts = AttnOptions { scale: 1.0 / (hd as f64).sqrt(), softcap: None, bias: Some(alibi) };
+                let ctx = attention(b, arch, common, i, (parts[0], parts[1], parts[2]), &opts);
                 let merged = b.merge_heads(ctx, h);
                 b.linear(
                     "dense",

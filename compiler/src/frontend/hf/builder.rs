@@ -242,10 +242,16 @@ impl<'a> Builder<'a> {
         eps: f64,
     ) -> Result<ValueId, HfError> {
         let w = self.weight(weight, &[dim])?;
+        self.rms_norm_with(label, x, w, eps)
+    }
+
+    /// RMSNorm of `x` by the last axis, scaled by the value `w`.
+    fn rms_norm_with(&mut self, label: &str, x: ValueId, w: ValueId, eps: f64) -> Result<ValueId, HfError> {
         Ok(self.scoped(label, |b| {
             let sq = b.op("Mul", Op::Mul(Mul {}), &[x, x]);
             let last = b.ints("axes", &[1], &[-1]);
-            let mean = b.op("ReduceMean", Op::ReduceMean(ReduceMean { keepdims: 1, noop_with_empty_axes: 0 }), &[sq, last]);
+            let mean =
+                b.op("ReduceMean", Op::ReduceMean(ReduceMean { keepdims: 1, noop_with_empty_axes: 0 }), &[sq, last]);
             let e = b.scalar("eps", eps);
             let var = b.op("Add", Op::Add(Add {}), &[mean, e]);
             let std = b.op("Sqrt", Op::Sqrt(Sqrt {}), &[var]);
@@ -253,6 +259,34 @@ impl<'a> Builder<'a> {
             let normed = b.op("Mul_1", Op::Mul(Mul {}), &[x, inv]);
             b.op("Mul_2", Op::Mul(Mul {}), &[w, normed])
         }))
+    }
+
+    /// Gemma's RMSNorm: `x / sqrt(mean(x²) + eps) · (1 + weight)`.
+    pub fn rms_norm_plus_one(
+        &mut self,
+        label: &str,
+        x: ValueId,
+        weight: &str,
+        dim: usize,
+        eps: f64,
+    ) -> Result<ValueId, HfError> {
+        let w = self.weight(weight, &[dim])?;
+        let w1 = self.scoped(label, |b| {
+            let one = b.scalar("one", 1.0);
+            b.op("Add_one", Op::Add(Add {}), &[w, one])
+        });
+        self.rms_norm_with(label, x, w1, eps)
+    }
+
+    /// The dtype `name` is stored as (the shape-only dtype without a checkpoint).
+    pub fn weight_dtype(&self, name: &str) -> DType {
+        let stored = self.checkpoint.and_then(|ck| {
+            [Some(name), name.strip_prefix("transformer."), name.strip_prefix("model.")]
+                .into_iter()
+                .flatten()
+                .find_map(|n| ck.tensors.get(n))
+        });
+        stored.map_or(self.shape_only_dtype, |t| t.dtype)
     }
 
     /// The MLP activation.

@@ -1,11 +1,21 @@
-//! `config.json`: the architecture facts the lowering needs, with every option it does
-//! not handle rejected by name.
+//! `config.json`: the architecture facts the lowering needs.
+//!
+//! No key goes unread: every key of the file is honoured by the lowering, known not
+//! to change what the model computes (listed below, with why), or refused with an
+//! error naming it. A key shardc has never heard of is refused too — it may change
+//! the model — unless the user names it with `--ignore-config-key`. Both layouts of
+//! the rotary parameters are read: transformers 4's `rope_theta` / `rope_scaling`
+//! (and Gemma 3's `rope_local_base_freq`), and transformers 5's `rope_parameters`,
+//! flat or per layer type (`{full_attention: …, sliding_attention: …}`).
 
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 use shardc_ir::DType;
 
+pub use super::rope::{InvFreq, Rope};
 use super::HfError;
 
 /// Which lowering a `model_type` uses.
@@ -13,15 +23,18 @@ use super::HfError;
 pub enum Family {
     /// GPT-2: learned positions, LayerNorm, fused Conv1D attention, GELU MLP.
     Gpt2,
-    /// Llama, Mistral, Qwen2: RMSNorm, rotary positions, grouped-query attention,
-    /// SwiGLU MLP; optional q/k/v bias.
+    /// Llama-style decoders: RMSNorm, rotary positions, grouped-query attention, gated
+    /// MLP. Llama, Mistral, Qwen2, Qwen3 (q/k norms), Gemma 1/2/3 (RMSNorm of 1 + w,
+    /// scaled embeddings, sandwich norms, soft-capping, q/k norms), Phi-3 (fused
+    /// projections).
     Llama,
     /// BLOOM: ALiBi, LayerNorm after the embeddings, fused per-head q/k/v.
     Bloom,
 }
 
 /// The `model_type`s shardc lowers.
-pub const SUPPORTED_MODEL_TYPES: &[&str] = &["gpt2", "llama", "mistral", "qwen2", "bloom"];
+pub const SUPPORTED_MODEL_TYPES: &[&str] =
+    &["gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "bloom"];
 
 /// MLP activation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,6 +45,15 @@ pub enum Activation {
     GeluTanh,
     /// GELU with erf.
     Gelu,
+}
+
+/// How one layer attends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LayerAttention {
+    /// Index into [`Arch::ropes`] (0 for models without rotary positions).
+    pub rope: usize,
+    /// Keys more than this many positions back are not seen (`None`: all are).
+    pub window: Option<usize>,
 }
 
 /// What the lowering needs to know of a model.
@@ -47,14 +69,13 @@ pub struct Arch {
     pub head_dim: usize,
     pub intermediate: usize,
     pub norm_eps: f64,
-    pub rope_theta: f64,
     pub max_positions: usize,
     pub tie_embeddings: bool,
     pub qkv_bias: bool,
     pub o_bias: bool,
     pub mlp_bias: bool,
     pub activation: Activation,
-    /// `torch_dtype`: the weights' dtype for a config-only (shape-only) graph.
+    /// The weights' dtype for a config-only (shape-only) graph (`dtype` / `torch_dtype`).
     pub dtype: DType,
     /// The longest context the graph supports.
     pub max_context: usize,
@@ -62,11 +83,140 @@ pub struct Arch {
     pub residual_post_layernorm: bool,
     /// GPT-2: scale attention scores by 1/sqrt(head_dim).
     pub scale_attention: bool,
+    /// The rotary embeddings the layers use (one per layer type).
+    pub ropes: Vec<Rope>,
+    /// Per layer: its rotary embedding and sliding window.
+    pub layer_attention: Vec<LayerAttention>,
+    /// Scores scale `1/sqrt(s)` with `s` this instead of the head size (Gemma 2/3's
+    /// `query_pre_attn_scalar`).
+    pub query_pre_attn_scalar: Option<f64>,
+    /// `tanh(x / c) · c` on the attention scores, before the mask (Gemma 2).
+    pub attn_softcap: Option<f64>,
+    /// `tanh(x / c) · c` on the logits (Gemma 2).
+    pub final_softcap: Option<f64>,
+    /// RMSNorm of queries and keys over the head size, before the rotary (Qwen3, Gemma 3).
+    pub qk_norm: bool,
+    /// RMSNorm scales by `1 + w` (Gemma).
+    pub norm_plus_one: bool,
+    /// Embeddings scaled by `sqrt(hidden)`, rounded to the weights' dtype (Gemma).
+    pub embed_scale: bool,
+    /// Norms after attention and around the MLP as well (Gemma 2/3).
+    pub sandwich_norms: bool,
+    /// Fused `qkv_proj` and `gate_up_proj` (Phi-3).
+    pub fused_projections: bool,
 }
 
+/// Keys every model's `config.json` may hold that do not change what shardc
+/// computes: bookkeeping, token ids, training-only settings (dropout, initialisation,
+/// gradient tricks), generation defaults (shardc computes logits and greedy tokens;
+/// sampling settings are the caller's), and settings transformers itself ignores.
+const INERT: &[&str] = &[
+    // Bookkeeping.
+    "_name_or_path",
+    "_commit_hash",
+    "architectures",
+    "auto_map",
+    "transformers_version",
+    "model_type",
+    "id2label",
+    "label2id",
+    "num_labels",
+    "problem_type",
+    "finetuning_task",
+    "task_specific_params",
+    "tokenizer_class",
+    "prefix",
+    // Token ids (the tokenizer's business).
+    "bos_token_id",
+    "eos_token_id",
+    "pad_token_id",
+    "sep_token_id",
+    "unk_token_id",
+    "decoder_start_token_id",
+    // Outputs and caching (what is returned, not what is computed).
+    "use_cache",
+    "output_attentions",
+    "output_hidden_states",
+    "return_dict",
+    "torchscript",
+    "cache_implementation",
+    "attn_implementation",
+    "_attn_implementation",
+    "chunk_size_feed_forward",
+    // transformers' decoder-only models attend causally whatever it says.
+    "is_decoder",
+    // Training only.
+    "initializer_range",
+    "initializer_factor",
+    "attention_dropout",
+    "hidden_dropout",
+    "resid_pdrop",
+    "embd_pdrop",
+    "attn_pdrop",
+    "pretraining_tp",
+    // Generation defaults.
+    "max_length",
+    "min_length",
+    "do_sample",
+    "early_stopping",
+    "num_beams",
+    "num_beam_groups",
+    "diversity_penalty",
+    "temperature",
+    "top_k",
+    "top_p",
+    "typical_p",
+    "repetition_penalty",
+    "length_penalty",
+    "no_repeat_ngram_size",
+    "encoder_no_repeat_ngram_size",
+    "bad_words_ids",
+    "num_return_sequences",
+    "output_scores",
+    "return_dict_in_generate",
+    "forced_bos_token_id",
+    "forced_eos_token_id",
+    "remove_invalid_values",
+    "exponential_decay_length_penalty",
+    "suppress_tokens",
+    "begin_suppress_tokens",
+];
+
+/// Keys only some model types may hold without effect, and why.
+fn inert_for(model_type: &str) -> &'static [&'static str] {
+    match model_type {
+        // The double-heads model's summary head; the LM head does not use it.
+        "gpt2" => &[
+            "summary_activation",
+            "summary_first_dropout",
+            "summary_proj_to_labels",
+            "summary_type",
+            "summary_use_proj",
+            // Attention upcast to f32, which shardc always computes in.
+            "reorder_and_upcast_attn",
+        ],
+        // Megatron training settings transformers' BLOOM ignores; shardc computes in f32.
+        "bloom" => &[
+            "attention_softmax_in_fp32",
+            "bias_dropout_fusion",
+            "masked_softmax_fusion",
+            "offset_alibi",
+            "skip_bias_add",
+            "skip_bias_add_qkv",
+            "slow_but_exact",
+            "n_inner",
+        ],
+        // nanotron's marker (SmolLM).
+        "llama" => &["is_llama_config"],
+        _ => &[],
+    }
+}
+
+/// Reads a config object, remembering which keys were read.
 struct Keys<'a> {
     file: PathBuf,
     map: &'a Map<String, Value>,
+    used: RefCell<BTreeSet<String>>,
 }
 
 impl Keys<'_> {
@@ -74,17 +224,26 @@ impl Keys<'_> {
         HfError::ConfigKey { file: self.file.clone(), key: key.to_string(), message }
     }
 
+    fn get(&self, key: &str) -> Option<&Value> {
+        self.used.borrow_mut().insert(key.to_string());
+        match self.map.get(key) {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(v),
+        }
+    }
+
     fn usize(&self, key: &str) -> Result<usize, HfError> {
         self.opt_usize(key)?.ok_or_else(|| self.err(key, "is missing".into()))
     }
 
     fn opt_usize(&self, key: &str) -> Result<Option<usize>, HfError> {
-        match self.map.get(key) {
-            None | Some(Value::Null) => Ok(None),
+        match self.get(key) {
+            None => Ok(None),
             Some(v) => v
                 .as_u64()
                 .filter(|&n| n > 0)
-                .map(|n| Some(n as usize))
+                .and_then(|n| usize::try_from(n).ok())
+                .map(Some)
                 .ok_or_else(|| self.err(key, format!("must be a positive integer, is {v}"))),
         }
     }
@@ -92,47 +251,90 @@ impl Keys<'_> {
     fn first_usize(&self, keys: &[&str]) -> Result<usize, HfError> {
         for k in keys {
             if let Some(v) = self.opt_usize(k)? {
+                // The alternatives are the same setting under other names.
+                for other in keys {
+                    self.get(other);
+                }
                 return Ok(v);
             }
         }
         Err(self.err(keys[0], format!("is missing (also looked for {})", keys[1..].join(", "))))
     }
 
-    fn f64_or(&self, key: &str, default: f64) -> Result<f64, HfError> {
-        match self.map.get(key) {
-            None | Some(Value::Null) => Ok(default),
-            Some(v) => v.as_f64().ok_or_else(|| self.err(key, format!("must be a number, is {v}"))),
+    fn opt_f64(&self, key: &str) -> Result<Option<f64>, HfError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => v.as_f64().map(Some).ok_or_else(|| self.err(key, format!("must be a number, is {v}"))),
         }
     }
 
+    fn f64_or(&self, key: &str, default: f64) -> Result<f64, HfError> {
+        Ok(self.opt_f64(key)?.unwrap_or(default))
+    }
+
     fn bool_or(&self, key: &str, default: bool) -> Result<bool, HfError> {
-        match self.map.get(key) {
-            None | Some(Value::Null) => Ok(default),
+        match self.get(key) {
+            None => Ok(default),
             Some(v) => v.as_bool().ok_or_else(|| self.err(key, format!("must be true or false, is {v}"))),
         }
     }
 
     fn str_or<'s>(&'s self, key: &str, default: &'s str) -> Result<&'s str, HfError> {
-        match self.map.get(key) {
-            None | Some(Value::Null) => Ok(default),
+        match self.get(key) {
+            None => Ok(default),
             Some(v) => v.as_str().ok_or_else(|| self.err(key, format!("must be a string, is {v}"))),
         }
     }
 
     /// A key that must be absent, null, or equal to `allowed`.
     fn require(&self, key: &str, allowed: &Value, what: &str) -> Result<(), HfError> {
-        match self.map.get(key) {
-            None | Some(Value::Null) => Ok(()),
+        match self.get(key) {
+            None => Ok(()),
             Some(v) if v == allowed => Ok(()),
             Some(v) => Err(self.err(key, format!("{v} is not supported ({what})"))),
         }
     }
+
+    /// Every key neither read nor known to be inert (nor ignored by the user) is an error.
+    fn check_all_read(&self, model_type: &str, ignore: &[String]) -> Result<(), HfError> {
+        let used = self.used.borrow();
+        let unknown: Vec<&String> = self
+            .map
+            .keys()
+            .filter(|k| {
+                !used.contains(k.as_str())
+                    && !INERT.contains(&k.as_str())
+                    && !inert_for(model_type).contains(&k.as_str())
+                    && !ignore.iter().any(|i| i == *k)
+            })
+            .collect();
+        match unknown.first() {
+            None => Ok(()),
+            Some(k) => Err(self.err(
+                k,
+                format!(
+                    "is not a key shardc knows for `{model_type}`, so it may change what the model computes; if it \
+                     does not, pass --ignore-config-key {k}{}",
+                    if unknown.len() > 1 {
+                        format!(
+                            " (other unknown keys: {})",
+                            unknown[1..].iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                        )
+                    } else {
+                        String::new()
+                    }
+                ),
+            )),
+        }
+    }
 }
 
-fn activation(keys: &Keys, key: &str, default: &str) -> Result<Activation, HfError> {
+fn activation(keys: &Keys, key: &str, default: &str, gemma: bool) -> Result<Activation, HfError> {
     match keys.str_or(key, default)? {
         "silu" | "swish" => Ok(Activation::Silu),
         "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Ok(Activation::GeluTanh),
+        // transformers' Gemma reads its legacy "gelu" as the tanh approximation.
+        "gelu" if gemma => Ok(Activation::GeluTanh),
         "gelu" => Ok(Activation::Gelu),
         other => Err(keys.err(
             key,
@@ -141,30 +343,52 @@ fn activation(keys: &Keys, key: &str, default: &str) -> Result<Activation, HfErr
     }
 }
 
-fn torch_dtype(keys: &Keys) -> Result<DType, HfError> {
-    match keys.str_or("torch_dtype", "float32")? {
+fn dtype(keys: &Keys) -> Result<DType, HfError> {
+    // transformers 5 writes `dtype`, 4 wrote `torch_dtype`.
+    let key = if keys.map.get("dtype").is_some_and(|v| !v.is_null()) { "dtype" } else { "torch_dtype" };
+    keys.get("dtype");
+    keys.get("torch_dtype");
+    match keys.str_or(key, "float32")? {
         "float32" => Ok(DType::F32),
         "float16" => Ok(DType::F16),
         "bfloat16" => Ok(DType::BF16),
-        other => {
-            Err(keys.err("torch_dtype", format!("`{other}` is not supported (supported: float32, float16, bfloat16)")))
-        }
+        other => Err(keys.err(key, format!("`{other}` is not supported (supported: float32, float16, bfloat16)"))),
     }
 }
 
-/// Parse `config.json` at `file`; `max_context` is the context the caller asks for.
-pub fn parse(file: &Path, max_context: Option<usize>) -> Result<Arch, HfError> {
+/// Options of the config that change nothing for decoders, or that shardc refuses.
+fn common_refusals(keys: &Keys) -> Result<(), HfError> {
+    keys.require("is_encoder_decoder", &Value::Bool(false), "shardc lowers decoder-only models")?;
+    keys.require("add_cross_attention", &Value::Bool(false), "no cross-attention in decoder-only models")?;
+    keys.require("tie_encoder_decoder", &Value::Bool(false), "shardc lowers decoder-only models")?;
+    if let Some(v) = keys.get("pruned_heads") {
+        if v.as_object().is_none_or(|m| !m.is_empty()) {
+            return Err(keys.err("pruned_heads", format!("{v}: pruned attention heads are not supported")));
+        }
+    }
+    if keys.get("quantization_config").is_some() {
+        return Err(keys.err(
+            "quantization_config",
+            "quantized checkpoints are not supported (their weights are not plain f32/f16/bf16 tensors)".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Parse `config.json` at `file`; `max_context` is the context the caller asks for,
+/// `ignore` the keys the user said not to worry about.
+pub fn parse(file: &Path, max_context: Option<usize>, ignore: &[String]) -> Result<Arch, HfError> {
     let text = std::fs::read_to_string(file).map_err(|e| HfError::Io { file: file.to_path_buf(), source: e })?;
     let json: Value = serde_json::from_str(&text)
         .map_err(|e| HfError::Config { file: file.to_path_buf(), message: format!("not JSON: {e}") })?;
     let map = json
         .as_object()
         .ok_or_else(|| HfError::Config { file: file.to_path_buf(), message: "not a JSON object".into() })?;
-    let keys = Keys { file: file.to_path_buf(), map };
+    let keys = Keys { file: file.to_path_buf(), map, used: RefCell::new(BTreeSet::new()) };
     let model_type = keys.str_or("model_type", "")?.to_string();
     let family = match model_type.as_str() {
         "gpt2" => Family::Gpt2,
-        "llama" | "mistral" | "qwen2" => Family::Llama,
+        "llama" | "mistral" | "qwen2" | "qwen3" | "gemma" | "gemma2" | "gemma3_text" | "phi3" => Family::Llama,
         "bloom" => Family::Bloom,
         "" => {
             return Err(keys.err("model_type", format!("is missing (supported: {})", SUPPORTED_MODEL_TYPES.join(", "))))
@@ -176,120 +400,292 @@ pub fn parse(file: &Path, max_context: Option<usize>) -> Result<Arch, HfError> {
             ))
         }
     };
-    keys.require("rope_scaling", &Value::Null, "supported: no rope_scaling")?;
-    let dtype = torch_dtype(&keys)?;
+    common_refusals(&keys)?;
+    let dtype = dtype(&keys)?;
     let arch = match family {
-        Family::Gpt2 => {
-            let hidden = keys.usize("n_embd")?;
-            let heads = keys.usize("n_head")?;
-            keys.require("scale_attn_by_inverse_layer_idx", &Value::Bool(false), "supported: false")?;
-            keys.require("add_cross_attention", &Value::Bool(false), "supported: false")?;
-            let max_positions = keys.first_usize(&["n_positions", "n_ctx"])?;
-            Arch {
-                family,
-                vocab: keys.usize("vocab_size")?,
-                hidden,
-                layers: keys.usize("n_layer")?,
-                heads,
-                kv_heads: heads,
-                head_dim: divide(&keys, "n_embd", hidden, heads)?,
-                intermediate: keys.opt_usize("n_inner")?.unwrap_or(4 * hidden),
-                norm_eps: keys.f64_or("layer_norm_epsilon", 1e-5)?,
-                rope_theta: 0.0,
-                max_positions,
-                tie_embeddings: keys.bool_or("tie_word_embeddings", true)?,
-                qkv_bias: true,
-                o_bias: true,
-                mlp_bias: true,
-                activation: activation(&keys, "activation_function", "gelu_new")?,
-                dtype,
-                max_context: context(&keys, max_context, max_positions, None)?,
-                residual_post_layernorm: false,
-                scale_attention: keys.bool_or("scale_attn_weights", true)?,
-                model_type,
-            }
-        }
-        Family::Llama => {
-            let hidden = keys.usize("hidden_size")?;
-            let heads = keys.usize("num_attention_heads")?;
-            let kv_heads = keys.opt_usize("num_key_value_heads")?.unwrap_or(heads);
-            if heads % kv_heads != 0 {
-                return Err(
-                    keys.err("num_key_value_heads", format!("{kv_heads} does not divide num_attention_heads {heads}"))
-                );
-            }
-            let head_dim = match keys.opt_usize("head_dim")? {
-                Some(d) => d,
-                None => divide(&keys, "hidden_size", hidden, heads)?,
-            };
-            if head_dim % 2 != 0 {
-                return Err(
-                    keys.err("head_dim", format!("{head_dim} is odd; rotary embeddings need an even head size"))
-                );
-            }
-            let max_positions = keys.usize("max_position_embeddings")?;
-            let qwen = model_type == "qwen2";
-            let window = match model_type.as_str() {
-                "mistral" => keys.opt_usize("sliding_window")?,
-                "qwen2" if keys.bool_or("use_sliding_window", false)? => keys.opt_usize("sliding_window")?,
-                _ => None,
-            };
-            let attention_bias = keys.bool_or("attention_bias", false)?;
-            Arch {
-                family,
-                vocab: keys.usize("vocab_size")?,
-                hidden,
-                layers: keys.usize("num_hidden_layers")?,
-                heads,
-                kv_heads,
-                head_dim,
-                intermediate: keys.usize("intermediate_size")?,
-                norm_eps: keys.f64_or("rms_norm_eps", 1e-6)?,
-                rope_theta: keys.f64_or("rope_theta", 10000.0)?,
-                max_positions,
-                tie_embeddings: keys.bool_or("tie_word_embeddings", false)?,
-                qkv_bias: qwen || attention_bias,
-                o_bias: attention_bias,
-                mlp_bias: keys.bool_or("mlp_bias", false)?,
-                activation: activation(&keys, "hidden_act", "silu")?,
-                dtype,
-                max_context: context(&keys, max_context, max_positions, window)?,
-                residual_post_layernorm: false,
-                scale_attention: true,
-                model_type,
-            }
-        }
-        Family::Bloom => {
-            let hidden = keys.first_usize(&["hidden_size", "n_embed"])?;
-            let heads = keys.first_usize(&["n_head", "num_attention_heads"])?;
-            // ALiBi has no position limit of its own; BLOOM was trained on 2048.
-            let max_positions = keys.opt_usize("seq_length")?.unwrap_or(2048);
-            Arch {
-                family,
-                vocab: keys.usize("vocab_size")?,
-                hidden,
-                layers: keys.first_usize(&["n_layer", "num_hidden_layers"])?,
-                heads,
-                kv_heads: heads,
-                head_dim: divide(&keys, "hidden_size", hidden, heads)?,
-                intermediate: 4 * hidden,
-                norm_eps: keys.f64_or("layer_norm_epsilon", 1e-5)?,
-                rope_theta: 0.0,
-                max_positions,
-                tie_embeddings: keys.bool_or("tie_word_embeddings", true)?,
-                qkv_bias: true,
-                o_bias: true,
-                mlp_bias: true,
-                activation: Activation::GeluTanh,
-                dtype,
-                max_context: max_context.unwrap_or(max_positions),
-                residual_post_layernorm: keys.bool_or("apply_residual_connection_post_layernorm", false)?,
-                scale_attention: true,
-                model_type,
-            }
-        }
+        Family::Gpt2 => gpt2(&keys, model_type.clone(), dtype, max_context)?,
+        Family::Llama => llama(&keys, model_type.clone(), dtype, max_context)?,
+        Family::Bloom => bloom(&keys, model_type.clone(), dtype, max_context)?,
     };
+    keys.check_all_read(&model_type, ignore)?;
     Ok(arch)
+}
+
+/// An architecture with the settings every family shares at their defaults.
+fn base(family: Family, model_type: String, dtype: DType) -> Arch {
+    Arch {
+        family,
+        model_type,
+        vocab: 0,
+        hidden: 0,
+        layers: 0,
+        heads: 0,
+        kv_heads: 0,
+        head_dim: 0,
+        intermediate: 0,
+        norm_eps: 1e-5,
+        max_positions: 0,
+        tie_embeddings: true,
+        qkv_bias: true,
+        o_bias: true,
+        mlp_bias: true,
+        activation: Activation::GeluTanh,
+        dtype,
+        max_context: 0,
+        residual_post_layernorm: false,
+        scale_attention: true,
+        ropes: Vec::new(),
+        layer_attention: Vec::new(),
+        query_pre_attn_scalar: None,
+        attn_softcap: None,
+        final_softcap: None,
+        qk_norm: false,
+        norm_plus_one: false,
+        embed_scale: false,
+        sandwich_norms: false,
+        fused_projections: false,
+    }
+}
+
+fn gpt2(keys: &Keys, model_type: String, dtype: DType, asked: Option<usize>) -> Result<Arch, HfError> {
+    let hidden = keys.usize("n_embd")?;
+    let heads = keys.usize("n_head")?;
+    keys.require("scale_attn_by_inverse_layer_idx", &Value::Bool(false), "supported: false")?;
+    let max_positions = keys.first_usize(&["n_positions", "n_ctx"])?;
+    let layers = keys.usize("n_layer")?;
+    let mut a = base(Family::Gpt2, model_type, dtype);
+    a.vocab = keys.usize("vocab_size")?;
+    a.hidden = hidden;
+    a.layers = layers;
+    a.heads = heads;
+    a.kv_heads = heads;
+    a.head_dim = divide(keys, "n_embd", hidden, heads)?;
+    a.intermediate = keys.opt_usize("n_inner")?.unwrap_or(4 * hidden);
+    a.norm_eps = keys.f64_or("layer_norm_epsilon", 1e-5)?;
+    a.max_positions = max_positions;
+    a.tie_embeddings = keys.bool_or("tie_word_embeddings", true)?;
+    a.activation = activation(keys, "activation_function", "gelu_new", false)?;
+    a.max_context = context(keys, asked, max_positions)?;
+    a.scale_attention = keys.bool_or("scale_attn_weights", true)?;
+    a.layer_attention = vec![LayerAttention { rope: 0, window: None }; layers];
+    Ok(a)
+}
+
+fn bloom(keys: &Keys, model_type: String, dtype: DType, asked: Option<usize>) -> Result<Arch, HfError> {
+    let hidden = keys.first_usize(&["hidden_size", "n_embed"])?;
+    let heads = keys.first_usize(&["n_head", "num_attention_heads"])?;
+    let layers = keys.first_usize(&["n_layer", "num_hidden_layers"])?;
+    // ALiBi has no position limit of its own; BLOOM was trained on 2048.
+    let max_positions = keys.opt_usize("seq_length")?.unwrap_or(2048);
+    let mut a = base(Family::Bloom, model_type, dtype);
+    a.vocab = keys.usize("vocab_size")?;
+    a.hidden = hidden;
+    a.layers = layers;
+    a.heads = heads;
+    a.kv_heads = heads;
+    a.head_dim = divide(keys, "hidden_size", hidden, heads)?;
+    a.intermediate = 4 * hidden;
+    a.norm_eps = keys.f64_or("layer_norm_epsilon", 1e-5)?;
+    a.max_positions = max_positions;
+    a.tie_embeddings = keys.bool_or("tie_word_embeddings", true)?;
+    a.max_context = asked.unwrap_or(max_positions);
+    a.residual_post_layernorm = keys.bool_or("apply_residual_connection_post_layernorm", false)?;
+    a.layer_attention = vec![LayerAttention { rope: 0, window: None }; layers];
+    Ok(a)
+}
+
+fn llama(keys: &Keys, model_type: String, dtype: DType, asked: Option<usize>) -> Result<Arch, HfError> {
+    let mt = model_type.as_str();
+    let gemma = matches!(mt, "gemma" | "gemma2" | "gemma3_text");
+    let hidden = keys.usize("hidden_size")?;
+    let heads = keys.usize("num_attention_heads")?;
+    let kv_heads = keys.opt_usize("num_key_value_heads")?.unwrap_or(heads);
+    if heads % kv_heads != 0 {
+        return Err(keys.err("num_key_value_heads", format!("{kv_heads} does not divide num_attention_heads {heads}")));
+    }
+    let head_dim = match keys.opt_usize("head_dim")? {
+        Some(d) => d,
+        None => divide(keys, "hidden_size", hidden, heads)?,
+    };
+    let layers = keys.usize("num_hidden_layers")?;
+    let max_positions = keys.usize("max_position_embeddings")?;
+    let mut a = base(Family::Llama, model_type.clone(), dtype);
+    a.vocab = keys.usize("vocab_size")?;
+    a.hidden = hidden;
+    a.layers = layers;
+    a.heads = heads;
+    a.kv_heads = kv_heads;
+    a.head_dim = head_dim;
+    a.intermediate = keys.usize("intermediate_size")?;
+    a.norm_eps = keys.f64_or("rms_norm_eps", 1e-6)?;
+    a.max_positions = max_positions;
+    a.tie_embeddings = keys.bool_or("tie_word_embeddings", gemma)?;
+    let attention_bias = keys.bool_or("attention_bias", false)?;
+    a.qkv_bias = mt == "qwen2" || attention_bias;
+    a.o_bias = attention_bias && mt != "qwen2";
+    if mt == "qwen2" {
+        keys.require("attention_bias", &Value::Bool(false), "Qwen2 has q/k/v biases and no o_proj bias")?;
+    }
+    if mt == "phi3" && attention_bias {
+        return Err(keys.err("attention_bias", "true is not supported (Phi-3's projections have no bias)".into()));
+    }
+    a.mlp_bias = keys.bool_or("mlp_bias", false)?;
+    if a.mlp_bias && mt != "llama" {
+        return Err(keys.err("mlp_bias", format!("true is not supported for `{mt}`")));
+    }
+    a.activation = match mt {
+        "gemma2" | "gemma3_text" => {
+            // Gemma 2/3 read `hidden_activation`; `hidden_act` is a leftover they ignore.
+            keys.get("hidden_act");
+            activation(keys, "hidden_activation", "gelu_pytorch_tanh", true)?
+        }
+        "gemma" => {
+            keys.get("hidden_activation");
+            activation(keys, "hidden_act", "gelu_pytorch_tanh", true)?
+        }
+        _ => activation(keys, "hidden_act", "silu", false)?,
+    };
+    keys.require("rope_interleaved", &Value::Bool(false), "rotary embeddings rotate halves, not interleaved pairs")?;
+    keys.require("use_mrope", &Value::Bool(false), "multimodal rotary embeddings are not supported")?;
+    if gemma {
+        keys.require("use_bidirectional_attention", &Value::Bool(false), "shardc lowers causal attention")?;
+    }
+    a.qk_norm = matches!(mt, "qwen3" | "gemma3_text");
+    a.norm_plus_one = gemma;
+    a.embed_scale = gemma;
+    a.sandwich_norms = matches!(mt, "gemma2" | "gemma3_text");
+    a.fused_projections = mt == "phi3";
+    if matches!(mt, "gemma2" | "gemma3_text") {
+        a.query_pre_attn_scalar = Some(keys.f64_or("query_pre_attn_scalar", 256.0)?);
+        a.attn_softcap = keys.opt_f64("attn_logit_softcapping")?.filter(|&c| c > 0.0);
+        a.final_softcap = keys.opt_f64("final_logit_softcapping")?.filter(|&c| c > 0.0);
+    }
+
+    // Which layers attend within a window, and the window.
+    let kinds = layer_types(keys, mt, layers)?;
+    let window = match mt {
+        "mistral" | "phi3" => keys.opt_usize("sliding_window")?,
+        "qwen2" | "qwen3" => {
+            keys.get("max_window_layers");
+            let on = keys.bool_or("use_sliding_window", false)?;
+            let w = keys.opt_usize("sliding_window")?;
+            if on {
+                w
+            } else {
+                None
+            }
+        }
+        "gemma2" | "gemma3_text" => Some(keys.usize("sliding_window")?),
+        _ => None,
+    };
+    if kinds.contains(&LayerKind::Sliding) && window.is_none() {
+        return Err(
+            keys.err("layer_types", "names sliding_attention layers, but the config sets no sliding_window".into())
+        );
+    }
+    let ropes = super::rope::parse(keys_view(keys), &a, &kinds, max_positions)?;
+    a.layer_attention = kinds
+        .iter()
+        .map(|k| {
+            let sliding = *k == LayerKind::Sliding || matches!(mt, "mistral" | "phi3");
+            LayerAttention { rope: ropes.index_of(*k), window: if sliding { window } else { None } }
+        })
+        .collect();
+    a.ropes = ropes.ropes;
+    a.max_context = context(keys, asked, max_positions)?;
+    Ok(a)
+}
+
+/// Full or sliding-window attention, per layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LayerKind {
+    Full,
+    Sliding,
+}
+
+impl LayerKind {
+    /// The name transformers gives the layer type.
+    pub fn name(self) -> &'static str {
+        match self {
+            LayerKind::Full => "full_attention",
+            LayerKind::Sliding => "sliding_attention",
+        }
+    }
+}
+
+/// The layer types: `layer_types`, or as each model type derives them.
+fn layer_types(keys: &Keys, mt: &str, layers: usize) -> Result<Vec<LayerKind>, HfError> {
+    if let Some(v) = keys.get("layer_types") {
+        let list = v.as_array().ok_or_else(|| keys.err("layer_types", format!("must be a list, is {v}")))?;
+        if list.len() != layers {
+            return Err(keys.err("layer_types", format!("has {} entries for {layers} layers", list.len())));
+        }
+        keys.get("sliding_window_pattern");
+        keys.get("_sliding_window_pattern");
+        return list
+            .iter()
+            .map(|t| match t.as_str() {
+                Some("full_attention") => Ok(LayerKind::Full),
+                Some("sliding_attention") => Ok(LayerKind::Sliding),
+                _ => Err(keys.err(
+                    "layer_types",
+                    format!("layer type {t} is not supported (supported: full_attention, sliding_attention)"),
+                )),
+            })
+            .collect();
+    }
+    Ok(match mt {
+        // Gemma 2 alternates, sliding first.
+        "gemma2" => (0..layers).map(|i| if (i + 1) % 2 != 0 { LayerKind::Sliding } else { LayerKind::Full }).collect(),
+        "gemma3_text" => {
+            let pattern = match keys.opt_usize("sliding_window_pattern")? {
+                Some(p) => p,
+                None => keys.opt_usize("_sliding_window_pattern")?.unwrap_or(6),
+            };
+            (0..layers).map(|i| if (i + 1) % pattern != 0 { LayerKind::Sliding } else { LayerKind::Full }).collect()
+        }
+        "qwen2" | "qwen3" => {
+            let on = keys.map.get("use_sliding_window").and_then(Value::as_bool).unwrap_or(false)
+                && keys.map.get("sliding_window").is_some_and(|w| !w.is_null());
+            let from = keys.opt_usize("max_window_layers")?.unwrap_or(28);
+            (0..layers).map(|i| if on && i >= from { LayerKind::Sliding } else { LayerKind::Full }).collect()
+        }
+        _ => vec![LayerKind::Full; layers],
+    })
+}
+
+/// What the rotary parser needs of the key reader.
+pub(crate) struct KeysView<'a> {
+    pub file: &'a Path,
+    pub map: &'a Map<String, Value>,
+    used: &'a RefCell<BTreeSet<String>>,
+}
+
+impl KeysView<'_> {
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.used.borrow_mut().insert(key.to_string());
+        self.map.get(key).filter(|v| !v.is_null())
+    }
+
+    pub fn err(&self, key: &str, message: String) -> HfError {
+        HfError::ConfigKey { file: self.file.to_path_buf(), key: key.to_string(), message }
+    }
+}
+
+fn keys_view<'a>(keys: &'a Keys) -> KeysView<'a> {
+    KeysView { file: &keys.file, map: keys.map, used: &keys.used }
+}
+
+/// The ropes of a model and which layer kind uses which.
+pub(crate) struct Ropes {
+    pub ropes: Vec<Rope>,
+    pub by_kind: BTreeMap<LayerKind, usize>,
+}
+
+impl Ropes {
+    fn index_of(&self, kind: LayerKind) -> usize {
+        self.by_kind.get(&kind).copied().unwrap_or(0)
+    }
 }
 
 fn divide(keys: &Keys, key: &str, hidden: usize, heads: usize) -> Result<usize, HfError> {
@@ -299,23 +695,14 @@ fn divide(keys: &Keys, key: &str, hidden: usize, heads: usize) -> Result<usize, 
     Ok(hidden / heads)
 }
 
-/// The context the graph supports: what the caller asks, at most the position limit,
-/// and never beyond a sliding window (the lowering has no windowed attention).
-fn context(keys: &Keys, asked: Option<usize>, max_positions: usize, window: Option<usize>) -> Result<usize, HfError> {
-    let limit = window.map_or(max_positions, |w| w.min(max_positions));
+/// The context the graph supports: what the caller asks, at most the position limit.
+fn context(keys: &Keys, asked: Option<usize>, max_positions: usize) -> Result<usize, HfError> {
     match asked {
         Some(c) if c > max_positions => Err(keys.err(
             if keys.map.contains_key("max_position_embeddings") { "max_position_embeddings" } else { "n_positions" },
             format!("the model supports {max_positions} positions, {c} were asked for"),
         )),
-        Some(c) if window.is_some_and(|w| c > w) => Err(keys.err(
-            "sliding_window",
-            format!(
-                "a sliding window of {} is shorter than the context asked for ({c}); shardc lowers full attention only",
-                window.unwrap_or(0)
-            ),
-        )),
         Some(c) => Ok(c),
-        None => Ok(limit),
+        None => Ok(max_positions),
     }
 }

@@ -5,7 +5,7 @@ use shardc_ir::ops::*;
 use shardc_ir::{Op, Unit, ValueId};
 
 use super::builder::Builder;
-use super::{attention, lm_head, Arch, Common, HfError};
+use super::{attention, lm_head, Arch, AttnOptions, Common, HfError};
 
 pub(crate) fn lower(b: &mut Builder, arch: &Arch, common: &Common) -> Result<ValueId, HfError> {
     let (h, hd) = (arch.hidden, arch.head_dim);
@@ -38,7 +38,7 @@ pub(crate) fn lower(b: &mut Builder, arch: &Arch, common: &Common) -> Result<Val
                 let q = b.scoped("q", |b| b.split_heads(parts[0], arch.heads, hd));
                 let k = b.scoped("k", |b| b.split_heads(parts[1], arch.heads, hd));
                 let v = b.scoped("v", |b| b.split_heads(parts[2], arch.heads, hd));
-                let ctx = attention(b, arch, common, i, (q, k, v), scale, None);
+                let ctx = attention(b, arch, common, i, (q, k, v), &AttnOptions { scale, softcap: None, bias: None });
                 let merged = b.merge_heads(ctx, h);
                 b.linear(
                     "c_proj",

@@ -15,6 +15,7 @@ pub mod config;
 mod error;
 mod gpt2;
 mod llama;
+pub mod rope;
 pub mod safetensors;
 pub mod sparse;
 
@@ -33,6 +34,8 @@ use safetensors::Checkpoint;
 pub struct LowerOptions {
     /// The longest context the graph must serve (default: what the model supports).
     pub max_context: Option<usize>,
+    /// `config.json` keys the user says do not change the model (`--ignore-config-key`).
+    pub ignore_config_keys: Vec<String>,
 }
 
 /// A lowered checkpoint.
@@ -72,7 +75,7 @@ pub fn lower(path: &Path, options: &LowerOptions) -> Result<HfModel, HfError> {
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         (dir, path.to_path_buf(), true)
     };
-    let arch = config::parse(&config_file, options.max_context)?;
+    let arch = config::parse(&config_file, options.max_context, &options.ignore_config_keys)?;
     let checkpoint = if shape_only { None } else { Some(safetensors::read_checkpoint(&dir)?) };
     let mut b = Builder::new(&arch.model_type, checkpoint.as_ref(), dir.clone(), arch.dtype);
     let common = prologue(&mut b, &arch);
@@ -82,13 +85,39 @@ pub fn lower(path: &Path, options: &LowerOptions) -> Result<HfModel, HfError> {
         Family::Llama => llama::lower(&mut b, &arch, &common)?,
         Family::Bloom => bloom::lower(&mut b, &arch, &common)?,
     };
+    // Phi-3's longrope frequencies change once the context passes its original length;
+    // transformers' Phi-3 generation then recomputes the cache from every token (other
+    // models keep the entries cached with the short factors).
+    if arch.model_type == "phi3" {
+        b.graph.recompute_beyond = arch
+            .ropes
+            .iter()
+            .filter_map(|r| match r.inv_freq {
+                config::InvFreq::Switch { threshold, .. } => Some(threshold as u64),
+                config::InvFreq::Fixed(_) => None,
+            })
+            .min();
+    }
     let used = std::mem::take(&mut b.used);
     let graph = b.graph;
     shardc_ir::verify(&graph)?;
-    let unused_tensors = checkpoint
+    let unused_tensors: Vec<String> = checkpoint
         .as_ref()
         .map(|c: &Checkpoint| c.tensors.keys().filter(|k| !used.contains(*k)).cloned().collect())
         .unwrap_or_default();
+    // A tensor the lowering does not read may be part of the model it does not know
+    // (a norm, a bias): refused, except what transformers itself does not load.
+    if let Some(t) = unused_tensors.iter().find(|t| !ignorable_tensor(&arch, t)) {
+        return Err(HfError::Tensor {
+            dir: dir.clone(),
+            tensor: t.clone(),
+            message: format!(
+                "is in the checkpoint but not part of a `{}` model as its config.json describes it; a model that \
+                 uses it would compute something else",
+                arch.model_type
+            ),
+        });
+    }
     Ok(HfModel {
         graph,
         arch,
@@ -97,6 +126,16 @@ pub fn lower(path: &Path, options: &LowerOptions) -> Result<HfModel, HfError> {
         files: checkpoint.map(|c| c.files).unwrap_or_default(),
         unused_tensors,
     })
+}
+
+/// Checkpoint tensors a model of `arch` may hold without using them: buffers older
+/// exports saved (rotary frequencies, GPT-2's attention masks), and a head that tied
+/// embeddings replace.
+fn ignorable_tensor(arch: &Arch, name: &str) -> bool {
+    let leaf = name.rsplit('.').next().unwrap_or(name);
+    (name.ends_with("rotary_emb.inv_freq"))
+        || (arch.family == Family::Gpt2 && (leaf == "masked_bias" || (leaf == "bias" && name.contains(".attn.bias"))))
+        || (arch.tie_embeddings && name == "lm_head.weight")
 }
 
 /// What every architecture's layers share.
@@ -108,8 +147,31 @@ pub(crate) struct Common {
     pub positions: ValueId,
     /// Positions of every key, `0 .. past+seq` (i64 `[past+seq]`).
     pub key_positions: ValueId,
-    /// Additive causal mask `[seq, past+seq]`: 0 where a query may attend, f32 min elsewhere.
-    pub mask: ValueId,
+    /// Keys in the cache after this step, `past + seq` (i64 scalar).
+    pub total: ValueId,
+    /// Additive causal mask `[seq, past+seq]`: 0 where a query may attend, f32 min
+    /// elsewhere.
+    pub full_mask: ValueId,
+    /// The same within each sliding window the layers use.
+    pub window_masks: std::collections::BTreeMap<usize, ValueId>,
+}
+
+impl Common {
+    /// The mask of layer `i` (the prologue builds one for every window).
+    pub fn mask(&self, arch: &Arch, layer: usize) -> ValueId {
+        let window = arch.layer_attention.get(layer).and_then(|l| l.window);
+        window.and_then(|w| self.window_masks.get(&w)).copied().unwrap_or(self.full_mask)
+    }
+}
+
+/// How one attention scores.
+pub(crate) struct AttnOptions {
+    /// Factor on `q · k`.
+    pub scale: f64,
+    /// `tanh(s / c) · c` on the scaled scores.
+    pub softcap: Option<f64>,
+    /// Added to the scores before the mask (ALiBi).
+    pub bias: Option<ValueId>,
 }
 
 fn prologue(b: &mut Builder, arch: &Arch) -> Common {
@@ -142,22 +204,32 @@ fn prologue(b: &mut Builder, arch: &Arch) -> Common {
         let future = b.op("Greater", Op::Greater(Greater {}), &[key_positions, query_col]);
         let min = b.scalar("masked", f64::from(f32::MIN));
         let open = b.scalar("open", 0.0);
-        let mask = b.op("Where", Op::Where(Where {}), &[future, min, open]);
-        Common { ids, past, positions, key_positions, mask }
+        let full_mask = b.op("Where", Op::Where(Where {}), &[future, min, open]);
+        let mut window_masks = std::collections::BTreeMap::new();
+        // Sliding windows: key j is seen from query i when i - window < j <= i.
+        let windows: std::collections::BTreeSet<usize> = arch.layer_attention.iter().filter_map(|l| l.window).collect();
+        for w in windows {
+            let width = b.ints(&format!("window_{w}"), &[], &[w as i64]);
+            let oldest = b.op(&format!("Sub_window_{w}"), Op::Sub(Sub {}), &[query_col, width]);
+            let too_old =
+                b.op(&format!("LessOrEqual_window_{w}"), Op::LessOrEqual(LessOrEqual {}), &[key_positions, oldest]);
+            let hidden = b.op(&format!("Or_window_{w}"), Op::Or(Or {}), &[future, too_old]);
+            window_masks.insert(w, b.op(&format!("Where_window_{w}"), Op::Where(Where {}), &[hidden, min, open]));
+        }
+        Common { ids, past, positions, key_positions, total, full_mask, window_masks }
     })
 }
 
 /// Attention over the new keys and values appended to the cache, for layer `i`:
 /// returns the context `[batch, heads, seq, head_dim]` and registers the present
-/// key and value as graph outputs. `bias` is added to the scaled scores (ALiBi).
+/// key and value as graph outputs (and their cache pair).
 pub(crate) fn attention(
     b: &mut Builder,
     arch: &Arch,
     common: &Common,
     layer: usize,
     (q, k, v): (ValueId, ValueId, ValueId),
-    scale: f64,
-    bias: Option<ValueId>,
+    opts: &AttnOptions,
 ) -> ValueId {
     let (past_k, past_v) = common.past[layer];
     let concat = || Op::Concat(Concat { axis: 2 });
@@ -186,12 +258,18 @@ pub(crate) fn attention(
     perm.swap(rank as usize - 1, rank as usize - 2);
     let kt = b.op("Transpose_key", Op::Transpose(Transpose { perm: Some(perm) }), &[keys]);
     let scores = b.op("MatMul_scores", Op::MatMul(MatMul {}), &[q, kt]);
-    let s = b.scalar("scale", scale);
+    let s = b.scalar("scale", opts.scale);
     let mut scores = b.op("Mul_scale", Op::Mul(Mul {}), &[scores, s]);
-    if let Some(bias) = bias {
+    if let Some(cap) = opts.softcap {
+        let c = b.scalar("softcap", cap);
+        let d = b.op("Div_softcap", Op::Div(Div {}), &[scores, c]);
+        let t = b.op("Tanh_softcap", Op::Tanh(Tanh {}), &[d]);
+        scores = b.op("Mul_softcap", Op::Mul(Mul {}), &[t, c]);
+    }
+    if let Some(bias) = opts.bias {
         scores = b.op("Add_bias", Op::Add(Add {}), &[scores, bias]);
     }
-    let masked = b.op("Add_mask", Op::Add(Add {}), &[scores, common.mask]);
+    let masked = b.op("Add_mask", Op::Add(Add {}), &[scores, common.mask(arch, layer)]);
     let probs = b.op("Softmax", Op::Softmax(Softmax { axis: -1 }), &[masked]);
     let ctx = b.op("MatMul_context", Op::MatMul(MatMul {}), &[probs, values]);
     if rep == 1 {
@@ -206,7 +284,15 @@ pub(crate) fn attention(
 pub(crate) fn lm_head(b: &mut Builder, arch: &Arch, x: ValueId, embedding: &str) -> Result<ValueId, HfError> {
     b.unit = Unit::Head;
     let weight = if arch.tie_embeddings { embedding } else { "lm_head.weight" };
-    let logits = b.scoped("lm_head", |b| b.linear("linear", x, weight, None, (arch.hidden, arch.vocab), true))?;
+    let mut logits = b.scoped("lm_head", |b| b.linear("linear", x, weight, None, (arch.hidden, arch.vocab), true))?;
+    if let Some(cap) = arch.final_softcap {
+        logits = b.scoped("lm_head", |b| {
+            let c = b.scalar("softcap", cap);
+            let d = b.op("Div_softcap", Op::Div(Div {}), &[logits, c]);
+            let t = b.op("Tanh_softcap", Op::Tanh(Tanh {}), &[d]);
+            b.op("Mul_softcap", Op::Mul(Mul {}), &[t, c])
+        });
+    }
     b.output(logits, "logits");
     // `logits` must come first among the outputs.
     let last = b.graph.outputs.pop();

@@ -64,7 +64,8 @@ pub fn read_header(dir: &Path, rel: &str) -> Result<BTreeMap<String, TensorInfo>
         }
         let tbad = |message: String| bad(format!("tensor `{name}`: {message}"));
         let dtype_name = entry["dtype"].as_str().ok_or_else(|| tbad("no dtype".into()))?;
-        let dtype = DType::from_safetensors(dtype_name).ok_or_else(|| tbad(format!("unsupported dtype `{dtype_name}`")))?;
+        let dtype =
+            DType::from_safetensors(dtype_name).ok_or_else(|| tbad(format!("unsupported dtype `{dtype_name}`")))?;
         let shape: Vec<usize> = entry["shape"]
             .as_array()
             .ok_or_else(|| tbad("no shape".into()))?

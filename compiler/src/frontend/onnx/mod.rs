@@ -83,7 +83,11 @@ pub fn import(path: &Path) -> Result<OnnxModel, OnnxError> {
         }
     }
 
-    let model_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    // A bare file name lives in the current folder.
+    let model_dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
     let model_file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let reader = TensorReader {
         map: &map,
@@ -162,8 +166,7 @@ pub fn import(path: &Path) -> Result<OnnxModel, OnnxError> {
         }
         let label = format!("{}#{index}", node_label(node, index));
         let mut sink = Upgrades { graph: &mut graph, defined: &defined, label, count: 0 };
-        let (op, inputs) =
-            opset::convert(&node.op_type, opset, attrs, inputs, &mut sink).map_err(node_err)?;
+        let (op, inputs) = opset::convert(&node.op_type, opset, attrs, inputs, &mut sink).map_err(node_err)?;
         // Trailing omitted outputs are dropped; omitted ones in between get a name.
         let last = node.output.iter().rposition(|o| !o.is_empty()).map_or(0, |p| p + 1);
         let outputs: Vec<String> = node.output[..last]
@@ -388,7 +391,9 @@ fn constant_node(node: &NodeProto, index: usize, reader: &TensorReader) -> Resul
         "value_string" | "value_strings" => {
             return Err(fail(format!("Constant attribute `{}`: string tensors are not supported", attr.name)))
         }
-        "sparse_value" => return Err(fail("Constant attribute `sparse_value`: sparse tensors are not supported".into())),
+        "sparse_value" => {
+            return Err(fail("Constant attribute `sparse_value`: sparse tensors are not supported".into()))
+        }
         other => return Err(fail(format!("Constant attribute `{other}` is not supported"))),
     })
 }

@@ -46,8 +46,15 @@ fn introduced(op_type: &str) -> i64 {
     match op_type {
         "Mod" | "ThresholdedRelu" | "IsInf" | "QuantizeLinear" | "DequantizeLinear" | "MatMulInteger"
         | "ReverseSequence" => 10,
-        "BitShift" | "Round" | "GatherElements" | "GatherND" | "Range" | "CumSum" | "ScatterND"
-        | "ScatterElements" | "DynamicQuantizeLinear" => 11,
+        "BitShift"
+        | "Round"
+        | "GatherElements"
+        | "GatherND"
+        | "Range"
+        | "CumSum"
+        | "ScatterND"
+        | "ScatterElements"
+        | "DynamicQuantizeLinear" => 11,
         "Celu" | "Einsum" | "LessOrEqual" | "GreaterOrEqual" => 12,
         "HardSwish" | "Trilu" => 14,
         "CastLike" => 15,
@@ -56,8 +63,22 @@ fn introduced(op_type: &str) -> i64 {
         "Gelu" => 20,
         "RMSNormalization" | "Attention" | "RotaryEmbedding" => 23,
         "Swish" | "TensorScatter" => 24,
-        "Where" | "Sign" | "IsNaN" | "Erf" | "Sinh" | "Cosh" | "Asinh" | "Acosh" | "Atanh" | "Shrink"
-        | "ConstantOfShape" | "NonZero" | "OneHot" | "EyeLike" | "MeanVarianceNormalization" | "Scatter" => 9,
+        "Where"
+        | "Sign"
+        | "IsNaN"
+        | "Erf"
+        | "Sinh"
+        | "Cosh"
+        | "Asinh"
+        | "Acosh"
+        | "Atanh"
+        | "Shrink"
+        | "ConstantOfShape"
+        | "NonZero"
+        | "OneHot"
+        | "EyeLike"
+        | "MeanVarianceNormalization"
+        | "Scatter" => 9,
         "Expand" => 8,
         _ => 1,
     }
@@ -78,7 +99,9 @@ fn later_attributes(op_type: &str) -> &'static [(&'static str, i64)] {
         "GatherND" => &[("batch_dims", 12)],
         "TopK" => &[("largest", 11), ("sorted", 11)],
         "ScatterND" | "ScatterElements" => &[("reduction", 16)],
-        "QuantizeLinear" => &[("axis", 13), ("saturate", 19), ("block_size", 21), ("output_dtype", 21), ("precision", 23)],
+        "QuantizeLinear" => {
+            &[("axis", 13), ("saturate", 19), ("block_size", 21), ("output_dtype", 21), ("precision", 23)]
+        }
         "DequantizeLinear" => &[("axis", 13), ("block_size", 21), ("output_dtype", 23)],
         "Dropout" => &[("seed", 12)],
         _ => &[],
@@ -151,12 +174,17 @@ pub fn convert(
     }
     for &(attr, since) in later_attributes(op_type) {
         if opset < since && attrs.contains_key(attr) {
-            return Err(format!("attribute `{attr}` of `{op_type}` does not exist in opset {opset} (it came in opset {since})"));
+            return Err(format!(
+                "attribute `{attr}` of `{op_type}` does not exist in opset {opset} (it came in opset {since})"
+            ));
         }
     }
     if let Some(max) = max_inputs(op_type, opset) {
         if inputs.len() > max {
-            return Err(format!("`{op_type}` takes at most {max} inputs in opset {opset}, the node has {}", inputs.len()));
+            return Err(format!(
+                "`{op_type}` takes at most {max} inputs in opset {opset}, the node has {}",
+                inputs.len()
+            ));
         }
     }
     // ONNX writes 0 for "unset" in these dtype attributes.

@@ -61,8 +61,11 @@ fn find_cache_pairs(graph: &Graph) -> Vec<CachePair> {
                 let past = through_copies(graph, first);
                 let rank = graph.value(past).ty.as_ref()?.rank() as i64;
                 let axis = if c.axis < 0 { c.axis + rank } else { c.axis };
-                (is_input(past) && node.inputs.len() >= 2 && (0..rank).contains(&axis))
-                    .then_some(CachePair { past, present: out, axis: axis as usize })
+                (is_input(past) && node.inputs.len() >= 2 && (0..rank).contains(&axis)).then_some(CachePair {
+                    past,
+                    present: out,
+                    axis: axis as usize,
+                })
             }),
             Op::Attention(_) => {
                 let k = node.outputs.iter().position(|&o| o == through_copies(graph, out));
@@ -324,6 +327,7 @@ pub fn derive(graph: &mut Graph) -> Result<Structure, String> {
 
     // Assign every run-time node.
     let mut unit_of_value: Vec<Option<Unit>> = vec![None; n_values];
+    #[allow(clippy::needless_range_loop)] // the loop writes the node it reads
     for i in 0..graph.nodes.len() {
         let node = &graph.nodes[i];
         if !node.inputs.iter().flatten().any(|v| run_time[v.index()]) {
