@@ -121,3 +121,81 @@ fn shardc_run_prints_pytorchs_tokens_and_logits() {
         }
     }
 }
+
+/// A copy of fixture `name`'s checkpoint with its config rewritten by `edit`.
+fn edited_checkpoint(
+    name: &str,
+    edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>),
+) -> tempfile::TempDir {
+    let src = fixture_dir(name).join("hf");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(src.join("model.safetensors"), dir.path().join("model.safetensors")).unwrap();
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    edit(config.as_object_mut().unwrap());
+    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+    dir
+}
+
+/// Prefill logits of a checkpoint folder, with its KV cache.
+fn prefill(dir: &std::path::Path, ids: &[i64]) -> Vec<f32> {
+    let model = hf::lower(dir, &hf::LowerOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+    let mut graph = model.graph;
+    run_pipeline(&mut graph, &mut Ctx::default(), None).unwrap();
+    let s = Session::new(graph, &model.dir);
+    let layout = CacheLayout::of(&s).unwrap().unwrap();
+    cached_prefill(&s, &layout, ids).unwrap().values
+}
+
+/// transformers 4 wrote the same settings as `rope_theta`, `rope_scaling` (with
+/// `type` or `rope_type`), a top-level `partial_rotary_factor` and Gemma 3's
+/// `rope_local_base_freq`: rewritten that way, every rope fixture computes the same
+/// logits. And the rope base is honoured, not defaulted: changing it changes them.
+#[test]
+fn transformers4_rope_layout_is_the_same_model() {
+    use serde_json::{json, Value};
+    let to_v4 = |c: &mut serde_json::Map<String, Value>, legacy_type_key: bool| {
+        let mut p = c.remove("rope_parameters").unwrap();
+        if let Some(full) = p.get("full_attention").cloned() {
+            // Gemma 3: one dict per layer type.
+            let sliding = &p["sliding_attention"];
+            assert_eq!(sliding["rope_type"], "default");
+            c.insert("rope_local_base_freq".into(), sliding["rope_theta"].clone());
+            p = full;
+        }
+        let p = p.as_object_mut().unwrap();
+        c.insert("rope_theta".into(), p.remove("rope_theta").unwrap());
+        if let Some(f) = p.remove("partial_rotary_factor") {
+            c.insert("partial_rotary_factor".into(), f);
+        }
+        let scaling = if p["rope_type"] == "default" {
+            Value::Null
+        } else {
+            if legacy_type_key {
+                let t = p.remove("rope_type").unwrap();
+                p.insert("type".into(), t);
+            }
+            Value::Object(p.clone())
+        };
+        c.insert("rope_scaling".into(), scaling);
+    };
+    let names = ROPES.iter().chain(["llama31", "gemma3_text", "phi3"].iter());
+    for (k, name) in names.enumerate() {
+        let r = reference(name);
+        let dir = edited_checkpoint(name, |c| to_v4(c, k % 2 == 1));
+        let got = prefill(dir.path(), &r.input_ids);
+        let (max_diff, limit) = (r.max_diff(&got), 1e-4 * r.max_abs().max(1.0));
+        assert!(max_diff <= limit, "{name} in the transformers 4 layout: max |diff| {max_diff} > {limit}");
+    }
+    // A different base gives different logits, in either layout.
+    let r = reference("llama31");
+    let v5 = edited_checkpoint("llama31", |c| c["rope_parameters"]["rope_theta"] = json!(10000.0));
+    let v4 = edited_checkpoint("llama31", |c| {
+        to_v4(c, false);
+        c.insert("rope_theta".into(), json!(10000.0));
+    });
+    for dir in [v5, v4] {
+        let got = prefill(dir.path(), &r.input_ids);
+        assert!(r.max_diff(&got) > 1e-3 * r.max_abs(), "the rope base must change the logits");
+    }
+}

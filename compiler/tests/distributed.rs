@@ -10,6 +10,19 @@ use std::time::{Duration, Instant};
 use common::fixture_dir;
 use common::net::{cluster, compile, generate_command, ids, port_base, serve, shardc_run};
 
+/// `shardc-run local OUT`: the 8 tokens it generates for `ids`.
+fn local_tokens(out: &std::path::Path, ids: &str) -> Vec<i64> {
+    let local = Command::new(shardc_run())
+        .arg("local")
+        .arg(out)
+        .args(["--input-ids", ids, "--max-new-tokens", "8", "--json"])
+        .output()
+        .unwrap();
+    assert!(local.status.success(), "{}", String::from_utf8_lossy(&local.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&local.stdout).unwrap();
+    report["tokens"][0].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect()
+}
+
 #[test]
 fn three_processes_on_loopback_reproduce_every_checkpoint() {
     for (k, name) in ["gpt2", "llama", "qwen2", "bloom", "llama32"].iter().enumerate() {
@@ -37,16 +50,7 @@ fn three_processes_on_loopback_reproduce_every_checkpoint() {
         assert_eq!(report["stages"].as_array().unwrap().len(), 3);
         assert_eq!(report["stages"][0]["device"], "dev-a");
         // And all in one process.
-        let local = Command::new(shardc_run())
-            .arg("local")
-            .arg(&out)
-            .args(["--input-ids", &ids, "--max-new-tokens", "8", "--json"])
-            .output()
-            .unwrap();
-        assert!(local.status.success(), "{}", String::from_utf8_lossy(&local.stderr));
-        let report: serde_json::Value = serde_json::from_slice(&local.stdout).unwrap();
-        let tokens: Vec<i64> = report["tokens"][0].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
-        assert_eq!(tokens, expected, "{name} local");
+        assert_eq!(local_tokens(&out, &ids), expected, "{name} local");
     }
 }
 
@@ -85,17 +89,7 @@ fn three_processes_reproduce_current_checkpoints_and_exports() {
                 _ => (10..18).collect(),
             };
             assert_eq!(sent, want, "{what}");
-            let local = Command::new(shardc_run())
-                .arg("local")
-                .arg(&out)
-                .args(["--input-ids", &ids, "--max-new-tokens", "8", "--json"])
-                .output()
-                .unwrap();
-            assert!(local.status.success(), "{what}: {}", String::from_utf8_lossy(&local.stderr));
-            let report: serde_json::Value = serde_json::from_slice(&local.stdout).unwrap();
-            let tokens: Vec<i64> =
-                report["tokens"][0].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
-            assert_eq!(tokens, expected, "{what} local");
+            assert_eq!(local_tokens(&out, &ids), expected, "{what} local");
         }
     }
 }

@@ -634,7 +634,6 @@ pub fn generate(
     let started = Instant::now();
     let mut tokens: Vec<Vec<i64>> = vec![Vec::new(); requests];
     let mut token_ms: Vec<Vec<f64>> = vec![Vec::new(); requests];
-    let mut ids_sent = Vec::new();
     let mut timings: Vec<StageTiming> =
         manifests.iter().map(|m| StageTiming { device: m.device.clone(), ..Default::default() }).collect();
     // Per (request, step): which stages reported done, and the logits when they come.
@@ -644,18 +643,23 @@ pub fn generate(
         client.send_ids(r, 0, &job.prompt)?;
         done.insert((r, 0), vec![false; stages.len()]);
     }
-    ids_sent.push(job.prompt.len());
     // Each request travels under a wire id; a request whose cache is recomputed starts
     // over under a new one, its old cache ended on every device.
-    let mut owner: HashMap<u64, usize> = (0..requests).map(|r| (r as u64, r)).collect();
-    let mut next_wire = requests as u64;
-    let mut fed: Vec<usize> = vec![job.prompt.len(); requests];
+    let mut feeder = Feeder {
+        cached,
+        recompute_beyond,
+        prompt: &job.prompt,
+        owner: (0..requests).map(|r| (r as u64, r)).collect(),
+        next_wire: requests as u64,
+        fed: vec![job.prompt.len(); requests],
+        ids_sent: vec![job.prompt.len()],
+    };
     let mut active = requests;
     let mut completed_steps = 0u64;
     // A move waiting for the in-flight steps to finish: the plan, since when, and the
     // next step of each request, held back.
     let mut draining: Option<(Vec<shardc_passes::plan::Stage>, Instant)> = None;
-    let mut held_back: Vec<(u64, u64, i64)> = Vec::new();
+    let mut held_back: Vec<(u64, u64)> = Vec::new();
     let mut epoch = 0;
     while active > 0 && n > 0 {
         let Some(msg) = receive(&client.socket, timeout, opts, "client")? else {
@@ -708,7 +712,7 @@ pub fn generate(
         if complete {
             done.remove(&key);
             let next = argmax(&logits.remove(&key).unwrap_or_default()) as i64;
-            let r = *owner.get(&key.0).ok_or_else(|| format!("logits for unknown request {}", key.0))?;
+            let r = feeder.request(key.0)?;
             tokens[r].push(next);
             token_ms[r].push(started.elapsed().as_secs_f64() * 1e3);
             if key.1 > 0 {
@@ -720,25 +724,10 @@ pub fn generate(
                     client.send_to(d, &Frame::new("end", key.0, key.1, "client", vec![]))?;
                 }
             } else if draining.is_some() {
-                held_back.push((key.0, key.1 + 1, next));
+                held_back.push((key.0, key.1 + 1));
             } else {
-                let (wire, step, ids) = advance(
-                    &mut client,
-                    &stages,
-                    key,
-                    next,
-                    r,
-                    (cached, recompute_beyond),
-                    &job.prompt,
-                    &tokens[r],
-                    &mut fed,
-                    &mut owner,
-                    &mut next_wire,
-                )?;
-                done.insert((wire, step), vec![false; stages.len()]);
-                if r == 0 {
-                    ids_sent.push(ids);
-                }
+                let sent = feeder.advance(&mut client, &stages, key, r, &tokens[r])?;
+                done.insert(sent, vec![false; stages.len()]);
             }
             if let (Some(b), None) = (&mut balancer, &draining) {
                 let before = b.decisions.len();
@@ -767,25 +756,10 @@ pub fn generate(
                         eprintln!("client: {}", d.to_text());
                     }
                 }
-                for (wire, step, next) in std::mem::take(&mut held_back) {
-                    let r = *owner.get(&wire).ok_or_else(|| format!("held back unknown request {wire}"))?;
-                    let (wire, step, ids) = advance(
-                        &mut client,
-                        &stages,
-                        (wire, step - 1),
-                        next,
-                        r,
-                        (cached, recompute_beyond),
-                        &job.prompt,
-                        &tokens[r],
-                        &mut fed,
-                        &mut owner,
-                        &mut next_wire,
-                    )?;
-                    done.insert((wire, step), vec![false; stages.len()]);
-                    if r == 0 {
-                        ids_sent.push(ids);
-                    }
+                for (wire, step) in std::mem::take(&mut held_back) {
+                    let r = feeder.request(wire)?;
+                    let sent = feeder.advance(&mut client, &stages, (wire, step - 1), r, &tokens[r])?;
+                    done.insert(sent, vec![false; stages.len()]);
                 }
             }
         }
@@ -799,55 +773,78 @@ pub fn generate(
     Ok(Generation {
         tokens,
         token_ms,
-        ids_sent,
+        ids_sent: feeder.ids_sent,
         stages: timings,
         wall_ms: started.elapsed().as_secs_f64() * 1e3,
         balance,
     })
 }
 
-/// Send request `r`'s next step after step `key` produced `next`: with a KV cache the
-/// one new token, or — when it first takes the context past `recompute_beyond` —
-/// every token under a new wire id, the old one's cache ended on every device; without
-/// a cache every token, as the next step of the same wire id. Returns the wire id,
-/// step and number of ids sent.
-#[allow(clippy::too_many_arguments)]
-fn advance(
-    client: &mut Client,
-    stages: &[String],
-    key: (u64, u64),
-    next: i64,
-    r: usize,
-    (cached, recompute_beyond): (bool, Option<u64>),
-    prompt: &[i64],
-    generated: &[i64],
-    fed: &mut [usize],
-    owner: &mut HashMap<u64, usize>,
-    next_wire: &mut u64,
-) -> Result<(u64, u64, usize), String> {
-    let past = fed[r];
-    if !cached {
-        let all: Vec<i64> = prompt.iter().chain(generated).copied().collect();
-        client.send_ids(key.0, key.1 + 1, &all)?;
-        fed[r] = all.len();
-        return Ok((key.0, key.1 + 1, all.len()));
+/// What the client feeds each request's steps: which wire id carries it and how many
+/// tokens its devices have seen.
+struct Feeder<'a> {
+    /// Whether the packages keep a KV cache.
+    cached: bool,
+    /// The context past which the cache is recomputed (`Graph::recompute_beyond`).
+    recompute_beyond: Option<u64>,
+    prompt: &'a [i64],
+    /// Request index of each wire id in flight.
+    owner: HashMap<u64, usize>,
+    next_wire: u64,
+    /// Tokens each request's devices have been sent.
+    fed: Vec<usize>,
+    /// Tokens sent per step of request 0.
+    ids_sent: Vec<usize>,
+}
+
+impl Feeder<'_> {
+    /// The request a wire id carries.
+    fn request(&self, wire: u64) -> Result<usize, String> {
+        self.owner.get(&wire).copied().ok_or_else(|| format!("unknown request {wire}"))
     }
-    if recompute_beyond.is_some_and(|n| past as u64 <= n && past as u64 + 1 > n) {
-        for d in stages {
-            client.send_to(d, &Frame::new("end", key.0, key.1, "client", vec![]))?;
+
+    /// Send request `r`'s next step after step `key` produced `generated`'s last
+    /// token: with a KV cache the one new token, or — when it first takes the context
+    /// past `recompute_beyond` — every token under a new wire id, the old one's cache
+    /// ended on every device; without a cache every token, as the next step of the
+    /// same wire id. Returns the wire id and step sent.
+    fn advance(
+        &mut self,
+        client: &mut Client,
+        stages: &[String],
+        key: (u64, u64),
+        r: usize,
+        generated: &[i64],
+    ) -> Result<(u64, u64), String> {
+        let past = self.fed[r];
+        let all = || -> Vec<i64> { self.prompt.iter().chain(generated).copied().collect() };
+        let recompute = self.recompute_beyond.is_some_and(|n| past as u64 <= n && past as u64 + 1 > n);
+        let (wire, step, ids, fed) = if !self.cached {
+            let ids = all();
+            let n = ids.len();
+            (key.0, key.1 + 1, ids, n)
+        } else if recompute {
+            for d in stages {
+                client.send_to(d, &Frame::new("end", key.0, key.1, "client", vec![]))?;
+            }
+            self.owner.remove(&key.0);
+            let wire = self.next_wire;
+            self.next_wire += 1;
+            self.owner.insert(wire, r);
+            let ids = all();
+            let n = ids.len();
+            (wire, 0, ids, n)
+        } else {
+            let next = *generated.last().ok_or("a step with no token to feed")?;
+            (key.0, key.1 + 1, vec![next], past + 1)
+        };
+        client.send_ids(wire, step, &ids)?;
+        self.fed[r] = fed;
+        if r == 0 {
+            self.ids_sent.push(ids.len());
         }
-        owner.remove(&key.0);
-        let wire = *next_wire;
-        *next_wire += 1;
-        owner.insert(wire, r);
-        let all: Vec<i64> = prompt.iter().chain(generated).copied().collect();
-        client.send_ids(wire, 0, &all)?;
-        fed[r] = all.len();
-        return Ok((wire, 0, all.len()));
+        Ok((wire, step))
     }
-    client.send_ids(key.0, key.1 + 1, &[next])?;
-    fed[r] = past + 1;
-    Ok((key.0, key.1 + 1, 1))
 }
 
 /// Tell every device to stop.
