@@ -68,10 +68,23 @@ pub struct NodeCost {
 
 /// Why costs could not be computed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("cost: value `{value}` has shape {shape}, which the workload does not determine (run infer-shapes first)")]
+#[error(
+    "cost: value `{value}` has shape {shape}, {}",
+    if unsized_symbols.is_empty() {
+        "which has not been inferred (run infer-shapes first)".to_string()
+    } else {
+        format!(
+            "and the workload sizes only the batch, sequence and past symbols (named from the token input and the \
+             KV cache), not {}",
+            unsized_symbols.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ")
+        )
+    }
+)]
 pub struct CostError {
     pub value: String,
     pub shape: String,
+    /// The symbols of the shape the workload does not size.
+    pub unsized_symbols: Vec<String>,
 }
 
 /// Per-value facts the cost model needs.
@@ -105,13 +118,14 @@ pub fn sizes(graph: &Graph, bindings: &HashMap<String, i64>) -> Result<Sizes, Co
     let mut bytes = vec![0.0; graph.values.len()];
     for (i, value) in graph.values.iter().enumerate() {
         let Some(ty) = &value.ty else {
-            return Err(CostError { value: value.name.clone(), shape: "?".into() });
+            return Err(CostError { value: value.name.clone(), shape: "?".into(), unsized_symbols: vec![] });
         };
         let mut n = 1.0;
         for d in &ty.shape {
             n *= d.eval(bindings).ok_or_else(|| CostError {
                 value: value.name.clone(),
                 shape: shardc_ir::text::print::type_text(Some(ty)),
+                unsized_symbols: d.symbols().into_iter().filter(|s| !bindings.contains_key(s)).collect(),
             })? as f64;
         }
         elements[i] = n;
