@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use shardc_ir::{DType, Dim, Family, Graph, Node, Op, ValueDef, ValueId};
+use shardc_ir::{DType, Dim, Graph, Node, Op, ValueDef, ValueId};
 
 /// The work one request asks for.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
@@ -187,34 +187,6 @@ fn flops(node: &Node, dims: &dyn Fn(ValueId) -> Vec<f64>, out: f64, first_in: f6
     let input = |slot: usize| node.inputs.get(slot).copied().flatten().map(dims).unwrap_or_default();
     // Transcendental functions cost a few multiply-adds per element.
     let transcendental = 4.0;
-    match node.op.family() {
-        Family::Binary | Family::Variadic | Family::Comparison | Family::Logical | Family::Predicate => {
-            return out * node.inputs.len().saturating_sub(1).max(1) as f64
-        }
-        Family::Unary => {
-            return match &node.op {
-                Op::Neg(_)
-                | Op::Abs(_)
-                | Op::Relu(_)
-                | Op::Not(_)
-                | Op::BitwiseNot(_)
-                | Op::Floor(_)
-                | Op::Ceil(_)
-                | Op::Round(_)
-                | Op::Sign(_)
-                | Op::Reciprocal(_)
-                | Op::LeakyRelu(_)
-                | Op::ThresholdedRelu(_)
-                | Op::Shrink(_)
-                | Op::HardSigmoid(_)
-                | Op::HardSwish(_)
-                | Op::Softsign(_) => out,
-                Op::Identity(_) => 0.0,
-                _ => transcendental * out,
-            }
-        }
-        Family::Other => {}
-    }
     match &node.op {
         Op::MatMul(_) | Op::MatMulInteger(_) => 2.0 * out * input(0).last().copied().unwrap_or(0.0),
         Op::Gemm(g) => {
@@ -299,7 +271,7 @@ fn flops(node: &Node, dims: &dyn Fn(ValueId) -> Vec<f64>, out: f64, first_in: f6
         | Op::Pad(_)
         | Op::ReverseSequence(_)
         | Op::TensorScatter(_) => 0.0,
-        // The families above.
+        // Element-wise: one operation per output element and extra operand.
         Op::Add(_)
         | Op::Sub(_)
         | Op::Mul(_)
@@ -323,10 +295,26 @@ fn flops(node: &Node, dims: &dyn Fn(ValueId) -> Vec<f64>, out: f64, first_in: f6
         | Op::And(_)
         | Op::Or(_)
         | Op::Xor(_)
-        | Op::Neg(_)
+        | Op::IsNaN(_)
+        | Op::IsInf(_) => out * node.inputs.len().saturating_sub(1).max(1) as f64,
+        Op::Neg(_)
         | Op::Abs(_)
-        | Op::Sqrt(_)
+        | Op::Relu(_)
+        | Op::Not(_)
+        | Op::BitwiseNot(_)
+        | Op::Floor(_)
+        | Op::Ceil(_)
+        | Op::Round(_)
+        | Op::Sign(_)
         | Op::Reciprocal(_)
+        | Op::LeakyRelu(_)
+        | Op::ThresholdedRelu(_)
+        | Op::Shrink(_)
+        | Op::HardSigmoid(_)
+        | Op::HardSwish(_)
+        | Op::Softsign(_) => out,
+        Op::Identity(_) => 0.0,
+        Op::Sqrt(_)
         | Op::Exp(_)
         | Op::Log(_)
         | Op::Tanh(_)
@@ -343,28 +331,12 @@ fn flops(node: &Node, dims: &dyn Fn(ValueId) -> Vec<f64>, out: f64, first_in: f6
         | Op::Acosh(_)
         | Op::Atanh(_)
         | Op::Erf(_)
-        | Op::Relu(_)
-        | Op::Not(_)
-        | Op::BitwiseNot(_)
-        | Op::Floor(_)
-        | Op::Ceil(_)
-        | Op::Round(_)
-        | Op::Sign(_)
-        | Op::IsNaN(_)
-        | Op::IsInf(_)
         | Op::Softplus(_)
-        | Op::Softsign(_)
-        | Op::LeakyRelu(_)
         | Op::Elu(_)
         | Op::Selu(_)
         | Op::Celu(_)
-        | Op::HardSigmoid(_)
-        | Op::HardSwish(_)
-        | Op::ThresholdedRelu(_)
-        | Op::Shrink(_)
         | Op::Mish(_)
         | Op::Swish(_)
-        | Op::Gelu(_)
-        | Op::Identity(_) => out,
+        | Op::Gelu(_) => transcendental * out,
     }
 }

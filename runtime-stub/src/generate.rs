@@ -242,9 +242,10 @@ pub fn cached_prefill(model: &dyn Runner, layout: &CacheLayout, ids: &[i64]) -> 
 }
 
 /// Whether a step that feeds `fed` tokens after `past` cached ones must start over
-/// from an empty cache with every token (`CacheLayout::recompute_beyond`).
-pub fn recomputes(layout: &CacheLayout, past: usize, fed: usize) -> bool {
-    layout.recompute_beyond.is_some_and(|n| past > 0 && past as u64 <= n && (past + fed) as u64 > n)
+/// from an empty cache with every token: it is the first to take the context past
+/// `recompute_beyond` (`Graph::recompute_beyond`).
+pub fn recomputes(recompute_beyond: Option<u64>, past: usize, fed: usize) -> bool {
+    recompute_beyond.is_some_and(|n| past > 0 && past as u64 <= n && (past + fed) as u64 > n)
 }
 
 /// Greedy continuation with the KV cache: one prefill step over the prompt, then each
@@ -262,7 +263,7 @@ pub fn greedy_cached(
     let mut feed = prompt.to_vec();
     let mut past = 0;
     for _ in 0..n {
-        if recomputes(layout, past, feed.len()) {
+        if recomputes(layout.recompute_beyond, past, feed.len()) {
             feed = all.clone();
             cache = empty_cache(layout);
             past = 0;

@@ -818,7 +818,7 @@ impl Feeder<'_> {
     ) -> Result<(u64, u64), String> {
         let past = self.fed[r];
         let all = || -> Vec<i64> { self.prompt.iter().chain(generated).copied().collect() };
-        let recompute = self.recompute_beyond.is_some_and(|n| past as u64 <= n && past as u64 + 1 > n);
+        let recompute = crate::generate::recomputes(self.recompute_beyond, past, 1);
         let (wire, step, ids, fed) = if !self.cached {
             let ids = all();
             let n = ids.len();

@@ -257,6 +257,9 @@ pub fn infer_node(op: &Op, inputs: &[Option<In>], n_outputs: usize) -> Result<Ve
         Family::Predicate => return elementwise::predicate(inputs),
         Family::Other => {}
     }
+    if let Some((keepdims, noop)) = op.reduction() {
+        return reduce::reduce(inputs, keepdims, noop);
+    }
     match op {
         Op::Where(_) => elementwise::where_(inputs),
         Op::Cast(c) => elementwise::cast(c.to, inputs),
@@ -307,25 +310,12 @@ pub fn infer_node(op: &Op, inputs: &[Option<In>], n_outputs: usize) -> Result<Ve
         Op::Einsum(e) => linalg::einsum(&e.equation, inputs),
         Op::LayerNormalization(l) => linalg::layer_norm(l, inputs, n_outputs),
         Op::Attention(a) => linalg::attention(a, inputs, n_outputs),
-        Op::ReduceMean(_)
-        | Op::ReduceSum(_)
-        | Op::ReduceMax(_)
-        | Op::ReduceMin(_)
-        | Op::ReduceProd(_)
-        | Op::ReduceL1(_)
-        | Op::ReduceL2(_)
-        | Op::ReduceLogSum(_)
-        | Op::ReduceLogSumExp(_)
-        | Op::ReduceSumSquare(_) => {
-            let (keepdims, noop) = op.reduction().unwrap_or((true, false));
-            reduce::reduce(inputs, keepdims, noop)
-        }
         Op::ArgMax(a) => reduce::arg(inputs, a.axis, a.keepdims != 0),
         Op::ArgMin(a) => reduce::arg(inputs, a.axis, a.keepdims != 0),
         Op::QuantizeLinear(q) => quant::quantize(q, inputs),
         Op::DequantizeLinear(d) => quant::dequantize(d, inputs),
         Op::DynamicQuantizeLinear(_) => quant::dynamic(inputs),
-        // Families handled above.
+        // Families and reductions handled above.
         _ => Err(format!("no inference rule for {}", op.name())),
     }
 }
