@@ -247,7 +247,9 @@ fn run(cli: Cli) -> Result<()> {
             let (report, map) = planning::plan(&graph, &profile, &req, strategy, (&names.0, &names.1))?;
             let plan_json = serde_json::to_string_pretty(&report)? + "\n";
             if let Some(dir) = out {
-                std::fs::create_dir_all(&dir)?;
+                shardc::emit::output::check_not_input(&dir, &[model.clone(), args.devices.clone()])
+                    .map_err(anyhow::Error::msg)?;
+                std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
                 std::fs::write(dir.join("plan.json"), &plan_json)?;
                 std::fs::write(dir.join("transmission_map.json"), serde_json::to_string_pretty(&map)? + "\n")?;
             }
@@ -276,6 +278,7 @@ fn run(cli: Cli) -> Result<()> {
                 force,
                 model_name: model.display().to_string(),
                 devices_name: args.devices.display().to_string(),
+                inputs: vec![model.clone(), args.devices.clone()],
             };
             let summary = shardc::emit::compile(&p.graph, &p.weights_dir, &p.profile, &opts, &out)?;
             print!("{}", summary.report.to_text(false));
@@ -375,6 +378,7 @@ fn verify_tensors(
     tolerance: f64,
 ) -> Result<()> {
     use shardc_runtime::generate::Runner;
+    shardc_runtime::package::load_output(out, true)?;
     let (manifests, pipeline) = shardc_runtime::package::load_pipeline(out)?;
     let loaded = load(model, &LowerOptions::default())?;
     let inputs = shardc::run::read_tensors(file)?;
@@ -413,6 +417,7 @@ fn verify_tensors(
 }
 
 fn verify(model: &std::path::Path, out: &std::path::Path, ids: Vec<i64>, tokens: usize, tolerance: f64) -> Result<()> {
+    shardc_runtime::package::load_output(out, true)?;
     let (manifests, pipeline) = shardc_runtime::package::load_pipeline(out)?;
     let loaded = load(model, &LowerOptions::default())?;
     let mut graph = loaded.graph;

@@ -23,6 +23,7 @@ fn options(dtype: Option<shardc_ir::DType>) -> CompileOptions {
         force: false,
         model_name: "fixture".into(),
         devices_name: "loopback".into(),
+        inputs: Vec::new(),
     }
 }
 

@@ -31,6 +31,7 @@ fn compile_standby(model: &Path, out: &Path, standby: usize) -> serde_json::Valu
         force: false,
         model_name: "fixture".into(),
         devices_name: "loopback-3".into(),
+        inputs: Vec::new(),
     };
     compile(&graph, &loaded.weights_dir, &profile, &opts, out).unwrap();
     serde_json::from_slice(&std::fs::read(out.join("plan.json")).unwrap()).unwrap()

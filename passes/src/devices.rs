@@ -160,9 +160,57 @@ struct RawLink {
     latency: Spanned<String>,
 }
 
+/// Most devices a profile may list.
+pub const MAX_DEVICES: usize = 4096;
+
+/// Longest device name.
+pub const MAX_NAME: usize = 64;
+
+/// Names the output folder uses for its own files, which no device may take.
+pub const RESERVED_NAMES: [&str; 5] = ["client", "plan.json", "transmission_map.json", "report.svg", "balance.json"];
+
+/// A device name is a plain folder name: 1 to 64 ASCII letters, digits, `-`, `_` and
+/// `.`, not starting with `.` (so never `.` or `..`), and not a name the output folder
+/// or the cluster file uses itself (`client`, `plan.json`, …), in any case.
+pub fn check_name(name: &str) -> Result<(), String> {
+    let shown = if name.len() > MAX_NAME { format!("{}…", &name[..name.floor_char_boundary_compat(MAX_NAME)]) } else { name.to_string() };
+    if name.is_empty() {
+        return Err("a device needs a non-empty name".into());
+    }
+    if name.len() > MAX_NAME {
+        return Err(format!("device name `{shown}` is longer than {MAX_NAME} characters"));
+    }
+    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))) {
+        return Err(format!(
+            "device name `{}` contains {c:?}: names are folder names of letters, digits, `-`, `_` and `.`",
+            name.escape_debug()
+        ));
+    }
+    if name.starts_with('.') {
+        return Err(format!("device name `{name}` starts with `.`: names are plain, visible folder names"));
+    }
+    if let Some(r) = RESERVED_NAMES.iter().find(|r| r.eq_ignore_ascii_case(name)) {
+        return Err(format!("device name `{name}` is reserved (`{r}` is used by the output folder or the cluster file)"));
+    }
+    Ok(())
+}
+
+trait FloorCharBoundary {
+    fn floor_char_boundary_compat(&self, i: usize) -> usize;
+}
+
+impl FloorCharBoundary for str {
+    fn floor_char_boundary_compat(&self, mut i: usize) -> usize {
+        while !self.is_char_boundary(i) {
+            i -= 1;
+        }
+        i
+    }
+}
+
 /// Read a profile from a TOML file.
 pub fn load(path: &Path) -> Result<Profile, ProfileError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ProfileError {
+    let text = shardc_ir::files::read_text(path).map_err(|e| ProfileError {
         file: path.to_path_buf(),
         line: None,
         message: format!("cannot read: {e}"),
@@ -191,12 +239,14 @@ pub fn parse(text: &str, path: &Path) -> Result<Profile, ProfileError> {
     };
     let mut devices: Vec<Device> = Vec::new();
     for d in &raw.device {
-        let name = d.name.get_ref().trim().to_string();
-        if name.is_empty() {
-            return Err(err(Some(d.name.span()), "a device needs a non-empty name".into()));
+        let name = d.name.get_ref().to_string();
+        check_name(&name).map_err(|m| err(Some(d.name.span()), m))?;
+        if let Some(x) = devices.iter().find(|x| x.name.eq_ignore_ascii_case(&name)) {
+            let how = if x.name == name { "is listed twice".to_string() } else { format!("differs from `{}` only in case (they would share a folder on some file systems)", x.name) };
+            return Err(err(Some(d.name.span()), format!("device `{name}` {how}")));
         }
-        if devices.iter().any(|x| x.name == name) {
-            return Err(err(Some(d.name.span()), format!("device `{name}` is listed twice")));
+        if devices.len() == MAX_DEVICES {
+            return Err(err(Some(d.name.span()), format!("more than {MAX_DEVICES} devices")));
         }
         let what = |key: &str| format!("device `{name}`: {key}");
         let memory = positive(&d.memory, Kind::Bytes, &what("memory"))?;

@@ -13,7 +13,7 @@ use crate::plan::Stage;
 use crate::segment::Segmentation;
 
 /// How a tensor travels.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Kind {
     /// To the next stage only.
@@ -27,7 +27,8 @@ pub enum Kind {
 }
 
 /// One entry of the map.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Transfer {
     pub tensor: String,
     /// Device name, or `client`.
@@ -46,7 +47,8 @@ pub struct Transfer {
 }
 
 /// The tensors a client drives a language model by.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Generation {
     /// The token-ids input the client sends.
     pub token_input: String,
@@ -57,17 +59,18 @@ pub struct Generation {
     pub kv_cache: bool,
     /// The step that first takes the context beyond this recomputes the KV cache
     /// from all the tokens (see `Graph::recompute_beyond`).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recompute_beyond: Option<u64>,
 }
 
 /// The transmission map of a plan.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TransmissionMap {
     /// Device names in pipeline order.
     pub stages: Vec<String>,
     /// For a language model: the token input and the logits (absent for other graphs).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generation: Option<Generation>,
     /// Device-local state: KV-cache inputs and outputs each stage keeps.
     pub device_local: BTreeMap<String, Vec<String>>,

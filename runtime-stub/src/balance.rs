@@ -66,7 +66,7 @@ impl BalanceSpec {
         if !path.exists() {
             return Ok(None);
         }
-        let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+        let text = shardc_ir::files::read_text(&path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
         let spec: BalanceSpec =
             serde_json::from_str(&text).map_err(|e| format!("{}: not a balance file: {e}", path.display()))?;
         spec.check().map_err(|e| format!("{}: {e}", path.display()))?;

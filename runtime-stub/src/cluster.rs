@@ -35,7 +35,7 @@ fn loopback(address: &str) -> bool {
 impl Cluster {
     /// Read and check a cluster file.
     pub fn load(path: &Path, allow_remote: bool) -> Result<Cluster, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+        let text = shardc_ir::files::read_text(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
         let c: Cluster = toml::from_str(&text).map_err(|e| format!("{}: {}", path.display(), e.message()))?;
         c.check(allow_remote).map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(c)

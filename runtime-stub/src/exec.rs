@@ -45,8 +45,13 @@ pub struct OpTime {
 }
 
 impl Session {
-    /// Prepare `graph`, whose weight files are relative to `model_dir`.
+    /// Prepare `graph`, whose weight files are relative to `model_dir` (and inside it).
     pub fn new(graph: Graph, model_dir: &Path) -> Session {
+        Session::with_weights(graph, WeightFiles::new(model_dir))
+    }
+
+    /// Prepare `graph` to read its weights from `weights` (a package's listed files, say).
+    pub fn with_weights(graph: Graph, weights: WeightFiles) -> Session {
         let mut last_use = vec![None; graph.values.len()];
         for (i, node) in graph.nodes.iter().enumerate() {
             for v in node.inputs.iter().flatten() {
@@ -74,7 +79,7 @@ impl Session {
         }
         let loaded = RefCell::new(vec![None; graph.values.len()]);
         Session {
-            weights: WeightFiles::new(model_dir),
+            weights,
             graph,
             loaded,
             last_use,

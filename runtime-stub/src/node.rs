@@ -21,7 +21,8 @@ use crate::balance::{BalanceOptions, BalanceSpec, Balancer, Decision, Route, Sta
 use crate::cluster::Cluster;
 use crate::frame::{self, Frame};
 use crate::generate::{argmax, cache_entries, CacheEntry};
-use crate::package::{self, HeldUnits, Manifest};
+use crate::package::{self, HeldUnits};
+use crate::weights::WeightFiles;
 use crate::{Session, Tensor};
 
 /// Options shared by devices and the client.
@@ -163,7 +164,8 @@ struct Handover {
 /// One serving device.
 struct Device<'a> {
     name: String,
-    dir: std::path::PathBuf,
+    /// The package's weight files (hash-checked), shared by every stage cut from it.
+    weights: WeightFiles,
     cluster: &'a Cluster,
     ctx: &'a zmq::Context,
     opts: &'a NetOptions,
@@ -286,7 +288,7 @@ impl Device<'_> {
             None
         } else {
             let graph = held.stage(range)?;
-            let session = Session::new(graph, &self.dir);
+            let session = Session::with_weights(graph, self.weights.clone());
             let cache = cache_entries(session.graph());
             Some((session, cache))
         };
@@ -389,6 +391,7 @@ pub fn serve(
     opts: &NetOptions,
     stop: Arc<AtomicBool>,
 ) -> Result<(), String> {
+    shardc_passes::devices::check_name(device).map_err(|e| format!("--device: {e}"))?;
     let dir = out.join(device);
     let (manifest, graph) = package::load(&dir).map_err(|e| e.to_string())?;
     let held = package::load_standby(&dir, &manifest).map_err(|e| e.to_string())?;
@@ -400,7 +403,10 @@ pub fn serve(
     if held.is_some() && range.is_none() {
         return Err(format!("{}: the stage's units are not among the units it holds", dir.display()));
     }
-    let session = Session::new(graph, &dir);
+    let mut graphs = vec![&graph];
+    graphs.extend(held.as_ref().map(|h| &h.graph));
+    let weights = package::weights(&dir, &manifest, &graphs).map_err(|e| e.to_string())?;
+    let session = Session::with_weights(graph, weights.clone());
     let address = cluster.address(device).ok_or_else(|| format!("`{device}` is not in the cluster file"))?;
     let socket = ctx.socket(zmq::PULL).map_err(|e| e.to_string())?;
     socket.bind(address).map_err(|e| format!("{device}: cannot bind {address}: {e}"))?;
@@ -413,7 +419,7 @@ pub fn serve(
     };
     let mut d = Device {
         name: device.to_string(),
-        dir,
+        weights,
         cluster,
         ctx,
         opts,
@@ -582,52 +588,28 @@ pub fn generate(
     job: &Job,
 ) -> Result<Generation, String> {
     let (n, requests, timeout) = (job.tokens, job.requests, job.timeout);
-    let map_text =
-        std::fs::read_to_string(out.join("transmission_map.json")).map_err(|e| format!("{}: {e}", out.display()))?;
-    let map: serde_json::Value = serde_json::from_str(&map_text).map_err(|e| e.to_string())?;
-    let stages: Vec<String> = map["stages"]
-        .as_array()
-        .ok_or("transmission map has no stages")?
-        .iter()
-        .filter_map(|s| s.as_str().map(String::from))
-        .collect();
-    let role = |key: &str| -> Result<String, String> {
-        map["generation"][key].as_str().map(String::from).ok_or_else(|| {
-            "these packages are not a language model a client can drive: the transmission map names no token input and logits".to_string()
-        })
-    };
-    let (token_input, logits_name) = (role("token_input")?, role("logits")?);
+    let output = package::load_output(out, true).map_err(|e| e.to_string())?;
+    let map = &output.map;
+    let stages = map.stages.clone();
+    let gen = map.generation.as_ref().ok_or(
+        "these packages are not a language model a client can drive: the transmission map names no token input and logits",
+    )?;
+    let (token_input, logits_name) = (gen.token_input.clone(), gen.logits.clone());
     // Past this context the cache is recomputed from every token (Phi-3's longrope).
-    let recompute_beyond = map["generation"]["recompute_beyond"].as_u64();
+    let recompute_beyond = gen.recompute_beyond;
     // Without a KV cache every step runs on all the tokens so far.
-    let cached = map["generation"]["kv_cache"]
-        .as_bool()
-        .ok_or("the transmission map does not say whether the model has a KV cache")?;
-    let ids_to: Vec<String> = map["transfers"]
-        .as_array()
-        .and_then(|t| t.iter().find(|t| t["tensor"] == token_input.as_str()))
-        .and_then(|t| t["to"].as_array())
-        .ok_or_else(|| format!("the transmission map does not say who takes `{token_input}`"))?
+    let cached = gen.kv_cache;
+    let ids_to: Vec<String> = map
+        .transfers
         .iter()
-        .filter_map(|s| s.as_str().map(String::from))
+        .filter(|t| t.tensor == token_input && t.from == "client")
+        .flat_map(|t| t.to.clone())
         .collect();
-    let manifests: Vec<Manifest> = stages
-        .iter()
-        .map(|d| package::load_manifest(&out.join(d)).map_err(|e| e.to_string()))
-        .collect::<Result<_, _>>()?;
+    let manifests = &output.manifests;
     let mut balancer = match job.balance {
-        Some(o) => BalanceSpec::load(out)?.map(|spec| Balancer::new(spec, o)),
+        Some(o) => output.balance.clone().map(|spec| Balancer::new(spec, o)),
         None => None,
     };
-    if let Some(b) = &balancer {
-        if b.spec.stage_devices(&b.plan) != stages {
-            return Err(format!(
-                "{}: balance.json's stages {:?} are not the transmission map's {stages:?}",
-                out.display(),
-                b.spec.stage_devices(&b.plan)
-            ));
-        }
-    }
     let socket = ctx.socket(zmq::PULL).map_err(|e| e.to_string())?;
     socket.bind(&cluster.client).map_err(|e| format!("client: cannot bind {}: {e}", cluster.client))?;
     let mut client = Client { cluster, ctx, opts, socket, peers: HashMap::new(), ids_to, token_input };

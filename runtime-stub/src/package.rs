@@ -9,8 +9,10 @@ use serde::{Deserialize, Serialize};
 use shardc_ir::Graph;
 
 use crate::pipeline::Pipeline;
+use crate::weights::{is_plain_name, WeightFiles};
 use crate::{RuntimeError, Session};
 use shardc_passes::split::units_graph;
+use shardc_passes::transmission::TransmissionMap;
 
 /// A tensor a stage takes in or gives out.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -63,13 +65,7 @@ pub fn load_standby(dir: &Path, m: &Manifest) -> Result<Option<HeldUnits>, Runti
     if m.held.is_none() {
         return Ok(None);
     }
-    let read = |f: &str| {
-        let path = dir.join(f);
-        if !m.files.contains_key(f) {
-            return Err(err(&path, "the manifest holds units on standby but does not list this file".into()));
-        }
-        std::fs::read_to_string(&path).map_err(|e| err(&path, format!("cannot read: {e}")))
-    };
+    let read = |f: &str| read_listed(dir, m, f);
     let path = dir.join("standby.json");
     let standby: Standby =
         serde_json::from_str(&read("standby.json")?).map_err(|e| err(&path, format!("not a standby file: {e}")))?;
@@ -105,18 +101,74 @@ fn err(path: &Path, message: String) -> RuntimeError {
     RuntimeError::Package { path: path.to_path_buf(), message }
 }
 
-/// Read a package's manifest and check every file's hash.
-pub fn load_manifest(dir: &Path) -> Result<Manifest, RuntimeError> {
+/// Largest `manifest.json`, `shard.ir`, `standby.ir` or `standby.json` read.
+pub const MAX_PACKAGE_TEXT: u64 = 256 << 20;
+
+/// Read a listed text file of a package and check it against the manifest's hash (the
+/// bytes hashed are the bytes returned).
+pub fn read_listed(dir: &Path, m: &Manifest, file: &str) -> Result<String, RuntimeError> {
+    let path = dir.join(file);
+    let expected = m.files.get(file).ok_or_else(|| err(&path, "the manifest does not list this file".into()))?;
+    let bytes = shardc_ir::files::read_bounded(&path, MAX_PACKAGE_TEXT)
+        .map_err(|e| err(&path, format!("cannot read: {e}")))?;
+    let got = blake3::hash(&bytes).to_hex();
+    if got.as_str() != expected {
+        return Err(err(&path, format!("blake3 {got} does not match the manifest's {expected}: the package was altered")));
+    }
+    String::from_utf8(bytes).map_err(|e| err(&path, format!("not UTF-8 text: {e}")))
+}
+
+/// Read a package's manifest and check its shape: the device is the folder's name,
+/// every file it lists is a plain name that exists, and the folder holds nothing else.
+/// Hashes are checked when files are read ([`read_listed`], [`WeightFiles::package`]),
+/// or all at once by [`load_manifest`].
+pub fn read_manifest(dir: &Path) -> Result<Manifest, RuntimeError> {
     let path = dir.join("manifest.json");
-    let text = std::fs::read_to_string(&path).map_err(|e| err(&path, format!("cannot read: {e}")))?;
-    let m: Manifest = serde_json::from_str(&text).map_err(|e| err(&path, format!("not a manifest: {e}")))?;
+    let text = shardc_ir::files::read_bounded(&path, MAX_PACKAGE_TEXT)
+        .map_err(|e| err(&path, format!("cannot read: {e}")))?;
+    let m: Manifest = serde_json::from_slice(&text).map_err(|e| err(&path, format!("not a manifest: {e}")))?;
     if m.format != FORMAT {
         return Err(err(&path, format!("package format {} (this runtime reads {FORMAT})", m.format)));
     }
-    for (file, expected) in &m.files {
-        if file.contains('/') || file.contains('\\') || file.starts_with('.') {
-            return Err(err(&path, format!("file `{file}` is not a plain name in the package")));
+    shardc_passes::devices::check_name(&m.device).map_err(|e| err(&path, e))?;
+    let folder = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    if m.device != folder {
+        return Err(err(&path, format!("is the manifest of device `{}`, but its folder is `{folder}`", m.device)));
+    }
+    if m.stage >= m.stages {
+        return Err(err(&path, format!("stage {} of {} stages", m.stage, m.stages)));
+    }
+    for (file, hash) in &m.files {
+        if !is_plain_name(file) || file == "manifest.json" {
+            return Err(err(&path, format!("lists `{file}`, which is not a plain file name in the package")));
         }
+        if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(err(&path, format!("the hash of `{file}` is not a blake3 hash")));
+        }
+    }
+    for needed in ["shard.ir", "weights.safetensors"] {
+        if !m.files.contains_key(needed) {
+            return Err(err(&path, format!("does not list `{needed}`")));
+        }
+    }
+    let entries = std::fs::read_dir(dir).map_err(|e| err(dir, format!("cannot read: {e}")))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| err(dir, format!("cannot read: {e}")))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name != "manifest.json" && !m.files.contains_key(&name) {
+            return Err(err(
+                &entry.path(),
+                "is not listed (with its hash) in the package's manifest: a package holds only the files it lists".into(),
+            ));
+        }
+    }
+    Ok(m)
+}
+
+/// Read a package's manifest and check every file's hash.
+pub fn load_manifest(dir: &Path) -> Result<Manifest, RuntimeError> {
+    let m = read_manifest(dir)?;
+    for (file, expected) in &m.files {
         let f = dir.join(file);
         let got = hash_file(&f).map_err(|e| err(&f, format!("cannot read: {e}")))?;
         if &got != expected {
@@ -129,14 +181,35 @@ pub fn load_manifest(dir: &Path) -> Result<Manifest, RuntimeError> {
     Ok(m)
 }
 
-/// Load one package: manifest, hashes, and its graph (`shard.ir`).
+/// Load one package: manifest and its graph (`shard.ir`), hash-checked.
 pub fn load(dir: &Path) -> Result<(Manifest, Graph), RuntimeError> {
-    let m = load_manifest(dir)?;
+    let m = read_manifest(dir)?;
     let path = dir.join("shard.ir");
-    let text = std::fs::read_to_string(&path).map_err(|e| err(&path, format!("cannot read: {e}")))?;
+    let text = read_listed(dir, &m, "shard.ir")?;
     let graph = shardc_ir::text::parse(&text).map_err(|e| err(&path, e.to_string()))?;
     shardc_ir::verify(&graph).map_err(|e| err(&path, e.to_string()))?;
     Ok((m, graph))
+}
+
+/// The package's weight files: only listed files, hash-checked; every file `graphs`
+/// refer to is mapped (and checked) now, so a bad package fails at start, not mid-run.
+pub fn weights(dir: &Path, m: &Manifest, graphs: &[&Graph]) -> Result<WeightFiles, RuntimeError> {
+    let files = WeightFiles::package(dir, m.files.clone());
+    for g in graphs {
+        for v in &g.values {
+            if let shardc_ir::ValueDef::Weight(w) = &v.def {
+                let Some(loc) = &w.location else {
+                    return Err(RuntimeError::NoWeightFile { name: v.name.clone() });
+                };
+                files.map(&loc.file).map_err(|message| RuntimeError::Weight {
+                    name: v.name.clone(),
+                    file: dir.join(&loc.file),
+                    message,
+                })?;
+            }
+        }
+    }
+    Ok(files)
 }
 
 /// Load every package of a compile output folder, in pipeline order, as a pipeline
@@ -152,6 +225,7 @@ pub fn load_pipeline(out: &Path) -> Result<(Vec<Manifest>, Pipeline), RuntimeErr
             packages.push((m, g, dir));
         }
     }
+    check_stages(out, packages.iter().map(|(m, _, _)| m))?;
     if packages.is_empty() {
         return Err(err(out, "no packages (folders with manifest.json)".into()));
     }
@@ -159,10 +233,32 @@ pub fn load_pipeline(out: &Path) -> Result<(Vec<Manifest>, Pipeline), RuntimeErr
     let mut manifests = Vec::new();
     let mut sessions = Vec::new();
     for (m, g, dir) in packages {
-        sessions.push(Session::new(g, &dir));
+        let files = weights(&dir, &m, &[&g])?;
+        sessions.push(Session::with_weights(g, files));
         manifests.push(m);
     }
     Ok((manifests, Pipeline::new(sessions)))
+}
+
+/// The packages of an output folder are stages `0..n` of one `n`-stage pipeline, each
+/// once.
+pub fn check_stages<'a>(out: &Path, manifests: impl Iterator<Item = &'a Manifest>) -> Result<(), RuntimeError> {
+    let mut seen: BTreeMap<usize, &str> = BTreeMap::new();
+    let mut total = None;
+    for m in manifests {
+        if *total.get_or_insert(m.stages) != m.stages {
+            return Err(err(out, format!("`{}` says {} stages, another package {}", m.device, m.stages, total.unwrap_or(0))));
+        }
+        if let Some(other) = seen.insert(m.stage, &m.device) {
+            return Err(err(out, format!("`{other}` and `{}` are both stage {}", m.device, m.stage)));
+        }
+    }
+    let n = total.unwrap_or(0);
+    if seen.len() != n {
+        let missing: Vec<String> = (0..n).filter(|s| !seen.contains_key(s)).map(|s| s.to_string()).collect();
+        return Err(err(out, format!("no package for stage {} of {n}", missing.join(", "))));
+    }
+    Ok(())
 }
 
 /// The units a package holds: the graph any stage within them is cut from.
@@ -209,4 +305,134 @@ impl HeldUnits {
         g.name = format!("units{}-{}", range[0], range[1]);
         Ok(g)
     }
+}
+
+/// A compile output as the runtime needs it: the transmission map and every package's
+/// manifest in pipeline order, checked against each other.
+pub struct Output {
+    pub map: TransmissionMap,
+    /// In pipeline order.
+    pub manifests: Vec<Manifest>,
+    /// `balance.json`, when the packages hold standby units.
+    pub balance: Option<crate::balance::BalanceSpec>,
+}
+
+/// Read `out/transmission_map.json` and every package's manifest (with `hash`, also
+/// every file's hash) and check that they describe one pipeline: the map's stages are
+/// the packages in stage order, each package takes and gives what the map says and
+/// from and to whom, device-local state agrees, a language model's token input and
+/// logits travel between the client and a stage, and `balance.json` is there exactly
+/// when packages hold standby units. This is everything `shardc-run` reads to run.
+pub fn load_output(out: &Path, hash: bool) -> Result<Output, RuntimeError> {
+    let map_path = out.join("transmission_map.json");
+    let text =
+        shardc_ir::files::read_bounded(&map_path, MAX_PACKAGE_TEXT).map_err(|e| err(&map_path, format!("cannot read: {e}")))?;
+    let map: TransmissionMap =
+        serde_json::from_slice(&text).map_err(|e| err(&map_path, format!("not a transmission map: {e}")))?;
+    let bad = |m: String| err(&map_path, m);
+    if map.stages.is_empty() {
+        return Err(bad("lists no stages".into()));
+    }
+    let mut manifests = Vec::new();
+    for device in &map.stages {
+        shardc_passes::devices::check_name(device).map_err(&bad)?;
+        let dir = out.join(device);
+        let m = if hash { load_manifest(&dir)? } else { read_manifest(&dir)? };
+        manifests.push(m);
+    }
+    check_stages(out, manifests.iter())?;
+    for (i, m) in manifests.iter().enumerate() {
+        if m.stage != i || m.stages != map.stages.len() {
+            return Err(bad(format!(
+                "puts `{}` at stage {i} of {}, its manifest at stage {} of {}",
+                m.device,
+                map.stages.len(),
+                m.stage,
+                m.stages
+            )));
+        }
+    }
+    // Every other folder with a manifest would be a package nobody runs.
+    let entries = std::fs::read_dir(out).map_err(|e| err(out, format!("cannot read: {e}")))?;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if e.path().join("manifest.json").exists() && !map.stages.contains(&name) {
+            return Err(bad(format!("does not list the package `{name}`")));
+        }
+    }
+    let known = |who: &str| who == "client" || map.stages.iter().any(|s| s == who);
+    for t in &map.transfers {
+        if let Some(who) = std::iter::once(&t.from).chain(&t.to).find(|w| !known(w)) {
+            return Err(bad(format!("tensor `{}` travels to or from `{who}`, which is no stage and not the client", t.tensor)));
+        }
+    }
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v.dedup();
+        v
+    };
+    for m in &manifests {
+        let local = sorted(map.device_local.get(&m.device).cloned().unwrap_or_default());
+        if sorted(m.device_local.clone()) != local {
+            return Err(bad(format!(
+                "keeps {local:?} on `{}`, its manifest {:?}",
+                m.device, m.device_local
+            )));
+        }
+        for p in &m.inputs {
+            let from = sorted(
+                map.transfers.iter().filter(|t| t.tensor == p.name && t.to.contains(&m.device)).map(|t| t.from.clone()).collect(),
+            );
+            if from.is_empty() || sorted(p.peers.clone()) != from {
+                return Err(bad(format!(
+                    "sends `{}` to `{}` from {from:?}, its manifest expects it from {:?}",
+                    p.name, m.device, p.peers
+                )));
+            }
+        }
+        for p in &m.outputs {
+            let to = sorted(
+                map.transfers.iter().filter(|t| t.tensor == p.name && t.from == m.device).flat_map(|t| t.to.clone()).collect(),
+            );
+            if sorted(p.peers.clone()) != to {
+                return Err(bad(format!("sends `{}` from `{}` to {to:?}, its manifest to {:?}", p.name, m.device, p.peers)));
+            }
+        }
+    }
+    if let Some(g) = &map.generation {
+        let takes = map.transfers.iter().any(|t| t.tensor == g.token_input && t.from == "client" && !t.to.is_empty());
+        let gives = map.transfers.iter().any(|t| t.tensor == g.logits && t.to.iter().any(|w| w == "client"));
+        if !takes || !gives {
+            return Err(bad(format!(
+                "its language model does not take `{}` from the client or give `{}` to it",
+                g.token_input, g.logits
+            )));
+        }
+        let cached = manifests.iter().any(|m| !m.device_local.is_empty());
+        if g.kv_cache != cached {
+            return Err(bad(format!(
+                "says kv_cache {}, but the packages {} a KV cache",
+                g.kv_cache,
+                if cached { "keep" } else { "keep no" }
+            )));
+        }
+    }
+    let holds = manifests.iter().filter(|m| m.held.is_some()).count();
+    let balance = crate::balance::BalanceSpec::load(out).map_err(|e| err(out, e))?;
+    match (&balance, holds) {
+        (None, 0) => {}
+        (Some(spec), n) if n == manifests.len() => {
+            if spec.stage_devices(&spec.plan) != map.stages {
+                return Err(err(
+                    &out.join("balance.json"),
+                    format!("stages {:?} are not the transmission map's {:?}", spec.stage_devices(&spec.plan), map.stages),
+                ));
+            }
+        }
+        (None, _) => return Err(err(out, "packages hold standby units, but balance.json is missing".into())),
+        (Some(_), _) => {
+            return Err(err(out, "balance.json is there, but not every package holds standby units".into()))
+        }
+    }
+    Ok(Output { map, manifests, balance })
 }

@@ -3,9 +3,9 @@
 //! touch.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::rc::Rc;
 
 use memmap2::Mmap;
@@ -15,25 +15,66 @@ use shardc_ir::{DType, WeightRef};
 use crate::tensor::{Data, Tensor};
 use crate::RuntimeError;
 
-/// Memory maps of the weight files under one folder.
+/// Memory maps of the weight files a graph may read: any file under a model's folder
+/// (never outside it), or only the files a package's manifest lists, each checked
+/// against the manifest's blake3 hash when it is mapped, so a run computes with no
+/// byte a hash does not cover. Clones share the maps.
+#[derive(Clone)]
 pub struct WeightFiles {
     dir: PathBuf,
-    maps: RefCell<HashMap<String, Rc<Mmap>>>,
+    /// For a package: the files its manifest lists, with their blake3 hashes (hex).
+    listed: Option<Rc<BTreeMap<String, String>>>,
+    maps: Rc<RefCell<HashMap<String, Rc<Mmap>>>>,
 }
 
 impl WeightFiles {
-    /// Weight files are resolved relative to `dir` (the model's folder).
+    /// Weight files are resolved relative to `dir` (the model's folder) and must lie
+    /// inside it.
     pub fn new(dir: &Path) -> WeightFiles {
-        WeightFiles { dir: dir.to_path_buf(), maps: RefCell::new(HashMap::new()) }
+        WeightFiles { dir: dir.to_path_buf(), listed: None, maps: Rc::default() }
     }
 
-    fn map(&self, file: &str) -> Result<Rc<Mmap>, std::io::Error> {
+    /// A package's weight files: only files `listed` (plain names, with hashes).
+    pub fn package(dir: &Path, listed: BTreeMap<String, String>) -> WeightFiles {
+        WeightFiles { dir: dir.to_path_buf(), listed: Some(Rc::new(listed)), maps: Rc::default() }
+    }
+
+    /// Where `file` lies, if the graph may read it.
+    fn path(&self, file: &str) -> Result<PathBuf, String> {
+        match &self.listed {
+            Some(listed) => {
+                if !listed.contains_key(file) {
+                    return Err(format!("`{file}` is not a file the package's manifest lists and hashes"));
+                }
+                if !is_plain_name(file) {
+                    return Err(format!("`{file}` is not a plain file name inside the package"));
+                }
+            }
+            None => {
+                let rel = Path::new(file);
+                if file.is_empty() || !rel.components().all(|c| matches!(c, Component::Normal(_))) {
+                    return Err(format!("`{file}` is not a relative path inside the model's folder"));
+                }
+            }
+        }
+        Ok(self.dir.join(file))
+    }
+
+    /// Map `file` (checking its hash, for a package) unless it is mapped already.
+    pub fn map(&self, file: &str) -> Result<Rc<Mmap>, String> {
         if let Some(m) = self.maps.borrow().get(file) {
             return Ok(m.clone());
         }
-        let f = File::open(self.dir.join(file))?;
+        let path = self.path(file)?;
+        let f = File::open(&path).map_err(|e| e.to_string())?;
         // SAFETY: read-only map of a model file that nothing in this process writes.
-        let map = Rc::new(unsafe { Mmap::map(&f) }?);
+        let map = Rc::new(unsafe { Mmap::map(&f) }.map_err(|e| e.to_string())?);
+        if let Some(expected) = self.listed.as_ref().and_then(|l| l.get(file)) {
+            let got = blake3::hash(&map).to_hex();
+            if got.as_str() != expected {
+                return Err(format!("blake3 {got} does not match the manifest's {expected}: the package was altered"));
+            }
+        }
         self.maps.borrow_mut().insert(file.to_string(), map.clone());
         Ok(map)
     }
@@ -43,7 +84,7 @@ impl WeightFiles {
         let loc = w.location.as_ref().ok_or_else(|| RuntimeError::NoWeightFile { name: name.to_string() })?;
         let fail =
             |message: String| RuntimeError::Weight { name: name.to_string(), file: self.dir.join(&loc.file), message };
-        let map = self.map(&loc.file).map_err(|e| fail(e.to_string()))?;
+        let map = self.map(&loc.file).map_err(fail)?;
         let end = loc.offset.checked_add(loc.length).filter(|&e| e <= map.len() as u64).ok_or_else(|| {
             fail(format!(
                 "bytes {}..{} lie past the end of the file ({} bytes)",
@@ -65,6 +106,11 @@ impl WeightFiles {
         };
         Ok(Tensor::with_dtype(w.dtype, data))
     }
+}
+
+/// A plain file name: no folder part, not hidden, not `.` or `..`.
+pub fn is_plain_name(name: &str) -> bool {
+    !name.is_empty() && !name.starts_with('.') && !name.contains(['/', '\\', '\0', ':'])
 }
 
 enum Decoded {

@@ -11,6 +11,7 @@
 //! stream from the memory-mapped model in bounded chunks.
 
 pub mod onnx;
+pub mod output;
 pub mod svg;
 pub mod weights;
 
@@ -53,6 +54,10 @@ pub struct CompileOptions {
     /// Names for plan.json.
     pub model_name: String,
     pub devices_name: String,
+    /// Files and folders the compile reads (model, device profile): the output may not
+    /// be, contain or lie inside any of them. The weight files the graph refers to are
+    /// added to these.
+    pub inputs: Vec<PathBuf>,
 }
 
 /// What a compile wrote.
@@ -154,8 +159,24 @@ pub fn compile(
     opts: &CompileOptions,
     out: &Path,
 ) -> Result<Summary, EmitError> {
-    if out.exists() && !opts.force {
-        return Err(EmitError::Other(format!("{}: exists; pass --force to replace it", out.display())));
+    let mut inputs = opts.inputs.clone();
+    let mut files: Vec<&str> = graph
+        .values
+        .iter()
+        .filter_map(|v| match &v.def {
+            ValueDef::Weight(w) => w.location.as_ref().map(|l| l.file.as_str()),
+            _ => None,
+        })
+        .collect();
+    files.sort_unstable();
+    files.dedup();
+    inputs.extend(files.iter().map(|f| source.join(f)));
+    output::check_not_input(out, &inputs).map_err(EmitError::Other)?;
+    if std::fs::symlink_metadata(out).is_ok() {
+        if !opts.force {
+            return Err(EmitError::Other(format!("{}: exists; pass --force to replace it", out.display())));
+        }
+        output::check_replaceable(out).map_err(EmitError::Other)?;
     }
     let req = &opts.request;
     // Plan with the weights sized as they will be stored.
@@ -192,11 +213,10 @@ pub fn compile(
     std::fs::create_dir_all(parent)
         .map_err(|e| EmitError::Io { path: parent.to_path_buf(), message: e.to_string() })?;
     let base = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
-    // Leftovers of compiles that were killed mid-write (never a finished OUT).
+    // Leftovers of compiles of this OUT that were killed mid-write (never a finished OUT).
     if let Ok(entries) = std::fs::read_dir(parent) {
-        let prefix = format!(".{base}.partial-");
         for e in entries.flatten() {
-            if e.file_name().to_string_lossy().starts_with(&prefix) {
+            if output::is_own_temporary(&e.file_name().to_string_lossy(), &base) {
                 let _ = std::fs::remove_dir_all(e.path());
             }
         }
@@ -212,18 +232,26 @@ pub fn compile(
     match result {
         Ok(weight_bytes) => {
             let old = parent.join(format!(".{base}.old-{}", std::process::id()));
-            if out.exists() {
+            if std::fs::symlink_metadata(out).is_ok() {
                 std::fs::rename(out, &old)
                     .map_err(|e| EmitError::Io { path: out.to_path_buf(), message: e.to_string() })?;
             }
-            std::fs::rename(&tmp, out)
-                .map_err(|e| EmitError::Io { path: out.to_path_buf(), message: e.to_string() })?;
+            if let Err(e) = std::fs::rename(&tmp, out) {
+                // Put the previous output back rather than lose it.
+                let _ = std::fs::rename(&old, out);
+                let _ = std::fs::remove_dir_all(&tmp);
+                return Err(EmitError::Io { path: out.to_path_buf(), message: e.to_string() });
+            }
             let _ = std::fs::remove_dir_all(&old);
             Ok(Summary { report, weight_bytes })
         }
         Err(e) => {
             let _ = std::fs::remove_dir_all(&tmp);
-            Err(e)
+            // Name the folder the user gave, not the temporary one.
+            Err(match e {
+                EmitError::Io { path, message } => EmitError::Io { path: output::shown(&path, &tmp, out), message },
+                other => other,
+            })
         }
     }
 }

@@ -182,14 +182,10 @@ fn parse_slow_device(s: &str) -> Result<(String, Slowdown), String> {
 
 fn local(out: &Path, gen: &Gen, slow: Option<&(String, Slowdown)>) -> Result<Generation> {
     let ctx = zmq::Context::new();
-    let mut devices = std::collections::BTreeMap::new();
-    for entry in std::fs::read_dir(out)? {
-        let p = entry?.path();
-        if p.join("manifest.json").is_file() {
-            let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            devices.insert(name.clone(), format!("inproc://{name}"));
-        }
-    }
+    // The devices the transmission map names (checked against their packages).
+    let output = shardc_runtime::package::load_output(out, false)?;
+    let devices: std::collections::BTreeMap<String, String> =
+        output.map.stages.iter().map(|name| (name.clone(), format!("inproc://{name}"))).collect();
     if let Some((d, _)) = slow {
         if !devices.contains_key(d) {
             bail!("--slow-device: `{d}` is not one of the packages in {}", out.display());

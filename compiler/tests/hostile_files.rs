@@ -1,0 +1,257 @@
+//! Hostile files and paths (issue 13): nothing written outside OUT, no input touched,
+//! a package read only through its manifest's hashes, and every refusal names the
+//! file, key or device and what is wrong — exit status 1, no panic.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::net::{compile, shardc_run};
+use common::{fixture_dir, root};
+
+fn shardc(args: &[&std::ffi::OsStr]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_shardc")).args(args).output().unwrap()
+}
+
+/// A refusal: exit 1, no panic, and every `needle` in the message.
+fn refused(o: &Output, needles: &[&str]) -> String {
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(1), "expected exit 1: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    for n in needles {
+        assert!(err.contains(n), "`{n}` not in: {err}");
+    }
+    err
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+/// blake3 of every file under `dir`, by relative path.
+fn tree(dir: &Path) -> Vec<(PathBuf, String)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push((p.strip_prefix(dir).unwrap().to_path_buf(), blake3::hash(&std::fs::read(&p).unwrap()).to_hex().to_string()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn compile_args<'a>(model: &'a Path, devices: &'a Path, out: &'a Path, extra: &[&'a str]) -> Vec<&'a std::ffi::OsStr> {
+    let mut a: Vec<&std::ffi::OsStr> = vec!["compile".as_ref(), model.as_os_str(), "--devices".as_ref(), devices.as_os_str()];
+    a.extend(["--prompt-len", "8", "--max-context", "32", "-o"].iter().map(|s| std::ffi::OsStr::new(*s)));
+    a.push(out.as_os_str());
+    a.extend(extra.iter().map(|s| std::ffi::OsStr::new(*s)));
+    a
+}
+
+#[test]
+fn device_names_are_plain_unique_folder_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = fixture_dir("gpt2").join("hf");
+    let outside = dir.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let abs = format!("{}", outside.join("pkg").display());
+    for (a, b, why) in [
+        ("../x", "dev-b", "contains '/'"),
+        (abs.as_str(), "dev-b", "contains '/'"),
+        ("..", "dev-b", "starts with `.`"),
+        ("client", "dev-b", "reserved"),
+        ("plan.json", "dev-b", "reserved"),
+        ("dev a", "dev-b", "contains ' '"),
+        ("Dev-B", "dev-b", "only in case"),
+        ("dev-b", "dev-b", "listed twice"),
+    ] {
+        let toml = format!(
+            "[[device]]\nname = {a:?}\nmemory = \"1 GiB\"\nflops = \"1 GFLOP/s\"\nbandwidth = \"1 GB/s\"\n\n[[device]]\nname = {b:?}\nmemory = \"1 GiB\"\nflops = \"1 GFLOP/s\"\nbandwidth = \"1 GB/s\"\n\n[default_link]\nbandwidth = \"1 Gbit/s\"\nlatency = \"1 ms\"\n"
+        );
+        let devices = dir.path().join("devices.toml");
+        std::fs::write(&devices, toml).unwrap();
+        let out = dir.path().join("out");
+        let o = shardc(&compile_args(&model, &devices, &out, &[]));
+        refused(&o, &["devices.toml:", why]);
+        assert!(!out.exists(), "{a}");
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0, "{a} wrote outside OUT");
+        assert!(!dir.path().join("x").exists());
+    }
+}
+
+#[test]
+fn the_output_never_replaces_an_input_or_what_shardc_did_not_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    copy_dir(&fixture_dir("gpt2").join("hf"), &model);
+    let devices = dir.path().join("loopback-2.toml");
+    std::fs::copy(root().join("fixtures/devices/loopback-2.toml"), &devices).unwrap();
+    let before = (tree(&model), tree(dir.path()));
+    // -o MODEL (even with --force), inside it, around it, the profile itself.
+    for (out, what) in [
+        (model.clone(), "is the input"),
+        (model.join("out"), "lies inside the input"),
+        (dir.path().to_path_buf(), "contains the input"),
+        (devices.clone(), "is the input"),
+        (model.join("model.safetensors"), "lies inside the input"),
+    ] {
+        let o = shardc(&compile_args(&model, &devices, &out, &["--force"]));
+        refused(&o, &["the output folder", what]);
+        assert_eq!((tree(&model), tree(dir.path())), before, "-o {}", out.display());
+    }
+    // Through a symbolic link to the model.
+    #[cfg(unix)]
+    {
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&model, &link).unwrap();
+        refused(&shardc(&compile_args(&model, &devices, &link, &["--force"])), &["is the input"]);
+        std::fs::remove_file(&link).unwrap();
+    }
+    // A folder that is not a shardc output is not replaced, even with --force.
+    let notes = dir.path().join("notes");
+    std::fs::create_dir_all(notes.join("sub")).unwrap();
+    std::fs::write(notes.join("todo.txt"), "keep me").unwrap();
+    refused(&shardc(&compile_args(&model, &devices, &notes, &[])), &["exists; pass --force"]);
+    refused(&shardc(&compile_args(&model, &devices, &notes, &["--force"])), &["which a compile does not write"]);
+    assert_eq!(std::fs::read_to_string(notes.join("todo.txt")).unwrap(), "keep me");
+    // A previous output is replaced with --force; an empty folder too.
+    let out = dir.path().join("out");
+    assert!(shardc(&compile_args(&model, &devices, &out, &[])).status.success());
+    let o = shardc(&compile_args(&model, &devices, &out, &["--force"]));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // ...unless something foreign was put into it.
+    std::fs::write(out.join("dev-a").join("mine.txt"), "x").unwrap();
+    refused(&shardc(&compile_args(&model, &devices, &out, &["--force"])), &["dev-a/mine.txt"]);
+    assert!(out.join("dev-a/mine.txt").exists());
+    // A user's folder that happens to look like a temporary survives.
+    let lookalike = dir.path().join(".out.partial-mine");
+    std::fs::create_dir_all(&lookalike).unwrap();
+    std::fs::remove_file(out.join("dev-a").join("mine.txt")).unwrap();
+    assert!(shardc(&compile_args(&model, &devices, &out, &["--force"])).status.success());
+    assert!(lookalike.exists());
+    let mut after = tree(&model);
+    after.retain(|_| true);
+    assert_eq!(after, before.0, "the model changed");
+}
+
+#[test]
+fn errors_name_the_output_folder_not_the_temporary_one() {
+    #[cfg(target_os = "linux")]
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let devices = root().join("fixtures/devices/loopback-2.toml");
+        let out = Path::new("/proc/shardc_out");
+        let o = shardc(&compile_args(&fixture_dir("gpt2").join("hf"), &devices, out, &[]));
+        let err = refused(&o, &["/proc"]);
+        assert!(!err.contains(".partial"), "{err}");
+        drop(dir);
+    }
+}
+
+/// Compile gpt2 over 3 devices into a temporary folder.
+fn package() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    compile(&fixture_dir("gpt2").join("hf"), &out, &[]);
+    (dir, out)
+}
+
+fn local(out: &Path) -> Output {
+    Command::new(shardc_run()).arg("local").arg(out).args(["--input-ids", "1,2,3", "--max-new-tokens", "2"]).output().unwrap()
+}
+
+fn verify(out: &Path) -> Output {
+    shardc(&["verify".as_ref(), fixture_dir("gpt2").join("hf").as_os_str(), out.as_os_str(), "--tokens".as_ref(), "2".as_ref()])
+}
+
+/// Rewrite a manifest's hash of `file` to match its current bytes (what an attacker
+/// who can write the package would do).
+fn rehash(pkg: &Path, file: &str) {
+    let path = pkg.join("manifest.json");
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let hash = blake3::hash(&std::fs::read(pkg.join(file)).unwrap()).to_hex().to_string();
+    m["files"][file] = hash.into();
+    std::fs::write(&path, serde_json::to_string_pretty(&m).unwrap()).unwrap();
+}
+
+#[test]
+fn packages_are_read_only_through_their_manifest() {
+    let (_dir, out) = package();
+    assert!(local(&out).status.success());
+    let pkg = out.join("dev-b");
+    let ir_path = pkg.join("shard.ir");
+    let ir = std::fs::read_to_string(&ir_path).unwrap();
+    assert!(ir.contains("\"weights.safetensors\""), "the IR names its weight file");
+    // A weight reference outside the package, with the manifest's hash made to match.
+    for target in ["/usr/bin/env", "../../dev-a/weights.safetensors", "../dev-a/weights.safetensors", "manifest.json"] {
+        std::fs::write(&ir_path, ir.replacen("\"weights.safetensors\"", &format!("{target:?}"), 1)).unwrap();
+        rehash(&pkg, "shard.ir");
+        for o in [local(&out), verify(&out)] {
+            refused(&o, &["is not a file the package's manifest lists"]);
+        }
+    }
+    std::fs::write(&ir_path, &ir).unwrap();
+    rehash(&pkg, "shard.ir");
+    assert!(local(&out).status.success());
+    // A file the manifest does not list.
+    std::fs::write(pkg.join("extra.bin"), "x").unwrap();
+    for o in [local(&out), verify(&out)] {
+        refused(&o, &["extra.bin", "is not listed"]);
+    }
+    std::fs::remove_file(pkg.join("extra.bin")).unwrap();
+    // An altered weight file.
+    let w = pkg.join("weights.safetensors");
+    let mut bytes = std::fs::read(&w).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&w, &bytes).unwrap();
+    for o in [local(&out), verify(&out)] {
+        refused(&o, &["weights.safetensors", "the package was altered"]);
+    }
+    bytes[last] ^= 1;
+    std::fs::write(&w, &bytes).unwrap();
+    assert!(verify(&out).status.success());
+}
+
+#[test]
+fn verify_checks_what_the_runtime_reads() {
+    let (_dir, out) = package();
+    let map = out.join("transmission_map.json");
+    let text = std::fs::read_to_string(&map).unwrap();
+    // Deleted map; a map that claims no KV cache; a map that reorders stages.
+    std::fs::remove_file(&map).unwrap();
+    for o in [local(&out), verify(&out)] {
+        refused(&o, &["transmission_map.json", "cannot read"]);
+    }
+    std::fs::write(&map, text.replace("\"kv_cache\": true", "\"kv_cache\": false")).unwrap();
+    for o in [local(&out), verify(&out)] {
+        refused(&o, &["transmission_map.json", "kv_cache false"]);
+    }
+    let mut m: serde_json::Value = serde_json::from_str(&text).unwrap();
+    m["stages"].as_array_mut().unwrap().swap(0, 1);
+    std::fs::write(&map, m.to_string()).unwrap();
+    for o in [local(&out), verify(&out)] {
+        refused(&o, &["transmission_map.json", "at stage 0"]);
+    }
+    let mut m: serde_json::Value = serde_json::from_str(&text).unwrap();
+    m["surprise"] = 1.into();
+    std::fs::write(&map, m.to_string()).unwrap();
+    refused(&verify(&out), &["transmission_map.json", "unknown field `surprise`"]);
+    std::fs::write(&map, &text).unwrap();
+    // A deleted package.
+    std::fs::remove_dir_all(out.join("dev-c")).unwrap();
+    for o in [local(&out), verify(&out)] {
+        refused(&o, &["dev-c", "manifest.json"]);
+    }
+}
