@@ -290,6 +290,9 @@ fn run(cli: Cli) -> Result<()> {
             );
         }
         Command::Verify { model, out, input_ids, inputs, tokens, tolerance } => match inputs {
+            _ if !(tolerance.is_finite() && tolerance >= 0.0) => {
+                bail!("--tolerance must be a fraction ≥ 0, got {tolerance}")
+            }
             Some(file) => verify_tensors(&model, &out, &file, tolerance)?,
             None => verify(&model, &out, input_ids.unwrap_or_else(|| (1..=8).collect()), tokens, tolerance)?,
         },
@@ -309,6 +312,12 @@ fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
+/// Longest `--max-context` planned (the largest a config may state).
+const MAX_CONTEXT: u64 = shardc::frontend::hf::config::MAX_SIZE as u64;
+
+/// Largest `--batch` planned.
+const MAX_BATCH: u64 = 1 << 16;
+
 /// A model after the pass pipeline, ready to plan or compile.
 struct Planning {
     graph: shardc_ir::Graph,
@@ -326,6 +335,12 @@ fn planning_inputs(model: &std::path::Path, args: &PlanArgs) -> Result<Planning>
     }
     if args.prompt_len == 0 || args.batch == 0 || args.max_context < args.prompt_len {
         bail!("the workload needs --prompt-len >= 1, --batch >= 1 and --max-context >= --prompt-len");
+    }
+    if args.max_context > MAX_CONTEXT || args.batch > MAX_BATCH {
+        bail!("--max-context is at most {MAX_CONTEXT} and --batch at most {MAX_BATCH} (got {} and {})", args.max_context, args.batch);
+    }
+    if !(args.time_limit > 0.0 && args.time_limit <= 86_400.0) {
+        bail!("--time-limit must be a number of seconds above 0 and at most 86400, got {}", args.time_limit);
     }
     let dtype = match &args.dtype {
         Some(d) => {
@@ -354,7 +369,7 @@ fn planning_inputs(model: &std::path::Path, args: &PlanArgs) -> Result<Planning>
         workload: Workload { batch: args.batch, prompt_len: args.prompt_len, max_context: args.max_context },
         objective,
         margin: args.margin,
-        time_limit: std::time::Duration::from_secs_f64(args.time_limit.max(0.001)),
+        time_limit: std::time::Duration::from_secs_f64(args.time_limit),
         compute_dtype: args.compute_dtype.clone(),
         standby: args.standby,
     };

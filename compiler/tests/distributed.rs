@@ -103,7 +103,7 @@ fn a_killed_device_ends_generation_naming_it() {
     let mut devices = serve(&out, &cluster_file, &["--slowdown", "20"]);
     let (ids, _) = ids("llama32");
     let gen = generate_command(&out, &cluster_file, &ids)
-        .args(["--max-new-tokens", "100", "--timeout", "2"])
+        .args(["--max-new-tokens", "50", "--timeout", "2"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -255,3 +255,99 @@ fn verify_checks_what_the_runtime_reads() {
         refused(&o, &["dev-c", "manifest.json"]);
     }
 }
+
+/// A checkpoint copy whose config.json has `key` set to `value`.
+fn checkpoint_with(dir: &Path, key: &str, value: serde_json::Value) -> PathBuf {
+    let model = dir.join(format!("model-{key}"));
+    copy_dir(&fixture_dir("llama").join("hf"), &model);
+    let path = model.join("config.json");
+    let mut c: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    c[key] = value;
+    std::fs::write(&path, c.to_string()).unwrap();
+    model
+}
+
+#[test]
+fn sizes_from_files_and_flags_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let started = std::time::Instant::now();
+    // config.json dimensions: against a stated maximum and the tensors present.
+    for (key, value, needle) in [
+        ("num_hidden_layers", serde_json::json!(1_000_000_000u64), "more than the 4096"),
+        ("num_hidden_layers", serde_json::json!(4000), "only"),
+        ("hidden_size", serde_json::json!(1_000_000_000_000u64), "more than the"),
+        ("vocab_size", serde_json::json!(1_000_000_000_000_000u64), "more than the"),
+    ] {
+        let model = checkpoint_with(dir.path(), key, value.clone());
+        for target in [model.clone(), model.join("config.json")] {
+            if needle == "only" && target.ends_with("config.json") {
+                continue;
+            }
+            let o = shardc(&["inspect".as_ref(), target.as_os_str()]);
+            refused(&o, &["config.json", key, needle]);
+        }
+    }
+    let llama = fixture_dir("llama").join("hf");
+    let run = |extra: &[&str]| {
+        let mut a: Vec<&std::ffi::OsStr> = vec!["run".as_ref(), llama.as_os_str()];
+        a.extend(extra.iter().map(|s| std::ffi::OsStr::new(*s)));
+        shardc(&a)
+    };
+    // Token counts against the context the model serves.
+    refused(&run(&["--input-ids", "1,2", "--max-new-tokens", "1000000000000"]), &["context", "--max-new-tokens"]);
+    // (In ten arguments: one argument may not exceed 128 KiB.)
+    let chunk: Vec<String> = (0..10_000).map(|i| (i % 200).to_string()).collect();
+    let chunk = chunk.join(",");
+    let mut many = vec!["--input-ids"];
+    many.extend(std::iter::repeat_n(chunk.as_str(), 10));
+    refused(&run(&many), &["a prompt of 100000 tokens", "context"]);
+    // Flags that would panic or never end.
+    let devices = root().join("fixtures/devices/loopback-2.toml");
+    for flag in ["--time-limit=inf", "--time-limit=nan", "--time-limit=-1"] {
+        let o = shardc(&["plan".as_ref(), llama.as_os_str(), "--devices".as_ref(), devices.as_os_str(), flag.as_ref()]);
+        refused(&o, &["--time-limit"]);
+    }
+    let o = shardc(&["verify".as_ref(), llama.as_os_str(), dir.path().as_os_str(), "--tolerance=nan".as_ref()]);
+    refused(&o, &["--tolerance"]);
+    // 1000 devices, all different: the integer program is skipped, with a note.
+    let mut toml = String::new();
+    for i in 0..1000 {
+        toml += &format!(
+            "[[device]]\nname = \"d{i}\"\nmemory = \"{} GiB\"\nflops = \"{} GFLOP/s\"\nbandwidth = \"{} GB/s\"\n",
+            1 + i % 37,
+            1 + (i * 7) % 301,
+            1 + (i * 13) % 97
+        );
+    }
+    toml += "[default_link]\nbandwidth = \"1 Gbit/s\"\nlatency = \"1 ms\"\n";
+    let many_devices = dir.path().join("mixed-1000.toml");
+    std::fs::write(&many_devices, toml).unwrap();
+    let o = shardc(&[
+        "plan".as_ref(),
+        root().join("fixtures/configs/llama-3.2-1b/config.json").as_os_str(),
+        "--devices".as_ref(),
+        many_devices.as_os_str(),
+        "--json".as_ref(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let plan: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let note = plan["solver"]["note"].as_str().unwrap_or_default().to_string();
+    assert!(note.contains("more than the 4096 the integer program takes on"), "{plan}");
+    assert!(started.elapsed().as_secs() < 120, "bounded checks took {:?}", started.elapsed());
+}
+
+#[test]
+fn the_runtime_bounds_its_flags() {
+    let (_dir, out) = package();
+    let run = |extra: &[&str]| {
+        Command::new(shardc_run()).arg("local").arg(&out).args(["--input-ids", "1,2,3"]).args(extra).output().unwrap()
+    };
+    let started = std::time::Instant::now();
+    refused(&run(&["--max-new-tokens", "1000000000000"]), &["context of 1000000000003", "--max-new-tokens"]);
+    refused(&run(&["--requests", "100000000"]), &["--requests"]);
+    for t in ["--timeout=-1", "--timeout=nan", "--timeout=inf", "--timeout=0"] {
+        refused(&run(&[t]), &["--timeout"]);
+    }
+    refused(&run(&["--input-ids=-5"]), &["negative"]);
+    assert!(started.elapsed().as_secs() < 30, "{:?}", started.elapsed());
+}

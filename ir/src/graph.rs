@@ -159,6 +159,9 @@ pub struct Graph {
     /// from an empty cache with all the tokens (longrope switching to its long
     /// factors, as transformers' generation does).
     pub recompute_beyond: Option<u64>,
+    /// The longest context (past + new tokens) the graph serves, when its frontend
+    /// knows it (a checkpoint's lowering does): runtimes refuse longer requests.
+    pub max_context: Option<u64>,
 }
 
 impl Graph {

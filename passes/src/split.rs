@@ -105,5 +105,6 @@ pub fn stage_graph(graph: &Graph, stage_of_node: &[usize], s: usize) -> (Graph, 
     if !sub.cache.is_empty() {
         sub.recompute_beyond = graph.recompute_beyond;
     }
+    sub.max_context = graph.max_context;
     (sub, members.into_iter().collect())
 }

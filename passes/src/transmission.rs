@@ -61,6 +61,9 @@ pub struct Generation {
     /// from all the tokens (see `Graph::recompute_beyond`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recompute_beyond: Option<u64>,
+    /// The longest context (prompt + generated tokens) the packages serve, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_context: Option<u64>,
 }
 
 /// The transmission map of a plan.
@@ -211,6 +214,7 @@ pub fn build(
         logits: graph.value(r.logits).name.clone(),
         kv_cache: !graph.cache.is_empty(),
         recompute_beyond: graph.recompute_beyond,
+        max_context: graph.max_context,
     });
     Ok(TransmissionMap {
         stages: plan.iter().map(|s| names[s.device].clone()).collect(),

@@ -15,6 +15,8 @@ pub enum RuntimeError {
     Kernel { node: String, op: &'static str, message: String },
     #[error("{}: {message}", path.display())]
     Package { path: PathBuf, message: String },
+    #[error("{0}")]
+    Context(String),
     #[error("node `{node}`: op {op} has no kernel in the reference interpreter")]
     NoKernel { node: String, op: &'static str },
 }

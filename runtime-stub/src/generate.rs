@@ -54,6 +54,8 @@ pub trait Runner {
     fn cache(&self) -> Vec<CacheEntry>;
     /// The context past which the cache is recomputed (`Graph::recompute_beyond`).
     fn recompute_beyond(&self) -> Option<u64>;
+    /// The longest context the model serves, when it says (`Graph::max_context`).
+    fn max_context(&self) -> Option<u64>;
     /// Run once.
     fn run(&self, inputs: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>, RuntimeError>;
 }
@@ -72,6 +74,9 @@ impl Runner for Session {
     }
     fn recompute_beyond(&self) -> Option<u64> {
         self.graph().recompute_beyond
+    }
+    fn max_context(&self) -> Option<u64> {
+        self.graph().max_context
     }
     fn run(&self, inputs: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>, RuntimeError> {
         Session::run(self, inputs)
@@ -144,8 +149,34 @@ fn take_logits(
     Ok(Logits { values: values.iter().copied().collect(), vocab: shape[2] })
 }
 
+/// The longest context run for a model that does not state its own (an ONNX export).
+pub const UNSTATED_MAX_CONTEXT: u64 = 8192;
+
+/// A prompt of `prompt` tokens followed by `new` generated tokens must fit the context
+/// `limit` the model serves ([`UNSTATED_MAX_CONTEXT`] when it does not say): checked
+/// before anything is computed or allocated for the tokens.
+pub fn check_context(limit: Option<u64>, prompt: usize, new: usize) -> Result<(), RuntimeError> {
+    let (max, whose) = match limit {
+        Some(n) => (n, "the context the model serves"),
+        None => (UNSTATED_MAX_CONTEXT, "the context shardc runs for a model that does not state its own"),
+    };
+    let total = (prompt as u128) + (new as u128);
+    if prompt == 0 {
+        return Err(RuntimeError::Context("the prompt is empty: give at least one token id".into()));
+    }
+    if total > u128::from(max) {
+        // A step past the context would index past the position tables (or be unplanned).
+        return Err(RuntimeError::Context(format!(
+            "a prompt of {prompt} tokens and {new} new tokens need a context of {total}, more than {max}, {whose} \
+             (fewer --input-ids or --max-new-tokens; a checkpoint compiled with a longer --max-context serves more)"
+        )));
+    }
+    Ok(())
+}
+
 /// Run the prompt through a model without a cache and return its logits.
 pub fn logits(model: &dyn Runner, ids: &[i64]) -> Result<Logits, RuntimeError> {
+    check_context(model.max_context(), ids.len(), 0)?;
     let name = ids_input(model)?;
     let input = ids_tensor(&name, ids)?;
     let mut outputs: HashMap<String, Tensor> = model.run(vec![(name, input)])?.into_iter().collect();
@@ -172,6 +203,7 @@ pub fn top_k(row: &[f32], k: usize) -> Vec<(usize, f32)> {
 
 /// Greedy continuation of `prompt` by `n` tokens, re-running the prefix each step.
 pub fn greedy(model: &dyn Runner, prompt: &[i64], n: usize) -> Result<Vec<i64>, RuntimeError> {
+    check_context(model.max_context(), prompt.len(), n)?;
     let mut ids = prompt.to_vec();
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
@@ -238,6 +270,7 @@ pub fn cached_step(
 
 /// Prefill logits (every position) of a cached model, with an empty cache.
 pub fn cached_prefill(model: &dyn Runner, layout: &CacheLayout, ids: &[i64]) -> Result<Logits, RuntimeError> {
+    check_context(model.max_context(), ids.len(), 0)?;
     Ok(cached_step(model, layout, ids, empty_cache(layout))?.0)
 }
 
@@ -257,6 +290,7 @@ pub fn greedy_cached(
     prompt: &[i64],
     n: usize,
 ) -> Result<Vec<i64>, RuntimeError> {
+    check_context(model.max_context(), prompt.len(), n)?;
     let mut out = Vec::with_capacity(n);
     let mut cache = empty_cache(layout);
     let mut all = prompt.to_vec();

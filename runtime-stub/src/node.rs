@@ -25,6 +25,12 @@ use crate::package::{self, HeldUnits};
 use crate::weights::WeightFiles;
 use crate::{Session, Tensor};
 
+/// Longest wait for a device the client accepts, seconds (a day).
+pub const MAX_TIMEOUT_S: f64 = 86_400.0;
+
+/// Most requests one generate drives at once.
+pub const MAX_REQUESTS: usize = 4096;
+
 /// Options shared by devices and the client.
 #[derive(Clone)]
 pub struct NetOptions {
@@ -588,6 +594,9 @@ pub fn generate(
     job: &Job,
 ) -> Result<Generation, String> {
     let (n, requests, timeout) = (job.tokens, job.requests, job.timeout);
+    if requests == 0 || requests > MAX_REQUESTS {
+        return Err(format!("{requests} requests: between 1 and {MAX_REQUESTS} run at once"));
+    }
     let output = package::load_output(out, true).map_err(|e| e.to_string())?;
     let map = &output.map;
     let stages = map.stages.clone();
@@ -599,6 +608,7 @@ pub fn generate(
     let recompute_beyond = gen.recompute_beyond;
     // Without a KV cache every step runs on all the tokens so far.
     let cached = gen.kv_cache;
+    crate::generate::check_context(gen.max_context, job.prompt.len(), n).map_err(|e| e.to_string())?;
     let ids_to: Vec<String> = map
         .transfers
         .iter()

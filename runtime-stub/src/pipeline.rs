@@ -61,6 +61,10 @@ impl Runner for Pipeline {
         self.stages.iter().filter_map(|s| s.recompute_beyond()).min()
     }
 
+    fn max_context(&self) -> Option<u64> {
+        self.stages.iter().filter_map(|s| s.max_context()).min()
+    }
+
     fn run(&self, inputs: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>, RuntimeError> {
         let mut bus: HashMap<String, (Option<usize>, Tensor)> =
             inputs.into_iter().map(|(n, t)| (n, (None, t))).collect();

@@ -140,6 +140,7 @@ fn store_weights(graph: &Graph, dtype: Option<DType>) -> (Graph, HashMap<usize, 
         .map(|c| shardc_ir::CachePair { past: map[&c.past], present: map[&c.present], axis: c.axis })
         .collect();
     out.recompute_beyond = graph.recompute_beyond;
+    out.max_context = graph.max_context;
     (out, stored)
 }
 

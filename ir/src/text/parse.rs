@@ -34,6 +34,7 @@ pub fn parse(text: &str) -> Result<Graph, ParseError> {
     let mut nodes: Vec<Node> = Vec::new();
     let mut cache = Vec::new();
     let mut recompute_beyond = None;
+    let mut max_context = None;
     let mut closed = false;
 
     for (line_no, line) in lines {
@@ -95,6 +96,14 @@ pub fn parse(text: &str) -> Result<Graph, ParseError> {
             "output" => {
                 outputs.push(ValueId(c.value_id()?));
                 c.end()?;
+            }
+            "max" => {
+                c.keyword("context")?;
+                let n = c.unsigned()?;
+                c.end()?;
+                if max_context.replace(n).is_some() {
+                    return Err(c.error("`max context` given twice".into()));
+                }
             }
             "recompute" => {
                 c.keyword("beyond")?;
@@ -199,6 +208,7 @@ pub fn parse(text: &str) -> Result<Graph, ParseError> {
     graph.outputs = outputs;
     graph.cache = cache;
     graph.recompute_beyond = recompute_beyond;
+    graph.max_context = max_context;
     Ok(graph)
 }
 

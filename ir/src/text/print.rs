@@ -78,6 +78,9 @@ pub fn print(graph: &Graph) -> String {
     if let Some(n) = graph.recompute_beyond {
         let _ = writeln!(out, "  recompute beyond {n}");
     }
+    if let Some(n) = graph.max_context {
+        let _ = writeln!(out, "  max context {n}");
+    }
     out.push_str("}\n");
     out
 }

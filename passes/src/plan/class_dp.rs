@@ -22,10 +22,13 @@ pub fn classes(p: &Problem) -> Vec<Vec<usize>> {
         for class in &mut classes {
             let r = class[0];
             let same_spec = p.budget[r] == p.budget[d] && p.prefill[r] == p.prefill[d] && p.decode[r] == p.decode[d];
+            if !same_spec {
+                continue;
+            }
             let same_links = (0..p.devices()).filter(|&x| x != r && x != d).all(|x| p.links[r][x] == p.links[d][x])
                 && class.iter().skip(1).all(|&m| p.links[r][m] == p.links[d][m] || m == d)
                 && class.iter().all(|&m| m == r || p.links[r][m] == p.links[r][d]);
-            if same_spec && same_links {
+            if same_links {
                 class.push(d);
                 continue 'device;
             }

@@ -66,6 +66,15 @@ impl Gen {
         if !(self.balance_threshold >= 0.0 && self.balance_threshold.is_finite()) {
             bail!("--balance-threshold must be a fraction ≥ 0, got {}", self.balance_threshold);
         }
+        if !(self.timeout > 0.0 && self.timeout <= node::MAX_TIMEOUT_S) {
+            bail!("--timeout must be a number of seconds above 0 and at most {}, got {}", node::MAX_TIMEOUT_S, self.timeout);
+        }
+        if self.requests == 0 || self.requests > node::MAX_REQUESTS {
+            bail!("--requests must be between 1 and {}, got {}", node::MAX_REQUESTS, self.requests);
+        }
+        if let Some(bad) = self.input_ids.iter().find(|&&t| t < 0) {
+            bail!("--input-ids: token id {bad} is negative");
+        }
         Ok(Job {
             prompt: self.input_ids.clone(),
             tokens: self.max_new_tokens,

@@ -56,6 +56,24 @@ pub struct LayerAttention {
     pub window: Option<usize>,
 }
 
+/// Largest size any other integer key of a config may give (vocabulary, MLP width,
+/// context): 2^24, beyond every published model (the longest context is ~10 M tokens),
+/// so parameter, byte and FLOP counts computed from them stay far from overflow.
+pub const MAX_SIZE: usize = 1 << 24;
+
+/// Largest hidden size (published models stay below 2^15).
+pub const MAX_WIDTH: usize = 1 << 20;
+
+/// The keys that give the hidden size.
+const WIDTH_KEYS: [&str; 4] = ["hidden_size", "n_embd", "d_model", "head_dim"];
+
+/// Most layers a config may give (published models have at most ~130); a checkpoint
+/// must also hold a tensor for each layer.
+pub const MAX_LAYERS: usize = 4096;
+
+/// The keys that count layers.
+const LAYER_KEYS: [&str; 2] = ["num_hidden_layers", "n_layer"];
+
 /// What the lowering needs to know of a model.
 #[derive(Clone, Debug)]
 pub struct Arch {
@@ -237,14 +255,26 @@ impl Keys<'_> {
     }
 
     fn opt_usize(&self, key: &str) -> Result<Option<usize>, HfError> {
+        let limit = if LAYER_KEYS.contains(&key) {
+            MAX_LAYERS
+        } else if WIDTH_KEYS.contains(&key) {
+            MAX_WIDTH
+        } else {
+            MAX_SIZE
+        };
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .filter(|&n| n > 0)
-                .and_then(|n| usize::try_from(n).ok())
-                .map(Some)
-                .ok_or_else(|| self.err(key, format!("must be a positive integer, is {v}"))),
+            Some(v) => {
+                let n = v
+                    .as_u64()
+                    .filter(|&n| n > 0)
+                    .and_then(|n| usize::try_from(n).ok())
+                    .ok_or_else(|| self.err(key, format!("must be a positive integer, is {v}")))?;
+                if n > limit {
+                    return Err(self.err(key, format!("{n} is more than the {limit} shardc accepts")));
+                }
+                Ok(Some(n))
+            }
         }
     }
 

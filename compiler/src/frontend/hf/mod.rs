@@ -77,6 +77,17 @@ pub fn lower(path: &Path, options: &LowerOptions) -> Result<HfModel, HfError> {
     };
     let arch = config::parse(&config_file, options.max_context, &options.ignore_config_keys)?;
     let checkpoint = if shape_only { None } else { Some(safetensors::read_checkpoint(&dir)?) };
+    if let Some(c) = &checkpoint {
+        // Every layer has weights: a layer count beyond the tensors present is wrong,
+        // and is refused before a graph of that many layers is built.
+        if arch.layers > c.tensors.len() {
+            return Err(HfError::ConfigKey {
+                file: config_file.clone(),
+                key: "num_hidden_layers".into(),
+                message: format!("{} layers, but the checkpoint holds only {} tensors", arch.layers, c.tensors.len()),
+            });
+        }
+    }
     let mut b = Builder::new(&arch.model_type, checkpoint.as_ref(), dir.clone(), arch.dtype);
     let common = prologue(&mut b, &arch);
     // Each lowering registers the logits and present KV outputs itself.
@@ -88,6 +99,7 @@ pub fn lower(path: &Path, options: &LowerOptions) -> Result<HfModel, HfError> {
     // Phi-3's longrope frequencies change once the context passes its original length;
     // transformers' Phi-3 generation then recomputes the cache from every token (other
     // models keep the entries cached with the short factors).
+    b.graph.max_context = Some(arch.max_context as u64);
     if arch.model_type == "phi3" {
         b.graph.recompute_beyond = arch
             .ropes
