@@ -105,6 +105,8 @@ fn main() {
     .expect("cluster");
     let prompt: Vec<String> = (1..=16).map(|i| (i * 37 % 8192).to_string()).collect();
     let prompt = prompt.join(",");
+    let secret = scratch.join("secret");
+    std::fs::write(&secret, format!("balance benchmark secret {}", std::process::id())).expect("secret");
     let mut rates: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
     let mut rebalances = Vec::new();
     let mut tokens: Option<serde_json::Value> = None;
@@ -116,6 +118,7 @@ fn main() {
                 .map(|d| {
                     let mut c = Command::new(&run);
                     c.arg("serve").arg(&out).args(["--device", d, "--cluster", cluster.to_str().unwrap_or_default()]);
+                    c.arg("--secret-file").arg(&secret);
                     if *d == "dev-b" {
                         c.args(["--slowdown-after", &format!("{SLOW_AFTER}:3")]);
                     }
@@ -125,6 +128,7 @@ fn main() {
         );
         let mut gen = Command::new(&run);
         gen.arg("generate").arg(&out).args(["--cluster", cluster.to_str().unwrap_or_default()]);
+        gen.arg("--secret-file").arg(&secret);
         gen.args(["--input-ids", &prompt, "--max-new-tokens", &TOKENS.to_string(), "--requests", &requests]);
         gen.args(["--timeout", "60", "--json"]);
         if !balance {

@@ -12,7 +12,7 @@ use std::process::Command;
 use std::sync::Mutex;
 
 use common::fixture_dir;
-use common::net::{cluster, compile, generate_command, ids, port_base, serve, serve_each, shardc_run};
+use common::net::{cluster, compile, generate_command, ids, port_base, secret_of, serve, serve_each, shardc_run};
 use shardc::frontend::hf::LowerOptions;
 use shardc_passes::{run_pipeline, Ctx};
 use shardc_runtime::generate::{greedy_cached, CacheLayout};
@@ -135,24 +135,41 @@ fn a_balanced_run_makes_no_move() {
     assert_eq!(tokens(&report, 0)[..8], pytorch[..]);
 }
 
-/// Send `info` as a `rebalance` message to dev-a and return the `ready` it answers.
+/// Open a session on dev-a (as the client), send `info` as a `rebalance` message and
+/// return the `ready` it answers.
 fn ask_to_rebalance(out: &Path, salt: u16, info: &str) -> serde_json::Value {
     use shardc_runtime::frame::{self, Frame};
+    use shardc_runtime::wire::Wire;
     let dir = out.parent().unwrap();
     let (cluster_file, addrs) = cluster(dir, port_base(salt));
     let _devices = serve(out, &cluster_file, &[]);
+    let key = shardc_runtime::node::key_from_secret(&std::fs::read(secret_of(&cluster_file)).unwrap()).unwrap();
+    let mut wire = Wire::new(Some(&key), 1 << 20).unwrap();
+    let session = [7u8; 16];
     let ctx = zmq::Context::new();
     let pull = ctx.socket(zmq::PULL).unwrap();
     pull.bind(&addrs[0]).unwrap();
     let push = ctx.socket(zmq::PUSH).unwrap();
     push.connect(&addrs[1]).unwrap();
+    let mut receive = || {
+        assert!(pull.poll(zmq::POLLIN, 20_000).unwrap() > 0, "no answer from dev-a");
+        let mut parts = pull.recv_multipart(0).unwrap();
+        let (_, body) = wire_open(&key, &mut parts);
+        frame::decode(&body, 1 << 20).unwrap()
+    };
+    push.send_multipart(wire.seal(&session, frame::encode(&Frame::new("open", 0, 0, "client", vec![]))).unwrap(), 0)
+        .unwrap();
+    assert_eq!(receive().kind, "opened");
     let mut f = Frame::new("rebalance", 0, 1, "client", vec![]);
     f.info = info.to_string();
-    push.send(frame::encode(&f, None).0, 0).unwrap();
-    assert!(pull.poll(zmq::POLLIN, 20_000).unwrap() > 0, "no answer to a rebalance message");
-    let ready = frame::decode(&pull.recv_bytes(0).unwrap(), None, None, 1 << 20).unwrap();
+    push.send_multipart(wire.seal(&session, frame::encode(&f)).unwrap(), 0).unwrap();
+    let ready = receive();
     assert_eq!((ready.kind.as_str(), ready.sender.as_str()), ("ready", "dev-a"));
     serde_json::from_str(&ready.info).unwrap()
+}
+
+fn wire_open(key: &[u8; 32], parts: &mut [Vec<u8>]) -> (shardc_runtime::wire::Envelope, Vec<u8>) {
+    shardc_runtime::wire::Wire::new(Some(key), 1 << 20).unwrap().open(parts).unwrap()
 }
 
 #[test]

@@ -23,13 +23,40 @@ pub struct Cluster {
     pub devices: BTreeMap<String, String>,
 }
 
-fn loopback(address: &str) -> bool {
+/// Whether `address` stays on this machine: `inproc://`, or `tcp://HOST:PORT` whose
+/// host is a loopback IP literal (`127.0.0.0/8`, `[::1]`), `localhost`, or a name that
+/// resolves to loopback addresses only. Hosts are parsed, never prefix-matched
+/// (`127.attacker.example` is a name, and resolves where it resolves).
+pub fn loopback(address: &str) -> Result<bool, String> {
     if address.starts_with("inproc://") {
-        return true;
+        return Ok(true);
     }
-    let Some(rest) = address.strip_prefix("tcp://") else { return false };
-    let host = rest.rsplit_once(':').map_or(rest, |(h, _)| h);
-    host == "localhost" || host == "[::1]" || host.starts_with("127.")
+    let Some(rest) = address.strip_prefix("tcp://") else {
+        return Err(format!("{address}: not a tcp:// or inproc:// address"));
+    };
+    let (host, port) = rest.rsplit_once(':').ok_or_else(|| format!("{address}: no port (tcp://HOST:PORT)"))?;
+    let port: u16 = port.parse().map_err(|_| format!("{address}: `{port}` is not a port number"))?;
+    if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        let ip: std::net::Ipv6Addr = v6.parse().map_err(|_| format!("{address}: `{v6}` is not an IPv6 address"))?;
+        return Ok(ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()));
+    }
+    if let Ok(ip) = host.parse::<std::net::Ipv4Addr>() {
+        return Ok(ip.is_loopback());
+    }
+    if host.is_empty() || host == "*" || host.contains(['/', '[', ']']) {
+        return Ok(false);
+    }
+    if host.eq_ignore_ascii_case("localhost") {
+        return Ok(true);
+    }
+    use std::net::ToSocketAddrs;
+    match (host, port).to_socket_addrs() {
+        Ok(addrs) => {
+            let addrs: Vec<_> = addrs.collect();
+            Ok(!addrs.is_empty() && addrs.iter().all(|a| a.ip().is_loopback()))
+        }
+        Err(_) => Ok(false),
+    }
 }
 
 impl Cluster {
@@ -41,12 +68,21 @@ impl Cluster {
         Ok(c)
     }
 
-    /// Every address is loopback unless `allow_remote`.
+    /// Device names are plain names, addresses are distinct, and every address is
+    /// loopback unless `allow_remote`.
     pub fn check(&self, allow_remote: bool) -> Result<(), String> {
+        let mut seen = std::collections::BTreeMap::new();
+        for name in self.devices.keys() {
+            shardc_passes::devices::check_name(name).map_err(|e| format!("[devices]: {e}"))?;
+        }
         for (who, addr) in
             std::iter::once(("client", &self.client)).chain(self.devices.iter().map(|(k, v)| (k.as_str(), v)))
         {
-            if !allow_remote && !loopback(addr) {
+            if let Some(other) = seen.insert(addr.as_str(), who) {
+                return Err(format!("`{other}` and `{who}` both listen on {addr}"));
+            }
+            let local = loopback(addr).map_err(|e| format!("`{who}`: {e}"))?;
+            if !allow_remote && !local {
                 return Err(format!(
                     "`{who}` listens on {addr}, which is not loopback (pass --allow-remote to use other addresses)"
                 ));
@@ -61,6 +97,31 @@ impl Cluster {
             Some(&self.client)
         } else {
             self.devices.get(who).map(String::as_str)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::loopback;
+
+    #[test]
+    fn addresses_are_parsed_not_prefix_matched() {
+        for a in ["tcp://127.0.0.1:5600", "tcp://127.9.8.7:1", "tcp://[::1]:5600", "tcp://localhost:5600", "inproc://x"] {
+            assert_eq!(loopback(a), Ok(true), "{a}");
+        }
+        for a in [
+            "tcp://127.attacker.example:5600",
+            "tcp://127.0.0.1.attacker.example:5600",
+            "tcp://10.0.0.1:5600",
+            "tcp://*:5600",
+            "tcp://[::2]:5600",
+            "tcp://0.0.0.0:5600",
+        ] {
+            assert_eq!(loopback(a), Ok(false), "{a}");
+        }
+        for a in ["tcp://127.0.0.1", "tcp://127.0.0.1:http", "udp://127.0.0.1:1", "tcp://[zz]:1"] {
+            assert!(loopback(a).is_err(), "{a}");
         }
     }
 }

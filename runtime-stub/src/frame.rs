@@ -2,11 +2,10 @@
 //!
 //! The safetensors header's `__metadata__` holds the message kind, the request id, the
 //! decode step, the sender and, for control messages, a JSON text (`info`); tensor
-//! names are the transmission map's. When devices share a secret,
-//! each frame travels with a keyed blake3 MAC of its bytes, so nobody else on the
-//! network can inject tensors. Decoding trusts nothing: size limits, header length,
-//! JSON, dtypes, shapes, offsets that tile the data exactly, and the MAC are checked
-//! before a tensor is built.
+//! names are the transmission map's. Frames travel sealed in the envelope of
+//! [`crate::wire`] (encrypted and authenticated). Decoding trusts nothing: size
+//! limits, header length, JSON, dtypes, shapes and offsets that tile the data exactly
+//! are checked before a tensor is built.
 
 use std::collections::BTreeMap;
 
@@ -45,23 +44,14 @@ pub enum FrameError {
     TooLarge { size: usize, limit: usize },
     #[error("malformed frame: {0}")]
     Malformed(String),
-    #[error("frame MAC does not match: not from a device that holds the shared secret")]
-    BadMac,
-    #[error("frame has no MAC but the devices share a secret")]
-    MissingMac,
-}
-
-/// Keyed MAC of frame bytes.
-pub fn mac(secret: &[u8; 32], bytes: &[u8]) -> [u8; 32] {
-    *blake3::keyed_hash(secret, bytes).as_bytes()
 }
 
 fn malformed(m: impl Into<String>) -> FrameError {
     FrameError::Malformed(m.into())
 }
 
-/// Encode tensors as a frame; with a secret, also its MAC.
-pub fn encode(frame: &Frame, secret: Option<&[u8; 32]>) -> (Vec<u8>, Option<[u8; 32]>) {
+/// Encode tensors as a frame.
+pub fn encode(frame: &Frame) -> Vec<u8> {
     let mut header = serde_json::Map::new();
     let mut meta = serde_json::Map::new();
     meta.insert("kind".into(), frame.kind.clone().into());
@@ -95,23 +85,13 @@ pub fn encode(frame: &Frame, secret: Option<&[u8; 32]>) -> (Vec<u8>, Option<[u8;
     bytes.extend((text.len() as u64).to_le_bytes());
     bytes.extend(text.as_bytes());
     bytes.extend(data);
-    let tag = secret.map(|s| mac(s, &bytes));
-    (bytes, tag)
+    bytes
 }
 
 /// Decode and check a frame.
-pub fn decode(bytes: &[u8], tag: Option<&[u8]>, secret: Option<&[u8; 32]>, limit: usize) -> Result<Frame, FrameError> {
+pub fn decode(bytes: &[u8], limit: usize) -> Result<Frame, FrameError> {
     if bytes.len() > limit {
         return Err(FrameError::TooLarge { size: bytes.len(), limit });
-    }
-    if let Some(secret) = secret {
-        let tag = tag.ok_or(FrameError::MissingMac)?;
-        let expected = blake3::keyed_hash(secret, bytes);
-        let got: [u8; 32] = tag.try_into().map_err(|_| FrameError::BadMac)?;
-        // blake3::Hash compares in constant time.
-        if expected != blake3::Hash::from(got) {
-            return Err(FrameError::BadMac);
-        }
     }
     let n = bytes.get(..8).ok_or_else(|| malformed("shorter than its 8-byte header length"))?;
     let n = u64::from_le_bytes(n.try_into().map_err(|_| malformed("bad header length"))?) as usize;
@@ -225,35 +205,23 @@ mod tests {
     }
 
     #[test]
-    fn round_trips_with_and_without_a_secret() {
-        let (bytes, tag) = encode(&frame(), None);
-        assert!(tag.is_none());
-        let mut back = decode(&bytes, None, None, DEFAULT_MAX_FRAME).unwrap();
+    fn round_trips() {
+        let bytes = encode(&frame());
+        let mut back = decode(&bytes, DEFAULT_MAX_FRAME).unwrap();
         back.tensors.sort_by(|a, b| a.0.cmp(&b.0));
         assert_eq!(back, frame());
-        let secret = [9u8; 32];
-        let (bytes, tag) = encode(&frame(), Some(&secret));
-        assert!(decode(&bytes, tag.as_ref().map(|t| &t[..]), Some(&secret), DEFAULT_MAX_FRAME).is_ok());
     }
 
     #[test]
-    fn refuses_bad_macs_oversized_and_malformed_frames() {
-        let secret = [9u8; 32];
-        let (bytes, tag) = encode(&frame(), Some(&secret));
-        let tag = tag.unwrap();
-        let mut tampered = bytes.clone();
-        let last = tampered.len() - 1;
-        tampered[last] ^= 1;
-        assert_eq!(decode(&tampered, Some(&tag), Some(&secret), DEFAULT_MAX_FRAME), Err(FrameError::BadMac));
-        assert_eq!(decode(&bytes, Some(&tag), Some(&[8u8; 32]), DEFAULT_MAX_FRAME), Err(FrameError::BadMac));
-        assert_eq!(decode(&bytes, None, Some(&secret), DEFAULT_MAX_FRAME), Err(FrameError::MissingMac));
-        assert!(matches!(decode(&bytes, None, None, 16), Err(FrameError::TooLarge { .. })));
+    fn refuses_oversized_and_malformed_frames() {
+        let bytes = encode(&frame());
+        assert!(matches!(decode(&bytes, 16), Err(FrameError::TooLarge { .. })));
         for bad in [&b"short"[..], &[255u8; 64][..], &bytes[..bytes.len() - 3]] {
-            assert!(matches!(decode(bad, None, None, DEFAULT_MAX_FRAME), Err(FrameError::Malformed(_))), "{bad:?}");
+            assert!(matches!(decode(bad, DEFAULT_MAX_FRAME), Err(FrameError::Malformed(_))), "{bad:?}");
         }
         // Trailing bytes and lying offsets.
         let mut trailing = bytes.clone();
         trailing.push(0);
-        assert!(matches!(decode(&trailing, None, None, DEFAULT_MAX_FRAME), Err(FrameError::Malformed(_))));
+        assert!(matches!(decode(&trailing, DEFAULT_MAX_FRAME), Err(FrameError::Malformed(_))));
     }
 }

@@ -15,6 +15,7 @@ pub mod pipeline;
 pub mod profile;
 pub mod tensor;
 pub mod weights;
+pub mod wire;
 
 pub use error::RuntimeError;
 pub use exec::Session;

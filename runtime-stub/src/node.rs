@@ -2,13 +2,23 @@
 //! output straight to the devices that need it, and the client that drives generation.
 //!
 //! Every participant binds one PULL socket at its `cluster.toml` address and sends
-//! with PUSH sockets to the others. A message is a frame (plus its keyed MAC when a
-//! secret is shared) whose kind says what it is: `tensors` carries inputs of a step, `done` tells
-//! the client a stage finished a step (with its compute time), `end` frees a
-//! request's KV cache. A device keeps its layers' KV cache per request; decode steps
-//! carry one token.
+//! with PUSH sockets to the others. A message is a frame sealed in the envelope of
+//! [`crate::wire`] (encrypted and authenticated with the shared secret, unless
+//! everyone runs `--insecure`), whose kind says what it is: `tensors` carries inputs
+//! of a step, `done` tells the client a stage finished a step (with its compute
+//! time), `end` frees a request's KV cache. A device keeps its layers' KV cache per
+//! request; decode steps carry one token.
+//!
+//! Sessions: each `generate` opens one with a fresh random id (`open`, answered by
+//! `opened` from every device, whose envelope carries the device's boot id). A device
+//! holds one session: a new one drops the previous session's state, as do `close` and
+//! a client that stays quiet longer than the session timeout. Messages of a session
+//! that ended are dropped (counted as stale); a device asked about a session it never
+//! opened (it restarted) answers `error`, and the client stops with an error naming it,
+//! as it does when a device's boot id changes mid-session. Replayed messages are
+//! dropped by sequence number ([`ReplayGuard`]).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -20,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use crate::balance::{BalanceOptions, BalanceSpec, Balancer, Decision, Route, StageView};
 use crate::cluster::Cluster;
 use crate::frame::{self, Frame};
+use crate::wire::{session_text, Dropped, Envelope, ReplayGuard, SessionId, Wire};
 use crate::generate::{argmax, cache_entries, CacheEntry};
 use crate::package::{self, HeldUnits};
 use crate::weights::WeightFiles;
@@ -34,72 +45,129 @@ pub const MAX_REQUESTS: usize = 4096;
 /// Options shared by devices and the client.
 #[derive(Clone)]
 pub struct NetOptions {
-    pub secret: Option<[u8; 32]>,
+    /// The key derived from the shared secret ([`key_from_secret`]); `None` only when
+    /// the user chose `--insecure`.
+    pub key: Option<[u8; 32]>,
     pub max_frame: usize,
     /// Emulate a slower device.
     pub slowdown: Slowdown,
+    /// A device drops a session's state after this long without a message of it.
+    pub session_timeout: Duration,
 }
 
-fn send(
-    sockets: &mut HashMap<String, zmq::Socket>,
-    ctx: &zmq::Context,
-    address: &str,
-    frame: &Frame,
-    opts: &NetOptions,
-) -> Result<(), String> {
-    if !sockets.contains_key(address) {
-        let s = ctx.socket(zmq::PUSH).map_err(|e| e.to_string())?;
-        s.set_linger(1000).map_err(|e| e.to_string())?;
-        s.connect(address).map_err(|e| format!("cannot connect to {address}: {e}"))?;
-        sockets.insert(address.to_string(), s);
+/// Fewest bytes a secret file may hold.
+pub const MIN_SECRET: usize = 16;
+
+/// The frame key for the contents of a secret file.
+pub fn key_from_secret(secret: &[u8]) -> Result<[u8; 32], String> {
+    if secret.len() < MIN_SECRET {
+        return Err(format!(
+            "holds {} bytes; a shared secret needs at least {MIN_SECRET} (random bytes, e.g. `head -c 32 /dev/urandom`)",
+            secret.len()
+        ));
     }
-    let (bytes, tag) = frame::encode(frame, opts.secret.as_ref());
-    let mut parts = vec![bytes];
-    parts.extend(tag.map(|t| t.to_vec()));
-    sockets[address].send_multipart(parts, 0).map_err(|e| format!("cannot send to {address}: {e}"))
+    Ok(blake3::derive_key("shardc-run 2026 frame key (XChaCha20-Poly1305)", secret))
 }
 
-/// Send a frame to a device or the client, by its name in the cluster file.
-fn send_to(
-    sockets: &mut HashMap<String, zmq::Socket>,
-    ctx: &zmq::Context,
-    cluster: &Cluster,
-    who: &str,
-    frame: &Frame,
-    opts: &NetOptions,
-) -> Result<(), String> {
-    let addr = cluster.address(who).ok_or_else(|| format!("`{who}` is not in the cluster file"))?;
-    send(sockets, ctx, addr, frame, opts)
+/// Kinds of message, and who may send them.
+const KINDS: [&str; 11] = ["tensors", "done", "end", "stop", "rebalance", "kv", "ready", "open", "opened", "close", "error"];
+
+/// One participant's end of the network: its bound socket, connections to the others,
+/// the envelope, the replay guard and what was dropped.
+struct Net<'a> {
+    me: String,
+    cluster: &'a Cluster,
+    ctx: &'a zmq::Context,
+    socket: zmq::Socket,
+    peers: HashMap<String, zmq::Socket>,
+    wire: Wire,
+    guard: ReplayGuard,
+    dropped: Dropped,
+    max_frame: usize,
 }
 
-/// Receive one frame, or `Ok(None)` on timeout; refused messages are logged and skipped.
-fn receive(socket: &zmq::Socket, timeout: Duration, opts: &NetOptions, who: &str) -> Result<Option<Frame>, String> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if socket.poll(zmq::POLLIN, left.as_millis() as i64).map_err(|e| e.to_string())? == 0 {
-            return Ok(None);
+impl<'a> Net<'a> {
+    /// Bind `me`'s address from the cluster file.
+    fn bind(me: &str, cluster: &'a Cluster, ctx: &'a zmq::Context, opts: &NetOptions) -> Result<Net<'a>, String> {
+        let address = cluster.address(me).ok_or_else(|| format!("`{me}` is not in the cluster file"))?;
+        let socket = ctx.socket(zmq::PULL).map_err(|e| e.to_string())?;
+        // Larger messages are dropped by ZeroMQ before they are allocated.
+        let limit = opts.max_frame.saturating_add(64).min(i64::MAX as usize) as i64;
+        socket.set_maxmsgsize(limit).map_err(|e| e.to_string())?;
+        socket.bind(address).map_err(|e| format!("{me}: cannot bind {address}: {e}"))?;
+        Ok(Net {
+            me: me.to_string(),
+            cluster,
+            ctx,
+            socket,
+            peers: HashMap::new(),
+            wire: Wire::new(opts.key.as_ref(), opts.max_frame)?,
+            guard: ReplayGuard::default(),
+            dropped: Dropped::default(),
+            max_frame: opts.max_frame,
+        })
+    }
+
+    /// Seal and send a frame to a device or the client, by its name in the cluster file.
+    fn send(&mut self, who: &str, session: &SessionId, frame: &Frame) -> Result<(), String> {
+        let address = self.cluster.address(who).ok_or_else(|| format!("`{who}` is not in the cluster file"))?;
+        if !self.peers.contains_key(who) {
+            let s = self.ctx.socket(zmq::PUSH).map_err(|e| e.to_string())?;
+            s.set_linger(1000).map_err(|e| e.to_string())?;
+            s.connect(address).map_err(|e| format!("cannot connect to `{who}` at {address}: {e}"))?;
+            self.peers.insert(who.to_string(), s);
         }
-        let parts = socket.recv_multipart(0).map_err(|e| e.to_string())?;
-        match check(&parts, opts) {
-            Ok(f) => return Ok(Some(f)),
-            Err(e) => eprintln!("{who}: dropped a message: {e}"),
+        let parts = self.wire.seal(session, frame::encode(frame))?;
+        self.peers[who].send_multipart(parts, 0).map_err(|e| format!("cannot send to `{who}` at {address}: {e}"))
+    }
+
+    /// Receive one message, or `Ok(None)` on timeout. What is malformed, fails
+    /// authentication, comes from no participant or repeats a message is dropped and
+    /// counted.
+    fn receive(&mut self, timeout: Duration) -> Result<Option<(Envelope, Frame)>, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if self.socket.poll(zmq::POLLIN, left.as_millis() as i64).map_err(|e| e.to_string())? == 0 {
+                return Ok(None);
+            }
+            let mut parts = self.socket.recv_multipart(0).map_err(|e| e.to_string())?;
+            let opened = self
+                .wire
+                .open(&mut parts)
+                .map_err(|e| e.to_string())
+                .and_then(|(env, body)| Ok((env, frame::decode(&body, self.max_frame).map_err(|e| e.to_string())?)));
+            let (env, frame) = match opened {
+                Ok(m) => m,
+                Err(e) => {
+                    self.dropped.refused += 1;
+                    self.log(&format!("dropped a message: {e}"), self.dropped.refused);
+                    continue;
+                }
+            };
+            if !KINDS.contains(&frame.kind.as_str()) || self.cluster.address(&frame.sender).is_none() {
+                self.dropped.refused += 1;
+                let why = format!("dropped a `{}` message from `{}`: unknown kind or sender", frame.kind, frame.sender);
+                self.log(&why, self.dropped.refused);
+                continue;
+            }
+            if !self.guard.accept(&frame.sender, &env) {
+                self.dropped.replayed += 1;
+                let why = format!("dropped a replayed `{}` message from `{}`", frame.kind, frame.sender);
+                self.log(&why, self.dropped.replayed);
+                continue;
+            }
+            return Ok(Some((env, frame)));
         }
     }
-}
 
-/// A message is the frame and, when a secret is shared, its MAC.
-fn check(parts: &[Vec<u8>], opts: &NetOptions) -> Result<Frame, String> {
-    let (bytes, tag) = match parts {
-        [b] => (b, None),
-        [b, t] => (b, Some(t.as_slice())),
-        _ => return Err(format!("{} message parts (expected 1 or 2)", parts.len())),
-    };
-    let frame = frame::decode(bytes, tag, opts.secret.as_ref(), opts.max_frame).map_err(|e| e.to_string())?;
-    if !["tensors", "done", "end", "stop", "rebalance", "kv", "ready"].contains(&frame.kind.as_str()) {
-        return Err(format!("unknown message kind `{}`", frame.kind));
+    /// Log the first 16 drops of a kind, then the 32nd, 64th … (a flood does not flood
+    /// the log).
+    fn log(&self, what: &str, count: u64) {
+        if count <= 16 || count.is_power_of_two() {
+            eprintln!("{}: {what} ({count} so far)", self.me);
+        }
     }
-    Ok(frame)
 }
 
 /// Emulated slowness: from decode step `from_step` on, each step takes `factor` times
@@ -167,17 +235,23 @@ struct Handover {
     missing: BTreeSet<(u64, String)>,
 }
 
+/// Most ended sessions a device remembers (their messages are then stale).
+const ENDED_SESSIONS: usize = 4096;
+
 /// One serving device.
 struct Device<'a> {
     name: String,
     /// The package's weight files (hash-checked), shared by every stage cut from it.
     weights: WeightFiles,
-    cluster: &'a Cluster,
-    ctx: &'a zmq::Context,
+    net: Net<'a>,
     opts: &'a NetOptions,
     held: Option<HeldUnits>,
     active: Active,
-    sockets: HashMap<String, zmq::Socket>,
+    /// The stage the package was compiled with: every session starts from it.
+    initial: Initial,
+    /// The session this device serves, and when it last heard of it.
+    session: Option<(SessionId, Instant)>,
+    ended: VecDeque<SessionId>,
     pending: HashMap<(u64, u64), HashMap<String, Tensor>>,
     /// When the first input of a step arrived: the wait for the others is reported.
     first_arrival: HashMap<(u64, u64), Instant>,
@@ -185,10 +259,113 @@ struct Device<'a> {
     handover: Option<Handover>,
 }
 
+/// What a device runs when a session starts.
+struct Initial {
+    range: Option<[usize; 2]>,
+    needed: Vec<String>,
+    peers_of: HashMap<String, Vec<String>>,
+}
+
 impl Device<'_> {
     fn send_to(&mut self, peer: &str, frame: &Frame) -> Result<(), String> {
-        send_to(&mut self.sockets, self.ctx, self.cluster, peer, frame, self.opts)
-            .map_err(|e| format!("{}: {e}", self.name))
+        let session = self.session.map(|s| s.0).ok_or("no session is open")?;
+        self.net.send(peer, &session, frame).map_err(|e| format!("{}: {e}", self.name))
+    }
+
+    /// Tell the client (of `session`) what went wrong.
+    fn report_error(&mut self, session: &SessionId, request: u64, step: u64, message: String) -> Result<(), String> {
+        let mut f = Frame::new("error", request, step, &self.name.clone(), vec![]);
+        f.info = message;
+        self.net.send("client", session, &f).map_err(|e| format!("{}: {e}", self.name))
+    }
+
+    /// Drop the current session's state (KV caches, steps waiting for inputs, a
+    /// handover) and remember it as ended.
+    fn end_session(&mut self, why: &str) {
+        if let Some((id, _)) = self.session.take() {
+            let requests = self.caches.len();
+            self.caches.clear();
+            self.pending.clear();
+            self.first_arrival.clear();
+            self.handover = None;
+            self.net.guard.forget(&id);
+            self.remember_ended(id);
+            eprintln!("{}: session {} ended ({why}); dropped the state of {requests} requests", self.name, session_text(&id));
+        }
+    }
+
+    fn remember_ended(&mut self, id: SessionId) {
+        if self.ended.len() >= ENDED_SESSIONS {
+            self.ended.pop_front();
+        }
+        self.ended.push_back(id);
+    }
+
+    /// Start `id`: the previous session ends, and the stage is the package's again.
+    fn open_session(&mut self, id: SessionId) -> Result<(), String> {
+        self.end_session("a new session started");
+        if self.active.range != self.initial.range {
+            if let (Some(held), Some(range)) = (&self.held, self.initial.range) {
+                let session = Session::with_weights(held.stage(range)?, self.weights.clone());
+                self.active.cache = cache_entries(session.graph());
+                self.active.session = session;
+            }
+        }
+        self.active.range = self.initial.range;
+        self.active.needed = self.initial.needed.clone();
+        self.active.peers_of = self.initial.peers_of.clone();
+        self.session = Some((id, Instant::now()));
+        let f = Frame::new("opened", 0, 0, &self.name.clone(), vec![]);
+        self.send_to("client", &f)
+    }
+
+    /// Handle one message; `Ok(false)` to stop serving.
+    fn on_message(&mut self, env: Envelope, msg: Frame) -> Result<bool, String> {
+        if msg.kind == "stop" {
+            return Ok(false);
+        }
+        if msg.kind == "open" {
+            if msg.sender != "client" {
+                self.net.dropped.refused += 1;
+            } else if self.ended.contains(&env.session) || self.session.is_some_and(|s| s.0 == env.session) {
+                self.net.dropped.stale += 1;
+            } else {
+                self.open_session(env.session)?;
+            }
+            return Ok(true);
+        }
+        match self.session {
+            Some((id, ref mut seen)) if id == env.session => *seen = Instant::now(),
+            _ => {
+                if self.ended.contains(&env.session) {
+                    self.net.dropped.stale += 1;
+                    self.net.log("dropped a message of a session that ended", self.net.dropped.stale);
+                    if msg.sender == "client" && msg.kind != "close" {
+                        let why = "its session ended or was superseded by a newer one (another client?)".to_string();
+                        self.report_error(&env.session, msg.request, msg.step, why)?;
+                    }
+                } else if msg.kind != "close" {
+                    let why = format!(
+                        "does not hold session {} (it was restarted, or never opened it): its KV cache is gone",
+                        session_text(&env.session)
+                    );
+                    eprintln!("{}: {why}", self.name);
+                    self.report_error(&env.session, msg.request, msg.step, why)?;
+                }
+                return Ok(true);
+            }
+        }
+        match msg.kind.as_str() {
+            "close" => self.end_session("the client closed it"),
+            "end" => {
+                self.caches.remove(&msg.request);
+            }
+            "tensors" => self.on_tensors(msg)?,
+            "rebalance" => self.on_rebalance(&msg)?,
+            "kv" => self.on_kv(msg)?,
+            other => eprintln!("{}: ignored a `{other}` message", self.name),
+        }
+        Ok(true)
     }
 
     fn on_tensors(&mut self, msg: Frame) -> Result<(), String> {
@@ -218,7 +395,8 @@ impl Device<'_> {
             Ok(o) => o,
             Err(e) => {
                 eprintln!("{device}: request {} step {}: {e}", key.0, key.1);
-                return Ok(());
+                let session = self.session.map(|s| s.0).ok_or("no session is open")?;
+                return self.report_error(&session, key.0, key.1, format!("request {} step {}: {e}", key.0, key.1));
             }
         };
         let factor = self.opts.slowdown.at(key.1);
@@ -413,42 +591,55 @@ pub fn serve(
     graphs.extend(held.as_ref().map(|h| &h.graph));
     let weights = package::weights(&dir, &manifest, &graphs).map_err(|e| e.to_string())?;
     let session = Session::with_weights(graph, weights.clone());
-    let address = cluster.address(device).ok_or_else(|| format!("`{device}` is not in the cluster file"))?;
-    let socket = ctx.socket(zmq::PULL).map_err(|e| e.to_string())?;
-    socket.bind(address).map_err(|e| format!("{device}: cannot bind {address}: {e}"))?;
-    let active = Active {
-        cache: cache_entries(session.graph()),
-        session,
+    let net = Net::bind(device, cluster, ctx, opts)?;
+    let initial = Initial {
         range,
         needed: manifest.inputs.iter().map(|p| p.name.clone()).collect(),
         peers_of: manifest.outputs.iter().map(|p| (p.name.clone(), p.peers.clone())).collect(),
     };
+    let active = Active {
+        cache: cache_entries(session.graph()),
+        session,
+        range,
+        needed: initial.needed.clone(),
+        peers_of: initial.peers_of.clone(),
+    };
     let mut d = Device {
         name: device.to_string(),
         weights,
-        cluster,
-        ctx,
+        net,
         opts,
         held,
         active,
-        sockets: HashMap::new(),
+        initial,
+        session: None,
+        ended: VecDeque::new(),
         pending: HashMap::new(),
         first_arrival: HashMap::new(),
         caches: HashMap::new(),
         handover: None,
     };
     while !stop.load(Ordering::Relaxed) {
-        let Some(msg) = receive(&socket, Duration::from_millis(200), opts, device)? else { continue };
-        match msg.kind.as_str() {
-            "stop" => break,
-            "end" => {
-                d.caches.remove(&msg.request);
+        let Some((env, msg)) = d.net.receive(Duration::from_millis(200))? else {
+            // A client that went quiet (killed, say) does not keep the cache alive.
+            if d.session.is_some_and(|(_, seen)| seen.elapsed() > opts.session_timeout) {
+                d.end_session("its client went quiet");
             }
-            "tensors" => d.on_tensors(msg)?,
-            "rebalance" => d.on_rebalance(&msg)?,
-            "kv" => d.on_kv(msg)?,
-            other => eprintln!("{device}: ignored a `{other}` message"),
+            continue;
+        };
+        if !d.on_message(env, msg)? {
+            break;
         }
+    }
+    let dropped = &d.net.dropped;
+    if dropped.total() > 0 {
+        eprintln!(
+            "{device}: dropped {} messages ({} refused, {} replayed, {} of ended sessions)",
+            dropped.total(),
+            dropped.refused,
+            dropped.replayed,
+            dropped.stale
+        );
     }
     Ok(())
 }
@@ -467,6 +658,8 @@ pub struct Generation {
     pub wall_ms: f64,
     /// Load balancing, when the packages allow it and it is on.
     pub balance: Option<BalanceReport>,
+    /// Messages the client dropped (refused, replayed, of other sessions).
+    pub dropped: Dropped,
 }
 
 /// What load balancing did.
@@ -510,28 +703,103 @@ pub struct Job {
 
 /// The client's side of the cluster: sockets, and who takes the token ids.
 struct Client<'a> {
-    cluster: &'a Cluster,
-    ctx: &'a zmq::Context,
-    opts: &'a NetOptions,
-    socket: zmq::Socket,
-    peers: HashMap<String, zmq::Socket>,
+    net: Net<'a>,
+    /// This generation's session.
+    session: SessionId,
+    /// Each device's boot id when the session opened.
+    boots: HashMap<String, u64>,
     ids_to: Vec<String>,
     /// The name of the token input (the transmission map's `generation`).
     token_input: String,
+    /// Every device: the session is closed on all of them when the client is done.
+    stages: Vec<String>,
+}
+
+impl Drop for Client<'_> {
+    fn drop(&mut self) {
+        let stages = std::mem::take(&mut self.stages);
+        self.close(&stages);
+    }
 }
 
 impl Client<'_> {
     fn send_to(&mut self, who: &str, f: &Frame) -> Result<(), String> {
-        send_to(&mut self.peers, self.ctx, self.cluster, who, f, self.opts)
+        let session = self.session;
+        self.net.send(who, &session, f)
     }
 
     fn send_ids(&mut self, r: u64, step: u64, ids: &[i64]) -> Result<(), String> {
         let t = Tensor::i64(ArrayD::from_shape_vec(IxDyn(&[1, ids.len()]), ids.to_vec()).map_err(|e| e.to_string())?);
-        for d in &self.ids_to {
+        for d in self.ids_to.clone() {
             let f = Frame::new("tensors", r, step, "client", vec![(self.token_input.clone(), t.clone())]);
-            send_to(&mut self.peers, self.ctx, self.cluster, d, &f, self.opts)?;
+            self.send_to(&d, &f)?;
         }
         Ok(())
+    }
+
+    /// Open the session on every device; each answers with its boot id.
+    fn open(&mut self, devices: &[String], timeout: Duration) -> Result<(), String> {
+        for d in devices {
+            self.send_to(d, &Frame::new("open", 0, 0, "client", vec![]))?;
+        }
+        let mut waiting: BTreeSet<&String> = devices.iter().collect();
+        let deadline = Instant::now() + timeout;
+        while !waiting.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Some((env, msg)) = self.net.receive(left)? else {
+                return Err(format!(
+                    "{} did not answer the session's opening within {:.1} s (not serving, or not sharing this secret?)",
+                    waiting.iter().map(|d| format!("device `{d}`")).collect::<Vec<_>>().join(", "),
+                    timeout.as_secs_f64()
+                ));
+            };
+            if env.session != self.session {
+                self.net.dropped.stale += 1;
+                continue;
+            }
+            if msg.kind == "error" {
+                return Err(format!("device `{}`: {}", msg.sender, msg.info));
+            }
+            if msg.kind == "opened" && waiting.remove(&msg.sender) {
+                self.boots.insert(msg.sender.clone(), env.boot);
+            }
+        }
+        Ok(())
+    }
+
+    /// The next message of this session, or `Ok(None)` on timeout. A device that
+    /// reports an error, or whose boot id changed (it restarted and lost the session's
+    /// KV cache), ends the generation with an error naming it.
+    fn next(&mut self, timeout: Duration) -> Result<Option<Frame>, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Some((env, msg)) = self.net.receive(left)? else { return Ok(None) };
+            if env.session != self.session {
+                self.net.dropped.stale += 1;
+                continue;
+            }
+            if let Some(&boot) = self.boots.get(&msg.sender) {
+                if boot != env.boot {
+                    return Err(format!(
+                        "device `{}` restarted during generation: it lost this session's KV cache",
+                        msg.sender
+                    ));
+                }
+            }
+            if msg.kind == "error" {
+                return Err(format!("device `{}`: {}", msg.sender, msg.info));
+            }
+            return Ok(Some(msg));
+        }
+    }
+
+    /// End the session on every device (best effort: the devices also end it when the
+    /// client goes quiet).
+    fn close(&mut self, devices: &[String]) {
+        for d in devices {
+            let _ = self.send_to(d, &Frame::new("close", 0, 0, "client", vec![]));
+        }
     }
 
     /// Apply a new plan on drained devices: every device switches, moves KV cache and
@@ -562,7 +830,7 @@ impl Client<'_> {
         let mut waiting: BTreeSet<&String> = stages.iter().collect();
         let mut kv = 0;
         while !waiting.is_empty() {
-            let Some(msg) = receive(&self.socket, timeout, self.opts, "client")? else {
+            let Some(msg) = self.next(timeout)? else {
                 return Err(format!(
                     "rebalancing: {} did not report ready within {:.1} s",
                     waiting.iter().map(|d| format!("`{d}`")).collect::<Vec<_>>().join(", "),
@@ -620,10 +888,22 @@ pub fn generate(
         Some(o) => output.balance.clone().map(|spec| Balancer::new(spec, o)),
         None => None,
     };
-    let socket = ctx.socket(zmq::PULL).map_err(|e| e.to_string())?;
-    socket.bind(&cluster.client).map_err(|e| format!("client: cannot bind {}: {e}", cluster.client))?;
-    let mut client = Client { cluster, ctx, opts, socket, peers: HashMap::new(), ids_to, token_input };
+    for d in &stages {
+        if cluster.address(d).is_none() {
+            return Err(format!("device `{d}` of the transmission map is not in the cluster file"));
+        }
+    }
+    let net = Net::bind("client", cluster, ctx, opts)?;
+    let mut client = Client {
+        net,
+        session: crate::wire::random()?,
+        boots: HashMap::new(),
+        ids_to,
+        token_input,
+        stages: stages.clone(),
+    };
     let started = Instant::now();
+    client.open(&stages, timeout)?;
     let mut tokens: Vec<Vec<i64>> = vec![Vec::new(); requests];
     let mut token_ms: Vec<Vec<f64>> = vec![Vec::new(); requests];
     let mut timings: Vec<StageTiming> =
@@ -654,7 +934,7 @@ pub fn generate(
     let mut held_back: Vec<(u64, u64)> = Vec::new();
     let mut epoch = 0;
     while active > 0 && n > 0 {
-        let Some(msg) = receive(&client.socket, timeout, opts, "client")? else {
+        let Some(msg) = client.next(timeout)? else {
             // Name the first stage that has not finished the oldest outstanding step.
             let (key, flags) = done.iter().min_by_key(|(k, _)| **k).ok_or("timed out")?;
             let missing = flags.iter().position(|f| !f).map_or("?".to_string(), |i| stages[i].clone());
@@ -769,6 +1049,7 @@ pub fn generate(
         stages: timings,
         wall_ms: started.elapsed().as_secs_f64() * 1e3,
         balance,
+        dropped: client.net.dropped.clone(),
     })
 }
 
@@ -836,14 +1117,5 @@ impl Feeder<'_> {
             self.ids_sent.push(ids.len());
         }
         Ok((wire, step))
-    }
-}
-
-/// Tell every device to stop.
-pub fn stop_all(cluster: &Cluster, ctx: &zmq::Context, opts: &NetOptions) {
-    let mut peers = HashMap::new();
-    for addr in cluster.devices.values() {
-        let stop = Frame::new("stop", 0, 0, "client", vec![]);
-        let _ = send(&mut peers, ctx, addr, &stop, opts);
     }
 }

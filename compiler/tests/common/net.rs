@@ -26,8 +26,15 @@ pub fn compile(model: &Path, out: &Path, extra: &[&str]) {
     assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
 }
 
-/// A cluster file on free-looking loopback ports; returns its path and the addresses.
+/// The secret file beside a cluster file (written by [`cluster`]).
+pub fn secret_of(cluster: &Path) -> PathBuf {
+    cluster.with_file_name("secret")
+}
+
+/// A cluster file on free-looking loopback ports, and a shared secret beside it
+/// ([`secret_of`]); returns its path and the addresses.
 pub fn cluster(dir: &Path, base: u16) -> (PathBuf, Vec<String>) {
+    std::fs::write(dir.join("secret"), format!("secret of the test cluster at port {base}")).unwrap();
     let addrs: Vec<String> = (0..4).map(|i| format!("tcp://127.0.0.1:{}", base + i)).collect();
     let text = format!(
         "client = \"{}\"\n[devices]\ndev-a = \"{}\"\ndev-b = \"{}\"\ndev-c = \"{}\"\n",
@@ -65,11 +72,13 @@ pub fn serve_each<'a>(out: &Path, cluster: &Path, extra: impl Fn(&str) -> Vec<&'
         ["dev-a", "dev-b", "dev-c"]
             .iter()
             .map(|d| {
-                Command::new(shardc_run())
-                    .arg("serve")
-                    .arg(out)
-                    .args(["--device", d, "--cluster", cluster.to_str().unwrap()])
-                    .args(extra(d))
+                let extra = extra(d);
+                let mut c = Command::new(shardc_run());
+                c.arg("serve").arg(out).args(["--device", d, "--cluster", cluster.to_str().unwrap()]);
+                if !extra.iter().any(|a| *a == "--insecure" || *a == "--secret-file") {
+                    c.arg("--secret-file").arg(secret_of(cluster));
+                }
+                c.args(extra)
                     .stderr(Stdio::piped())
                     .spawn()
                     .unwrap()
@@ -85,10 +94,11 @@ pub fn ids(name: &str) -> (String, Vec<i64>) {
     (ids.join(","), m["greedy_tokens"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect())
 }
 
-/// `shardc-run generate OUT --cluster CLUSTER --input-ids PROMPT`, for the caller to
-/// add flags to and run.
+/// `shardc-run generate OUT --cluster CLUSTER --secret-file SECRET --input-ids PROMPT`,
+/// for the caller to add flags to and run.
 pub fn generate_command(out: &Path, cluster: &Path, prompt: &str) -> Command {
     let mut c = Command::new(shardc_run());
     c.arg("generate").arg(out).args(["--cluster", cluster.to_str().unwrap(), "--input-ids", prompt]);
+    c.arg("--secret-file").arg(secret_of(cluster));
     c
 }

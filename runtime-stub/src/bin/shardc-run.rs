@@ -22,13 +22,24 @@ struct Cli {
 
 #[derive(Args)]
 struct Net {
-    /// File whose contents key the frames' blake3 MAC (shared by every participant).
+    /// File holding the secret every participant shares (at least 16 bytes): frames are
+    /// encrypted and authenticated (XChaCha20-Poly1305) with a key derived from it.
     #[arg(long)]
     secret_file: Option<PathBuf>,
+    /// Send and accept frames in the clear, unauthenticated: anyone on the network can
+    /// read the hidden states (which reveal the prompt) and inject tensors.
+    #[arg(long, conflicts_with = "secret_file")]
+    insecure: bool,
     /// Largest frame accepted, bytes.
     #[arg(long, default_value_t = 1 << 30)]
     max_frame: usize,
 }
+
+/// Largest `--max-frame` (4 GiB).
+const MAX_FRAME_LIMIT: usize = 1 << 32;
+
+/// Largest secret file read.
+const MAX_SECRET_FILE: u64 = 1 << 20;
 
 #[derive(Args)]
 struct Gen {
@@ -115,6 +126,10 @@ enum Command {
         /// Become F times slower after STEPS decode steps (`STEPS:F`).
         #[arg(long, value_parser = parse_slowdown_after)]
         slowdown_after: Option<Slowdown>,
+        /// Drop a session's KV cache after this many seconds without a message of it
+        /// (its client went away).
+        #[arg(long, default_value_t = 60.0)]
+        session_timeout: f64,
         #[command(flatten)]
         net: Net,
     },
@@ -139,21 +154,32 @@ enum Command {
         /// STEPS decode steps).
         #[arg(long, value_parser = parse_slow_device)]
         slow_device: Option<(String, Slowdown)>,
+        /// Pass frames between the in-process devices in the clear (by default they are
+        /// encrypted with a random key, as over a network; for measuring what that costs).
+        #[arg(long)]
+        insecure: bool,
     },
 }
 
-fn net_options(net: &Net, slowdown: Slowdown) -> Result<NetOptions> {
-    let secret = match &net.secret_file {
-        Some(p) => {
-            let bytes = std::fs::read(p).map_err(|e| anyhow!("{}: {e}", p.display()))?;
-            if bytes.is_empty() {
-                bail!("{}: the secret file is empty", p.display());
-            }
-            Some(blake3::derive_key("shardc-run 2026 frame MAC", &bytes))
+fn net_options(net: &Net, slowdown: Slowdown, session_timeout: f64) -> Result<NetOptions> {
+    let key = match (&net.secret_file, net.insecure) {
+        (Some(p), _) => {
+            let bytes = shardc_ir::files::read_bounded(p, MAX_SECRET_FILE)
+                .map_err(|e| anyhow!("--secret-file {}: {e}", p.display()))?;
+            Some(node::key_from_secret(&bytes).map_err(|e| anyhow!("--secret-file {}: {e}", p.display()))?)
         }
-        None => None,
+        (None, true) => None,
+        (None, false) => bail!(
+            "give --secret-file FILE (a secret every participant shares: frames are encrypted with it) or, to send hidden states in the clear, --insecure"
+        ),
     };
-    Ok(NetOptions { secret, max_frame: net.max_frame, slowdown })
+    if net.max_frame == 0 || net.max_frame > MAX_FRAME_LIMIT {
+        bail!("--max-frame must be between 1 and {MAX_FRAME_LIMIT} bytes, got {}", net.max_frame);
+    }
+    if !(session_timeout > 0.0 && session_timeout <= node::MAX_TIMEOUT_S) {
+        bail!("--session-timeout must be a number of seconds above 0 and at most {}, got {session_timeout}", node::MAX_TIMEOUT_S);
+    }
+    Ok(NetOptions { key, max_frame: net.max_frame, slowdown, session_timeout: Duration::from_secs_f64(session_timeout) })
 }
 
 fn report(g: &Generation, json: bool) -> Result<()> {
@@ -189,7 +215,7 @@ fn parse_slow_device(s: &str) -> Result<(String, Slowdown), String> {
     Ok((device.to_string(), parse_slowdown_after(rest)?))
 }
 
-fn local(out: &Path, gen: &Gen, slow: Option<&(String, Slowdown)>) -> Result<Generation> {
+fn local(out: &Path, gen: &Gen, slow: Option<&(String, Slowdown)>, insecure: bool) -> Result<Generation> {
     let ctx = zmq::Context::new();
     // The devices the transmission map names (checked against their packages).
     let output = shardc_runtime::package::load_output(out, false)?;
@@ -201,7 +227,13 @@ fn local(out: &Path, gen: &Gen, slow: Option<&(String, Slowdown)>) -> Result<Gen
         }
     }
     let cluster = Cluster { client: "inproc://client".into(), devices };
-    let opts = NetOptions { secret: None, max_frame: 1 << 30, slowdown: Slowdown::NONE };
+    let key = if insecure { None } else { Some(shardc_runtime::wire::random::<32>().map_err(|e| anyhow!(e))?) };
+    let opts = NetOptions {
+        key,
+        max_frame: 1 << 30,
+        slowdown: Slowdown::NONE,
+        session_timeout: Duration::from_secs_f64(node::MAX_TIMEOUT_S),
+    };
     let stop = Arc::new(AtomicBool::new(false));
     let handles: Vec<_> = cluster
         .devices
@@ -228,25 +260,25 @@ fn local(out: &Path, gen: &Gen, slow: Option<&(String, Slowdown)>) -> Result<Gen
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Serve { out, device, cluster, allow_remote, slowdown, slowdown_after, net } => {
+        Command::Serve { out, device, cluster, allow_remote, slowdown, slowdown_after, session_timeout, net } => {
             let cluster = Cluster::load(&cluster, allow_remote).map_err(|e| anyhow!(e))?;
             if !(slowdown >= 1.0 && slowdown.is_finite()) {
                 bail!("--slowdown {slowdown}: the factor must be at least 1");
             }
             let slowdown = slowdown_after.unwrap_or(Slowdown { factor: slowdown, from_step: 0 });
-            let opts = net_options(&net, slowdown)?;
+            let opts = net_options(&net, slowdown, session_timeout)?;
             let ctx = zmq::Context::new();
             node::serve(&out, &device, &cluster, &ctx, &opts, Arc::new(AtomicBool::new(false))).map_err(|e| anyhow!(e))
         }
         Command::Generate { out, cluster, allow_remote, generation, net } => {
             let cluster = Cluster::load(&cluster, allow_remote).map_err(|e| anyhow!(e))?;
-            let opts = net_options(&net, Slowdown::NONE)?;
+            let opts = net_options(&net, Slowdown::NONE, 60.0)?;
             let ctx = zmq::Context::new();
             let g = node::generate(&out, &cluster, &ctx, &opts, &generation.job()?).map_err(|e| anyhow!(e))?;
             report(&g, generation.json)
         }
-        Command::Local { out, generation, slow_device } => {
-            let g = local(&out, &generation, slow_device.as_ref())?;
+        Command::Local { out, generation, slow_device, insecure } => {
+            let g = local(&out, &generation, slow_device.as_ref(), insecure)?;
             report(&g, generation.json)
         }
     }
