@@ -250,8 +250,12 @@ fn run(cli: Cli) -> Result<()> {
                 shardc::emit::output::check_not_input(&dir, &[model.clone(), args.devices.clone()])
                     .map_err(anyhow::Error::msg)?;
                 std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
-                std::fs::write(dir.join("plan.json"), &plan_json)?;
-                std::fs::write(dir.join("transmission_map.json"), serde_json::to_string_pretty(&map)? + "\n")?;
+                let write = |name: &str, text: &str| {
+                    let path = dir.join(name);
+                    std::fs::write(&path, text).map_err(|e| anyhow::anyhow!("{}: cannot write: {e}", path.display()))
+                };
+                write("plan.json", &plan_json)?;
+                write("transmission_map.json", &(serde_json::to_string_pretty(&map)? + "\n"))?;
             }
             if json {
                 print!("{plan_json}");
@@ -486,6 +490,10 @@ fn run_tensors(
     let model = open(args)?;
     if !model.has_weights {
         bail!("{}: a config.json alone has no weights to run; give the checkpoint folder", args.model.display());
+    }
+    if let Some(path) = outputs {
+        shardc::emit::output::check_not_input(path, &[args.model.clone(), inputs.to_path_buf()])
+            .map_err(|e| anyhow::anyhow!("--outputs {e}"))?;
     }
     let tensors = shardc::run::read_tensors(inputs)?;
     let start = Instant::now();

@@ -107,7 +107,7 @@ fn the_output_never_replaces_an_input_or_what_shardc_did_not_write() {
         (model.join("model.safetensors"), "lies inside the input"),
     ] {
         let o = shardc(&compile_args(&model, &devices, &out, &["--force"]));
-        refused(&o, &["the output folder", what]);
+        refused(&o, &["the output", what]);
         assert_eq!((tree(&model), tree(dir.path())), before, "-o {}", out.display());
     }
     // Through a symbolic link to the model.

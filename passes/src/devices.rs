@@ -220,7 +220,7 @@ pub fn load(path: &Path) -> Result<Profile, ProfileError> {
 
 /// Parse profile `text`; `path` names it in errors.
 pub fn parse(text: &str, path: &Path) -> Result<Profile, ProfileError> {
-    let line_of = |offset: usize| Some(text[..offset.min(text.len())].matches('\n').count() + 1);
+    let line_of = |offset: usize| Some(text.as_bytes()[..offset.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1);
     let err = |span: Option<std::ops::Range<usize>>, message: String| ProfileError {
         file: path.to_path_buf(),
         line: span.and_then(|s| line_of(s.start)),

@@ -62,7 +62,7 @@ pub fn check_not_input(out: &Path, inputs: &[PathBuf]) -> Result<(), String> {
             continue;
         };
         return Err(format!(
-            "{}: the output folder {what} the input {}; choose an output folder apart from the model and device profile",
+            "{}: the output {what} the input {}; choose an output apart from the model, the device profile and other inputs",
             out.display(),
             input.display()
         ));
