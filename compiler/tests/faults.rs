@@ -53,7 +53,7 @@ fn a_killed_client_leaves_nothing_that_changes_the_next_generation() {
     let dir = tempfile::tempdir().unwrap();
     let out = llama32(dir.path());
     let (cluster_file, _) = cluster(dir.path(), port_base(71));
-    let _devices = serve(&out, &cluster_file, &["--slowdown", "10"]);
+    let mut devices = serve(&out, &cluster_file, &["--slowdown", "10", "--session-timeout", "2"]);
     let (ids, expected) = ids("llama32");
     // Generation of request 0, killed mid-way (its KV cache is on the devices).
     let mut first = generate_command(&out, &cluster_file, &ids)
@@ -65,10 +65,28 @@ fn a_killed_client_leaves_nothing_that_changes_the_next_generation() {
     std::thread::sleep(Duration::from_millis(1500));
     first.kill().unwrap();
     first.wait().unwrap();
+    // The devices drop the quiet client's session after --session-timeout.
+    std::thread::sleep(Duration::from_millis(3000));
     // The next generation (request 0 again) gives the reference tokens.
     let gen = generate_command(&out, &cluster_file, &ids).args(["--max-new-tokens", "8", "--json"]).output().unwrap();
     assert!(gen.status.success(), "{}", String::from_utf8_lossy(&gen.stderr));
     assert_eq!(tokens_of(&gen.stdout), expected);
+    // Killed again mid-way: the next session replaces it at once.
+    let mut second = generate_command(&out, &cluster_file, &ids)
+        .args(["--max-new-tokens", "40", "--timeout", "10"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    second.kill().unwrap();
+    second.wait().unwrap();
+    let gen = generate_command(&out, &cluster_file, &ids).args(["--max-new-tokens", "8", "--json"]).output().unwrap();
+    assert!(gen.status.success(), "{}", String::from_utf8_lossy(&gen.stderr));
+    assert_eq!(tokens_of(&gen.stdout), expected);
+    let log = stderr_of(devices.0.remove(0));
+    assert!(log.contains("its client went quiet"), "{log}");
+    assert!(log.contains("a new session started"), "{log}");
 }
 
 #[test]

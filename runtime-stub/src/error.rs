@@ -17,6 +17,9 @@ pub enum RuntimeError {
     Package { path: PathBuf, message: String },
     #[error("{0}")]
     Context(String),
+    /// A file's problem, its path already in the message.
+    #[error("{0}")]
+    File(String),
     #[error("node `{node}`: op {op} has no kernel in the reference interpreter")]
     NoKernel { node: String, op: &'static str },
 }

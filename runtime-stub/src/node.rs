@@ -70,7 +70,16 @@ pub fn key_from_secret(secret: &[u8]) -> Result<[u8; 32], String> {
 }
 
 /// Kinds of message, and who may send them.
-const KINDS: [&str; 11] = ["tensors", "done", "end", "stop", "rebalance", "kv", "ready", "open", "opened", "close", "error"];
+const KINDS: [&str; 12] =
+    ["tensors", "done", "end", "stop", "rebalance", "kv", "ready", "open", "opened", "close", "error", "alive"];
+
+/// How often a waiting client tells the devices it is still there (a device ends a
+/// session after `--session-timeout` without a message of it, at least
+/// [`MIN_SESSION_TIMEOUT_S`]).
+pub const KEEPALIVE: Duration = Duration::from_millis(500);
+
+/// Shortest session timeout: several keepalives.
+pub const MIN_SESSION_TIMEOUT_S: f64 = 2.0;
 
 /// One participant's end of the network: its bound socket, connections to the others,
 /// the envelope, the replay guard and what was dropped.
@@ -356,6 +365,7 @@ impl Device<'_> {
             }
         }
         match msg.kind.as_str() {
+            "alive" => {}
             "close" => self.end_session("the client closed it"),
             "end" => {
                 self.caches.remove(&msg.request);
@@ -713,6 +723,8 @@ struct Client<'a> {
     token_input: String,
     /// Every device: the session is closed on all of them when the client is done.
     stages: Vec<String>,
+    /// When the devices last heard from the client.
+    last_sent: Instant,
 }
 
 impl Drop for Client<'_> {
@@ -725,7 +737,18 @@ impl Drop for Client<'_> {
 impl Client<'_> {
     fn send_to(&mut self, who: &str, f: &Frame) -> Result<(), String> {
         let session = self.session;
+        self.last_sent = Instant::now();
         self.net.send(who, &session, f)
+    }
+
+    /// Tell every device the client is still there, if it has been quiet for a while.
+    fn keep_alive(&mut self) -> Result<(), String> {
+        if self.last_sent.elapsed() >= KEEPALIVE {
+            for d in self.stages.clone() {
+                self.send_to(&d, &Frame::new("alive", 0, 0, "client", vec![]))?;
+            }
+        }
+        Ok(())
     }
 
     fn send_ids(&mut self, r: u64, step: u64, ids: &[i64]) -> Result<(), String> {
@@ -773,8 +796,12 @@ impl Client<'_> {
     fn next(&mut self, timeout: Duration) -> Result<Option<Frame>, String> {
         let deadline = Instant::now() + timeout;
         loop {
+            self.keep_alive()?;
             let left = deadline.saturating_duration_since(Instant::now());
-            let Some((env, msg)) = self.net.receive(left)? else { return Ok(None) };
+            if left.is_zero() {
+                return Ok(None);
+            }
+            let Some((env, msg)) = self.net.receive(left.min(KEEPALIVE))? else { continue };
             if env.session != self.session {
                 self.net.dropped.stale += 1;
                 continue;
@@ -901,6 +928,7 @@ pub fn generate(
         ids_to,
         token_input,
         stages: stages.clone(),
+        last_sent: Instant::now(),
     };
     let started = Instant::now();
     client.open(&stages, timeout)?;

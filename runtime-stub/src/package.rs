@@ -418,7 +418,7 @@ pub fn load_output(out: &Path, hash: bool) -> Result<Output, RuntimeError> {
         }
     }
     let holds = manifests.iter().filter(|m| m.held.is_some()).count();
-    let balance = crate::balance::BalanceSpec::load(out).map_err(|e| err(out, e))?;
+    let balance = crate::balance::BalanceSpec::load(out).map_err(RuntimeError::File)?;
     match (&balance, holds) {
         (None, 0) => {}
         (Some(spec), n) if n == manifests.len() => {

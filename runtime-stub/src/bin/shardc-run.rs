@@ -176,8 +176,12 @@ fn net_options(net: &Net, slowdown: Slowdown, session_timeout: f64) -> Result<Ne
     if net.max_frame == 0 || net.max_frame > MAX_FRAME_LIMIT {
         bail!("--max-frame must be between 1 and {MAX_FRAME_LIMIT} bytes, got {}", net.max_frame);
     }
-    if !(session_timeout > 0.0 && session_timeout <= node::MAX_TIMEOUT_S) {
-        bail!("--session-timeout must be a number of seconds above 0 and at most {}, got {session_timeout}", node::MAX_TIMEOUT_S);
+    if !(session_timeout >= node::MIN_SESSION_TIMEOUT_S && session_timeout <= node::MAX_TIMEOUT_S) {
+        bail!(
+            "--session-timeout must be a number of seconds from {} to {}, got {session_timeout}",
+            node::MIN_SESSION_TIMEOUT_S,
+            node::MAX_TIMEOUT_S
+        );
     }
     Ok(NetOptions { key, max_frame: net.max_frame, slowdown, session_timeout: Duration::from_secs_f64(session_timeout) })
 }

@@ -1,0 +1,119 @@
+//! What the runtime benchmarks over `shardc-run serve` processes share: the
+//! Llama-shaped model (random f16 weights, made here, not committed), its compile, a
+//! loopback cluster file and the device processes.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use shardc::frontend::hf::sparse::{fill_random_f16, write_sparse_checkpoint};
+
+pub const CONFIG: &str = r#"{
+  "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
+  "hidden_size": 512, "intermediate_size": 1408, "num_hidden_layers": 16,
+  "num_attention_heads": 8, "num_key_value_heads": 8, "vocab_size": 8192,
+  "max_position_embeddings": 512, "rms_norm_eps": 1e-05, "rope_theta": 10000.0,
+  "tie_word_embeddings": false, "torch_dtype": "float16"
+}
+"#;
+
+pub const MODEL_TEXT: &str = "Llama, hidden 512, 16 layers, vocab 8192, f16 (random)";
+
+pub fn env(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_string())
+}
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The release `shardc-run` beside this benchmark's `shardc`.
+pub fn shardc_run() -> PathBuf {
+    let run = Path::new(env!("CARGO_BIN_EXE_shardc")).with_file_name("shardc-run");
+    if !run.exists() {
+        eprintln!("{} is missing: cargo build --release -p shardc-runtime", run.display());
+        std::process::exit(1);
+    }
+    run
+}
+
+pub struct Devices(pub Vec<Child>);
+
+impl Drop for Devices {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The model (made once under target/bench-models), compiled for three loopback devices
+/// into `scratch/out` with `extra` compile flags; a cluster file and a secret beside it.
+/// Returns (out, cluster, secret).
+pub fn prepare(scratch: &Path, extra: &[&str]) -> (PathBuf, PathBuf, PathBuf) {
+    let model = root().join("target/bench-models/balance-llama");
+    if !model.join("model.safetensors").exists() {
+        std::fs::create_dir_all(&model).expect("mkdir");
+        let config = model.join("source-config.json");
+        std::fs::write(&config, CONFIG).expect("config");
+        write_sparse_checkpoint(&config, &model).expect("checkpoint");
+        fill_random_f16(&model.join("model.safetensors")).expect("fill");
+    }
+    let _ = std::fs::remove_dir_all(scratch);
+    std::fs::create_dir_all(scratch).expect("mkdir");
+    let out = scratch.join("out");
+    let compiled = Command::new(env!("CARGO_BIN_EXE_shardc"))
+        .arg("compile")
+        .arg(&model)
+        .args(["--devices", root().join("fixtures/devices/loopback-3.toml").to_str().unwrap_or_default()])
+        .args(["--prompt-len", "16", "--max-context", "256", "-o"])
+        .arg(&out)
+        .args(extra)
+        .output()
+        .expect("compile");
+    if !compiled.status.success() {
+        eprintln!("{}", String::from_utf8_lossy(&compiled.stderr));
+        std::process::exit(1);
+    }
+    print!("{}", String::from_utf8_lossy(&compiled.stdout));
+    let cluster = scratch.join("cluster.toml");
+    let base = 31000 + (std::process::id() % 1000) as u16 * 4;
+    std::fs::write(
+        &cluster,
+        format!(
+            "client = \"tcp://127.0.0.1:{}\"\n[devices]\ndev-a = \"tcp://127.0.0.1:{}\"\ndev-b = \"tcp://127.0.0.1:{}\"\ndev-c = \"tcp://127.0.0.1:{}\"\n",
+            base,
+            base + 1,
+            base + 2,
+            base + 3
+        ),
+    )
+    .expect("cluster");
+    let secret = scratch.join("secret");
+    std::fs::write(&secret, format!("benchmark secret {}", std::process::id())).expect("secret");
+    (out, cluster, secret)
+}
+
+/// How frames travel: sealed with the secret, or `--insecure`.
+pub fn net_args(secret: Option<&Path>) -> Vec<String> {
+    match secret {
+        Some(s) => vec!["--secret-file".into(), s.display().to_string()],
+        None => vec!["--insecure".into()],
+    }
+}
+
+/// `shardc-run serve` for the three devices, each with the flags `extra` gives it.
+pub fn serve(out: &Path, cluster: &Path, secret: Option<&Path>, extra: impl Fn(&str) -> Vec<String>) -> Devices {
+    let run = shardc_run();
+    Devices(
+        ["dev-a", "dev-b", "dev-c"]
+            .iter()
+            .map(|d| {
+                let mut c = Command::new(&run);
+                c.arg("serve").arg(out).args(["--device", d, "--cluster", cluster.to_str().unwrap_or_default()]);
+                c.args(net_args(secret)).args(extra(d));
+                c.stderr(Stdio::null()).spawn().expect("serve")
+            })
+            .collect(),
+    )
+}
