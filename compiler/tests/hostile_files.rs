@@ -351,3 +351,42 @@ fn the_runtime_bounds_its_flags() {
     refused(&run(&["--input-ids=-5"]), &["negative"]);
     assert!(started.elapsed().as_secs() < 30, "{:?}", started.elapsed());
 }
+
+#[test]
+fn every_message_names_its_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    compile(&fixture_dir("gpt2").join("hf"), &out, &["--standby", "1"]);
+    for file in ["transmission_map.json", "dev-a/manifest.json", "balance.json", "dev-b/standby.json"] {
+        let path = out.join(file);
+        let good = std::fs::read(&path).unwrap();
+        std::fs::write(&path, "{x").unwrap();
+        if file.ends_with("standby.json") {
+            rehash(&out.join("dev-b"), "standby.json");
+        }
+        let err = refused(&local(&out), &[file]);
+        assert!(err.contains(" line 1 column 2"), "{err}");
+        assert_eq!(err.matches(file).count(), 1, "the file is named once: {err}");
+        std::fs::write(&path, good).unwrap();
+        if file.ends_with("standby.json") {
+            rehash(&out.join("dev-b"), "standby.json");
+        }
+    }
+    assert!(local(&out).status.success());
+    // Missing inputs name themselves.
+    let missing = dir.path().join("missing");
+    let o = Command::new(shardc_run()).arg("local").arg(&missing).args(["--input-ids", "1"]).output().unwrap();
+    refused(&o, &["missing/transmission_map.json", "cannot read"]);
+    let o = shardc(&["plan".as_ref(), fixture_dir("gpt2").join("hf").as_os_str(), "--devices".as_ref(), missing.as_os_str()]);
+    refused(&o, &["missing: cannot read"]);
+    // A cluster file whose "loopback" is a name that merely starts like one.
+    let cluster = dir.path().join("cluster.toml");
+    std::fs::write(&cluster, "client = \"tcp://127.attacker.example:5600\"\n[devices]\ndev-a = \"tcp://127.0.0.1:5601\"\n").unwrap();
+    let o = Command::new(shardc_run())
+        .arg("serve")
+        .arg(&out)
+        .args(["--device", "dev-a", "--cluster", cluster.to_str().unwrap(), "--insecure"])
+        .output()
+        .unwrap();
+    refused(&o, &["cluster.toml", "127.attacker.example", "not loopback"]);
+}
