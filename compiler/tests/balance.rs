@@ -253,8 +253,12 @@ fn bad_balance_options_and_files_are_refused() {
     spec["held"][0][1] = serde_json::json!(1);
     std::fs::write(&path, serde_json::to_vec(&spec).unwrap()).unwrap();
     let err = refused(&[]);
+    assert!(err.contains("balance.json") && err.contains("does not match the packages'"), "{err}");
+    common::reshare(&out, "balance.json");
+    let err = refused(&[]);
     assert!(err.contains("balance.json") && err.contains("do not contain its own"), "{err}");
     std::fs::write(&path, b"{\"format\": 1}").unwrap();
+    common::reshare(&out, "balance.json");
     assert!(refused(&["--balance-window", "0"]).contains("--balance-window must be at least 1"));
     let err = refused(&[]);
     assert!(err.contains("balance.json: not a balance file"), "{err}");

@@ -234,13 +234,20 @@ fn verify_checks_what_the_runtime_reads() {
     for o in [local(&out), verify(&out)] {
         refused(&o, &["transmission_map.json", "cannot read"]);
     }
+    // Altered: the packages' hashes of it no longer match.
     std::fs::write(&map, text.replace("\"kv_cache\": true", "\"kv_cache\": false")).unwrap();
+    for o in [local(&out), verify(&out)] {
+        refused(&o, &["transmission_map.json", "does not match the packages'"]);
+    }
+    // Altered with every manifest's hash made to match: the map's content is checked.
+    common::reshare(&out, "transmission_map.json");
     for o in [local(&out), verify(&out)] {
         refused(&o, &["transmission_map.json", "kv_cache false"]);
     }
     let mut m: serde_json::Value = serde_json::from_str(&text).unwrap();
     m["stages"].as_array_mut().unwrap().swap(0, 1);
     std::fs::write(&map, m.to_string()).unwrap();
+    common::reshare(&out, "transmission_map.json");
     for o in [local(&out), verify(&out)] {
         refused(&o, &["transmission_map.json", "at stage 0"]);
     }
@@ -249,6 +256,8 @@ fn verify_checks_what_the_runtime_reads() {
     std::fs::write(&map, m.to_string()).unwrap();
     refused(&verify(&out), &["transmission_map.json", "unknown field `surprise`"]);
     std::fs::write(&map, &text).unwrap();
+    common::reshare(&out, "transmission_map.json");
+    assert!(local(&out).status.success());
     // A deleted package.
     std::fs::remove_dir_all(out.join("dev-c")).unwrap();
     for o in [local(&out), verify(&out)] {
@@ -363,6 +372,8 @@ fn every_message_names_its_file() {
         std::fs::write(&path, "{x").unwrap();
         if file.ends_with("standby.json") {
             rehash(&out.join("dev-b"), "standby.json");
+        } else if !file.contains('/') {
+            common::reshare(&out, file);
         }
         let err = refused(&local(&out), &[file]);
         assert!(err.contains(" line 1 column 2"), "{err}");
@@ -370,6 +381,8 @@ fn every_message_names_its_file() {
         std::fs::write(&path, good).unwrap();
         if file.ends_with("standby.json") {
             rehash(&out.join("dev-b"), "standby.json");
+        } else if !file.contains('/') {
+            common::reshare(&out, file);
         }
     }
     assert!(local(&out).status.success());

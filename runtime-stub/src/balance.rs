@@ -66,11 +66,17 @@ impl BalanceSpec {
         if !path.exists() {
             return Ok(None);
         }
-        let text = shardc_ir::files::read_text(&path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+        let bytes = shardc_ir::files::read_bounded(&path, shardc_ir::files::MAX_TEXT)
+            .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+        BalanceSpec::parse(&bytes, &path).map(Some)
+    }
+
+    /// Parse and check the bytes of a balance file (`path` names it in errors).
+    pub fn parse(bytes: &[u8], path: &Path) -> Result<BalanceSpec, String> {
         let spec: BalanceSpec =
-            serde_json::from_str(&text).map_err(|e| format!("{}: not a balance file: {e}", path.display()))?;
+            serde_json::from_slice(bytes).map_err(|e| format!("{}: not a balance file: {e}", path.display()))?;
         spec.check().map_err(|e| format!("{}: {e}", path.display()))?;
-        Ok(Some(spec))
+        Ok(spec)
     }
 
     /// Everything agrees: sizes, the plan tiles the units, each stage inside what it holds.

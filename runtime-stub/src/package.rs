@@ -42,6 +42,9 @@ pub struct Manifest {
     pub weights_dtype: String,
     /// blake3 of every other file of the package.
     pub files: BTreeMap<String, String>,
+    /// blake3 of the output folder's files the runtime reads (`transmission_map.json`,
+    /// `balance.json`), the same in every manifest of one compile.
+    pub shared: BTreeMap<String, String>,
     /// First and last unit whose weights the package holds, when compiled with standby
     /// units (`standby.ir` and `standby.json` then describe them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -87,7 +90,7 @@ pub fn load_standby(dir: &Path, m: &Manifest) -> Result<Option<HeldUnits>, Runti
 }
 
 /// The current package format.
-pub const FORMAT: u32 = 1;
+pub const FORMAT: u32 = 2;
 
 /// blake3 of a file, hex.
 pub fn hash_file(path: &Path) -> std::io::Result<String> {
@@ -329,6 +332,7 @@ pub fn load_output(out: &Path, hash: bool) -> Result<Output, RuntimeError> {
         shardc_ir::files::read_bounded(&map_path, MAX_PACKAGE_TEXT).map_err(|e| err(&map_path, format!("cannot read: {e}")))?;
     let map: TransmissionMap =
         serde_json::from_slice(&text).map_err(|e| err(&map_path, format!("not a transmission map: {e}")))?;
+    let map_hash = blake3::hash(&text).to_hex().to_string();
     let bad = |m: String| err(&map_path, m);
     if map.stages.is_empty() {
         return Err(bad("lists no stages".into()));
@@ -341,6 +345,20 @@ pub fn load_output(out: &Path, hash: bool) -> Result<Output, RuntimeError> {
         manifests.push(m);
     }
     check_stages(out, manifests.iter())?;
+    // The map (and balance.json) are the ones every package was compiled with.
+    let shared = &manifests[0].shared;
+    if let Some(m) = manifests.iter().find(|m| m.shared != *shared) {
+        return Err(err(
+            &out.join(&m.device).join("manifest.json"),
+            format!("hashes other shared files than `{}`'s: the packages come from different compiles", manifests[0].device),
+        ));
+    }
+    if shared.get("transmission_map.json") != Some(&map_hash) {
+        return Err(bad(format!(
+            "blake3 {map_hash} does not match the packages' {}: the map was altered or comes from another compile",
+            shared.get("transmission_map.json").map_or("(none)", String::as_str)
+        )));
+    }
     for (i, m) in manifests.iter().enumerate() {
         if m.stage != i || m.stages != map.stages.len() {
             return Err(bad(format!(
@@ -418,7 +436,25 @@ pub fn load_output(out: &Path, hash: bool) -> Result<Output, RuntimeError> {
         }
     }
     let holds = manifests.iter().filter(|m| m.held.is_some()).count();
-    let balance = crate::balance::BalanceSpec::load(out).map_err(RuntimeError::File)?;
+    // balance.json: hashed and parsed from the same bytes.
+    let balance_path = out.join("balance.json");
+    let balance = match (shared.get("balance.json"), balance_path.exists()) {
+        (Some(expected), true) => {
+            let bytes = shardc_ir::files::read_bounded(&balance_path, MAX_PACKAGE_TEXT)
+                .map_err(|e| err(&balance_path, format!("cannot read: {e}")))?;
+            let got = blake3::hash(&bytes).to_hex();
+            if got.as_str() != expected {
+                return Err(err(
+                    &balance_path,
+                    format!("blake3 {got} does not match the packages' {expected}: it was altered or comes from another compile"),
+                ));
+            }
+            Some(crate::balance::BalanceSpec::parse(&bytes, &balance_path).map_err(RuntimeError::File)?)
+        }
+        (None, false) => None,
+        (Some(_), false) => return Err(err(&balance_path, "is missing, but the packages were compiled with it".into())),
+        (None, true) => return Err(err(&balance_path, "is not one the packages were compiled with".into())),
+    };
     match (&balance, holds) {
         (None, 0) => {}
         (Some(spec), n) if n == manifests.len() => {

@@ -223,13 +223,12 @@ pub fn compile(
         }
     }
     let tmp = parent.join(format!(".{base}.partial-{}", std::process::id()));
-    let result = write_all(&tmp, source, &stages, held.as_deref(), &plan, &names, &report, &map, opts);
-    let result = result.and_then(|w| {
-        if let Some(spec) = &spec {
-            write_file(&tmp.join("balance.json"), &json(spec)?)?;
-        }
-        Ok(w)
-    });
+    // The output's files the runtime reads, hashed into every manifest.
+    let mut shared = vec![("transmission_map.json".to_string(), json(&map)?)];
+    if let Some(spec) = &spec {
+        shared.push(("balance.json".to_string(), json(spec)?));
+    }
+    let result = write_all(&tmp, source, &stages, held.as_deref(), &plan, &names, &report, &shared, opts);
     match result {
         Ok(weight_bytes) => {
             let old = parent.join(format!(".{base}.old-{}", std::process::id()));
@@ -266,9 +265,12 @@ fn write_all(
     plan: &[shardc_passes::plan::Stage],
     names: &[String],
     report: &PlanReport,
-    map: &transmission::TransmissionMap,
+    shared: &[(String, Vec<u8>)],
     opts: &CompileOptions,
 ) -> Result<u64, EmitError> {
+    let map = &report_map(shared)?;
+    let shared_hashes: std::collections::BTreeMap<String, String> =
+        shared.iter().map(|(name, bytes)| (name.clone(), blake3::hash(bytes).to_hex().to_string())).collect();
     let mkdir = |p: &Path| {
         std::fs::create_dir_all(p).map_err(|e| EmitError::Io { path: p.to_path_buf(), message: e.to_string() })
     };
@@ -396,15 +398,28 @@ fn write_all(
             device_local: local,
             weights_dtype,
             files,
+            shared: shared_hashes.clone(),
             held: held_units,
         };
         write_file(&dir.join("manifest.json"), &json(&manifest)?)?;
     }
     bar.finish_and_clear();
     write_file(&tmp.join("plan.json"), &json(report)?)?;
-    write_file(&tmp.join("transmission_map.json"), &json(map)?)?;
+    for (name, bytes) in shared {
+        write_file(&tmp.join(name), bytes)?;
+    }
     write_file(&tmp.join("report.svg"), svg::render(report).as_bytes())?;
     Ok(written)
+}
+
+/// The transmission map among the shared files (as written).
+fn report_map(shared: &[(String, Vec<u8>)]) -> Result<transmission::TransmissionMap, EmitError> {
+    let bytes = shared
+        .iter()
+        .find(|(n, _)| n == "transmission_map.json")
+        .map(|(_, b)| b)
+        .ok_or_else(|| EmitError::Other("no transmission map".into()))?;
+    serde_json::from_slice(bytes).map_err(|e| EmitError::Other(format!("transmission map: {e}")))
 }
 
 /// Point every weight of `graph` at where it was written.

@@ -102,3 +102,19 @@ pub fn fixture_request(objective: shardc_passes::plan::Objective, standby: usize
         standby,
     }
 }
+
+/// Make every manifest of `out` hash the current bytes of the shared file `file` (what
+/// someone who can write the whole output folder would do), so that the checks behind
+/// the hashes are reached.
+#[allow(dead_code)]
+pub fn reshare(out: &std::path::Path, file: &str) {
+    let hash = blake3::hash(&std::fs::read(out.join(file)).unwrap()).to_hex().to_string();
+    for e in std::fs::read_dir(out).unwrap().flatten() {
+        let path = e.path().join("manifest.json");
+        if path.is_file() {
+            let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+            m["shared"][file] = hash.clone().into();
+            std::fs::write(&path, serde_json::to_string_pretty(&m).unwrap()).unwrap();
+        }
+    }
+}
