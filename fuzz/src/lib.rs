@@ -68,6 +68,9 @@ pub struct Options {
     pub findings: PathBuf,
     /// Print progress (`progress N`) every this many inputs.
     pub progress_every: u64,
+    /// Silence the panic messages of findings (the panic hook is process-wide: leave
+    /// it alone where other threads panic on purpose, as in tests).
+    pub quiet: bool,
 }
 
 /// Run `options.iterations` inputs through `t`: its seeds first, then mutations.
@@ -96,8 +99,11 @@ pub fn fuzz(t: &Target, options: &Options) -> Report {
             }
         })
     };
-    let previous_hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
+    let previous_hook = options.quiet.then(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        previous
+    });
     let mut rng = Rng::new(options.seed ^ blake3::hash(t.name.as_bytes()).as_bytes()[0] as u64);
     let begin = Instant::now();
     for i in 0..options.iterations {
@@ -131,7 +137,9 @@ pub fn fuzz(t: &Target, options: &Options) -> Report {
         }
     }
     report.seconds = begin.elapsed().as_secs_f64();
-    std::panic::set_hook(previous_hook);
+    if let Some(hook) = previous_hook {
+        std::panic::set_hook(hook);
+    }
     done.store(true, Ordering::Relaxed);
     let _ = watchdog.join();
     report

@@ -157,6 +157,7 @@ fn main_() -> Result<bool> {
                 hang_limit: Duration::from_secs_f64(hang_limit),
                 findings: scratch().join("findings"),
                 progress_every: 10_000,
+                quiet: true,
             };
             worker(&name, &options)?;
             Ok(true)

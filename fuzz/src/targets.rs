@@ -266,7 +266,8 @@ pub fn target(name: &str, scratch: &Path) -> Result<Target> {
             let out = scratch.join("compiled");
             compiled(&out)?;
             let copy = work.join("out");
-            if !copy.exists() {
+            let _ = std::fs::remove_dir_all(&copy);
+            {
                 std::fs::create_dir_all(&copy)?;
                 for e in std::fs::read_dir(&out)?.flatten() {
                     if e.path().is_dir() {

@@ -55,6 +55,7 @@ fn a_short_run_of_every_target_finds_nothing() {
             hang_limit: Duration::from_secs(60),
             findings: scratch().join("findings"),
             progress_every: 0,
+            quiet: false,
         };
         let r = fuzz(&t, &options);
         assert_eq!(r.execs, n, "{name}");
