@@ -14,6 +14,7 @@ use shardc_passes::plan::{Objective, Strategy};
 use shardc_passes::{run_pipeline, Ctx};
 use shardc_runtime::generate::{self, CacheLayout};
 use shardc_runtime::package::load_pipeline;
+use common::files;
 
 fn options(dtype: Option<shardc_ir::DType>) -> CompileOptions {
     CompileOptions {
@@ -104,22 +105,6 @@ fn packages_reproduce_an_encoder() {
     }
 }
 
-fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push((p.strip_prefix(dir).unwrap().display().to_string(), std::fs::read(&p).unwrap()));
-            }
-        }
-    }
-    out.sort();
-    out
-}
 
 #[test]
 fn two_compiles_are_byte_identical() {

@@ -48,6 +48,26 @@ fn stderr_of(mut c: Child) -> String {
     log
 }
 
+/// Start a 40-token generation and kill the client (SIGKILL) 1.5 s into it.
+fn kill_mid_generation(out: &Path, cluster_file: &Path, ids: &str) {
+    let mut client = generate_command(out, cluster_file, ids)
+        .args(["--max-new-tokens", "40", "--timeout", "10"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    client.kill().unwrap();
+    client.wait().unwrap();
+}
+
+/// `n` tokens from the serving devices; the generation must succeed.
+fn generate_tokens(out: &Path, cluster_file: &Path, ids: &str, n: usize) -> Vec<i64> {
+    let gen = generate_command(out, cluster_file, ids).args(["--max-new-tokens", &n.to_string(), "--json"]).output().unwrap();
+    assert!(gen.status.success(), "{}", String::from_utf8_lossy(&gen.stderr));
+    tokens_of(&gen.stdout)
+}
+
 #[test]
 fn a_killed_client_leaves_nothing_that_changes_the_next_generation() {
     let dir = tempfile::tempdir().unwrap();
@@ -56,34 +76,14 @@ fn a_killed_client_leaves_nothing_that_changes_the_next_generation() {
     let mut devices = serve(&out, &cluster_file, &["--slowdown", "10", "--session-timeout", "2"]);
     let (ids, expected) = ids("llama32");
     // Generation of request 0, killed mid-way (its KV cache is on the devices).
-    let mut first = generate_command(&out, &cluster_file, &ids)
-        .args(["--max-new-tokens", "40", "--timeout", "10"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
-    first.kill().unwrap();
-    first.wait().unwrap();
+    kill_mid_generation(&out, &cluster_file, &ids);
     // The devices drop the quiet client's session after --session-timeout.
     std::thread::sleep(Duration::from_millis(3000));
     // The next generation (request 0 again) gives the reference tokens.
-    let gen = generate_command(&out, &cluster_file, &ids).args(["--max-new-tokens", "8", "--json"]).output().unwrap();
-    assert!(gen.status.success(), "{}", String::from_utf8_lossy(&gen.stderr));
-    assert_eq!(tokens_of(&gen.stdout), expected);
+    assert_eq!(generate_tokens(&out, &cluster_file, &ids, 8), expected);
     // Killed again mid-way: the next session replaces it at once.
-    let mut second = generate_command(&out, &cluster_file, &ids)
-        .args(["--max-new-tokens", "40", "--timeout", "10"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
-    second.kill().unwrap();
-    second.wait().unwrap();
-    let gen = generate_command(&out, &cluster_file, &ids).args(["--max-new-tokens", "8", "--json"]).output().unwrap();
-    assert!(gen.status.success(), "{}", String::from_utf8_lossy(&gen.stderr));
-    assert_eq!(tokens_of(&gen.stdout), expected);
+    kill_mid_generation(&out, &cluster_file, &ids);
+    assert_eq!(generate_tokens(&out, &cluster_file, &ids, 8), expected);
     let log = stderr_of(devices.0.remove(0));
     assert!(log.contains("its client went quiet"), "{log}");
     assert!(log.contains("a new session started"), "{log}");
@@ -128,9 +128,7 @@ fn a_device_restarted_mid_generation_is_named_or_the_tokens_are_exact() {
         assert!(!stderr.contains("dev-a") && !stderr.contains("dev-c"), "and no other: {stderr}");
     }
     // And the cluster serves the next generation exactly.
-    let gen = generate_command(&out, &cluster_file, &ids).args(["--max-new-tokens", "40", "--json"]).output().unwrap();
-    assert!(gen.status.success(), "{}", String::from_utf8_lossy(&gen.stderr));
-    assert_eq!(tokens_of(&gen.stdout), reference);
+    assert_eq!(generate_tokens(&out, &cluster_file, &ids, 40), reference);
 }
 
 /// Forwards every message from `from` to `to`, sent twice (a replay of each), and keeps
@@ -215,9 +213,7 @@ fn replayed_messages_are_dropped_and_change_nothing() {
         .unwrap();
     std::thread::sleep(Duration::from_millis(300));
     // Every message to dev-b arrives twice: the copies are dropped.
-    let gen = generate_command(&out, &cluster_file, &ids).args(["--max-new-tokens", "8", "--json"]).output().unwrap();
-    assert!(gen.status.success(), "{}", String::from_utf8_lossy(&gen.stderr));
-    assert_eq!(tokens_of(&gen.stdout), expected);
+    assert_eq!(generate_tokens(&out, &cluster_file, &ids, 8), expected);
     let n = proxy.forwarded.load(Ordering::Relaxed);
     assert!(n >= 8, "only {n} messages went through the proxy");
     // Captured messages of the finished session, sent again: the open, a prefill step,
@@ -226,9 +222,7 @@ fn replayed_messages_are_dropped_and_change_nothing() {
         proxy.replay(i);
     }
     std::thread::sleep(Duration::from_millis(300));
-    let gen = generate_command(&out, &cluster_file, &ids).args(["--max-new-tokens", "8", "--json"]).output().unwrap();
-    assert!(gen.status.success(), "{}", String::from_utf8_lossy(&gen.stderr));
-    assert_eq!(tokens_of(&gen.stdout), expected);
+    assert_eq!(generate_tokens(&out, &cluster_file, &ids, 8), expected);
     drop(proxy);
     let log = stderr_of(devices.0.remove(1));
     assert!(log.contains("dropped a replayed"), "{log}");
