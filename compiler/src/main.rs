@@ -309,6 +309,7 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Profile { name } => {
+            shardc_passes::devices::check_name(&name).map_err(|e| anyhow::anyhow!("--name: {e}"))?;
             let device = shardc_runtime::profile::measure(&name);
             print!("{}", shardc_passes::devices::device_toml(&device));
         }

@@ -301,6 +301,16 @@ fn sizes_from_files_and_flags_are_bounded() {
         let o = shardc(&["plan".as_ref(), llama.as_os_str(), "--devices".as_ref(), devices.as_os_str(), flag.as_ref()]);
         refused(&o, &["--time-limit"]);
     }
+    // A standby count far beyond the units: plans at once, each stage holding at most all.
+    let o = shardc(&[
+        "plan".as_ref(),
+        root().join("fixtures/configs/llama-3.2-1b/config.json").as_os_str(),
+        "--devices".as_ref(),
+        root().join("fixtures/devices/edge-16.toml").as_os_str(),
+        "--standby".as_ref(),
+        "18446744073709551615".as_ref(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let o = shardc(&["verify".as_ref(), llama.as_os_str(), dir.path().as_os_str(), "--tolerance=nan".as_ref()]);
     refused(&o, &["--tolerance"]);
     // 1000 devices, all different: the integer program is skipped, with a note.
@@ -343,6 +353,7 @@ fn the_runtime_bounds_its_flags() {
         refused(&run(&[t]), &["--timeout"]);
     }
     refused(&run(&["--input-ids=-5"]), &["negative"]);
+    refused(&run(&["--balance-window", "18446744073709551615"]), &["--balance-window is at most"]);
     assert!(started.elapsed().as_secs() < 30, "{:?}", started.elapsed());
 }
 

@@ -285,6 +285,9 @@ pub struct Balancer {
     pub decisions: Vec<Decision>,
 }
 
+/// Longest window (decode steps per stage) the balancer keeps.
+pub const MAX_WINDOW: usize = 4096;
+
 /// The `q` quantile (0..=1) of a window, interpolating between order statistics.
 fn quantile(v: &VecDeque<f64>, q: f64) -> f64 {
     let mut s: Vec<f64> = v.iter().copied().collect();
@@ -300,7 +303,7 @@ fn quantile(v: &VecDeque<f64>, q: f64) -> f64 {
 impl Balancer {
     pub fn new(spec: BalanceSpec, opts: BalanceOptions) -> Balancer {
         let n = spec.plan.len();
-        let window = opts.window.max(1);
+        let window = opts.window.clamp(1, MAX_WINDOW);
         Balancer {
             plan: spec.plan.clone(),
             spec,

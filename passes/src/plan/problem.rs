@@ -176,12 +176,17 @@ impl Problem {
             .iter()
             .map(|s| {
                 let (mut start, mut end) = (s.start, s.end);
-                for _ in 0..n {
+                // No stage holds more than every unit, however large `n` is.
+                for _ in 0..n.min(self.units()) {
+                    let before = (start, end);
                     if start > 0 && self.memory(start - 1, end) <= self.budget[s.device] {
                         start -= 1;
                     }
                     if end < self.units() && self.memory(start, end + 1) <= self.budget[s.device] {
                         end += 1;
+                    }
+                    if (start, end) == before {
+                        break;
                     }
                 }
                 start..end

@@ -74,6 +74,9 @@ impl Gen {
         if self.balance_window == 0 {
             bail!("--balance-window must be at least 1");
         }
+        if self.balance_window > shardc_runtime::balance::MAX_WINDOW {
+            bail!("--balance-window is at most {} decode steps, got {}", shardc_runtime::balance::MAX_WINDOW, self.balance_window);
+        }
         if !(self.balance_threshold >= 0.0 && self.balance_threshold.is_finite()) {
             bail!("--balance-threshold must be a fraction ≥ 0, got {}", self.balance_threshold);
         }
@@ -105,7 +108,7 @@ fn parse_slowdown_after(s: &str) -> Result<Slowdown, String> {
     if !(factor >= 1.0 && factor.is_finite()) {
         return Err(format!("slowdown factor {factor} must be at least 1"));
     }
-    Ok(Slowdown { factor, from_step: steps + 1 })
+    Ok(Slowdown { factor, from_step: steps.saturating_add(1) })
 }
 
 #[derive(Subcommand)]
