@@ -47,7 +47,13 @@ fn main() {
     let mut tokens: Option<serde_json::Value> = None;
     for i in 0..runs * 2 {
         let balance = i % 2 == 0;
-        let slow = |d: &str| if d == "dev-b" { vec!["--slowdown-after".to_string(), format!("{SLOW_AFTER}:3")] } else { vec![] };
+        let slow = |d: &str| {
+            if d == "dev-b" {
+                vec!["--slowdown-after".to_string(), format!("{SLOW_AFTER}:3")]
+            } else {
+                vec![]
+            }
+        };
         let _devices = serve(&out, &cluster, Some(&secret), slow);
         let mut gen = Command::new(&run);
         gen.arg("generate").arg(&out).args(["--cluster", cluster.to_str().unwrap_or_default()]);

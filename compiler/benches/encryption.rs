@@ -81,7 +81,11 @@ fn main() {
         }
         let rate = decode_rate(&report);
         rates[usize::from(!sealed)].push(rate);
-        println!("run {:>2} {:<10} {rate:>7.2} decode tokens/s", i / 2 + 1, if sealed { "sealed" } else { "--insecure" });
+        println!(
+            "run {:>2} {:<10} {rate:>7.2} decode tokens/s",
+            i / 2 + 1,
+            if sealed { "sealed" } else { "--insecure" }
+        );
     }
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
@@ -90,8 +94,16 @@ fn main() {
     let (sealed, clear) = (median(&mut rates[0]), median(&mut rates[1]));
     println!("model: {MODEL_TEXT}; {requests} request(s) x {TOKENS} tokens over 3 serve processes on loopback");
     println!("decode tokens/s (median of {runs}): sealed {sealed:.2}, --insecure {clear:.2}");
-    println!("ratio sealed / insecure: {:.3} (target >= 0.95; cost {:.1}%)", sealed / clear, (1.0 - sealed / clear) * 100.0);
-    for (what, bytes) in [("decode hidden state (1 x 512 f32)", 512 * 4), ("prefill hidden state (16 x 512 f32)", 16 * 512 * 4), ("KV handover (1 MiB)", 1 << 20)] {
+    println!(
+        "ratio sealed / insecure: {:.3} (target >= 0.95; cost {:.1}%)",
+        sealed / clear,
+        (1.0 - sealed / clear) * 100.0
+    );
+    for (what, bytes) in [
+        ("decode hidden state (1 x 512 f32)", 512 * 4),
+        ("prefill hidden state (16 x 512 f32)", 16 * 512 * 4),
+        ("KV handover (1 MiB)", 1 << 20),
+    ] {
         println!("seal + open, {what}: {:.0} MB/s on one core", sealing_rate(bytes));
     }
     let _ = std::fs::remove_dir_all(&scratch);

@@ -342,7 +342,11 @@ fn planning_inputs(model: &std::path::Path, args: &PlanArgs) -> Result<Planning>
         bail!("the workload needs --prompt-len >= 1, --batch >= 1 and --max-context >= --prompt-len");
     }
     if args.max_context > MAX_CONTEXT || args.batch > MAX_BATCH {
-        bail!("--max-context is at most {MAX_CONTEXT} and --batch at most {MAX_BATCH} (got {} and {})", args.max_context, args.batch);
+        bail!(
+            "--max-context is at most {MAX_CONTEXT} and --batch at most {MAX_BATCH} (got {} and {})",
+            args.max_context,
+            args.batch
+        );
     }
     if !(args.time_limit > 0.0 && args.time_limit <= 86_400.0) {
         bail!("--time-limit must be a number of seconds above 0 and at most 86400, got {}", args.time_limit);

@@ -151,7 +151,7 @@ fn ask_to_rebalance(out: &Path, salt: u16, info: &str) -> serde_json::Value {
     pull.bind(&addrs[0]).unwrap();
     let push = ctx.socket(zmq::PUSH).unwrap();
     push.connect(&addrs[1]).unwrap();
-    let mut receive = || {
+    let receive = || {
         assert!(pull.poll(zmq::POLLIN, 20_000).unwrap() > 0, "no answer from dev-a");
         let mut parts = pull.recv_multipart(0).unwrap();
         let (_, body) = wire_open(&key, &mut parts);

@@ -6,6 +6,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::files;
 use common::{fixture_dir, fixture_onnx, reference, root, CURRENT, EXPORTERS, FIXTURES};
 use shardc::emit::{compile, CompileOptions};
 use shardc::frontend::hf::LowerOptions;
@@ -14,7 +15,6 @@ use shardc_passes::plan::{Objective, Strategy};
 use shardc_passes::{run_pipeline, Ctx};
 use shardc_runtime::generate::{self, CacheLayout};
 use shardc_runtime::package::load_pipeline;
-use common::files;
 
 fn options(dtype: Option<shardc_ir::DType>) -> CompileOptions {
     CompileOptions {
@@ -104,7 +104,6 @@ fn packages_reproduce_an_encoder() {
         }
     }
 }
-
 
 #[test]
 fn two_compiles_are_byte_identical() {

@@ -138,7 +138,8 @@ fn bad_frames_are_dropped_and_the_device_keeps_serving() {
     push.send_multipart([b"not a frame".to_vec(), vec![0; 32]], 0).unwrap();
     push.send_multipart([vec![1; 64]], 0).unwrap();
     push.send_multipart(Wire::new(None, 1 << 20).unwrap().seal(&session, frame("client")).unwrap(), 0).unwrap();
-    push.send_multipart(Wire::new(Some(&[3; 32]), 1 << 20).unwrap().seal(&session, frame("client")).unwrap(), 0).unwrap();
+    push.send_multipart(Wire::new(Some(&[3; 32]), 1 << 20).unwrap().seal(&session, frame("client")).unwrap(), 0)
+        .unwrap();
     push.send_multipart(Wire::new(Some(&key), 1 << 20).unwrap().seal(&session, frame("mallory")).unwrap(), 0).unwrap();
     push.send_multipart([vec![0; 200_000], vec![0; 32]], 0).unwrap();
     std::thread::sleep(Duration::from_millis(300));

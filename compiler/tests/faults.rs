@@ -63,7 +63,8 @@ fn kill_mid_generation(out: &Path, cluster_file: &Path, ids: &str) {
 
 /// `n` tokens from the serving devices; the generation must succeed.
 fn generate_tokens(out: &Path, cluster_file: &Path, ids: &str, n: usize) -> Vec<i64> {
-    let gen = generate_command(out, cluster_file, ids).args(["--max-new-tokens", &n.to_string(), "--json"]).output().unwrap();
+    let gen =
+        generate_command(out, cluster_file, ids).args(["--max-new-tokens", &n.to_string(), "--json"]).output().unwrap();
     assert!(gen.status.success(), "{}", String::from_utf8_lossy(&gen.stderr));
     tokens_of(&gen.stdout)
 }
@@ -268,14 +269,25 @@ fn participants_must_share_the_secret_or_all_say_insecure() {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("--secret-file FILE"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--secret-file FILE"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     // A secret too short to be one.
     let short = dir.path().join("short");
     std::fs::write(&short, "pw").unwrap();
     let o = Command::new(shardc_run())
         .arg("serve")
         .arg(&out)
-        .args(["--device", "dev-a", "--cluster", cluster_file.to_str().unwrap(), "--secret-file", short.to_str().unwrap()])
+        .args([
+            "--device",
+            "dev-a",
+            "--cluster",
+            cluster_file.to_str().unwrap(),
+            "--secret-file",
+            short.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(1));

@@ -39,7 +39,8 @@ fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
 }
 
 fn compile_args<'a>(model: &'a Path, devices: &'a Path, out: &'a Path, extra: &[&'a str]) -> Vec<&'a std::ffi::OsStr> {
-    let mut a: Vec<&std::ffi::OsStr> = vec!["compile".as_ref(), model.as_os_str(), "--devices".as_ref(), devices.as_os_str()];
+    let mut a: Vec<&std::ffi::OsStr> =
+        vec!["compile".as_ref(), model.as_os_str(), "--devices".as_ref(), devices.as_os_str()];
     a.extend(["--prompt-len", "8", "--max-context", "32", "-o"].iter().map(|s| std::ffi::OsStr::new(*s)));
     a.push(out.as_os_str());
     a.extend(extra.iter().map(|s| std::ffi::OsStr::new(*s)));
@@ -153,11 +154,22 @@ fn package() -> (tempfile::TempDir, PathBuf) {
 }
 
 fn local(out: &Path) -> Output {
-    Command::new(shardc_run()).arg("local").arg(out).args(["--input-ids", "1,2,3", "--max-new-tokens", "2"]).output().unwrap()
+    Command::new(shardc_run())
+        .arg("local")
+        .arg(out)
+        .args(["--input-ids", "1,2,3", "--max-new-tokens", "2"])
+        .output()
+        .unwrap()
 }
 
 fn verify(out: &Path) -> Output {
-    shardc(&["verify".as_ref(), fixture_dir("gpt2").join("hf").as_os_str(), out.as_os_str(), "--tokens".as_ref(), "2".as_ref()])
+    shardc(&[
+        "verify".as_ref(),
+        fixture_dir("gpt2").join("hf").as_os_str(),
+        out.as_os_str(),
+        "--tokens".as_ref(),
+        "2".as_ref(),
+    ])
 }
 
 /// Rewrite a manifest's hash of `file` to match its current bytes (what an attacker
@@ -386,11 +398,20 @@ fn every_message_names_its_file() {
     let missing = dir.path().join("missing");
     let o = Command::new(shardc_run()).arg("local").arg(&missing).args(["--input-ids", "1"]).output().unwrap();
     refused(&o, &["missing/transmission_map.json", "cannot read"]);
-    let o = shardc(&["plan".as_ref(), fixture_dir("gpt2").join("hf").as_os_str(), "--devices".as_ref(), missing.as_os_str()]);
+    let o = shardc(&[
+        "plan".as_ref(),
+        fixture_dir("gpt2").join("hf").as_os_str(),
+        "--devices".as_ref(),
+        missing.as_os_str(),
+    ]);
     refused(&o, &["missing: cannot read"]);
     // A cluster file whose "loopback" is a name that merely starts like one.
     let cluster = dir.path().join("cluster.toml");
-    std::fs::write(&cluster, "client = \"tcp://127.attacker.example:5600\"\n[devices]\ndev-a = \"tcp://127.0.0.1:5601\"\n").unwrap();
+    std::fs::write(
+        &cluster,
+        "client = \"tcp://127.attacker.example:5600\"\n[devices]\ndev-a = \"tcp://127.0.0.1:5601\"\n",
+    )
+    .unwrap();
     let o = Command::new(shardc_run())
         .arg("serve")
         .arg(&out)

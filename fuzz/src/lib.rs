@@ -107,7 +107,8 @@ pub fn fuzz(t: &Target, options: &Options) -> Report {
     let mut rng = Rng::new(options.seed ^ blake3::hash(t.name.as_bytes()).as_bytes()[0] as u64);
     let begin = Instant::now();
     for i in 0..options.iterations {
-        let input = if (i as usize) < t.seeds.len() { t.seeds[i as usize].clone() } else { mutate(&mut rng, &t.seeds, t.text) };
+        let input =
+            if (i as usize) < t.seeds.len() { t.seeds[i as usize].clone() } else { mutate(&mut rng, &t.seeds, t.text) };
         if i < options.skip {
             continue;
         }

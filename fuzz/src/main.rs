@@ -177,18 +177,17 @@ fn main_() -> Result<bool> {
             let reports = std::sync::Mutex::new(Vec::new());
             std::thread::scope(|s| {
                 for _ in 0..jobs.max(1) {
-                    s.spawn(|| loop {
-                        let Some(name) = queue.lock().ok().and_then(|mut q| if q.is_empty() { None } else { Some(q.remove(0)) })
-                        else {
-                            break;
-                        };
-                        let r = run_child(&name, iterations, seed, hang_limit).unwrap_or_else(|e| Report {
-                            target: name.clone(),
-                            aborts: 1,
-                            findings: vec![format!("could not run: {e:#}")],
-                            ..Report::default()
-                        });
-                        eprintln!(
+                    s.spawn(|| {
+                        let take =
+                            || queue.lock().ok().and_then(|mut q| if q.is_empty() { None } else { Some(q.remove(0)) });
+                        while let Some(name) = take() {
+                            let r = run_child(&name, iterations, seed, hang_limit).unwrap_or_else(|e| Report {
+                                target: name.clone(),
+                                aborts: 1,
+                                findings: vec![format!("could not run: {e:#}")],
+                                ..Report::default()
+                            });
+                            eprintln!(
                             "{:<18} {:>9} inputs in {:>7.1} s ({:>8.0}/s), {} accepted, {} panics, {} hangs, {} aborts",
                             r.target,
                             r.execs,
@@ -199,8 +198,9 @@ fn main_() -> Result<bool> {
                             r.hangs,
                             r.aborts
                         );
-                        if let Ok(mut all) = reports.lock() {
-                            all.push(r);
+                            if let Ok(mut all) = reports.lock() {
+                                all.push(r);
+                            }
                         }
                     });
                 }
@@ -240,7 +240,8 @@ fn main_() -> Result<bool> {
             let t = target(&name, &scratch().join("work"))?;
             let mut clean = true;
             for f in files {
-                let dir_or_file = if f.is_dir() { f.clone() } else { f.parent().map(Path::to_path_buf).unwrap_or_default() };
+                let dir_or_file =
+                    if f.is_dir() { f.clone() } else { f.parent().map(Path::to_path_buf).unwrap_or_default() };
                 let bad = shardc_fuzz::replay_dir(&t, &dir_or_file);
                 for (file, msg) in bad.iter().filter(|(file, _)| f.is_dir() || *file == f) {
                     println!("{}: panics: {msg}", file.display());

@@ -10,7 +10,7 @@ impl Rng {
         Rng(seed ^ 0x9e37_79b9_7f4a_7c15)
     }
 
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -20,7 +20,7 @@ impl Rng {
 
     /// Uniform in `0..n` (`n` > 0).
     pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
+        (self.next_u64() % n.max(1) as u64) as usize
     }
 }
 
@@ -83,7 +83,7 @@ pub fn mutate(rng: &mut Rng, seeds: &[Vec<u8>], text: bool) -> Vec<u8> {
             3 => {
                 let at = rng.below(len + 1);
                 let n = 1 + rng.below(8);
-                let bytes: Vec<u8> = (0..n).map(|_| rng.next() as u8).collect();
+                let bytes: Vec<u8> = (0..n).map(|_| rng.next_u64() as u8).collect();
                 b.splice(at..at, bytes);
             }
             4 => {
@@ -130,8 +130,9 @@ pub fn mutate(rng: &mut Rng, seeds: &[Vec<u8>], text: bool) -> Vec<u8> {
                 }
             }
             11 | 12 => {
-                let lines: Vec<usize> =
-                    std::iter::once(0).chain(b.iter().enumerate().filter(|(_, &c)| c == b'\n').map(|(i, _)| i + 1)).collect();
+                let lines: Vec<usize> = std::iter::once(0)
+                    .chain(b.iter().enumerate().filter(|(_, &c)| c == b'\n').map(|(i, _)| i + 1))
+                    .collect();
                 let k = rng.below(lines.len());
                 let s = lines[k];
                 let e = lines.get(k + 1).copied().unwrap_or(b.len());
@@ -152,8 +153,7 @@ pub fn mutate(rng: &mut Rng, seeds: &[Vec<u8>], text: bool) -> Vec<u8> {
 
 /// Replace a run of bytes matching `is_part` with one of `with`.
 fn replace_token(rng: &mut Rng, b: &mut Vec<u8>, is_part: impl Fn(u8) -> bool, with: &[&str]) {
-    let starts: Vec<usize> =
-        (0..b.len()).filter(|&i| is_part(b[i]) && (i == 0 || !is_part(b[i - 1]))).collect();
+    let starts: Vec<usize> = (0..b.len()).filter(|&i| is_part(b[i]) && (i == 0 || !is_part(b[i - 1]))).collect();
     if starts.is_empty() {
         return;
     }

@@ -21,6 +21,9 @@ pub const NAMES: [&str; 11] = [
     "envelope",
 ];
 
+/// Feed one input to a parser; `Err` is a refusal (fine), a panic is a finding.
+pub type Run = Box<dyn Fn(&[u8]) -> Result<(), String>>;
+
 /// One parser under test.
 pub struct Target {
     pub name: &'static str,
@@ -28,8 +31,7 @@ pub struct Target {
     pub seeds: Vec<Vec<u8>>,
     /// Whether the input is text (number, string and line mutations help).
     pub text: bool,
-    /// Feed one input; `Err` is a refusal (fine), a panic is a finding.
-    pub run: Box<dyn Fn(&[u8]) -> Result<(), String>>,
+    pub run: Run,
 }
 
 /// The repository's root (fixtures live there).
@@ -100,7 +102,8 @@ fn compiled(out: &Path) -> Result<()> {
 }
 
 fn files_with(dir: &Path, ext: &str) -> Result<Vec<PathBuf>> {
-    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)?.flatten().map(|e| e.path()).filter(|p| p.to_string_lossy().ends_with(ext)).collect();
+    let mut out: Vec<PathBuf> =
+        std::fs::read_dir(dir)?.flatten().map(|e| e.path()).filter(|p| p.to_string_lossy().ends_with(ext)).collect();
     out.sort();
     Ok(out)
 }
@@ -214,14 +217,17 @@ pub fn target(name: &str, scratch: &Path) -> Result<Target> {
             }
         }
         "devices" => {
-            let seeds = files_with(&fixtures.join("devices"), ".toml")?.iter().map(|p| read(p)).collect::<Result<_>>()?;
+            let seeds =
+                files_with(&fixtures.join("devices"), ".toml")?.iter().map(|p| read(p)).collect::<Result<_>>()?;
             Target {
                 name: "devices",
                 seeds,
                 text: true,
                 run: Box::new(|b| {
                     let text = std::str::from_utf8(b).map_err(|e| e.to_string())?;
-                    shardc_passes::devices::parse(text, Path::new("devices.toml")).map(|_| ()).map_err(|e| e.to_string())
+                    shardc_passes::devices::parse(text, Path::new("devices.toml"))
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
                 }),
             }
         }
@@ -317,7 +323,9 @@ pub fn target(name: &str, scratch: &Path) -> Result<Target> {
             seeds: frames().into_iter().map(|f| shardc_runtime::frame::encode(&f)).collect(),
             text: false,
             run: Box::new(|b| {
-                shardc_runtime::frame::decode(b, shardc_runtime::frame::DEFAULT_MAX_FRAME).map(|_| ()).map_err(|e| e.to_string())
+                shardc_runtime::frame::decode(b, shardc_runtime::frame::DEFAULT_MAX_FRAME)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
             }),
         },
         "envelope" => {
@@ -352,7 +360,9 @@ fn frames() -> Vec<shardc_runtime::frame::Frame> {
     use ndarray::{ArrayD, IxDyn};
     use shardc_runtime::frame::Frame;
     use shardc_runtime::Tensor;
-    let hidden = Tensor::f32(ArrayD::from_shape_vec(IxDyn(&[1, 2, 3]), vec![0.5, -1.0, 2.0, 3.5, 0.0, 1e-3]).unwrap_or_default());
+    let hidden = Tensor::f32(
+        ArrayD::from_shape_vec(IxDyn(&[1, 2, 3]), vec![0.5, -1.0, 2.0, 3.5, 0.0, 1e-3]).unwrap_or_default(),
+    );
     let ids = Tensor::i64(ArrayD::from_shape_vec(IxDyn(&[1, 3]), vec![1, 2, 3]).unwrap_or_default());
     let mask = Tensor::bool(ArrayD::from_shape_vec(IxDyn(&[2]), vec![true, false]).unwrap_or_default());
     let mut ready = Frame::new("ready", 0, 3, "dev-b", vec![]);

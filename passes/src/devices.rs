@@ -173,12 +173,12 @@ pub const RESERVED_NAMES: [&str; 5] = ["client", "plan.json", "transmission_map.
 /// `.`, not starting with `.` (so never `.` or `..`), and not a name the output folder
 /// or the cluster file uses itself (`client`, `plan.json`, …), in any case.
 pub fn check_name(name: &str) -> Result<(), String> {
-    let shown = if name.len() > MAX_NAME { format!("{}…", &name[..name.floor_char_boundary_compat(MAX_NAME)]) } else { name.to_string() };
+    let shown: String = name.chars().take(MAX_NAME).collect();
     if name.is_empty() {
         return Err("a device needs a non-empty name".into());
     }
     if name.len() > MAX_NAME {
-        return Err(format!("device name `{shown}` is longer than {MAX_NAME} characters"));
+        return Err(format!("device name `{shown}…` is longer than {MAX_NAME} characters"));
     }
     if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))) {
         return Err(format!(
@@ -190,22 +190,11 @@ pub fn check_name(name: &str) -> Result<(), String> {
         return Err(format!("device name `{name}` starts with `.`: names are plain, visible folder names"));
     }
     if let Some(r) = RESERVED_NAMES.iter().find(|r| r.eq_ignore_ascii_case(name)) {
-        return Err(format!("device name `{name}` is reserved (`{r}` is used by the output folder or the cluster file)"));
+        return Err(format!(
+            "device name `{name}` is reserved (`{r}` is used by the output folder or the cluster file)"
+        ));
     }
     Ok(())
-}
-
-trait FloorCharBoundary {
-    fn floor_char_boundary_compat(&self, i: usize) -> usize;
-}
-
-impl FloorCharBoundary for str {
-    fn floor_char_boundary_compat(&self, mut i: usize) -> usize {
-        while !self.is_char_boundary(i) {
-            i -= 1;
-        }
-        i
-    }
 }
 
 /// Read a profile from a TOML file.
@@ -220,7 +209,8 @@ pub fn load(path: &Path) -> Result<Profile, ProfileError> {
 
 /// Parse profile `text`; `path` names it in errors.
 pub fn parse(text: &str, path: &Path) -> Result<Profile, ProfileError> {
-    let line_of = |offset: usize| Some(text.as_bytes()[..offset.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1);
+    let line_of =
+        |offset: usize| Some(text.as_bytes()[..offset.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1);
     let err = |span: Option<std::ops::Range<usize>>, message: String| ProfileError {
         file: path.to_path_buf(),
         line: span.and_then(|s| line_of(s.start)),
@@ -242,7 +232,11 @@ pub fn parse(text: &str, path: &Path) -> Result<Profile, ProfileError> {
         let name = d.name.get_ref().to_string();
         check_name(&name).map_err(|m| err(Some(d.name.span()), m))?;
         if let Some(x) = devices.iter().find(|x| x.name.eq_ignore_ascii_case(&name)) {
-            let how = if x.name == name { "is listed twice".to_string() } else { format!("differs from `{}` only in case (they would share a folder on some file systems)", x.name) };
+            let how = if x.name == name {
+                "is listed twice".to_string()
+            } else {
+                format!("differs from `{}` only in case (they would share a folder on some file systems)", x.name)
+            };
             return Err(err(Some(d.name.span()), format!("device `{name}` {how}")));
         }
         if devices.len() == MAX_DEVICES {

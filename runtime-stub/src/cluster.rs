@@ -62,7 +62,9 @@ pub fn parse_address(address: &str) -> Result<Address, String> {
         Host::Any
     } else if !host.is_empty()
         && host.len() <= 253
-        && host.split('.').all(|l| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+        && host
+            .split('.')
+            .all(|l| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
     {
         Host::Name(host.to_ascii_lowercase())
     } else {
@@ -107,7 +109,9 @@ impl Cluster {
     /// Parse and check the text of a cluster file.
     pub fn parse(text: &str, allow_remote: bool) -> Result<Cluster, String> {
         let c: Cluster = toml::from_str(text).map_err(|e| {
-            let line = e.span().map(|s| text.as_bytes()[..s.start.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1);
+            let line = e
+                .span()
+                .map(|s| text.as_bytes()[..s.start.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1);
             match line {
                 Some(l) => format!("line {l}: {}", e.message()),
                 None => e.message().to_string(),
@@ -156,7 +160,8 @@ mod tests {
 
     #[test]
     fn addresses_are_parsed_not_prefix_matched() {
-        for a in ["tcp://127.0.0.1:5600", "tcp://127.9.8.7:1", "tcp://[::1]:5600", "tcp://localhost:5600", "inproc://x"] {
+        for a in ["tcp://127.0.0.1:5600", "tcp://127.9.8.7:1", "tcp://[::1]:5600", "tcp://localhost:5600", "inproc://x"]
+        {
             assert_eq!(loopback(a), Ok(true), "{a}");
         }
         for a in [
@@ -169,7 +174,9 @@ mod tests {
         ] {
             assert_eq!(loopback(a), Ok(false), "{a}");
         }
-        for a in ["tcp://127.0.0.1", "tcp://127.0.0.1:http", "udp://127.0.0.1:1", "tcp://[zz]:1", "tcp://a b:1", "tcp://:1"] {
+        for a in
+            ["tcp://127.0.0.1", "tcp://127.0.0.1:http", "udp://127.0.0.1:1", "tcp://[zz]:1", "tcp://a b:1", "tcp://:1"]
+        {
             assert!(loopback(a).is_err(), "{a}");
         }
     }

@@ -30,10 +30,10 @@ use serde::{Deserialize, Serialize};
 use crate::balance::{BalanceOptions, BalanceSpec, Balancer, Decision, Route, StageView};
 use crate::cluster::Cluster;
 use crate::frame::{self, Frame};
-use crate::wire::{session_text, Dropped, Envelope, ReplayGuard, SessionId, Wire};
 use crate::generate::{argmax, cache_entries, CacheEntry};
 use crate::package::{self, HeldUnits};
 use crate::weights::WeightFiles;
+use crate::wire::{session_text, Dropped, Envelope, ReplayGuard, SessionId, Wire};
 use crate::{Session, Tensor};
 
 /// Longest wait for a device the client accepts, seconds (a day).
@@ -141,11 +141,10 @@ impl<'a> Net<'a> {
                 return Ok(None);
             }
             let mut parts = self.socket.recv_multipart(0).map_err(|e| e.to_string())?;
-            let opened = self
-                .wire
-                .open(&mut parts)
-                .map_err(|e| e.to_string())
-                .and_then(|(env, body)| Ok((env, frame::decode(&body, self.max_frame).map_err(|e| e.to_string())?)));
+            let opened =
+                self.wire.open(&mut parts).map_err(|e| e.to_string()).and_then(|(env, body)| {
+                    Ok((env, frame::decode(&body, self.max_frame).map_err(|e| e.to_string())?))
+                });
             let (env, frame) = match opened {
                 Ok(m) => m,
                 Err(e) => {
@@ -299,7 +298,11 @@ impl Device<'_> {
             self.handover = None;
             self.net.guard.forget(&id);
             self.remember_ended(id);
-            eprintln!("{}: session {} ended ({why}); dropped the state of {requests} requests", self.name, session_text(&id));
+            eprintln!(
+                "{}: session {} ended ({why}); dropped the state of {requests} requests",
+                self.name,
+                session_text(&id)
+            );
         }
     }
 

@@ -112,11 +112,14 @@ pub const MAX_PACKAGE_TEXT: u64 = 256 << 20;
 pub fn read_listed(dir: &Path, m: &Manifest, file: &str) -> Result<String, RuntimeError> {
     let path = dir.join(file);
     let expected = m.files.get(file).ok_or_else(|| err(&path, "the manifest does not list this file".into()))?;
-    let bytes = shardc_ir::files::read_bounded(&path, MAX_PACKAGE_TEXT)
-        .map_err(|e| err(&path, format!("cannot read: {e}")))?;
+    let bytes =
+        shardc_ir::files::read_bounded(&path, MAX_PACKAGE_TEXT).map_err(|e| err(&path, format!("cannot read: {e}")))?;
     let got = blake3::hash(&bytes).to_hex();
     if got.as_str() != expected {
-        return Err(err(&path, format!("blake3 {got} does not match the manifest's {expected}: the package was altered")));
+        return Err(err(
+            &path,
+            format!("blake3 {got} does not match the manifest's {expected}: the package was altered"),
+        ));
     }
     String::from_utf8(bytes).map_err(|e| err(&path, format!("not UTF-8 text: {e}")))
 }
@@ -127,8 +130,8 @@ pub fn read_listed(dir: &Path, m: &Manifest, file: &str) -> Result<String, Runti
 /// or all at once by [`load_manifest`].
 pub fn read_manifest(dir: &Path) -> Result<Manifest, RuntimeError> {
     let path = dir.join("manifest.json");
-    let text = shardc_ir::files::read_bounded(&path, MAX_PACKAGE_TEXT)
-        .map_err(|e| err(&path, format!("cannot read: {e}")))?;
+    let text =
+        shardc_ir::files::read_bounded(&path, MAX_PACKAGE_TEXT).map_err(|e| err(&path, format!("cannot read: {e}")))?;
     let m: Manifest = serde_json::from_slice(&text).map_err(|e| err(&path, format!("not a manifest: {e}")))?;
     if m.format != FORMAT {
         return Err(err(&path, format!("package format {} (this runtime reads {FORMAT})", m.format)));
@@ -161,7 +164,8 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest, RuntimeError> {
         if name != "manifest.json" && !m.files.contains_key(&name) {
             return Err(err(
                 &entry.path(),
-                "is not listed (with its hash) in the package's manifest: a package holds only the files it lists".into(),
+                "is not listed (with its hash) in the package's manifest: a package holds only the files it lists"
+                    .into(),
             ));
         }
     }
@@ -250,7 +254,10 @@ pub fn check_stages<'a>(out: &Path, manifests: impl Iterator<Item = &'a Manifest
     let mut total = None;
     for m in manifests {
         if *total.get_or_insert(m.stages) != m.stages {
-            return Err(err(out, format!("`{}` says {} stages, another package {}", m.device, m.stages, total.unwrap_or(0))));
+            return Err(err(
+                out,
+                format!("`{}` says {} stages, another package {}", m.device, m.stages, total.unwrap_or(0)),
+            ));
         }
         if let Some(other) = seen.insert(m.stage, &m.device) {
             return Err(err(out, format!("`{other}` and `{}` are both stage {}", m.device, m.stage)));
@@ -328,8 +335,8 @@ pub struct Output {
 /// when packages hold standby units. This is everything `shardc-run` reads to run.
 pub fn load_output(out: &Path, hash: bool) -> Result<Output, RuntimeError> {
     let map_path = out.join("transmission_map.json");
-    let text =
-        shardc_ir::files::read_bounded(&map_path, MAX_PACKAGE_TEXT).map_err(|e| err(&map_path, format!("cannot read: {e}")))?;
+    let text = shardc_ir::files::read_bounded(&map_path, MAX_PACKAGE_TEXT)
+        .map_err(|e| err(&map_path, format!("cannot read: {e}")))?;
     let map: TransmissionMap =
         serde_json::from_slice(&text).map_err(|e| err(&map_path, format!("not a transmission map: {e}")))?;
     let map_hash = blake3::hash(&text).to_hex().to_string();
@@ -350,7 +357,10 @@ pub fn load_output(out: &Path, hash: bool) -> Result<Output, RuntimeError> {
     if let Some(m) = manifests.iter().find(|m| m.shared != *shared) {
         return Err(err(
             &out.join(&m.device).join("manifest.json"),
-            format!("hashes other shared files than `{}`'s: the packages come from different compiles", manifests[0].device),
+            format!(
+                "hashes other shared files than `{}`'s: the packages come from different compiles",
+                manifests[0].device
+            ),
         ));
     }
     if shared.get("transmission_map.json") != Some(&map_hash) {
@@ -381,7 +391,10 @@ pub fn load_output(out: &Path, hash: bool) -> Result<Output, RuntimeError> {
     let known = |who: &str| who == "client" || map.stages.iter().any(|s| s == who);
     for t in &map.transfers {
         if let Some(who) = std::iter::once(&t.from).chain(&t.to).find(|w| !known(w)) {
-            return Err(bad(format!("tensor `{}` travels to or from `{who}`, which is no stage and not the client", t.tensor)));
+            return Err(bad(format!(
+                "tensor `{}` travels to or from `{who}`, which is no stage and not the client",
+                t.tensor
+            )));
         }
     }
     let sorted = |mut v: Vec<String>| {
@@ -392,14 +405,15 @@ pub fn load_output(out: &Path, hash: bool) -> Result<Output, RuntimeError> {
     for m in &manifests {
         let local = sorted(map.device_local.get(&m.device).cloned().unwrap_or_default());
         if sorted(m.device_local.clone()) != local {
-            return Err(bad(format!(
-                "keeps {local:?} on `{}`, its manifest {:?}",
-                m.device, m.device_local
-            )));
+            return Err(bad(format!("keeps {local:?} on `{}`, its manifest {:?}", m.device, m.device_local)));
         }
         for p in &m.inputs {
             let from = sorted(
-                map.transfers.iter().filter(|t| t.tensor == p.name && t.to.contains(&m.device)).map(|t| t.from.clone()).collect(),
+                map.transfers
+                    .iter()
+                    .filter(|t| t.tensor == p.name && t.to.contains(&m.device))
+                    .map(|t| t.from.clone())
+                    .collect(),
             );
             if from.is_empty() || sorted(p.peers.clone()) != from {
                 return Err(bad(format!(
@@ -410,10 +424,17 @@ pub fn load_output(out: &Path, hash: bool) -> Result<Output, RuntimeError> {
         }
         for p in &m.outputs {
             let to = sorted(
-                map.transfers.iter().filter(|t| t.tensor == p.name && t.from == m.device).flat_map(|t| t.to.clone()).collect(),
+                map.transfers
+                    .iter()
+                    .filter(|t| t.tensor == p.name && t.from == m.device)
+                    .flat_map(|t| t.to.clone())
+                    .collect(),
             );
             if sorted(p.peers.clone()) != to {
-                return Err(bad(format!("sends `{}` from `{}` to {to:?}, its manifest to {:?}", p.name, m.device, p.peers)));
+                return Err(bad(format!(
+                    "sends `{}` from `{}` to {to:?}, its manifest to {:?}",
+                    p.name, m.device, p.peers
+                )));
             }
         }
     }
@@ -452,7 +473,9 @@ pub fn load_output(out: &Path, hash: bool) -> Result<Output, RuntimeError> {
             Some(crate::balance::BalanceSpec::parse(&bytes, &balance_path).map_err(RuntimeError::File)?)
         }
         (None, false) => None,
-        (Some(_), false) => return Err(err(&balance_path, "is missing, but the packages were compiled with it".into())),
+        (Some(_), false) => {
+            return Err(err(&balance_path, "is missing, but the packages were compiled with it".into()))
+        }
         (None, true) => return Err(err(&balance_path, "is not one the packages were compiled with".into())),
     };
     match (&balance, holds) {
@@ -461,7 +484,11 @@ pub fn load_output(out: &Path, hash: bool) -> Result<Output, RuntimeError> {
             if spec.stage_devices(&spec.plan) != map.stages {
                 return Err(err(
                     &out.join("balance.json"),
-                    format!("stages {:?} are not the transmission map's {:?}", spec.stage_devices(&spec.plan), map.stages),
+                    format!(
+                        "stages {:?} are not the transmission map's {:?}",
+                        spec.stage_devices(&spec.plan),
+                        map.stages
+                    ),
                 ));
             }
         }

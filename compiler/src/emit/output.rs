@@ -95,7 +95,10 @@ pub fn check_replaceable(out: &Path) -> Result<(), String> {
         let kind = e.file_type().map_err(|err| format!("{}: {err}", e.path().display()))?;
         if kind.is_file() && TOP_FILES.contains(&name.as_str()) {
             tops += usize::from(name == "plan.json" || name == "transmission_map.json");
-        } else if kind.is_dir() && shardc_passes::devices::check_name(&name).is_ok() && e.path().join("manifest.json").is_file() {
+        } else if kind.is_dir()
+            && shardc_passes::devices::check_name(&name).is_ok()
+            && e.path().join("manifest.json").is_file()
+        {
             let inner = std::fs::read_dir(e.path()).map_err(|err| format!("{}: {err}", e.path().display()))?;
             for f in inner.flatten() {
                 let n = f.file_name().to_string_lossy().into_owned();

@@ -78,10 +78,7 @@ pub fn serve_each<'a>(out: &Path, cluster: &Path, extra: impl Fn(&str) -> Vec<&'
                 if !extra.iter().any(|a| *a == "--insecure" || *a == "--secret-file") {
                     c.arg("--secret-file").arg(secret_of(cluster));
                 }
-                c.args(extra)
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .unwrap()
+                c.args(extra).stderr(Stdio::piped()).spawn().unwrap()
             })
             .collect(),
     )

@@ -129,7 +129,13 @@ pub fn solve(p: &Problem, strategy: Strategy, opts: &SolveOptions) -> Outcome {
                     );
                     match order_dp::solve(p, &file_order) {
                         Some((plan, _)) => (Some(plan), "order-dp", false, None, Some(note)),
-                        None => (None, "order-dp", false, None, Some(note + "; the devices cannot hold the model in file order")),
+                        None => (
+                            None,
+                            "order-dp",
+                            false,
+                            None,
+                            Some(note + "; the devices cannot hold the model in file order"),
+                        ),
                     }
                 }
                 None => {

@@ -75,13 +75,21 @@ impl Gen {
             bail!("--balance-window must be at least 1");
         }
         if self.balance_window > shardc_runtime::balance::MAX_WINDOW {
-            bail!("--balance-window is at most {} decode steps, got {}", shardc_runtime::balance::MAX_WINDOW, self.balance_window);
+            bail!(
+                "--balance-window is at most {} decode steps, got {}",
+                shardc_runtime::balance::MAX_WINDOW,
+                self.balance_window
+            );
         }
         if !(self.balance_threshold >= 0.0 && self.balance_threshold.is_finite()) {
             bail!("--balance-threshold must be a fraction ≥ 0, got {}", self.balance_threshold);
         }
         if !(self.timeout > 0.0 && self.timeout <= node::MAX_TIMEOUT_S) {
-            bail!("--timeout must be a number of seconds above 0 and at most {}, got {}", node::MAX_TIMEOUT_S, self.timeout);
+            bail!(
+                "--timeout must be a number of seconds above 0 and at most {}, got {}",
+                node::MAX_TIMEOUT_S,
+                self.timeout
+            );
         }
         if self.requests == 0 || self.requests > node::MAX_REQUESTS {
             bail!("--requests must be between 1 and {}, got {}", node::MAX_REQUESTS, self.requests);
@@ -179,14 +187,19 @@ fn net_options(net: &Net, slowdown: Slowdown, session_timeout: f64) -> Result<Ne
     if net.max_frame == 0 || net.max_frame > MAX_FRAME_LIMIT {
         bail!("--max-frame must be between 1 and {MAX_FRAME_LIMIT} bytes, got {}", net.max_frame);
     }
-    if !(session_timeout >= node::MIN_SESSION_TIMEOUT_S && session_timeout <= node::MAX_TIMEOUT_S) {
+    if !(node::MIN_SESSION_TIMEOUT_S..=node::MAX_TIMEOUT_S).contains(&session_timeout) {
         bail!(
             "--session-timeout must be a number of seconds from {} to {}, got {session_timeout}",
             node::MIN_SESSION_TIMEOUT_S,
             node::MAX_TIMEOUT_S
         );
     }
-    Ok(NetOptions { key, max_frame: net.max_frame, slowdown, session_timeout: Duration::from_secs_f64(session_timeout) })
+    Ok(NetOptions {
+        key,
+        max_frame: net.max_frame,
+        slowdown,
+        session_timeout: Duration::from_secs_f64(session_timeout),
+    })
 }
 
 fn report(g: &Generation, json: bool) -> Result<()> {

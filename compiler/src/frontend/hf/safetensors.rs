@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use shardc_ir::{DType, WeightLocation};
 
@@ -166,9 +166,9 @@ pub fn read_checkpoint(dir: &Path) -> Result<Checkpoint, HfError> {
     Ok(Checkpoint { tensors: read_header(dir, "model.safetensors")?, files: vec!["model.safetensors".into()] })
 }
 
-fn read_sharded(dir: &Path, index: &PathBuf) -> Result<Checkpoint, HfError> {
-    let bad = |message: String| HfError::Index { file: index.clone(), message };
-    let text = shardc_ir::files::read_text(index).map_err(|e| HfError::Io { file: index.clone(), source: e })?;
+fn read_sharded(dir: &Path, index: &Path) -> Result<Checkpoint, HfError> {
+    let bad = |message: String| HfError::Index { file: index.to_path_buf(), message };
+    let text = shardc_ir::files::read_text(index).map_err(|e| HfError::Io { file: index.to_path_buf(), source: e })?;
     let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
     let map = json["weight_map"].as_object().ok_or_else(|| bad("no `weight_map` object".into()))?;
     let mut by_shard: BTreeMap<String, Vec<String>> = BTreeMap::new();
