@@ -4,7 +4,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use onnx_protobuf::tensor_proto::DataLocation;
 use onnx_protobuf::tensor_shape_proto::{dimension, Dimension};
@@ -94,7 +93,7 @@ fn assert_rejected(path: &Path, expected: &[&str]) {
         assert!(err.contains(e), "error lacks `{e}`: {err}");
     }
     for args in [vec!["inspect"], vec!["ir", "--after", "simplify"]] {
-        let out = Command::new(env!("CARGO_BIN_EXE_shardc")).args(&args).arg(path).output().unwrap();
+        let out = common::shardc_command().args(&args).arg(path).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{args:?} {}: {stderr}", path.display());
         assert!(!stderr.contains("panicked"), "{stderr}");
@@ -254,21 +253,18 @@ fn shapes_that_cannot_broadcast_name_the_node() {
     let mut g = graph.clone();
     let err = shardc_passes::run_pipeline(&mut g, &mut shardc_passes::Ctx::default(), None).unwrap_err();
     assert_eq!(err.to_string(), "pass `infer-shapes`: node `add` (Add): cannot broadcast [2, 3] with [3, 2]");
-    let out = Command::new(env!("CARGO_BIN_EXE_shardc")).arg("inspect").arg(&path).output().unwrap();
+    let out = common::shardc_command().arg("inspect").arg(&path).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot broadcast"));
 }
 
 #[test]
 fn unknown_pass_and_missing_file() {
-    let out = Command::new(env!("CARGO_BIN_EXE_shardc"))
-        .args(["ir", "--after", "bogus"])
-        .arg(common::fixture_onnx("gpt2"))
-        .output()
-        .unwrap();
+    let out =
+        common::shardc_command().args(["ir", "--after", "bogus"]).arg(common::fixture_onnx("gpt2")).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown pass `bogus` (passes: infer-shapes, simplify)"));
-    let out = Command::new(env!("CARGO_BIN_EXE_shardc")).args(["inspect", "/nonexistent/model.onnx"]).output().unwrap();
+    let out = common::shardc_command().args(["inspect", "/nonexistent/model.onnx"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/model.onnx: not found"));
 }

@@ -13,8 +13,6 @@ use std::sync::Mutex;
 
 use common::fixture_dir;
 use common::net::{cluster, compile, generate_command, ids, port_base, secret_of, serve, serve_each, shardc_run};
-use shardc::frontend::hf::LowerOptions;
-use shardc_passes::{run_pipeline, Ctx};
 use shardc_runtime::generate::{greedy_cached, CacheLayout};
 use shardc_runtime::Session;
 
@@ -24,14 +22,8 @@ const TOKENS: usize = 40;
 
 /// The whole model's greedy tokens in this process (its first 8 are PyTorch's).
 fn reference_tokens(prompt: &[i64]) -> Vec<i64> {
-    let loaded = shardc::load::load(
-        &fixture_dir("llama32").join("hf"),
-        &LowerOptions { max_context: Some(64), ..LowerOptions::default() },
-    )
-    .unwrap();
-    let mut graph = loaded.graph;
-    run_pipeline(&mut graph, &mut Ctx::default(), None).unwrap();
-    let session = Session::new(graph, &loaded.weights_dir);
+    let (graph, weights_dir) = common::lowered(&fixture_dir("llama32").join("hf"), Some(64));
+    let session = Session::new(graph, &weights_dir);
     let layout = CacheLayout::of(&session).unwrap().unwrap();
     greedy_cached(&session, &layout, prompt, TOKENS).unwrap()
 }

@@ -2,14 +2,9 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::{fixture_onnx, meta, FIXTURES};
 
-fn shardc(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_shardc")).args(args).output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
-}
+use common::shardc_text as shardc;
 
 #[test]
 fn inspect_json_matches_the_generator() {

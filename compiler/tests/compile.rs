@@ -9,10 +9,8 @@ use std::process::Command;
 use common::files;
 use common::{fixture_dir, fixture_onnx, reference, root, CURRENT, EXPORTERS, FIXTURES};
 use shardc::emit::{compile, CompileOptions};
-use shardc::frontend::hf::LowerOptions;
 use shardc_passes::devices;
 use shardc_passes::plan::{Objective, Strategy};
-use shardc_passes::{run_pipeline, Ctx};
 use shardc_runtime::generate::{self, CacheLayout};
 use shardc_runtime::package::load_pipeline;
 
@@ -29,11 +27,9 @@ fn options(dtype: Option<shardc_ir::DType>) -> CompileOptions {
 }
 
 fn compile_to(model: &Path, devices: usize, out: &Path, dtype: Option<shardc_ir::DType>) -> usize {
-    let loaded = shardc::load::load(model, &LowerOptions { max_context: Some(64), ..LowerOptions::default() }).unwrap();
-    let mut graph = loaded.graph;
-    run_pipeline(&mut graph, &mut Ctx::default(), None).unwrap();
+    let (graph, weights_dir) = common::lowered(model, Some(64));
     let profile = devices::load(&root().join(format!("fixtures/devices/loopback-{devices}.toml"))).unwrap();
-    compile(&graph, &loaded.weights_dir, &profile, &options(dtype), out).unwrap().report.stages.len()
+    compile(&graph, &weights_dir, &profile, &options(dtype), out).unwrap().report.stages.len()
 }
 
 /// Every fixture's checkpoint and ONNX export, and the current toolchain's
@@ -128,12 +124,7 @@ fn altered_packages_are_refused() {
     std::fs::write(&weights, bytes).unwrap();
     let err = load_pipeline(&out).err().unwrap().to_string();
     assert!(err.contains("dev-b/weights.safetensors") && err.contains("the package was altered"), "{err}");
-    let cli = Command::new(env!("CARGO_BIN_EXE_shardc"))
-        .arg("verify")
-        .arg(fixture_dir("llama").join("hf"))
-        .arg(&out)
-        .output()
-        .unwrap();
+    let cli = common::shardc_command().arg("verify").arg(fixture_dir("llama").join("hf")).arg(&out).output().unwrap();
     assert_eq!(cli.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&cli.stderr).contains("the package was altered"));
 }
@@ -145,7 +136,7 @@ fn a_failed_compile_leaves_nothing_behind() {
     // A config alone has no weights to copy: the compile fails after planning.
     let config = root().join("fixtures/configs/gpt2/config.json");
     let devices = root().join("fixtures/devices/home-4.toml");
-    let cli = Command::new(env!("CARGO_BIN_EXE_shardc"))
+    let cli = common::shardc_command()
         .args([
             "compile",
             config.to_str().unwrap(),
@@ -164,7 +155,7 @@ fn a_failed_compile_leaves_nothing_behind() {
     // An existing OUT is kept unless --force.
     std::fs::create_dir(&out).unwrap();
     let model = fixture_dir("gpt2").join("hf");
-    let cli = Command::new(env!("CARGO_BIN_EXE_shardc"))
+    let cli = common::shardc_command()
         .args([
             "compile",
             model.to_str().unwrap(),
@@ -211,13 +202,8 @@ fn verify_command_reports_agreement() {
     let model = fixture_dir("bloom").join("hf");
     compile_to(&model, 3, &out, None);
     let ids = reference("bloom").input_ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
-    let cli = Command::new(env!("CARGO_BIN_EXE_shardc"))
-        .arg("verify")
-        .arg(&model)
-        .arg(&out)
-        .args(["--input-ids", &ids])
-        .output()
-        .unwrap();
+    let cli =
+        common::shardc_command().arg("verify").arg(&model).arg(&out).args(["--input-ids", &ids]).output().unwrap();
     let stdout = String::from_utf8_lossy(&cli.stdout);
     assert_eq!(cli.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&cli.stderr));
     assert!(stdout.contains("packages    3 stages: dev-a -> dev-b -> dev-c"), "{stdout}");
@@ -242,7 +228,7 @@ fn a_compile_killed_mid_write_leaves_no_output() {
     assert!(!status.success());
     assert!(!out.exists(), "a partial OUT was left");
     // The next compile clears what the killed one left and succeeds.
-    let ok = Command::new(env!("CARGO_BIN_EXE_shardc"))
+    let ok = common::shardc_command()
         .arg("compile")
         .arg(&model)
         .args([
@@ -263,7 +249,7 @@ fn a_compile_killed_mid_write_leaves_no_output() {
     let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(left, [std::ffi::OsString::from("out")]);
     // An output folder that cannot be created at all.
-    let bad = Command::new(env!("CARGO_BIN_EXE_shardc"))
+    let bad = common::shardc_command()
         .arg("compile")
         .arg(&model)
         .args([
@@ -288,7 +274,7 @@ fn a_model_that_does_not_fit_is_refused_with_the_numbers() {
     let out = dir.path().join("out");
     let config = root().join("fixtures/configs/llama-3-70b/config.json");
     let devices = root().join("fixtures/devices/lingualinked-3.toml");
-    let cli = Command::new(env!("CARGO_BIN_EXE_shardc"))
+    let cli = common::shardc_command()
         .arg("compile")
         .arg(&config)
         .args(["--devices", devices.to_str().unwrap(), "-o", out.to_str().unwrap()])

@@ -13,11 +13,8 @@ use shardc_runtime::generate::{cached_prefill, greedy, greedy_cached, logits, Ca
 use shardc_runtime::Session;
 
 fn checkpoint(name: &str) -> Session {
-    let model = hf::lower(&fixture_dir(name).join("hf"), &hf::LowerOptions::default())
-        .unwrap_or_else(|e| panic!("{name}: {e}"));
-    let mut graph = model.graph;
-    run_pipeline(&mut graph, &mut Ctx { verify_each: true, ..Ctx::default() }, None).unwrap();
-    Session::new(graph, &model.dir)
+    let (graph, dir) = common::lowered(&fixture_dir(name).join("hf"), None);
+    Session::new(graph, &dir)
 }
 
 fn check_checkpoint(name: &str) {
@@ -97,7 +94,7 @@ fn shardc_run_prints_pytorchs_tokens_and_logits() {
         let last = &r.logits[r.logits.len() - vocab..];
         let ids: Vec<String> = r.input_ids.iter().map(|i| i.to_string()).collect();
         for model in ["hf", "dynamo.onnx", "torchscript.onnx"] {
-            let out = std::process::Command::new(env!("CARGO_BIN_EXE_shardc"))
+            let out = common::shardc_command()
                 .arg("run")
                 .arg(fixture_dir(name).join(model))
                 .args(["--input-ids", &ids.join(","), "--max-new-tokens", "8", "--json"])
@@ -139,10 +136,8 @@ fn edited_checkpoint(
 
 /// Prefill logits of a checkpoint folder, with its KV cache.
 fn prefill(dir: &std::path::Path, ids: &[i64]) -> Vec<f32> {
-    let model = hf::lower(dir, &hf::LowerOptions::default()).unwrap_or_else(|e| panic!("{e}"));
-    let mut graph = model.graph;
-    run_pipeline(&mut graph, &mut Ctx::default(), None).unwrap();
-    let s = Session::new(graph, &model.dir);
+    let (graph, dir) = common::lowered(dir, None);
+    let s = Session::new(graph, &dir);
     let layout = CacheLayout::of(&s).unwrap().unwrap();
     cached_prefill(&s, &layout, ids).unwrap().values
 }

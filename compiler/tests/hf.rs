@@ -4,16 +4,14 @@
 mod common;
 
 use common::{fixture_dir, reference, FIXTURES};
-use shardc::frontend::hf::{self, LowerOptions};
+use shardc::frontend::hf::LowerOptions;
 use shardc_passes::{run_pipeline, Ctx};
 use shardc_runtime::generate::{cached_prefill, greedy_cached, CacheLayout};
 use shardc_runtime::Session;
 
 fn session(name: &str) -> Session {
-    let model = hf::lower(&fixture_dir(name).join("hf"), &LowerOptions::default()).unwrap();
-    let mut graph = model.graph;
-    run_pipeline(&mut graph, &mut Ctx { verify_each: true, ..Ctx::default() }, None).unwrap();
-    Session::new(graph, &model.dir)
+    let (graph, dir) = common::lowered(&fixture_dir(name).join("hf"), None);
+    Session::new(graph, &dir)
 }
 
 #[test]

@@ -4,7 +4,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use common::fixture_dir;
 use shardc::frontend::hf::LowerOptions;
@@ -44,7 +43,7 @@ fn assert_rejected(path: &Path, args: &[&str], expected: &[&str]) {
     for e in expected {
         assert!(err.contains(e), "error lacks `{e}`: {err}");
     }
-    let out = Command::new(env!("CARGO_BIN_EXE_shardc")).arg("inspect").arg(path).args(args).output().unwrap();
+    let out = common::shardc_command().arg("inspect").arg(path).args(args).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
@@ -205,7 +204,7 @@ fn unknown_config_keys_are_refused_unless_ignored() {
     let err = shardc::load::load(&config, &ignored(&["attention_temperature"])).unwrap_err().to_string();
     assert!(err.contains("config key `zz_other`"), "{err}");
     assert!(shardc::load::load(&config, &ignored(&["attention_temperature", "zz_other"])).is_ok());
-    let out = Command::new(env!("CARGO_BIN_EXE_shardc"))
+    let out = common::shardc_command()
         .arg("inspect")
         .arg(&config)
         .args(["--ignore-config-key", "attention_temperature", "--ignore-config-key", "zz_other"])
@@ -236,12 +235,7 @@ fn sliding_window_shorter_than_the_context_is_honoured() {
 #[test]
 fn config_alone_cannot_run() {
     let config = common::root().join("fixtures/configs/gpt2/config.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_shardc"))
-        .arg("run")
-        .arg(&config)
-        .args(["--input-ids", "1,2"])
-        .output()
-        .unwrap();
+    let out = common::shardc_command().arg("run").arg(&config).args(["--input-ids", "1,2"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("a config.json alone has no weights to run"));
 }

@@ -10,9 +10,7 @@ use std::process::{Command, Output};
 use common::net::{compile, shardc_run};
 use common::{fixture_dir, root};
 
-fn shardc(args: &[&std::ffi::OsStr]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_shardc")).args(args).output().unwrap()
-}
+use common::shardc;
 
 /// A refusal: exit 1, no panic, and every `needle` in the message.
 fn refused(o: &Output, needles: &[&str]) -> String {

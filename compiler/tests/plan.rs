@@ -4,27 +4,18 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 use common::{fixture_dir, root};
-use shardc::frontend::hf::LowerOptions;
 use shardc::planning::{self, Request};
 use shardc_passes::devices;
 use shardc_passes::plan::{Objective, Strategy};
 use shardc_passes::segment::segment;
 use shardc_passes::transmission::Kind;
-use shardc_passes::{run_pipeline, Ctx};
 
-fn shardc(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_shardc")).args(args).output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
-}
+use common::shardc_text as shardc;
 
 fn graph(path: &Path) -> shardc_ir::Graph {
-    let mut g =
-        shardc::load::load(path, &LowerOptions { max_context: Some(64), ..LowerOptions::default() }).unwrap().graph;
-    run_pipeline(&mut g, &mut Ctx::default(), None).unwrap();
-    g
+    common::lowered(path, Some(64)).0
 }
 
 fn request(objective: Objective) -> Request {

@@ -4,13 +4,11 @@
 mod common;
 
 use common::{fixture_dir, reference, root, FIXTURES};
-use shardc::frontend::hf::LowerOptions;
 use shardc::planning::{self, Request};
 use shardc_passes::cost::Workload;
 use shardc_passes::devices;
 use shardc_passes::plan::{solve, Objective, Strategy};
 use shardc_passes::split::split;
-use shardc_passes::{run_pipeline, Ctx};
 use shardc_runtime::generate::{cached_prefill, greedy_cached, CacheLayout, Runner};
 use shardc_runtime::pipeline::Pipeline;
 use shardc_runtime::Session;
@@ -20,9 +18,7 @@ fn stage_graphs_chained_reproduce_the_model() {
     let profile = devices::load(&root().join("fixtures/devices/lingualinked-3.toml")).unwrap();
     for name in FIXTURES {
         let dir = fixture_dir(name).join("hf");
-        let mut graph =
-            shardc::load::load(&dir, &LowerOptions { max_context: Some(64), ..LowerOptions::default() }).unwrap().graph;
-        run_pipeline(&mut graph, &mut Ctx::default(), None).unwrap();
+        let (graph, _) = common::lowered(&dir, Some(64));
         let req = Request {
             workload: Workload { batch: 1, prompt_len: 10, max_context: 64 },
             objective: Objective::Latency,

@@ -9,10 +9,8 @@ use std::path::Path;
 
 use common::{fixture_dir, fixture_onnx, reference, root};
 use shardc::emit::{compile, CompileOptions};
-use shardc::frontend::hf::LowerOptions;
 use shardc_passes::devices;
 use shardc_passes::plan::{Objective, Strategy};
-use shardc_passes::{run_pipeline, Ctx};
 use shardc_runtime::balance::BalanceSpec;
 use shardc_runtime::generate::{self, CacheLayout};
 use shardc_runtime::package::{load, load_manifest, load_standby, HeldUnits};
@@ -20,9 +18,7 @@ use shardc_runtime::pipeline::Pipeline;
 use shardc_runtime::Session;
 
 fn compile_standby(model: &Path, out: &Path, standby: usize) -> serde_json::Value {
-    let loaded = shardc::load::load(model, &LowerOptions { max_context: Some(64), ..LowerOptions::default() }).unwrap();
-    let mut graph = loaded.graph;
-    run_pipeline(&mut graph, &mut Ctx::default(), None).unwrap();
+    let (graph, weights_dir) = common::lowered(model, Some(64));
     let profile = devices::load(&root().join("fixtures/devices/loopback-3.toml")).unwrap();
     let opts = CompileOptions {
         strategy: Strategy::Ilp,
@@ -33,7 +29,7 @@ fn compile_standby(model: &Path, out: &Path, standby: usize) -> serde_json::Valu
         devices_name: "loopback-3".into(),
         inputs: Vec::new(),
     };
-    compile(&graph, &loaded.weights_dir, &profile, &opts, out).unwrap();
+    compile(&graph, &weights_dir, &profile, &opts, out).unwrap();
     serde_json::from_slice(&std::fs::read(out.join("plan.json")).unwrap()).unwrap()
 }
 

@@ -164,6 +164,13 @@ pub struct Graph {
     pub max_context: Option<u64>,
 }
 
+/// [`Graph::constants`]: per node and per value, whether it is constant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Constants {
+    pub node: Vec<bool>,
+    pub value: Vec<bool>,
+}
+
 impl Graph {
     /// An empty graph.
     pub fn new(name: impl Into<String>) -> Graph {
@@ -242,6 +249,24 @@ impl Graph {
     }
 
     /// For every value, the nodes that read it (in order, a node once per use).
+    /// Which values and nodes are constant: weights, inline constants, and the outputs
+    /// of nodes whose inputs are all constant (a weight's cast, say), which runtimes
+    /// compute once at load and which cost and partitioning place with their readers.
+    pub fn constants(&self) -> Constants {
+        let mut value: Vec<bool> =
+            self.values.iter().map(|v| matches!(v.def, ValueDef::Weight(_) | ValueDef::Const(_))).collect();
+        let mut node = vec![false; self.nodes.len()];
+        for (i, n) in self.nodes.iter().enumerate() {
+            node[i] = n.inputs.iter().flatten().all(|v| value.get(v.index()).copied().unwrap_or(false));
+            for &o in &n.outputs {
+                if let Some(slot) = value.get_mut(o.index()) {
+                    *slot = node[i];
+                }
+            }
+        }
+        Constants { node, value }
+    }
+
     pub fn uses(&self) -> Vec<Vec<NodeId>> {
         let mut uses = vec![Vec::new(); self.values.len()];
         for (i, node) in self.nodes.iter().enumerate() {

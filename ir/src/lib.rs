@@ -22,7 +22,7 @@ pub mod verify;
 pub use attr::{AttrType, AttrValue};
 pub use dim::Dim;
 pub use dtype::DType;
-pub use graph::{CachePair, Graph, Node, TensorType, Unit, Value, ValueDef};
+pub use graph::{CachePair, Constants, Graph, Node, TensorType, Unit, Value, ValueDef};
 pub use id::{NodeId, ValueId};
 pub use ops::{Family, Op, OpError};
 pub use tensor::{TensorData, TensorSizeError, WeightLocation, WeightRef};

@@ -97,23 +97,9 @@ pub struct Sizes {
     pub constant: Vec<bool>,
 }
 
-/// Which nodes only read weights and constants (directly or through such nodes).
-pub fn constant_nodes(graph: &Graph) -> (Vec<bool>, Vec<bool>) {
-    let mut constant_value: Vec<bool> =
-        graph.values.iter().map(|v| matches!(v.def, ValueDef::Weight(_) | ValueDef::Const(_))).collect();
-    let mut constant_node = vec![false; graph.nodes.len()];
-    for (i, node) in graph.nodes.iter().enumerate() {
-        constant_node[i] = node.inputs.iter().flatten().all(|v| constant_value[v.index()]);
-        for &o in &node.outputs {
-            constant_value[o.index()] = constant_node[i];
-        }
-    }
-    (constant_node, constant_value)
-}
-
 /// Evaluate every value's size under `bindings`.
 pub fn sizes(graph: &Graph, bindings: &HashMap<String, i64>) -> Result<Sizes, CostError> {
-    let (constant_node, constant) = constant_nodes(graph);
+    let shardc_ir::Constants { node: constant_node, value: constant } = graph.constants();
     let mut elements = vec![0.0; graph.values.len()];
     let mut bytes = vec![0.0; graph.values.len()];
     for (i, value) in graph.values.iter().enumerate() {
@@ -146,7 +132,7 @@ pub fn sizes(graph: &Graph, bindings: &HashMap<String, i64>) -> Result<Sizes, Co
 /// Costs of every node under `bindings` (zero for load-time nodes).
 pub fn node_costs(graph: &Graph, bindings: &HashMap<String, i64>) -> Result<Vec<NodeCost>, CostError> {
     let s = sizes(graph, bindings)?;
-    let (constant_node, _) = constant_nodes(graph);
+    let constant_node = graph.constants().node;
     let dims = |v: ValueId| -> Vec<f64> {
         graph
             .value(v)

@@ -13,8 +13,6 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use shardc_ir::{Graph, Unit as UnitFact, ValueId};
 
-use crate::cost::constant_nodes;
-
 /// What a unit holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -75,7 +73,7 @@ fn describe(u: UnitFact) -> (String, UnitKind, Option<usize>) {
 
 /// Segment a graph into units.
 pub fn segment(graph: &Graph) -> Result<Segmentation, SegmentError> {
-    let (constant_node, _) = constant_nodes(graph);
+    let constant_node = graph.constants().node;
     // The units present, in model order.
     let mut present: BTreeMap<u64, UnitFact> = BTreeMap::new();
     for (i, node) in graph.nodes.iter().enumerate() {

@@ -11,7 +11,6 @@ use std::collections::{BTreeSet, HashMap};
 
 use shardc_ir::{Graph, ValueDef, ValueId};
 
-use crate::cost::constant_nodes;
 use crate::plan::Stage;
 use crate::segment::Segmentation;
 
@@ -36,7 +35,7 @@ pub fn units_graph(graph: &Graph, node_unit: &[usize], units: std::ops::Range<us
 /// nodes go wherever they are needed, whatever stage they are given), and the index in
 /// `graph` of each of its nodes.
 pub fn stage_graph(graph: &Graph, stage_of_node: &[usize], s: usize) -> (Graph, Vec<usize>) {
-    let (constant_node, _) = constant_nodes(graph);
+    let constant_node = graph.constants().node;
     let uses = graph.uses();
     let outputs: BTreeSet<ValueId> = graph.outputs.iter().copied().collect();
     // Nodes of the stage, plus the load-time nodes they need (transitively).

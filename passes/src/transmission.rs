@@ -162,7 +162,7 @@ pub fn build(
             recomputable: false,
         });
     }
-    let (constant_node, _) = crate::cost::constant_nodes(graph);
+    let constant_node = graph.constants().node;
     for (i, node) in graph.nodes.iter().enumerate() {
         if constant_node[i] {
             continue;

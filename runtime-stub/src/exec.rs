@@ -62,15 +62,9 @@ impl Session {
         for v in &graph.outputs {
             is_output[v.index()] = true;
         }
-        let mut is_constant: Vec<bool> =
-            graph.values.iter().map(|v| matches!(v.def, ValueDef::Weight(_) | ValueDef::Const(_))).collect();
-        let mut constant_node = vec![false; graph.nodes.len()];
+        let constant_node = graph.constants().node;
         let mut needed_at_run_time = is_output.clone();
         for (i, node) in graph.nodes.iter().enumerate() {
-            constant_node[i] = node.inputs.iter().flatten().all(|v| is_constant[v.index()]);
-            for &o in &node.outputs {
-                is_constant[o.index()] = constant_node[i];
-            }
             if !constant_node[i] {
                 for v in node.inputs.iter().flatten() {
                     needed_at_run_time[v.index()] = true;

@@ -454,7 +454,7 @@ fn held_graph(graph: &Graph, seg: &Segmentation, units: std::ops::Range<usize>) 
 /// runtime routes by when boundaries move. KV-cache tensors stay on their device.
 fn crossings(graph: &Graph, seg: &Segmentation, map: &transmission::TransmissionMap) -> Vec<Crossing> {
     let local: std::collections::BTreeSet<&String> = map.device_local.values().flatten().collect();
-    let (constant_node, _) = shardc_passes::cost::constant_nodes(graph);
+    let constant_node = graph.constants().node;
     let uses = graph.uses();
     let mut out = Vec::new();
     for &v in &graph.inputs {

@@ -19,6 +19,42 @@ pub const ROPES: &[&str] =
 /// The ONNX exports of a current fixture, by exporter.
 pub const EXPORTERS: &[&str] = &["dynamo", "torchscript"];
 
+/// The `shardc` binary under test, for the caller to add arguments to.
+pub fn shardc_command() -> std::process::Command {
+    std::process::Command::new(env!("CARGO_BIN_EXE_shardc"))
+}
+
+/// `shardc ARGS…`, run to the end: its exit status, stdout and stderr.
+pub fn shardc<I, S>(args: I) -> std::process::Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    shardc_command().args(args).output().expect("run shardc")
+}
+
+/// `shardc ARGS…` as (exit code, stdout, stderr).
+pub fn shardc_text(args: &[&str]) -> (i32, String, String) {
+    let out = shardc(args);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+/// A model of any format loaded as `shardc` loads it (context `max_context`, or what
+/// the model supports) and run through the pass pipeline, verified after each pass;
+/// with the folder its weight files are relative to.
+pub fn lowered(model: &std::path::Path, max_context: Option<usize>) -> (shardc_ir::Graph, PathBuf) {
+    let options = shardc::frontend::hf::LowerOptions { max_context, ..Default::default() };
+    let loaded = shardc::load::load(model, &options).unwrap_or_else(|e| panic!("{}: {e}", model.display()));
+    let mut graph = loaded.graph;
+    let mut ctx = shardc_passes::Ctx { verify_each: true, ..Default::default() };
+    shardc_passes::run_pipeline(&mut graph, &mut ctx, None).unwrap_or_else(|e| panic!("{}: {e}", model.display()));
+    (graph, loaded.weights_dir)
+}
+
 /// The workspace root.
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()

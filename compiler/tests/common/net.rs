@@ -14,7 +14,7 @@ pub fn shardc_run() -> PathBuf {
 
 /// `shardc compile` for `loopback-3.toml`, throughput objective, with `extra` arguments.
 pub fn compile(model: &Path, out: &Path, extra: &[&str]) {
-    let st = Command::new(env!("CARGO_BIN_EXE_shardc"))
+    let st = super::shardc_command()
         .arg("compile")
         .arg(model)
         .args(extra)
