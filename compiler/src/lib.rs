@@ -9,3 +9,4 @@ pub mod inspect;
 pub mod load;
 pub mod planning;
 pub mod run;
+pub mod verify;

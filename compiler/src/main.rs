@@ -1,6 +1,6 @@
 //! The `shardc` command line.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -13,7 +13,6 @@ use shardc::planning;
 use shardc_passes::cost::Workload;
 use shardc_passes::plan::{Objective, Strategy};
 use shardc_passes::{run_pipeline, Ctx};
-use shardc_runtime::generate::{self, CacheLayout};
 
 /// shardc: partition transformer language models across devices.
 #[derive(Parser)]
@@ -294,9 +293,6 @@ fn run(cli: Cli) -> Result<()> {
             );
         }
         Command::Verify { model, out, input_ids, inputs, tokens, tolerance } => match inputs {
-            _ if !(tolerance.is_finite() && tolerance >= 0.0) => {
-                bail!("--tolerance must be a fraction ≥ 0, got {tolerance}")
-            }
             Some(file) => verify_tensors(&model, &out, &file, tolerance)?,
             None => verify(&model, &out, input_ids.unwrap_or_else(|| (1..=8).collect()), tokens, tolerance)?,
         },
@@ -394,93 +390,49 @@ fn sized(p: Planning) -> (shardc_ir::Graph, shardc_passes::devices::Profile, pla
     (graph, p.profile, p.req)
 }
 
-/// Run the model and the packages on the same named inputs; every output must agree.
-fn verify_tensors(
-    model: &std::path::Path,
-    out: &std::path::Path,
-    file: &std::path::Path,
-    tolerance: f64,
-) -> Result<()> {
-    use shardc_runtime::generate::Runner;
-    shardc_runtime::package::load_output(out, true)?;
-    let (manifests, pipeline) = shardc_runtime::package::load_pipeline(out)?;
-    let loaded = load(model, &LowerOptions::default())?;
-    let inputs = shardc::run::read_tensors(file)?;
-    let reference = shardc::run::run_graph(loaded.graph, &loaded.weights_dir, inputs.clone())?;
-    let feed = inputs
-        .iter()
-        .map(|(n, t)| Ok((n.clone(), shardc_runtime::Tensor::from_data(t).map_err(|e| anyhow::anyhow!("{n}: {e}"))?)))
-        .collect::<Result<Vec<_>>>()?;
-    let parts: std::collections::HashMap<String, Vec<f64>> = pipeline
-        .run(feed)?
-        .into_iter()
-        .map(|(n, t)| (n, t.to_f32_vec().into_iter().map(f64::from).collect()))
-        .collect();
-    let devices: Vec<&str> = manifests.iter().map(|m| m.device.as_str()).collect();
-    println!("packages    {} stages: {}", manifests.len(), devices.join(" -> "));
-    let mut bad = Vec::new();
-    for (name, t) in &reference {
-        let want = t.to_f64_vec();
-        let Some(got) = parts.get(name) else {
-            bad.push(format!("`{name}` is not produced by the packages"));
-            continue;
-        };
-        let max_ref = want.iter().fold(0f64, |m, v| m.max(v.abs()));
-        let diff = want.iter().zip(got).fold(0f64, |m, (a, b)| m.max((a - b).abs()));
-        let limit = tolerance * max_ref.max(1.0);
-        let status = if got.len() == want.len() && diff <= limit { "agrees" } else { "DIFFERS" };
-        println!("output      {name}: max |diff| {diff:.3e} (limit {limit:.3e}) {status}");
-        if status != "agrees" {
-            bad.push(format!("`{name}` differs by {diff:.3e}"));
+/// `shardc verify --inputs`: every output must agree.
+fn verify_tensors(model: &Path, out: &Path, file: &Path, tolerance: f64) -> Result<()> {
+    let report = shardc::verify::verify_outputs(model, out, file, tolerance)?;
+    println!("packages    {} stages: {}", report.devices.len(), report.devices.join(" -> "));
+    for o in &report.outputs {
+        match o.max_diff {
+            Some(d) => println!(
+                "output      {}: max |diff| {d:.3e} (limit {:.3e}) {}",
+                o.name,
+                o.limit,
+                if o.agrees() { "agrees" } else { "DIFFERS" }
+            ),
+            None => println!("output      {}: not produced by the packages", o.name),
         }
     }
-    if !bad.is_empty() {
+    if !report.agrees() {
+        let bad: Vec<String> = report
+            .outputs
+            .iter()
+            .filter(|o| !o.agrees())
+            .map(|o| match o.max_diff {
+                Some(d) => format!("`{}` differs by {d:.3e}", o.name),
+                None => format!("`{}` is not produced by the packages", o.name),
+            })
+            .collect();
         bail!("the packages do not reproduce the model: {}", bad.join(", "));
     }
     Ok(())
 }
 
-fn verify(model: &std::path::Path, out: &std::path::Path, ids: Vec<i64>, tokens: usize, tolerance: f64) -> Result<()> {
-    shardc_runtime::package::load_output(out, true)?;
-    let (manifests, pipeline) = shardc_runtime::package::load_pipeline(out)?;
-    let loaded = load(model, &LowerOptions::default())?;
-    let mut graph = loaded.graph;
-    run_pipeline(&mut graph, &mut Ctx::default(), None)?;
-    let whole = shardc_runtime::Session::new(graph, &loaded.weights_dir);
-    let (reference, parts, generated) = match CacheLayout::of(&whole)? {
-        Some(layout) => {
-            let parts_layout = CacheLayout::of(&pipeline)?
-                .ok_or_else(|| anyhow::anyhow!("the packages have no KV cache but the model does"))?;
-            (
-                generate::cached_prefill(&whole, &layout, &ids)?,
-                generate::cached_prefill(&pipeline, &parts_layout, &ids)?,
-                (
-                    generate::greedy_cached(&whole, &layout, &ids, tokens)?,
-                    generate::greedy_cached(&pipeline, &parts_layout, &ids, tokens)?,
-                ),
-            )
-        }
-        None => (
-            generate::logits(&whole, &ids)?,
-            generate::logits(&pipeline, &ids)?,
-            (generate::greedy(&whole, &ids, tokens)?, generate::greedy(&pipeline, &ids, tokens)?),
-        ),
-    };
-    let max_ref = reference.values.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let diff = reference.values.iter().zip(&parts.values).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-    let limit = tolerance as f32 * max_ref.max(1.0);
-    let devices: Vec<&str> = manifests.iter().map(|m| m.device.as_str()).collect();
-    println!("packages    {} stages: {}", manifests.len(), devices.join(" -> "));
-    println!("logits      max |diff| {diff:.3e} (limit {limit:.3e}, max |logit| {max_ref:.3})");
-    let agree = generated.0 == generated.1;
+/// `shardc verify`: prompt logits within the tolerance and the same greedy tokens.
+fn verify(model: &Path, out: &Path, ids: Vec<i64>, tokens: usize, tolerance: f64) -> Result<()> {
+    let r = shardc::verify::verify_tokens(model, out, &ids, tokens, tolerance)?;
+    println!("packages    {} stages: {}", r.devices.len(), r.devices.join(" -> "));
+    println!("logits      max |diff| {:.3e} (limit {:.3e}, max |logit| {:.3})", r.max_diff, r.limit, r.max_logit);
     println!(
         "greedy      {} tokens {}: model {:?}, packages {:?}",
         tokens,
-        if agree { "agree" } else { "DIFFER" },
-        generated.0,
-        generated.1
+        if r.model_tokens == r.package_tokens { "agree" } else { "DIFFER" },
+        r.model_tokens,
+        r.package_tokens
     );
-    if diff > limit || diff.is_nan() || !agree {
+    if !r.agrees() {
         bail!("the packages do not reproduce the model");
     }
     Ok(())
@@ -540,41 +492,15 @@ fn run_model(args: &ModelArgs, input_ids: &[i64], max_new_tokens: usize, k: usiz
     if !model.has_weights {
         bail!("{}: a config.json alone has no weights to run; give the checkpoint folder", args.model.display());
     }
-    let mut graph = model.graph;
-    run_pipeline(&mut graph, &mut Ctx::default(), None)?;
-    let vocab = graph
-        .outputs
-        .first()
-        .and_then(|&v| graph.value(v).ty.as_ref())
-        .and_then(|t| t.shape.last())
-        .and_then(|d| d.as_known());
-    if let Some(vocab) = vocab {
-        if let Some(bad) = input_ids.iter().find(|&&t| t < 0 || t >= vocab) {
-            bail!("token id {bad} is outside the vocabulary (0..{vocab})");
-        }
-    }
-    let session = shardc_runtime::Session::new(graph, &model.weights_dir);
-    let cache = CacheLayout::of(&session)?;
-    let start = Instant::now();
-    let logits = match &cache {
-        Some(layout) => generate::cached_prefill(&session, layout, input_ids)?,
-        None => generate::logits(&session, input_ids)?,
-    };
-    let prefill = start.elapsed();
-    let vocab = logits.vocab;
-    let top = generate::top_k(logits.last(), k);
-    let start = Instant::now();
-    let continuation = match &cache {
-        Some(layout) => generate::greedy_cached(&session, layout, input_ids, max_new_tokens)?,
-        None => generate::greedy(&session, input_ids, max_new_tokens)?,
-    };
-    let generation = start.elapsed();
+    let r = shardc::run::language_model(model, input_ids, max_new_tokens, k)?;
+    let (vocab, top, continuation, kv_cache) = (r.vocab, r.top, r.generated, r.kv_cache);
+    let (prefill, generation) = (r.prefill, r.generation);
     if json {
         let report = serde_json::json!({
             "model": args.model.display().to_string(),
             "input_ids": input_ids,
             "vocab": vocab,
-            "kv_cache": cache.is_some(),
+            "kv_cache": kv_cache,
             "top_k": top.iter().map(|(id, logit)| serde_json::json!({"id": id, "logit": logit})).collect::<Vec<_>>(),
             "generated": continuation,
             "prefill_ms": prefill.as_secs_f64() * 1e3,
@@ -593,7 +519,7 @@ fn run_model(args: &ModelArgs, input_ids: &[i64], max_new_tokens: usize, k: usiz
         }
         if max_new_tokens > 0 {
             let ids: Vec<String> = continuation.iter().map(i64::to_string).collect();
-            let how = if cache.is_some() { "KV cache" } else { "no cache: prefix re-run each step" };
+            let how = if kv_cache { "KV cache" } else { "no cache: prefix re-run each step" };
             println!(
                 "generated   {} ({} tokens, {:.1} ms, {how})",
                 ids.join(","),

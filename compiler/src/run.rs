@@ -32,6 +32,8 @@ pub enum RunError {
     Tensor { file: PathBuf, tensor: String, message: String },
     #[error("input `{name}`: {message}")]
     Input { name: String, message: String },
+    #[error("{0}")]
+    Model(String),
     #[error(transparent)]
     Pass(#[from] shardc_passes::PassError),
     #[error(transparent)]
@@ -226,4 +228,59 @@ pub fn run_graph(
             Ok((name, data))
         })
         .collect()
+}
+
+/// What [`language_model`] computed.
+#[derive(Clone, Debug)]
+pub struct LmRun {
+    pub vocab: usize,
+    /// Whether the graph carries a KV cache (greedy decoding then feeds one token per step).
+    pub kv_cache: bool,
+    /// The `k` largest logits of the last prompt position, best first.
+    pub top: Vec<(usize, f32)>,
+    pub generated: Vec<i64>,
+    pub prefill: std::time::Duration,
+    pub generation: std::time::Duration,
+}
+
+/// Run a language model on `ids`: the prompt's logits (their top `k`), then
+/// `max_new_tokens` greedy tokens — with the KV cache where the graph has one.
+pub fn language_model(
+    model: crate::load::LoadedModel,
+    ids: &[i64],
+    max_new_tokens: usize,
+    k: usize,
+) -> Result<LmRun, RunError> {
+    use shardc_runtime::generate::{self, CacheLayout};
+    if !model.has_weights {
+        return Err(RunError::Model("a config.json alone has no weights to run; give the checkpoint folder".into()));
+    }
+    let mut graph = model.graph;
+    run_pipeline(&mut graph, &mut Ctx::default(), None)?;
+    let vocab = graph
+        .outputs
+        .first()
+        .and_then(|&v| graph.value(v).ty.as_ref())
+        .and_then(|t| t.shape.last())
+        .and_then(Dim::as_known);
+    if let Some(vocab) = vocab {
+        if let Some(bad) = ids.iter().find(|&&t| t < 0 || t >= vocab) {
+            return Err(RunError::Model(format!("token id {bad} is outside the vocabulary (0..{vocab})")));
+        }
+    }
+    let session = Session::new(graph, &model.weights_dir);
+    let cache = CacheLayout::of(&session)?;
+    let start = std::time::Instant::now();
+    let logits = match &cache {
+        Some(layout) => generate::cached_prefill(&session, layout, ids)?,
+        None => generate::logits(&session, ids)?,
+    };
+    let prefill = start.elapsed();
+    let top = generate::top_k(logits.last(), k);
+    let start = std::time::Instant::now();
+    let generated = match &cache {
+        Some(layout) => generate::greedy_cached(&session, layout, ids, max_new_tokens)?,
+        None => generate::greedy(&session, ids, max_new_tokens)?,
+    };
+    Ok(LmRun { vocab: logits.vocab, kv_cache: cache.is_some(), top, generated, prefill, generation: start.elapsed() })
 }

@@ -9,6 +9,7 @@ use std::process::Command;
 use common::files;
 use common::{fixture_dir, fixture_onnx, reference, root, CURRENT, EXPORTERS, FIXTURES};
 use shardc::emit::{compile, CompileOptions};
+use shardc::frontend::hf::LowerOptions;
 use shardc_passes::devices;
 use shardc_passes::plan::{Objective, Strategy};
 use shardc_runtime::generate::{self, CacheLayout};
@@ -208,6 +209,36 @@ fn verify_command_reports_agreement() {
     assert_eq!(cli.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&cli.stderr));
     assert!(stdout.contains("packages    3 stages: dev-a -> dev-b -> dev-c"), "{stdout}");
     assert!(stdout.contains("greedy      8 tokens agree"), "{stdout}");
+}
+
+/// `verify` and `run` as library functions: agreement reported, a tampered package
+/// refused, a checkpoint's greedy tokens those of PyTorch.
+#[test]
+fn verify_and_run_are_library_functions() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let model = fixture_dir("llama").join("hf");
+    compile_to(&model, 3, &out, None);
+    let r = reference("llama");
+    let report = shardc::verify::verify_tokens(&model, &out, &r.input_ids, 8, 1e-4).unwrap();
+    assert!(report.agrees(), "{report:?}");
+    assert_eq!(report.devices, ["dev-a", "dev-b", "dev-c"]);
+    assert_eq!(report.package_tokens, r.greedy);
+    // A tolerance of zero on logits that differ in the last bits: reported, not an error.
+    let strict = shardc::verify::verify_tokens(&model, &out, &r.input_ids, 2, 0.0).unwrap();
+    assert_eq!(strict.agrees(), strict.max_diff == 0.0);
+    let loaded = shardc::load::load(&model, &LowerOptions::default()).unwrap();
+    let run = shardc::run::language_model(loaded, &r.input_ids, 8, 3).unwrap();
+    assert!(run.kv_cache);
+    assert_eq!(run.generated, r.greedy);
+    assert_eq!(run.top.len(), 3);
+    let w = out.join("dev-b/weights.safetensors");
+    let mut bytes = std::fs::read(&w).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&w, bytes).unwrap();
+    let err = shardc::verify::verify_tokens(&model, &out, &r.input_ids, 8, 1e-4).unwrap_err();
+    assert!(err.to_string().contains("the package was altered"), "{err}");
 }
 
 #[test]

@@ -68,7 +68,7 @@ fn device_names_are_plain_unique_folder_names() {
         let devices = dir.path().join("devices.toml");
         std::fs::write(&devices, toml).unwrap();
         let out = dir.path().join("out");
-        let o = shardc(&compile_args(&model, &devices, &out, &[]));
+        let o = shardc(compile_args(&model, &devices, &out, &[]));
         refused(&o, &["devices.toml:", why]);
         assert!(!out.exists(), "{a}");
         assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0, "{a} wrote outside OUT");
@@ -92,7 +92,7 @@ fn the_output_never_replaces_an_input_or_what_shardc_did_not_write() {
         (devices.clone(), "is the input"),
         (model.join("model.safetensors"), "lies inside the input"),
     ] {
-        let o = shardc(&compile_args(&model, &devices, &out, &["--force"]));
+        let o = shardc(compile_args(&model, &devices, &out, &["--force"]));
         refused(&o, &["the output", what]);
         assert_eq!((tree(&model), tree(dir.path())), before, "-o {}", out.display());
     }
@@ -101,30 +101,30 @@ fn the_output_never_replaces_an_input_or_what_shardc_did_not_write() {
     {
         let link = dir.path().join("link");
         std::os::unix::fs::symlink(&model, &link).unwrap();
-        refused(&shardc(&compile_args(&model, &devices, &link, &["--force"])), &["is the input"]);
+        refused(&shardc(compile_args(&model, &devices, &link, &["--force"])), &["is the input"]);
         std::fs::remove_file(&link).unwrap();
     }
     // A folder that is not a shardc output is not replaced, even with --force.
     let notes = dir.path().join("notes");
     std::fs::create_dir_all(notes.join("sub")).unwrap();
     std::fs::write(notes.join("todo.txt"), "keep me").unwrap();
-    refused(&shardc(&compile_args(&model, &devices, &notes, &[])), &["exists; pass --force"]);
-    refused(&shardc(&compile_args(&model, &devices, &notes, &["--force"])), &["which a compile does not write"]);
+    refused(&shardc(compile_args(&model, &devices, &notes, &[])), &["exists; pass --force"]);
+    refused(&shardc(compile_args(&model, &devices, &notes, &["--force"])), &["which a compile does not write"]);
     assert_eq!(std::fs::read_to_string(notes.join("todo.txt")).unwrap(), "keep me");
     // A previous output is replaced with --force; an empty folder too.
     let out = dir.path().join("out");
-    assert!(shardc(&compile_args(&model, &devices, &out, &[])).status.success());
-    let o = shardc(&compile_args(&model, &devices, &out, &["--force"]));
+    assert!(shardc(compile_args(&model, &devices, &out, &[])).status.success());
+    let o = shardc(compile_args(&model, &devices, &out, &["--force"]));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     // ...unless something foreign was put into it.
     std::fs::write(out.join("dev-a").join("mine.txt"), "x").unwrap();
-    refused(&shardc(&compile_args(&model, &devices, &out, &["--force"])), &["dev-a/mine.txt"]);
+    refused(&shardc(compile_args(&model, &devices, &out, &["--force"])), &["dev-a/mine.txt"]);
     assert!(out.join("dev-a/mine.txt").exists());
     // A user's folder that happens to look like a temporary survives.
     let lookalike = dir.path().join(".out.partial-mine");
     std::fs::create_dir_all(&lookalike).unwrap();
     std::fs::remove_file(out.join("dev-a").join("mine.txt")).unwrap();
-    assert!(shardc(&compile_args(&model, &devices, &out, &["--force"])).status.success());
+    assert!(shardc(compile_args(&model, &devices, &out, &["--force"])).status.success());
     assert!(lookalike.exists());
     assert_eq!(tree(&model), before.0, "the model changed");
 }
@@ -136,7 +136,7 @@ fn errors_name_the_output_folder_not_the_temporary_one() {
         let dir = tempfile::tempdir().unwrap();
         let devices = root().join("fixtures/devices/loopback-2.toml");
         let out = Path::new("/proc/shardc_out");
-        let o = shardc(&compile_args(&fixture_dir("gpt2").join("hf"), &devices, out, &[]));
+        let o = shardc(compile_args(&fixture_dir("gpt2").join("hf"), &devices, out, &[]));
         let err = refused(&o, &["/proc"]);
         assert!(!err.contains(".partial"), "{err}");
         drop(dir);
@@ -161,7 +161,7 @@ fn local(out: &Path) -> Output {
 }
 
 fn verify(out: &Path) -> Output {
-    shardc(&[
+    shardc([
         "verify".as_ref(),
         fixture_dir("gpt2").join("hf").as_os_str(),
         out.as_os_str(),
@@ -287,7 +287,7 @@ fn sizes_from_files_and_flags_are_bounded() {
             if needle == "only" && target.ends_with("config.json") {
                 continue;
             }
-            let o = shardc(&["inspect".as_ref(), target.as_os_str()]);
+            let o = shardc(["inspect".as_ref(), target.as_os_str()]);
             refused(&o, &["config.json", key, needle]);
         }
     }
@@ -308,11 +308,11 @@ fn sizes_from_files_and_flags_are_bounded() {
     // Flags that would panic or never end.
     let devices = root().join("fixtures/devices/loopback-2.toml");
     for flag in ["--time-limit=inf", "--time-limit=nan", "--time-limit=-1"] {
-        let o = shardc(&["plan".as_ref(), llama.as_os_str(), "--devices".as_ref(), devices.as_os_str(), flag.as_ref()]);
+        let o = shardc(["plan".as_ref(), llama.as_os_str(), "--devices".as_ref(), devices.as_os_str(), flag.as_ref()]);
         refused(&o, &["--time-limit"]);
     }
     // A standby count far beyond the units: plans at once, each stage holding at most all.
-    let o = shardc(&[
+    let o = shardc([
         "plan".as_ref(),
         root().join("fixtures/configs/llama-3.2-1b/config.json").as_os_str(),
         "--devices".as_ref(),
@@ -321,7 +321,7 @@ fn sizes_from_files_and_flags_are_bounded() {
         "18446744073709551615".as_ref(),
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let o = shardc(&["verify".as_ref(), llama.as_os_str(), dir.path().as_os_str(), "--tolerance=nan".as_ref()]);
+    let o = shardc(["verify".as_ref(), llama.as_os_str(), dir.path().as_os_str(), "--tolerance=nan".as_ref()]);
     refused(&o, &["--tolerance"]);
     // 1000 devices, all different: the integer program is skipped, with a note.
     let mut toml = String::new();
@@ -336,7 +336,7 @@ fn sizes_from_files_and_flags_are_bounded() {
     toml += "[default_link]\nbandwidth = \"1 Gbit/s\"\nlatency = \"1 ms\"\n";
     let many_devices = dir.path().join("mixed-1000.toml");
     std::fs::write(&many_devices, toml).unwrap();
-    let o = shardc(&[
+    let o = shardc([
         "plan".as_ref(),
         root().join("fixtures/configs/llama-3.2-1b/config.json").as_os_str(),
         "--devices".as_ref(),
@@ -396,7 +396,7 @@ fn every_message_names_its_file() {
     let missing = dir.path().join("missing");
     let o = Command::new(shardc_run()).arg("local").arg(&missing).args(["--input-ids", "1"]).output().unwrap();
     refused(&o, &["missing/transmission_map.json", "cannot read"]);
-    let o = shardc(&[
+    let o = shardc([
         "plan".as_ref(),
         fixture_dir("gpt2").join("hf").as_os_str(),
         "--devices".as_ref(),
