@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use shardc_passes::devices::Link;
 use shardc_passes::plan::{
-    exhaustive, order_dp, solve, Objective, Problem, SharedWeight, SolveOptions, Stage, Strategy,
+    exhaustive, order_dp, solve, Objective, Problem, SharedWeight, SolveOptions, Strategy,
 };
 
 /// xorshift64*: a small deterministic generator, so failures reproduce.
@@ -136,47 +136,26 @@ fn ilp_equals_exhaustive_search_and_beats_every_baseline() {
     assert!(classes_seen >= 10, "only {classes_seen} instances with interchangeable devices");
 }
 
-/// Every plan that keeps `order`'s devices, in order, each inside its held units: the
-/// best feasible objective, and per stage the units some such plan gives it.
+/// Over every plan that keeps `order`'s devices, in order, each inside its held units:
+/// the best feasible objective, and per stage the units some such plan gives it.
 fn bounded_brute_force(
     p: &Problem,
     order: &[usize],
     held: &[std::ops::Range<usize>],
 ) -> (Option<f64>, Vec<std::collections::BTreeSet<usize>>) {
-    fn go(
-        p: &Problem,
-        order: &[usize],
-        held: &[std::ops::Range<usize>],
-        stages: &mut Vec<Stage>,
-        best: &mut (Option<f64>, Vec<std::collections::BTreeSet<usize>>),
-    ) {
-        let k = stages.len();
-        let start = stages.last().map_or(0, |s| s.end);
-        if k == order.len() {
-            if start == p.units() {
-                for (s, reached) in stages.iter().zip(&mut best.1) {
-                    reached.extend(s.start..s.end);
-                }
-                let best = &mut best.0;
-                if let Ok(f) = p.evaluate(stages) {
-                    if f.feasible && best.is_none_or(|b| f.objective < b) {
-                        *best = Some(f.objective);
-                    }
-                }
-            }
-            return;
+    let mut best: Option<f64> = None;
+    let mut reached = vec![std::collections::BTreeSet::new(); order.len()];
+    exhaustive::each_plan_within(p, order, held, &mut |plan| {
+        for (s, r) in plan.iter().zip(&mut reached) {
+            r.extend(s.start..s.end);
         }
-        for end in start + 1..=p.units() {
-            if held[k].contains(&start) && end <= held[k].end {
-                stages.push(Stage { device: order[k], start, end });
-                go(p, order, held, stages, best);
-                stages.pop();
+        if let Ok(f) = p.evaluate(plan) {
+            if f.feasible && best.is_none_or(|b| f.objective < b) {
+                best = Some(f.objective);
             }
         }
-    }
-    let mut best = (None, vec![std::collections::BTreeSet::new(); order.len()]);
-    go(p, order, held, &mut Vec::new(), &mut best);
-    best
+    });
+    (best, reached)
 }
 
 #[test]

@@ -50,3 +50,35 @@ fn splits(p: &Problem, order: &[usize], start: usize, stages: &mut Plan, best: &
         stages.pop();
     }
 }
+
+/// Call `f` with every plan that uses `order`'s devices in that order, one stage each,
+/// stage `k` starting and ending inside `held[k]` — feasible or not: the ground truth
+/// of replanning within standby units (small instances only).
+pub fn each_plan_within(p: &Problem, order: &[usize], held: &[std::ops::Range<usize>], f: &mut dyn FnMut(&Plan)) {
+    fn go(
+        p: &Problem,
+        order: &[usize],
+        held: &[std::ops::Range<usize>],
+        stages: &mut Plan,
+        f: &mut dyn FnMut(&Plan),
+    ) {
+        let k = stages.len();
+        let start = stages.last().map_or(0, |s| s.end);
+        if k == order.len() {
+            if start == p.units() {
+                f(stages);
+            }
+            return;
+        }
+        let Some(h) = held.get(k) else { return };
+        if !h.contains(&start) {
+            return;
+        }
+        for end in start + 1..=h.end.min(p.units()) {
+            stages.push(Stage { device: order[k], start, end });
+            go(p, order, held, stages, f);
+            stages.pop();
+        }
+    }
+    go(p, order, held, &mut Vec::new(), f);
+}
