@@ -4,9 +4,7 @@
 use std::time::Duration;
 
 use shardc_passes::devices::Link;
-use shardc_passes::plan::{
-    exhaustive, order_dp, solve, Objective, Problem, SharedWeight, SolveOptions, Strategy,
-};
+use shardc_passes::plan::{exhaustive, order_dp, solve, Objective, Problem, SharedWeight, SolveOptions, Strategy};
 
 /// xorshift64*: a small deterministic generator, so failures reproduce.
 struct Rng(u64);

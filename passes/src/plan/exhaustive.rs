@@ -55,13 +55,7 @@ fn splits(p: &Problem, order: &[usize], start: usize, stages: &mut Plan, best: &
 /// stage `k` starting and ending inside `held[k]` — feasible or not: the ground truth
 /// of replanning within standby units (small instances only).
 pub fn each_plan_within(p: &Problem, order: &[usize], held: &[std::ops::Range<usize>], f: &mut dyn FnMut(&Plan)) {
-    fn go(
-        p: &Problem,
-        order: &[usize],
-        held: &[std::ops::Range<usize>],
-        stages: &mut Plan,
-        f: &mut dyn FnMut(&Plan),
-    ) {
+    fn go(p: &Problem, order: &[usize], held: &[std::ops::Range<usize>], stages: &mut Plan, f: &mut dyn FnMut(&Plan)) {
         let k = stages.len();
         let start = stages.last().map_or(0, |s| s.end);
         if k == order.len() {

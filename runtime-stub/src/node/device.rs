@@ -1,0 +1,317 @@
+//! A serving device: its package, its session and KV caches, its stage (which
+//! rebalancing may move), and what it does with each message.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ndarray::{ArrayD, IxDyn};
+
+use crate::cluster::Cluster;
+use crate::frame::Frame;
+use crate::generate::{cache_entries, CacheEntry};
+use crate::package::{self, HeldUnits};
+use crate::weights::WeightFiles;
+use crate::wire::{session_text, Envelope, SessionId};
+use crate::{Session, Tensor};
+
+use super::net::Net;
+use super::*;
+
+/// What a device runs now.
+pub(super) struct Active {
+    pub(super) session: Session,
+    /// Units `[start, end)`, when the package says (standby units).
+    pub(super) range: Option<[usize; 2]>,
+    /// Inputs that arrive from the client or other devices.
+    pub(super) needed: Vec<String>,
+    /// The stage's KV-cache entries (past input, present output, empty shape).
+    pub(super) cache: Vec<CacheEntry>,
+    /// Who receives each output.
+    pub(super) peers_of: HashMap<String, Vec<String>>,
+}
+
+/// A KV-cache handover in progress: the entries still to arrive.
+pub(super) struct Handover {
+    pub(super) ready: Ready,
+    pub(super) missing: BTreeSet<(u64, String)>,
+}
+
+/// Most ended sessions a device remembers (their messages are then stale).
+const ENDED_SESSIONS: usize = 4096;
+
+/// One serving device.
+pub(super) struct Device<'a> {
+    pub(super) name: String,
+    /// The package's weight files (hash-checked), shared by every stage cut from it.
+    pub(super) weights: WeightFiles,
+    pub(super) net: Net<'a>,
+    pub(super) opts: &'a NetOptions,
+    pub(super) held: Option<HeldUnits>,
+    pub(super) active: Active,
+    /// The stage the package was compiled with: every session starts from it.
+    pub(super) initial: Initial,
+    /// The session this device serves, and when it last heard of it.
+    pub(super) session: Option<(SessionId, Instant)>,
+    pub(super) ended: VecDeque<SessionId>,
+    pub(super) pending: HashMap<(u64, u64), HashMap<String, Tensor>>,
+    /// When the first input of a step arrived: the wait for the others is reported.
+    pub(super) first_arrival: HashMap<(u64, u64), Instant>,
+    pub(super) caches: HashMap<u64, HashMap<String, Tensor>>,
+    pub(super) handover: Option<Handover>,
+}
+
+/// What a device runs when a session starts.
+pub(super) struct Initial {
+    range: Option<[usize; 2]>,
+    needed: Vec<String>,
+    peers_of: HashMap<String, Vec<String>>,
+}
+
+impl Device<'_> {
+    pub(super) fn send_to(&mut self, peer: &str, frame: &Frame) -> Result<(), String> {
+        let session = self.session.map(|s| s.0).ok_or("no session is open")?;
+        self.net.send(peer, &session, frame).map_err(|e| format!("{}: {e}", self.name))
+    }
+
+    /// Tell the client (of `session`) what went wrong.
+    fn report_error(&mut self, session: &SessionId, request: u64, step: u64, message: String) -> Result<(), String> {
+        let mut f = Frame::new("error", request, step, &self.name.clone(), vec![]);
+        f.info = message;
+        self.net.send("client", session, &f).map_err(|e| format!("{}: {e}", self.name))
+    }
+
+    /// Drop the current session's state (KV caches, steps waiting for inputs, a
+    /// handover) and remember it as ended.
+    fn end_session(&mut self, why: &str) {
+        if let Some((id, _)) = self.session.take() {
+            let requests = self.caches.len();
+            self.caches.clear();
+            self.pending.clear();
+            self.first_arrival.clear();
+            self.handover = None;
+            self.net.guard.forget(&id);
+            self.remember_ended(id);
+            eprintln!(
+                "{}: session {} ended ({why}); dropped the state of {requests} requests",
+                self.name,
+                session_text(&id)
+            );
+        }
+    }
+
+    fn remember_ended(&mut self, id: SessionId) {
+        if self.ended.len() >= ENDED_SESSIONS {
+            self.ended.pop_front();
+        }
+        self.ended.push_back(id);
+    }
+
+    /// Start `id`: the previous session ends, and the stage is the package's again.
+    fn open_session(&mut self, id: SessionId) -> Result<(), String> {
+        self.end_session("a new session started");
+        if self.active.range != self.initial.range {
+            if let (Some(held), Some(range)) = (&self.held, self.initial.range) {
+                let session = Session::with_weights(held.stage(range)?, self.weights.clone());
+                self.active.cache = cache_entries(session.graph());
+                self.active.session = session;
+            }
+        }
+        self.active.range = self.initial.range;
+        self.active.needed = self.initial.needed.clone();
+        self.active.peers_of = self.initial.peers_of.clone();
+        self.session = Some((id, Instant::now()));
+        let f = Frame::new("opened", 0, 0, &self.name.clone(), vec![]);
+        self.send_to("client", &f)
+    }
+
+    /// Handle one message; `Ok(false)` to stop serving.
+    fn on_message(&mut self, env: Envelope, msg: Frame) -> Result<bool, String> {
+        if msg.kind == "stop" {
+            return Ok(false);
+        }
+        if msg.kind == "open" {
+            if msg.sender != "client" {
+                self.net.dropped.refused += 1;
+            } else if self.ended.contains(&env.session) || self.session.is_some_and(|s| s.0 == env.session) {
+                self.net.dropped.stale += 1;
+            } else {
+                self.open_session(env.session)?;
+            }
+            return Ok(true);
+        }
+        match self.session {
+            Some((id, ref mut seen)) if id == env.session => *seen = Instant::now(),
+            _ => {
+                if self.ended.contains(&env.session) {
+                    self.net.dropped.stale += 1;
+                    self.net.log("dropped a message of a session that ended", self.net.dropped.stale);
+                    if msg.sender == "client" && msg.kind != "close" {
+                        let why = "its session ended or was superseded by a newer one (another client?)".to_string();
+                        self.report_error(&env.session, msg.request, msg.step, why)?;
+                    }
+                } else if msg.kind != "close" {
+                    let why = format!(
+                        "does not hold session {} (it was restarted, or never opened it): its KV cache is gone",
+                        session_text(&env.session)
+                    );
+                    eprintln!("{}: {why}", self.name);
+                    self.report_error(&env.session, msg.request, msg.step, why)?;
+                }
+                return Ok(true);
+            }
+        }
+        match msg.kind.as_str() {
+            "alive" => {}
+            "close" => self.end_session("the client closed it"),
+            "end" => {
+                self.caches.remove(&msg.request);
+            }
+            "tensors" => self.on_tensors(msg)?,
+            "rebalance" => self.on_rebalance(&msg)?,
+            "kv" => self.on_kv(msg)?,
+            other => eprintln!("{}: ignored a `{other}` message", self.name),
+        }
+        Ok(true)
+    }
+
+    fn on_tensors(&mut self, msg: Frame) -> Result<(), String> {
+        let device = self.name.clone();
+        let key = (msg.request, msg.step);
+        self.first_arrival.entry(key).or_insert_with(Instant::now);
+        let entry = self.pending.entry(key).or_default();
+        for (name, t) in msg.tensors {
+            if self.active.needed.contains(&name) {
+                entry.insert(name, t);
+            } else {
+                eprintln!("{device}: dropped tensor `{name}` it does not take");
+            }
+        }
+        if !self.active.needed.iter().all(|n| entry.contains_key(n)) {
+            return Ok(());
+        }
+        let waited_ms = self.first_arrival.remove(&key).map_or(0.0, |t| t.elapsed().as_secs_f64() * 1e3);
+        let mut inputs: Vec<(String, Tensor)> = self.pending.remove(&key).unwrap_or_default().into_iter().collect();
+        let cache = self.caches.entry(key.0).or_default();
+        for entry in &self.active.cache {
+            let t = cache.remove(&entry.past).unwrap_or_else(|| Tensor::f32(ArrayD::zeros(IxDyn(&entry.empty_shape))));
+            inputs.push((entry.past.clone(), t));
+        }
+        let started = Instant::now();
+        let outputs = match self.active.session.run(inputs) {
+            Ok(o) => o,
+            Err(e) => {
+                eprintln!("{device}: request {} step {}: {e}", key.0, key.1);
+                let session = self.session.map(|s| s.0).ok_or("no session is open")?;
+                return self.report_error(&session, key.0, key.1, format!("request {} step {}: {e}", key.0, key.1));
+            }
+        };
+        let factor = self.opts.slowdown.at(key.1);
+        if factor > 1.0 {
+            std::thread::sleep(started.elapsed().mul_f64(factor - 1.0));
+        }
+        let compute_ms = started.elapsed().as_secs_f64() * 1e3;
+        let send_started = Instant::now();
+        let mut by_peer: BTreeMap<String, Vec<(String, Tensor)>> = BTreeMap::new();
+        for (name, t) in outputs {
+            if let Some(entry) = self.active.cache.iter().find(|c| c.present == name) {
+                cache.insert(entry.past.clone(), t);
+                continue;
+            }
+            for peer in self.active.peers_of.get(&name).into_iter().flatten() {
+                by_peer.entry(peer.clone()).or_default().push((name.clone(), t.clone()));
+            }
+        }
+        for (peer, tensors) in by_peer {
+            self.send_to(&peer, &Frame::new("tensors", key.0, key.1, &device, tensors))?;
+        }
+        let timing = Tensor::f32(
+            ArrayD::from_shape_vec(
+                IxDyn(&[3]),
+                vec![compute_ms as f32, waited_ms as f32, send_started.elapsed().as_secs_f32() * 1e3],
+            )
+            .unwrap_or_default(),
+        );
+        self.send_to("client", &Frame::new("done", key.0, key.1, &device, vec![("timing_ms".into(), timing)]))
+    }
+}
+
+/// Run one device until a `stop` message (or `stop` is set).
+pub fn serve(
+    out: &Path,
+    device: &str,
+    cluster: &Cluster,
+    ctx: &zmq::Context,
+    opts: &NetOptions,
+    stop: Arc<AtomicBool>,
+) -> Result<(), String> {
+    shardc_passes::devices::check_name(device).map_err(|e| format!("--device: {e}"))?;
+    let dir = out.join(device);
+    let (manifest, graph) = package::load(&dir).map_err(|e| e.to_string())?;
+    let held = package::load_standby(&dir, &manifest).map_err(|e| e.to_string())?;
+    let range = held.as_ref().and_then(|h| {
+        let first = h.standby.units.iter().position(|u| *u == manifest.units[0])?;
+        let last = h.standby.units.iter().position(|u| *u == manifest.units[1])?;
+        Some([h.standby.first + first, h.standby.first + last + 1])
+    });
+    if held.is_some() && range.is_none() {
+        return Err(format!("{}: the stage's units are not among the units it holds", dir.display()));
+    }
+    let mut graphs = vec![&graph];
+    graphs.extend(held.as_ref().map(|h| &h.graph));
+    let weights = package::weights(&dir, &manifest, &graphs).map_err(|e| e.to_string())?;
+    let session = Session::with_weights(graph, weights.clone());
+    let net = Net::bind(device, cluster, ctx, opts)?;
+    let initial = Initial {
+        range,
+        needed: manifest.inputs.iter().map(|p| p.name.clone()).collect(),
+        peers_of: manifest.outputs.iter().map(|p| (p.name.clone(), p.peers.clone())).collect(),
+    };
+    let active = Active {
+        cache: cache_entries(session.graph()),
+        session,
+        range,
+        needed: initial.needed.clone(),
+        peers_of: initial.peers_of.clone(),
+    };
+    let mut d = Device {
+        name: device.to_string(),
+        weights,
+        net,
+        opts,
+        held,
+        active,
+        initial,
+        session: None,
+        ended: VecDeque::new(),
+        pending: HashMap::new(),
+        first_arrival: HashMap::new(),
+        caches: HashMap::new(),
+        handover: None,
+    };
+    while !stop.load(Ordering::Relaxed) {
+        let Some((env, msg)) = d.net.receive(Duration::from_millis(200))? else {
+            // A client that went quiet (killed, say) does not keep the cache alive.
+            if d.session.is_some_and(|(_, seen)| seen.elapsed() > opts.session_timeout) {
+                d.end_session("its client went quiet");
+            }
+            continue;
+        };
+        if !d.on_message(env, msg)? {
+            break;
+        }
+    }
+    let dropped = &d.net.dropped;
+    if dropped.total() > 0 {
+        eprintln!(
+            "{device}: dropped {} messages ({} refused, {} replayed, {} of ended sessions)",
+            dropped.total(),
+            dropped.refused,
+            dropped.replayed,
+            dropped.stale
+        );
+    }
+    Ok(())
+}
