@@ -130,7 +130,7 @@ fn a_balanced_run_makes_no_move() {
 /// Open a session on dev-a (as the client), send `info` as a `rebalance` message and
 /// return the `ready` it answers.
 fn ask_to_rebalance(out: &Path, salt: u16, info: &str) -> serde_json::Value {
-    use shardc_runtime::frame::{self, Frame};
+    use shardc_runtime::frame::{self, Frame, Kind};
     use shardc_runtime::wire::Wire;
     let dir = out.parent().unwrap();
     let (cluster_file, addrs) = cluster(dir, port_base(salt));
@@ -149,14 +149,17 @@ fn ask_to_rebalance(out: &Path, salt: u16, info: &str) -> serde_json::Value {
         let (_, body) = wire_open(&key, &mut parts);
         frame::decode(&body, 1 << 20).unwrap()
     };
-    push.send_multipart(wire.seal(&session, frame::encode(&Frame::new("open", 0, 0, "client", vec![]))).unwrap(), 0)
-        .unwrap();
-    assert_eq!(receive().kind, "opened");
-    let mut f = Frame::new("rebalance", 0, 1, "client", vec![]);
+    push.send_multipart(
+        wire.seal(&session, frame::encode(&Frame::new(Kind::Open, 0, 0, "client", vec![]))).unwrap(),
+        0,
+    )
+    .unwrap();
+    assert_eq!(receive().kind, Kind::Opened);
+    let mut f = Frame::new(Kind::Rebalance, 0, 1, "client", vec![]);
     f.info = info.to_string();
     push.send_multipart(wire.seal(&session, frame::encode(&f)).unwrap(), 0).unwrap();
     let ready = receive();
-    assert_eq!((ready.kind.as_str(), ready.sender.as_str()), ("ready", "dev-a"));
+    assert_eq!((ready.kind, ready.sender.as_str()), (Kind::Ready, "dev-a"));
     serde_json::from_str(&ready.info).unwrap()
 }
 

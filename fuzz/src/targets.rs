@@ -358,19 +358,19 @@ pub fn target(name: &str, scratch: &Path) -> Result<Target> {
 /// Frames like the runtime's: tensors of each dtype, control messages.
 fn frames() -> Vec<shardc_runtime::frame::Frame> {
     use ndarray::{ArrayD, IxDyn};
-    use shardc_runtime::frame::Frame;
+    use shardc_runtime::frame::{Frame, Kind};
     use shardc_runtime::Tensor;
     let hidden = Tensor::f32(
         ArrayD::from_shape_vec(IxDyn(&[1, 2, 3]), vec![0.5, -1.0, 2.0, 3.5, 0.0, 1e-3]).unwrap_or_default(),
     );
     let ids = Tensor::i64(ArrayD::from_shape_vec(IxDyn(&[1, 3]), vec![1, 2, 3]).unwrap_or_default());
     let mask = Tensor::bool(ArrayD::from_shape_vec(IxDyn(&[2]), vec![true, false]).unwrap_or_default());
-    let mut ready = Frame::new("ready", 0, 3, "dev-b", vec![]);
+    let mut ready = Frame::new(Kind::Ready, 0, 3, "dev-b", vec![]);
     ready.info = r#"{"epoch":3,"error":null,"rebuild_ms":1.5,"kv_sent_bytes":1024}"#.into();
     vec![
-        Frame::new("tensors", 0, 1, "dev-a", vec![("hidden".into(), hidden), ("mask".into(), mask)]),
-        Frame::new("tensors", 7, 0, "client", vec![("input_ids".into(), ids)]),
-        Frame::new("end", 1, 2, "client", vec![]),
+        Frame::new(Kind::Tensors, 0, 1, "dev-a", vec![("hidden".into(), hidden), ("mask".into(), mask)]),
+        Frame::new(Kind::Tensors, 7, 0, "client", vec![("input_ids".into(), ids)]),
+        Frame::new(Kind::End, 1, 2, "client", vec![]),
         ready,
     ]
 }

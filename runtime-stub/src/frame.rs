@@ -17,11 +17,83 @@ use crate::tensor::{Data, Tensor};
 /// Largest frame accepted by default (bytes).
 pub const DEFAULT_MAX_FRAME: usize = 1 << 30;
 
+/// What a message is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// Inputs of a step (token ids from the client, activations from a device).
+    Tensors,
+    /// A stage finished a step (its timings).
+    Done,
+    /// Free a request's KV cache.
+    End,
+    /// Stop serving.
+    Stop,
+    /// Move to a new plan (body: [`crate::node::Rebalance`]).
+    Rebalance,
+    /// KV cache handed from device to device while rebalancing.
+    Kv,
+    /// A device switched plans (body: [`crate::node::Ready`]).
+    Ready,
+    /// The client opens a session; devices answer `Opened`.
+    Open,
+    Opened,
+    /// The client ends its session.
+    Close,
+    /// A device could not do what a message asked (body: why).
+    Error,
+    /// The client is still there (keeps its session open).
+    Alive,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 12] = [
+        Kind::Tensors,
+        Kind::Done,
+        Kind::End,
+        Kind::Stop,
+        Kind::Rebalance,
+        Kind::Kv,
+        Kind::Ready,
+        Kind::Open,
+        Kind::Opened,
+        Kind::Close,
+        Kind::Error,
+        Kind::Alive,
+    ];
+
+    /// The name frames carry.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Tensors => "tensors",
+            Kind::Done => "done",
+            Kind::End => "end",
+            Kind::Stop => "stop",
+            Kind::Rebalance => "rebalance",
+            Kind::Kv => "kv",
+            Kind::Ready => "ready",
+            Kind::Open => "open",
+            Kind::Opened => "opened",
+            Kind::Close => "close",
+            Kind::Error => "error",
+            Kind::Alive => "alive",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.name() == name)
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// A decoded frame.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Frame {
-    /// What the message is (`tensors`, `done`, …); the runtime decides which it takes.
-    pub kind: String,
+    pub kind: Kind,
     pub request: u64,
     pub step: u64,
     pub sender: String,
@@ -32,8 +104,8 @@ pub struct Frame {
 
 impl Frame {
     /// A frame without a control body.
-    pub fn new(kind: &str, request: u64, step: u64, sender: &str, tensors: Vec<(String, Tensor)>) -> Frame {
-        Frame { kind: kind.into(), request, step, sender: sender.into(), info: String::new(), tensors }
+    pub fn new(kind: Kind, request: u64, step: u64, sender: &str, tensors: Vec<(String, Tensor)>) -> Frame {
+        Frame { kind, request, step, sender: sender.into(), info: String::new(), tensors }
     }
 }
 
@@ -54,7 +126,7 @@ fn malformed(m: impl Into<String>) -> FrameError {
 pub fn encode(frame: &Frame) -> Vec<u8> {
     let mut header = serde_json::Map::new();
     let mut meta = serde_json::Map::new();
-    meta.insert("kind".into(), frame.kind.clone().into());
+    meta.insert("kind".into(), frame.kind.name().into());
     meta.insert("request".into(), frame.request.to_string().into());
     meta.insert("step".into(), frame.step.to_string().into());
     meta.insert("sender".into(), frame.sender.clone().into());
@@ -105,7 +177,8 @@ pub fn decode(bytes: &[u8], limit: usize) -> Result<Frame, FrameError> {
     let meta = obj.get("__metadata__").and_then(|m| m.as_object()).ok_or_else(|| malformed("no __metadata__"))?;
     let field =
         |k: &str| meta.get(k).and_then(|v| v.as_str()).ok_or_else(|| malformed(format!("metadata lacks `{k}`")));
-    let kind = field("kind")?.to_string();
+    let kind = field("kind")?;
+    let kind = Kind::from_name(kind).ok_or_else(|| malformed(format!("unknown message kind `{kind}`")))?;
     let request = field("request")?.parse().map_err(|_| malformed("request is not a number"))?;
     let step = field("step")?.parse().map_err(|_| malformed("step is not a number"))?;
     let sender = field("sender")?.to_string();
@@ -189,7 +262,7 @@ mod tests {
 
     fn frame() -> Frame {
         Frame {
-            kind: "tensors".into(),
+            kind: Kind::Tensors,
             request: 7,
             step: 3,
             sender: "dev-a".into(),

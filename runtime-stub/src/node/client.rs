@@ -9,7 +9,7 @@ use ndarray::{ArrayD, IxDyn};
 
 use crate::balance::{BalanceSpec, Balancer};
 use crate::cluster::Cluster;
-use crate::frame::Frame;
+use crate::frame::{Frame, Kind};
 use crate::generate::argmax;
 use crate::package::{self};
 use crate::wire::SessionId;
@@ -53,7 +53,7 @@ impl Client<'_> {
     fn keep_alive(&mut self) -> Result<(), String> {
         if self.last_sent.elapsed() >= KEEPALIVE {
             for d in self.stages.clone() {
-                self.send_to(&d, &Frame::new("alive", 0, 0, "client", vec![]))?;
+                self.send_to(&d, &Frame::new(Kind::Alive, 0, 0, "client", vec![]))?;
             }
         }
         Ok(())
@@ -62,7 +62,7 @@ impl Client<'_> {
     pub(super) fn send_ids(&mut self, r: u64, step: u64, ids: &[i64]) -> Result<(), String> {
         let t = Tensor::i64(ArrayD::from_shape_vec(IxDyn(&[1, ids.len()]), ids.to_vec()).map_err(|e| e.to_string())?);
         for d in self.ids_to.clone() {
-            let f = Frame::new("tensors", r, step, "client", vec![(self.token_input.clone(), t.clone())]);
+            let f = Frame::new(Kind::Tensors, r, step, "client", vec![(self.token_input.clone(), t.clone())]);
             self.send_to(&d, &f)?;
         }
         Ok(())
@@ -71,7 +71,7 @@ impl Client<'_> {
     /// Open the session on every device; each answers with its boot id.
     fn open(&mut self, devices: &[String], timeout: Duration) -> Result<(), String> {
         for d in devices {
-            self.send_to(d, &Frame::new("open", 0, 0, "client", vec![]))?;
+            self.send_to(d, &Frame::new(Kind::Open, 0, 0, "client", vec![]))?;
         }
         let mut waiting: BTreeSet<&String> = devices.iter().collect();
         let deadline = Instant::now() + timeout;
@@ -88,10 +88,10 @@ impl Client<'_> {
                 self.net.dropped.stale += 1;
                 continue;
             }
-            if msg.kind == "error" {
+            if msg.kind == Kind::Error {
                 return Err(format!("device `{}`: {}", msg.sender, msg.info));
             }
-            if msg.kind == "opened" && waiting.remove(&msg.sender) {
+            if msg.kind == Kind::Opened && waiting.remove(&msg.sender) {
                 self.boots.insert(msg.sender.clone(), env.boot);
             }
         }
@@ -122,7 +122,7 @@ impl Client<'_> {
                     ));
                 }
             }
-            if msg.kind == "error" {
+            if msg.kind == Kind::Error {
                 return Err(format!("device `{}`: {}", msg.sender, msg.info));
             }
             return Ok(Some(msg));
@@ -133,7 +133,7 @@ impl Client<'_> {
     /// client goes quiet).
     fn close(&mut self, devices: &[String]) {
         for d in devices {
-            let _ = self.send_to(d, &Frame::new("close", 0, 0, "client", vec![]));
+            let _ = self.send_to(d, &Frame::new(Kind::Close, 0, 0, "client", vec![]));
         }
     }
 
@@ -158,7 +158,7 @@ impl Client<'_> {
         };
         let info = serde_json::to_string(&body).map_err(|e| e.to_string())?;
         for d in &stages {
-            let mut f = Frame::new("rebalance", 0, epoch, "client", vec![]);
+            let mut f = Frame::new(Kind::Rebalance, 0, epoch, "client", vec![]);
             f.info = info.clone();
             self.send_to(d, &f)?;
         }
@@ -172,7 +172,7 @@ impl Client<'_> {
                     timeout.as_secs_f64()
                 ));
             };
-            if msg.kind != "ready" || msg.step != epoch {
+            if msg.kind != Kind::Ready || msg.step != epoch {
                 eprintln!("client: ignored a `{}` message from `{}` while rebalancing", msg.kind, msg.sender);
                 continue;
             }
@@ -282,8 +282,8 @@ pub fn generate(
             ));
         };
         let key = (msg.request, msg.step);
-        match msg.kind.as_str() {
-            "done" => {
+        match msg.kind {
+            Kind::Done => {
                 if let Some(i) = stages.iter().position(|s| *s == msg.sender) {
                     if let Some(flags) = done.get_mut(&key) {
                         flags[i] = true;
@@ -306,7 +306,7 @@ pub fn generate(
                     }
                 }
             }
-            "tensors" => {
+            Kind::Tensors => {
                 if let Some((_, t)) = msg.tensors.iter().find(|(n, _)| *n == logits_name) {
                     let values = t.to_f32_vec();
                     let vocab = *t.shape().last().unwrap_or(&1);
@@ -329,7 +329,7 @@ pub fn generate(
             if tokens[r].len() == n {
                 active -= 1;
                 for d in &stages {
-                    client.send_to(d, &Frame::new("end", key.0, key.1, "client", vec![]))?;
+                    client.send_to(d, &Frame::new(Kind::End, key.0, key.1, "client", vec![]))?;
                 }
             } else if draining.is_some() {
                 held_back.push((key.0, key.1 + 1));

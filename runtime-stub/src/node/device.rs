@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use ndarray::{ArrayD, IxDyn};
 
 use crate::cluster::Cluster;
-use crate::frame::Frame;
+use crate::frame::{Frame, Kind};
 use crate::generate::{cache_entries, CacheEntry};
 use crate::package::{self, HeldUnits};
 use crate::weights::WeightFiles;
@@ -78,7 +78,7 @@ impl Device<'_> {
 
     /// Tell the client (of `session`) what went wrong.
     fn report_error(&mut self, session: &SessionId, request: u64, step: u64, message: String) -> Result<(), String> {
-        let mut f = Frame::new("error", request, step, &self.name.clone(), vec![]);
+        let mut f = Frame::new(Kind::Error, request, step, &self.name.clone(), vec![]);
         f.info = message;
         self.net.send("client", session, &f).map_err(|e| format!("{}: {e}", self.name))
     }
@@ -123,16 +123,16 @@ impl Device<'_> {
         self.active.needed = self.initial.needed.clone();
         self.active.peers_of = self.initial.peers_of.clone();
         self.session = Some((id, Instant::now()));
-        let f = Frame::new("opened", 0, 0, &self.name.clone(), vec![]);
+        let f = Frame::new(Kind::Opened, 0, 0, &self.name.clone(), vec![]);
         self.send_to("client", &f)
     }
 
     /// Handle one message; `Ok(false)` to stop serving.
     fn on_message(&mut self, env: Envelope, msg: Frame) -> Result<bool, String> {
-        if msg.kind == "stop" {
+        if msg.kind == Kind::Stop {
             return Ok(false);
         }
-        if msg.kind == "open" {
+        if msg.kind == Kind::Open {
             if msg.sender != "client" {
                 self.net.dropped.refused += 1;
             } else if self.ended.contains(&env.session) || self.session.is_some_and(|s| s.0 == env.session) {
@@ -148,11 +148,11 @@ impl Device<'_> {
                 if self.ended.contains(&env.session) {
                     self.net.dropped.stale += 1;
                     self.net.log("dropped a message of a session that ended", self.net.dropped.stale);
-                    if msg.sender == "client" && msg.kind != "close" {
+                    if msg.sender == "client" && msg.kind != Kind::Close {
                         let why = "its session ended or was superseded by a newer one (another client?)".to_string();
                         self.report_error(&env.session, msg.request, msg.step, why)?;
                     }
-                } else if msg.kind != "close" {
+                } else if msg.kind != Kind::Close {
                     let why = format!(
                         "does not hold session {} (it was restarted, or never opened it): its KV cache is gone",
                         session_text(&env.session)
@@ -163,16 +163,19 @@ impl Device<'_> {
                 return Ok(true);
             }
         }
-        match msg.kind.as_str() {
-            "alive" => {}
-            "close" => self.end_session("the client closed it"),
-            "end" => {
+        match msg.kind {
+            Kind::Alive => {}
+            Kind::Close => self.end_session("the client closed it"),
+            Kind::End => {
                 self.caches.remove(&msg.request);
             }
-            "tensors" => self.on_tensors(msg)?,
-            "rebalance" => self.on_rebalance(&msg)?,
-            "kv" => self.on_kv(msg)?,
-            other => eprintln!("{}: ignored a `{other}` message", self.name),
+            Kind::Tensors => self.on_tensors(msg)?,
+            Kind::Rebalance => self.on_rebalance(&msg)?,
+            Kind::Kv => self.on_kv(msg)?,
+            // Messages only the client takes (and `Stop`/`Open`, handled above).
+            Kind::Done | Kind::Ready | Kind::Opened | Kind::Error | Kind::Stop | Kind::Open => {
+                eprintln!("{}: ignored a `{}` message from `{}`", self.name, msg.kind, msg.sender)
+            }
         }
         Ok(true)
     }
@@ -225,7 +228,7 @@ impl Device<'_> {
             }
         }
         for (peer, tensors) in by_peer {
-            self.send_to(&peer, &Frame::new("tensors", key.0, key.1, &device, tensors))?;
+            self.send_to(&peer, &Frame::new(Kind::Tensors, key.0, key.1, &device, tensors))?;
         }
         let timing = Tensor::f32(
             ArrayD::from_shape_vec(
@@ -234,7 +237,7 @@ impl Device<'_> {
             )
             .unwrap_or_default(),
         );
-        self.send_to("client", &Frame::new("done", key.0, key.1, &device, vec![("timing_ms".into(), timing)]))
+        self.send_to("client", &Frame::new(Kind::Done, key.0, key.1, &device, vec![("timing_ms".into(), timing)]))
     }
 }
 

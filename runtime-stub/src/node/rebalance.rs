@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use ndarray::{ArrayD, IxDyn};
 
-use crate::frame::Frame;
+use crate::frame::{Frame, Kind};
 use crate::generate::cache_entries;
 use crate::{Session, Tensor};
 
@@ -111,7 +111,7 @@ impl Device<'_> {
         for ((to, r), tensors) in outgoing {
             ready.kv_sent_bytes += tensors.iter().map(|(_, t)| t.byte_len() as u64).sum::<u64>();
             let device = self.name.clone();
-            self.send_to(&to, &Frame::new("kv", r, plan.epoch, &device, tensors))?;
+            self.send_to(&to, &Frame::new(Kind::Kv, r, plan.epoch, &device, tensors))?;
         }
         // Entries of layers that arrive (some may have come already).
         let mut missing = BTreeSet::new();
@@ -147,7 +147,7 @@ impl Device<'_> {
     }
 
     fn report_ready(&mut self, ready: &Ready) -> Result<(), String> {
-        let mut f = Frame::new("ready", 0, ready.epoch, &self.name.clone(), vec![]);
+        let mut f = Frame::new(Kind::Ready, 0, ready.epoch, &self.name.clone(), vec![]);
         f.info = serde_json::to_string(ready).map_err(|e| e.to_string())?;
         self.send_to("client", &f)
     }
