@@ -1,6 +1,17 @@
-//! shardc's device runtime. For now: the reference CPU interpreter of the IR — an
-//! executor ([`Session`]) with f32 kernels for every op of the op set, weights read
-//! through memory maps on first use.
+//! shardc's device runtime, what ships to a device (the folder keeps its historical
+//! name `runtime-stub/`):
+//!
+//! - the reference CPU interpreter of the IR: [`exec`] (the [`Session`] executor),
+//!   [`kernels`] for every op of the op set, [`weights`] read through memory maps from
+//!   hash-checked files, [`tensor`];
+//! - packages: [`package`] (manifest, hash checks, standby units, the compile output
+//!   checked against its transmission map), [`pipeline`] (stages chained in one
+//!   process), [`generate`] (prefill, greedy decoding, the KV cache, context bounds);
+//! - the distributed runtime: [`node`] (devices and the client over ZeroMQ, sessions,
+//!   rebalancing), [`wire`] (the encrypted, authenticated envelope and replay guard),
+//!   [`frame`] (tensors as safetensors bytes), [`cluster`] (`cluster.toml`);
+//! - load balancing: [`balance`] (`balance.json`, routes for any plan, the balancer);
+//! - [`profile`]: this host's device entry, measured with these kernels.
 
 pub mod balance;
 pub mod cluster;
