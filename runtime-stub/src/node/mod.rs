@@ -16,7 +16,7 @@
 //! that ended are dropped (counted as stale); a device asked about a session it never
 //! opened (it restarted) answers `error`, and the client stops with an error naming it,
 //! as it does when a device's boot id changes mid-session. Replayed messages are
-//! dropped by sequence number ([`ReplayGuard`]).
+//! dropped by sequence number ([`crate::wire::ReplayGuard`]).
 
 mod client;
 mod device;
