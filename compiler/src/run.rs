@@ -84,7 +84,8 @@ fn parse_declared(text: &str) -> Result<(DType, Vec<usize>), String> {
 /// Read every tensor of a safetensors file, in the file's name order.
 pub fn read_tensors(path: &Path) -> Result<Vec<(String, TensorData)>, RunError> {
     let fail = |message: String| RunError::File { file: path.to_path_buf(), message };
-    let bytes = shardc_ir::files::read_bounded(path, MAX_TENSOR_FILE).map_err(|e| fail(format!("cannot read: {e}")))?;
+    let bytes =
+        shardc_format::files::read_bounded(path, MAX_TENSOR_FILE).map_err(|e| fail(format!("cannot read: {e}")))?;
     let (_, metadata) = SafeTensors::read_metadata(&bytes).map_err(|e| fail(format!("not a safetensors file: {e}")))?;
     let declared: HashMap<String, String> = metadata.metadata().clone().unwrap_or_default();
     let st = SafeTensors::deserialize(&bytes).map_err(|e| fail(format!("not a safetensors file: {e}")))?;

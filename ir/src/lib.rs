@@ -10,7 +10,6 @@ pub mod attr;
 pub mod dim;
 pub mod dtype;
 pub mod einsum;
-pub mod files;
 pub mod graph;
 pub mod id;
 pub mod minifloat;

@@ -66,7 +66,7 @@ impl BalanceSpec {
         if !path.exists() {
             return Ok(None);
         }
-        let bytes = shardc_ir::files::read_bounded(&path, shardc_ir::files::MAX_TEXT)
+        let bytes = shardc_format::files::read_bounded(&path, shardc_format::files::MAX_TEXT)
             .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
         BalanceSpec::parse(&bytes, &path).map(Some)
     }

@@ -5,63 +5,15 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
 use shardc_ir::Graph;
 
 use crate::pipeline::Pipeline;
-use crate::weights::{is_plain_name, WeightFiles};
+use crate::weights::WeightFiles;
 use crate::{RuntimeError, Session};
+use shardc_format::manifest::{hash_file, Manifest, Standby, FORMAT};
+use shardc_format::names::is_plain_name;
+use shardc_format::TransmissionMap;
 use shardc_passes::split::units_graph;
-use shardc_passes::transmission::TransmissionMap;
-
-/// A tensor a stage takes in or gives out.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Port {
-    pub name: String,
-    pub dtype: String,
-    pub shape: String,
-    /// Who sends it (`client` or a device) / who receives it.
-    pub peers: Vec<String>,
-}
-
-/// `manifest.json` of a package.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Manifest {
-    pub format: u32,
-    pub device: String,
-    /// Position in the pipeline.
-    pub stage: usize,
-    pub stages: usize,
-    /// First and last unit.
-    pub units: [String; 2],
-    pub inputs: Vec<Port>,
-    pub outputs: Vec<Port>,
-    /// KV-cache inputs and outputs that stay on this device.
-    pub device_local: Vec<String>,
-    /// Weights dtype as stored.
-    pub weights_dtype: String,
-    /// blake3 of every other file of the package.
-    pub files: BTreeMap<String, String>,
-    /// blake3 of the output folder's files the runtime reads (`transmission_map.json`,
-    /// `balance.json`), the same in every manifest of one compile.
-    pub shared: BTreeMap<String, String>,
-    /// First and last unit whose weights the package holds, when compiled with standby
-    /// units (`standby.ir` and `standby.json` then describe them).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub held: Option<[String; 2]>,
-}
-
-/// `standby.json`: the units of `standby.ir`, the graph of every unit the package
-/// holds, from which the runtime cuts the stage of any plan the standby units allow.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Standby {
-    /// Index (in the whole model) of the first held unit.
-    pub first: usize,
-    /// Names of the held units.
-    pub units: Vec<String>,
-    /// Held unit (index into `units`) of each node of `standby.ir`, in node order.
-    pub node_units: Vec<usize>,
-}
 
 /// The units the package holds, when it was compiled with standby units.
 pub fn load_standby(dir: &Path, m: &Manifest) -> Result<Option<HeldUnits>, RuntimeError> {
@@ -89,17 +41,6 @@ pub fn load_standby(dir: &Path, m: &Manifest) -> Result<Option<HeldUnits>, Runti
     Ok(Some(HeldUnits::new(standby, graph)))
 }
 
-/// The current package format.
-pub const FORMAT: u32 = 2;
-
-/// blake3 of a file, hex.
-pub fn hash_file(path: &Path) -> std::io::Result<String> {
-    let mut hasher = blake3::Hasher::new();
-    let mut f = std::fs::File::open(path)?;
-    std::io::copy(&mut f, &mut hasher)?;
-    Ok(hasher.finalize().to_hex().to_string())
-}
-
 fn err(path: &Path, message: String) -> RuntimeError {
     RuntimeError::Package { path: path.to_path_buf(), message }
 }
@@ -112,8 +53,8 @@ pub const MAX_PACKAGE_TEXT: u64 = 256 << 20;
 pub fn read_listed(dir: &Path, m: &Manifest, file: &str) -> Result<String, RuntimeError> {
     let path = dir.join(file);
     let expected = m.files.get(file).ok_or_else(|| err(&path, "the manifest does not list this file".into()))?;
-    let bytes =
-        shardc_ir::files::read_bounded(&path, MAX_PACKAGE_TEXT).map_err(|e| err(&path, format!("cannot read: {e}")))?;
+    let bytes = shardc_format::files::read_bounded(&path, MAX_PACKAGE_TEXT)
+        .map_err(|e| err(&path, format!("cannot read: {e}")))?;
     let got = blake3::hash(&bytes).to_hex();
     if got.as_str() != expected {
         return Err(err(
@@ -130,8 +71,8 @@ pub fn read_listed(dir: &Path, m: &Manifest, file: &str) -> Result<String, Runti
 /// or all at once by [`load_manifest`].
 pub fn read_manifest(dir: &Path) -> Result<Manifest, RuntimeError> {
     let path = dir.join("manifest.json");
-    let text =
-        shardc_ir::files::read_bounded(&path, MAX_PACKAGE_TEXT).map_err(|e| err(&path, format!("cannot read: {e}")))?;
+    let text = shardc_format::files::read_bounded(&path, MAX_PACKAGE_TEXT)
+        .map_err(|e| err(&path, format!("cannot read: {e}")))?;
     let m: Manifest = serde_json::from_slice(&text).map_err(|e| err(&path, format!("not a manifest: {e}")))?;
     if m.format != FORMAT {
         return Err(err(&path, format!("package format {} (this runtime reads {FORMAT})", m.format)));
@@ -335,7 +276,7 @@ pub struct Output {
 /// when packages hold standby units. This is everything `shardc-run` reads to run.
 pub fn load_output(out: &Path, hash: bool) -> Result<Output, RuntimeError> {
     let map_path = out.join("transmission_map.json");
-    let text = shardc_ir::files::read_bounded(&map_path, MAX_PACKAGE_TEXT)
+    let text = shardc_format::files::read_bounded(&map_path, MAX_PACKAGE_TEXT)
         .map_err(|e| err(&map_path, format!("cannot read: {e}")))?;
     let map: TransmissionMap =
         serde_json::from_slice(&text).map_err(|e| err(&map_path, format!("not a transmission map: {e}")))?;
@@ -461,7 +402,7 @@ pub fn load_output(out: &Path, hash: bool) -> Result<Output, RuntimeError> {
     let balance_path = out.join("balance.json");
     let balance = match (shared.get("balance.json"), balance_path.exists()) {
         (Some(expected), true) => {
-            let bytes = shardc_ir::files::read_bounded(&balance_path, MAX_PACKAGE_TEXT)
+            let bytes = shardc_format::files::read_bounded(&balance_path, MAX_PACKAGE_TEXT)
                 .map_err(|e| err(&balance_path, format!("cannot read: {e}")))?;
             let got = blake3::hash(&bytes).to_hex();
             if got.as_str() != expected {

@@ -14,6 +14,7 @@ use shardc_ir::{DType, WeightRef};
 
 use crate::tensor::{Data, Tensor};
 use crate::RuntimeError;
+use shardc_format::names::is_plain_name;
 
 /// Memory maps of the weight files a graph may read: any file under a model's folder
 /// (never outside it), or only the files a package's manifest lists, each checked
@@ -106,11 +107,6 @@ impl WeightFiles {
         };
         Ok(Tensor::with_dtype(w.dtype, data))
     }
-}
-
-/// A plain file name: no folder part, not hidden, not `.` or `..`.
-pub fn is_plain_name(name: &str) -> bool {
-    !name.is_empty() && !name.starts_with('.') && !name.contains(['/', '\\', '\0', ':'])
 }
 
 enum Decoded {

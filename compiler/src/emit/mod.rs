@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
+use shardc_format::manifest::{hash_file, Manifest, Port, Standby, FORMAT};
 use shardc_ir::{DType, Graph, Op, TensorType, ValueDef, ValueId, WeightLocation};
 use shardc_passes::devices::Profile;
 use shardc_passes::plan::Strategy;
@@ -26,7 +27,6 @@ use shardc_passes::segment::Segmentation;
 use shardc_passes::split::{split, units_graph};
 use shardc_passes::transmission;
 use shardc_runtime::balance::{self, BalanceSpec, Crossing};
-use shardc_runtime::package::{hash_file, Manifest, Port, Standby, FORMAT};
 
 use crate::planning::{self, PlanError, PlanReport, Request};
 

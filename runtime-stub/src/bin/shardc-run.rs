@@ -175,7 +175,7 @@ enum Command {
 fn net_options(net: &Net, slowdown: Slowdown, session_timeout: f64) -> Result<NetOptions> {
     let key = match (&net.secret_file, net.insecure) {
         (Some(p), _) => {
-            let bytes = shardc_ir::files::read_bounded(p, MAX_SECRET_FILE)
+            let bytes = shardc_format::files::read_bounded(p, MAX_SECRET_FILE)
                 .map_err(|e| anyhow!("--secret-file {}: {e}", p.display()))?;
             Some(node::key_from_secret(&bytes).map_err(|e| anyhow!("--secret-file {}: {e}", p.display()))?)
         }

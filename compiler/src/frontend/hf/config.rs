@@ -408,7 +408,8 @@ fn common_refusals(keys: &Keys) -> Result<(), HfError> {
 /// Parse `config.json` at `file`; `max_context` is the context the caller asks for,
 /// `ignore` the keys the user said not to worry about.
 pub fn parse(file: &Path, max_context: Option<usize>, ignore: &[String]) -> Result<Arch, HfError> {
-    let text = shardc_ir::files::read_text(file).map_err(|e| HfError::Io { file: file.to_path_buf(), source: e })?;
+    let text =
+        shardc_format::files::read_text(file).map_err(|e| HfError::Io { file: file.to_path_buf(), source: e })?;
     let json: Value = serde_json::from_str(&text)
         .map_err(|e| HfError::Config { file: file.to_path_buf(), message: format!("not JSON: {e}") })?;
     let map = json

@@ -168,7 +168,8 @@ pub fn read_checkpoint(dir: &Path) -> Result<Checkpoint, HfError> {
 
 fn read_sharded(dir: &Path, index: &Path) -> Result<Checkpoint, HfError> {
     let bad = |message: String| HfError::Index { file: index.to_path_buf(), message };
-    let text = shardc_ir::files::read_text(index).map_err(|e| HfError::Io { file: index.to_path_buf(), source: e })?;
+    let text =
+        shardc_format::files::read_text(index).map_err(|e| HfError::Io { file: index.to_path_buf(), source: e })?;
     let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
     let map = json["weight_map"].as_object().ok_or_else(|| bad("no `weight_map` object".into()))?;
     let mut by_shard: BTreeMap<String, Vec<String>> = BTreeMap::new();
