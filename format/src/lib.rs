@@ -3,12 +3,12 @@
 //! compiler writes these shapes and the runtime reads them through this crate; neither
 //! indexes JSON by string keys.
 //!
-//! - [`names`]: device names (plain folder names) and plain file names;
-//! - [`manifest`]: a package's `manifest.json` (format [`manifest::FORMAT`]) and
+//! - [`names`] — device names (plain folder names) and plain file names;
+//! - [`manifest`] — a package's `manifest.json` (format [`manifest::FORMAT`]) and
 //!   `standby.json`, and the blake3 file hash they record;
-//! - [`map`]: `transmission_map.json`;
-//! - [`cluster`]: `cluster.toml` and its addresses;
-//! - [`files`]: reading files whose size nobody vouches for, with a bound.
+//! - [`map`] — `transmission_map.json`;
+//! - [`cluster`] — `cluster.toml` and its addresses;
+//! - [`files`] — reading files whose size nobody vouches for, with a bound.
 
 pub mod cluster;
 pub mod files;
