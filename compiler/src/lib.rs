@@ -3,6 +3,7 @@
 //! This crate holds the frontends (model files into IR), the reports, and the `shardc`
 //! command-line interface.
 
+pub mod cli;
 pub mod emit;
 pub mod frontend;
 pub mod inspect;
