@@ -43,14 +43,14 @@ impl Drop for Client<'_> {
 }
 
 impl Client<'_> {
-    pub(super) fn send_to(&mut self, who: &str, f: &Frame) -> Result<(), String> {
+    pub(super) fn send_to(&mut self, who: &str, f: &Frame) -> Result<(), NetError> {
         let session = self.session;
         self.last_sent = Instant::now();
         self.net.send(who, &session, f)
     }
 
     /// Tell every device the client is still there, if it has been quiet for a while.
-    fn keep_alive(&mut self) -> Result<(), String> {
+    fn keep_alive(&mut self) -> Result<(), NetError> {
         if self.last_sent.elapsed() >= KEEPALIVE {
             for d in self.stages.clone() {
                 self.send_to(&d, &Frame::new(Kind::Alive, 0, 0, "client", vec![]))?;
@@ -59,7 +59,7 @@ impl Client<'_> {
         Ok(())
     }
 
-    pub(super) fn send_ids(&mut self, r: u64, step: u64, ids: &[i64]) -> Result<(), String> {
+    pub(super) fn send_ids(&mut self, r: u64, step: u64, ids: &[i64]) -> Result<(), NetError> {
         let t = Tensor::i64(ArrayD::from_shape_vec(IxDyn(&[1, ids.len()]), ids.to_vec()).map_err(|e| e.to_string())?);
         for d in self.ids_to.clone() {
             let f = Frame::new(Kind::Tensors, r, step, "client", vec![(self.token_input.clone(), t.clone())]);
@@ -69,7 +69,7 @@ impl Client<'_> {
     }
 
     /// Open the session on every device; each answers with its boot id.
-    fn open(&mut self, devices: &[String], timeout: Duration) -> Result<(), String> {
+    fn open(&mut self, devices: &[String], timeout: Duration) -> Result<(), NetError> {
         for d in devices {
             self.send_to(d, &Frame::new(Kind::Open, 0, 0, "client", vec![]))?;
         }
@@ -82,14 +82,15 @@ impl Client<'_> {
                     "{} did not answer the session's opening within {:.1} s (not serving, or not sharing this secret?)",
                     waiting.iter().map(|d| format!("device `{d}`")).collect::<Vec<_>>().join(", "),
                     timeout.as_secs_f64()
-                ));
+                )
+                .into());
             };
             if env.session != self.session {
                 self.net.dropped.stale += 1;
                 continue;
             }
             if msg.kind == Kind::Error {
-                return Err(format!("device `{}`: {}", msg.sender, msg.info));
+                return Err(NetError::Device { device: msg.sender.clone(), message: msg.info.clone() });
             }
             if msg.kind == Kind::Opened && waiting.remove(&msg.sender) {
                 self.boots.insert(msg.sender.clone(), env.boot);
@@ -101,7 +102,7 @@ impl Client<'_> {
     /// The next message of this session, or `Ok(None)` on timeout. A device that
     /// reports an error, or whose boot id changed (it restarted and lost the session's
     /// KV cache), ends the generation with an error naming it.
-    fn next(&mut self, timeout: Duration) -> Result<Option<Frame>, String> {
+    fn next(&mut self, timeout: Duration) -> Result<Option<Frame>, NetError> {
         let deadline = Instant::now() + timeout;
         loop {
             self.keep_alive()?;
@@ -116,14 +117,11 @@ impl Client<'_> {
             }
             if let Some(&boot) = self.boots.get(&msg.sender) {
                 if boot != env.boot {
-                    return Err(format!(
-                        "device `{}` restarted during generation: it lost this session's KV cache",
-                        msg.sender
-                    ));
+                    return Err(NetError::Restarted { device: msg.sender.clone() });
                 }
             }
             if msg.kind == Kind::Error {
-                return Err(format!("device `{}`: {}", msg.sender, msg.info));
+                return Err(NetError::Device { device: msg.sender.clone(), message: msg.info.clone() });
             }
             return Ok(Some(msg));
         }
@@ -146,7 +144,7 @@ impl Client<'_> {
         epoch: u64,
         requests: Vec<u64>,
         timeout: Duration,
-    ) -> Result<u64, String> {
+    ) -> Result<u64, NetError> {
         let routes = spec.routes(plan);
         let stages = spec.stage_devices(plan);
         let body = Rebalance {
@@ -170,7 +168,8 @@ impl Client<'_> {
                     "rebalancing: {} did not report ready within {:.1} s",
                     waiting.iter().map(|d| format!("`{d}`")).collect::<Vec<_>>().join(", "),
                     timeout.as_secs_f64()
-                ));
+                )
+                .into());
             };
             if msg.kind != Kind::Ready || msg.step != epoch {
                 eprintln!("client: ignored a `{}` message from `{}` while rebalancing", msg.kind, msg.sender);
@@ -178,7 +177,10 @@ impl Client<'_> {
             }
             let ready: Ready = serde_json::from_str(&msg.info).map_err(|e| format!("bad ready message: {e}"))?;
             if let Some(e) = ready.error {
-                return Err(format!("rebalancing: device `{}`: {e}", msg.sender));
+                return Err(NetError::Device {
+                    device: msg.sender.clone(),
+                    message: format!("while rebalancing: {e}"),
+                });
             }
             kv += ready.kv_sent_bytes;
             waiting.remove(&msg.sender);
@@ -195,10 +197,10 @@ pub fn generate(
     ctx: &zmq::Context,
     opts: &NetOptions,
     job: &Job,
-) -> Result<Generation, String> {
+) -> Result<Generation, NetError> {
     let (n, requests, timeout) = (job.tokens, job.requests, job.timeout);
     if requests == 0 || requests > MAX_REQUESTS {
-        return Err(format!("{requests} requests: between 1 and {MAX_REQUESTS} run at once"));
+        return Err(format!("{requests} requests: between 1 and {MAX_REQUESTS} run at once").into());
     }
     let output = package::load_output(out, true).map_err(|e| e.to_string())?;
     let map = &output.map;
@@ -225,7 +227,7 @@ pub fn generate(
     };
     for d in &stages {
         if cluster.address(d).is_none() {
-            return Err(format!("device `{d}` of the transmission map is not in the cluster file"));
+            return Err(format!("device `{d}` of the transmission map is not in the cluster file").into());
         }
     }
     let net = Net::bind("client", cluster, ctx, opts)?;
@@ -279,7 +281,8 @@ pub fn generate(
                 key.0,
                 key.1,
                 timeout.as_secs_f64()
-            ));
+            )
+            .into());
         };
         let key = (msg.request, msg.step);
         match msg.kind {

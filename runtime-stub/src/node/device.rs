@@ -71,16 +71,16 @@ pub(super) struct Initial {
 }
 
 impl Device<'_> {
-    pub(super) fn send_to(&mut self, peer: &str, frame: &Frame) -> Result<(), String> {
+    pub(super) fn send_to(&mut self, peer: &str, frame: &Frame) -> Result<(), NetError> {
         let session = self.session.map(|s| s.0).ok_or("no session is open")?;
-        self.net.send(peer, &session, frame).map_err(|e| format!("{}: {e}", self.name))
+        self.net.send(peer, &session, frame).map_err(|e| NetError::Other(format!("{}: {e}", self.name)))
     }
 
     /// Tell the client (of `session`) what went wrong.
-    fn report_error(&mut self, session: &SessionId, request: u64, step: u64, message: String) -> Result<(), String> {
+    fn report_error(&mut self, session: &SessionId, request: u64, step: u64, message: String) -> Result<(), NetError> {
         let mut f = Frame::new(Kind::Error, request, step, &self.name.clone(), vec![]);
         f.info = message;
-        self.net.send("client", session, &f).map_err(|e| format!("{}: {e}", self.name))
+        self.net.send("client", session, &f).map_err(|e| NetError::Other(format!("{}: {e}", self.name)))
     }
 
     /// Drop the current session's state (KV caches, steps waiting for inputs, a
@@ -110,7 +110,7 @@ impl Device<'_> {
     }
 
     /// Start `id`: the previous session ends, and the stage is the package's again.
-    fn open_session(&mut self, id: SessionId) -> Result<(), String> {
+    fn open_session(&mut self, id: SessionId) -> Result<(), NetError> {
         self.end_session("a new session started");
         if self.active.range != self.initial.range {
             if let (Some(held), Some(range)) = (&self.held, self.initial.range) {
@@ -128,7 +128,7 @@ impl Device<'_> {
     }
 
     /// Handle one message; `Ok(false)` to stop serving.
-    fn on_message(&mut self, env: Envelope, msg: Frame) -> Result<bool, String> {
+    fn on_message(&mut self, env: Envelope, msg: Frame) -> Result<bool, NetError> {
         if msg.kind == Kind::Stop {
             return Ok(false);
         }
@@ -180,7 +180,7 @@ impl Device<'_> {
         Ok(true)
     }
 
-    fn on_tensors(&mut self, msg: Frame) -> Result<(), String> {
+    fn on_tensors(&mut self, msg: Frame) -> Result<(), NetError> {
         let device = self.name.clone();
         let key = (msg.request, msg.step);
         self.first_arrival.entry(key).or_insert_with(Instant::now);
@@ -249,7 +249,7 @@ pub fn serve(
     ctx: &zmq::Context,
     opts: &NetOptions,
     stop: Arc<AtomicBool>,
-) -> Result<(), String> {
+) -> Result<(), NetError> {
     shardc_passes::devices::check_name(device).map_err(|e| format!("--device: {e}"))?;
     let dir = out.join(device);
     let (manifest, graph) = package::load(&dir).map_err(|e| e.to_string())?;
@@ -260,7 +260,7 @@ pub fn serve(
         Some([h.standby.first + first, h.standby.first + last + 1])
     });
     if held.is_some() && range.is_none() {
-        return Err(format!("{}: the stage's units are not among the units it holds", dir.display()));
+        return Err(format!("{}: the stage's units are not among the units it holds", dir.display()).into());
     }
     let mut graphs = vec![&graph];
     graphs.extend(held.as_ref().map(|h| &h.graph));

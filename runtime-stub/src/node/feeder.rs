@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use crate::frame::{Frame, Kind};
 
 use super::client::Client;
+use super::NetError;
 
 /// Per request: the wire id that carries it and the tokens its devices have seen.
 pub(super) struct Feeder<'a> {
@@ -26,8 +27,8 @@ pub(super) struct Feeder<'a> {
 
 impl Feeder<'_> {
     /// The request a wire id carries.
-    pub(super) fn request(&self, wire: u64) -> Result<usize, String> {
-        self.owner.get(&wire).copied().ok_or_else(|| format!("unknown request {wire}"))
+    pub(super) fn request(&self, wire: u64) -> Result<usize, NetError> {
+        self.owner.get(&wire).copied().ok_or_else(|| NetError::Other(format!("unknown request {wire}")))
     }
 
     /// Send request `r`'s next step after step `key` produced `generated`'s last
@@ -42,7 +43,7 @@ impl Feeder<'_> {
         key: (u64, u64),
         r: usize,
         generated: &[i64],
-    ) -> Result<(u64, u64), String> {
+    ) -> Result<(u64, u64), NetError> {
         let past = self.fed[r];
         let all = || -> Vec<i64> { self.prompt.iter().chain(generated).copied().collect() };
         let recompute = crate::generate::recomputes(self.recompute_beyond, past, 1);

@@ -34,6 +34,35 @@ use std::time::Duration;
 use crate::balance::{BalanceOptions, Decision, StageView};
 use crate::wire::Dropped;
 
+/// Why the distributed runtime stopped: a device named where one is to blame.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// A device restarted mid-generation (its boot id changed): its KV cache is gone.
+    #[error("device `{device}` restarted during generation: it lost this session's KV cache")]
+    Restarted { device: String },
+    /// A device reported that it could not do what was asked.
+    #[error("device `{device}`: {message}")]
+    Device { device: String, message: String },
+    /// A package, map or file the runtime reads.
+    #[error(transparent)]
+    Runtime(#[from] crate::RuntimeError),
+    /// Everything else: sockets, timeouts, malformed messages (the text says which).
+    #[error("{0}")]
+    Other(String),
+}
+
+impl From<String> for NetError {
+    fn from(s: String) -> NetError {
+        NetError::Other(s)
+    }
+}
+
+impl From<&str> for NetError {
+    fn from(s: &str) -> NetError {
+        NetError::Other(s.to_string())
+    }
+}
+
 /// Longest wait for a device the client accepts, seconds (a day).
 pub const MAX_TIMEOUT_S: f64 = 86_400.0;
 

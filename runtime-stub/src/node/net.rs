@@ -31,7 +31,7 @@ impl<'a> Net<'a> {
         cluster: &'a Cluster,
         ctx: &'a zmq::Context,
         opts: &NetOptions,
-    ) -> Result<Net<'a>, String> {
+    ) -> Result<Net<'a>, NetError> {
         let address = cluster.address(me).ok_or_else(|| format!("`{me}` is not in the cluster file"))?;
         let socket = ctx.socket(zmq::PULL).map_err(|e| e.to_string())?;
         // Larger messages are dropped by ZeroMQ before they are allocated.
@@ -52,7 +52,7 @@ impl<'a> Net<'a> {
     }
 
     /// Seal and send a frame to a device or the client, by its name in the cluster file.
-    pub(super) fn send(&mut self, who: &str, session: &SessionId, frame: &Frame) -> Result<(), String> {
+    pub(super) fn send(&mut self, who: &str, session: &SessionId, frame: &Frame) -> Result<(), NetError> {
         let address = self.cluster.address(who).ok_or_else(|| format!("`{who}` is not in the cluster file"))?;
         if !self.peers.contains_key(who) {
             let s = self.ctx.socket(zmq::PUSH).map_err(|e| e.to_string())?;
@@ -61,13 +61,15 @@ impl<'a> Net<'a> {
             self.peers.insert(who.to_string(), s);
         }
         let parts = self.wire.seal(session, frame::encode(frame))?;
-        self.peers[who].send_multipart(parts, 0).map_err(|e| format!("cannot send to `{who}` at {address}: {e}"))
+        self.peers[who]
+            .send_multipart(parts, 0)
+            .map_err(|e| NetError::Other(format!("cannot send to `{who}` at {address}: {e}")))
     }
 
     /// Receive one message, or `Ok(None)` on timeout. What is malformed, fails
     /// authentication, comes from no participant or repeats a message is dropped and
     /// counted.
-    pub(super) fn receive(&mut self, timeout: Duration) -> Result<Option<(Envelope, Frame)>, String> {
+    pub(super) fn receive(&mut self, timeout: Duration) -> Result<Option<(Envelope, Frame)>, NetError> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());

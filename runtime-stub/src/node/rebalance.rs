@@ -18,7 +18,7 @@ impl Device<'_> {
     /// Switch to the stage a `rebalance` message gives this device: cut it from the held
     /// units, check it against the routes, send away the KV cache of layers that leave,
     /// and wait for the cache of layers that arrive (then report `ready`).
-    pub(super) fn on_rebalance(&mut self, msg: &Frame) -> Result<(), String> {
+    pub(super) fn on_rebalance(&mut self, msg: &Frame) -> Result<(), NetError> {
         let started = Instant::now();
         let plan: Rebalance = match serde_json::from_str(&msg.info) {
             Ok(p) => p,
@@ -37,13 +37,13 @@ impl Device<'_> {
             }
             Err(e) => {
                 eprintln!("{}: cannot rebalance: {e}", self.name);
-                ready.error = Some(e);
+                ready.error = Some(e.to_string());
                 self.report_ready(&ready)
             }
         }
     }
 
-    fn switch(&mut self, plan: &Rebalance, ready: &mut Ready) -> Result<BTreeSet<(u64, String)>, String> {
+    fn switch(&mut self, plan: &Rebalance, ready: &mut Ready) -> Result<BTreeSet<(u64, String)>, NetError> {
         let held =
             self.held.as_ref().ok_or("the package was compiled without --standby: its boundaries cannot move")?;
         let me = plan.stages.iter().position(|d| *d == self.name).ok_or("the plan has no stage for this device")?;
@@ -51,7 +51,7 @@ impl Device<'_> {
             || plan.ranges.first().is_none_or(|r| r[0] != 0)
             || plan.ranges.windows(2).any(|w| w[0][1] != w[1][0] || w[0][0] >= w[0][1])
         {
-            return Err(format!("the plan's unit ranges {:?} do not tile the model", plan.ranges));
+            return Err(format!("the plan's unit ranges {:?} do not tile the model", plan.ranges).into());
         }
         let range = plan.ranges[me];
         let owner = |u: usize| plan.ranges.iter().position(|r| (r[0]..r[1]).contains(&u)).map(|s| &plan.stages[s]);
@@ -84,7 +84,7 @@ impl Device<'_> {
             return Err(format!(
                 "units {}..{} take {inputs:?} and give {outputs:?}, but the routes bring {routed_in:?} and take {routed_out:?}",
                 range[0], range[1]
-            ));
+            ).into());
         }
         let peers_of =
             outputs.iter().map(|o| (o.clone(), plan.routes.get(o).map_or(Vec::new(), |r| r.to.clone()))).collect();
@@ -126,7 +126,7 @@ impl Device<'_> {
         Ok(missing)
     }
 
-    pub(super) fn on_kv(&mut self, msg: Frame) -> Result<(), String> {
+    pub(super) fn on_kv(&mut self, msg: Frame) -> Result<(), NetError> {
         let cache = self.caches.entry(msg.request).or_default();
         for (name, t) in msg.tensors {
             if let Some(h) = &mut self.handover {
@@ -137,7 +137,7 @@ impl Device<'_> {
         self.check_handover()
     }
 
-    fn check_handover(&mut self) -> Result<(), String> {
+    fn check_handover(&mut self) -> Result<(), NetError> {
         if self.handover.as_ref().is_some_and(|h| h.missing.is_empty()) {
             if let Some(h) = self.handover.take() {
                 return self.report_ready(&h.ready);
@@ -146,7 +146,7 @@ impl Device<'_> {
         Ok(())
     }
 
-    fn report_ready(&mut self, ready: &Ready) -> Result<(), String> {
+    fn report_ready(&mut self, ready: &Ready) -> Result<(), NetError> {
         let mut f = Frame::new(Kind::Ready, 0, ready.epoch, &self.name.clone(), vec![]);
         f.info = serde_json::to_string(ready).map_err(|e| e.to_string())?;
         self.send_to("client", &f)
