@@ -39,6 +39,9 @@ pub(super) struct Handover {
     pub(super) missing: BTreeSet<(u64, String)>,
 }
 
+/// Why a session ends when its client closes it.
+const CLOSED: &str = "the client closed it";
+
 /// Most ended sessions a device remembers (their messages are then stale).
 const ENDED_SESSIONS: usize = 4096;
 
@@ -94,11 +97,14 @@ impl Device<'_> {
             self.handover = None;
             self.net.guard.forget(&id);
             self.remember_ended(id);
-            eprintln!(
-                "{}: session {} ended ({why}); dropped the state of {requests} requests",
-                self.name,
-                session_text(&id)
-            );
+            // A client closing its own session after its requests ended is no news.
+            if requests > 0 || why != CLOSED {
+                eprintln!(
+                    "{}: session {} ended ({why}); dropped the state of {requests} requests",
+                    self.name,
+                    session_text(&id)
+                );
+            }
         }
     }
 
@@ -165,7 +171,7 @@ impl Device<'_> {
         }
         match msg.kind {
             Kind::Alive => {}
-            Kind::Close => self.end_session("the client closed it"),
+            Kind::Close => self.end_session(CLOSED),
             Kind::End => {
                 self.caches.remove(&msg.request);
             }
