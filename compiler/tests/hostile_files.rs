@@ -205,6 +205,19 @@ fn packages_are_read_only_through_their_manifest() {
         refused(&o, &["extra.bin", "is not listed"]);
     }
     std::fs::remove_file(pkg.join("extra.bin")).unwrap();
+    // A listed file that is a link out of the package (its hash made to match).
+    #[cfg(unix)]
+    {
+        let weights = pkg.join("weights.safetensors");
+        let moved = out.join("elsewhere.safetensors");
+        std::fs::rename(&weights, &moved).unwrap();
+        std::os::unix::fs::symlink(&moved, &weights).unwrap();
+        for o in [local(&out), verify(&out)] {
+            refused(&o, &["weights.safetensors", "is not a regular file"]);
+        }
+        std::fs::remove_file(&weights).unwrap();
+        std::fs::rename(&moved, &weights).unwrap();
+    }
     // An altered weight file.
     let w = pkg.join("weights.safetensors");
     let mut bytes = std::fs::read(&w).unwrap();

@@ -109,6 +109,10 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest, RuntimeError> {
                     .into(),
             ));
         }
+        // Every file is a regular file in the folder, not a link to somewhere else.
+        if !entry.file_type().is_ok_and(|t| t.is_file()) {
+            return Err(err(&entry.path(), "is not a regular file (a package holds no links or folders)".into()));
+        }
     }
     Ok(m)
 }
