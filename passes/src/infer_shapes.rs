@@ -3,7 +3,7 @@
 use shardc_ir::Graph;
 
 use crate::infer::{infer, NodeError};
-use crate::{Changed, Ctx, Pass, PassError};
+use crate::{Ctx, Pass, PassError};
 
 /// The `infer-shapes` pass.
 #[derive(Debug, Clone, Copy)]
@@ -21,22 +21,13 @@ impl Pass for InferShapes {
         "infer-shapes"
     }
 
-    fn run(&self, graph: &mut Graph, ctx: &mut Ctx) -> Result<Changed, PassError> {
+    fn run(&self, graph: &mut Graph, ctx: &mut Ctx) -> Result<(), PassError> {
         let facts = infer(graph, &ctx.input_contents).map_err(|e| node_error(graph, self.name(), e))?;
-        let mut changed = Changed::No;
-        let mut unknown = 0;
         for (value, ty) in graph.values.iter_mut().zip(facts.types) {
             if let Some(ty) = ty {
-                unknown += ty.shape.iter().filter(|d| !d.is_determined()).count();
-                if value.ty.as_ref() != Some(&ty) {
-                    value.ty = Some(ty);
-                    changed = Changed::Yes;
-                }
+                value.ty = Some(ty);
             }
         }
-        if unknown > 0 {
-            ctx.notes.push((self.name().into(), format!("{unknown} dimensions remain unknown")));
-        }
-        Ok(changed)
+        Ok(())
     }
 }

@@ -20,20 +20,11 @@ use std::fmt;
 
 use shardc_ir::{Graph, VerifyError};
 
-/// Whether a pass changed the graph.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Changed {
-    Yes,
-    No,
-}
-
 /// State shared by the passes of one pipeline run.
 #[derive(Debug, Default)]
 pub struct Ctx {
     /// Verify the graph after every pass.
     pub verify_each: bool,
-    /// What each pass reported, in order (pass name, message).
-    pub notes: Vec<(String, String)>,
     /// Values of graph inputs known for this run, by name (`shardc run` with given
     /// inputs): shape arithmetic may fold them. Empty when compiling for any input.
     pub input_contents: std::collections::BTreeMap<String, Vec<i64>>,
@@ -56,8 +47,9 @@ pub enum PassError {
 pub trait Pass {
     /// The name used by `--after` and in snapshots.
     fn name(&self) -> &'static str;
-    /// Run over the graph.
-    fn run(&self, graph: &mut Graph, ctx: &mut Ctx) -> Result<Changed, PassError>;
+    /// Run over the graph (each pass runs once: the pipeline is a literal sequence, not
+    /// a fixpoint iteration, so a pass reports no "changed" flag).
+    fn run(&self, graph: &mut Graph, ctx: &mut Ctx) -> Result<(), PassError>;
 }
 
 impl fmt::Debug for dyn Pass {

@@ -9,7 +9,7 @@ use shardc_ir::{Graph, NodeId, Op, TensorData, TensorType, ValueDef, ValueId};
 
 use crate::infer::{infer, Facts};
 use crate::infer_shapes::node_error;
-use crate::{Changed, Ctx, Pass, PassError};
+use crate::{Ctx, Pass, PassError};
 
 /// The `simplify` pass.
 #[derive(Debug, Clone, Copy)]
@@ -20,12 +20,11 @@ impl Pass for Simplify {
         "simplify"
     }
 
-    fn run(&self, graph: &mut Graph, ctx: &mut Ctx) -> Result<Changed, PassError> {
+    fn run(&self, graph: &mut Graph, ctx: &mut Ctx) -> Result<(), PassError> {
         let facts = infer(graph, &ctx.input_contents).map_err(|e| node_error(graph, self.name(), e))?;
         let mut removed: HashSet<NodeId> = HashSet::new();
 
         // 1. Fold nodes whose every output has known contents.
-        let mut folded = 0;
         for nid in graph.node_ids().collect::<Vec<_>>() {
             let outputs = graph.node(nid).outputs.clone();
             let consts: Option<Vec<(ValueId, TensorData, TensorType)>> = outputs
@@ -46,14 +45,12 @@ impl Pass for Simplify {
                     value.ty = Some(ty);
                 }
                 removed.insert(nid);
-                folded += 1;
             }
         }
 
         // 2. Bypass nodes that pass one input through unchanged (unless their output
         //    is a graph output, whose name matters).
         let outputs: HashSet<ValueId> = graph.outputs.iter().copied().collect();
-        let mut bypassed = 0;
         for nid in graph.node_ids().collect::<Vec<_>>() {
             let node = graph.node(nid);
             let Some(&output) = node.outputs.first() else { continue };
@@ -63,13 +60,11 @@ impl Pass for Simplify {
             if let Some(input) = pass_through(graph, &facts, nid) {
                 graph.replace_uses(output, input);
                 removed.insert(nid);
-                bypassed += 1;
             }
         }
 
         // 3. Dead nodes: walk backwards from the graph outputs.
         let mut live: HashSet<ValueId> = outputs.clone();
-        let mut dead = 0;
         for nid in graph.node_ids().collect::<Vec<_>>().into_iter().rev() {
             if removed.contains(&nid) {
                 continue;
@@ -79,7 +74,6 @@ impl Pass for Simplify {
                 live.extend(node.inputs.iter().flatten().copied());
             } else {
                 removed.insert(nid);
-                dead += 1;
             }
         }
         let keep_value = |v: ValueId| -> bool {
@@ -95,12 +89,7 @@ impl Pass for Simplify {
             let removed_nodes = removed.clone();
             graph.retain(|n| !removed_nodes.contains(&n), |v| kept_values.contains(&v));
         }
-        let dropped_values = values_before - graph.values.len();
-        ctx.notes.push((
-            self.name().into(),
-            format!("folded {folded} nodes into constants, bypassed {bypassed} no-op nodes, removed {dead} dead nodes and {dropped_values} values"),
-        ));
-        Ok(if removed.is_empty() && dropped_values == 0 { Changed::No } else { Changed::Yes })
+        Ok(())
     }
 }
 
