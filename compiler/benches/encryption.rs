@@ -14,18 +14,13 @@ mod net_common;
 use std::process::Command;
 use std::time::Instant;
 
-use net_common::{env, net_args, prepare, serve, shardc_run, MODEL_TEXT};
+use net_common::{env, net_args, prepare, serve, shardc_run, token_ms, MODEL_TEXT};
 
 const TOKENS: usize = 112;
 
 /// Decode tokens per second: every token after each request's first, all requests.
 fn decode_rate(report: &serde_json::Value) -> f64 {
-    let times: Vec<Vec<f64>> = report["token_ms"]
-        .as_array()
-        .expect("token_ms")
-        .iter()
-        .map(|r| r.as_array().expect("times").iter().filter_map(|t| t.as_f64()).collect())
-        .collect();
+    let times = token_ms(report);
     let start = times.iter().map(|t| t[0]).fold(f64::INFINITY, f64::min);
     let end = times.iter().map(|t| t[t.len() - 1]).fold(0.0, f64::max);
     let count: usize = times.iter().map(|t| t.len() - 1).sum();

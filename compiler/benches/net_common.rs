@@ -117,3 +117,13 @@ pub fn serve(out: &Path, cluster: &Path, secret: Option<&Path>, extra: impl Fn(&
             .collect(),
     )
 }
+
+/// Per request, when each token was known (ms since the start), from a `--json` report.
+pub fn token_ms(report: &serde_json::Value) -> Vec<Vec<f64>> {
+    report["token_ms"]
+        .as_array()
+        .expect("token_ms")
+        .iter()
+        .map(|r| r.as_array().expect("times").iter().filter_map(|t| t.as_f64()).collect())
+        .collect()
+}

@@ -90,6 +90,14 @@ pub fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
     })
 }
 
+/// A tolerance is a finite fraction ≥ 0 (a NaN would make every comparison pass).
+fn check_tolerance(tolerance: f64) -> Result<(), VerifyError> {
+    if !(tolerance.is_finite() && tolerance >= 0.0) {
+        return Err(VerifyError::Mismatch(format!("--tolerance must be a fraction ≥ 0, got {tolerance}")));
+    }
+    Ok(())
+}
+
 /// The packages of `out` as `shardc-run` would load them, chained in this process.
 fn packages(out: &Path) -> Result<(Vec<String>, shardc_runtime::pipeline::Pipeline), VerifyError> {
     package::load_output(out, true)?;
@@ -106,9 +114,7 @@ pub fn verify_tokens(
     tokens: usize,
     tolerance: f64,
 ) -> Result<TokenReport, VerifyError> {
-    if !(tolerance.is_finite() && tolerance >= 0.0) {
-        return Err(VerifyError::Mismatch(format!("--tolerance must be a fraction ≥ 0, got {tolerance}")));
-    }
+    check_tolerance(tolerance)?;
     let (devices, pipeline) = packages(out)?;
     let loaded = load(model, &LowerOptions::default())?;
     let mut graph = loaded.graph;
@@ -144,9 +150,7 @@ pub fn verify_tokens(
 /// Every output of `model` and of the packages in `out` on the named tensors of the
 /// safetensors file `inputs`; `tolerance` is a fraction of max(1, max |value|) per output.
 pub fn verify_outputs(model: &Path, out: &Path, inputs: &Path, tolerance: f64) -> Result<OutputReport, VerifyError> {
-    if !(tolerance.is_finite() && tolerance >= 0.0) {
-        return Err(VerifyError::Mismatch(format!("--tolerance must be a fraction ≥ 0, got {tolerance}")));
-    }
+    check_tolerance(tolerance)?;
     let (devices, pipeline) = packages(out)?;
     let loaded = load(model, &LowerOptions::default())?;
     let tensors = read_tensors(inputs)?;

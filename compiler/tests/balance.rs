@@ -12,7 +12,9 @@ use std::process::Command;
 use std::sync::Mutex;
 
 use common::fixture_dir;
-use common::net::{cluster, compile, generate_command, ids, port_base, secret_of, serve, serve_each, shardc_run};
+use common::net::{
+    cluster, compile, generate_command, ids, port_base, secret_of, serve, serve_command, serve_each, shardc_run,
+};
 use shardc_runtime::generate::{greedy_cached, CacheLayout};
 use shardc_runtime::Session;
 
@@ -218,20 +220,13 @@ fn bad_balance_options_and_files_are_refused() {
     let out = dir.path().join("out");
     compile(&fixture_dir("gpt2").join("hf"), &out, &["--standby", "1"]);
     let (cluster_file, _) = cluster(dir.path(), port_base(57));
-    let c = cluster_file.to_str().unwrap();
     for (args, message) in [
         (vec!["--slowdown-after", "12"], "expected STEPS:F"),
         (vec!["--slowdown-after", "x:3"], "is not a number of decode steps"),
         (vec!["--slowdown-after", "4:0.5"], "must be at least 1"),
         (vec!["--slowdown", "3", "--slowdown-after", "4:3"], "cannot be used with"),
     ] {
-        let st = Command::new(shardc_run())
-            .arg("serve")
-            .arg(&out)
-            .args(["--device", "dev-a", "--cluster", c])
-            .args(&args)
-            .output()
-            .unwrap();
+        let st = serve_command(&out, "dev-a", &cluster_file).args(&args).output().unwrap();
         assert!(!st.status.success());
         let err = String::from_utf8_lossy(&st.stderr);
         assert!(err.contains(message), "{args:?}: {err}");

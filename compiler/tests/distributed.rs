@@ -4,24 +4,11 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::fixture_dir;
-use common::net::{cluster, compile, generate_command, ids, port_base, secret_of, serve, shardc_run};
-
-/// `shardc-run local OUT`: the 8 tokens it generates for `ids`.
-fn local_tokens(out: &std::path::Path, ids: &str) -> Vec<i64> {
-    let local = Command::new(shardc_run())
-        .arg("local")
-        .arg(out)
-        .args(["--input-ids", ids, "--max-new-tokens", "8", "--json"])
-        .output()
-        .unwrap();
-    assert!(local.status.success(), "{}", String::from_utf8_lossy(&local.stderr));
-    let report: serde_json::Value = serde_json::from_slice(&local.stdout).unwrap();
-    report["tokens"][0].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect()
-}
+use common::net::{cluster, compile, generate_command, ids, local_tokens, port_base, secret_of, serve, serve_command};
 
 #[test]
 fn three_processes_on_loopback_reproduce_every_checkpoint() {
@@ -50,7 +37,7 @@ fn three_processes_on_loopback_reproduce_every_checkpoint() {
         assert_eq!(report["stages"].as_array().unwrap().len(), 3);
         assert_eq!(report["stages"][0]["device"], "dev-a");
         // And all in one process.
-        assert_eq!(local_tokens(&out, &ids), expected, "{name} local");
+        assert_eq!(local_tokens(&out, &ids, 8), expected, "{name} local");
     }
 }
 
@@ -89,7 +76,7 @@ fn three_processes_reproduce_current_checkpoints_and_exports() {
                 _ => (10..18).collect(),
             };
             assert_eq!(sent, want, "{what}");
-            assert_eq!(local_tokens(&out, &ids), expected, "{what} local");
+            assert_eq!(local_tokens(&out, &ids, 8), expected, "{what} local");
         }
     }
 }
@@ -178,12 +165,7 @@ fn an_altered_package_will_not_serve() {
     b[last] ^= 1;
     std::fs::write(&w, b).unwrap();
     let (cluster_file, _) = cluster(dir.path(), port_base(31));
-    let st = Command::new(shardc_run())
-        .arg("serve")
-        .arg(&out)
-        .args(["--device", "dev-c", "--cluster", cluster_file.to_str().unwrap(), "--insecure"])
-        .output()
-        .unwrap();
+    let st = serve_command(&out, "dev-c", &cluster_file).arg("--insecure").output().unwrap();
     assert_eq!(st.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&st.stderr).contains("the package was altered"));
     // Remote addresses need an explicit flag.
@@ -192,12 +174,7 @@ fn an_altered_package_will_not_serve() {
         "client = \"tcp://10.0.0.5:5600\"\n[devices]\ndev-a = \"tcp://127.0.0.1:5601\"\n",
     )
     .unwrap();
-    let st = Command::new(shardc_run())
-        .arg("serve")
-        .arg(&out)
-        .args(["--device", "dev-a", "--cluster", dir.path().join("remote.toml").to_str().unwrap()])
-        .output()
-        .unwrap();
+    let st = serve_command(&out, "dev-a", &dir.path().join("remote.toml")).output().unwrap();
     assert_eq!(st.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&st.stderr).contains("not loopback"));
 }

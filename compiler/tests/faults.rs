@@ -12,24 +12,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::fixture_dir;
-use common::net::{cluster, compile, generate_command, ids, port_base, secret_of, serve, serve_each, shardc_run};
-
-fn tokens_of(stdout: &[u8]) -> Vec<i64> {
-    let report: serde_json::Value = serde_json::from_slice(stdout).unwrap();
-    report["tokens"][0].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect()
-}
-
-/// `shardc-run local OUT`: the tokens it generates.
-fn local_tokens(out: &Path, ids: &str, n: usize) -> Vec<i64> {
-    let o = Command::new(shardc_run())
-        .arg("local")
-        .arg(out)
-        .args(["--input-ids", ids, "--max-new-tokens", &n.to_string(), "--json"])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    tokens_of(&o.stdout)
-}
+use common::net::{
+    cluster, compile, generate_command, ids, local_tokens, port_base, serve, serve_command, serve_device, serve_each,
+    shardc_run, tokens_of,
+};
 
 fn llama32(dir: &Path) -> PathBuf {
     let out = dir.join("out");
@@ -108,15 +94,7 @@ fn a_device_restarted_mid_generation_is_named_or_the_tokens_are_exact() {
     devices.0[1].kill().unwrap();
     devices.0[1].wait().unwrap();
     // The same device, back at once (its old session is gone).
-    devices.0[1] = Command::new(shardc_run())
-        .arg("serve")
-        .arg(&out)
-        .args(["--device", "dev-b", "--cluster", cluster_file.to_str().unwrap(), "--slowdown", "10"])
-        .arg("--secret-file")
-        .arg(secret_of(&cluster_file))
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    devices.0[1] = serve_device(&out, "dev-b", &cluster_file, &["--slowdown", "10"]);
     let restarted = Instant::now();
     let result = gen.wait_with_output().unwrap();
     assert!(restarted.elapsed() < Duration::from_secs(8), "took {:?}", restarted.elapsed());
@@ -203,15 +181,7 @@ fn replayed_messages_are_dropped_and_change_nothing() {
     // Restart dev-b on its own cluster file.
     let _ = devices.0[1].kill();
     let _ = devices.0[1].wait();
-    devices.0[1] = Command::new(shardc_run())
-        .arg("serve")
-        .arg(&out)
-        .args(["--device", "dev-b", "--cluster", own.to_str().unwrap()])
-        .arg("--secret-file")
-        .arg(secret_of(&own))
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    devices.0[1] = serve_device(&out, "dev-b", &own, &[]);
     std::thread::sleep(Duration::from_millis(300));
     // Every message to dev-b arrives twice: the copies are dropped.
     assert_eq!(generate_tokens(&out, &cluster_file, &ids, 8), expected);
@@ -262,12 +232,7 @@ fn participants_must_share_the_secret_or_all_say_insecure() {
     let out = llama32(dir.path());
     let (cluster_file, _) = cluster(dir.path(), port_base(79));
     // Neither a secret nor --insecure.
-    let o = Command::new(shardc_run())
-        .arg("serve")
-        .arg(&out)
-        .args(["--device", "dev-a", "--cluster", cluster_file.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let o = serve_command(&out, "dev-a", &cluster_file).output().unwrap();
     assert_eq!(o.status.code(), Some(1));
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("--secret-file FILE"),
@@ -277,19 +242,7 @@ fn participants_must_share_the_secret_or_all_say_insecure() {
     // A secret too short to be one.
     let short = dir.path().join("short");
     std::fs::write(&short, "pw").unwrap();
-    let o = Command::new(shardc_run())
-        .arg("serve")
-        .arg(&out)
-        .args([
-            "--device",
-            "dev-a",
-            "--cluster",
-            cluster_file.to_str().unwrap(),
-            "--secret-file",
-            short.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
+    let o = serve_command(&out, "dev-a", &cluster_file).arg("--secret-file").arg(&short).output().unwrap();
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("at least 16"));
     // Devices with the secret, a client without it: the client names them, quickly.

@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::net::{compile, shardc_run};
+use common::net::{compile, serve_command, shardc_run};
 use common::{fixture_dir, root};
 
 use common::shardc;
@@ -423,11 +423,6 @@ fn every_message_names_its_file() {
         "client = \"tcp://127.attacker.example:5600\"\n[devices]\ndev-a = \"tcp://127.0.0.1:5601\"\n",
     )
     .unwrap();
-    let o = Command::new(shardc_run())
-        .arg("serve")
-        .arg(&out)
-        .args(["--device", "dev-a", "--cluster", cluster.to_str().unwrap(), "--insecure"])
-        .output()
-        .unwrap();
+    let o = serve_command(&out, "dev-a", &cluster).arg("--insecure").output().unwrap();
     refused(&o, &["cluster.toml", "127.attacker.example", "not loopback"]);
 }

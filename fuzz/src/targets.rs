@@ -243,7 +243,7 @@ pub fn target(name: &str, scratch: &Path) -> Result<Target> {
                 run: Box::new(|b| {
                     let text = std::str::from_utf8(b).map_err(|e| e.to_string())?;
                     // With remote addresses allowed: names are parsed but not resolved.
-                    shardc_runtime::cluster::Cluster::parse(text, true).map(|_| ())
+                    shardc_format::Cluster::parse(text, true).map(|_| ())
                 }),
             }
         }

@@ -9,12 +9,11 @@
 //!   process), [`generate`] (prefill, greedy decoding, the KV cache, context bounds);
 //! - the distributed runtime: [`node`] (devices and the client over ZeroMQ, sessions,
 //!   rebalancing), [`wire`] (the encrypted, authenticated envelope and replay guard),
-//!   [`frame`] (tensors as safetensors bytes), [`cluster`] (`cluster.toml`);
+//!   [`frame`] (tensors as safetensors bytes); `cluster.toml` is `shardc_format::cluster`;
 //! - load balancing: [`balance`] (`balance.json`, routes for any plan, the balancer);
 //! - [`profile`]: this host's device entry, measured with these kernels.
 
 pub mod balance;
-pub mod cluster;
 mod error;
 pub mod exec;
 pub mod frame;

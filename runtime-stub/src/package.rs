@@ -48,20 +48,33 @@ fn err(path: &Path, message: String) -> RuntimeError {
 /// Largest `manifest.json`, `shard.ir`, `standby.ir` or `standby.json` read.
 pub const MAX_PACKAGE_TEXT: u64 = 256 << 20;
 
+/// What a hash recorded in a manifest and its file disagreeing means: for a package's
+/// own file, and for a file of the output every manifest records.
+const ALTERED_PACKAGE: (&str, &str) = ("the manifest's", "the package was altered");
+const ALTERED_SHARED: (&str, &str) = ("the packages'", "it was altered or comes from another compile");
+
+fn mismatch(path: &Path, got: &str, expected: &str, (whose, why): (&str, &str)) -> RuntimeError {
+    err(path, format!("blake3 {got} does not match {whose} {expected}: {why}"))
+}
+
+/// At most [`MAX_PACKAGE_TEXT`] bytes of `path`, which must hash to `expected` (the
+/// bytes hashed are the bytes returned).
+fn read_hashed(path: &Path, expected: &str, meaning: (&str, &str)) -> Result<Vec<u8>, RuntimeError> {
+    let bytes = shardc_format::files::read_bounded(path, MAX_PACKAGE_TEXT)
+        .map_err(|e| err(path, format!("cannot read: {e}")))?;
+    let got = blake3::hash(&bytes).to_hex();
+    if got.as_str() != expected {
+        return Err(mismatch(path, got.as_str(), expected, meaning));
+    }
+    Ok(bytes)
+}
+
 /// Read a listed text file of a package and check it against the manifest's hash (the
 /// bytes hashed are the bytes returned).
 pub fn read_listed(dir: &Path, m: &Manifest, file: &str) -> Result<String, RuntimeError> {
     let path = dir.join(file);
     let expected = m.files.get(file).ok_or_else(|| err(&path, "the manifest does not list this file".into()))?;
-    let bytes = shardc_format::files::read_bounded(&path, MAX_PACKAGE_TEXT)
-        .map_err(|e| err(&path, format!("cannot read: {e}")))?;
-    let got = blake3::hash(&bytes).to_hex();
-    if got.as_str() != expected {
-        return Err(err(
-            &path,
-            format!("blake3 {got} does not match the manifest's {expected}: the package was altered"),
-        ));
-    }
+    let bytes = read_hashed(&path, expected, ALTERED_PACKAGE)?;
     String::from_utf8(bytes).map_err(|e| err(&path, format!("not UTF-8 text: {e}")))
 }
 
@@ -124,10 +137,7 @@ pub fn load_manifest(dir: &Path) -> Result<Manifest, RuntimeError> {
         let f = dir.join(file);
         let got = hash_file(&f).map_err(|e| err(&f, format!("cannot read: {e}")))?;
         if &got != expected {
-            return Err(err(
-                &f,
-                format!("blake3 {got} does not match the manifest's {expected}: the package was altered"),
-            ));
+            return Err(mismatch(&f, &got, expected, ALTERED_PACKAGE));
         }
     }
     Ok(m)
@@ -308,11 +318,9 @@ pub fn load_output(out: &Path, hash: bool) -> Result<Output, RuntimeError> {
             ),
         ));
     }
-    if shared.get("transmission_map.json") != Some(&map_hash) {
-        return Err(bad(format!(
-            "blake3 {map_hash} does not match the packages' {}: the map was altered or comes from another compile",
-            shared.get("transmission_map.json").map_or("(none)", String::as_str)
-        )));
+    let recorded = shared.get("transmission_map.json").map_or("(none)", String::as_str);
+    if recorded != map_hash {
+        return Err(mismatch(&map_path, &map_hash, recorded, ALTERED_SHARED));
     }
     for (i, m) in manifests.iter().enumerate() {
         if m.stage != i || m.stages != map.stages.len() {
@@ -406,15 +414,7 @@ pub fn load_output(out: &Path, hash: bool) -> Result<Output, RuntimeError> {
     let balance_path = out.join("balance.json");
     let balance = match (shared.get("balance.json"), balance_path.exists()) {
         (Some(expected), true) => {
-            let bytes = shardc_format::files::read_bounded(&balance_path, MAX_PACKAGE_TEXT)
-                .map_err(|e| err(&balance_path, format!("cannot read: {e}")))?;
-            let got = blake3::hash(&bytes).to_hex();
-            if got.as_str() != expected {
-                return Err(err(
-                    &balance_path,
-                    format!("blake3 {got} does not match the packages' {expected}: it was altered or comes from another compile"),
-                ));
-            }
+            let bytes = read_hashed(&balance_path, expected, ALTERED_SHARED)?;
             Some(crate::balance::BalanceSpec::parse(&bytes, &balance_path).map_err(RuntimeError::File)?)
         }
         (None, false) => None,

@@ -66,22 +66,27 @@ pub fn serve(out: &Path, cluster: &Path, extra: &[&str]) -> Devices {
     serve_each(out, cluster, |_| extra.to_vec())
 }
 
+/// `shardc-run serve OUT --device DEVICE --cluster CLUSTER`, for the caller to add
+/// flags to.
+pub fn serve_command(out: &Path, device: &str, cluster: &Path) -> Command {
+    let mut c = Command::new(shardc_run());
+    c.arg("serve").arg(out).args(["--device", device, "--cluster", cluster.to_str().unwrap()]);
+    c
+}
+
+/// One serving device with `extra` flags (and the cluster's secret unless they say
+/// `--insecure` or give one), its stderr kept.
+pub fn serve_device(out: &Path, device: &str, cluster: &Path, extra: &[&str]) -> Child {
+    let mut c = serve_command(out, device, cluster);
+    if !extra.iter().any(|a| *a == "--insecure" || *a == "--secret-file") {
+        c.arg("--secret-file").arg(secret_of(cluster));
+    }
+    c.args(extra).stderr(Stdio::piped()).spawn().unwrap()
+}
+
 /// `shardc-run serve` for dev-a, dev-b and dev-c, each with the arguments `extra` gives it.
 pub fn serve_each<'a>(out: &Path, cluster: &Path, extra: impl Fn(&str) -> Vec<&'a str>) -> Devices {
-    Devices(
-        ["dev-a", "dev-b", "dev-c"]
-            .iter()
-            .map(|d| {
-                let extra = extra(d);
-                let mut c = Command::new(shardc_run());
-                c.arg("serve").arg(out).args(["--device", d, "--cluster", cluster.to_str().unwrap()]);
-                if !extra.iter().any(|a| *a == "--insecure" || *a == "--secret-file") {
-                    c.arg("--secret-file").arg(secret_of(cluster));
-                }
-                c.args(extra).stderr(Stdio::piped()).spawn().unwrap()
-            })
-            .collect(),
-    )
+    Devices(["dev-a", "dev-b", "dev-c"].iter().map(|d| serve_device(out, d, cluster, &extra(d))).collect())
 }
 
 /// A fixture's prompt (comma-separated) and its PyTorch greedy tokens.
@@ -98,4 +103,22 @@ pub fn generate_command(out: &Path, cluster: &Path, prompt: &str) -> Command {
     c.arg("generate").arg(out).args(["--cluster", cluster.to_str().unwrap(), "--input-ids", prompt]);
     c.arg("--secret-file").arg(secret_of(cluster));
     c
+}
+
+/// Request 0's tokens in a `--json` generation report.
+pub fn tokens_of(stdout: &[u8]) -> Vec<i64> {
+    let report: serde_json::Value = serde_json::from_slice(stdout).unwrap();
+    report["tokens"][0].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect()
+}
+
+/// `shardc-run local OUT`: the `n` tokens it generates for `ids` (it must succeed).
+pub fn local_tokens(out: &Path, ids: &str, n: usize) -> Vec<i64> {
+    let o = Command::new(shardc_run())
+        .arg("local")
+        .arg(out)
+        .args(["--input-ids", ids, "--max-new-tokens", &n.to_string(), "--json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    tokens_of(&o.stdout)
 }

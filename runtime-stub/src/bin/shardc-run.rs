@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Result};
 use clap::{Args, Parser, Subcommand};
+use shardc_format::Cluster;
 use shardc_runtime::balance::BalanceOptions;
-use shardc_runtime::cluster::Cluster;
 use shardc_runtime::node::{self, Generation, Job, NetOptions, Slowdown};
 
 /// Run compiled shardc packages, one process per device or all in one.

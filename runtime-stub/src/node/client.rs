@@ -8,12 +8,12 @@ use std::time::{Duration, Instant};
 use ndarray::{ArrayD, IxDyn};
 
 use crate::balance::{BalanceSpec, Balancer};
-use crate::cluster::Cluster;
 use crate::frame::{Frame, Kind};
 use crate::generate::argmax;
 use crate::package::{self};
 use crate::wire::SessionId;
 use crate::Tensor;
+use shardc_format::Cluster;
 
 use super::feeder::Feeder;
 use super::net::Net;
@@ -202,7 +202,7 @@ pub fn generate(
     if requests == 0 || requests > MAX_REQUESTS {
         return Err(format!("{requests} requests: between 1 and {MAX_REQUESTS} run at once").into());
     }
-    let output = package::load_output(out, true).map_err(|e| e.to_string())?;
+    let output = package::load_output(out, true)?;
     let map = &output.map;
     let stages = map.stages.clone();
     let gen = map.generation.as_ref().ok_or(
@@ -213,7 +213,7 @@ pub fn generate(
     let recompute_beyond = gen.recompute_beyond;
     // Without a KV cache every step runs on all the tokens so far.
     let cached = gen.kv_cache;
-    crate::generate::check_context(gen.max_context, job.prompt.len(), n).map_err(|e| e.to_string())?;
+    crate::generate::check_context(gen.max_context, job.prompt.len(), n)?;
     let ids_to: Vec<String> = map
         .transfers
         .iter()

@@ -9,13 +9,13 @@ use std::time::{Duration, Instant};
 
 use ndarray::{ArrayD, IxDyn};
 
-use crate::cluster::Cluster;
 use crate::frame::{Frame, Kind};
 use crate::generate::{cache_entries, CacheEntry};
 use crate::package::{self, HeldUnits};
 use crate::weights::WeightFiles;
 use crate::wire::{session_text, Envelope, SessionId};
 use crate::{Session, Tensor};
+use shardc_format::Cluster;
 
 use super::net::Net;
 use super::*;
@@ -258,8 +258,8 @@ pub fn serve(
 ) -> Result<(), NetError> {
     shardc_passes::devices::check_name(device).map_err(|e| format!("--device: {e}"))?;
     let dir = out.join(device);
-    let (manifest, graph) = package::load(&dir).map_err(|e| e.to_string())?;
-    let held = package::load_standby(&dir, &manifest).map_err(|e| e.to_string())?;
+    let (manifest, graph) = package::load(&dir)?;
+    let held = package::load_standby(&dir, &manifest)?;
     let range = held.as_ref().and_then(|h| {
         let first = h.standby.units.iter().position(|u| *u == manifest.units[0])?;
         let last = h.standby.units.iter().position(|u| *u == manifest.units[1])?;
@@ -270,7 +270,7 @@ pub fn serve(
     }
     let mut graphs = vec![&graph];
     graphs.extend(held.as_ref().map(|h| &h.graph));
-    let weights = package::weights(&dir, &manifest, &graphs).map_err(|e| e.to_string())?;
+    let weights = package::weights(&dir, &manifest, &graphs)?;
     let session = Session::with_weights(graph, weights.clone());
     let net = Net::bind(device, cluster, ctx, opts)?;
     let initial = Initial {

@@ -4,9 +4,9 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use crate::cluster::Cluster;
 use crate::frame::{self, Frame};
 use crate::wire::{Dropped, Envelope, ReplayGuard, SessionId, Wire};
+use shardc_format::Cluster;
 
 use super::*;
 
