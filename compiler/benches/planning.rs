@@ -8,9 +8,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use shardc::frontend::hf::LowerOptions;
-use shardc::planning::{self, Request};
+use shardc::render;
 use shardc_passes::cost::Workload;
 use shardc_passes::devices;
+use shardc_passes::partition::{self, Request};
 use shardc_passes::plan::{solve, Objective, Strategy};
 use shardc_passes::{run_pipeline, Ctx};
 
@@ -46,8 +47,9 @@ fn main() {
                 time_limit: Duration::from_secs(10),
                 compute_dtype: None,
                 standby: 0,
+                dtype: None,
             };
-            let prep = planning::prepare(&g, &p, &req).expect("prepare");
+            let prep = partition::prepare(&g, &p, &req).expect("prepare");
             let mut status = String::new();
             let ilp = median(
                 (0..5)
@@ -90,8 +92,7 @@ fn main() {
     println!("BLOOM on lingualinked-3.toml, throughput objective, weights sized as f16, context 1024");
     let p = devices::load(&root.join("fixtures/devices/lingualinked-3.toml")).expect("profile");
     for model in ["bloom-1b1", "bloom-3b", "bloom-7b1"] {
-        let mut g = graph(&root.join(format!("fixtures/configs/{model}/config.json")), 1024);
-        planning::retype_weights(&mut g, shardc_ir::DType::F16);
+        let g = graph(&root.join(format!("fixtures/configs/{model}/config.json")), 1024);
         let req = Request {
             workload: Workload { batch: 1, prompt_len: 128, max_context: 1024 },
             objective: Objective::Throughput,
@@ -99,10 +100,11 @@ fn main() {
             time_limit: Duration::from_secs(10),
             compute_dtype: Some("f16".into()),
             standby: 0,
+            dtype: Some(shardc_ir::DType::F16),
         };
-        match planning::compare(&g, &p, &req) {
+        match partition::compare(&g, &p, &req) {
             Ok(rows) => {
-                print!("{model}\n{}", planning::compare_text(&rows, req.objective));
+                print!("{model}\n{}", render::compare_text(&rows, req.objective));
                 let tps = |s: Strategy| rows.iter().find(|r| r.strategy == s).and_then(|r| r.pipelined_tokens_per_s);
                 let ilp = tps(Strategy::Ilp).unwrap_or(0.0);
                 let ratio = |s: Strategy| tps(s).map_or("does not fit".to_string(), |t| format!("{:.2}x", ilp / t));

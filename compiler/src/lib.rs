@@ -8,6 +8,6 @@ pub mod emit;
 pub mod frontend;
 pub mod inspect;
 pub mod load;
-pub mod planning;
+pub mod render;
 pub mod run;
 pub mod verify;

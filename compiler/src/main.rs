@@ -10,8 +10,9 @@ use shardc::cli::{Cli, Command, ModelArgs, PlanArgs};
 use shardc::frontend::hf::LowerOptions;
 use shardc::inspect;
 use shardc::load::{load, LoadedModel};
-use shardc::planning;
+use shardc::render;
 use shardc_passes::cost::Workload;
+use shardc_passes::partition::{self, Names};
 use shardc_passes::plan::{Objective, Strategy};
 use shardc_passes::{run_pipeline, Ctx};
 
@@ -66,9 +67,11 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Plan { model, plan: args, strategy, json, out, timings } => {
             let strategy: Strategy = strategy.parse().map_err(anyhow::Error::msg)?;
-            let (graph, profile, req) = sized(planning_inputs(&model, &args)?);
+            let p = planning_inputs(&model, &args)?;
             let names = (model.display().to_string(), args.devices.display().to_string());
-            let (report, map) = planning::plan(&graph, &profile, &req, strategy, (&names.0, &names.1))?;
+            let names = Names { model: &names.0, devices: &names.1 };
+            let planned = partition::plan(&p.graph, &p.profile, &p.req, strategy, names)?;
+            let (report, map) = (planned.report, planned.map);
             let plan_json = serde_json::to_string_pretty(&report)? + "\n";
             if let Some(dir) = out {
                 shardc::emit::output::check_not_input(&dir, &[model.clone(), args.devices.clone()])
@@ -84,16 +87,16 @@ fn run(cli: Cli) -> Result<()> {
             if json {
                 print!("{plan_json}");
             } else {
-                print!("{}", report.to_text(timings));
+                print!("{}", render::plan_text(&report, timings));
             }
         }
         Command::Compare { model, plan: args, json } => {
-            let (graph, profile, req) = sized(planning_inputs(&model, &args)?);
-            let rows = planning::compare(&graph, &profile, &req)?;
+            let p = planning_inputs(&model, &args)?;
+            let rows = partition::compare(&p.graph, &p.profile, &p.req)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
-                print!("{}", planning::compare_text(&rows, req.objective));
+                print!("{}", render::compare_text(&rows, p.req.objective));
             }
         }
         Command::Compile { model, plan: args, out, strategy, force } => {
@@ -102,14 +105,13 @@ fn run(cli: Cli) -> Result<()> {
             let opts = shardc::emit::CompileOptions {
                 strategy,
                 request: p.req,
-                dtype: p.dtype,
                 force,
                 model_name: model.display().to_string(),
                 devices_name: args.devices.display().to_string(),
                 inputs: vec![model.clone(), args.devices.clone()],
             };
             let summary = shardc::emit::compile(&p.graph, &p.weights_dir, &p.profile, &opts, &out)?;
-            print!("{}", summary.report.to_text(false));
+            print!("{}", render::plan_text(&summary.report, false));
             println!(
                 "wrote       {} ({} stages, {} of weights)",
                 out.display(),
@@ -149,9 +151,8 @@ struct Planning {
     graph: shardc_ir::Graph,
     weights_dir: PathBuf,
     profile: shardc_passes::devices::Profile,
-    req: planning::Request,
-    /// `--dtype`, checked to be a float type.
-    dtype: Option<shardc_ir::DType>,
+    /// The request, `--dtype` (checked to be a float type) included.
+    req: partition::Request,
 }
 
 fn planning_inputs(model: &std::path::Path, args: &PlanArgs) -> Result<Planning> {
@@ -195,24 +196,16 @@ fn planning_inputs(model: &std::path::Path, args: &PlanArgs) -> Result<Planning>
     }
     let mut graph = loaded.graph;
     run_pipeline(&mut graph, &mut Ctx::default(), None)?;
-    let req = planning::Request {
+    let req = partition::Request {
         workload: Workload { batch: args.batch, prompt_len: args.prompt_len, max_context: args.max_context },
         objective,
         margin: args.margin,
         time_limit: std::time::Duration::from_secs_f64(args.time_limit),
         compute_dtype: args.compute_dtype.clone(),
         standby: args.standby,
+        dtype,
     };
-    Ok(Planning { graph, weights_dir: loaded.weights_dir, profile, req, dtype })
-}
-
-/// The graph with weights sized as `--dtype` says, for planning.
-fn sized(p: Planning) -> (shardc_ir::Graph, shardc_passes::devices::Profile, planning::Request) {
-    let mut graph = p.graph;
-    if let Some(d) = p.dtype {
-        planning::retype_weights(&mut graph, d);
-    }
-    (graph, p.profile, p.req)
+    Ok(Planning { graph, weights_dir: loaded.weights_dir, profile, req })
 }
 
 /// `shardc verify --inputs`: every output must agree.

@@ -18,8 +18,7 @@ use shardc_runtime::package::load_pipeline;
 fn options(dtype: Option<shardc_ir::DType>) -> CompileOptions {
     CompileOptions {
         strategy: Strategy::Ilp,
-        request: common::fixture_request(Objective::Throughput, 0),
-        dtype,
+        request: shardc_passes::partition::Request { dtype, ..common::fixture_request(Objective::Throughput, 0) },
         force: false,
         model_name: "fixture".into(),
         devices_name: "loopback".into(),

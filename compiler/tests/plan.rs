@@ -6,8 +6,8 @@ mod common;
 use std::path::Path;
 
 use common::{fixture_dir, root};
-use shardc::planning::{self, Request};
 use shardc_passes::devices;
+use shardc_passes::partition::{self, Names, Request};
 use shardc_passes::plan::{Objective, Strategy};
 use shardc_passes::segment::segment;
 use shardc_passes::transmission::Kind;
@@ -111,8 +111,9 @@ fn checkpoints_segment_into_embed_attention_mlp_and_head() {
 fn long_range_tensors_go_straight_to_their_consumers() {
     let g = graph(&fixture_dir("llama32").join("hf"));
     let profile = devices::load(&root().join("fixtures/devices/lingualinked-3.toml")).unwrap();
-    let (report, map) =
-        planning::plan(&g, &profile, &request(Objective::Latency), Strategy::Uniform, ("llama32", "ll3")).unwrap();
+    let names = Names { model: "llama32", devices: "ll3" };
+    let planned = partition::plan(&g, &profile, &request(Objective::Latency), Strategy::Uniform, names).unwrap();
+    let (report, map) = (planned.report, planned.map);
     assert_eq!(report.stages.len(), 3);
     assert_eq!(map.stages, ["high-end", "mid-range", "low-end"]);
     let mask = map.transfers.iter().find(|t| t.tensor.contains("positions/Where")).unwrap();

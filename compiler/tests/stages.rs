@@ -4,9 +4,9 @@
 mod common;
 
 use common::{fixture_dir, reference, root, FIXTURES};
-use shardc::planning::{self, Request};
 use shardc_passes::cost::Workload;
 use shardc_passes::devices;
+use shardc_passes::partition::{self, Request};
 use shardc_passes::plan::{solve, Objective, Strategy};
 use shardc_passes::split::split;
 use shardc_runtime::generate::{cached_prefill, greedy_cached, CacheLayout, Runner};
@@ -26,8 +26,9 @@ fn stage_graphs_chained_reproduce_the_model() {
             time_limit: std::time::Duration::from_secs(5),
             compute_dtype: None,
             standby: 0,
+            dtype: None,
         };
-        let prep = planning::prepare(&graph, &profile, &req).unwrap();
+        let prep = partition::prepare(&graph, &profile, &req).unwrap();
         // Uniform spreads even these tiny models over several devices.
         let outcome = solve(&prep.model.problem, Strategy::Uniform, &prep.opts);
         let plan = outcome.plan.unwrap();

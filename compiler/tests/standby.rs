@@ -23,7 +23,6 @@ fn compile_standby(model: &Path, out: &Path, standby: usize) -> serde_json::Valu
     let opts = CompileOptions {
         strategy: Strategy::Ilp,
         request: common::fixture_request(Objective::Throughput, standby),
-        dtype: None,
         force: false,
         model_name: "fixture".into(),
         devices_name: "loopback-3".into(),

@@ -11,13 +11,7 @@ use std::collections::HashMap;
 
 use shardc_ir::{DType, Dim, Graph, Node, Op, ValueDef, ValueId};
 
-/// The work one request asks for.
-#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
-pub struct Workload {
-    pub batch: u64,
-    pub prompt_len: u64,
-    pub max_context: u64,
-}
+pub use shardc_format::plan::Workload;
 
 /// Whether a graph has a KV cache (its frontend recorded cache pairs).
 pub fn has_past(graph: &Graph) -> bool {
@@ -42,16 +36,16 @@ pub enum Phase {
     Decode,
 }
 
-impl Workload {
-    /// Symbol sizes for a phase of a graph (with a KV cache when `has_past`).
-    pub fn bindings(&self, phase: Phase, has_past: bool) -> HashMap<String, i64> {
-        let (seq, past) = match (phase, has_past) {
-            (Phase::Prefill, _) => (self.prompt_len, 0),
-            (Phase::Decode, true) => (1, self.max_context.saturating_sub(1)),
-            (Phase::Decode, false) => (self.max_context, 0),
+impl Phase {
+    /// Symbol sizes of this phase of `workload` for a graph (with a KV cache when `has_past`).
+    pub fn bindings(self, workload: &Workload, has_past: bool) -> HashMap<String, i64> {
+        let (seq, past) = match (self, has_past) {
+            (Phase::Prefill, _) => (workload.prompt_len, 0),
+            (Phase::Decode, true) => (1, workload.max_context.saturating_sub(1)),
+            (Phase::Decode, false) => (workload.max_context, 0),
         };
         HashMap::from([
-            ("batch".to_string(), self.batch as i64),
+            ("batch".to_string(), workload.batch as i64),
             ("seq".to_string(), seq as i64),
             ("past".to_string(), past as i64),
         ])

@@ -48,44 +48,6 @@ impl Device {
     }
 }
 
-/// A network link.
-#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Link {
-    /// Bytes/s (infinite for a device to itself; `null` in JSON).
-    #[serde(with = "infinite_as_null")]
-    pub bandwidth: f64,
-    /// Seconds per message.
-    pub latency: f64,
-}
-
-/// JSON has no infinity: an infinite bandwidth is written as `null`.
-mod infinite_as_null {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
-        if v.is_finite() {
-            s.serialize_f64(*v)
-        } else {
-            s.serialize_none()
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
-        Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::INFINITY))
-    }
-}
-
-impl Link {
-    /// Time to send `bytes` as one message.
-    pub fn time(&self, bytes: f64) -> f64 {
-        if bytes <= 0.0 {
-            0.0
-        } else {
-            bytes / self.bandwidth + self.latency
-        }
-    }
-}
-
 /// A set of devices and their links.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Profile {
@@ -164,6 +126,7 @@ struct RawLink {
 pub const MAX_DEVICES: usize = 4096;
 
 pub use shardc_format::names::{check_name, MAX_NAME, RESERVED_NAMES};
+pub use shardc_format::problem::Link;
 
 /// Read a profile from a TOML file.
 pub fn load(path: &Path) -> Result<Profile, ProfileError> {

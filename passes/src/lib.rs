@@ -8,6 +8,7 @@ pub mod cost;
 pub mod devices;
 pub mod infer;
 pub mod infer_shapes;
+pub mod partition;
 pub mod plan;
 pub mod quantity;
 pub mod roles;

@@ -25,9 +25,9 @@ pub fn build(
     let has_past = crate::cost::has_past(graph);
     // Per token for a language model; per forward pass for other graphs.
     let step = if crate::roles::lm_roles(graph).is_some() { Phase::Decode } else { Phase::Prefill };
-    let dec = sizes(graph, &workload.bindings(step, has_past))?;
-    let pre = sizes(graph, &workload.bindings(Phase::Prefill, has_past))?;
-    let costs = node_costs(graph, &workload.bindings(step, has_past))?;
+    let dec = sizes(graph, &step.bindings(workload, has_past))?;
+    let pre = sizes(graph, &Phase::Prefill.bindings(workload, has_past))?;
+    let costs = node_costs(graph, &step.bindings(workload, has_past))?;
     let stages = seg.stage_of_nodes(plan);
     let stage_of_node = |i: usize| stages[i];
     let device = |s: usize| names[plan[s].device].clone();

@@ -5,7 +5,7 @@ use std::fmt::Write;
 
 use shardc_passes::quantity::bytes_text;
 
-use crate::planning::PlanReport;
+use shardc_format::plan::PlanReport;
 
 fn escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")

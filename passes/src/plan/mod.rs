@@ -15,59 +15,11 @@ pub mod exhaustive;
 pub mod milp;
 pub mod model;
 pub mod order_dp;
-pub mod problem;
 
 use std::time::{Duration, Instant};
 
-pub use problem::{Figures, Objective, Plan, Problem, SharedWeight, Stage};
-
-/// A partitioning strategy.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Strategy {
-    Uniform,
-    Proportional,
-    Dp,
-    Ilp,
-}
-
-impl Strategy {
-    pub const ALL: [Strategy; 4] = [Strategy::Uniform, Strategy::Proportional, Strategy::Dp, Strategy::Ilp];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Strategy::Uniform => "uniform",
-            Strategy::Proportional => "proportional",
-            Strategy::Dp => "dp",
-            Strategy::Ilp => "ilp",
-        }
-    }
-}
-
-impl std::str::FromStr for Strategy {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Strategy::ALL
-            .into_iter()
-            .find(|x| x.name() == s)
-            .ok_or_else(|| format!("unknown strategy `{s}` (uniform, proportional, dp, ilp)"))
-    }
-}
-
-/// How a solve went.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
-pub struct SolverStatus {
-    /// What computed the plan (`uniform`, `proportional`, `order-dp`, `class-dp`, `milp`).
-    pub engine: String,
-    /// The plan is proven optimal for what the strategy optimises.
-    pub optimal: bool,
-    /// Relative gap to the best bound, when stopped early.
-    pub gap: Option<f64>,
-    #[serde(skip)]
-    pub time_ms: f64,
-    /// Why there is no plan, when there is none.
-    pub note: Option<String>,
-}
+pub use shardc_format::plan::{SolverStatus, Strategy};
+pub use shardc_format::problem::{self, Figures, Objective, Plan, Problem, SharedWeight, Stage};
 
 /// A strategy's answer.
 #[derive(Clone, Debug, PartialEq)]

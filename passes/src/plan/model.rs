@@ -46,8 +46,8 @@ pub fn build(graph: &Graph, seg: &Segmentation, profile: &Profile, inputs: &Plan
     // A graph that is not a language model (an encoder) runs one forward pass per
     // request: its "decode step" is that pass, and a request has no decode steps.
     let generative = crate::roles::lm_roles(graph).is_some();
-    let pre_bind = inputs.workload.bindings(Phase::Prefill, past);
-    let dec_bind = if generative { inputs.workload.bindings(Phase::Decode, past) } else { pre_bind.clone() };
+    let pre_bind = Phase::Prefill.bindings(&inputs.workload, past);
+    let dec_bind = if generative { Phase::Decode.bindings(&inputs.workload, past) } else { pre_bind.clone() };
     let pre_cost = node_costs(graph, &pre_bind)?;
     let dec_cost = node_costs(graph, &dec_bind)?;
     let pre_size = sizes(graph, &pre_bind)?;
@@ -99,7 +99,7 @@ pub fn build(graph: &Graph, seg: &Segmentation, profile: &Profile, inputs: &Plan
     // KV cache at the full context: the past input's elements with past = max_context.
     let kv_element =
         inputs.kv_bytes.unwrap_or_else(|| dominant_weight_dtype(graph).map_or(4.0, |d| f64::from(d.bits()) / 8.0));
-    let mut full = inputs.workload.bindings(Phase::Decode, true);
+    let mut full = Phase::Decode.bindings(&inputs.workload, true);
     full.insert("past".into(), inputs.workload.max_context as i64);
     let full_size = sizes(graph, &full)?;
     for (&i, &u) in &kv_units {

@@ -3,9 +3,9 @@
 //!
 //! A [`Plan`] is an ordered list of stages; each stage is one device running a
 //! contiguous run of units, devices distinct. [`Problem::evaluate`] is the single
-//! definition of feasibility and cost that every strategy is measured by.
-
-use crate::devices::Link;
+//! definition of feasibility and cost that every strategy is measured by — the
+//! compiler's planners and the runtime's balancer alike, which is why the problem
+//! lives here: `balance.json` carries it from one to the other.
 
 /// What a plan minimises.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -24,6 +24,44 @@ impl std::str::FromStr for Objective {
             "latency" => Ok(Objective::Latency),
             "throughput" => Ok(Objective::Throughput),
             _ => Err(format!("unknown objective `{s}` (latency, throughput)")),
+        }
+    }
+}
+
+/// A network link.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Link {
+    /// Bytes/s (infinite for a device to itself; `null` in JSON).
+    #[serde(with = "infinite_as_null")]
+    pub bandwidth: f64,
+    /// Seconds per message.
+    pub latency: f64,
+}
+
+/// JSON has no infinity: an infinite bandwidth is written as `null`.
+pub(crate) mod infinite_as_null {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        if v.is_finite() {
+            s.serialize_f64(*v)
+        } else {
+            s.serialize_none()
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::INFINITY))
+    }
+}
+
+impl Link {
+    /// Time to send `bytes` as one message.
+    pub fn time(&self, bytes: f64) -> f64 {
+        if bytes <= 0.0 {
+            0.0
+        } else {
+            bytes / self.bandwidth + self.latency
         }
     }
 }

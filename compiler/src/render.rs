@@ -1,0 +1,141 @@
+//! The text `shardc plan`, `compile` and `compare` print: renderings of what the
+//! partition pipeline (`shardc_passes::partition`) returns.
+
+use std::fmt::Write;
+
+use shardc_format::plan::PlanReport;
+use shardc_passes::partition::CompareRow;
+use shardc_passes::plan::Objective;
+use shardc_passes::quantity::bytes_text;
+
+fn ms(x: f64) -> String {
+    if x >= 1000.0 {
+        format!("{:.2} s", x / 1e3)
+    } else {
+        format!("{x:.2} ms")
+    }
+}
+
+/// The text `shardc plan` prints for a plan.
+pub fn plan_text(report: &PlanReport, timings: bool) -> String {
+    let mut out = String::new();
+    let s = &report.solver;
+    let status = if s.optimal {
+        "proven optimal".to_string()
+    } else if let Some(g) = s.gap {
+        format!("gap {:.2}%", g * 100.0)
+    } else {
+        "heuristic".to_string()
+    };
+    let time = if timings { format!(", {:.1} ms", s.time_ms) } else { String::new() };
+    let _ = writeln!(
+        out,
+        "plan        {} ({}, {status}{time}), objective {:?}",
+        report.strategy.name(),
+        s.engine,
+        report.objective
+    );
+    let w = &report.workload;
+    let _ = writeln!(
+        out,
+        "workload    batch {}, prompt {} tokens, context {} tokens, {} units",
+        w.batch, w.prompt_len, w.max_context, report.units
+    );
+    let _ = writeln!(
+        out,
+        "{:<5} {:<14} {:<36} {:<7} {:<24} {:>11} {:>12} {:>22}",
+        "stage", "device", "units", "layers", "memory / budget", "prefill", "decode/token", "link to next (pre/dec)"
+    );
+    for (i, st) in report.stages.iter().enumerate() {
+        let units = if st.first_unit == st.last_unit {
+            st.first_unit.clone()
+        } else {
+            format!("{} .. {}", st.first_unit, st.last_unit)
+        };
+        let layers =
+            st.layers.map_or("-".to_string(), |[a, b]| if a == b { a.to_string() } else { format!("{a}-{b}") });
+        let link = if i + 1 < report.stages.len() {
+            format!("{} / {}", ms(st.link_prefill_ms), ms(st.link_decode_ms))
+        } else {
+            "-".into()
+        };
+        let _ = writeln!(
+            out,
+            "{:<5} {:<14} {:<36} {:<7} {:<24} {:>11} {:>12} {:>22}",
+            i,
+            st.device,
+            units,
+            layers,
+            format!("{} / {}", bytes_text(st.memory_bytes), bytes_text(st.budget_bytes)),
+            ms(st.prefill_ms),
+            ms(st.decode_ms),
+            link
+        );
+    }
+    for (i, st) in report.stages.iter().enumerate() {
+        if let Some(h) = &st.held {
+            let _ = writeln!(
+                out,
+                "standby     stage {i} holds {} .. {} ({} / {})",
+                h.first_unit,
+                h.last_unit,
+                bytes_text(h.memory_bytes),
+                bytes_text(st.budget_bytes)
+            );
+        }
+    }
+    let p = &report.predictions;
+    if report.generative {
+        let _ = writeln!(out, "prefill     {}", ms(p.prefill_ms));
+        let _ = writeln!(
+            out,
+            "decode      {}/token ({:.2} tokens/s for one request)",
+            ms(p.decode_ms_per_token),
+            1e3 / p.decode_ms_per_token
+        );
+        let _ = writeln!(out, "pipelined   {:.2} tokens/s with requests in flight", p.pipelined_tokens_per_s);
+    } else {
+        let _ = writeln!(out, "forward     {} for one request (one pass, no decode steps)", ms(p.prefill_ms));
+        let _ = writeln!(out, "pipelined   {:.2} requests/s with requests in flight", p.pipelined_tokens_per_s);
+    }
+    out
+}
+
+/// The text `shardc compare` prints.
+pub fn compare_text(rows: &[CompareRow], objective: Objective) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "objective {objective:?}");
+    let _ = writeln!(
+        out,
+        "{:<13} {:<13} {:>6} {:>12} {:>14} {:>16} {:>10}",
+        "strategy", "engine", "stages", "prefill", "decode/token", "pipelined tok/s", "vs best"
+    );
+    for r in rows {
+        match (r.prefill_ms, r.decode_ms_per_token, r.pipelined_tokens_per_s, r.ratio_to_best) {
+            (Some(p), Some(d), Some(t), Some(x)) => {
+                let _ = writeln!(
+                    out,
+                    "{:<13} {:<13} {:>6} {:>12} {:>14} {:>16.2} {:>9.3}x",
+                    r.strategy.name(),
+                    r.engine,
+                    r.stages,
+                    ms(p),
+                    ms(d),
+                    t,
+                    x
+                );
+            }
+            _ => {
+                let _ = writeln!(
+                    out,
+                    "{:<13} {:<13} {:>6} {}",
+                    r.strategy.name(),
+                    r.engine,
+                    r.stages,
+                    r.note.clone().unwrap_or_else(|| "does not fit".into())
+                );
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,131 @@
+//! `plan.json`: the plan a compile chose, with what it predicts, and the vocabulary
+//! of planning requests (strategies, workloads, solver status) it is written in.
+
+use serde::{Deserialize, Serialize};
+
+use crate::problem::Objective;
+
+/// A partitioning strategy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    Uniform,
+    Proportional,
+    Dp,
+    Ilp,
+}
+
+impl Strategy {
+    pub const ALL: [Strategy; 4] = [Strategy::Uniform, Strategy::Proportional, Strategy::Dp, Strategy::Ilp];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Strategy::Uniform => "uniform",
+            Strategy::Proportional => "proportional",
+            Strategy::Dp => "dp",
+            Strategy::Ilp => "ilp",
+        }
+    }
+}
+
+impl std::str::FromStr for Strategy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Strategy::ALL
+            .into_iter()
+            .find(|x| x.name() == s)
+            .ok_or_else(|| format!("unknown strategy `{s}` (uniform, proportional, dp, ilp)"))
+    }
+}
+
+/// How a solve went.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SolverStatus {
+    /// What computed the plan (`uniform`, `proportional`, `order-dp`, `class-dp`, `milp`).
+    pub engine: String,
+    /// The plan is proven optimal for what the strategy optimises.
+    pub optimal: bool,
+    /// Relative gap to the best bound, when stopped early.
+    pub gap: Option<f64>,
+    #[serde(skip)]
+    pub time_ms: f64,
+    /// Why there is no plan, when there is none.
+    pub note: Option<String>,
+}
+
+/// The work one request asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Workload {
+    pub batch: u64,
+    pub prompt_len: u64,
+    pub max_context: u64,
+}
+
+/// One stage of a reported plan.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageReport {
+    pub device: String,
+    /// First and last unit (`embed`, `layer 3 attention`, …).
+    pub first_unit: String,
+    pub last_unit: String,
+    /// Transformer layers with at least one unit here, `[first, last]`.
+    pub layers: Option<[usize; 2]>,
+    pub memory_bytes: f64,
+    pub budget_bytes: f64,
+    pub prefill_ms: f64,
+    pub decode_ms: f64,
+    /// To the next stage.
+    pub link_prefill_ms: f64,
+    pub link_decode_ms: f64,
+    /// With standby units: every unit whose weights the stage holds, and the memory
+    /// that takes (weights and KV cache of all of them, the largest activation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<HeldReport>,
+}
+
+/// The units a stage holds weights for.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeldReport {
+    pub first_unit: String,
+    pub last_unit: String,
+    /// `[start, end)` unit indices.
+    pub units: [usize; 2],
+    pub memory_bytes: f64,
+}
+
+/// Predicted figures of a plan.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Predictions {
+    pub prefill_ms: f64,
+    pub decode_ms_per_token: f64,
+    /// Pipelined decode with requests in flight: 1 / slowest stage or link (infinite,
+    /// written `null`, when nothing takes time).
+    #[serde(with = "crate::problem::infinite_as_null")]
+    pub pipelined_tokens_per_s: f64,
+    /// The objective's value, seconds.
+    pub objective_s: f64,
+}
+
+/// `plan.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanReport {
+    pub model: String,
+    /// A language model generating token by token (else one forward pass per request,
+    /// an encoder: "decode" figures are that pass).
+    pub generative: bool,
+    pub devices: String,
+    pub strategy: Strategy,
+    pub objective: Objective,
+    pub workload: Workload,
+    pub margin: f64,
+    pub units: usize,
+    pub stages: Vec<StageReport>,
+    pub predictions: Predictions,
+    pub solver: SolverStatus,
+}
