@@ -252,7 +252,8 @@ fn participants_must_share_the_secret_or_all_say_insecure() {
     let o = Command::new(shardc_run())
         .arg("generate")
         .arg(&out)
-        .args(["--cluster", cluster_file.to_str().unwrap(), "--input-ids", &ids, "--insecure", "--timeout", "2"])
+        .args(["--cluster", cluster_file.to_str().unwrap(), "--input-ids", &ids, "--insecure"])
+        .args(["--start-timeout", "2"])
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(1));

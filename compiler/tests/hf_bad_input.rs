@@ -116,7 +116,7 @@ fn header_with_overlapping_tensors() {
     let dir = llama_copy();
     let header = r#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]},"b":{"dtype":"F32","shape":[4],"data_offsets":[8,24]}}"#;
     raw_safetensors(&dir.path().join("model.safetensors"), header, 24);
-    assert_rejected(dir.path(), &[], &["model.safetensors", "tensors `a` and `b` overlap (bytes 8..16)"]);
+    assert_rejected(dir.path(), &[], &["model.safetensors", "invalid offset for tensor `b`"]);
 }
 
 #[test]
@@ -124,14 +124,14 @@ fn header_running_past_the_file() {
     let dir = llama_copy();
     let header = r#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#;
     raw_safetensors(&dir.path().join("model.safetensors"), header, 8);
-    assert_rejected(dir.path(), &[], &["tensor `a`: data_offsets [0, 16] run past the end of the data (8 bytes)"]);
+    assert_rejected(dir.path(), &[], &["model.safetensors", "file not fully covered"]);
     // A header length larger than the file.
     std::fs::write(dir.path().join("model.safetensors"), 1_000_000u64.to_le_bytes()).unwrap();
-    assert_rejected(dir.path(), &[], &["header length 1000000 does not fit the file (8 bytes)"]);
+    assert_rejected(dir.path(), &[], &["model.safetensors", "invalid header length"]);
     // Lengths that disagree with dtype × shape.
     let header = r#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,12]}}"#;
     raw_safetensors(&dir.path().join("model.safetensors"), header, 12);
-    assert_rejected(dir.path(), &[], &["tensor `a`: 12 bytes of data, but F32 [4] needs 16"]);
+    assert_rejected(dir.path(), &[], &["model.safetensors", "invalid shape, data type, or offset for tensor"]);
 }
 
 #[test]

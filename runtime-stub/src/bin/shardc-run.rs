@@ -54,6 +54,10 @@ struct Gen {
     /// Seconds to wait for a device before giving up on it.
     #[arg(long, default_value_t = 5.0)]
     timeout: f64,
+    /// Seconds to wait for every device to answer the session's opening (devices that
+    /// are still starting: loading and checking their packages).
+    #[arg(long, default_value_t = 30.0)]
+    start_timeout: f64,
     #[arg(long)]
     json: bool,
     /// Never move stage boundaries (packages compiled with --standby otherwise do when
@@ -91,6 +95,13 @@ impl Gen {
                 self.timeout
             );
         }
+        if !(self.start_timeout > 0.0 && self.start_timeout <= node::MAX_TIMEOUT_S) {
+            bail!(
+                "--start-timeout must be a number of seconds above 0 and at most {}, got {}",
+                node::MAX_TIMEOUT_S,
+                self.start_timeout
+            );
+        }
         if self.requests == 0 || self.requests > node::MAX_REQUESTS {
             bail!("--requests must be between 1 and {}, got {}", node::MAX_REQUESTS, self.requests);
         }
@@ -102,6 +113,7 @@ impl Gen {
             tokens: self.max_new_tokens,
             requests: self.requests,
             timeout: Duration::from_secs_f64(self.timeout),
+            start_timeout: Duration::from_secs_f64(self.start_timeout),
             balance: (!self.no_balance)
                 .then_some(BalanceOptions { window: self.balance_window, threshold: self.balance_threshold }),
         })

@@ -202,7 +202,8 @@ pub fn generate(
     if requests == 0 || requests > MAX_REQUESTS {
         return Err(format!("{requests} requests: between 1 and {MAX_REQUESTS} run at once").into());
     }
-    let output = package::load_output(out, true)?;
+    // The map and manifests only: each device checks its own package's files.
+    let output = package::load_output(out, false)?;
     let map = &output.map;
     let stages = map.stages.clone();
     let gen = map.generation.as_ref().ok_or(
@@ -241,7 +242,7 @@ pub fn generate(
         last_sent: Instant::now(),
     };
     let started = Instant::now();
-    client.open(&stages, timeout)?;
+    client.open(&stages, job.start_timeout)?;
     let mut tokens: Vec<Vec<i64>> = vec![Vec::new(); requests];
     let mut token_ms: Vec<Vec<f64>> = vec![Vec::new(); requests];
     let mut timings: Vec<StageTiming> =

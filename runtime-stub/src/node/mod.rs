@@ -177,6 +177,9 @@ pub struct Job {
     pub requests: usize,
     /// How long to wait for a device.
     pub timeout: Duration,
+    /// How long to wait for every device to answer the session's opening: devices
+    /// may still be starting (loading and checking their packages).
+    pub start_timeout: Duration,
     /// Move stage boundaries when measured times call for it (packages compiled with
     /// `--standby`); `None`: never.
     pub balance: Option<BalanceOptions>,

@@ -4,21 +4,19 @@
 //! Format: an 8-byte little-endian header length `N`, `N` bytes of JSON mapping each
 //! tensor name to `{dtype, shape, data_offsets: [begin, end]}` (plus an optional
 //! `__metadata__` map of strings), then the data; offsets are relative to the data
-//! start, `8 + N`. This reader checks what a lying file could get wrong: the header
-//! length against the file size, unknown dtypes, lengths that disagree with dtype ×
-//! shape, offsets past the end of the file, and tensors whose byte ranges overlap.
+//! start, `8 + N`. Headers are read and checked by the `safetensors` crate (the one
+//! codec of weights and frames). Headers are *written* here ([`encode_header`]) for one
+//! reason: the crate writes `__metadata__` from a `HashMap`, in an order that changes
+//! from run to run, and a compile's output must be byte-identical.
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::Read;
 use std::path::Path;
 
+use ::safetensors::SafeTensors;
 use shardc_ir::{DType, WeightLocation};
 
 use super::HfError;
-
-/// Largest header shardc accepts (the format's own limit is 100 MB).
-const MAX_HEADER: u64 = 100 * 1024 * 1024;
 
 /// One tensor of a checkpoint.
 #[derive(Clone, Debug, PartialEq)]
@@ -37,74 +35,31 @@ pub struct Checkpoint {
     pub files: Vec<String>,
 }
 
-/// Read the header of one safetensors file; `rel` is its name relative to `dir`.
+/// Read the header of one safetensors file; `rel` is its name relative to `dir`. The
+/// `safetensors` crate reads and checks it (from a memory map: only the header's pages
+/// are touched): header length against the file, JSON, dtypes, lengths against dtype
+/// × shape, and offsets that tile the data exactly to the end of the file.
 pub fn read_header(dir: &Path, rel: &str) -> Result<BTreeMap<String, TensorInfo>, HfError> {
     let path = dir.join(rel);
     let bad = |message: String| HfError::Safetensors { file: path.clone(), message };
-    let mut f = File::open(&path).map_err(|e| HfError::Io { file: path.clone(), source: e })?;
-    let file_len = f.metadata().map_err(|e| HfError::Io { file: path.clone(), source: e })?.len();
-    let mut len_bytes = [0u8; 8];
-    f.read_exact(&mut len_bytes).map_err(|_| bad(format!("the file is {file_len} bytes, too short for a header")))?;
-    let n = u64::from_le_bytes(len_bytes);
-    if n > MAX_HEADER || 8 + n > file_len {
-        return Err(bad(format!("header length {n} does not fit the file ({file_len} bytes)")));
-    }
-    let mut header = vec![0u8; n as usize];
-    f.read_exact(&mut header).map_err(|e| bad(format!("cannot read the header: {e}")))?;
-    let json: serde_json::Value =
-        serde_json::from_slice(&header).map_err(|e| bad(format!("header is not JSON: {e}")))?;
-    let obj = json.as_object().ok_or_else(|| bad("header is not a JSON object".into()))?;
-    let data_start = 8 + n;
-    let data_len = file_len - data_start;
+    let file = File::open(&path).map_err(|e| HfError::Io { file: path.clone(), source: e })?;
+    // SAFETY: the map is read only, and only while this function runs; shardc never
+    // writes its inputs. Another process rewriting the file meanwhile could change the
+    // bytes under the checks (as it could between any two reads) or, by truncating it,
+    // fault the read — the same contract as the weight maps the compile copies from.
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| HfError::Io { file: path.clone(), source: e })?;
+    let (n, header) =
+        SafeTensors::read_metadata(&map[..]).map_err(|e| bad(format!("not a valid safetensors file: {e}")))?;
+    let data_start = 8 + n as u64;
     let mut tensors = BTreeMap::new();
-    let mut ranges: Vec<(u64, u64, &str)> = Vec::new();
-    for (name, entry) in obj {
-        if name == "__metadata__" {
-            continue;
-        }
+    for (name, info) in header.tensors() {
         let tbad = |message: String| bad(format!("tensor `{name}`: {message}"));
-        let dtype_name = entry["dtype"].as_str().ok_or_else(|| tbad("no dtype".into()))?;
-        let dtype =
-            DType::from_safetensors(dtype_name).ok_or_else(|| tbad(format!("unsupported dtype `{dtype_name}`")))?;
-        let shape: Vec<usize> = entry["shape"]
-            .as_array()
-            .ok_or_else(|| tbad("no shape".into()))?
-            .iter()
-            .map(|d| d.as_u64().map(|d| d as usize))
-            .collect::<Option<_>>()
-            .ok_or_else(|| tbad("shape must be non-negative integers".into()))?;
-        let offsets = entry["data_offsets"].as_array().ok_or_else(|| tbad("no data_offsets".into()))?;
-        let (begin, end) = match offsets.as_slice() {
-            [b, e] => (b.as_u64(), e.as_u64()),
-            _ => (None, None),
-        };
-        let (Some(begin), Some(end)) = (begin, end) else {
-            return Err(tbad("data_offsets must be two non-negative integers".into()));
-        };
-        if begin > end {
-            return Err(tbad(format!("data_offsets [{begin}, {end}] are reversed")));
-        }
-        if end > data_len {
-            return Err(tbad(format!("data_offsets [{begin}, {end}] run past the end of the data ({data_len} bytes)")));
-        }
-        let expected = shape
-            .iter()
-            .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
-            .and_then(|n| dtype.byte_len(n))
-            .ok_or_else(|| tbad(format!("shape {shape:?} is too large")))?;
-        if end - begin != expected {
-            return Err(tbad(format!("{} bytes of data, but {dtype_name} {shape:?} needs {expected}", end - begin)));
-        }
-        ranges.push((begin, end, name));
-        let location = WeightLocation { file: rel.to_string(), offset: data_start + begin, length: end - begin };
-        tensors.insert(name.clone(), TensorInfo { dtype, shape, location });
-    }
-    ranges.sort();
-    for pair in ranges.windows(2) {
-        let ((_, end_a, a), (begin_b, _, b)) = (pair[0], pair[1]);
-        if begin_b < end_a {
-            return Err(bad(format!("tensors `{a}` and `{b}` overlap (bytes {begin_b}..{end_a})")));
-        }
+        let dtype = DType::from_safetensors(&info.dtype.to_string())
+            .ok_or_else(|| tbad(format!("unsupported dtype `{}`", info.dtype)))?;
+        let (begin, end) = info.data_offsets;
+        let location =
+            WeightLocation { file: rel.to_string(), offset: data_start + begin as u64, length: (end - begin) as u64 };
+        tensors.insert(name, TensorInfo { dtype, shape: info.shape.clone(), location });
     }
     Ok(tensors)
 }
