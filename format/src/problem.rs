@@ -97,10 +97,54 @@ pub struct Problem {
     pub objective: Objective,
 }
 
-/// One stage: a device and the units `start..end`.
+/// A device: its index in the device profile, and so in every per-device table of a
+/// [`Problem`] (which it indexes directly: `budget[device]`, `prefill[device][unit]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct DeviceId(pub usize);
+
+impl DeviceId {
+    pub fn index(self) -> usize {
+        self.0
+    }
+
+    /// Every device of a problem with `n` devices, in profile order.
+    pub fn all(n: usize) -> impl DoubleEndedIterator<Item = DeviceId> + Clone {
+        (0..n).map(DeviceId)
+    }
+}
+
+impl std::fmt::Display for DeviceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl<T> std::ops::Index<DeviceId> for Vec<T> {
+    type Output = T;
+    fn index(&self, d: DeviceId) -> &T {
+        &self[d.0]
+    }
+}
+
+impl<T> std::ops::IndexMut<DeviceId> for Vec<T> {
+    fn index_mut(&mut self, d: DeviceId) -> &mut T {
+        &mut self[d.0]
+    }
+}
+
+impl<T> std::ops::Index<DeviceId> for [T] {
+    type Output = T;
+    fn index(&self, d: DeviceId) -> &T {
+        &self[d.0]
+    }
+}
+
+/// One stage: a device and the units `start..end` (positions in the chain of units,
+/// slice bounds of every per-unit table).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Stage {
-    pub device: usize,
+    pub device: DeviceId,
     pub start: usize,
     pub end: usize,
 }
@@ -156,7 +200,7 @@ impl Problem {
     }
 
     /// Link times (prefill, decode) across the cut after unit `cut`, from `a` to `b`.
-    pub fn link_times(&self, cut: usize, a: usize, b: usize) -> (f64, f64) {
+    pub fn link_times(&self, cut: usize, a: DeviceId, b: DeviceId) -> (f64, f64) {
         let l = self.links[a][b];
         (l.time(self.cut_prefill[cut]), l.time(self.cut_decode[cut]))
     }
@@ -172,7 +216,7 @@ impl Problem {
             if s.start != next || s.end <= s.start || s.end > self.units() {
                 return Err(format!("stages do not tile the units: {plan:?}"));
             }
-            if s.device >= self.devices() || std::mem::replace(&mut seen[s.device], true) {
+            if s.device.index() >= self.devices() || std::mem::replace(&mut seen[s.device], true) {
                 return Err(format!("device {} used twice or unknown", s.device));
             }
             next = s.end;
@@ -250,14 +294,14 @@ impl Problem {
     }
 
     /// Latency-objective cost of one stage (compute only).
-    pub fn stage_latency(&self, d: usize, start: usize, end: usize) -> f64 {
+    pub fn stage_latency(&self, d: DeviceId, start: usize, end: usize) -> f64 {
         let p: f64 = self.prefill[d][start..end].iter().sum();
         let q: f64 = self.decode[d][start..end].iter().sum();
         p + self.decode_tokens * q
     }
 
     /// Objective contribution of the link across the cut after unit `cut`.
-    pub fn link_cost(&self, cut: usize, a: usize, b: usize) -> f64 {
+    pub fn link_cost(&self, cut: usize, a: DeviceId, b: DeviceId) -> f64 {
         let (p, q) = self.link_times(cut, a, b);
         match self.objective {
             Objective::Latency => p + self.decode_tokens * q,
@@ -266,7 +310,7 @@ impl Problem {
     }
 
     /// Objective contribution of a stage's compute.
-    pub fn stage_cost(&self, d: usize, start: usize, end: usize) -> f64 {
+    pub fn stage_cost(&self, d: DeviceId, start: usize, end: usize) -> f64 {
         match self.objective {
             Objective::Latency => self.stage_latency(d, start, end),
             Objective::Throughput => self.decode[d][start..end].iter().sum(),

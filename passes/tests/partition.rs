@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use shardc_passes::devices::Link;
-use shardc_passes::plan::{exhaustive, order_dp, solve, Objective, Problem, SharedWeight, SolveOptions, Strategy};
+use shardc_passes::plan::{
+    exhaustive, order_dp, solve, DeviceId, Objective, Problem, SharedWeight, SolveOptions, Strategy,
+};
 
 /// xorshift64*: a small deterministic generator, so failures reproduce.
 struct Rng(u64);
@@ -138,7 +140,7 @@ fn ilp_equals_exhaustive_search_and_beats_every_baseline() {
 /// the best feasible objective, and per stage the units some such plan gives it.
 fn bounded_brute_force(
     p: &Problem,
-    order: &[usize],
+    order: &[DeviceId],
     held: &[std::ops::Range<usize>],
 ) -> (Option<f64>, Vec<std::collections::BTreeSet<usize>>) {
     let mut best: Option<f64> = None;
@@ -177,7 +179,7 @@ fn bounded_replanning_equals_brute_force_within_the_standby_units() {
         let mut factor = vec![1.0; p.devices()];
         factor[plan[rng.below(plan.len())].device] = 1.0 + rng.uniform(0.0, 4.0);
         let q = p.slowed(&factor);
-        let order: Vec<usize> = plan.iter().map(|s| s.device).collect();
+        let order: Vec<DeviceId> = plan.iter().map(|s| s.device).collect();
         let got = order_dp::solve_in(&q, &order, Some(&held));
         let (truth, reached) = bounded_brute_force(&q, &order, &held);
         // Every held unit is one its stage can reach: no weights held for nothing.

@@ -17,7 +17,7 @@ use std::collections::VecDeque;
 
 use serde::Serialize;
 pub use shardc_format::balance::{BalanceSpec, Crossing, Route, StageView, FORMAT};
-use shardc_passes::plan::{order_dp, Objective, Problem, Stage};
+use shardc_passes::plan::{order_dp, DeviceId, Objective, Problem, Stage};
 
 /// When to re-plan.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
@@ -91,7 +91,7 @@ pub fn token_time(q: &Problem, plan: &[Stage], k: usize) -> f64 {
 /// pipeline), whichever gives the shorter token time — or the plan in force. Returns
 /// it with the token times of the plan in force and of it.
 pub fn replan(q: &Problem, plan: &[Stage], held: &[std::ops::Range<usize>], k: usize) -> (Vec<Stage>, f64, f64) {
-    let order: Vec<usize> = plan.iter().map(|s| s.device).collect();
+    let order: Vec<DeviceId> = plan.iter().map(|s| s.device).collect();
     let old = token_time(q, plan, k);
     let mut best = (plan.to_vec(), old);
     for objective in [Objective::Latency, Objective::Throughput] {
@@ -296,7 +296,7 @@ mod tests {
             decode_tokens: 16.0,
             objective: Objective::Throughput,
         };
-        let plan: Vec<Stage> = (0..3).map(|s| Stage { device: s, start: 4 * s, end: 4 * s + 4 }).collect();
+        let plan: Vec<Stage> = (0..3).map(|s| Stage { device: DeviceId(s), start: 4 * s, end: 4 * s + 4 }).collect();
         let held = problem.standby(&plan, 2).iter().map(|r| [r.start, r.end]).collect();
         BalanceSpec {
             format: FORMAT,
@@ -333,9 +333,9 @@ mod tests {
         assert_eq!(r["h5"], Route { from: "b".into(), to: vec!["c".into()] });
         assert_eq!(r["logits"], Route { from: "c".into(), to: vec!["client".into()] });
         let moved = vec![
-            Stage { device: 0, start: 0, end: 6 },
-            Stage { device: 1, start: 6, end: 7 },
-            Stage { device: 2, start: 7, end: 12 },
+            Stage { device: DeviceId(0), start: 0, end: 6 },
+            Stage { device: DeviceId(1), start: 6, end: 7 },
+            Stage { device: DeviceId(2), start: 7, end: 12 },
         ];
         let r = s.routes(&moved);
         assert!(!r.contains_key("h3"), "h3 stays on a");

@@ -10,24 +10,25 @@
 //! number of classes and units; [`solve`] declines instances where that exceeds
 //! [`MAX_STATES`] (many distinct devices), which the integer program then handles.
 
-use super::problem::{Plan, Problem, Stage};
+use super::problem::{DeviceId, Plan, Problem, Stage};
 
 /// Largest state space the search takes on.
 pub const MAX_STATES: usize = 40_000_000;
 
-/// Classes of interchangeable devices, each a list of device indices.
-pub fn classes(p: &Problem) -> Vec<Vec<usize>> {
-    let mut classes: Vec<Vec<usize>> = Vec::new();
-    'device: for d in 0..p.devices() {
+/// Classes of interchangeable devices, each a list of devices.
+pub fn classes(p: &Problem) -> Vec<Vec<DeviceId>> {
+    let mut classes: Vec<Vec<DeviceId>> = Vec::new();
+    'device: for d in DeviceId::all(p.devices()) {
         for class in &mut classes {
             let r = class[0];
             let same_spec = p.budget[r] == p.budget[d] && p.prefill[r] == p.prefill[d] && p.decode[r] == p.decode[d];
             if !same_spec {
                 continue;
             }
-            let same_links = (0..p.devices()).filter(|&x| x != r && x != d).all(|x| p.links[r][x] == p.links[d][x])
-                && class.iter().skip(1).all(|&m| p.links[r][m] == p.links[d][m] || m == d)
-                && class.iter().all(|&m| m == r || p.links[r][m] == p.links[r][d]);
+            let same_links =
+                DeviceId::all(p.devices()).filter(|&x| x != r && x != d).all(|x| p.links[r][x] == p.links[d][x])
+                    && class.iter().skip(1).all(|&m| p.links[r][m] == p.links[d][m] || m == d)
+                    && class.iter().all(|&m| m == r || p.links[r][m] == p.links[r][d]);
             if same_links {
                 class.push(d);
                 continue 'device;
@@ -54,9 +55,9 @@ pub fn solve(p: &Problem) -> Option<Option<(Plan, f64)>> {
     if states > MAX_STATES {
         return None;
     }
-    let rep: Vec<usize> = classes.iter().map(|c| c[0]).collect();
+    let rep: Vec<DeviceId> = classes.iter().map(|c| c[0]).collect();
     // Link between consecutive stages on classes a then b.
-    let link_device = |a: usize, b: usize| -> Option<(usize, usize)> {
+    let link_device = |a: usize, b: usize| -> Option<(DeviceId, DeviceId)> {
         if a != b {
             Some((rep[a], rep[b]))
         } else {

@@ -1,7 +1,7 @@
 //! Exhaustive search over every ordered device subset and every split: the ground
 //! truth the other strategies are tested against (small instances only).
 
-use super::problem::{Plan, Problem, Stage};
+use super::problem::{DeviceId, Plan, Problem, Stage};
 
 /// The best feasible plan and its objective, or `None` when nothing fits.
 pub fn solve(p: &Problem) -> Option<(Plan, f64)> {
@@ -13,25 +13,25 @@ pub fn solve(p: &Problem) -> Option<(Plan, f64)> {
     best
 }
 
-fn orders(p: &Problem, n: usize, order: &mut Vec<usize>, used: &mut [bool], best: &mut Option<(Plan, f64)>) {
+fn orders(p: &Problem, n: usize, order: &mut Vec<DeviceId>, used: &mut [bool], best: &mut Option<(Plan, f64)>) {
     if !order.is_empty() && order.len() <= n {
         splits(p, order, 0, &mut Vec::new(), best);
     }
     if order.len() == n.min(p.devices()) {
         return;
     }
-    for d in 0..p.devices() {
-        if !used[d] {
-            used[d] = true;
+    for d in DeviceId::all(p.devices()) {
+        if !used[d.index()] {
+            used[d.index()] = true;
             order.push(d);
             orders(p, n, order, used, best);
             order.pop();
-            used[d] = false;
+            used[d.index()] = false;
         }
     }
 }
 
-fn splits(p: &Problem, order: &[usize], start: usize, stages: &mut Plan, best: &mut Option<(Plan, f64)>) {
+fn splits(p: &Problem, order: &[DeviceId], start: usize, stages: &mut Plan, best: &mut Option<(Plan, f64)>) {
     let k = stages.len();
     if k == order.len() - 1 {
         stages.push(Stage { device: order[k], start, end: p.units() });
@@ -54,8 +54,14 @@ fn splits(p: &Problem, order: &[usize], start: usize, stages: &mut Plan, best: &
 /// Call `f` with every plan that uses `order`'s devices in that order, one stage each,
 /// stage `k` starting and ending inside `held[k]` — feasible or not: the ground truth
 /// of replanning within standby units (small instances only).
-pub fn each_plan_within(p: &Problem, order: &[usize], held: &[std::ops::Range<usize>], f: &mut dyn FnMut(&Plan)) {
-    fn go(p: &Problem, order: &[usize], held: &[std::ops::Range<usize>], stages: &mut Plan, f: &mut dyn FnMut(&Plan)) {
+pub fn each_plan_within(p: &Problem, order: &[DeviceId], held: &[std::ops::Range<usize>], f: &mut dyn FnMut(&Plan)) {
+    fn go(
+        p: &Problem,
+        order: &[DeviceId],
+        held: &[std::ops::Range<usize>],
+        stages: &mut Plan,
+        f: &mut dyn FnMut(&Plan),
+    ) {
         let k = stages.len();
         let start = stages.last().map_or(0, |s| s.end);
         if k == order.len() {

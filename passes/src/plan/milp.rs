@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use microlp::{ComparisonOp, OptimizationDirection, Problem as Lp, Variable};
 
-use super::problem::{Objective, Plan, Problem, Stage};
+use super::problem::{DeviceId, Objective, Plan, Problem, Stage};
 
 /// How a MILP solve ended.
 #[derive(Clone, Debug, PartialEq)]
@@ -39,7 +39,7 @@ pub fn solve(p: &Problem, warm: Option<&[Stage]>, limit: Duration) -> (Option<(P
     let t = (!latency).then(|| lp.add_var(1.0, (0.0, f64::INFINITY)));
     let mut x = vec![Vec::with_capacity(nd); n];
     for (u, row) in x.iter_mut().enumerate() {
-        for d in 0..nd {
+        for d in DeviceId::all(nd) {
             let cost = if latency { p.stage_latency(d, u, u + 1) * ms } else { 0.0 };
             row.push(lp.add_binary_var(cost));
         }
@@ -55,7 +55,7 @@ pub fn solve(p: &Problem, warm: Option<&[Stage]>, limit: Duration) -> (Option<(P
         lp.add_constraint(row.iter().map(|&v| (v, 1.0)).collect::<Vec<_>>(), ComparisonOp::Eq, 1.0);
     }
     // Block starts: s[u][d] >= x[u][d] - x[u-1][d]; one start per device.
-    for d in 0..nd {
+    for d in DeviceId::all(nd) {
         lp.add_constraint([(s[0][d], 1.0), (x[0][d], -1.0)], ComparisonOp::Ge, 0.0);
         for u in 1..n {
             lp.add_constraint([(s[u][d], 1.0), (x[u][d], -1.0), (x[u - 1][d], 1.0)], ComparisonOp::Ge, 0.0);
@@ -64,8 +64,8 @@ pub fn solve(p: &Problem, warm: Option<&[Stage]>, limit: Duration) -> (Option<(P
     }
     // Cuts between different devices.
     for u in 0..n.saturating_sub(1) {
-        for a in 0..nd {
-            for b in 0..nd {
+        for a in DeviceId::all(nd) {
+            for b in DeviceId::all(nd) {
                 if a == b {
                     continue;
                 }
@@ -79,7 +79,7 @@ pub fn solve(p: &Problem, warm: Option<&[Stage]>, limit: Duration) -> (Option<(P
         }
     }
     // Memory, scaled by each budget: private + shared + peak <= 1.
-    for d in 0..nd {
+    for d in DeviceId::all(nd) {
         let budget = p.budget[d];
         let peak = lp.add_var(0.0, (0.0, f64::INFINITY));
         let mut row: Vec<(Variable, f64)> = (0..n).map(|u| (x[u][d], p.private_bytes[u] / budget)).collect();
@@ -107,7 +107,7 @@ pub fn solve(p: &Problem, warm: Option<&[Stage]>, limit: Duration) -> (Option<(P
         let mut hint = Vec::new();
         for st in plan {
             for u in st.start..st.end {
-                for d in 0..nd {
+                for d in DeviceId::all(nd) {
                     hint.push((x[u][d], f64::from(u8::from(d == st.device))));
                     hint.push((s[u][d], f64::from(u8::from(d == st.device && u == st.start))));
                 }
@@ -131,8 +131,9 @@ pub fn solve(p: &Problem, warm: Option<&[Stage]>, limit: Duration) -> (Option<(P
     // Read the blocks back: device of each unit, then runs.
     let mut plan: Plan = Vec::new();
     for u in 0..n {
-        let d =
-            (0..nd).max_by(|&a, &b| solution.var_value(x[u][a]).total_cmp(&solution.var_value(x[u][b]))).unwrap_or(0);
+        let d = DeviceId::all(nd)
+            .max_by(|&a, &b| solution.var_value(x[u][a]).total_cmp(&solution.var_value(x[u][b])))
+            .unwrap_or(DeviceId(0));
         match plan.last_mut() {
             Some(st) if st.device == d => st.end = u + 1,
             _ => plan.push(Stage { device: d, start: u, end: u + 1 }),

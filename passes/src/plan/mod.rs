@@ -19,7 +19,7 @@ pub mod order_dp;
 use std::time::{Duration, Instant};
 
 pub use shardc_format::plan::{SolverStatus, Strategy};
-pub use shardc_format::problem::{self, Figures, Objective, Plan, Problem, SharedWeight, Stage};
+pub use shardc_format::problem::{self, DeviceId, Figures, Objective, Plan, Problem, SharedWeight, Stage};
 
 /// A strategy's answer.
 #[derive(Clone, Debug, PartialEq)]
@@ -49,7 +49,7 @@ pub const MAX_MILP_BINARIES: usize = 4096;
 /// Run one strategy.
 pub fn solve(p: &Problem, strategy: Strategy, opts: &SolveOptions) -> Outcome {
     let started = Instant::now();
-    let file_order: Vec<usize> = (0..p.devices()).collect();
+    let file_order: Vec<DeviceId> = DeviceId::all(p.devices()).collect();
     let (plan, engine, optimal, gap, note) = match strategy {
         Strategy::Uniform => {
             let plan = by_shares(p, &opts.groups, &vec![1.0; p.devices()]);
@@ -95,7 +95,7 @@ pub fn solve(p: &Problem, strategy: Strategy, opts: &SolveOptions) -> Outcome {
                     let (found, status) = milp::solve(p, warm.as_deref(), opts.time_limit);
                     // The program fixes the device order; the order's exact split can only improve it.
                     let found = found.map(|(plan, value)| {
-                        let order: Vec<usize> = plan.iter().map(|s| s.device).collect();
+                        let order: Vec<DeviceId> = plan.iter().map(|s| s.device).collect();
                         match order_dp::solve(p, &order) {
                             Some((better, v)) if v < value => (better, v),
                             _ => (plan, value),
@@ -164,7 +164,7 @@ fn by_shares(p: &Problem, groups: &[usize], shares: &[f64]) -> Plan {
         let start = groups.iter().position(|&g| g >= group_start).unwrap_or(p.units());
         let end = groups.iter().position(|&g| g >= group_end).unwrap_or(p.units());
         if end > start {
-            plan.push(Stage { device: d, start, end });
+            plan.push(Stage { device: DeviceId(d), start, end });
         }
         group_start = group_end;
     }

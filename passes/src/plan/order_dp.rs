@@ -5,17 +5,17 @@
 
 use std::ops::Range;
 
-use super::problem::{Plan, Problem, Stage};
+use super::problem::{DeviceId, Plan, Problem, Stage};
 
 /// The best plan using devices in `order` (any subsequence of it), or `None`.
-pub fn solve(p: &Problem, order: &[usize]) -> Option<(Plan, f64)> {
+pub fn solve(p: &Problem, order: &[DeviceId]) -> Option<(Plan, f64)> {
     solve_in(p, order, None)
 }
 
 /// With `held`: the best plan that keeps every device of `order`, in that order, each
 /// on a non-empty run of units inside `held[j]` (the units whose weights it has).
 /// Without: as [`solve`].
-pub fn solve_in(p: &Problem, order: &[usize], held: Option<&[Range<usize>]>) -> Option<(Plan, f64)> {
+pub fn solve_in(p: &Problem, order: &[DeviceId], held: Option<&[Range<usize>]>) -> Option<(Plan, f64)> {
     let n = p.units();
     let m = order.len();
     if held.is_some_and(|h| h.len() != m) {
