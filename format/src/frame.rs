@@ -153,3 +153,40 @@ pub struct Ready {
     /// KV-cache bytes this device sent to others.
     pub kv_sent_bytes: u64,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta() -> Meta {
+        Meta { kind: Kind::Ready, request: 7, step: u64::MAX, sender: "dev-a".into(), info: "{}".into() }
+    }
+
+    #[test]
+    fn metadata_round_trips_and_every_kind_has_a_name() {
+        assert_eq!(Meta::from_map(&meta().to_map()), Ok(meta()));
+        let plain = Meta { info: String::new(), ..meta() };
+        assert!(!plain.to_map().contains_key("info"));
+        assert_eq!(Meta::from_map(&plain.to_map()), Ok(plain));
+        for k in Kind::ALL {
+            assert_eq!(Kind::from_name(k.name()), Some(k));
+        }
+    }
+
+    #[test]
+    fn metadata_is_refused_by_name() {
+        let with = |key: &str, value: Option<&str>| {
+            let mut m = meta().to_map();
+            match value {
+                Some(v) => m.insert(key.to_string(), v.to_string()),
+                None => m.remove(key),
+            };
+            Meta::from_map(&m).unwrap_err()
+        };
+        assert!(with("sender", None).contains("lacks `sender`"));
+        assert!(with("kind", Some("teleport")).contains("unknown message kind `teleport`"));
+        assert!(with("step", Some("-1")).contains("step is not a number"));
+        assert!(with("request", Some("1e3")).contains("request is not a number"));
+        assert!(with("epoch", Some("1")).contains("unknown metadata `epoch`"));
+    }
+}

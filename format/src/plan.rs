@@ -129,3 +129,64 @@ pub struct PlanReport {
     pub predictions: Predictions,
     pub solver: SolverStatus,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report() -> PlanReport {
+        let stage = StageReport {
+            device: "a".into(),
+            first_unit: "embed".into(),
+            last_unit: "head".into(),
+            layers: Some([0, 1]),
+            memory_bytes: 10.0,
+            budget_bytes: 20.0,
+            prefill_ms: 1.0,
+            decode_ms: 0.5,
+            link_prefill_ms: 0.0,
+            link_decode_ms: 0.0,
+            held: Some(HeldReport {
+                first_unit: "embed".into(),
+                last_unit: "head".into(),
+                units: [0, 4],
+                memory_bytes: 12.0,
+            }),
+        };
+        PlanReport {
+            model: "m".into(),
+            generative: true,
+            devices: "d".into(),
+            strategy: Strategy::Ilp,
+            objective: Objective::Throughput,
+            workload: Workload { batch: 1, prompt_len: 16, max_context: 64 },
+            margin: 0.1,
+            units: 4,
+            stages: vec![stage],
+            predictions: Predictions {
+                prefill_ms: 1.0,
+                decode_ms_per_token: 0.5,
+                pipelined_tokens_per_s: f64::INFINITY,
+                objective_s: 0.0,
+            },
+            solver: SolverStatus { engine: "class-dp".into(), optimal: true, gap: None, time_ms: 0.0, note: None },
+        }
+    }
+
+    #[test]
+    fn plan_json_round_trips_infinite_rates_included() {
+        let text = serde_json::to_string(&report()).unwrap();
+        assert!(text.contains(r#""pipelined_tokens_per_s":null"#), "{text}");
+        let back: PlanReport = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, report());
+    }
+
+    #[test]
+    fn unknown_fields_and_names_are_refused() {
+        let mut json = serde_json::to_value(report()).unwrap();
+        json["solver"]["engine2"] = "x".into();
+        assert!(serde_json::from_value::<PlanReport>(json).unwrap_err().to_string().contains("engine2"));
+        assert_eq!("dp".parse::<Strategy>(), Ok(Strategy::Dp));
+        assert!("greedy".parse::<Strategy>().unwrap_err().contains("unknown strategy `greedy`"));
+    }
+}
