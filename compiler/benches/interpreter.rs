@@ -50,7 +50,7 @@ fn main() {
     session.enable_profile();
     logits(&session, &ids).expect("run");
     let mut profile: Vec<_> = session.take_profile().into_iter().collect();
-    profile.sort_by(|a, b| b.1.time.cmp(&a.1.time));
+    profile.sort_by_key(|p| std::cmp::Reverse(p.1.time));
 
     let out = Command::new(&python)
         .arg(root.join("benches/ort_prefill.py"))

@@ -132,7 +132,7 @@ fn a_balanced_run_makes_no_move() {
 /// Open a session on dev-a (as the client), send `info` as a `rebalance` message and
 /// return the `ready` it answers.
 fn ask_to_rebalance(out: &Path, salt: u16, info: &str) -> serde_json::Value {
-    use shardc_runtime::frame::{self, Frame, Kind};
+    use shardc_runtime::frame::{self, Body, Frame, Kind};
     use shardc_runtime::wire::Wire;
     let dir = out.parent().unwrap();
     let (cluster_file, addrs) = cluster(dir, port_base(salt));
@@ -151,18 +151,22 @@ fn ask_to_rebalance(out: &Path, salt: u16, info: &str) -> serde_json::Value {
         let (_, body) = wire_open(&key, &mut parts);
         frame::decode(&body, 1 << 20).unwrap()
     };
-    push.send_multipart(
-        wire.seal(&session, frame::encode(&Frame::new(Kind::Open, 0, 0, "client", vec![]))).unwrap(),
-        0,
-    )
-    .unwrap();
-    assert_eq!(receive().kind, Kind::Opened);
-    let mut f = Frame::new(Kind::Rebalance, 0, 1, "client", vec![]);
-    f.info = info.to_string();
-    push.send_multipart(wire.seal(&session, frame::encode(&f)).unwrap(), 0).unwrap();
+    push.send_multipart(wire.seal(&session, frame::encode(&Frame::control("client", Body::Open))).unwrap(), 0).unwrap();
+    assert_eq!(receive().body, Body::Opened);
+    // A body the device may not understand: sent as it is, in a rebalance frame's metadata.
+    let frame = match serde_json::from_str(info) {
+        Ok(plan) => frame::encode(&Frame::control("client", Body::Rebalance(plan))),
+        Err(_) => {
+            let meta =
+                frame::Meta { kind: Kind::Rebalance, request: 0, step: 0, sender: "client".into(), info: info.into() };
+            safetensors::serialize(Vec::<(&str, safetensors::tensor::TensorView)>::new(), Some(meta.to_map())).unwrap()
+        }
+    };
+    push.send_multipart(wire.seal(&session, frame).unwrap(), 0).unwrap();
     let ready = receive();
-    assert_eq!((ready.kind, ready.sender.as_str()), (Kind::Ready, "dev-a"));
-    serde_json::from_str(&ready.info).unwrap()
+    assert_eq!(ready.sender, "dev-a");
+    let Body::Ready(ready) = ready.body else { panic!("not a ready message: {ready:?}") };
+    serde_json::to_value(ready).unwrap()
 }
 
 fn wire_open(key: &[u8; 32], parts: &mut [Vec<u8>]) -> (shardc_runtime::wire::Envelope, Vec<u8>) {

@@ -3,7 +3,8 @@
 //! A frame is a safetensors file in memory (see the runtime's `frame` module, which
 //! encodes and decodes it with the `safetensors` crate); its `__metadata__` map holds
 //! a [`Meta`]: the message [`Kind`], the request id, the decode step, the sender and,
-//! for control messages, a JSON body ([`Rebalance`], [`Ready`], or an error's text).
+//! for control messages, a body ([`Rebalance`], [`Ready`], [`Timing`], [`KvMove`] as
+//! JSON, or an error's text).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -131,7 +132,8 @@ impl Meta {
 
 /// The body of a `rebalance` message: the new plan, the requests whose KV cache must
 /// follow their layers, and where every crossing tensor goes.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Rebalance {
     pub epoch: u64,
     /// Device of each stage, in pipeline order.
@@ -142,8 +144,28 @@ pub struct Rebalance {
     pub routes: BTreeMap<String, Route>,
 }
 
+/// The body of a `done` message: what one step took on a stage.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timing {
+    /// Running the step (slowdown included), ms.
+    pub compute_ms: f64,
+    /// From the first input's arrival to the last's, ms.
+    pub waiting_ms: f64,
+    /// Sending the outputs, ms.
+    pub send_ms: f64,
+}
+
+/// The body of a `kv` message (besides its tensors): the plan it moves to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KvMove {
+    pub epoch: u64,
+}
+
 /// The body of a `ready` message.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Ready {
     pub epoch: u64,
     /// Why the device could not switch.

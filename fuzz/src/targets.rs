@@ -358,19 +358,19 @@ pub fn target(name: &str, scratch: &Path) -> Result<Target> {
 /// Frames like the runtime's: tensors of each dtype, control messages.
 fn frames() -> Vec<shardc_runtime::frame::Frame> {
     use ndarray::{ArrayD, IxDyn};
-    use shardc_runtime::frame::{Frame, Kind};
+    use shardc_runtime::frame::{Body, Frame, Ready, Timing};
     use shardc_runtime::Tensor;
     let hidden = Tensor::f32(
         ArrayD::from_shape_vec(IxDyn(&[1, 2, 3]), vec![0.5, -1.0, 2.0, 3.5, 0.0, 1e-3]).unwrap_or_default(),
     );
     let ids = Tensor::i64(ArrayD::from_shape_vec(IxDyn(&[1, 3]), vec![1, 2, 3]).unwrap_or_default());
     let mask = Tensor::bool(ArrayD::from_shape_vec(IxDyn(&[2]), vec![true, false]).unwrap_or_default());
-    let mut ready = Frame::new(Kind::Ready, 0, 3, "dev-b", vec![]);
-    ready.info = r#"{"epoch":3,"error":null,"rebuild_ms":1.5,"kv_sent_bytes":1024}"#.into();
+    let ready = Ready { epoch: 3, error: None, rebuild_ms: 1.5, kv_sent_bytes: 1024 };
     vec![
-        Frame::new(Kind::Tensors, 0, 1, "dev-a", vec![("hidden".into(), hidden), ("mask".into(), mask)]),
-        Frame::new(Kind::Tensors, 7, 0, "client", vec![("input_ids".into(), ids)]),
-        Frame::new(Kind::End, 1, 2, "client", vec![]),
-        ready,
+        Frame::new(0, 1, "dev-a", Body::Tensors(vec![("hidden".into(), hidden), ("mask".into(), mask)])),
+        Frame::new(7, 0, "client", Body::Tensors(vec![("input_ids".into(), ids)])),
+        Frame::new(1, 2, "client", Body::End),
+        Frame::new(1, 2, "dev-a", Body::Done(Timing { compute_ms: 2.5, waiting_ms: 0.25, send_ms: 0.125 })),
+        Frame::control("dev-b", Body::Ready(ready)),
     ]
 }

@@ -54,6 +54,8 @@ fn instance(rng: &mut Rng, objective: Objective) -> Problem {
     };
     let default = Link { bandwidth: rng.uniform(10.0, 200.0), latency: rng.uniform(0.0, 0.002) };
     let mut links = vec![vec![default; devices]; devices];
+    // Symmetric: both triangles written together, so by index.
+    #[allow(clippy::needless_range_loop)]
     for a in 0..devices {
         for b in a + 1..devices {
             // Copies keep their original's links only sometimes: classes may split.

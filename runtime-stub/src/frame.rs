@@ -12,29 +12,92 @@ use std::borrow::Cow;
 
 use ndarray::{ArrayD, IxDyn};
 use safetensors::{Dtype, SafeTensors};
-pub use shardc_format::frame::{Kind, Meta};
+pub use shardc_format::frame::{Kind, KvMove, Meta, Ready, Rebalance, Timing};
 
 use crate::tensor::{Data, Tensor};
 
 /// Largest frame accepted by default (bytes).
 pub const DEFAULT_MAX_FRAME: usize = 1 << 30;
 
-/// A decoded frame.
+/// What a message says, by kind: tensors, or a typed control body.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Body {
+    /// Inputs of a step (token ids from the client, activations from a device).
+    Tensors(Vec<(String, Tensor)>),
+    /// A stage finished a step.
+    Done(Timing),
+    /// Free a request's KV cache.
+    End,
+    /// Stop serving.
+    Stop,
+    /// Move to a new plan.
+    Rebalance(Rebalance),
+    /// KV cache handed from device to device while moving to plan `epoch`.
+    Kv {
+        epoch: u64,
+        tensors: Vec<(String, Tensor)>,
+    },
+    /// A device switched plans (or says why it could not).
+    Ready(Ready),
+    /// The client opens a session; devices answer `Opened`.
+    Open,
+    Opened,
+    /// The client ends its session.
+    Close,
+    /// The client is still there (keeps its session open).
+    Alive,
+    /// A device could not do what a message asked: why.
+    Error(String),
+    /// An authenticated message whose metadata was readable but whose body was not
+    /// (another version of shardc?): its kind and why, so the receiver can answer.
+    Unreadable {
+        kind: Kind,
+        why: String,
+    },
+}
+
+impl Body {
+    /// The kind frames carry for this body.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Body::Tensors(_) => Kind::Tensors,
+            Body::Done(_) => Kind::Done,
+            Body::End => Kind::End,
+            Body::Stop => Kind::Stop,
+            Body::Rebalance(_) => Kind::Rebalance,
+            Body::Kv { .. } => Kind::Kv,
+            Body::Ready(_) => Kind::Ready,
+            Body::Open => Kind::Open,
+            Body::Opened => Kind::Opened,
+            Body::Close => Kind::Close,
+            Body::Alive => Kind::Alive,
+            Body::Error(_) => Kind::Error,
+            Body::Unreadable { kind, .. } => *kind,
+        }
+    }
+}
+
+/// A decoded frame: who sent it, which request and step it belongs to, and what it says.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Frame {
-    pub kind: Kind,
     pub request: u64,
     pub step: u64,
     pub sender: String,
-    /// Control messages' body (JSON), empty for tensor messages.
-    pub info: String,
-    pub tensors: Vec<(String, Tensor)>,
+    pub body: Body,
 }
 
 impl Frame {
-    /// A frame without a control body.
-    pub fn new(kind: Kind, request: u64, step: u64, sender: &str, tensors: Vec<(String, Tensor)>) -> Frame {
-        Frame { kind, request, step, sender: sender.into(), info: String::new(), tensors }
+    pub fn new(request: u64, step: u64, sender: &str, body: Body) -> Frame {
+        Frame { request, step, sender: sender.into(), body }
+    }
+
+    /// A control message outside any request.
+    pub fn control(sender: &str, body: Body) -> Frame {
+        Frame::new(0, 0, sender, body)
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.body.kind()
     }
 }
 
@@ -73,24 +136,27 @@ impl safetensors::View for &View<'_> {
     }
 }
 
-impl Frame {
-    /// The frame's metadata.
-    pub fn meta(&self) -> Meta {
-        Meta {
-            kind: self.kind,
-            request: self.request,
-            step: self.step,
-            sender: self.sender.clone(),
-            info: self.info.clone(),
-        }
-    }
+/// A control body as JSON. These bodies are plain structs with string-keyed maps,
+/// which `serde_json` always serialises (non-finite floats become `null`).
+fn json<T: serde::Serialize>(body: &T) -> String {
+    serde_json::to_string(body).unwrap_or_default()
 }
 
 /// Encode a frame: a safetensors buffer (the `safetensors` crate's; it lays tensors out
 /// by dtype size, then name) with the [`Meta`] as its `__metadata__`.
 pub fn encode(frame: &Frame) -> Vec<u8> {
-    let views: Vec<(&str, View)> = frame
-        .tensors
+    let (info, tensors): (String, &[(String, Tensor)]) = match &frame.body {
+        Body::Tensors(t) => (String::new(), t),
+        Body::Kv { epoch, tensors } => (json(&KvMove { epoch: *epoch }), tensors),
+        Body::Done(t) => (json(t), &[]),
+        Body::Rebalance(r) => (json(r), &[]),
+        Body::Ready(r) => (json(r), &[]),
+        Body::Error(why) | Body::Unreadable { why, .. } => (why.clone(), &[]),
+        Body::End | Body::Stop | Body::Open | Body::Opened | Body::Close | Body::Alive => (String::new(), &[]),
+    };
+    let meta =
+        Meta { kind: frame.kind(), request: frame.request, step: frame.step, sender: frame.sender.clone(), info };
+    let views: Vec<(&str, View)> = tensors
         .iter()
         .map(|(name, t)| {
             let (dtype, bytes) = match &t.data {
@@ -103,7 +169,7 @@ pub fn encode(frame: &Frame) -> Vec<u8> {
         .collect();
     // The crate refuses only inconsistent views (a length that is not dtype × shape),
     // which these are not by construction; and tensor names are unique in a frame.
-    safetensors::serialize(views.iter().map(|(n, v)| (*n, v)), Some(frame.meta().to_map()))
+    safetensors::serialize(views.iter().map(|(n, v)| (*n, v)), Some(meta.to_map()))
         .unwrap_or_else(|e| unreachable!("frame tensors are consistent views: {e}"))
 }
 
@@ -148,37 +214,136 @@ pub fn decode(bytes: &[u8], limit: usize) -> Result<Frame, FrameError> {
         };
         tensors.push((name, t));
     }
-    Ok(Frame { kind: meta.kind, request: meta.request, step: meta.step, sender: meta.sender, info: meta.info, tensors })
+    Ok(Frame {
+        request: meta.request,
+        step: meta.step,
+        sender: meta.sender,
+        body: body(meta.kind, meta.info, tensors)?,
+    })
+}
+
+/// The typed body of a message of `kind`. Tensors where the kind takes none are a
+/// malformed frame; a body that does not parse is [`Body::Unreadable`].
+fn body(kind: Kind, info: String, tensors: Vec<(String, Tensor)>) -> Result<Body, FrameError> {
+    let takes_tensors = matches!(kind, Kind::Tensors | Kind::Kv);
+    if !takes_tensors && !tensors.is_empty() {
+        return Err(malformed(format!("a `{kind}` message carries no tensors")));
+    }
+    let takes_info =
+        !matches!(kind, Kind::Tensors | Kind::End | Kind::Stop | Kind::Open | Kind::Opened | Kind::Close | Kind::Alive);
+    if !takes_info && !info.is_empty() {
+        return Err(malformed(format!("a `{kind}` message carries no body")));
+    }
+    fn parse<T: serde::de::DeserializeOwned>(kind: Kind, info: &str) -> Result<T, Body> {
+        serde_json::from_str(info).map_err(|e| Body::Unreadable { kind, why: format!("malformed `{kind}` body: {e}") })
+    }
+    Ok(match kind {
+        Kind::Tensors => Body::Tensors(tensors),
+        Kind::Kv => match parse::<KvMove>(kind, &info) {
+            Ok(m) => Body::Kv { epoch: m.epoch, tensors },
+            Err(b) => b,
+        },
+        Kind::Done => parse(kind, &info).map_or_else(|b| b, Body::Done),
+        Kind::Rebalance => parse(kind, &info).map_or_else(|b| b, Body::Rebalance),
+        Kind::Ready => parse(kind, &info).map_or_else(|b| b, Body::Ready),
+        Kind::Error => Body::Error(info),
+        Kind::End => Body::End,
+        Kind::Stop => Body::Stop,
+        Kind::Open => Body::Open,
+        Kind::Opened => Body::Opened,
+        Kind::Close => Body::Close,
+        Kind::Alive => Body::Alive,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn tensors() -> Vec<(String, Tensor)> {
+        vec![
+            (
+                "hidden".into(),
+                Tensor::f32(ArrayD::from_shape_vec(IxDyn(&[1, 2, 2]), vec![1.0, -2.0, 3.5, 0.0]).unwrap()),
+            ),
+            ("ids".into(), Tensor::i64(ArrayD::from_shape_vec(IxDyn(&[1, 1]), vec![42]).unwrap())),
+            ("mask".into(), Tensor::bool(ArrayD::from_shape_vec(IxDyn(&[2]), vec![true, false]).unwrap())),
+        ]
+    }
+
     fn frame() -> Frame {
-        Frame {
-            kind: Kind::Tensors,
-            request: 7,
-            step: 3,
-            sender: "dev-a".into(),
-            info: r#"{"epoch": 1}"#.into(),
-            tensors: vec![
-                (
-                    "hidden".into(),
-                    Tensor::f32(ArrayD::from_shape_vec(IxDyn(&[1, 2, 2]), vec![1.0, -2.0, 3.5, 0.0]).unwrap()),
-                ),
-                ("ids".into(), Tensor::i64(ArrayD::from_shape_vec(IxDyn(&[1, 1]), vec![42]).unwrap())),
-            ],
+        Frame::new(7, 3, "dev-a", Body::Tensors(tensors()))
+    }
+
+    /// Every body survives encoding, tensors in name order (the crate lays them out by
+    /// dtype size, then name).
+    #[test]
+    fn every_body_round_trips() {
+        let rebalance = Rebalance {
+            epoch: 2,
+            stages: vec!["a".into(), "b".into()],
+            ranges: vec![[0, 3], [3, 6]],
+            requests: vec![0, 1],
+            routes: Default::default(),
+        };
+        let ready = Ready { epoch: 2, error: Some("no".into()), rebuild_ms: 1.5, kv_sent_bytes: 8 };
+        let bodies = [
+            Body::Tensors(tensors()),
+            Body::Done(Timing { compute_ms: 1.25, waiting_ms: 0.5, send_ms: 0.0 }),
+            Body::End,
+            Body::Stop,
+            Body::Rebalance(rebalance),
+            Body::Kv { epoch: 2, tensors: tensors() },
+            Body::Ready(ready),
+            Body::Open,
+            Body::Opened,
+            Body::Close,
+            Body::Alive,
+            Body::Error("out of memory".into()),
+        ];
+        assert_eq!(bodies.len(), Kind::ALL.len());
+        for body in bodies {
+            let f = Frame::new(7, 3, "dev-a", body);
+            let mut back = decode(&encode(&f), DEFAULT_MAX_FRAME).unwrap();
+            if let Body::Tensors(t) | Body::Kv { tensors: t, .. } = &mut back.body {
+                t.sort_by(|a, b| a.0.cmp(&b.0));
+            }
+            assert_eq!(back, f);
         }
     }
 
+    /// A frame with any metadata: what another version, or an attacker with the key,
+    /// could send.
+    fn raw(kind: &str, info: &str, tensors: &[(String, Tensor)]) -> Vec<u8> {
+        let mut meta =
+            Meta { kind: Kind::Tensors, request: 0, step: 0, sender: "client".into(), info: info.into() }.to_map();
+        meta.insert("kind".into(), kind.into());
+        let views: Vec<(&str, View)> = tensors
+            .iter()
+            .map(|(name, t)| {
+                let bytes = match &t.data {
+                    Data::F32(a) => a.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                    _ => unreachable!("f32 only here"),
+                };
+                (name.as_str(), View { dtype: Dtype::F32, shape: t.shape(), bytes })
+            })
+            .collect();
+        safetensors::serialize(views.iter().map(|(n, v)| (*n, v)), Some(meta)).unwrap()
+    }
+
     #[test]
-    fn round_trips() {
-        let bytes = encode(&frame());
-        let mut back = decode(&bytes, DEFAULT_MAX_FRAME).unwrap();
-        // The crate lays tensors out by dtype size, then name.
-        back.tensors.sort_by(|a, b| a.0.cmp(&b.0));
-        assert_eq!(back, frame());
+    fn bodies_that_do_not_fit_their_kind_are_refused_or_unreadable() {
+        let hidden = vec![tensors().remove(0)];
+        let refused = |bytes: Vec<u8>, what: &str| match decode(&bytes, DEFAULT_MAX_FRAME) {
+            Err(FrameError::Malformed(m)) => assert!(m.contains(what), "{m}"),
+            other => panic!("{other:?}"),
+        };
+        refused(raw("end", "", &hidden), "a `end` message carries no tensors");
+        refused(raw("open", "{}", &[]), "a `open` message carries no body");
+        refused(raw("teleport", "", &[]), "unknown message kind");
+        // Readable metadata, unreadable body: the receiver learns the kind and why.
+        let f = decode(&raw("rebalance", r#"{"epoch": 1}"#, &[]), DEFAULT_MAX_FRAME).unwrap();
+        assert!(matches!(f.body, Body::Unreadable { kind: Kind::Rebalance, ref why } if why.contains("missing field")));
     }
 
     #[test]

@@ -83,8 +83,8 @@ pub fn solve(p: &Problem, warm: Option<&[Stage]>, limit: Duration) -> (Option<(P
         let budget = p.budget[d];
         let peak = lp.add_var(0.0, (0.0, f64::INFINITY));
         let mut row: Vec<(Variable, f64)> = (0..n).map(|u| (x[u][d], p.private_bytes[u] / budget)).collect();
-        for u in 0..n {
-            lp.add_constraint([(peak, 1.0), (x[u][d], -p.activation_bytes[u] / budget)], ComparisonOp::Ge, 0.0);
+        for (row_u, activation) in x.iter().zip(&p.activation_bytes) {
+            lp.add_constraint([(peak, 1.0), (row_u[d], -activation / budget)], ComparisonOp::Ge, 0.0);
         }
         row.push((peak, 1.0));
         for w in &p.shared {
@@ -130,9 +130,9 @@ pub fn solve(p: &Problem, warm: Option<&[Stage]>, limit: Duration) -> (Option<(P
     let gap = solution.gap();
     // Read the blocks back: device of each unit, then runs.
     let mut plan: Plan = Vec::new();
-    for u in 0..n {
+    for (u, row) in x.iter().enumerate() {
         let d = DeviceId::all(nd)
-            .max_by(|&a, &b| solution.var_value(x[u][a]).total_cmp(&solution.var_value(x[u][b])))
+            .max_by(|&a, &b| solution.var_value(row[a]).total_cmp(&solution.var_value(row[b])))
             .unwrap_or(DeviceId(0));
         match plan.last_mut() {
             Some(st) if st.device == d => st.end = u + 1,

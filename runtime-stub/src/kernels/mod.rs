@@ -3,12 +3,27 @@
 //! Every op of the op set has a kernel (the dispatch below is an exhaustive match).
 //! Kernels return a message; the executor wraps it with the node's name.
 
+/// Apply a shape-generic transformation to whatever storage a tensor has.
+macro_rules! map_data {
+    ($t:expr, |$a:ident| $body:expr) => {{
+        let t: &Tensor = $t;
+        let data = match &t.data {
+            Data::F32($a) => Data::F32($body),
+            Data::I64($a) => Data::I64($body),
+            Data::Bool($a) => Data::Bool($body),
+        };
+        Tensor::with_dtype(t.dtype, data)
+    }};
+}
+
 mod attention;
 mod elementwise;
+mod indexing;
 mod linalg;
 mod movement;
 mod quant;
 mod reduce;
+mod scatter;
 
 use ndarray::{ArrayD, IxDyn};
 use shardc_ir::Op;
@@ -91,9 +106,9 @@ pub fn run(op: &Op, inputs: &[Option<&Tensor>], n_outputs: usize) -> KernelResul
         Op::Dropout(_) => e::dropout(inputs, n_outputs),
         Op::Shape(s) => movement::shape(s, inputs),
         Op::Size(_) => movement::size(inputs),
-        Op::Gather(g) => movement::gather(g.axis, inputs),
-        Op::GatherElements(g) => movement::gather_elements(g.axis, inputs),
-        Op::GatherND(g) => movement::gather_nd(g.batch_dims, inputs),
+        Op::Gather(g) => indexing::gather(g.axis, inputs),
+        Op::GatherElements(g) => indexing::gather_elements(g.axis, inputs),
+        Op::GatherND(g) => indexing::gather_nd(g.batch_dims, inputs),
         Op::Reshape(r) => movement::reshape(r.allowzero, inputs),
         Op::Unsqueeze(_) => movement::unsqueeze(inputs),
         Op::Squeeze(_) => movement::squeeze(inputs),
@@ -108,15 +123,15 @@ pub fn run(op: &Op, inputs: &[Option<&Tensor>], n_outputs: usize) -> KernelResul
         Op::ConstantOfShape(c) => movement::constant_of_shape(c.value.as_ref(), inputs),
         Op::Trilu(t) => movement::trilu(t.upper, inputs),
         Op::CumSum(c) => reduce::cumsum(c.exclusive != 0, c.reverse != 0, inputs),
-        Op::ScatterND(s) => movement::scatter_nd(&s.reduction, inputs),
-        Op::ScatterElements(s) => movement::scatter_elements(s.axis, &s.reduction, inputs),
+        Op::ScatterND(s) => scatter::scatter_nd(&s.reduction, inputs),
+        Op::ScatterElements(s) => scatter::scatter_elements(s.axis, &s.reduction, inputs),
         Op::Pad(p) => movement::pad(&p.mode, inputs),
-        Op::NonZero(_) => movement::non_zero(inputs),
-        Op::OneHot(o) => movement::one_hot(o.axis, inputs),
+        Op::NonZero(_) => indexing::non_zero(inputs),
+        Op::OneHot(o) => indexing::one_hot(o.axis, inputs),
         Op::EyeLike(e) => movement::eye_like(e.dtype, e.k, inputs),
-        Op::TopK(t) => movement::top_k(t.axis, t.largest != 0, inputs),
-        Op::ReverseSequence(r) => movement::reverse_sequence(r.batch_axis, r.time_axis, inputs),
-        Op::TensorScatter(t) => movement::tensor_scatter(t.axis, &t.mode, inputs),
+        Op::TopK(t) => indexing::top_k(t.axis, t.largest != 0, inputs),
+        Op::ReverseSequence(r) => indexing::reverse_sequence(r.batch_axis, r.time_axis, inputs),
+        Op::TensorScatter(t) => scatter::tensor_scatter(t.axis, &t.mode, inputs),
         Op::MatMul(_) => linalg::matmul(inputs),
         Op::Gemm(g) => linalg::gemm(g, inputs),
         Op::Einsum(e) => linalg::einsum(&e.equation, inputs),

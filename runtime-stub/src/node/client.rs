@@ -1,21 +1,18 @@
-//! The client: opens a session on every device, feeds token ids, collects logits and
-//! timings, drives load balancing, and closes the session.
+//! The client's side of the wire: opens a session on every device, sends token ids,
+//! receives this session's messages (naming a device that errs or restarted), moves
+//! every device to a new plan, and closes the session. [`super::generation`] drives it.
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use ndarray::{ArrayD, IxDyn};
 
-use crate::balance::{BalanceSpec, Balancer};
-use crate::frame::{Frame, Kind};
-use crate::generate::argmax;
-use crate::package::{self};
+use crate::balance::BalanceSpec;
+use crate::frame::{Body, Frame};
 use crate::wire::SessionId;
 use crate::Tensor;
-use shardc_format::Cluster;
+use shardc_passes::plan::Stage;
 
-use super::feeder::Feeder;
 use super::net::Net;
 use super::*;
 
@@ -42,7 +39,31 @@ impl Drop for Client<'_> {
     }
 }
 
-impl Client<'_> {
+impl<'a> Client<'a> {
+    /// A client on `net` for a new session (random id) with `stages`; the token ids go
+    /// to `ids_to` as the input `token_input`.
+    pub(super) fn new(
+        net: Net<'a>,
+        stages: Vec<String>,
+        ids_to: Vec<String>,
+        token_input: String,
+    ) -> Result<Client<'a>, NetError> {
+        Ok(Client {
+            net,
+            session: crate::wire::random()?,
+            boots: HashMap::new(),
+            ids_to,
+            token_input,
+            stages,
+            last_sent: Instant::now(),
+        })
+    }
+
+    /// Messages dropped so far (refused, replayed, of other sessions).
+    pub(super) fn dropped(&self) -> &crate::wire::Dropped {
+        &self.net.dropped
+    }
+
     pub(super) fn send_to(&mut self, who: &str, f: &Frame) -> Result<(), NetError> {
         let session = self.session;
         self.last_sent = Instant::now();
@@ -53,7 +74,7 @@ impl Client<'_> {
     fn keep_alive(&mut self) -> Result<(), NetError> {
         if self.last_sent.elapsed() >= KEEPALIVE {
             for d in self.stages.clone() {
-                self.send_to(&d, &Frame::new(Kind::Alive, 0, 0, "client", vec![]))?;
+                self.send_to(&d, &Frame::control("client", Body::Alive))?;
             }
         }
         Ok(())
@@ -62,16 +83,16 @@ impl Client<'_> {
     pub(super) fn send_ids(&mut self, r: u64, step: u64, ids: &[i64]) -> Result<(), NetError> {
         let t = Tensor::i64(ArrayD::from_shape_vec(IxDyn(&[1, ids.len()]), ids.to_vec()).map_err(|e| e.to_string())?);
         for d in self.ids_to.clone() {
-            let f = Frame::new(Kind::Tensors, r, step, "client", vec![(self.token_input.clone(), t.clone())]);
+            let f = Frame::new(r, step, "client", Body::Tensors(vec![(self.token_input.clone(), t.clone())]));
             self.send_to(&d, &f)?;
         }
         Ok(())
     }
 
     /// Open the session on every device; each answers with its boot id.
-    fn open(&mut self, devices: &[String], timeout: Duration) -> Result<(), NetError> {
+    pub(super) fn open(&mut self, devices: &[String], timeout: Duration) -> Result<(), NetError> {
         for d in devices {
-            self.send_to(d, &Frame::new(Kind::Open, 0, 0, "client", vec![]))?;
+            self.send_to(d, &Frame::control("client", Body::Open))?;
         }
         let mut waiting: BTreeSet<&String> = devices.iter().collect();
         let deadline = Instant::now() + timeout;
@@ -89,10 +110,10 @@ impl Client<'_> {
                 self.net.dropped.stale += 1;
                 continue;
             }
-            if msg.kind == Kind::Error {
-                return Err(NetError::Device { device: msg.sender.clone(), message: msg.info.clone() });
+            if let Body::Error(message) = msg.body {
+                return Err(NetError::Device { device: msg.sender, message });
             }
-            if msg.kind == Kind::Opened && waiting.remove(&msg.sender) {
+            if msg.body == Body::Opened && waiting.remove(&msg.sender) {
                 self.boots.insert(msg.sender.clone(), env.boot);
             }
         }
@@ -102,7 +123,7 @@ impl Client<'_> {
     /// The next message of this session, or `Ok(None)` on timeout. A device that
     /// reports an error, or whose boot id changed (it restarted and lost the session's
     /// KV cache), ends the generation with an error naming it.
-    fn next(&mut self, timeout: Duration) -> Result<Option<Frame>, NetError> {
+    pub(super) fn next(&mut self, timeout: Duration) -> Result<Option<Frame>, NetError> {
         let deadline = Instant::now() + timeout;
         loop {
             self.keep_alive()?;
@@ -120,27 +141,28 @@ impl Client<'_> {
                     return Err(NetError::Restarted { device: msg.sender.clone() });
                 }
             }
-            if msg.kind == Kind::Error {
-                return Err(NetError::Device { device: msg.sender.clone(), message: msg.info.clone() });
+            match msg.body {
+                Body::Error(message) => return Err(NetError::Device { device: msg.sender, message }),
+                Body::Unreadable { why, .. } => return Err(NetError::Device { device: msg.sender, message: why }),
+                _ => return Ok(Some(msg)),
             }
-            return Ok(Some(msg));
         }
     }
 
     /// End the session on every device (best effort: the devices also end it when the
     /// client goes quiet).
-    fn close(&mut self, devices: &[String]) {
+    pub(super) fn close(&mut self, devices: &[String]) {
         for d in devices {
-            let _ = self.send_to(d, &Frame::new(Kind::Close, 0, 0, "client", vec![]));
+            let _ = self.send_to(d, &Frame::control("client", Body::Close));
         }
     }
 
     /// Apply a new plan on drained devices: every device switches, moves KV cache and
     /// reports ready. Returns the KV-cache bytes moved.
-    fn switch(
+    pub(super) fn switch(
         &mut self,
         spec: &BalanceSpec,
-        plan: &[shardc_passes::plan::Stage],
+        plan: &[Stage],
         epoch: u64,
         requests: Vec<u64>,
         timeout: Duration,
@@ -154,11 +176,8 @@ impl Client<'_> {
             requests,
             routes: routes.clone(),
         };
-        let info = serde_json::to_string(&body).map_err(|e| e.to_string())?;
         for d in &stages {
-            let mut f = Frame::new(Kind::Rebalance, 0, epoch, "client", vec![]);
-            f.info = info.clone();
-            self.send_to(d, &f)?;
+            self.send_to(d, &Frame::control("client", Body::Rebalance(body.clone())))?;
         }
         let mut waiting: BTreeSet<&String> = stages.iter().collect();
         let mut kv = 0;
@@ -171,11 +190,14 @@ impl Client<'_> {
                 )
                 .into());
             };
-            if msg.kind != Kind::Ready || msg.step != epoch {
-                eprintln!("client: ignored a `{}` message from `{}` while rebalancing", msg.kind, msg.sender);
-                continue;
-            }
-            let ready: Ready = serde_json::from_str(&msg.info).map_err(|e| format!("bad ready message: {e}"))?;
+            let ready = match msg.body {
+                // A device that could not switch says so whatever it understood.
+                Body::Ready(ready) if ready.epoch == epoch || ready.error.is_some() => ready,
+                _ => {
+                    eprintln!("client: ignored a `{}` message from `{}` while rebalancing", msg.kind(), msg.sender);
+                    continue;
+                }
+            };
             if let Some(e) = ready.error {
                 return Err(NetError::Device {
                     device: msg.sender.clone(),
@@ -188,207 +210,4 @@ impl Client<'_> {
         self.ids_to = routes.get(&self.token_input).map_or(Vec::new(), |r| r.to.clone());
         Ok(kv)
     }
-}
-
-/// Drive `job.requests` greedy generations of `job.tokens` tokens through the devices.
-pub fn generate(
-    out: &Path,
-    cluster: &Cluster,
-    ctx: &zmq::Context,
-    opts: &NetOptions,
-    job: &Job,
-) -> Result<Generation, NetError> {
-    let (n, requests, timeout) = (job.tokens, job.requests, job.timeout);
-    if requests == 0 || requests > MAX_REQUESTS {
-        return Err(format!("{requests} requests: between 1 and {MAX_REQUESTS} run at once").into());
-    }
-    // The map and manifests only: each device checks its own package's files.
-    let output = package::load_output(out, false)?;
-    let map = &output.map;
-    let stages = map.stages.clone();
-    let gen = map.generation.as_ref().ok_or(
-        "these packages are not a language model a client can drive: the transmission map names no token input and logits",
-    )?;
-    let (token_input, logits_name) = (gen.token_input.clone(), gen.logits.clone());
-    // Past this context the cache is recomputed from every token (Phi-3's longrope).
-    let recompute_beyond = gen.recompute_beyond;
-    // Without a KV cache every step runs on all the tokens so far.
-    let cached = gen.kv_cache;
-    crate::generate::check_context(gen.max_context, job.prompt.len(), n)?;
-    let ids_to: Vec<String> = map
-        .transfers
-        .iter()
-        .filter(|t| t.tensor == token_input && t.from == "client")
-        .flat_map(|t| t.to.clone())
-        .collect();
-    let manifests = &output.manifests;
-    let mut balancer = match job.balance {
-        Some(o) => output.balance.clone().map(|spec| Balancer::new(spec, o)),
-        None => None,
-    };
-    for d in &stages {
-        if cluster.address(d).is_none() {
-            return Err(format!("device `{d}` of the transmission map is not in the cluster file").into());
-        }
-    }
-    let net = Net::bind("client", cluster, ctx, opts)?;
-    let mut client = Client {
-        net,
-        session: crate::wire::random()?,
-        boots: HashMap::new(),
-        ids_to,
-        token_input,
-        stages: stages.clone(),
-        last_sent: Instant::now(),
-    };
-    let started = Instant::now();
-    client.open(&stages, job.start_timeout)?;
-    let mut tokens: Vec<Vec<i64>> = vec![Vec::new(); requests];
-    let mut token_ms: Vec<Vec<f64>> = vec![Vec::new(); requests];
-    let mut timings: Vec<StageTiming> =
-        manifests.iter().map(|m| StageTiming { device: m.device.clone(), ..Default::default() }).collect();
-    // Per (request, step): which stages reported done, and the logits when they come.
-    let mut done: HashMap<(u64, u64), Vec<bool>> = HashMap::new();
-    let mut logits: HashMap<(u64, u64), Vec<f32>> = HashMap::new();
-    for r in 0..requests as u64 {
-        client.send_ids(r, 0, &job.prompt)?;
-        done.insert((r, 0), vec![false; stages.len()]);
-    }
-    // Each request travels under a wire id; a request whose cache is recomputed starts
-    // over under a new one, its old cache ended on every device.
-    let mut feeder = Feeder {
-        cached,
-        recompute_beyond,
-        prompt: &job.prompt,
-        owner: (0..requests).map(|r| (r as u64, r)).collect(),
-        next_wire: requests as u64,
-        fed: vec![job.prompt.len(); requests],
-        ids_sent: vec![job.prompt.len()],
-    };
-    let mut active = requests;
-    let mut completed_steps = 0u64;
-    // A move waiting for the in-flight steps to finish: the plan, since when, and the
-    // next step of each request, held back.
-    let mut draining: Option<(Vec<shardc_passes::plan::Stage>, Instant)> = None;
-    let mut held_back: Vec<(u64, u64)> = Vec::new();
-    let mut epoch = 0;
-    while active > 0 && n > 0 {
-        let Some(msg) = client.next(timeout)? else {
-            // Name the first stage that has not finished the oldest outstanding step.
-            let (key, flags) = done.iter().min_by_key(|(k, _)| **k).ok_or("timed out")?;
-            let missing = flags.iter().position(|f| !f).map_or("?".to_string(), |i| stages[i].clone());
-            return Err(format!(
-                "device `{missing}` did not finish request {} step {} within {:.1} s",
-                key.0,
-                key.1,
-                timeout.as_secs_f64()
-            )
-            .into());
-        };
-        let key = (msg.request, msg.step);
-        match msg.kind {
-            Kind::Done => {
-                if let Some(i) = stages.iter().position(|s| *s == msg.sender) {
-                    if let Some(flags) = done.get_mut(&key) {
-                        flags[i] = true;
-                    }
-                    if let Some((_, t)) = msg.tensors.first() {
-                        let v: Vec<f64> = t.to_f32_vec().into_iter().map(f64::from).collect();
-                        let (c, w, s) =
-                            (*v.first().unwrap_or(&0.0), *v.get(1).unwrap_or(&0.0), *v.get(2).unwrap_or(&0.0));
-                        let st = &mut timings[i];
-                        st.steps += 1;
-                        st.compute_ms += c;
-                        st.waiting_ms += w;
-                        st.send_ms += s;
-                        st.per_step.push((key.0, key.1, c, w, s));
-                        if key.1 > 0 {
-                            if let Some(b) = &mut balancer {
-                                b.record(i, c);
-                            }
-                        }
-                    }
-                }
-            }
-            Kind::Tensors => {
-                if let Some((_, t)) = msg.tensors.iter().find(|(n, _)| *n == logits_name) {
-                    let values = t.to_f32_vec();
-                    let vocab = *t.shape().last().unwrap_or(&1);
-                    logits.insert(key, values[values.len().saturating_sub(vocab)..].to_vec());
-                }
-            }
-            _ => {}
-        }
-        // A step is complete when every stage is done and the logits arrived.
-        let complete = done.get(&key).is_some_and(|f| f.iter().all(|x| *x)) && logits.contains_key(&key);
-        if complete {
-            done.remove(&key);
-            let next = argmax(&logits.remove(&key).unwrap_or_default()) as i64;
-            let r = feeder.request(key.0)?;
-            tokens[r].push(next);
-            token_ms[r].push(started.elapsed().as_secs_f64() * 1e3);
-            if key.1 > 0 {
-                completed_steps += 1;
-            }
-            if tokens[r].len() == n {
-                active -= 1;
-                for d in &stages {
-                    client.send_to(d, &Frame::new(Kind::End, key.0, key.1, "client", vec![]))?;
-                }
-            } else if draining.is_some() {
-                held_back.push((key.0, key.1 + 1));
-            } else {
-                let sent = feeder.advance(&mut client, &stages, key, r, &tokens[r])?;
-                done.insert(sent, vec![false; stages.len()]);
-            }
-            if let (Some(b), None) = (&mut balancer, &draining) {
-                let before = b.decisions.len();
-                match b.evaluate(completed_steps, active) {
-                    // Logged once applied, with what the move took.
-                    Some(plan) => draining = Some((plan, Instant::now())),
-                    None if b.decisions.len() > before => {
-                        eprintln!("client: {}", b.decisions[before].to_text());
-                    }
-                    None => {}
-                }
-            }
-        }
-        // Drained: switch, then release the held-back steps.
-        if done.is_empty() {
-            if let Some((plan, since)) = draining.take() {
-                let b = balancer.as_mut().ok_or("draining without a balancer")?;
-                let drain_ms = since.elapsed().as_secs_f64() * 1e3;
-                if !held_back.is_empty() {
-                    epoch += 1;
-                    let switch_started = Instant::now();
-                    let requests: Vec<u64> = held_back.iter().map(|h| h.0).collect();
-                    let kv = client.switch(&b.spec, &plan, epoch, requests, timeout)?;
-                    b.applied(plan, drain_ms, switch_started.elapsed().as_secs_f64() * 1e3, kv);
-                    if let Some(d) = b.decisions.last() {
-                        eprintln!("client: {}", d.to_text());
-                    }
-                }
-                for (wire, step) in std::mem::take(&mut held_back) {
-                    let r = feeder.request(wire)?;
-                    let sent = feeder.advance(&mut client, &stages, (wire, step - 1), r, &tokens[r])?;
-                    done.insert(sent, vec![false; stages.len()]);
-                }
-            }
-        }
-    }
-    let balance = balancer.map(|b| BalanceReport {
-        options: b.opts,
-        moves: b.decisions.iter().filter(|d| d.moved).count(),
-        plan: b.spec.view(&b.plan),
-        decisions: b.decisions,
-    });
-    Ok(Generation {
-        tokens,
-        token_ms,
-        ids_sent: feeder.ids_sent,
-        stages: timings,
-        wall_ms: started.elapsed().as_secs_f64() * 1e3,
-        balance,
-        dropped: client.net.dropped.clone(),
-    })
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use ndarray::{ArrayD, IxDyn};
 
-use crate::frame::{Frame, Kind};
+use crate::frame::{Body, Frame, Kind, Timing};
 use crate::generate::{cache_entries, CacheEntry};
 use crate::package::{self, HeldUnits};
 use crate::weights::WeightFiles;
@@ -81,8 +81,7 @@ impl Device<'_> {
 
     /// Tell the client (of `session`) what went wrong.
     fn report_error(&mut self, session: &SessionId, request: u64, step: u64, message: String) -> Result<(), NetError> {
-        let mut f = Frame::new(Kind::Error, request, step, &self.name.clone(), vec![]);
-        f.info = message;
+        let f = Frame::new(request, step, &self.name.clone(), Body::Error(message));
         self.net.send("client", session, &f).map_err(|e| NetError::Other(format!("{}: {e}", self.name)))
     }
 
@@ -129,16 +128,16 @@ impl Device<'_> {
         self.active.needed = self.initial.needed.clone();
         self.active.peers_of = self.initial.peers_of.clone();
         self.session = Some((id, Instant::now()));
-        let f = Frame::new(Kind::Opened, 0, 0, &self.name.clone(), vec![]);
+        let f = Frame::control(&self.name.clone(), Body::Opened);
         self.send_to("client", &f)
     }
 
     /// Handle one message; `Ok(false)` to stop serving.
     fn on_message(&mut self, env: Envelope, msg: Frame) -> Result<bool, NetError> {
-        if msg.kind == Kind::Stop {
+        if msg.body == Body::Stop {
             return Ok(false);
         }
-        if msg.kind == Kind::Open {
+        if msg.body == Body::Open {
             if msg.sender != "client" {
                 self.net.dropped.refused += 1;
             } else if self.ended.contains(&env.session) || self.session.is_some_and(|s| s.0 == env.session) {
@@ -154,11 +153,11 @@ impl Device<'_> {
                 if self.ended.contains(&env.session) {
                     self.net.dropped.stale += 1;
                     self.net.log("dropped a message of a session that ended", self.net.dropped.stale);
-                    if msg.sender == "client" && msg.kind != Kind::Close {
+                    if msg.sender == "client" && msg.body != Body::Close {
                         let why = "its session ended or was superseded by a newer one (another client?)".to_string();
                         self.report_error(&env.session, msg.request, msg.step, why)?;
                     }
-                } else if msg.kind != Kind::Close {
+                } else if msg.body != Body::Close {
                     let why = format!(
                         "does not hold session {} (it was restarted, or never opened it): its KV cache is gone",
                         session_text(&env.session)
@@ -169,29 +168,41 @@ impl Device<'_> {
                 return Ok(true);
             }
         }
-        match msg.kind {
-            Kind::Alive => {}
-            Kind::Close => self.end_session(CLOSED),
-            Kind::End => {
-                self.caches.remove(&msg.request);
+        let (request, step) = (msg.request, msg.step);
+        match msg.body {
+            Body::Alive => {}
+            Body::Close => self.end_session(CLOSED),
+            Body::End => {
+                self.caches.remove(&request);
             }
-            Kind::Tensors => self.on_tensors(msg)?,
-            Kind::Rebalance => self.on_rebalance(&msg)?,
-            Kind::Kv => self.on_kv(msg)?,
+            Body::Tensors(tensors) => self.on_tensors((request, step), tensors)?,
+            Body::Rebalance(plan) => self.on_rebalance(&plan)?,
+            Body::Kv { tensors, .. } => self.on_kv(request, tensors)?,
+            Body::Unreadable { kind: Kind::Rebalance, why } => {
+                let error = format!("malformed rebalance message from `{}`: {why}", msg.sender);
+                eprintln!("{}: {error}", self.name);
+                self.report_ready(&Ready { error: Some(error), ..Default::default() })?;
+            }
+            Body::Unreadable { kind, why } => {
+                eprintln!("{}: dropped a `{kind}` message from `{}`: {why}", self.name, msg.sender);
+                if msg.sender == "client" {
+                    let session = self.session.map(|s| s.0).ok_or("no session is open")?;
+                    self.report_error(&session, request, step, why)?;
+                }
+            }
             // Messages only the client takes (and `Stop`/`Open`, handled above).
-            Kind::Done | Kind::Ready | Kind::Opened | Kind::Error | Kind::Stop | Kind::Open => {
-                eprintln!("{}: ignored a `{}` message from `{}`", self.name, msg.kind, msg.sender)
+            other @ (Body::Done(_) | Body::Ready(_) | Body::Opened | Body::Error(_) | Body::Stop | Body::Open) => {
+                eprintln!("{}: ignored a `{}` message from `{}`", self.name, other.kind(), msg.sender)
             }
         }
         Ok(true)
     }
 
-    fn on_tensors(&mut self, msg: Frame) -> Result<(), NetError> {
+    fn on_tensors(&mut self, key: (u64, u64), tensors: Vec<(String, Tensor)>) -> Result<(), NetError> {
         let device = self.name.clone();
-        let key = (msg.request, msg.step);
         self.first_arrival.entry(key).or_insert_with(Instant::now);
         let entry = self.pending.entry(key).or_default();
-        for (name, t) in msg.tensors {
+        for (name, t) in tensors {
             if self.active.needed.contains(&name) {
                 entry.insert(name, t);
             } else {
@@ -234,16 +245,10 @@ impl Device<'_> {
             }
         }
         for (peer, tensors) in by_peer {
-            self.send_to(&peer, &Frame::new(Kind::Tensors, key.0, key.1, &device, tensors))?;
+            self.send_to(&peer, &Frame::new(key.0, key.1, &device, Body::Tensors(tensors)))?;
         }
-        let timing = Tensor::f32(
-            ArrayD::from_shape_vec(
-                IxDyn(&[3]),
-                vec![compute_ms as f32, waited_ms as f32, send_started.elapsed().as_secs_f32() * 1e3],
-            )
-            .unwrap_or_default(),
-        );
-        self.send_to("client", &Frame::new(Kind::Done, key.0, key.1, &device, vec![("timing_ms".into(), timing)]))
+        let timing = Timing { compute_ms, waiting_ms: waited_ms, send_ms: send_started.elapsed().as_secs_f64() * 1e3 };
+        self.send_to("client", &Frame::new(key.0, key.1, &device, Body::Done(timing)))
     }
 }
 

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use crate::frame::{Frame, Kind};
+use crate::frame::{Body, Frame};
 
 use super::client::Client;
 use super::NetError;
@@ -53,7 +53,7 @@ impl Feeder<'_> {
             (key.0, key.1 + 1, ids, n)
         } else if recompute {
             for d in stages {
-                client.send_to(d, &Frame::new(Kind::End, key.0, key.1, "client", vec![]))?;
+                client.send_to(d, &Frame::new(key.0, key.1, "client", Body::End))?;
             }
             self.owner.remove(&key.0);
             let wire = self.next_wire;

@@ -21,13 +21,13 @@
 mod client;
 mod device;
 mod feeder;
-mod messages;
+mod generation;
 mod net;
 mod rebalance;
 
-pub use client::generate;
+pub use crate::frame::{Ready, Rebalance};
 pub use device::serve;
-pub use messages::{Ready, Rebalance};
+pub use generation::generate;
 
 use std::time::Duration;
 

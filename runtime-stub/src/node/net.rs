@@ -91,13 +91,13 @@ impl<'a> Net<'a> {
             };
             if self.cluster.address(&frame.sender).is_none() {
                 self.dropped.refused += 1;
-                let why = format!("dropped a `{}` message from `{}`: not a participant", frame.kind, frame.sender);
+                let why = format!("dropped a `{}` message from `{}`: not a participant", frame.kind(), frame.sender);
                 self.log(&why, self.dropped.refused);
                 continue;
             }
             if !self.guard.accept(&frame.sender, &env) {
                 self.dropped.replayed += 1;
-                let why = format!("dropped a replayed `{}` message from `{}`", frame.kind, frame.sender);
+                let why = format!("dropped a replayed `{}` message from `{}`", frame.kind(), frame.sender);
                 self.log(&why, self.dropped.replayed);
                 continue;
             }

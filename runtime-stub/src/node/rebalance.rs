@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use ndarray::{ArrayD, IxDyn};
 
-use crate::frame::{Frame, Kind};
+use crate::frame::{Body, Frame};
 use crate::generate::cache_entries;
 use crate::{Session, Tensor};
 
@@ -18,18 +18,10 @@ impl Device<'_> {
     /// Switch to the stage a `rebalance` message gives this device: cut it from the held
     /// units, check it against the routes, send away the KV cache of layers that leave,
     /// and wait for the cache of layers that arrive (then report `ready`).
-    pub(super) fn on_rebalance(&mut self, msg: &Frame) -> Result<(), NetError> {
+    pub(super) fn on_rebalance(&mut self, plan: &Rebalance) -> Result<(), NetError> {
         let started = Instant::now();
-        let plan: Rebalance = match serde_json::from_str(&msg.info) {
-            Ok(p) => p,
-            Err(e) => {
-                let error = format!("malformed rebalance message from `{}`: {e}", msg.sender);
-                eprintln!("{}: {error}", self.name);
-                return self.report_ready(&Ready { epoch: msg.step, error: Some(error), ..Default::default() });
-            }
-        };
         let mut ready = Ready { epoch: plan.epoch, ..Default::default() };
-        match self.switch(&plan, &mut ready) {
+        match self.switch(plan, &mut ready) {
             Ok(missing) => {
                 ready.rebuild_ms = started.elapsed().as_secs_f64() * 1e3;
                 self.handover = Some(Handover { ready, missing });
@@ -111,7 +103,7 @@ impl Device<'_> {
         for ((to, r), tensors) in outgoing {
             ready.kv_sent_bytes += tensors.iter().map(|(_, t)| t.byte_len() as u64).sum::<u64>();
             let device = self.name.clone();
-            self.send_to(&to, &Frame::new(Kind::Kv, r, plan.epoch, &device, tensors))?;
+            self.send_to(&to, &Frame::new(r, 0, &device, Body::Kv { epoch: plan.epoch, tensors }))?;
         }
         // Entries of layers that arrive (some may have come already).
         let mut missing = BTreeSet::new();
@@ -126,11 +118,11 @@ impl Device<'_> {
         Ok(missing)
     }
 
-    pub(super) fn on_kv(&mut self, msg: Frame) -> Result<(), NetError> {
-        let cache = self.caches.entry(msg.request).or_default();
-        for (name, t) in msg.tensors {
+    pub(super) fn on_kv(&mut self, request: u64, tensors: Vec<(String, Tensor)>) -> Result<(), NetError> {
+        let cache = self.caches.entry(request).or_default();
+        for (name, t) in tensors {
             if let Some(h) = &mut self.handover {
-                h.missing.remove(&(msg.request, name.clone()));
+                h.missing.remove(&(request, name.clone()));
             }
             cache.insert(name, t);
         }
@@ -146,9 +138,8 @@ impl Device<'_> {
         Ok(())
     }
 
-    fn report_ready(&mut self, ready: &Ready) -> Result<(), NetError> {
-        let mut f = Frame::new(Kind::Ready, 0, ready.epoch, &self.name.clone(), vec![]);
-        f.info = serde_json::to_string(ready).map_err(|e| e.to_string())?;
+    pub(super) fn report_ready(&mut self, ready: &Ready) -> Result<(), NetError> {
+        let f = Frame::control(&self.name.clone(), Body::Ready(ready.clone()));
         self.send_to("client", &f)
     }
 }

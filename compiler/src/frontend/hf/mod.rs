@@ -14,6 +14,7 @@ mod builder;
 pub mod config;
 mod error;
 mod gpt2;
+mod keys;
 mod llama;
 pub mod rope;
 pub mod safetensors;
