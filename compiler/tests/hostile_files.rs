@@ -426,3 +426,27 @@ fn every_message_names_its_file() {
     let o = serve_command(&out, "dev-a", &cluster).arg("--insecure").output().unwrap();
     refused(&o, &["cluster.toml", "127.attacker.example", "not loopback"]);
 }
+
+/// Outputs of another format are refused with both format numbers, before any field
+/// of the newer shape can fail to parse.
+#[test]
+fn other_formats_are_named_as_such() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    compile(&fixture_dir("gpt2").join("hf"), &out, &[]);
+    let set_format = |file: &str, from: &str, to: &str| {
+        let path = out.join(file);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains(from), "{file}: {text}");
+        std::fs::write(&path, text.replacen(from, to, 1)).unwrap();
+    };
+    let map = shardc_format::map::FORMAT;
+    set_format("transmission_map.json", &format!("\"format\": {map}"), "\"format\": 1");
+    common::reshare(&out, "transmission_map.json");
+    refused(&local(&out), &["transmission_map.json", &format!("transmission map format 1 (this runtime reads {map})")]);
+    set_format("transmission_map.json", "\"format\": 1", &format!("\"format\": {map}"));
+    common::reshare(&out, "transmission_map.json");
+    let package = shardc_format::manifest::FORMAT;
+    set_format("dev-a/manifest.json", &format!("\"format\": {package}"), "\"format\": 2");
+    refused(&local(&out), &["dev-a/manifest.json", &format!("package format 2 (this runtime reads {package})")]);
+}

@@ -124,12 +124,13 @@ fn long_range_tensors_go_straight_to_their_consumers() {
     let sequential: Vec<_> = map.transfers.iter().filter(|t| t.kind == Kind::Sequential).collect();
     assert_eq!(sequential.len(), 2, "one hidden state per boundary");
     for t in &sequential {
-        assert_eq!(t.shape, "[batch, seq, 32]");
+        let shape: Vec<String> = t.shape.as_ref().unwrap().iter().map(|d| d.to_string()).collect();
+        assert_eq!(shape, ["batch", "seq", "32"]);
         assert_eq!(t.bytes_per_token, 128.0);
     }
     assert!(map.device_local["low-end"].contains(&"past_key_values.31.key".to_string()));
     let logits = map.transfers.iter().find(|t| t.tensor == "logits").unwrap();
-    assert_eq!((logits.from.as_str(), logits.kind), ("low-end", Kind::Output));
+    assert_eq!((logits.from.name(), logits.kind), ("low-end", Kind::Output));
 }
 
 #[test]

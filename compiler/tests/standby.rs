@@ -94,14 +94,14 @@ fn standby_packages_cut_every_allowed_stage_exactly() {
         for d in &devices {
             let (m, graph) = load(&out.join(d)).unwrap();
             for port in &m.inputs {
-                assert!(routes[&port.name].to.contains(d), "{name}: {} to {d}", port.name);
+                assert!(routes[&port.name].to.iter().any(|e| e.is_device(d)), "{name}: {} to {d}", port.name);
                 assert_eq!(routes[&port.name].from, port.peers[0], "{name}: {} to {d}", port.name);
             }
             for port in &m.outputs {
-                assert_eq!(routes[&port.name].from, *d, "{name}: {}", port.name);
+                assert!(routes[&port.name].from.is_device(d), "{name}: {}", port.name);
                 assert_eq!(routes[&port.name].to, port.peers, "{name}: {} from {d}", port.name);
             }
-            let taken = routes.values().filter(|r| r.to.contains(d)).count();
+            let taken = routes.values().filter(|r| r.to.iter().any(|e| e.is_device(d))).count();
             assert_eq!(taken, m.inputs.len(), "{name}: {d} is routed tensors it does not take");
             // The runtime's cut of the compiled range is the compiled stage.
             let h = load_standby(&out.join(d), &m).unwrap().expect("standby units");

@@ -9,6 +9,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::problem::{Problem, Stage};
+use crate::tensor::Endpoint;
 
 /// The current `balance.json` format.
 pub const FORMAT: u32 = 1;
@@ -46,8 +47,8 @@ pub struct BalanceSpec {
 /// Who sends a tensor and who receives it (device names, or `client`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Route {
-    pub from: String,
-    pub to: Vec<String>,
+    pub from: Endpoint,
+    pub to: Vec<Endpoint>,
 }
 
 impl BalanceSpec {
@@ -120,27 +121,28 @@ impl BalanceSpec {
         plan.iter().map(|s| self.devices[s.device].clone()).collect()
     }
 
-    /// Who sends each crossing tensor to whom under `plan`; tensors that stay on one
-    /// device are left out.
+    /// Who sends each crossing tensor to whom under `plan` (a plan that tiles the
+    /// units, as [`Problem::evaluate`] checks); tensors that stay on one device are left
+    /// out.
     pub fn routes(&self, plan: &[Stage]) -> BTreeMap<String, Route> {
-        let owner = |u: usize| {
-            plan.iter()
-                .find(|s| (s.start..s.end).contains(&u))
-                .map_or("?".to_string(), |s| self.devices[s.device].clone())
-        };
+        let owner = |u: usize| plan.iter().find(|s| (s.start..s.end).contains(&u)).map(|s| &self.devices[s.device]);
         let mut routes = BTreeMap::new();
         for c in &self.crossings {
-            let from = c.from.map_or("client".to_string(), owner);
-            let mut to: Vec<String> = Vec::new();
+            let from = match c.from.map(owner) {
+                None => Endpoint::Client,
+                Some(Some(device)) => Endpoint::Device(device.clone()),
+                Some(None) => continue,
+            };
+            let mut to: Vec<Endpoint> = Vec::new();
             // In pipeline order.
             for s in plan {
                 let name = &self.devices[s.device];
-                if *name != from && c.to.iter().any(|u| (s.start..s.end).contains(u)) {
-                    to.push(name.clone());
+                if !from.is_device(name) && c.to.iter().any(|u| (s.start..s.end).contains(u)) {
+                    to.push(Endpoint::Device(name.clone()));
                 }
             }
             if c.output {
-                to.push("client".into());
+                to.push(Endpoint::Client);
             }
             if !to.is_empty() {
                 routes.insert(c.tensor.clone(), Route { from, to });

@@ -12,6 +12,7 @@
 //! - [`balance`] — `balance.json` (runtime load balancing) and routing by it;
 //! - [`cluster`] — `cluster.toml` and its addresses;
 //! - [`frame`] — the metadata and control bodies of messages between client and devices;
+//! - [`tensor`] — dtypes, shapes and endpoints as these files record them;
 //! - [`files`] — reading files whose size nobody vouches for, with a bound.
 
 pub mod balance;
@@ -23,8 +24,20 @@ pub mod map;
 pub mod names;
 pub mod plan;
 pub mod problem;
+pub mod tensor;
 
 pub use cluster::Cluster;
 pub use files::{read_bounded, read_text};
 pub use manifest::{hash_file, Manifest, Port, Standby};
 pub use map::{Generation, Transfer, TransferKind, TransmissionMap};
+pub use tensor::Endpoint;
+
+/// The `format` number of a JSON file, read before anything else so that a file of
+/// another format gets that error rather than a field's.
+pub fn format_of(bytes: &[u8]) -> Option<u32> {
+    #[derive(serde::Deserialize)]
+    struct Versioned {
+        format: u32,
+    }
+    serde_json::from_slice::<Versioned>(bytes).ok().map(|v| v.format)
+}

@@ -5,8 +5,10 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-/// The current package format.
-pub const FORMAT: u32 = 2;
+use crate::tensor::{DType, Dim, Endpoint};
+
+/// The current package format (3: typed dtypes, shapes and endpoints).
+pub const FORMAT: u32 = 3;
 
 /// blake3 of a file, hex.
 pub fn hash_file(path: &Path) -> std::io::Result<String> {
@@ -18,12 +20,17 @@ pub fn hash_file(path: &Path) -> std::io::Result<String> {
 
 /// A tensor a stage takes in or gives out.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Port {
     pub name: String,
-    pub dtype: String,
-    pub shape: String,
-    /// Who sends it (`client` or a device) / who receives it.
-    pub peers: Vec<String>,
+    /// `null` when not inferred.
+    #[serde(with = "crate::tensor::opt_dtype")]
+    pub dtype: Option<DType>,
+    /// `null` when not inferred.
+    #[serde(with = "crate::tensor::opt_shape")]
+    pub shape: Option<Vec<Dim>>,
+    /// Who sends it / who receives it.
+    pub peers: Vec<Endpoint>,
 }
 
 /// `manifest.json` of a package.
@@ -40,8 +47,9 @@ pub struct Manifest {
     pub outputs: Vec<Port>,
     /// KV-cache inputs and outputs that stay on this device.
     pub device_local: Vec<String>,
-    /// Weights dtype as stored.
-    pub weights_dtype: String,
+    /// The float weights' dtype as stored (`null` without float weights).
+    #[serde(with = "crate::tensor::opt_dtype")]
+    pub weights_dtype: Option<DType>,
     /// blake3 of every other file of the package.
     pub files: BTreeMap<String, String>,
     /// blake3 of the output folder's files the runtime reads (`transmission_map.json`,

@@ -3,6 +3,12 @@
 
 use std::collections::BTreeMap;
 
+use crate::tensor::{DType, Dim, Endpoint};
+
+/// The current `transmission_map.json` format (2: typed dtypes, shapes, endpoints,
+/// and this field).
+pub const FORMAT: u32 = 2;
+
 /// How a tensor travels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -22,11 +28,14 @@ pub enum TransferKind {
 #[serde(deny_unknown_fields)]
 pub struct Transfer {
     pub tensor: String,
-    /// Device name, or `client`.
-    pub from: String,
-    pub to: Vec<String>,
-    pub dtype: String,
-    pub shape: String,
+    pub from: Endpoint,
+    pub to: Vec<Endpoint>,
+    /// `null` when not inferred.
+    #[serde(with = "crate::tensor::opt_dtype")]
+    pub dtype: Option<DType>,
+    /// `null` when not inferred.
+    #[serde(with = "crate::tensor::opt_shape")]
+    pub shape: Option<Vec<Dim>>,
     /// Bytes per decode step (batch as planned).
     pub bytes_per_token: f64,
     /// Bytes of the prefill.
@@ -61,6 +70,8 @@ pub struct Generation {
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TransmissionMap {
+    /// [`FORMAT`].
+    pub format: u32,
     /// Device names in pipeline order.
     pub stages: Vec<String>,
     /// For a language model: the token input and the logits (absent for other graphs).

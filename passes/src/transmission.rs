@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use shardc_ir::text::print::dims_text;
+use shardc_format::Endpoint;
 use shardc_ir::{Graph, ValueDef, ValueId};
 
 use crate::cost::{node_costs, sizes, CostError, Phase, Workload};
@@ -30,15 +30,13 @@ pub fn build(
     let costs = node_costs(graph, &step.bindings(workload, has_past))?;
     let stages = seg.stage_of_nodes(plan);
     let stage_of_node = |i: usize| stages[i];
-    let device = |s: usize| names[plan[s].device].clone();
+    let name_of = |s: usize| names[plan[s].device].clone();
+    let device = |s: usize| Endpoint::Device(name_of(s));
     let uses = graph.uses();
     let outputs: BTreeSet<ValueId> = graph.outputs.iter().copied().collect();
     let describe = |v: ValueId| {
         let ty = graph.value(v).ty.as_ref();
-        (
-            ty.map_or("?".to_string(), |t| t.dtype.to_string()),
-            ty.map_or("?".to_string(), |t| format!("[{}]", dims_text(&t.shape))),
-        )
+        (ty.map(|t| t.dtype), ty.map(|t| t.shape.clone()))
     };
     let producer = |v: ValueId| match graph.value(v).def {
         ValueDef::Node(n) => Some(n.index()),
@@ -79,14 +77,14 @@ pub fn build(
         let readers: BTreeSet<usize> = uses[input.index()].iter().map(|c| stage_of_node(c.index())).collect();
         if graph.cache_of_input(input).is_some() {
             for s in &readers {
-                device_local.entry(device(*s)).or_default().push(v.name.clone());
+                device_local.entry(name_of(*s)).or_default().push(v.name.clone());
             }
             continue;
         }
         let (dtype, shape) = describe(input);
         transfers.push(Transfer {
             tensor: v.name.clone(),
-            from: "client".into(),
+            from: Endpoint::Client,
             to: readers.iter().map(|&s| device(s)).collect(),
             dtype,
             shape,
@@ -109,12 +107,12 @@ pub fn build(
             let (dtype, shape) = describe(o);
             if outputs.contains(&o) {
                 if graph.cache_of_output(o).is_some() {
-                    device_local.entry(device(from)).or_default().push(name.clone());
+                    device_local.entry(name_of(from)).or_default().push(name.clone());
                 } else {
                     transfers.push(Transfer {
                         tensor: name.clone(),
                         from: device(from),
-                        to: vec!["client".into()],
+                        to: vec![Endpoint::Client],
                         dtype: dtype.clone(),
                         shape: shape.clone(),
                         bytes_per_token: dec.bytes[o.index()],
@@ -151,6 +149,7 @@ pub fn build(
         max_context: graph.max_context,
     });
     Ok(TransmissionMap {
+        format: shardc_format::map::FORMAT,
         stages: plan.iter().map(|s| names[s.device].clone()).collect(),
         generation,
         device_local,

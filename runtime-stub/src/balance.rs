@@ -325,13 +325,14 @@ mod tests {
 
     #[test]
     fn routes_follow_the_plan() {
+        let e = |n: &str| shardc_format::Endpoint::parse(n).unwrap();
         let s = spec();
         let r = s.routes(&s.plan);
-        assert_eq!(r["input_ids"], Route { from: "client".into(), to: vec!["a".into()] });
-        assert_eq!(r["h3"], Route { from: "a".into(), to: vec!["b".into()] });
+        assert_eq!(r["input_ids"], Route { from: e("client"), to: vec![e("a")] });
+        assert_eq!(r["h3"], Route { from: e("a"), to: vec![e("b")] });
         // Long-range: straight to both readers.
-        assert_eq!(r["h5"], Route { from: "b".into(), to: vec!["c".into()] });
-        assert_eq!(r["logits"], Route { from: "c".into(), to: vec!["client".into()] });
+        assert_eq!(r["h5"], Route { from: e("b"), to: vec![e("c")] });
+        assert_eq!(r["logits"], Route { from: e("c"), to: vec![e("client")] });
         let moved = vec![
             Stage { device: DeviceId(0), start: 0, end: 6 },
             Stage { device: DeviceId(1), start: 6, end: 7 },
@@ -339,7 +340,7 @@ mod tests {
         ];
         let r = s.routes(&moved);
         assert!(!r.contains_key("h3"), "h3 stays on a");
-        assert_eq!(r["h5"], Route { from: "a".into(), to: vec!["b".into(), "c".into()] });
+        assert_eq!(r["h5"], Route { from: e("a"), to: vec![e("b"), e("c")] });
     }
 
     #[test]

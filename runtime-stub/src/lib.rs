@@ -20,6 +20,7 @@ pub mod frame;
 pub mod generate;
 pub mod kernels;
 pub mod node;
+pub mod output;
 pub mod package;
 pub mod pipeline;
 pub mod profile;

@@ -1,8 +1,9 @@
 //! Shard packages: one folder per device with `manifest.json`, `shard.ir`,
 //! `shard.onnx` and `weights.safetensors`. Loading checks every file against the
-//! blake3 hash the manifest records and refuses a package that was altered.
+//! blake3 hash the manifest records and refuses a package that was altered. The whole
+//! output (map and every manifest, checked together) is [`crate::output`]'s.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use shardc_ir::Graph;
@@ -12,7 +13,6 @@ use crate::weights::WeightFiles;
 use crate::{RuntimeError, Session};
 use shardc_format::manifest::{hash_file, Manifest, Standby, FORMAT};
 use shardc_format::names::is_plain_name;
-use shardc_format::TransmissionMap;
 use shardc_passes::split::units_graph;
 
 /// The units the package holds, when it was compiled with standby units.
@@ -41,7 +41,7 @@ pub fn load_standby(dir: &Path, m: &Manifest) -> Result<Option<HeldUnits>, Runti
     Ok(Some(HeldUnits::new(standby, graph)))
 }
 
-fn err(path: &Path, message: String) -> RuntimeError {
+pub(crate) fn err(path: &Path, message: String) -> RuntimeError {
     RuntimeError::Package { path: path.to_path_buf(), message }
 }
 
@@ -51,15 +51,15 @@ pub const MAX_PACKAGE_TEXT: u64 = 256 << 20;
 /// What a hash recorded in a manifest and its file disagreeing means: for a package's
 /// own file, and for a file of the output every manifest records.
 const ALTERED_PACKAGE: (&str, &str) = ("the manifest's", "the package was altered");
-const ALTERED_SHARED: (&str, &str) = ("the packages'", "it was altered or comes from another compile");
+pub(crate) const ALTERED_SHARED: (&str, &str) = ("the packages'", "it was altered or comes from another compile");
 
-fn mismatch(path: &Path, got: &str, expected: &str, (whose, why): (&str, &str)) -> RuntimeError {
+pub(crate) fn mismatch(path: &Path, got: &str, expected: &str, (whose, why): (&str, &str)) -> RuntimeError {
     err(path, format!("blake3 {got} does not match {whose} {expected}: {why}"))
 }
 
 /// At most [`MAX_PACKAGE_TEXT`] bytes of `path`, which must hash to `expected` (the
 /// bytes hashed are the bytes returned).
-fn read_hashed(path: &Path, expected: &str, meaning: (&str, &str)) -> Result<Vec<u8>, RuntimeError> {
+pub(crate) fn read_hashed(path: &Path, expected: &str, meaning: (&str, &str)) -> Result<Vec<u8>, RuntimeError> {
     let bytes = shardc_format::files::read_bounded(path, MAX_PACKAGE_TEXT)
         .map_err(|e| err(path, format!("cannot read: {e}")))?;
     let got = blake3::hash(&bytes).to_hex();
@@ -86,10 +86,10 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest, RuntimeError> {
     let path = dir.join("manifest.json");
     let text = shardc_format::files::read_bounded(&path, MAX_PACKAGE_TEXT)
         .map_err(|e| err(&path, format!("cannot read: {e}")))?;
-    let m: Manifest = serde_json::from_slice(&text).map_err(|e| err(&path, format!("not a manifest: {e}")))?;
-    if m.format != FORMAT {
-        return Err(err(&path, format!("package format {} (this runtime reads {FORMAT})", m.format)));
+    if let Some(format) = shardc_format::format_of(&text).filter(|f| *f != FORMAT) {
+        return Err(err(&path, format!("package format {format} (this runtime reads {FORMAT})")));
     }
+    let m: Manifest = serde_json::from_slice(&text).map_err(|e| err(&path, format!("not a manifest: {e}")))?;
     shardc_passes::devices::check_name(&m.device).map_err(|e| err(&path, e))?;
     let folder = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     if m.device != folder {
@@ -202,30 +202,6 @@ pub fn load_pipeline(out: &Path) -> Result<(Vec<Manifest>, Pipeline), RuntimeErr
     Ok((manifests, Pipeline::new(sessions)))
 }
 
-/// The packages of an output folder are stages `0..n` of one `n`-stage pipeline, each
-/// once.
-pub fn check_stages<'a>(out: &Path, manifests: impl Iterator<Item = &'a Manifest>) -> Result<(), RuntimeError> {
-    let mut seen: BTreeMap<usize, &str> = BTreeMap::new();
-    let mut total = None;
-    for m in manifests {
-        if *total.get_or_insert(m.stages) != m.stages {
-            return Err(err(
-                out,
-                format!("`{}` says {} stages, another package {}", m.device, m.stages, total.unwrap_or(0)),
-            ));
-        }
-        if let Some(other) = seen.insert(m.stage, &m.device) {
-            return Err(err(out, format!("`{other}` and `{}` are both stage {}", m.device, m.stage)));
-        }
-    }
-    let n = total.unwrap_or(0);
-    if seen.len() != n {
-        let missing: Vec<String> = (0..n).filter(|s| !seen.contains_key(s)).map(|s| s.to_string()).collect();
-        return Err(err(out, format!("no package for stage {} of {n}", missing.join(", "))));
-    }
-    Ok(())
-}
-
 /// The units a package holds: the graph any stage within them is cut from.
 pub struct HeldUnits {
     pub standby: Standby,
@@ -272,175 +248,4 @@ impl HeldUnits {
     }
 }
 
-/// A compile output as the runtime needs it: the transmission map and every package's
-/// manifest in pipeline order, checked against each other.
-pub struct Output {
-    pub map: TransmissionMap,
-    /// In pipeline order.
-    pub manifests: Vec<Manifest>,
-    /// `balance.json`, when the packages hold standby units.
-    pub balance: Option<crate::balance::BalanceSpec>,
-}
-
-/// Read `out/transmission_map.json` and every package's manifest (with `hash`, also
-/// every file's hash) and check that they describe one pipeline: the map's stages are
-/// the packages in stage order, each package takes and gives what the map says and
-/// from and to whom, device-local state agrees, a language model's token input and
-/// logits travel between the client and a stage, and `balance.json` is there exactly
-/// when packages hold standby units. This is everything `shardc-run` reads to run.
-pub fn load_output(out: &Path, hash: bool) -> Result<Output, RuntimeError> {
-    let map_path = out.join("transmission_map.json");
-    let text = shardc_format::files::read_bounded(&map_path, MAX_PACKAGE_TEXT)
-        .map_err(|e| err(&map_path, format!("cannot read: {e}")))?;
-    let map: TransmissionMap =
-        serde_json::from_slice(&text).map_err(|e| err(&map_path, format!("not a transmission map: {e}")))?;
-    let map_hash = blake3::hash(&text).to_hex().to_string();
-    let bad = |m: String| err(&map_path, m);
-    if map.stages.is_empty() {
-        return Err(bad("lists no stages".into()));
-    }
-    let mut manifests = Vec::new();
-    for device in &map.stages {
-        shardc_passes::devices::check_name(device).map_err(&bad)?;
-        let dir = out.join(device);
-        let m = if hash { load_manifest(&dir)? } else { read_manifest(&dir)? };
-        manifests.push(m);
-    }
-    check_stages(out, manifests.iter())?;
-    // The map (and balance.json) are the ones every package was compiled with.
-    let shared = &manifests[0].shared;
-    if let Some(m) = manifests.iter().find(|m| m.shared != *shared) {
-        return Err(err(
-            &out.join(&m.device).join("manifest.json"),
-            format!(
-                "hashes other shared files than `{}`'s: the packages come from different compiles",
-                manifests[0].device
-            ),
-        ));
-    }
-    let recorded = shared.get("transmission_map.json").map_or("(none)", String::as_str);
-    if recorded != map_hash {
-        return Err(mismatch(&map_path, &map_hash, recorded, ALTERED_SHARED));
-    }
-    for (i, m) in manifests.iter().enumerate() {
-        if m.stage != i || m.stages != map.stages.len() {
-            return Err(bad(format!(
-                "puts `{}` at stage {i} of {}, its manifest at stage {} of {}",
-                m.device,
-                map.stages.len(),
-                m.stage,
-                m.stages
-            )));
-        }
-    }
-    // Every other folder with a manifest would be a package nobody runs.
-    let entries = std::fs::read_dir(out).map_err(|e| err(out, format!("cannot read: {e}")))?;
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if e.path().join("manifest.json").exists() && !map.stages.contains(&name) {
-            return Err(bad(format!("does not list the package `{name}`")));
-        }
-    }
-    let known = |who: &str| who == "client" || map.stages.iter().any(|s| s == who);
-    for t in &map.transfers {
-        if let Some(who) = std::iter::once(&t.from).chain(&t.to).find(|w| !known(w)) {
-            return Err(bad(format!(
-                "tensor `{}` travels to or from `{who}`, which is no stage and not the client",
-                t.tensor
-            )));
-        }
-    }
-    let sorted = |mut v: Vec<String>| {
-        v.sort();
-        v.dedup();
-        v
-    };
-    for m in &manifests {
-        let local = sorted(map.device_local.get(&m.device).cloned().unwrap_or_default());
-        if sorted(m.device_local.clone()) != local {
-            return Err(bad(format!("keeps {local:?} on `{}`, its manifest {:?}", m.device, m.device_local)));
-        }
-        for p in &m.inputs {
-            let from = sorted(
-                map.transfers
-                    .iter()
-                    .filter(|t| t.tensor == p.name && t.to.contains(&m.device))
-                    .map(|t| t.from.clone())
-                    .collect(),
-            );
-            if from.is_empty() || sorted(p.peers.clone()) != from {
-                return Err(bad(format!(
-                    "sends `{}` to `{}` from {from:?}, its manifest expects it from {:?}",
-                    p.name, m.device, p.peers
-                )));
-            }
-        }
-        for p in &m.outputs {
-            let to = sorted(
-                map.transfers
-                    .iter()
-                    .filter(|t| t.tensor == p.name && t.from == m.device)
-                    .flat_map(|t| t.to.clone())
-                    .collect(),
-            );
-            if sorted(p.peers.clone()) != to {
-                return Err(bad(format!(
-                    "sends `{}` from `{}` to {to:?}, its manifest to {:?}",
-                    p.name, m.device, p.peers
-                )));
-            }
-        }
-    }
-    if let Some(g) = &map.generation {
-        let takes = map.transfers.iter().any(|t| t.tensor == g.token_input && t.from == "client" && !t.to.is_empty());
-        let gives = map.transfers.iter().any(|t| t.tensor == g.logits && t.to.iter().any(|w| w == "client"));
-        if !takes || !gives {
-            return Err(bad(format!(
-                "its language model does not take `{}` from the client or give `{}` to it",
-                g.token_input, g.logits
-            )));
-        }
-        let cached = manifests.iter().any(|m| !m.device_local.is_empty());
-        if g.kv_cache != cached {
-            return Err(bad(format!(
-                "says kv_cache {}, but the packages {} a KV cache",
-                g.kv_cache,
-                if cached { "keep" } else { "keep no" }
-            )));
-        }
-    }
-    let holds = manifests.iter().filter(|m| m.held.is_some()).count();
-    // balance.json: hashed and parsed from the same bytes.
-    let balance_path = out.join("balance.json");
-    let balance = match (shared.get("balance.json"), balance_path.exists()) {
-        (Some(expected), true) => {
-            let bytes = read_hashed(&balance_path, expected, ALTERED_SHARED)?;
-            Some(crate::balance::BalanceSpec::parse(&bytes, &balance_path).map_err(RuntimeError::File)?)
-        }
-        (None, false) => None,
-        (Some(_), false) => {
-            return Err(err(&balance_path, "is missing, but the packages were compiled with it".into()))
-        }
-        (None, true) => return Err(err(&balance_path, "is not one the packages were compiled with".into())),
-    };
-    match (&balance, holds) {
-        (None, 0) => {}
-        (Some(spec), n) if n == manifests.len() => {
-            if spec.stage_devices(&spec.plan) != map.stages {
-                return Err(err(
-                    &out.join("balance.json"),
-                    format!(
-                        "stages {:?} are not the transmission map's {:?}",
-                        spec.stage_devices(&spec.plan),
-                        map.stages
-                    ),
-                ));
-            }
-        }
-        (None, _) => return Err(err(out, "packages hold standby units, but balance.json is missing".into())),
-        (Some(_), _) => {
-            return Err(err(out, "balance.json is there, but not every package holds standby units".into()))
-        }
-    }
-    Ok(Output { map, manifests, balance })
-}
+pub use crate::output::{check_stages, load_output, Output};

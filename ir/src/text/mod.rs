@@ -21,6 +21,7 @@
 //! recomputed. Weights are references: file, byte offset and length (`none`
 //! for a shape-only graph). Attributes equal to their defaults are left out.
 
+mod cursor;
 mod parse;
 pub mod print;
 

@@ -11,6 +11,7 @@
 //! `Where(Equal(shape, -1), 1, shape)` pattern of `expand` exports resolve.
 
 mod elementwise;
+mod indexing;
 mod linalg;
 mod movement;
 mod quant;
@@ -271,9 +272,9 @@ pub fn infer_node(op: &Op, inputs: &[Option<In>], n_outputs: usize) -> Result<Ve
         Op::Dropout(_) => elementwise::dropout(inputs, n_outputs),
         Op::Shape(s) => movement::shape(s, inputs),
         Op::Size(_) => movement::size(inputs),
-        Op::Gather(g) => movement::gather(g, inputs),
-        Op::GatherElements(g) => movement::gather_elements(g.axis, inputs),
-        Op::GatherND(g) => movement::gather_nd(g.batch_dims, inputs),
+        Op::Gather(g) => indexing::gather(g, inputs),
+        Op::GatherElements(g) => indexing::gather_elements(g.axis, inputs),
+        Op::GatherND(g) => indexing::gather_nd(g.batch_dims, inputs),
         Op::Reshape(r) => movement::reshape(r, inputs),
         Op::Unsqueeze(_) => movement::unsqueeze(inputs),
         Op::Squeeze(_) => movement::squeeze(inputs),
@@ -287,10 +288,10 @@ pub fn infer_node(op: &Op, inputs: &[Option<In>], n_outputs: usize) -> Result<Ve
         Op::Range(_) => movement::range(inputs),
         Op::ConstantOfShape(c) => movement::constant_of_shape(c, inputs),
         Op::Pad(_) => movement::pad(inputs),
-        Op::NonZero(_) => movement::non_zero(inputs),
-        Op::OneHot(o) => movement::one_hot(o.axis, inputs),
+        Op::NonZero(_) => indexing::non_zero(inputs),
+        Op::OneHot(o) => indexing::one_hot(o.axis, inputs),
         Op::EyeLike(e) => movement::eye_like(e.dtype, inputs),
-        Op::TopK(t) => movement::top_k(t.axis, inputs),
+        Op::TopK(t) => indexing::top_k(t.axis, inputs),
         Op::Trilu(_)
         | Op::CumSum(_)
         | Op::Softmax(_)

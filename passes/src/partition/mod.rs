@@ -21,6 +21,7 @@ use std::time::Duration;
 use shardc_format::balance::{self, BalanceSpec};
 use shardc_format::manifest::{Port, Standby};
 use shardc_format::plan::PlanReport;
+use shardc_format::Endpoint;
 use shardc_ir::{DType, Graph, ValueId};
 
 use crate::cost::{CostError, Workload};
@@ -137,8 +138,8 @@ pub struct StagePart {
     pub graph: Stored,
     /// With standby units: every unit whose weights the stage holds.
     pub standby: Option<StandbyPart>,
-    /// The dtype of the stage's float weights as stored (`none` without any).
-    pub weights_dtype: String,
+    /// The dtype of the stage's float weights as stored (`None` without any).
+    pub weights_dtype: Option<DType>,
 }
 
 /// The units a stage holds beyond its own, as its package carries them.
@@ -214,15 +215,10 @@ pub fn partition(
         let local = planned.map.device_local.get(&device).cloned().unwrap_or_default();
         let (inputs, outputs) = ports(&stored.graph, &planned.map, &local);
         let report = &planned.report.stages[s];
-        let weights_dtype = stored
-            .graph
-            .values
-            .iter()
-            .find_map(|v| match &v.def {
-                shardc_ir::ValueDef::Weight(w) if w.dtype.is_float() => Some(w.dtype.to_string()),
-                _ => None,
-            })
-            .unwrap_or_else(|| "none".into());
+        let weights_dtype = stored.graph.values.iter().find_map(|v| match &v.def {
+            shardc_ir::ValueDef::Weight(w) if w.dtype.is_float() => Some(w.dtype),
+            _ => None,
+        });
         parts.push(StagePart {
             weights_dtype,
             units: [report.first_unit.clone(), report.last_unit.clone()],
@@ -240,19 +236,16 @@ pub fn partition(
 /// A stage's inputs and outputs as ports: dtype, shape and the devices at the other
 /// end; tensors that stay on the device (`local`) are no ports.
 fn ports(stage: &Graph, map: &TransmissionMap, local: &[String]) -> (Vec<Port>, Vec<Port>) {
-    let port = |v: ValueId, peers: Vec<String>| {
+    let port = |v: ValueId, peers: Vec<Endpoint>| {
         let value = stage.value(v);
         Port {
             name: value.name.clone(),
-            dtype: value.ty.as_ref().map_or("?".into(), |t| t.dtype.to_string()),
-            shape: value
-                .ty
-                .as_ref()
-                .map_or("?".into(), |t| format!("[{}]", shardc_ir::text::print::dims_text(&t.shape))),
+            dtype: value.ty.as_ref().map(|t| t.dtype),
+            shape: value.ty.as_ref().map(|t| t.shape.clone()),
             peers,
         }
     };
-    let ports = |values: &[ValueId], peers: &dyn Fn(&str) -> Vec<String>| {
+    let ports = |values: &[ValueId], peers: &dyn Fn(&str) -> Vec<Endpoint>| {
         values
             .iter()
             .filter(|&&v| !local.contains(&stage.value(v).name))

@@ -142,7 +142,7 @@ pub fn attention(a: &Attention, inputs: &[Option<&Tensor>], n_outputs: usize) ->
     let with_bias = scores.clone();
     if a.softcap > 0.0 {
         let c = a.softcap;
-        scores.mapv_inplace(|x| c * super::elementwise::tanh(x / c));
+        scores.mapv_inplace(|x| c * super::unary::tanh(x / c));
     }
     let capped = scores.clone();
     for mut lane in scores.lanes_mut(Axis(3)) {

@@ -1,13 +1,13 @@
-//! Matrix products (through the `gemm` crate), softmax and layer norm.
+//! Matrix products (through the `gemm` crate) and einsum.
 
 use ndarray::{ArrayD, ArrayViewD, Axis, IxDyn};
-use shardc_ir::ops::{Gemm, LayerNormalization};
+use shardc_ir::ops::Gemm;
 use shardc_ir::DType;
 
-use super::{axis, broadcast_shape, input, optional, KernelResult};
+use super::{broadcast_shape, input, optional, KernelResult};
 use crate::tensor::{Data, Tensor};
 
-fn floats<'a>(t: &'a Tensor, what: &str) -> Result<&'a ArrayD<f32>, String> {
+pub(super) fn floats<'a>(t: &'a Tensor, what: &str) -> Result<&'a ArrayD<f32>, String> {
     t.as_f32().ok_or_else(|| format!("{what} must be a float tensor, got {}", t.describe()))
 }
 
@@ -149,184 +149,6 @@ pub fn gemm(g: &Gemm, inputs: &[Option<&Tensor>]) -> KernelResult {
     sgemm(&av, &bv, &mut out, 1.0, g.alpha);
     let out = ArrayD::from_shape_vec(IxDyn(&[m, n]), out).map_err(|e| e.to_string())?;
     Ok(vec![Tensor::with_dtype(ta.dtype, crate::tensor::Data::F32(out))])
-}
-
-/// `Softmax{axis}` (numerically stable).
-pub fn softmax(ax: i64, inputs: &[Option<&Tensor>]) -> KernelResult {
-    let t = input(inputs, 0)?;
-    let x = floats(t, "input")?;
-    let ax = axis(ax, x.ndim())?;
-    let mut out = x.as_standard_layout().into_owned();
-    for mut lane in out.lanes_mut(Axis(ax)) {
-        let max = lane.fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-        let mut sum = 0.0;
-        lane.mapv_inplace(|v| {
-            let e = (v - max).exp();
-            sum += e;
-            e
-        });
-        let inv = 1.0 / sum;
-        lane.mapv_inplace(|v| v * inv);
-    }
-    Ok(vec![Tensor::with_dtype(t.dtype, crate::tensor::Data::F32(out))])
-}
-
-/// `LayerNormalization{axis,epsilon}(X, scale[, bias])` → Y[, Mean, InvStdDev].
-pub fn layer_norm(l: &LayerNormalization, inputs: &[Option<&Tensor>], n_outputs: usize) -> KernelResult {
-    let t = input(inputs, 0)?;
-    let x = floats(t, "X")?;
-    let ax = axis(l.axis, x.ndim())?;
-    let outer: usize = x.shape()[..ax].iter().product();
-    let inner: usize = x.shape()[ax..].iter().product();
-    let norm_shape = IxDyn(&x.shape()[ax..]);
-    let scale = floats(input(inputs, 1)?, "scale")?;
-    let scale: Vec<f32> =
-        scale.broadcast(norm_shape.clone()).ok_or("scale does not broadcast")?.iter().copied().collect();
-    let bias: Option<Vec<f32>> = match optional(inputs, 2) {
-        Some(b) => {
-            Some(floats(b, "B")?.broadcast(norm_shape).ok_or("bias does not broadcast")?.iter().copied().collect())
-        }
-        None => None,
-    };
-    let xs = x.as_standard_layout();
-    let xs = xs.as_slice().ok_or("input is not contiguous")?;
-    let mut y = vec![0f32; xs.len()];
-    let mut means = Vec::with_capacity(outer);
-    let mut inv_stds = Vec::with_capacity(outer);
-    for r in 0..outer {
-        let row = &xs[r * inner..(r + 1) * inner];
-        let mean = row.iter().sum::<f32>() / inner as f32;
-        let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / inner as f32;
-        let inv_std = 1.0 / (var + l.epsilon).sqrt();
-        let out = &mut y[r * inner..(r + 1) * inner];
-        for i in 0..inner {
-            let v = (row[i] - mean) * inv_std * scale[i];
-            out[i] = match &bias {
-                Some(b) => v + b[i],
-                None => v,
-            };
-        }
-        means.push(mean);
-        inv_stds.push(inv_std);
-    }
-    let mut outs = vec![Tensor::with_dtype(
-        t.dtype,
-        crate::tensor::Data::F32(ArrayD::from_shape_vec(IxDyn(x.shape()), y).map_err(|e| e.to_string())?),
-    )];
-    let mut stat_shape = x.shape()[..ax].to_vec();
-    stat_shape.resize(x.ndim(), 1);
-    for stats in [means, inv_stds].into_iter().take(n_outputs.saturating_sub(1)) {
-        let a = ArrayD::from_shape_vec(IxDyn(&stat_shape), stats).map_err(|e| e.to_string())?;
-        outs.push(Tensor::with_dtype(DType::F32, crate::tensor::Data::F32(a)));
-    }
-    Ok(outs)
-}
-
-/// Softmax-like lane operations along `axis`.
-fn along_axis(t: &Tensor, ax: i64, f: impl Fn(&mut ndarray::ArrayViewMut1<f32>)) -> KernelResult {
-    let x = floats(t, "input")?;
-    let ax = axis(ax, x.ndim())?;
-    let mut out = x.as_standard_layout().into_owned();
-    for mut lane in out.lanes_mut(Axis(ax)) {
-        f(&mut lane);
-    }
-    Ok(vec![Tensor::with_dtype(t.dtype, Data::F32(out))])
-}
-
-/// `LogSoftmax{axis}`: `x − max − ln Σ e^(x − max)`.
-pub fn log_softmax(ax: i64, inputs: &[Option<&Tensor>]) -> KernelResult {
-    along_axis(input(inputs, 0)?, ax, |lane| {
-        let max = lane.fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-        let sum: f64 = lane.iter().map(|&v| f64::from(v - max).exp()).sum();
-        let log = sum.ln() as f32;
-        lane.mapv_inplace(|v| v - max - log);
-    })
-}
-
-/// `Hardmax{axis}`: 1 at the first maximum of each lane, 0 elsewhere.
-pub fn hardmax(ax: i64, inputs: &[Option<&Tensor>]) -> KernelResult {
-    along_axis(input(inputs, 0)?, ax, |lane| {
-        let mut best = 0;
-        for (i, &v) in lane.iter().enumerate() {
-            if v > lane[best] {
-                best = i;
-            }
-        }
-        for (i, v) in lane.iter_mut().enumerate() {
-            *v = if i == best { 1.0 } else { 0.0 };
-        }
-    })
-}
-
-/// `LpNormalization{axis,p}`: `x / (Σ |x|^p)^(1/p)` along `axis`.
-pub fn lp_normalization(ax: i64, p: i64, inputs: &[Option<&Tensor>]) -> KernelResult {
-    if p != 1 && p != 2 {
-        return Err(format!("p = {p} (expected 1 or 2)"));
-    }
-    along_axis(input(inputs, 0)?, ax, |lane| {
-        let norm = if p == 1 {
-            lane.iter().map(|&v| f64::from(v.abs())).sum::<f64>()
-        } else {
-            lane.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>().sqrt()
-        } as f32;
-        lane.mapv_inplace(|v| v / norm);
-    })
-}
-
-/// Rows `[outer, inner]` of a tensor normalised over `axis..rank`, with `scale` (and
-/// `bias`) broadcast to the normalised shape.
-fn normalised_rows(x: &ArrayD<f32>, ax: usize) -> (usize, usize) {
-    (x.shape()[..ax].iter().product(), x.shape()[ax..].iter().product())
-}
-
-/// `RMSNormalization{axis,epsilon}(X, scale)`.
-pub fn rms_norm(ax: i64, epsilon: f32, inputs: &[Option<&Tensor>]) -> KernelResult {
-    let t = input(inputs, 0)?;
-    let x = floats(t, "X")?;
-    let ax = axis(ax, x.ndim())?;
-    let (outer, inner) = normalised_rows(x, ax);
-    let scale = floats(input(inputs, 1)?, "scale")?;
-    let scale: Vec<f32> =
-        scale.broadcast(IxDyn(&x.shape()[ax..])).ok_or("scale does not broadcast")?.iter().copied().collect();
-    let xs = x.as_standard_layout();
-    let xs = xs.as_slice().ok_or("input is not contiguous")?;
-    let mut y = vec![0f32; xs.len()];
-    for r in 0..outer {
-        let row = &xs[r * inner..(r + 1) * inner];
-        let mean_sq = row.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>() / inner.max(1) as f64;
-        let inv = 1.0 / ((mean_sq as f32) + epsilon).sqrt();
-        for i in 0..inner {
-            y[r * inner + i] = row[i] * inv * scale[i];
-        }
-    }
-    let out = ArrayD::from_shape_vec(IxDyn(x.shape()), y).map_err(|e| e.to_string())?;
-    Ok(vec![Tensor::with_dtype(t.dtype, Data::F32(out))])
-}
-
-/// `MeanVarianceNormalization{axes}`: `(X − E[X]) / (sqrt(E[X²] − E[X]²) + 1e-9)`, as
-/// the op's ONNX function defines it.
-pub fn mean_variance_normalization(axes: &[i64], inputs: &[Option<&Tensor>]) -> KernelResult {
-    let t = input(inputs, 0)?;
-    let x = floats(t, "X")?;
-    let rank = x.ndim();
-    let mut axes: Vec<usize> = axes.iter().map(|&a| axis(a, rank)).collect::<Result<_, _>>()?;
-    axes.sort_unstable();
-    axes.dedup();
-    let mut mean = x.mapv(f64::from);
-    let mut mean_sq = x.mapv(|v| f64::from(v) * f64::from(v));
-    for &a in axes.iter().rev() {
-        let n = x.shape()[a].max(1) as f64;
-        mean = mean.sum_axis(Axis(a)).insert_axis(Axis(a)).mapv(|v| v / n);
-        mean_sq = mean_sq.sum_axis(Axis(a)).insert_axis(Axis(a)).mapv(|v| v / n);
-    }
-    let mean = mean.broadcast(x.raw_dim()).ok_or("broadcast failed")?.to_owned();
-    let mean_sq = mean_sq.broadcast(x.raw_dim()).ok_or("broadcast failed")?.to_owned();
-    let mut out = x.to_owned();
-    ndarray::Zip::from(&mut out).and(&mean).and(&mean_sq).for_each(|o, &m, &s| {
-        let std = (s - m * m).sqrt();
-        *o = ((f64::from(*o) - m) / (std + 1e-9)) as f32;
-    });
-    Ok(vec![Tensor::with_dtype(t.dtype, Data::F32(out))])
 }
 
 /// `MatMulInteger(A, B[, a_zero_point[, b_zero_point]])`: `(A − a0) · (B − b0)` in

@@ -21,9 +21,11 @@ mod elementwise;
 mod indexing;
 mod linalg;
 mod movement;
+mod norm;
 mod quant;
 mod reduce;
 mod scatter;
+mod unary;
 
 use ndarray::{ArrayD, IxDyn};
 use shardc_ir::Op;
@@ -98,8 +100,8 @@ pub fn run(op: &Op, inputs: &[Option<&Tensor>], n_outputs: usize) -> KernelResul
         | Op::Mish(_)
         | Op::Swish(_)
         | Op::Gelu(_)
-        | Op::Identity(_) => e::unary(op, inputs),
-        Op::IsNaN(_) | Op::IsInf(_) => e::predicate(op, inputs),
+        | Op::Identity(_) => unary::unary(op, inputs),
+        Op::IsNaN(_) | Op::IsInf(_) => unary::predicate(op, inputs),
         Op::Cast(c) => e::cast(c.to, c.saturate != 0, &c.round_mode, inputs),
         Op::CastLike(c) => e::cast(input(inputs, 1)?.dtype, c.saturate != 0, &c.round_mode, inputs),
         Op::Clip(_) => e::clip(inputs),
@@ -136,13 +138,13 @@ pub fn run(op: &Op, inputs: &[Option<&Tensor>], n_outputs: usize) -> KernelResul
         Op::Gemm(g) => linalg::gemm(g, inputs),
         Op::Einsum(e) => linalg::einsum(&e.equation, inputs),
         Op::MatMulInteger(_) => linalg::matmul_integer(inputs),
-        Op::Softmax(s) => linalg::softmax(s.axis, inputs),
-        Op::LogSoftmax(s) => linalg::log_softmax(s.axis, inputs),
-        Op::Hardmax(h) => linalg::hardmax(h.axis, inputs),
-        Op::LayerNormalization(l) => linalg::layer_norm(l, inputs, n_outputs),
-        Op::RMSNormalization(r) => linalg::rms_norm(r.axis, r.epsilon, inputs),
-        Op::LpNormalization(l) => linalg::lp_normalization(l.axis, l.p, inputs),
-        Op::MeanVarianceNormalization(m) => linalg::mean_variance_normalization(&m.axes, inputs),
+        Op::Softmax(s) => norm::softmax(s.axis, inputs),
+        Op::LogSoftmax(s) => norm::log_softmax(s.axis, inputs),
+        Op::Hardmax(h) => norm::hardmax(h.axis, inputs),
+        Op::LayerNormalization(l) => norm::layer_norm(l, inputs, n_outputs),
+        Op::RMSNormalization(r) => norm::rms_norm(r.axis, r.epsilon, inputs),
+        Op::LpNormalization(l) => norm::lp_normalization(l.axis, l.p, inputs),
+        Op::MeanVarianceNormalization(m) => norm::mean_variance_normalization(&m.axes, inputs),
         Op::Attention(a) => attention::attention(a, inputs, n_outputs),
         Op::RotaryEmbedding(r) => attention::rotary(r, inputs),
         Op::ReduceMean(_)

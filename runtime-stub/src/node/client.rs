@@ -207,7 +207,8 @@ impl<'a> Client<'a> {
             kv += ready.kv_sent_bytes;
             waiting.remove(&msg.sender);
         }
-        self.ids_to = routes.get(&self.token_input).map_or(Vec::new(), |r| r.to.clone());
+        self.ids_to =
+            routes.get(&self.token_input).map_or(Vec::new(), |r| r.to.iter().map(|e| e.name().to_string()).collect());
         Ok(kv)
     }
 }

@@ -281,7 +281,12 @@ pub fn serve(
     let initial = Initial {
         range,
         needed: manifest.inputs.iter().map(|p| p.name.clone()).collect(),
-        peers_of: manifest.outputs.iter().map(|p| (p.name.clone(), p.peers.clone())).collect(),
+        // By cluster name: `client` or the device's.
+        peers_of: manifest
+            .outputs
+            .iter()
+            .map(|p| (p.name.clone(), p.peers.iter().map(|e| e.name().to_string()).collect()))
+            .collect(),
     };
     let active = Active {
         cache: cache_entries(session.graph()),

@@ -246,8 +246,8 @@ pub fn generate(
     let ids_to: Vec<String> = map
         .transfers
         .iter()
-        .filter(|t| t.tensor == gen.token_input && t.from == "client")
-        .flat_map(|t| t.to.clone())
+        .filter(|t| t.tensor == gen.token_input && t.from == shardc_format::Endpoint::Client)
+        .flat_map(|t| t.to.iter().map(|e| e.name().to_string()))
         .collect();
     for d in &stages {
         if cluster.address(d).is_none() {

@@ -68,9 +68,9 @@ impl Device<'_> {
             )
         };
         let routed_in: BTreeSet<&String> =
-            plan.routes.iter().filter(|(_, r)| r.to.contains(&self.name)).map(|(t, _)| t).collect();
+            plan.routes.iter().filter(|(_, r)| r.to.iter().any(|e| e.is_device(&self.name))).map(|(t, _)| t).collect();
         let routed_out: BTreeSet<&String> =
-            plan.routes.iter().filter(|(_, r)| r.from == self.name).map(|(t, _)| t).collect();
+            plan.routes.iter().filter(|(_, r)| r.from.is_device(&self.name)).map(|(t, _)| t).collect();
         if inputs.iter().collect::<BTreeSet<_>>() != routed_in || outputs.iter().collect::<BTreeSet<_>>() != routed_out
         {
             return Err(format!(
@@ -78,8 +78,9 @@ impl Device<'_> {
                 range[0], range[1]
             ).into());
         }
-        let peers_of =
-            outputs.iter().map(|o| (o.clone(), plan.routes.get(o).map_or(Vec::new(), |r| r.to.clone()))).collect();
+        let peers =
+            |o: &String| plan.routes.get(o).map_or(Vec::new(), |r| r.to.iter().map(|e| e.name().to_string()).collect());
+        let peers_of = outputs.iter().map(|o| (o.clone(), peers(o))).collect();
         if let Some((session, cache)) = active {
             self.active.session = session;
             self.active.cache = cache;

@@ -15,6 +15,7 @@ pub mod config;
 mod error;
 mod gpt2;
 mod keys;
+mod layers;
 mod llama;
 pub mod rope;
 pub mod safetensors;
