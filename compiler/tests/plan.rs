@@ -97,7 +97,7 @@ fn checkpoints_segment_into_embed_attention_mlp_and_head() {
     let long: Vec<&str> = seg
         .crossings
         .iter()
-        .filter(|c| c.consumers.iter().any(|&u| u > c.producer + 1))
+        .filter(|c| c.consumers.iter().any(|&u| u.index() > c.producer.index() + 1))
         .map(|c| g.value(c.value).name.as_str())
         .collect();
     assert!(long.iter().any(|n| n.contains("positions/Where")), "{long:?}");

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::problem::{Problem, Stage};
+use crate::problem::{Problem, Stage, UnitId};
 use crate::tensor::Endpoint;
 
 /// The current `balance.json` format.
@@ -19,9 +19,9 @@ pub const FORMAT: u32 = 1;
 pub struct Crossing {
     pub tensor: String,
     /// The unit that computes it; `None` for a graph input the client sends.
-    pub from: Option<usize>,
+    pub from: Option<UnitId>,
     /// The units that read it.
-    pub to: Vec<usize>,
+    pub to: Vec<UnitId>,
     /// A graph output: the client receives it too.
     pub output: bool,
 }
@@ -104,7 +104,9 @@ impl BalanceSpec {
             }
         }
         for c in &self.crossings {
-            if c.from.is_some_and(|f| f >= u) || c.to.iter().any(|&t| t >= u || c.from.is_some_and(|f| t <= f)) {
+            if c.from.is_some_and(|f| f.index() >= u)
+                || c.to.iter().any(|&t| t.index() >= u || c.from.is_some_and(|f| t <= f))
+            {
                 return Err(format!("tensor `{}` crosses units that do not exist or go backwards", c.tensor));
             }
         }
@@ -125,7 +127,7 @@ impl BalanceSpec {
     /// units, as [`Problem::evaluate`] checks); tensors that stay on one device are left
     /// out.
     pub fn routes(&self, plan: &[Stage]) -> BTreeMap<String, Route> {
-        let owner = |u: usize| plan.iter().find(|s| (s.start..s.end).contains(&u)).map(|s| &self.devices[s.device]);
+        let owner = |u: UnitId| plan.iter().find(|s| s.runs(u)).map(|s| &self.devices[s.device]);
         let mut routes = BTreeMap::new();
         for c in &self.crossings {
             let from = match c.from.map(owner) {
@@ -137,7 +139,7 @@ impl BalanceSpec {
             // In pipeline order.
             for s in plan {
                 let name = &self.devices[s.device];
-                if !from.is_device(name) && c.to.iter().any(|u| (s.start..s.end).contains(u)) {
+                if !from.is_device(name) && c.to.iter().any(|&u| s.runs(u)) {
                     to.push(Endpoint::Device(name.clone()));
                 }
             }

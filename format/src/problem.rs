@@ -70,7 +70,7 @@ impl Link {
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SharedWeight {
     pub bytes: f64,
-    pub units: Vec<usize>,
+    pub units: Vec<UnitId>,
 }
 
 /// A partitioning problem.
@@ -97,48 +97,70 @@ pub struct Problem {
     pub objective: Objective,
 }
 
-/// A device: its index in the device profile, and so in every per-device table of a
-/// [`Problem`] (which it indexes directly: `budget[device]`, `prefill[device][unit]`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(transparent)]
-pub struct DeviceId(pub usize);
+/// An index newtype: serialised as the number, indexing `Vec<T>` and `[T]` directly.
+macro_rules! index_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(pub usize);
 
-impl DeviceId {
-    pub fn index(self) -> usize {
-        self.0
-    }
+        impl $name {
+            pub fn index(self) -> usize {
+                self.0
+            }
 
-    /// Every device of a problem with `n` devices, in profile order.
-    pub fn all(n: usize) -> impl DoubleEndedIterator<Item = DeviceId> + Clone {
-        (0..n).map(DeviceId)
-    }
+            /// The first `n`, in order.
+            pub fn all(n: usize) -> impl DoubleEndedIterator<Item = $name> + Clone {
+                (0..n).map($name)
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "{}", self.0)
+            }
+        }
+
+        impl<T> std::ops::Index<$name> for Vec<T> {
+            type Output = T;
+            fn index(&self, i: $name) -> &T {
+                &self[i.0]
+            }
+        }
+
+        impl<T> std::ops::IndexMut<$name> for Vec<T> {
+            fn index_mut(&mut self, i: $name) -> &mut T {
+                &mut self[i.0]
+            }
+        }
+
+        impl<T> std::ops::Index<$name> for [T] {
+            type Output = T;
+            fn index(&self, i: $name) -> &T {
+                &self[i.0]
+            }
+        }
+    };
 }
 
-impl std::fmt::Display for DeviceId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
+index_id!(
+    /// A device: its index in the device profile, and so in every per-device table of
+    /// a [`Problem`] (`budget[device]`, `prefill[device][unit]`).
+    DeviceId
+);
 
-impl<T> std::ops::Index<DeviceId> for Vec<T> {
-    type Output = T;
-    fn index(&self, d: DeviceId) -> &T {
-        &self[d.0]
-    }
-}
+index_id!(
+    /// A unit: its position in the model's chain of units (embedding, layers' attention
+    /// and MLP, head). Stages hold contiguous runs `start..end` of them, whose bounds
+    /// are cut positions (`0..=units`), not units, and stay plain numbers.
+    UnitId
+);
 
-impl<T> std::ops::IndexMut<DeviceId> for Vec<T> {
-    fn index_mut(&mut self, d: DeviceId) -> &mut T {
-        &mut self[d.0]
-    }
-}
-
-impl<T> std::ops::Index<DeviceId> for [T] {
-    type Output = T;
-    fn index(&self, d: DeviceId) -> &T {
-        &self[d.0]
-    }
-}
+index_id!(
+    /// A stage: its position in a plan (pipeline order).
+    StageId
+);
 
 /// One stage: a device and the units `start..end` (positions in the chain of units,
 /// slice bounds of every per-unit table).
@@ -147,6 +169,13 @@ pub struct Stage {
     pub device: DeviceId,
     pub start: usize,
     pub end: usize,
+}
+
+impl Stage {
+    /// Whether the stage runs unit `u`.
+    pub fn runs(&self, u: UnitId) -> bool {
+        (self.start..self.end).contains(&u.0)
+    }
 }
 
 /// Stages in pipeline order.
@@ -194,7 +223,7 @@ impl Problem {
     pub fn memory(&self, start: usize, end: usize) -> f64 {
         let private: f64 = self.private_bytes[start..end].iter().sum();
         let shared: f64 =
-            self.shared.iter().filter(|w| w.units.iter().any(|&u| (start..end).contains(&u))).map(|w| w.bytes).sum();
+            self.shared.iter().filter(|w| w.units.iter().any(|u| (start..end).contains(&u.0))).map(|w| w.bytes).sum();
         let peak = self.activation_bytes[start..end].iter().fold(0.0f64, |m, &a| m.max(a));
         private + shared + peak
     }

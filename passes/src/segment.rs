@@ -9,6 +9,7 @@
 //! consumer (and, like weights, are repeated on every device that reads them, so they
 //! never cross a cut). Every edge then goes from a unit to the same or a later one.
 
+use crate::plan::{StageId, UnitId};
 use std::collections::{BTreeMap, BTreeSet};
 
 use shardc_ir::{Graph, Unit as UnitFact, ValueId};
@@ -39,9 +40,9 @@ pub struct Unit {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Crossing {
     pub value: ValueId,
-    pub producer: usize,
+    pub producer: UnitId,
     /// Consumer units after the producer, sorted.
-    pub consumers: Vec<usize>,
+    pub consumers: Vec<UnitId>,
     /// Also a graph output.
     pub output: bool,
 }
@@ -52,7 +53,7 @@ pub struct Segmentation {
     pub units: Vec<Unit>,
     pub layers: usize,
     /// Unit of every node.
-    pub unit_of: Vec<usize>,
+    pub unit_of: Vec<UnitId>,
     pub crossings: Vec<Crossing>,
 }
 
@@ -145,8 +146,8 @@ pub fn segment(graph: &Graph) -> Result<Segmentation, SegmentError> {
             if !consumers.is_empty() {
                 crossings.push(Crossing {
                     value: o,
-                    producer: unit[i],
-                    consumers: consumers.into_iter().collect(),
+                    producer: UnitId(unit[i]),
+                    consumers: consumers.into_iter().map(UnitId).collect(),
                     output: outputs.contains(&o),
                 });
             }
@@ -165,15 +166,15 @@ pub fn segment(graph: &Graph) -> Result<Segmentation, SegmentError> {
         })
         .collect();
     let layers = units.iter().filter_map(|u| u.layer).max().map_or(0, |l| l + 1);
-    Ok(Segmentation { units, layers, unit_of: unit, crossings })
+    Ok(Segmentation { units, layers, unit_of: unit.into_iter().map(UnitId).collect(), crossings })
 }
 
 impl Segmentation {
     /// Stage of every node under a plan (stages are unit ranges).
-    pub fn stage_of_nodes(&self, plan: &[crate::plan::Stage]) -> Vec<usize> {
-        let mut stage_of_unit = vec![0usize; self.units.len()];
+    pub fn stage_of_nodes(&self, plan: &[crate::plan::Stage]) -> Vec<StageId> {
+        let mut stage_of_unit = vec![StageId(0); self.units.len()];
         for (s, st) in plan.iter().enumerate() {
-            stage_of_unit[st.start..st.end].fill(s);
+            stage_of_unit[st.start..st.end].fill(StageId(s));
         }
         self.unit_of.iter().map(|&u| stage_of_unit[u]).collect()
     }

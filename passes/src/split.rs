@@ -11,22 +11,24 @@ use std::collections::{BTreeSet, HashMap};
 
 use shardc_ir::{Graph, ValueDef, ValueId};
 
-use crate::plan::Stage;
+use crate::plan::{Stage, StageId, UnitId};
 use crate::segment::Segmentation;
 
 /// The graph of every stage, in plan order.
 pub fn split(graph: &Graph, seg: &Segmentation, plan: &[Stage]) -> Vec<Graph> {
     let stage_of_node = seg.stage_of_nodes(plan);
-    (0..plan.len()).map(|s| stage_graph(graph, &stage_of_node, s).0).collect()
+    StageId::all(plan.len()).map(|s| stage_graph(graph, &stage_of_node, s).0).collect()
 }
 
 /// The subgraph of the units `units` when node `i` belongs to unit `node_unit[i]` (as
 /// [`stage_graph`]: load-time nodes go wherever they are needed), named after them,
 /// and the index in `graph` of each of its nodes.
-pub fn units_graph(graph: &Graph, node_unit: &[usize], units: std::ops::Range<usize>) -> (Graph, Vec<usize>) {
-    let side: Vec<usize> =
-        node_unit.iter().map(|&u| usize::from(u >= units.start) + usize::from(u >= units.end)).collect();
-    let (mut sub, members) = stage_graph(graph, &side, 1);
+pub fn units_graph(graph: &Graph, node_unit: &[UnitId], units: std::ops::Range<usize>) -> (Graph, Vec<usize>) {
+    let side: Vec<StageId> = node_unit
+        .iter()
+        .map(|&u| StageId(usize::from(u.index() >= units.start) + usize::from(u.index() >= units.end)))
+        .collect();
+    let (mut sub, members) = stage_graph(graph, &side, StageId(1));
     sub.name = format!("{}.units{}-{}", graph.name, units.start, units.end);
     (sub, members)
 }
@@ -34,7 +36,7 @@ pub fn units_graph(graph: &Graph, node_unit: &[usize], units: std::ops::Range<us
 /// The graph of stage `s` when node `i` runs on stage `stage_of_node[i]` (load-time
 /// nodes go wherever they are needed, whatever stage they are given), and the index in
 /// `graph` of each of its nodes.
-pub fn stage_graph(graph: &Graph, stage_of_node: &[usize], s: usize) -> (Graph, Vec<usize>) {
+pub fn stage_graph(graph: &Graph, stage_of_node: &[StageId], s: StageId) -> (Graph, Vec<usize>) {
     let constant_node = graph.constants().node;
     let uses = graph.uses();
     let outputs: BTreeSet<ValueId> = graph.outputs.iter().copied().collect();

@@ -9,7 +9,7 @@ use shardc_format::Endpoint;
 use shardc_ir::{Graph, ValueDef, ValueId};
 
 use crate::cost::{node_costs, sizes, CostError, Phase, Workload};
-use crate::plan::Stage;
+use crate::plan::{Stage, StageId};
 use crate::segment::Segmentation;
 
 pub use shardc_format::map::{Generation, Transfer, TransferKind as Kind, TransmissionMap};
@@ -30,8 +30,8 @@ pub fn build(
     let costs = node_costs(graph, &step.bindings(workload, has_past))?;
     let stages = seg.stage_of_nodes(plan);
     let stage_of_node = |i: usize| stages[i];
-    let name_of = |s: usize| names[plan[s].device].clone();
-    let device = |s: usize| Endpoint::Device(name_of(s));
+    let name_of = |s: StageId| names[plan[s].device].clone();
+    let device = |s: StageId| Endpoint::Device(name_of(s));
     let uses = graph.uses();
     let outputs: BTreeSet<ValueId> = graph.outputs.iter().copied().collect();
     let describe = |v: ValueId| {
@@ -74,7 +74,7 @@ pub fn build(
     let mut device_local: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for &input in &graph.inputs {
         let v = graph.value(input);
-        let readers: BTreeSet<usize> = uses[input.index()].iter().map(|c| stage_of_node(c.index())).collect();
+        let readers: BTreeSet<StageId> = uses[input.index()].iter().map(|c| stage_of_node(c.index())).collect();
         if graph.cache_of_input(input).is_some() {
             for s in &readers {
                 device_local.entry(name_of(*s)).or_default().push(v.name.clone());
@@ -101,7 +101,7 @@ pub fn build(
         }
         for &o in &node.outputs {
             let from = stage_of_node(i);
-            let to: BTreeSet<usize> =
+            let to: BTreeSet<StageId> =
                 uses[o.index()].iter().map(|c| stage_of_node(c.index())).filter(|&s| s != from).collect();
             let name = graph.value(o).name.clone();
             let (dtype, shape) = describe(o);
@@ -113,7 +113,7 @@ pub fn build(
                         tensor: name.clone(),
                         from: device(from),
                         to: vec![Endpoint::Client],
-                        dtype: dtype.clone(),
+                        dtype,
                         shape: shape.clone(),
                         bytes_per_token: dec.bytes[o.index()],
                         prefill_bytes: pre.bytes[o.index()],
@@ -125,7 +125,8 @@ pub fn build(
             if to.is_empty() {
                 continue;
             }
-            let kind = if to.iter().all(|&s| s == from + 1) { Kind::Sequential } else { Kind::LongRange };
+            let kind =
+                if to.iter().all(|&s| s.index() == from.index() + 1) { Kind::Sequential } else { Kind::LongRange };
             let flops = recompute_cost(graph, &costs, &mut memo, o);
             let recomputable = flops.is_some_and(|f| f <= dec.bytes[o.index()]) && producer(o).is_some();
             transfers.push(Transfer {

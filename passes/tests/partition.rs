@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use shardc_passes::devices::Link;
 use shardc_passes::plan::{
-    exhaustive, order_dp, solve, DeviceId, Objective, Problem, SharedWeight, SolveOptions, Strategy,
+    exhaustive, order_dp, solve, DeviceId, Objective, Problem, SharedWeight, SolveOptions, Strategy, UnitId,
 };
 
 /// xorshift64*: a small deterministic generator, so failures reproduce.
@@ -48,7 +48,7 @@ fn instance(rng: &mut Rng, objective: Objective) -> Problem {
     let private_bytes: Vec<f64> = (0..units).map(|_| rng.uniform(0.2, 2.0)).collect();
     let activation_bytes: Vec<f64> = (0..units).map(|_| rng.uniform(0.0, 0.5)).collect();
     let shared = if units > 2 && rng.below(3) == 0 {
-        vec![SharedWeight { bytes: rng.uniform(0.1, 1.0), units: vec![0, units - 1] }]
+        vec![SharedWeight { bytes: rng.uniform(0.1, 1.0), units: vec![UnitId(0), UnitId(units - 1)] }]
     } else {
         vec![]
     };

@@ -279,6 +279,7 @@ impl Decision {
 mod tests {
     use super::*;
     use shardc_passes::devices::Link;
+    use shardc_passes::plan::UnitId;
 
     /// Three equal devices, 12 equal units (1 ms each), 4 per stage, 2 standby units.
     fn spec() -> BalanceSpec {
@@ -306,10 +307,10 @@ mod tests {
             held,
             problem,
             crossings: vec![
-                Crossing { tensor: "input_ids".into(), from: None, to: vec![0], output: false },
-                Crossing { tensor: "h3".into(), from: Some(3), to: vec![4], output: false },
-                Crossing { tensor: "h5".into(), from: Some(5), to: vec![6, 10], output: false },
-                Crossing { tensor: "logits".into(), from: Some(11), to: vec![], output: true },
+                Crossing { tensor: "input_ids".into(), from: None, to: vec![UnitId(0)], output: false },
+                Crossing { tensor: "h3".into(), from: Some(UnitId(3)), to: vec![UnitId(4)], output: false },
+                Crossing { tensor: "h5".into(), from: Some(UnitId(5)), to: vec![UnitId(6), UnitId(10)], output: false },
+                Crossing { tensor: "logits".into(), from: Some(UnitId(11)), to: vec![], output: true },
             ],
         }
     }

@@ -13,6 +13,7 @@ use crate::weights::WeightFiles;
 use crate::{RuntimeError, Session};
 use shardc_format::manifest::{hash_file, Manifest, Standby, FORMAT};
 use shardc_format::names::is_plain_name;
+use shardc_passes::plan::UnitId;
 use shardc_passes::split::units_graph;
 
 /// The units the package holds, when it was compiled with standby units.
@@ -242,7 +243,9 @@ impl HeldUnits {
                 self.standby.units[self.standby.units.len() - 1]
             ));
         }
-        let (mut g, _) = units_graph(&self.graph, &self.standby.node_units, range[0] - h0..range[1] - h0);
+        // standby.json counts units from the first held one.
+        let node_units: Vec<UnitId> = self.standby.node_units.iter().map(|&u| UnitId(h0 + u)).collect();
+        let (mut g, _) = units_graph(&self.graph, &node_units, range[0]..range[1]);
         g.name = format!("units{}-{}", range[0], range[1]);
         Ok(g)
     }

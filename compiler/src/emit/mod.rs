@@ -215,7 +215,7 @@ fn write_all(tmp: &Path, source: &Path, partition: &Partition, shared: &[(String
             inputs: part.inputs.clone(),
             outputs: part.outputs.clone(),
             device_local: part.device_local.clone(),
-            weights_dtype: part.weights_dtype.clone(),
+            weights_dtype: part.weights_dtype,
             files,
             shared: shared_hashes.clone(),
             held: held_units,

@@ -4,6 +4,7 @@
 use shardc_format::balance::Crossing;
 use shardc_ir::{Graph, ValueDef};
 
+use crate::plan::UnitId;
 use crate::segment::Segmentation;
 use crate::split::units_graph;
 use crate::transmission::TransmissionMap;
@@ -22,7 +23,7 @@ pub fn held_graph(graph: &Graph, seg: &Segmentation, units: std::ops::Range<usiz
     // Load-time nodes may belong to a unit outside (their first reader's); any held
     // unit does, since they run wherever they are needed.
     let last = units.end - units.start - 1;
-    let node_units = members.iter().map(|&i| seg.unit_of[i].saturating_sub(units.start).min(last)).collect();
+    let node_units = members.iter().map(|&i| seg.unit_of[i].index().saturating_sub(units.start).min(last)).collect();
     let names = seg.units[units.clone()].iter().map(|u| u.name.clone()).collect();
     Held { units, names, graph: sub, node_units }
 }
@@ -39,7 +40,7 @@ pub fn crossings(graph: &Graph, seg: &Segmentation, map: &TransmissionMap) -> Ve
         if local.contains(name) {
             continue;
         }
-        let mut to: Vec<usize> =
+        let mut to: Vec<UnitId> =
             uses[v.index()].iter().filter(|n| !constant_node[n.index()]).map(|n| seg.unit_of[n.index()]).collect();
         to.sort_unstable();
         to.dedup();

@@ -19,7 +19,9 @@ pub mod order_dp;
 use std::time::{Duration, Instant};
 
 pub use shardc_format::plan::{SolverStatus, Strategy};
-pub use shardc_format::problem::{self, DeviceId, Figures, Objective, Plan, Problem, SharedWeight, Stage};
+pub use shardc_format::problem::{
+    self, DeviceId, Figures, Objective, Plan, Problem, SharedWeight, Stage, StageId, UnitId,
+};
 
 /// A strategy's answer.
 #[derive(Clone, Debug, PartialEq)]

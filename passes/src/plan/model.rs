@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use shardc_ir::{Graph, ValueDef};
 
-use super::problem::{Objective, Problem, SharedWeight};
+use super::problem::{Objective, Problem, SharedWeight, UnitId};
 use crate::cost::{dominant_weight_dtype, has_past, node_costs, sizes, CostError, NodeCost, Phase, Workload};
 use crate::devices::Profile;
 use crate::segment::Segmentation;
@@ -67,10 +67,10 @@ pub fn build(graph: &Graph, seg: &Segmentation, profile: &Profile, inputs: &Plan
     }
 
     // Weights per unit; a weight read by several units is shared.
-    let mut weight_units: BTreeMap<usize, BTreeSet<usize>> = BTreeMap::new();
-    let mut kv_units: BTreeMap<usize, usize> = BTreeMap::new();
+    let mut weight_units: BTreeMap<usize, BTreeSet<UnitId>> = BTreeMap::new();
+    let mut kv_units: BTreeMap<usize, UnitId> = BTreeMap::new();
     for (i, value) in graph.values.iter().enumerate() {
-        let readers: BTreeSet<usize> = uses[i].iter().map(|c| seg.unit_of[c.index()]).collect();
+        let readers: BTreeSet<UnitId> = uses[i].iter().map(|c| seg.unit_of[c.index()]).collect();
         match &value.def {
             ValueDef::Weight(_) if !readers.is_empty() => {
                 weight_units.insert(i, readers);
@@ -91,7 +91,7 @@ pub fn build(graph: &Graph, seg: &Segmentation, profile: &Profile, inputs: &Plan
     };
     for (&i, readers) in &weight_units {
         if readers.len() == 1 {
-            memory[*readers.iter().next().unwrap_or(&0)].weights += weight_bytes(i);
+            memory[*readers.iter().next().unwrap_or(&UnitId(0))].weights += weight_bytes(i);
         } else {
             shared.push(SharedWeight { bytes: weight_bytes(i), units: readers.iter().copied().collect() });
         }
@@ -135,7 +135,7 @@ pub fn build(graph: &Graph, seg: &Segmentation, profile: &Profile, inputs: &Plan
     let mut cut_decode = vec![0.0; n.saturating_sub(1)];
     for c in &seg.crossings {
         let last = *c.consumers.last().unwrap_or(&c.producer);
-        for cut in c.producer..last {
+        for cut in c.producer.index()..last.index() {
             cut_prefill[cut] += pre_size.bytes[c.value.index()];
             cut_decode[cut] += dec_size.bytes[c.value.index()];
         }
