@@ -151,11 +151,12 @@ fn ask_to_rebalance(out: &Path, salt: u16, info: &str) -> serde_json::Value {
         let (_, body) = wire_open(&key, &mut parts);
         frame::decode(&body, 1 << 20).unwrap()
     };
-    push.send_multipart(wire.seal(&session, frame::encode(&Frame::control("client", Body::Open))).unwrap(), 0).unwrap();
+    push.send_multipart(wire.seal(&session, frame::encode(&Frame::control("client", Body::Open)).unwrap()).unwrap(), 0)
+        .unwrap();
     assert_eq!(receive().body, Body::Opened);
     // A body the device may not understand: sent as it is, in a rebalance frame's metadata.
     let frame = match serde_json::from_str(info) {
-        Ok(plan) => frame::encode(&Frame::control("client", Body::Rebalance(plan))),
+        Ok(plan) => frame::encode(&Frame::control("client", Body::Rebalance(plan))).unwrap(),
         Err(_) => {
             let meta =
                 frame::Meta { kind: Kind::Rebalance, request: 0, step: 0, sender: "client".into(), info: info.into() };

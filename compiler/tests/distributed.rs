@@ -120,7 +120,7 @@ fn bad_frames_are_dropped_and_the_device_keeps_serving() {
     let ctx = zmq::Context::new();
     let push = ctx.socket(zmq::PUSH).unwrap();
     push.connect(&addrs[1]).unwrap();
-    let frame = |sender: &str| encode(&Frame::new(0, 0, sender, Body::End));
+    let frame = |sender: &str| encode(&Frame::new(0, 0, sender, Body::End)).unwrap();
     let session = [5u8; 16];
     push.send_multipart([b"not a frame".to_vec(), vec![0; 32]], 0).unwrap();
     push.send_multipart([vec![1; 64]], 0).unwrap();

@@ -320,7 +320,7 @@ pub fn target(name: &str, scratch: &Path) -> Result<Target> {
         }
         "frame" => Target {
             name: "frame",
-            seeds: frames().into_iter().map(|f| shardc_runtime::frame::encode(&f)).collect(),
+            seeds: frames().into_iter().filter_map(|f| shardc_runtime::frame::encode(&f).ok()).collect(),
             text: false,
             run: Box::new(|b| {
                 shardc_runtime::frame::decode(b, shardc_runtime::frame::DEFAULT_MAX_FRAME)
@@ -334,7 +334,7 @@ pub fn target(name: &str, scratch: &Path) -> Result<Target> {
             let mut wire = shardc_runtime::wire::Wire::new(Some(&key), 1 << 20).map_err(|e| anyhow!(e))?;
             let mut seeds = Vec::new();
             for f in frames() {
-                let [h, b] = wire.seal(&[9; 16], shardc_runtime::frame::encode(&f)).map_err(|e| anyhow!(e))?;
+                let [h, b] = wire.seal(&[9; 16], shardc_runtime::frame::encode(&f)?).map_err(|e| anyhow!(e))?;
                 seeds.push([h, b].concat());
             }
             let receiver = shardc_runtime::wire::Wire::new(Some(&key), 1 << 20).map_err(|e| anyhow!(e))?;

@@ -108,6 +108,10 @@ pub enum FrameError {
     TooLarge { size: usize, limit: usize },
     #[error("malformed frame: {0}")]
     Malformed(String),
+    /// This side could not encode a frame (a body that does not serialise, tensors the
+    /// codec refuses): a defect, reported rather than sent half-made.
+    #[error("cannot encode a `{kind}` frame: {message}")]
+    Encode { kind: Kind, message: String },
 }
 
 fn malformed(m: impl Into<String>) -> FrameError {
@@ -136,21 +140,17 @@ impl safetensors::View for &View<'_> {
     }
 }
 
-/// A control body as JSON. These bodies are plain structs with string-keyed maps,
-/// which `serde_json` always serialises (non-finite floats become `null`).
-fn json<T: serde::Serialize>(body: &T) -> String {
-    serde_json::to_string(body).unwrap_or_default()
-}
-
 /// Encode a frame: a safetensors buffer (the `safetensors` crate's; it lays tensors out
 /// by dtype size, then name) with the [`Meta`] as its `__metadata__`.
-pub fn encode(frame: &Frame) -> Vec<u8> {
+pub fn encode(frame: &Frame) -> Result<Vec<u8>, FrameError> {
+    let failed = |message: String| FrameError::Encode { kind: frame.kind(), message };
+    let json = |body: serde_json::Result<String>| body.map_err(|e| failed(e.to_string()));
     let (info, tensors): (String, &[(String, Tensor)]) = match &frame.body {
         Body::Tensors(t) => (String::new(), t),
-        Body::Kv { epoch, tensors } => (json(&KvMove { epoch: *epoch }), tensors),
-        Body::Done(t) => (json(t), &[]),
-        Body::Rebalance(r) => (json(r), &[]),
-        Body::Ready(r) => (json(r), &[]),
+        Body::Kv { epoch, tensors } => (json(serde_json::to_string(&KvMove { epoch: *epoch }))?, tensors),
+        Body::Done(t) => (json(serde_json::to_string(t))?, &[]),
+        Body::Rebalance(r) => (json(serde_json::to_string(r))?, &[]),
+        Body::Ready(r) => (json(serde_json::to_string(r))?, &[]),
         Body::Error(why) | Body::Unreadable { why, .. } => (why.clone(), &[]),
         Body::End | Body::Stop | Body::Open | Body::Opened | Body::Close | Body::Alive => (String::new(), &[]),
     };
@@ -167,10 +167,7 @@ pub fn encode(frame: &Frame) -> Vec<u8> {
             (name.as_str(), View { dtype, shape: t.shape(), bytes })
         })
         .collect();
-    // The crate refuses only inconsistent views (a length that is not dtype × shape),
-    // which these are not by construction; and tensor names are unique in a frame.
-    safetensors::serialize(views.iter().map(|(n, v)| (*n, v)), Some(meta.to_map()))
-        .unwrap_or_else(|e| unreachable!("frame tensors are consistent views: {e}"))
+    safetensors::serialize(views.iter().map(|(n, v)| (*n, v)), Some(meta.to_map())).map_err(|e| failed(e.to_string()))
 }
 
 /// Decode and check a frame: the `safetensors` crate checks the header (its length,
@@ -304,7 +301,7 @@ mod tests {
         assert_eq!(bodies.len(), Kind::ALL.len());
         for body in bodies {
             let f = Frame::new(7, 3, "dev-a", body);
-            let mut back = decode(&encode(&f), DEFAULT_MAX_FRAME).unwrap();
+            let mut back = decode(&encode(&f).unwrap(), DEFAULT_MAX_FRAME).unwrap();
             if let Body::Tensors(t) | Body::Kv { tensors: t, .. } = &mut back.body {
                 t.sort_by(|a, b| a.0.cmp(&b.0));
             }
@@ -348,7 +345,7 @@ mod tests {
 
     #[test]
     fn refuses_oversized_and_malformed_frames() {
-        let bytes = encode(&frame());
+        let bytes = encode(&frame()).unwrap();
         assert!(matches!(decode(&bytes, 16), Err(FrameError::TooLarge { .. })));
         for bad in [&b"short"[..], &[255u8; 64][..], &bytes[..bytes.len() - 3]] {
             assert!(matches!(decode(bad, DEFAULT_MAX_FRAME), Err(FrameError::Malformed(_))), "{bad:?}");

@@ -26,7 +26,7 @@ use shardc_ir::{DType, Graph, ValueId};
 
 use crate::cost::{CostError, Workload};
 use crate::devices::Profile;
-use crate::plan::{solve, Objective, Outcome, Strategy};
+use crate::plan::{solve, Objective, Outcome, Plan, Strategy};
 use crate::segment::SegmentError;
 use crate::transmission::TransmissionMap;
 
@@ -74,6 +74,8 @@ pub struct Names<'a> {
 /// A feasible plan: the planner's view, the solver's answer, the report and the map.
 pub struct Planned {
     pub prep: Prepared,
+    /// The feasible plan.
+    pub plan: Plan,
     pub outcome: Outcome,
     pub report: PlanReport,
     pub map: TransmissionMap,
@@ -111,17 +113,13 @@ pub fn plan(
             outcome.status.note.clone().unwrap_or_default()
         )));
     }
+    // Feasible figures are those of a plan.
+    let plan = outcome.plan.clone().ok_or_else(|| report::does_not_fit(&prep, profile, req.margin))?;
     let report = report::report(names, &prep, profile, req, &outcome)
         .ok_or_else(|| report::does_not_fit(&prep, profile, req.margin))?;
     let device_names: Vec<String> = profile.devices.iter().map(|d| d.name.clone()).collect();
-    let map = crate::transmission::build(
-        graph,
-        &prep.seg,
-        outcome.plan.as_deref().unwrap_or_default(),
-        &device_names,
-        &req.workload,
-    )?;
-    Ok(Planned { prep, outcome, report, map })
+    let map = crate::transmission::build(graph, &prep.seg, &plan, &device_names, &req.workload)?;
+    Ok(Planned { prep, plan, outcome, report, map })
 }
 
 /// One stage of a partition: what its package holds, ready to write.
@@ -177,7 +175,7 @@ pub fn partition(
     names: Names,
 ) -> Result<Partition, PartitionError> {
     let planned = plan(graph, profile, req, strategy, names)?;
-    let plan = planned.outcome.plan.clone().unwrap_or_default();
+    let plan = planned.plan.clone();
     let seg = &planned.prep.seg;
     let device_names: Vec<String> = profile.devices.iter().map(|d| d.name.clone()).collect();
     let stages = crate::split::split(graph, seg, &plan);

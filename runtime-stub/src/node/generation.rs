@@ -164,7 +164,7 @@ impl Run<'_> {
     /// the balancer looks at the times.
     fn complete(&mut self, key: (u64, u64)) -> Result<(), NetError> {
         let step = self.in_flight.remove(&key).ok_or("completed a step not in flight")?;
-        let next = argmax(&step.logits.unwrap_or_default()) as i64;
+        let next = argmax(&step.logits.ok_or("a step completed without its logits")?) as i64;
         let r = self.feeder.request(key.0)?;
         self.tokens[r].push(next);
         self.token_ms[r].push(self.started.elapsed().as_secs_f64() * 1e3);

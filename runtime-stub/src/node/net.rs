@@ -60,7 +60,8 @@ impl<'a> Net<'a> {
             s.connect(address).map_err(|e| format!("cannot connect to `{who}` at {address}: {e}"))?;
             self.peers.insert(who.to_string(), s);
         }
-        let parts = self.wire.seal(session, frame::encode(frame))?;
+        let bytes = frame::encode(frame).map_err(|e| NetError::Other(e.to_string()))?;
+        let parts = self.wire.seal(session, bytes)?;
         self.peers[who]
             .send_multipart(parts, 0)
             .map_err(|e| NetError::Other(format!("cannot send to `{who}` at {address}: {e}")))
