@@ -6,9 +6,10 @@
 //! - [`names`] — device names (plain folder names) and plain file names;
 //! - [`manifest`] — a package's `manifest.json` (format [`manifest::FORMAT`]) and
 //!   `standby.json`, and the blake3 file hash they record;
-//! - [`map`] — `transmission_map.json`;
+//! - [`map`] — `transmission_map.json` (format [`map::FORMAT`]);
 //! - [`plan`] — `plan.json` and the words of a planning request;
-//! - [`problem`] — the partitioning problem and its one evaluator (carried by `balance.json`);
+//! - [`problem`] — the partitioning problem and its one evaluator (carried by
+//!   `balance.json`), and the typed device, unit and stage ids;
 //! - [`balance`] — `balance.json` (runtime load balancing) and routing by it;
 //! - [`cluster`] — `cluster.toml` and its addresses;
 //! - [`frame`] — the metadata and control bodies of messages between client and devices;

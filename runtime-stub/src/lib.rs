@@ -4,13 +4,16 @@
 //! - the reference CPU interpreter of the IR: [`exec`] (the [`Session`] executor),
 //!   [`kernels`] for every op of the op set, [`weights`] read through memory maps from
 //!   hash-checked files, [`tensor`];
-//! - packages: [`package`] (manifest, hash checks, standby units, the compile output
-//!   checked against its transmission map), [`pipeline`] (stages chained in one
-//!   process), [`generate`] (prefill, greedy decoding, the KV cache, context bounds);
+//! - packages: [`package`] (manifest, hash checks, standby units), [`output`] (the
+//!   compile output: map and manifests checked against each other), [`pipeline`]
+//!   (stages chained in one process), [`generate`] (prefill, greedy decoding, the KV
+//!   cache, context bounds);
 //! - the distributed runtime: [`node`] (devices and the client over ZeroMQ, sessions,
-//!   rebalancing), [`wire`] (the encrypted, authenticated envelope and replay guard),
-//!   [`frame`] (tensors as safetensors bytes); `cluster.toml` is `shardc_format::cluster`;
-//! - load balancing: [`balance`] (`balance.json`, routes for any plan, the balancer);
+//!   rebalancing, the client's generation state machine), [`wire`] (the encrypted,
+//!   authenticated envelope and replay guard), [`frame`] (safetensors bytes with typed
+//!   bodies); the file and message shapes are `shardc_format`'s;
+//! - load balancing: [`balance`] (the policy: the balancer over `balance.json`'s
+//!   problem, which `shardc_format::balance` defines);
 //! - [`profile`]: this host's device entry, measured with these kernels.
 
 pub mod balance;

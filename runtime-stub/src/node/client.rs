@@ -16,6 +16,9 @@ use shardc_passes::plan::Stage;
 use super::net::Net;
 use super::*;
 
+/// How often a client repeats a session's `open` to devices that have not answered.
+const OPEN_RETRY: Duration = Duration::from_millis(500);
+
 /// The client's side of the cluster: sockets, and who takes the token ids.
 pub(super) struct Client<'a> {
     net: Net<'a>,
@@ -89,16 +92,26 @@ impl<'a> Client<'a> {
         Ok(())
     }
 
-    /// Open the session on every device; each answers with its boot id.
+    /// Open the session on every device; each answers with its boot id. Asked again every [`OPEN_RETRY`] until answered: a message sent while a peer's
+    /// connection is being replaced (a previous client at the same address just died)
+    /// can be lost, and a device answers a repeated `open` of its session again.
     pub(super) fn open(&mut self, devices: &[String], timeout: Duration) -> Result<(), NetError> {
-        for d in devices {
-            self.send_to(d, &Frame::control("client", Body::Open))?;
-        }
         let mut waiting: BTreeSet<&String> = devices.iter().collect();
         let deadline = Instant::now() + timeout;
+        let mut asked = None::<Instant>;
         while !waiting.is_empty() {
+            if asked.is_none_or(|t| t.elapsed() >= OPEN_RETRY) {
+                for d in waiting.clone() {
+                    self.send_to(d, &Frame::control("client", Body::Open))?;
+                }
+                asked = Some(Instant::now());
+            }
             let left = deadline.saturating_duration_since(Instant::now());
-            let Some((env, msg)) = self.net.receive(left)? else {
+            let received = if left.is_zero() { None } else { self.net.receive(left.min(OPEN_RETRY))? };
+            let Some((env, msg)) = received else {
+                if !left.is_zero() {
+                    continue;
+                }
                 return Err(format!(
                     "{} did not answer the session's opening within {:.1} s (not serving, or not sharing this secret?)",
                     waiting.iter().map(|d| format!("device `{d}`")).collect::<Vec<_>>().join(", "),

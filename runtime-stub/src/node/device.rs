@@ -140,8 +140,13 @@ impl Device<'_> {
         if msg.body == Body::Open {
             if msg.sender != "client" {
                 self.net.dropped.refused += 1;
-            } else if self.ended.contains(&env.session) || self.session.is_some_and(|s| s.0 == env.session) {
+            } else if self.ended.contains(&env.session) {
                 self.net.dropped.stale += 1;
+            } else if self.session.is_some_and(|s| s.0 == env.session) {
+                // The client asks again (an answer may have gone to a connection that
+                // had just died): answer again, keeping the session's state.
+                let f = Frame::control(&self.name.clone(), Body::Opened);
+                self.send_to("client", &f)?;
             } else {
                 self.open_session(env.session)?;
             }
