@@ -77,7 +77,8 @@ pub fn prepare(scratch: &Path, extra: &[&str]) -> (PathBuf, PathBuf, PathBuf) {
     }
     print!("{}", String::from_utf8_lossy(&compiled.stdout));
     let cluster = scratch.join("cluster.toml");
-    let base = 31000 + (std::process::id() % 1000) as u16 * 4;
+    // Below Linux's ephemeral ports (32768+), which outgoing connections take.
+    let base = 28000 + (std::process::id() % 1000) as u16 * 4;
     std::fs::write(
         &cluster,
         format!(
