@@ -7,21 +7,68 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use clap::Parser;
 use shardc::cli::{Cli, Command, ModelArgs, PlanArgs};
+use shardc::emit::EmitError;
 use shardc::frontend::hf::LowerOptions;
 use shardc::inspect;
 use shardc::load::{load, LoadedModel};
 use shardc::render;
 use shardc_passes::cost::Workload;
-use shardc_passes::partition::{self, Names};
+use shardc_passes::partition::{self, Names, PartitionError};
 use shardc_passes::plan::{Objective, Strategy};
 use shardc_passes::{run_pipeline, Ctx};
 
+/// Exit statuses a build pipeline can act on (the README lists them).
+mod status {
+    /// Done.
+    pub const OK: u8 = 0;
+    /// An input is wrong or unreadable: a model, a device profile, a package.
+    pub const INPUT: u8 = 1;
+    /// The command line is wrong (clap's own errors exit with 2 too).
+    pub const USAGE: u8 = 2;
+    /// The model does not fit the devices (the message has the figures).
+    pub const DOES_NOT_FIT: u8 = 3;
+    /// `verify`: the packages do not reproduce the model.
+    pub const VERIFICATION: u8 = 4;
+}
+
+/// A flag's value is out of range or malformed: exit status 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Usage(String);
+
+/// `verify` found the packages do not reproduce the model: exit status 4.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct VerificationFailed(String);
+
+macro_rules! usage {
+    ($($arg:tt)*) => {
+        return Err(anyhow::Error::new(Usage(format!($($arg)*))))
+    };
+}
+
+/// The status for an error: what kind of failure it is, wherever it was wrapped.
+fn status_of(e: &anyhow::Error) -> u8 {
+    let does_not_fit = |p: &PartitionError| matches!(p, PartitionError::DoesNotFit(_));
+    if e.downcast_ref::<Usage>().is_some() {
+        status::USAGE
+    } else if e.downcast_ref::<VerificationFailed>().is_some() {
+        status::VERIFICATION
+    } else if e.downcast_ref::<PartitionError>().is_some_and(does_not_fit)
+        || matches!(e.downcast_ref::<EmitError>(), Some(EmitError::Plan(p)) if does_not_fit(p))
+    {
+        status::DOES_NOT_FIT
+    } else {
+        status::INPUT
+    }
+}
+
 fn main() -> ExitCode {
     match run(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => ExitCode::from(status::OK),
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(status_of(&e))
         }
     }
 }
@@ -62,11 +109,11 @@ fn run(cli: Cli) -> Result<()> {
             match (input_ids, inputs) {
                 (Some(ids), _) => run_model(&args, &ids, max_new_tokens, top_k, json)?,
                 (None, Some(inputs)) => run_tensors(&args, &inputs, outputs.as_deref(), json)?,
-                (None, None) => bail!("give --input-ids or --inputs"),
+                (None, None) => usage!("give --input-ids or --inputs"),
             }
         }
         Command::Plan { model, plan: args, strategy, json, out, timings } => {
-            let strategy: Strategy = strategy.parse().map_err(anyhow::Error::msg)?;
+            let strategy: Strategy = strategy.parse().map_err(Usage)?;
             let p = planning_inputs(&model, &args)?;
             let names = (model.display().to_string(), args.devices.display().to_string());
             let names = Names { model: &names.0, devices: &names.1 };
@@ -100,7 +147,7 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Compile { model, plan: args, out, strategy, force } => {
-            let strategy: Strategy = strategy.parse().map_err(anyhow::Error::msg)?;
+            let strategy: Strategy = strategy.parse().map_err(Usage)?;
             let p = planning_inputs(&model, &args)?;
             let opts = shardc::emit::CompileOptions {
                 strategy,
@@ -120,6 +167,9 @@ fn run(cli: Cli) -> Result<()> {
             );
         }
         Command::Verify { model, out, input_ids, inputs, tokens, tolerance } => match inputs {
+            _ if !(tolerance.is_finite() && tolerance >= 0.0) => {
+                usage!("--tolerance must be a fraction ≥ 0, got {tolerance}")
+            }
             Some(file) => verify_tensors(&model, &out, &file, tolerance)?,
             None => verify(&model, &out, input_ids.unwrap_or_else(|| (1..=8).collect()), tokens, tolerance)?,
         },
@@ -132,7 +182,7 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Profile { name } => {
-            shardc_passes::devices::check_name(&name).map_err(|e| anyhow::anyhow!("--name: {e}"))?;
+            shardc_passes::devices::check_name(&name).map_err(|e| Usage(format!("--name: {e}")))?;
             let device = shardc_runtime::profile::measure(&name);
             print!("{}", shardc_passes::devices::device_toml(&device));
         }
@@ -156,28 +206,28 @@ struct Planning {
 }
 
 fn planning_inputs(model: &std::path::Path, args: &PlanArgs) -> Result<Planning> {
-    let objective: Objective = args.objective.parse().map_err(anyhow::Error::msg)?;
+    let objective: Objective = args.objective.parse().map_err(Usage)?;
     if !(0.0..1.0).contains(&args.margin) {
-        bail!("--margin must be in [0, 1), is {}", args.margin);
+        usage!("--margin must be in [0, 1), is {}", args.margin);
     }
     if args.prompt_len == 0 || args.batch == 0 || args.max_context < args.prompt_len {
-        bail!("the workload needs --prompt-len >= 1, --batch >= 1 and --max-context >= --prompt-len");
+        usage!("the workload needs --prompt-len >= 1, --batch >= 1 and --max-context >= --prompt-len");
     }
     if args.max_context > MAX_CONTEXT || args.batch > MAX_BATCH {
-        bail!(
+        usage!(
             "--max-context is at most {MAX_CONTEXT} and --batch at most {MAX_BATCH} (got {} and {})",
             args.max_context,
             args.batch
         );
     }
     if !(args.time_limit > 0.0 && args.time_limit <= 86_400.0) {
-        bail!("--time-limit must be a number of seconds above 0 and at most 86400, got {}", args.time_limit);
+        usage!("--time-limit must be a number of seconds above 0 and at most 86400, got {}", args.time_limit);
     }
     let dtype = match &args.dtype {
         Some(d) => {
-            let dtype: shardc_ir::DType = d.parse().map_err(anyhow::Error::msg)?;
+            let dtype: shardc_ir::DType = d.parse().map_err(|e: String| Usage(format!("--dtype: {e}")))?;
             if !dtype.is_float() {
-                bail!("--dtype must be a float type (f32, f16, bf16), not {dtype}");
+                usage!("--dtype must be a float type (f32, f16, bf16), not {dtype}");
             }
             Some(dtype)
         }
@@ -233,7 +283,7 @@ fn verify_tensors(model: &Path, out: &Path, file: &Path, tolerance: f64) -> Resu
                 None => format!("`{}` is not produced by the packages", o.name),
             })
             .collect();
-        bail!("the packages do not reproduce the model: {}", bad.join(", "));
+        return Err(VerificationFailed(format!("the packages do not reproduce the model: {}", bad.join(", "))).into());
     }
     Ok(())
 }
@@ -251,7 +301,7 @@ fn verify(model: &Path, out: &Path, ids: Vec<i64>, tokens: usize, tolerance: f64
         r.package_tokens
     );
     if !r.agrees() {
-        bail!("the packages do not reproduce the model");
+        return Err(VerificationFailed("the packages do not reproduce the model".into()).into());
     }
     Ok(())
 }

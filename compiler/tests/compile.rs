@@ -310,8 +310,58 @@ fn a_model_that_does_not_fit_is_refused_with_the_numbers() {
         .args(["--devices", devices.to_str().unwrap(), "-o", out.to_str().unwrap()])
         .output()
         .unwrap();
-    assert_eq!(cli.status.code(), Some(1));
+    // Exit status 3: the model does not fit (a pipeline can tell it from bad inputs).
+    assert_eq!(cli.status.code(), Some(3));
     let stderr = String::from_utf8_lossy(&cli.stderr);
     assert!(stderr.contains("cannot hold the model: it needs") && stderr.contains("offer 6.75 GiB"), "{stderr}");
     assert!(!out.exists());
+    // `plan` says the same with the same status.
+    let plan = common::shardc_command()
+        .arg("plan")
+        .arg(&config)
+        .args(["--devices", devices.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(plan.status.code(), Some(3), "{}", String::from_utf8_lossy(&plan.stderr));
+}
+
+/// Exit statuses a build pipeline acts on: 1 a bad input, 2 a bad command line (clap's
+/// own and our range checks alike), 4 packages that do not reproduce the model.
+#[test]
+fn exit_statuses_tell_failures_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let devices = root().join("fixtures/devices/loopback-3.toml");
+    let code = |args: &[&str]| common::shardc_command().args(args).output().unwrap().status.code();
+    let missing = dir.path().join("missing");
+    assert_eq!(code(&["plan", missing.to_str().unwrap(), "--devices", devices.to_str().unwrap()]), Some(1));
+    assert_eq!(code(&["plan", "--no-such-flag"]), Some(2));
+    let config = root().join("fixtures/configs/llama-3-8b/config.json");
+    let plan = |flag: &str, value: &str| {
+        code(&["plan", config.to_str().unwrap(), "--devices", devices.to_str().unwrap(), flag, value])
+    };
+    assert_eq!(plan("--margin", "1.5"), Some(2));
+    assert_eq!(plan("--strategy", "greedy"), Some(2));
+    assert_eq!(plan("--dtype", "i8"), Some(2));
+    // Packages that do not reproduce the model within the tolerance: verify exits 4
+    // (f16 weights against the f32 model, with no tolerance at all).
+    let model = fixture_dir("gpt2").join("hf");
+    let out = dir.path().join("out");
+    let (graph, weights_dir) = common::lowered(&model, Some(64));
+    let profile = devices::load(&devices).unwrap();
+    compile(&graph, &weights_dir, &profile, &options(Some(shardc_ir::DType::F16)), &out).unwrap();
+    let verify = |tolerance: &str| {
+        let o = common::shardc_command()
+            .arg("verify")
+            .arg(&model)
+            .arg(&out)
+            .args(["--tokens", "2", "--tolerance", tolerance])
+            .output()
+            .unwrap();
+        (o.status.code(), String::from_utf8_lossy(&o.stderr).into_owned())
+    };
+    let (status, stderr) = verify("0");
+    assert_eq!(status, Some(4), "{stderr}");
+    assert!(stderr.contains("do not reproduce the model"), "{stderr}");
+    assert_eq!(verify("0.05").0, Some(0));
+    assert_eq!(code(&["verify", model.to_str().unwrap(), out.to_str().unwrap(), "--tolerance", "-1"]), Some(2));
 }

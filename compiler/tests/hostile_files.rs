@@ -14,8 +14,17 @@ use common::shardc;
 
 /// A refusal: exit 1, no panic, and every `needle` in the message.
 fn refused(o: &Output, needles: &[&str]) -> String {
+    refused_with(1, o, needles)
+}
+
+/// `shardc`'s own range checks of flags exit with 2, as clap's errors do.
+fn refused_usage(o: &Output, needles: &[&str]) -> String {
+    refused_with(2, o, needles)
+}
+
+fn refused_with(status: i32, o: &Output, needles: &[&str]) -> String {
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert_eq!(o.status.code(), Some(1), "expected exit 1: {err}");
+    assert_eq!(o.status.code(), Some(status), "expected exit {status}: {err}");
     assert!(!err.contains("panicked"), "{err}");
     for n in needles {
         assert!(err.contains(n), "`{n}` not in: {err}");
@@ -322,7 +331,7 @@ fn sizes_from_files_and_flags_are_bounded() {
     let devices = root().join("fixtures/devices/loopback-2.toml");
     for flag in ["--time-limit=inf", "--time-limit=nan", "--time-limit=-1"] {
         let o = shardc(["plan".as_ref(), llama.as_os_str(), "--devices".as_ref(), devices.as_os_str(), flag.as_ref()]);
-        refused(&o, &["--time-limit"]);
+        refused_usage(&o, &["--time-limit"]);
     }
     // A standby count far beyond the units: plans at once, each stage holding at most all.
     let o = shardc([
@@ -335,7 +344,7 @@ fn sizes_from_files_and_flags_are_bounded() {
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let o = shardc(["verify".as_ref(), llama.as_os_str(), dir.path().as_os_str(), "--tolerance=nan".as_ref()]);
-    refused(&o, &["--tolerance"]);
+    refused_usage(&o, &["--tolerance"]);
     // 1000 devices, all different: the integer program is skipped, with a note.
     let mut toml = String::new();
     for i in 0..1000 {

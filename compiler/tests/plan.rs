@@ -218,15 +218,15 @@ fn models_that_do_not_fit_say_how_much_is_needed_and_offered() {
     let config = root().join("fixtures/configs/llama-3-70b/config.json");
     let devices = root().join("fixtures/devices/lingualinked-3.toml");
     let (code, _, stderr) = shardc(&["plan", config.to_str().unwrap(), "--devices", devices.to_str().unwrap()]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 3, "exit status 3: does not fit");
     assert!(stderr.contains("the devices cannot hold the model: it needs 131."), "{stderr}");
     assert!(stderr.contains("and the 3 devices offer 6.75 GiB after a 10% margin"), "{stderr}");
     let (code, _, stderr) = shardc(&["compare", config.to_str().unwrap(), "--devices", devices.to_str().unwrap()]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 3);
     assert!(stderr.contains("cannot hold the model"), "{stderr}");
     let (code, _, stderr) =
         shardc(&["plan", config.to_str().unwrap(), "--devices", devices.to_str().unwrap(), "--strategy", "magic"]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 2, "a usage error");
     assert!(stderr.contains("unknown strategy `magic` (uniform, proportional, dp, ilp)"), "{stderr}");
 }
 
