@@ -12,6 +12,7 @@ use shardc::frontend::hf::LowerOptions;
 use shardc::inspect;
 use shardc::load::{load, LoadedModel};
 use shardc::render;
+use shardc::verify::VerifyError;
 use shardc_passes::cost::Workload;
 use shardc_passes::partition::{self, Names, PartitionError};
 use shardc_passes::plan::{Objective, Strategy};
@@ -50,7 +51,7 @@ macro_rules! usage {
 /// The status for an error: what kind of failure it is, wherever it was wrapped.
 fn status_of(e: &anyhow::Error) -> u8 {
     let does_not_fit = |p: &PartitionError| matches!(p, PartitionError::DoesNotFit(_));
-    if e.downcast_ref::<Usage>().is_some() {
+    if e.downcast_ref::<Usage>().is_some() || matches!(e.downcast_ref(), Some(VerifyError::Tolerance(_))) {
         status::USAGE
     } else if e.downcast_ref::<VerificationFailed>().is_some() {
         status::VERIFICATION
@@ -167,9 +168,6 @@ fn run(cli: Cli) -> Result<()> {
             );
         }
         Command::Verify { model, out, input_ids, inputs, tokens, tolerance } => match inputs {
-            _ if !(tolerance.is_finite() && tolerance >= 0.0) => {
-                usage!("--tolerance must be a fraction ≥ 0, got {tolerance}")
-            }
             Some(file) => verify_tensors(&model, &out, &file, tolerance)?,
             None => verify(&model, &out, input_ids.unwrap_or_else(|| (1..=8).collect()), tokens, tolerance)?,
         },

@@ -26,6 +26,9 @@ pub enum VerifyError {
     Pass(#[from] shardc_passes::PassError),
     #[error("{0}")]
     Mismatch(String),
+    /// `--tolerance` is not a finite fraction ≥ 0 (a usage error).
+    #[error("--tolerance must be a fraction ≥ 0, got {0}")]
+    Tolerance(f64),
 }
 
 /// Logits and greedy tokens of the model and of its packages.
@@ -93,7 +96,7 @@ pub fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
 /// A tolerance is a finite fraction ≥ 0 (a NaN would make every comparison pass).
 fn check_tolerance(tolerance: f64) -> Result<(), VerifyError> {
     if !(tolerance.is_finite() && tolerance >= 0.0) {
-        return Err(VerifyError::Mismatch(format!("--tolerance must be a fraction ≥ 0, got {tolerance}")));
+        return Err(VerifyError::Tolerance(tolerance));
     }
     Ok(())
 }

@@ -118,19 +118,9 @@ pub fn load_output(out: &Path, hash: bool) -> Result<Output, RuntimeError> {
             )));
         }
     }
-    let sorted = |mut v: Vec<Endpoint>| {
-        v.sort();
-        v.dedup();
-        v
-    };
     for m in &manifests {
-        let mut local = map.device_local.get(&m.device).cloned().unwrap_or_default();
-        local.sort();
-        local.dedup();
-        let mut theirs = m.device_local.clone();
-        theirs.sort();
-        theirs.dedup();
-        if theirs != local {
+        let local = sorted(map.device_local.get(&m.device).cloned().unwrap_or_default());
+        if sorted(m.device_local.clone()) != local {
             return Err(bad(format!("keeps {local:?} on `{}`, its manifest {:?}", m.device, m.device_local)));
         }
         for p in &m.inputs {
@@ -217,4 +207,11 @@ pub fn load_output(out: &Path, hash: bool) -> Result<Output, RuntimeError> {
         }
     }
     Ok(Output { map, manifests, balance })
+}
+
+/// A list as a set: sorted, each element once.
+fn sorted<T: Ord>(mut v: Vec<T>) -> Vec<T> {
+    v.sort();
+    v.dedup();
+    v
 }

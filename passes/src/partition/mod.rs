@@ -32,7 +32,7 @@ use crate::transmission::TransmissionMap;
 
 pub use held::{crossings, held_graph, Held};
 pub use report::{compare, prepare, CompareRow, Prepared};
-pub use store::{retype_weights, store_weights, Stored};
+pub use store::{retype_weights, sized, store_weights, Stored};
 
 /// Why partitioning failed.
 #[derive(Debug, thiserror::Error)]
@@ -90,16 +90,8 @@ pub fn plan(
     names: Names,
 ) -> Result<Planned, PartitionError> {
     // Plan with the weights sized as they will be stored.
-    let sized;
-    let graph = match req.dtype {
-        Some(d) => {
-            let mut g = graph.clone();
-            retype_weights(&mut g, d);
-            sized = g;
-            &sized
-        }
-        None => graph,
-    };
+    let sized = sized(graph, req.dtype);
+    let graph = &*sized;
     let prep = prepare(graph, profile, req)?;
     let outcome = solve(&prep.model.problem, strategy, &prep.opts);
     let feasible = outcome.figures.as_ref().is_some_and(|f| f.feasible);

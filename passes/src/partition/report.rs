@@ -145,16 +145,8 @@ pub struct CompareRow {
 
 /// Every strategy on one problem (weights sized as `req.dtype` says).
 pub fn compare(graph: &Graph, profile: &Profile, req: &Request) -> Result<Vec<CompareRow>, PartitionError> {
-    let sized;
-    let graph = match req.dtype {
-        Some(d) => {
-            let mut g = graph.clone();
-            super::retype_weights(&mut g, d);
-            sized = g;
-            &sized
-        }
-        None => graph,
-    };
+    let sized = super::sized(graph, req.dtype);
+    let graph = &*sized;
     let prep = prepare(graph, profile, req)?;
     let mut rows: Vec<CompareRow> = Strategy::ALL
         .iter()

@@ -1,6 +1,7 @@
 //! Weights as they will be stored: sized for planning ([`retype_weights`]) and
 //! retyped for writing ([`store_weights`]).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use shardc_ir::{DType, Graph, Op, TensorType, ValueDef, ValueId, WeightLocation};
@@ -16,6 +17,18 @@ pub fn retype_weights(graph: &mut Graph, dtype: DType) {
                 v.ty = Some(TensorType::known(dtype, &w.shape));
             }
         }
+    }
+}
+
+/// `graph` with its float weights sized as `dtype` (for planning), or `graph` itself.
+pub fn sized(graph: &Graph, dtype: Option<DType>) -> Cow<'_, Graph> {
+    match dtype {
+        Some(d) => {
+            let mut g = graph.clone();
+            retype_weights(&mut g, d);
+            Cow::Owned(g)
+        }
+        None => Cow::Borrowed(graph),
     }
 }
 

@@ -92,9 +92,10 @@ impl<'a> Client<'a> {
         Ok(())
     }
 
-    /// Open the session on every device; each answers with its boot id. Asked again every [`OPEN_RETRY`] until answered: a message sent while a peer's
-    /// connection is being replaced (a previous client at the same address just died)
-    /// can be lost, and a device answers a repeated `open` of its session again.
+    /// Open the session on every device; each answers with its boot id. Asked again
+    /// every [`OPEN_RETRY`] until answered: a message sent while a peer's connection is
+    /// being replaced (a previous client at the same address just died) can be lost,
+    /// and a device answers a repeated `open` of its session again.
     pub(super) fn open(&mut self, devices: &[String], timeout: Duration) -> Result<(), NetError> {
         let mut waiting: BTreeSet<&String> = devices.iter().collect();
         let deadline = Instant::now() + timeout;
@@ -107,18 +108,15 @@ impl<'a> Client<'a> {
                 asked = Some(Instant::now());
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            let received = if left.is_zero() { None } else { self.net.receive(left.min(OPEN_RETRY))? };
-            let Some((env, msg)) = received else {
-                if !left.is_zero() {
-                    continue;
-                }
+            if left.is_zero() {
                 return Err(format!(
                     "{} did not answer the session's opening within {:.1} s (not serving, or not sharing this secret?)",
                     waiting.iter().map(|d| format!("device `{d}`")).collect::<Vec<_>>().join(", "),
                     timeout.as_secs_f64()
                 )
                 .into());
-            };
+            }
+            let Some((env, msg)) = self.net.receive(left.min(OPEN_RETRY))? else { continue };
             if env.session != self.session {
                 self.net.dropped.stale += 1;
                 continue;

@@ -185,9 +185,9 @@ impl Run<'_> {
             (_, Phase::Draining { held_back, .. }) => held_back.push((key.0, key.1 + 1)),
             (_, Phase::Serving) => self.advance(key, r)?,
         }
+        let active = self.active();
         if let (Some(b), Phase::Serving) = (&mut self.balancer, &self.phase) {
             let before = b.decisions.len();
-            let active = self.state.iter().filter(|s| **s != RequestState::Done).count();
             match b.evaluate(self.completed_steps, active) {
                 // Logged once applied, with what the move took.
                 Some(plan) => self.phase = Phase::Draining { plan, since: Instant::now(), held_back: Vec::new() },
