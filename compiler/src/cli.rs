@@ -101,6 +101,10 @@ pub enum Command {
         /// Show solver times (they vary from run to run).
         #[arg(long)]
         timings: bool,
+        /// With --out: write a Makefile-syntax dependency file listing every file read,
+        /// with OUT/plan.json as its target.
+        #[arg(long, requires = "out")]
+        depfile: Option<PathBuf>,
     },
     /// Every strategy side by side, with the ratio to the best.
     Compare {
@@ -124,6 +128,17 @@ pub enum Command {
         /// Replace OUT if it exists.
         #[arg(long)]
         force: bool,
+        /// Write a Makefile-syntax dependency file listing every file read (model files,
+        /// index, config, device profile), with OUT/plan.json as its target.
+        #[arg(long)]
+        depfile: Option<PathBuf>,
+        /// Print a machine-readable summary on stdout (stages, every file written with
+        /// its size and blake3, predicted times, solver status); the text goes to stderr.
+        #[arg(long)]
+        json: bool,
+        /// No text and no progress bar on stderr (errors still are).
+        #[arg(long, short)]
+        quiet: bool,
     },
     /// Run the model and its packages side by side and compare their outputs.
     Verify {

@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod emit;
 pub mod frontend;
+pub mod inputs;
 pub mod inspect;
 pub mod load;
 pub mod render;

@@ -9,6 +9,7 @@ use clap::Parser;
 use shardc::cli::{Cli, Command, ModelArgs, PlanArgs};
 use shardc::emit::EmitError;
 use shardc::frontend::hf::LowerOptions;
+use shardc::inputs::Input;
 use shardc::inspect;
 use shardc::load::{load, LoadedModel};
 use shardc::render;
@@ -113,17 +114,20 @@ fn run(cli: Cli) -> Result<()> {
                 (None, None) => usage!("give --input-ids or --inputs"),
             }
         }
-        Command::Plan { model, plan: args, strategy, json, out, timings } => {
+        Command::Plan { model, plan: args, strategy, json, out, timings, depfile } => {
             let strategy: Strategy = strategy.parse().map_err(Usage)?;
             let p = planning_inputs(&model, &args)?;
-            let names = (model.display().to_string(), args.devices.display().to_string());
-            let names = Names { model: &names.0, devices: &names.1 };
+            let records: Vec<_> = p.inputs.iter().map(|i| i.record.clone()).collect();
+            let names = Names { model: &p.model_name, devices: &p.devices_name, inputs: &records };
             let planned = partition::plan(&p.graph, &p.profile, &p.req, strategy, names)?;
             let (report, map) = (planned.report, planned.map);
             let plan_json = serde_json::to_string_pretty(&report)? + "\n";
             if let Some(dir) = out {
-                shardc::emit::output::check_not_input(&dir, &[model.clone(), args.devices.clone()])
-                    .map_err(anyhow::Error::msg)?;
+                let guarded = guarded_inputs(&model, &args, &p.inputs);
+                shardc::emit::output::check_not_input(&dir, &guarded).map_err(anyhow::Error::msg)?;
+                if let Some(file) = &depfile {
+                    check_depfile(file, &dir, &guarded)?;
+                }
                 std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
                 let write = |name: &str, text: &str| {
                     let path = dir.join(name);
@@ -131,6 +135,9 @@ fn run(cli: Cli) -> Result<()> {
                 };
                 write("plan.json", &plan_json)?;
                 write("transmission_map.json", &(serde_json::to_string_pretty(&map)? + "\n"))?;
+                if let Some(file) = &depfile {
+                    shardc::inputs::write_depfile(file, &dir.join("plan.json"), &p.inputs)?;
+                }
             }
             if json {
                 print!("{plan_json}");
@@ -147,25 +154,42 @@ fn run(cli: Cli) -> Result<()> {
                 print!("{}", render::compare_text(&rows, p.req.objective));
             }
         }
-        Command::Compile { model, plan: args, out, strategy, force } => {
+        Command::Compile { model, plan: args, out, strategy, force, depfile, json, quiet } => {
             let strategy: Strategy = strategy.parse().map_err(Usage)?;
             let p = planning_inputs(&model, &args)?;
+            let guarded = guarded_inputs(&model, &args, &p.inputs);
+            if let Some(file) = &depfile {
+                check_depfile(file, &out, &guarded)?;
+            }
             let opts = shardc::emit::CompileOptions {
                 strategy,
                 request: p.req,
                 force,
-                model_name: model.display().to_string(),
-                devices_name: args.devices.display().to_string(),
-                inputs: vec![model.clone(), args.devices.clone()],
+                model_name: p.model_name,
+                devices_name: p.devices_name,
+                records: p.inputs.iter().map(|i| i.record.clone()).collect(),
+                progress: !quiet,
+                inputs: guarded,
             };
             let summary = shardc::emit::compile(&p.graph, &p.weights_dir, &p.profile, &opts, &out)?;
-            print!("{}", render::plan_text(&summary.report, false));
-            println!(
-                "wrote       {} ({} stages, {} of weights)",
+            if let Some(file) = &depfile {
+                shardc::inputs::write_depfile(file, &out.join("plan.json"), &p.inputs)?;
+            }
+            let text = format!(
+                "{}wrote       {} ({} stages, {} of weights)\n",
+                render::plan_text(&summary.report, false),
                 out.display(),
                 summary.report.stages.len(),
                 shardc_passes::quantity::bytes_text(summary.weight_bytes as f64)
             );
+            if json {
+                if !quiet {
+                    eprint!("{text}");
+                }
+                println!("{}", serde_json::to_string_pretty(&render::compile_json(&out, &summary)?)?);
+            } else if !quiet {
+                print!("{text}");
+            }
         }
         Command::Verify { model, out, input_ids, inputs, tokens, tolerance } => match inputs {
             Some(file) => verify_tensors(&model, &out, &file, tolerance)?,
@@ -197,6 +221,11 @@ const MAX_BATCH: u64 = 1 << 16;
 /// A model after the pass pipeline, ready to plan or compile.
 struct Planning {
     graph: shardc_ir::Graph,
+    /// How plan.json names the model and the profile (from their content).
+    model_name: String,
+    devices_name: String,
+    /// Every file read: the model's, then the device profile.
+    inputs: Vec<Input>,
     weights_dir: PathBuf,
     profile: shardc_passes::devices::Profile,
     /// The request, `--dtype` (checked to be a float type) included.
@@ -231,7 +260,7 @@ fn planning_inputs(model: &std::path::Path, args: &PlanArgs) -> Result<Planning>
         }
         None => None,
     };
-    let profile = shardc_passes::devices::load(&args.devices)?;
+    let (profile_input, profile) = shardc::inputs::profile(&args.devices)?;
     let loaded = load(
         model,
         &LowerOptions {
@@ -244,6 +273,8 @@ fn planning_inputs(model: &std::path::Path, args: &PlanArgs) -> Result<Planning>
     }
     let mut graph = loaded.graph;
     run_pipeline(&mut graph, &mut Ctx::default(), None)?;
+    let mut inputs = loaded.inputs;
+    inputs.push(profile_input);
     let req = partition::Request {
         workload: Workload { batch: args.batch, prompt_len: args.prompt_len, max_context: args.max_context },
         objective,
@@ -253,7 +284,42 @@ fn planning_inputs(model: &std::path::Path, args: &PlanArgs) -> Result<Planning>
         standby: args.standby,
         dtype,
     };
-    Ok(Planning { graph, weights_dir: loaded.weights_dir, profile, req })
+    Ok(Planning {
+        graph,
+        model_name: loaded.name,
+        devices_name: shardc::inputs::profile_name(&profile),
+        inputs,
+        weights_dir: loaded.weights_dir,
+        profile,
+        req,
+    })
+}
+
+/// What an output may not be, contain or lie inside: the model and profile as given,
+/// and every file read.
+fn guarded_inputs(model: &Path, args: &PlanArgs, inputs: &[Input]) -> Vec<PathBuf> {
+    let mut paths = vec![model.to_path_buf(), args.devices.clone()];
+    paths.extend(inputs.iter().map(|i| i.path.clone()));
+    paths
+}
+
+/// The depfile may not be an input nor lie inside the output folder (which a compile
+/// replaces whole); checked before anything is written.
+fn check_depfile(file: &Path, out: &Path, guarded: &[PathBuf]) -> Result<()> {
+    shardc::emit::output::check_not_input(file, guarded).map_err(|e| Usage(format!("--depfile {e}")))?;
+    let (f, o) =
+        (shardc::emit::output::resolve(file).map_err(Usage)?, shardc::emit::output::resolve(out).map_err(Usage)?);
+    if f.starts_with(&o) {
+        usage!(
+            "--depfile {}: lies inside the output folder {}, which is replaced whole",
+            file.display(),
+            out.display()
+        );
+    }
+    if f.is_dir() {
+        usage!("--depfile {}: is a folder", file.display());
+    }
+    Ok(())
 }
 
 /// `shardc verify --inputs`: every output must agree.

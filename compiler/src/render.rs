@@ -139,3 +139,35 @@ pub fn compare_text(rows: &[CompareRow], objective: Objective) -> String {
     }
     out
 }
+
+/// `compile --json`: the plan's stages with each device's files (path relative to the
+/// output, size, blake3), the files at the top of the output, predictions and solver
+/// status.
+pub fn compile_json(out: &std::path::Path, summary: &crate::emit::Summary) -> serde_json::Result<serde_json::Value> {
+    let report = &summary.report;
+    let stages = report
+        .stages
+        .iter()
+        .map(|stage| {
+            let mut value = serde_json::to_value(stage)?;
+            let prefix = format!("{}/", stage.device);
+            let files: Vec<_> = summary.files.iter().filter(|f| f.path.starts_with(&prefix)).collect();
+            value["files"] = serde_json::to_value(files)?;
+            Ok(value)
+        })
+        .collect::<serde_json::Result<Vec<_>>>()?;
+    let top: Vec<_> = summary.files.iter().filter(|f| !f.path.contains('/')).collect();
+    Ok(serde_json::json!({
+        "out": out.display().to_string(),
+        "model": report.model,
+        "devices": report.devices,
+        "strategy": report.strategy,
+        "objective": report.objective,
+        "workload": report.workload,
+        "stages": stages,
+        "files": top,
+        "weight_bytes": summary.weight_bytes,
+        "predictions": report.predictions,
+        "solver": report.solver,
+    }))
+}

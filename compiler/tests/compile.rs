@@ -23,6 +23,8 @@ fn options(dtype: Option<shardc_ir::DType>) -> CompileOptions {
         model_name: "fixture".into(),
         devices_name: "loopback".into(),
         inputs: Vec::new(),
+        records: Vec::new(),
+        progress: false,
     }
 }
 

@@ -111,7 +111,7 @@ fn checkpoints_segment_into_embed_attention_mlp_and_head() {
 fn long_range_tensors_go_straight_to_their_consumers() {
     let g = graph(&fixture_dir("llama32").join("hf"));
     let profile = devices::load(&root().join("fixtures/devices/lingualinked-3.toml")).unwrap();
-    let names = Names { model: "llama32", devices: "ll3" };
+    let names = Names { model: "llama32", devices: "ll3", inputs: &[] };
     let planned = partition::plan(&g, &profile, &request(Objective::Latency), Strategy::Uniform, names).unwrap();
     let (report, map) = (planned.report, planned.map);
     assert_eq!(report.stages.len(), 3);

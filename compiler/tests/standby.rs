@@ -27,6 +27,8 @@ fn compile_standby(model: &Path, out: &Path, standby: usize) -> serde_json::Valu
         model_name: "fixture".into(),
         devices_name: "loopback-3".into(),
         inputs: Vec::new(),
+        records: Vec::new(),
+        progress: false,
     };
     compile(&graph, &weights_dir, &profile, &opts, out).unwrap();
     serde_json::from_slice(&std::fs::read(out.join("plan.json")).unwrap()).unwrap()

@@ -111,15 +111,50 @@ pub struct Predictions {
     pub objective_s: f64,
 }
 
+/// What an input's digest covers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Covers {
+    /// The whole file.
+    File,
+    /// A safetensors file's header (every tensor's name, dtype, shape and byte range):
+    /// all a plan depends on. The weights' bytes are in the packages, whose manifests
+    /// hash them.
+    Header,
+    /// Only the size: raw ONNX external data, whose layout the ONNX file (hashed)
+    /// describes.
+    Size,
+}
+
+/// One file a plan was computed from, recorded by its content, never by its path, so
+/// the same inputs give the same `plan.json` wherever they lie.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputFile {
+    /// `config`, `index`, `weights`, `onnx`, `external data` or `devices`.
+    pub role: String,
+    /// Its name in the model's folder when the model itself names it (checkpoint
+    /// shards, external data); none for the file given on the command line.
+    pub name: Option<String>,
+    pub bytes: u64,
+    pub covers: Covers,
+    /// blake3 of what `covers` says; none for [`Covers::Size`].
+    pub blake3: Option<String>,
+}
+
 /// `plan.json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PlanReport {
+    /// The model, described from its content (architecture, or ONNX opset and producer).
     pub model: String,
     /// A language model generating token by token (else one forward pass per request,
     /// an encoder: "decode" figures are that pass).
     pub generative: bool,
+    /// The device profile, described from its content.
     pub devices: String,
+    /// Every file read, by content.
+    pub inputs: Vec<InputFile>,
     pub strategy: Strategy,
     pub objective: Objective,
     pub workload: Workload,
@@ -157,6 +192,13 @@ mod tests {
             model: "m".into(),
             generative: true,
             devices: "d".into(),
+            inputs: vec![InputFile {
+                role: "config".into(),
+                name: Some("config.json".into()),
+                bytes: 3,
+                covers: Covers::File,
+                blake3: Some("ab".into()),
+            }],
             strategy: Strategy::Ilp,
             objective: Objective::Throughput,
             workload: Workload { batch: 1, prompt_len: 16, max_context: 64 },

@@ -96,6 +96,8 @@ fn compiled(out: &Path) -> Result<()> {
         model_name: "gpt2".into(),
         devices_name: "loopback-3".into(),
         inputs: vec![model.clone()],
+        records: Vec::new(),
+        progress: false,
     };
     shardc::emit::compile(&graph, &loaded.weights_dir, &profile, &opts, out)?;
     Ok(())

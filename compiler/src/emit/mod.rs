@@ -19,8 +19,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
-use shardc_format::manifest::{hash_file, Manifest, FORMAT};
-use shardc_format::plan::PlanReport;
+use shardc_format::manifest::{Manifest, FORMAT};
+use shardc_format::plan::{InputFile, PlanReport};
 use shardc_ir::{Graph, ValueDef, WeightLocation};
 use shardc_passes::devices::Profile;
 use shardc_passes::partition::{self, Names, Partition, PartitionError, Request};
@@ -46,9 +46,13 @@ pub struct CompileOptions {
     pub request: Request,
     /// Replace an existing output folder.
     pub force: bool,
-    /// Names for plan.json.
+    /// Names for plan.json (from the inputs' content, never their paths).
     pub model_name: String,
     pub devices_name: String,
+    /// Every file read, by content, for plan.json.
+    pub records: Vec<InputFile>,
+    /// Show a progress bar on stderr (when it is a terminal).
+    pub progress: bool,
     /// Files and folders the compile reads (model, device profile): the output may not
     /// be, contain or lie inside any of them. The weight files the graph refers to are
     /// added to these.
@@ -59,10 +63,41 @@ pub struct CompileOptions {
 pub struct Summary {
     pub report: PlanReport,
     pub weight_bytes: u64,
+    /// Every file written, by path relative to `OUT` (`/`-separated), sorted.
+    pub files: Vec<WrittenFile>,
 }
 
-fn write_file(path: &Path, bytes: &[u8]) -> Result<(), EmitError> {
-    std::fs::write(path, bytes).map_err(|e| EmitError::Io { path: path.to_path_buf(), message: e.to_string() })
+/// One file a compile wrote.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct WrittenFile {
+    pub path: String,
+    pub bytes: u64,
+    pub blake3: String,
+}
+
+/// Files written so far under the temporary output folder, with their hashes.
+struct Writer<'a> {
+    root: &'a Path,
+    files: Vec<WrittenFile>,
+}
+
+impl Writer<'_> {
+    /// Write `bytes` at `rel` (relative to the output, `/`-separated).
+    fn put(&mut self, rel: &str, bytes: &[u8]) -> Result<String, EmitError> {
+        let path = self.root.join(rel);
+        std::fs::write(&path, bytes).map_err(|e| EmitError::Io { path: path.clone(), message: e.to_string() })?;
+        let hash = blake3::hash(bytes).to_hex().to_string();
+        self.files.push(WrittenFile { path: rel.to_string(), bytes: bytes.len() as u64, blake3: hash.clone() });
+        Ok(hash)
+    }
+
+    /// Record a file written by other means, with its hash.
+    fn record(&mut self, rel: &str, blake3: &str) -> Result<(), EmitError> {
+        let path = self.root.join(rel);
+        let bytes = std::fs::metadata(&path).map_err(|e| EmitError::Io { path, message: e.to_string() })?.len();
+        self.files.push(WrittenFile { path: rel.to_string(), bytes, blake3: blake3.to_string() });
+        Ok(())
+    }
 }
 
 fn json<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, EmitError> {
@@ -96,7 +131,7 @@ pub fn compile(
         }
         output::check_replaceable(out).map_err(EmitError::Other)?;
     }
-    let names = Names { model: &opts.model_name, devices: &opts.devices_name };
+    let names = Names { model: &opts.model_name, devices: &opts.devices_name, inputs: &opts.records };
     let partition = partition::partition(graph, profile, &opts.request, opts.strategy, names)?;
 
     let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
@@ -117,9 +152,10 @@ pub fn compile(
     if let Some(spec) = &partition.balance {
         shared.push(("balance.json".to_string(), json(spec)?));
     }
-    let result = write_all(&tmp, source, &partition, &shared);
+    let result = write_all(&tmp, source, &partition, &shared, opts.progress);
     match result {
-        Ok(weight_bytes) => {
+        Ok((weight_bytes, mut files)) => {
+            files.sort_by(|a, b| a.path.cmp(&b.path));
             let old = parent.join(format!(".{base}.old-{}", std::process::id()));
             if std::fs::symlink_metadata(out).is_ok() {
                 std::fs::rename(out, &old)
@@ -132,7 +168,7 @@ pub fn compile(
                 return Err(EmitError::Io { path: out.to_path_buf(), message: e.to_string() });
             }
             let _ = std::fs::remove_dir_all(&old);
-            Ok(Summary { report: partition.report, weight_bytes })
+            Ok(Summary { report: partition.report, weight_bytes, files })
         }
         Err(e) => {
             let _ = std::fs::remove_dir_all(&tmp);
@@ -145,16 +181,22 @@ pub fn compile(
     }
 }
 
-fn write_all(tmp: &Path, source: &Path, partition: &Partition, shared: &[(String, Vec<u8>)]) -> Result<u64, EmitError> {
+fn write_all(
+    tmp: &Path,
+    source: &Path,
+    partition: &Partition,
+    shared: &[(String, Vec<u8>)],
+    progress: bool,
+) -> Result<(u64, Vec<WrittenFile>), EmitError> {
     let shared_hashes: BTreeMap<String, String> =
         shared.iter().map(|(name, bytes)| (name.clone(), blake3::hash(bytes).to_hex().to_string())).collect();
     let mkdir = |p: &Path| {
         std::fs::create_dir_all(p).map_err(|e| EmitError::Io { path: p.to_path_buf(), message: e.to_string() })
     };
-    let hash = |p: &Path| hash_file(p).map_err(|e| EmitError::Io { path: p.to_path_buf(), message: e.to_string() });
     mkdir(tmp)?;
+    let mut out = Writer { root: tmp, files: Vec::new() };
     let total: u64 = partition.stages.iter().flat_map(|p| p.held().sources.values().map(|(_, l)| l.length)).sum();
-    let bar = if std::io::stderr().is_terminal() {
+    let bar = if progress && std::io::stderr().is_terminal() {
         let b = indicatif::ProgressBar::new(total);
         b.set_style(
             indicatif::ProgressStyle::with_template("{msg:>14} [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec})")
@@ -176,6 +218,7 @@ fn write_all(tmp: &Path, source: &Path, partition: &Partition, shared: &[(String
         let stored = part.held();
         let written_weights =
             weights::write(&stored.graph, &stored.sources, source, &dir.join("weights.safetensors"), &|n| bar.inc(n))?;
+        out.record(&format!("{device}/weights.safetensors"), &written_weights.hash)?;
         let locations: HashMap<String, WeightLocation> = written_weights
             .locations
             .iter()
@@ -187,12 +230,10 @@ fn write_all(tmp: &Path, source: &Path, partition: &Partition, shared: &[(String
             place_weights(&mut graph, &locations);
             shardc_ir::verify(&graph)
                 .map_err(|e| EmitError::Other(format!("stage {s} ({device}) standby units: {e}")))?;
-            write_file(&dir.join("standby.ir"), shardc_ir::text::print(&graph).as_bytes())?;
+            let hash = out.put(&format!("{device}/standby.ir"), shardc_ir::text::print(&graph).as_bytes())?;
+            files.insert("standby.ir".to_string(), hash);
             let text = serde_json::to_string(&standby.map).map_err(|e| EmitError::Other(e.to_string()))? + "\n";
-            write_file(&dir.join("standby.json"), text.as_bytes())?;
-            for f in ["standby.ir", "standby.json"] {
-                files.insert(f.to_string(), hash(&dir.join(f))?);
-            }
+            files.insert("standby.json".to_string(), out.put(&format!("{device}/standby.json"), text.as_bytes())?);
             let names = &standby.map.units;
             held_units = Some([names[0].clone(), names[names.len() - 1].clone()]);
         }
@@ -200,12 +241,10 @@ fn write_all(tmp: &Path, source: &Path, partition: &Partition, shared: &[(String
         let mut stage = part.graph.graph.clone();
         place_weights(&mut stage, &locations);
         shardc_ir::verify(&stage).map_err(|e| EmitError::Other(format!("stage {s} ({device}): {e}")))?;
-        write_file(&dir.join("shard.ir"), shardc_ir::text::print(&stage).as_bytes())?;
-        write_file(&dir.join("shard.onnx"), &onnx::to_onnx(&stage)?)?;
+        let hash = out.put(&format!("{device}/shard.ir"), shardc_ir::text::print(&stage).as_bytes())?;
+        files.insert("shard.ir".to_string(), hash);
+        files.insert("shard.onnx".to_string(), out.put(&format!("{device}/shard.onnx"), &onnx::to_onnx(&stage)?)?);
         files.insert("weights.safetensors".to_string(), written_weights.hash.clone());
-        for f in ["shard.ir", "shard.onnx"] {
-            files.insert(f.to_string(), hash(&dir.join(f))?);
-        }
         let manifest = Manifest {
             format: FORMAT,
             device: device.clone(),
@@ -220,15 +259,15 @@ fn write_all(tmp: &Path, source: &Path, partition: &Partition, shared: &[(String
             shared: shared_hashes.clone(),
             held: held_units,
         };
-        write_file(&dir.join("manifest.json"), &json(&manifest)?)?;
+        out.put(&format!("{device}/manifest.json"), &json(&manifest)?)?;
     }
     bar.finish_and_clear();
-    write_file(&tmp.join("plan.json"), &json(&partition.report)?)?;
+    out.put("plan.json", &json(&partition.report)?)?;
     for (name, bytes) in shared {
-        write_file(&tmp.join(name), bytes)?;
+        out.put(name, bytes)?;
     }
-    write_file(&tmp.join("report.svg"), svg::render(&partition.report).as_bytes())?;
-    Ok(written)
+    out.put("report.svg", svg::render(&partition.report).as_bytes())?;
+    Ok((written, out.files))
 }
 
 /// Point every weight of `graph` at where it was written.

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use shardc_format::balance::{self, BalanceSpec};
 use shardc_format::manifest::{Port, Standby};
-use shardc_format::plan::PlanReport;
+use shardc_format::plan::{InputFile, PlanReport};
 use shardc_format::Endpoint;
 use shardc_ir::{DType, Graph, ValueId};
 
@@ -64,11 +64,13 @@ pub struct Request {
     pub dtype: Option<DType>,
 }
 
-/// How `plan.json` names the model and the device profile.
+/// How `plan.json` names the model and the device profile, and the files read (by
+/// content: the caller describes them without their paths).
 #[derive(Clone, Copy, Debug)]
 pub struct Names<'a> {
     pub model: &'a str,
     pub devices: &'a str,
+    pub inputs: &'a [InputFile],
 }
 
 /// A feasible plan: the planner's view, the solver's answer, the report and the map.

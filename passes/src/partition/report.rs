@@ -110,6 +110,7 @@ pub(super) fn report(
         model: names.model.to_string(),
         generative: prep.generative,
         devices: names.devices.to_string(),
+        inputs: names.inputs.to_vec(),
         strategy: outcome.strategy,
         objective: req.objective,
         workload: req.workload,

@@ -180,7 +180,12 @@ fn common_refusals(keys: &Keys) -> Result<(), HfError> {
 pub fn parse(file: &Path, max_context: Option<usize>, ignore: &[String]) -> Result<Arch, HfError> {
     let text =
         shardc_format::files::read_text(file).map_err(|e| HfError::Io { file: file.to_path_buf(), source: e })?;
-    let json: Value = serde_json::from_str(&text)
+    parse_text(file, &text, max_context, ignore)
+}
+
+/// [`parse`] of the text read from `file` (named in errors).
+pub fn parse_text(file: &Path, text: &str, max_context: Option<usize>, ignore: &[String]) -> Result<Arch, HfError> {
+    let json: Value = serde_json::from_str(text)
         .map_err(|e| HfError::Config { file: file.to_path_buf(), message: format!("not JSON: {e}") })?;
     let map = json
         .as_object()

@@ -30,6 +30,7 @@ use builder::Builder;
 pub use config::{Arch, Family};
 pub use error::HfError;
 use safetensors::Checkpoint;
+pub use safetensors::Digest;
 
 /// Lowering options.
 #[derive(Clone, Debug, Default)]
@@ -51,6 +52,11 @@ pub struct HfModel {
     pub has_weights: bool,
     /// The safetensors files read.
     pub files: Vec<String>,
+    /// What was read, by content: `config.json`, the index of a sharded checkpoint, and
+    /// the header of each safetensors file.
+    pub config: Digest,
+    pub index: Option<Digest>,
+    pub headers: Vec<Digest>,
     /// Checkpoint tensors the lowering does not use.
     pub unused_tensors: Vec<String>,
 }
@@ -77,7 +83,14 @@ pub fn lower(path: &Path, options: &LowerOptions) -> Result<HfModel, HfError> {
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         (dir, path.to_path_buf(), true)
     };
-    let arch = config::parse(&config_file, options.max_context, &options.ignore_config_keys)?;
+    let text = shardc_format::files::read_text(&config_file)
+        .map_err(|e| HfError::Io { file: config_file.clone(), source: e })?;
+    let config_digest = Digest {
+        file: config_file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        bytes: text.len() as u64,
+        blake3: blake3::hash(text.as_bytes()).to_hex().to_string(),
+    };
+    let arch = config::parse_text(&config_file, &text, options.max_context, &options.ignore_config_keys)?;
     let checkpoint = if shape_only { None } else { Some(safetensors::read_checkpoint(&dir)?) };
     if let Some(c) = &checkpoint {
         // Every layer has weights: a layer count beyond the tensors present is wrong,
@@ -137,6 +150,9 @@ pub fn lower(path: &Path, options: &LowerOptions) -> Result<HfModel, HfError> {
         arch,
         dir,
         has_weights: !shape_only,
+        config: config_digest,
+        index: checkpoint.as_ref().and_then(|c| c.index.clone()),
+        headers: checkpoint.as_ref().map(|c| c.headers.clone()).unwrap_or_default(),
         files: checkpoint.map(|c| c.files).unwrap_or_default(),
         unused_tensors,
     })

@@ -33,13 +33,27 @@ pub struct Checkpoint {
     pub tensors: BTreeMap<String, TensorInfo>,
     /// The safetensors files read, relative to the folder.
     pub files: Vec<String>,
+    /// `model.safetensors.index.json`, when the checkpoint is sharded: the whole file.
+    pub index: Option<Digest>,
+    /// Each file of `files`: its size and the blake3 of its header (length and JSON),
+    /// which is all a plan depends on.
+    pub headers: Vec<Digest>,
+}
+
+/// A file read, by content: its name in the checkpoint folder, size and blake3 (of the
+/// whole file, or of a safetensors file's header).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Digest {
+    pub file: String,
+    pub bytes: u64,
+    pub blake3: String,
 }
 
 /// Read the header of one safetensors file; `rel` is its name relative to `dir`. The
 /// `safetensors` crate reads and checks it (from a memory map: only the header's pages
 /// are touched): header length against the file, JSON, dtypes, lengths against dtype
 /// × shape, and offsets that tile the data exactly to the end of the file.
-pub fn read_header(dir: &Path, rel: &str) -> Result<BTreeMap<String, TensorInfo>, HfError> {
+pub fn read_header(dir: &Path, rel: &str) -> Result<(BTreeMap<String, TensorInfo>, Digest), HfError> {
     let path = dir.join(rel);
     let bad = |message: String| HfError::Safetensors { file: path.clone(), message };
     let file = File::open(&path).map_err(|e| HfError::Io { file: path.clone(), source: e })?;
@@ -61,7 +75,12 @@ pub fn read_header(dir: &Path, rel: &str) -> Result<BTreeMap<String, TensorInfo>
             WeightLocation { file: rel.to_string(), offset: data_start + begin as u64, length: (end - begin) as u64 };
         tensors.insert(name, TensorInfo { dtype, shape: info.shape.clone(), location });
     }
-    Ok(tensors)
+    let digest = Digest {
+        file: rel.to_string(),
+        bytes: map.len() as u64,
+        blake3: blake3::hash(&map[..data_start as usize]).to_hex().to_string(),
+    };
+    Ok((tensors, digest))
 }
 
 /// The start of a safetensors file holding `tensors` (name, dtype, shape) back to back
@@ -118,7 +137,8 @@ pub fn read_checkpoint(dir: &Path) -> Result<Checkpoint, HfError> {
     if !single.exists() {
         return Err(HfError::NoWeights { dir: dir.to_path_buf() });
     }
-    Ok(Checkpoint { tensors: read_header(dir, "model.safetensors")?, files: vec!["model.safetensors".into()] })
+    let (tensors, header) = read_header(dir, "model.safetensors")?;
+    Ok(Checkpoint { tensors, files: vec!["model.safetensors".into()], index: None, headers: vec![header] })
 }
 
 fn read_sharded(dir: &Path, index: &Path) -> Result<Checkpoint, HfError> {
@@ -126,6 +146,9 @@ fn read_sharded(dir: &Path, index: &Path) -> Result<Checkpoint, HfError> {
     let text =
         shardc_format::files::read_text(index).map_err(|e| HfError::Io { file: index.to_path_buf(), source: e })?;
     let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
+    let name = index.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let digest =
+        Digest { file: name, bytes: text.len() as u64, blake3: blake3::hash(text.as_bytes()).to_hex().to_string() };
     let map = json["weight_map"].as_object().ok_or_else(|| bad("no `weight_map` object".into()))?;
     let mut by_shard: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (tensor, shard) in map {
@@ -135,12 +158,13 @@ fn read_sharded(dir: &Path, index: &Path) -> Result<Checkpoint, HfError> {
         }
         by_shard.entry(shard.to_string()).or_default().push(tensor.clone());
     }
-    let mut checkpoint = Checkpoint::default();
+    let mut checkpoint = Checkpoint { index: Some(digest), ..Checkpoint::default() };
     for (shard, names) in &by_shard {
         if !dir.join(shard).is_file() {
             return Err(bad(format!("names shard `{shard}` (for `{}`), which does not exist", names[0])));
         }
-        let tensors = read_header(dir, shard)?;
+        let (tensors, header) = read_header(dir, shard)?;
+        checkpoint.headers.push(header);
         for name in names {
             let info = tensors.get(name).ok_or_else(|| bad(format!("says `{name}` is in `{shard}`, but it is not")))?;
             checkpoint.tensors.insert(name.clone(), info.clone());

@@ -46,6 +46,11 @@ pub struct OnnxModel {
     pub producer: String,
     /// Initializers no node or output uses (dropped from the graph).
     pub unused_initializers: Vec<String>,
+    /// The `.onnx` file's size and blake3.
+    pub bytes: u64,
+    pub blake3: String,
+    /// External data files read, relative to the model's folder, sorted.
+    pub external: Vec<String>,
     /// The transformer structure found (units, cache pairs), or why none was: such a
     /// graph runs, but cannot be cut into units.
     pub structure: Result<structure::Structure, String>,
@@ -95,13 +100,11 @@ pub fn import(path: &Path) -> Result<OnnxModel, OnnxError> {
         model_dir: &model_dir,
         model_file_name: &model_file_name,
         payloads: &stripped.payloads,
+        external: Default::default(),
     };
 
-    let name = if graph_proto.name.is_empty() {
-        path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
-    } else {
-        graph_proto.name.clone()
-    };
+    // Never the file's name: what is compiled depends on the content alone.
+    let name = if graph_proto.name.is_empty() { "model".to_string() } else { graph_proto.name.clone() };
     let mut graph = Graph::new(name);
     let mut defined: HashMap<String, ValueId> = HashMap::new();
     let mut from_initializer: HashSet<ValueId> = HashSet::new();
@@ -216,6 +219,9 @@ pub fn import(path: &Path) -> Result<OnnxModel, OnnxError> {
         producer: format!("{} {}", proto.producer_name, proto.producer_version).trim().to_string(),
         unused_initializers,
         structure,
+        bytes: len,
+        blake3: blake3::hash(&map).to_hex().to_string(),
+        external: reader.external.take().into_iter().collect(),
     })
 }
 

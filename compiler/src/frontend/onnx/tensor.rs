@@ -60,6 +60,8 @@ pub struct TensorReader<'a> {
     pub model_dir: &'a Path,
     pub model_file_name: &'a str,
     pub payloads: &'a HashMap<PayloadOwner, Span>,
+    /// External data files located so far (names relative to the model's folder).
+    pub external: std::cell::RefCell<std::collections::BTreeSet<String>>,
 }
 
 impl TensorReader<'_> {
@@ -174,6 +176,7 @@ impl TensorReader<'_> {
             })
             .collect::<Vec<_>>()
             .join("/");
+        self.external.borrow_mut().insert(file.clone());
         Ok(WeightLocation { file, offset, length })
     }
 
