@@ -47,9 +47,14 @@ pub struct PlanArgs {
     /// Fraction of each device's memory kept free.
     #[arg(long, default_value_t = 0.1)]
     pub margin: f64,
-    /// Time limit of the integer program, seconds.
+    /// Time limit of the integer program, seconds: a safety net (a plan it cuts short
+    /// depends on the machine's speed, and plan.json says so).
     #[arg(long, default_value_t = 10.0)]
     pub time_limit: f64,
+    /// Branch-and-bound nodes the integer program may solve: what bounds its search, so
+    /// that the plan depends on the inputs alone.
+    #[arg(long, default_value_t = shardc_passes::plan::DEFAULT_NODE_LIMIT)]
+    pub node_limit: u64,
     /// Compute dtype for the devices' FLOP/s (default: the weights' dtype).
     #[arg(long)]
     pub compute_dtype: Option<String>,

@@ -215,6 +215,9 @@ fn run(cli: Cli) -> Result<()> {
 /// Longest `--max-context` planned (the largest a config may state).
 const MAX_CONTEXT: u64 = shardc::frontend::hf::config::MAX_SIZE as u64;
 
+/// Largest `--node-limit`.
+const MAX_NODE_LIMIT: u64 = 1 << 32;
+
 /// Largest `--batch` planned.
 const MAX_BATCH: u64 = 1 << 16;
 
@@ -250,6 +253,9 @@ fn planning_inputs(model: &std::path::Path, args: &PlanArgs) -> Result<Planning>
     if !(args.time_limit > 0.0 && args.time_limit <= 86_400.0) {
         usage!("--time-limit must be a number of seconds above 0 and at most 86400, got {}", args.time_limit);
     }
+    if args.node_limit == 0 || args.node_limit > MAX_NODE_LIMIT {
+        usage!("--node-limit must be between 1 and {MAX_NODE_LIMIT}, got {}", args.node_limit);
+    }
     let dtype = match &args.dtype {
         Some(d) => {
             let dtype: shardc_ir::DType = d.parse().map_err(|e: String| Usage(format!("--dtype: {e}")))?;
@@ -280,6 +286,7 @@ fn planning_inputs(model: &std::path::Path, args: &PlanArgs) -> Result<Planning>
         objective,
         margin: args.margin,
         time_limit: std::time::Duration::from_secs_f64(args.time_limit),
+        node_limit: args.node_limit,
         compute_dtype: args.compute_dtype.clone(),
         standby: args.standby,
         dtype,

@@ -85,6 +85,7 @@ fn compiled(out: &Path) -> Result<()> {
         objective: Objective::Throughput,
         margin: 0.1,
         time_limit: std::time::Duration::from_secs(10),
+        node_limit: shardc_passes::plan::DEFAULT_NODE_LIMIT,
         compute_dtype: None,
         standby: 0,
         dtype: None,

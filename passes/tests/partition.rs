@@ -98,8 +98,12 @@ fn ilp_equals_exhaustive_search_and_beats_every_baseline() {
         if shardc_passes::plan::class_dp::classes(&p).len() < p.devices() {
             classes_seen += 1;
         }
-        let opts =
-            SolveOptions { time_limit: Duration::from_secs(30), groups: (0..p.units()).collect(), force_milp: false };
+        let opts = SolveOptions {
+            time_limit: Duration::from_secs(30),
+            node_limit: 1_000_000,
+            groups: (0..p.units()).collect(),
+            force_milp: false,
+        };
         let truth = exhaustive::solve(&p);
         let ilp = solve(&p, Strategy::Ilp, &opts);
         let milp = solve(&p, Strategy::Ilp, &SolveOptions { force_milp: true, ..opts.clone() });
@@ -203,4 +207,31 @@ fn bounded_replanning_equals_brute_force_within_the_standby_units() {
     }
     assert!(checked >= 120, "only {checked} feasible instances");
     assert!(moved >= 20, "only {moved} instances where a boundary moved");
+}
+
+#[test]
+fn a_node_budget_bounds_the_integer_program_the_same_way_on_any_machine() {
+    let mut rng = Rng(0x5EED_1234_ABCD_0002);
+    let mut cut_short = 0;
+    for case in 0..60 {
+        let objective = if case % 2 == 0 { Objective::Latency } else { Objective::Throughput };
+        let p = instance(&mut rng, objective);
+        let opts = SolveOptions {
+            time_limit: Duration::from_secs(60),
+            node_limit: 1,
+            groups: (0..p.units()).collect(),
+            force_milp: true,
+        };
+        let first = solve(&p, Strategy::Ilp, &opts);
+        // The same budget on a "slower machine": another run, the same answer.
+        let second = solve(&p, Strategy::Ilp, &opts);
+        assert_eq!(first.plan, second.plan, "case {case}");
+        assert_eq!((first.status.optimal, first.status.gap), (second.status.optimal, second.status.gap), "case {case}");
+        if first.plan.is_some() && !first.status.optimal {
+            cut_short += 1;
+            let note = first.status.note.clone().unwrap_or_default();
+            assert!(!note.contains("time limit"), "case {case}: the node budget stopped it, not the clock: {note}");
+        }
+    }
+    assert!(cut_short > 0, "some instances need more than one node, so the budget was what stopped them");
 }

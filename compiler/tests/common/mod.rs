@@ -134,6 +134,7 @@ pub fn fixture_request(objective: shardc_passes::plan::Objective, standby: usize
         objective,
         margin: 0.1,
         time_limit: std::time::Duration::from_secs(10),
+        node_limit: shardc_passes::plan::DEFAULT_NODE_LIMIT,
         compute_dtype: None,
         standby,
         dtype: None,

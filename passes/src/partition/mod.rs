@@ -56,6 +56,9 @@ pub struct Request {
     pub objective: Objective,
     pub margin: f64,
     pub time_limit: Duration,
+    /// Branch-and-bound node budget of the integer program (what bounds its search:
+    /// the plan depends on the inputs alone).
+    pub node_limit: u64,
     pub compute_dtype: Option<String>,
     /// Units beyond each stage boundary whose weights a stage also holds, so runtime
     /// load balancing can move the boundary (memory permitting).

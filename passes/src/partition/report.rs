@@ -37,7 +37,12 @@ pub fn prepare(graph: &Graph, profile: &Profile, req: &Request) -> Result<Prepar
         kv_bytes: None,
     };
     let model = build(graph, &seg, profile, &inputs)?;
-    let opts = SolveOptions { time_limit: req.time_limit, groups: seg.groups(), force_milp: false };
+    let opts = SolveOptions {
+        time_limit: req.time_limit,
+        node_limit: req.node_limit,
+        groups: seg.groups(),
+        force_milp: false,
+    };
     let generative = crate::roles::lm_roles(graph).is_some();
     Ok(Prepared { generative, seg, model, opts })
 }

@@ -20,16 +20,24 @@ use super::problem::{DeviceId, Objective, Plan, Problem, Stage};
 pub enum MilpStatus {
     /// Proven optimal.
     Optimal,
-    /// Stopped by the time limit with a feasible plan; relative gap to the best bound.
-    Feasible { gap: Option<f64> },
+    /// Stopped by its node budget (or, when `timed_out`, by the time limit first)
+    /// with a feasible plan; relative gap to the best bound.
+    Feasible { gap: Option<f64>, timed_out: bool },
     /// Proven infeasible.
     Infeasible,
     /// Stopped before any plan was found, or the solver failed.
     Unknown(String),
 }
 
-/// Solve with a time limit, seeded with `warm` when given.
-pub fn solve(p: &Problem, warm: Option<&[Stage]>, limit: Duration) -> (Option<(Plan, f64)>, MilpStatus) {
+/// Solve within a budget of branch-and-bound nodes (deterministic: the same problem
+/// gives the same plan on any machine) and a time limit (a safety net: a plan it cuts
+/// short depends on the machine's speed, and says so), seeded with `warm` when given.
+pub fn solve(
+    p: &Problem,
+    warm: Option<&[Stage]>,
+    limit: Duration,
+    node_limit: u64,
+) -> (Option<(Plan, f64)>, MilpStatus) {
     let n = p.units();
     let nd = p.devices();
     let ms = 1e3;
@@ -103,6 +111,7 @@ pub fn solve(p: &Problem, warm: Option<&[Stage]>, limit: Duration) -> (Option<(P
     }
     let mut options = microlp::SolveOptions::default();
     options.time_limit = Some(limit);
+    options.node_limit = Some(node_limit);
     if let Some(plan) = warm {
         let mut hint = Vec::new();
         for st in plan {
@@ -124,7 +133,13 @@ pub fn solve(p: &Problem, warm: Option<&[Stage]>, limit: Duration) -> (Option<(P
     let Some(solution) = outcome.solution() else {
         return (
             None,
-            MilpStatus::Unknown(format!("stopped ({:?}) before finding a plan", outcome.termination_reason())),
+            MilpStatus::Unknown(match outcome.termination_reason() {
+                microlp::TerminationReason::TimeLimit => format!(
+                    "the integer program stopped at its {:.0} s time limit before finding a plan: another machine may find one; raise --time-limit for a plan that depends on the inputs alone",
+                    limit.as_secs_f64()
+                ),
+                other => format!("the integer program stopped ({other:?}) before finding a plan"),
+            }),
         );
     };
     let gap = solution.gap();
@@ -144,6 +159,7 @@ pub fn solve(p: &Problem, warm: Option<&[Stage]>, limit: Duration) -> (Option<(P
         Ok(_) => return (None, MilpStatus::Unknown("the solver's plan exceeds a memory budget".into())),
         Err(e) => return (None, MilpStatus::Unknown(format!("the solver's plan is malformed: {e}"))),
     };
-    let status = if optimal { MilpStatus::Optimal } else { MilpStatus::Feasible { gap } };
+    let timed_out = outcome.termination_reason() == microlp::TerminationReason::TimeLimit;
+    let status = if optimal { MilpStatus::Optimal } else { MilpStatus::Feasible { gap, timed_out } };
     (Some((plan, value)), status)
 }

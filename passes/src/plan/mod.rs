@@ -36,13 +36,19 @@ pub struct Outcome {
 /// Options of a solve.
 #[derive(Clone, Debug)]
 pub struct SolveOptions {
-    /// Time limit of the integer program.
+    /// Time limit of the integer program (a safety net: see `node_limit`).
     pub time_limit: Duration,
+    /// Branch-and-bound nodes the integer program may solve: what bounds its search,
+    /// so that the plan depends on the inputs alone, not on the machine's speed.
+    pub node_limit: u64,
     /// Group (transformer layer) of each unit, for `uniform` and `proportional`.
     pub groups: Vec<usize>,
     /// Force the `ilp` strategy onto the integer program (tests).
     pub force_milp: bool,
 }
+
+/// Default branch-and-bound node budget of the integer program (`--node-limit`).
+pub const DEFAULT_NODE_LIMIT: u64 = 2000;
 
 /// Largest integer program (binaries: units × devices) tried; measured, `microlp`
 /// proves nothing beyond a few hundred in its time limit, and memory grows with it.
@@ -94,7 +100,7 @@ pub fn solve(p: &Problem, strategy: Strategy, opts: &SolveOptions) -> Outcome {
                 }
                 None => {
                     let warm = order_dp::solve(p, &file_order).map(|(plan, _)| plan);
-                    let (found, status) = milp::solve(p, warm.as_deref(), opts.time_limit);
+                    let (found, status) = milp::solve(p, warm.as_deref(), opts.time_limit, opts.node_limit);
                     // The program fixes the device order; the order's exact split can only improve it.
                     let found = found.map(|(plan, value)| {
                         let order: Vec<DeviceId> = plan.iter().map(|s| s.device).collect();
@@ -109,11 +115,26 @@ pub fn solve(p: &Problem, strategy: Strategy, opts: &SolveOptions) -> Outcome {
                     };
                     match status {
                         milp::MilpStatus::Optimal => (found, "milp", true, None, None),
-                        milp::MilpStatus::Feasible { gap } => (found, "milp", false, gap, None),
+                        milp::MilpStatus::Feasible { gap, timed_out: false } => (found, "milp", false, gap, None),
+                        milp::MilpStatus::Feasible { gap, timed_out: true } => {
+                            let note = format!(
+                                "the integer program stopped at its {:.0} s time limit before its {} node budget: another machine may choose another plan; raise --time-limit (or lower --node-limit) for a plan that depends on the inputs alone",
+                                opts.time_limit.as_secs_f64(),
+                                opts.node_limit
+                            );
+                            (found, "milp", false, gap, Some(note))
+                        }
                         milp::MilpStatus::Infeasible => {
                             (None, "milp", true, None, Some("no choice of devices can hold the model".to_string()))
                         }
-                        milp::MilpStatus::Unknown(why) => (found, "milp", false, None, Some(why)),
+                        milp::MilpStatus::Unknown(why) => {
+                            let why = if found.is_some() {
+                                why + "; planned in file order by the exact order DP"
+                            } else {
+                                why
+                            };
+                            (found, "milp", false, None, Some(why))
+                        }
                     }
                 }
             }
