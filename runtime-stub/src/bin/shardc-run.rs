@@ -1,6 +1,6 @@
 //! `shardc-run`: the device runtime. Loads compiled packages only (never models).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -247,49 +247,6 @@ fn parse_slow_device(s: &str) -> Result<(String, Slowdown), String> {
     Ok((device.to_string(), parse_slowdown_after(rest)?))
 }
 
-fn local(out: &Path, gen: &Gen, slow: Option<&(String, Slowdown)>, insecure: bool) -> Result<Generation> {
-    let ctx = zmq::Context::new();
-    // The devices the transmission map names (checked against their packages).
-    let output = shardc_runtime::package::load_output(out, false)?;
-    let devices: std::collections::BTreeMap<String, String> =
-        output.map.stages.iter().map(|name| (name.clone(), format!("inproc://{name}"))).collect();
-    if let Some((d, _)) = slow {
-        if !devices.contains_key(d) {
-            bail!("--slow-device: `{d}` is not one of the packages in {}", out.display());
-        }
-    }
-    let cluster = Cluster { client: "inproc://client".into(), devices };
-    let key = if insecure { None } else { Some(shardc_runtime::wire::random::<32>().map_err(|e| anyhow!(e))?) };
-    let opts = NetOptions {
-        key,
-        max_frame: 1 << 30,
-        slowdown: Slowdown::NONE,
-        session_timeout: Duration::from_secs_f64(node::MAX_TIMEOUT_S),
-    };
-    let stop = Arc::new(AtomicBool::new(false));
-    let handles: Vec<_> = cluster
-        .devices
-        .keys()
-        .map(|d| {
-            let mut opts = opts.clone();
-            if let Some((_, slowdown)) = slow.filter(|(name, _)| name == d) {
-                opts.slowdown = *slowdown;
-            }
-            let (out, d, cluster, ctx, stop) =
-                (out.to_path_buf(), d.clone(), cluster.clone(), ctx.clone(), stop.clone());
-            std::thread::spawn(move || node::serve(&out, &d, &cluster, &ctx, &opts, stop))
-        })
-        .collect();
-    let result = gen.job().and_then(|job| node::generate(out, &cluster, &ctx, &opts, &job).map_err(|e| anyhow!(e)));
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    for h in handles {
-        if let Ok(Err(e)) = h.join() {
-            eprintln!("{e}");
-        }
-    }
-    result
-}
-
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve { out, device, cluster, allow_remote, slowdown, slowdown_after, session_timeout, net } => {
@@ -310,7 +267,8 @@ fn run(cli: Cli) -> Result<()> {
             report(&g, generation.json)
         }
         Command::Local { out, generation, slow_device, insecure } => {
-            let g = local(&out, &generation, slow_device.as_ref(), insecure)?;
+            let opts = node::LocalOptions { slow: slow_device, insecure };
+            let g = node::local(&out, &generation.job()?, &opts).map_err(|e| anyhow!(e))?;
             report(&g, generation.json)
         }
     }

@@ -22,12 +22,14 @@ mod client;
 mod device;
 mod feeder;
 mod generation;
+mod local;
 mod net;
 mod rebalance;
 
 pub use crate::frame::{Ready, Rebalance};
 pub use device::serve;
 pub use generation::generate;
+pub use local::{local, LocalOptions};
 
 use std::time::Duration;
 
