@@ -130,33 +130,33 @@ fn a_c_program_generates_what_shardc_run_local_does() {
     let secret = tmp.path().join("secret");
     std::fs::write(&secret, "a secret the embedded devices share").unwrap();
 
-    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
-    let include = Path::new(env!("CARGO_MANIFEST_DIR")).join("include");
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/embed.c");
-    let shared = artifact("libshardc_run.so");
-    let lib_dir = shared.parent().unwrap();
-    let dynamic = tmp.path().join("embed-dynamic");
-    run(Command::new(&cc)
-        .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-I"])
-        .arg(&include)
-        .arg(&source)
-        .arg("-o")
-        .arg(&dynamic)
-        .arg("-L")
-        .arg(lib_dir)
-        .arg("-lshardc_run")
-        .arg(format!("-Wl,-rpath,{}", lib_dir.display())));
+    // embed.c compiled against the header, linked as `link` says.
+    let build = |name: &str, link: &[std::ffi::OsString]| {
+        let program = tmp.path().join(name);
+        run(Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
+            .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-I"])
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("include"))
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/embed.c"))
+            .arg("-o")
+            .arg(&program)
+            .args(link));
+        program
+    };
+    let lib_dir = artifact("libshardc_run.so").parent().unwrap().to_path_buf();
+    let dynamic = build(
+        "embed-dynamic",
+        &[
+            "-L".into(),
+            lib_dir.clone().into(),
+            "-lshardc_run".into(),
+            format!("-Wl,-rpath,{}", lib_dir.display()).into(),
+        ],
+    );
     // Linked statically, with the system libraries the Rust standard library and
     // ZeroMQ (C++) need.
-    let fully = tmp.path().join("embed-static");
-    run(Command::new(&cc)
-        .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-I"])
-        .arg(&include)
-        .arg(&source)
-        .arg("-o")
-        .arg(&fully)
-        .arg(artifact("libshardc_run.a"))
-        .args(["-lstdc++", "-lpthread", "-ldl", "-lm", "-lgcc_s", "-lutil", "-lrt"]));
+    let mut link: Vec<std::ffi::OsString> = vec![artifact("libshardc_run.a").into()];
+    link.extend(["-lstdc++", "-lpthread", "-ldl", "-lm", "-lgcc_s", "-lutil", "-lrt"].map(Into::into));
+    let fully = build("embed-static", &link);
 
     for program in [&dynamic, &fully] {
         let stdout = run(Command::new(program).arg(&out).arg(&cluster).arg(&secret).args(["dev-a", "dev-b", "dev-c"]));
