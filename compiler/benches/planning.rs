@@ -49,6 +49,7 @@ fn main() {
                 compute_dtype: None,
                 standby: 0,
                 dtype: None,
+                quantize: None,
             };
             let prep = partition::prepare(&g, &p, &req).expect("prepare");
             let mut status = String::new();
@@ -103,6 +104,7 @@ fn main() {
             compute_dtype: Some("f16".into()),
             standby: 0,
             dtype: Some(shardc_ir::DType::F16),
+            quantize: None,
         };
         match partition::compare(&g, &p, &req) {
             Ok(rows) => {

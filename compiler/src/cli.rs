@@ -61,6 +61,17 @@ pub struct PlanArgs {
     /// Size the weights as stored in this dtype (f32, f16, bf16), as the shards will ship.
     #[arg(long)]
     pub dtype: Option<String>,
+    /// Quantize the matrix weights (weight-only, symmetric, f16 scales): int8 or int4.
+    /// Norms, biases, the embedding table and the head stay at --dtype.
+    #[arg(long)]
+    pub quantize: Option<String>,
+    /// Elements per scale along each product's reduction axis (int4: 32 by default;
+    /// int8: one scale per output channel unless given).
+    #[arg(long, requires = "quantize")]
+    pub group_size: Option<usize>,
+    /// Quantize the embedding table and the head too.
+    #[arg(long, requires = "quantize")]
+    pub quantize_embeddings: bool,
     /// Each stage also holds the weights of up to N units beyond each of its boundaries
     /// (memory permitting), so the runtime can move boundaries without shipping weights.
     #[arg(long, default_value_t = 0)]

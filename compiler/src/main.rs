@@ -147,15 +147,41 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Compare { model, plan: args, json } => {
             let p = planning_inputs(&model, &args)?;
-            let rows = partition::compare(&p.graph, &p.profile, &p.req)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
-            } else {
-                print!("{}", render::compare_text(&rows, p.req.objective));
+            if p.req.quantize.is_none() {
+                let rows = partition::compare(&p.graph, &p.profile, &p.req)?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&rows)?);
+                } else {
+                    print!("{}", render::compare_text(&rows, p.req.objective));
+                }
+                return Ok(());
             }
+            // With --quantize: the strategies at that quantization (when anything fits),
+            // and the exact plan with the weights as stored, int8 and int4 side by side.
+            let weights = partition::compare_weights(&p.graph, &p.profile, &p.req)?;
+            let rows = partition::compare(&p.graph, &p.profile, &p.req);
+            if json {
+                let strategies = rows.as_ref().ok();
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({"strategies": strategies, "weights": weights}))?
+                );
+            } else {
+                if let Ok(rows) = &rows {
+                    print!("{}", render::compare_text(rows, p.req.objective));
+                    println!();
+                }
+                print!("{}", render::weights_text(&weights));
+            }
+            rows?;
         }
         Command::Compile { model, plan: args, out, strategy, force, depfile, json, quiet } => {
             let strategy: Strategy = strategy.parse().map_err(Usage)?;
+            if let Some(q) = &args.quantize {
+                usage!(
+                    "--quantize {q}: compile does not write quantized packages yet; `shardc plan` and `shardc compare` size them"
+                );
+            }
             let p = planning_inputs(&model, &args)?;
             let guarded = guarded_inputs(&model, &args, &p.inputs);
             if let Some(file) = &depfile {
@@ -266,6 +292,17 @@ fn planning_inputs(model: &std::path::Path, args: &PlanArgs) -> Result<Planning>
         }
         None => None,
     };
+    let quantize = match &args.quantize {
+        Some(s) => {
+            let scheme: shardc_passes::quantize::Scheme =
+                s.parse().map_err(|e: String| Usage(format!("--quantize: {e}")))?;
+            Some(
+                shardc_passes::quantize::Quantization::new(scheme, args.group_size, args.quantize_embeddings)
+                    .map_err(Usage)?,
+            )
+        }
+        None => None,
+    };
     let (profile_input, profile) = shardc::inputs::profile(&args.devices)?;
     let loaded = load(
         model,
@@ -290,6 +327,7 @@ fn planning_inputs(model: &std::path::Path, args: &PlanArgs) -> Result<Planning>
         compute_dtype: args.compute_dtype.clone(),
         standby: args.standby,
         dtype,
+        quantize,
     };
     Ok(Planning {
         graph,

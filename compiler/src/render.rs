@@ -41,6 +41,22 @@ pub fn plan_text(report: &PlanReport, timings: bool) -> String {
         "workload    batch {}, prompt {} tokens, context {} tokens, {} units",
         w.batch, w.prompt_len, w.max_context, report.units
     );
+    if let Some(q) = &report.quantization {
+        let groups = match q.group_size {
+            Some(g) => format!("groups of {g}"),
+            None => "per output channel".into(),
+        };
+        let _ = writeln!(
+            out,
+            "weights     {} ({groups}, {} scales{}): {} matrices, {} -> {}",
+            q.scheme,
+            q.scale_dtype,
+            if q.embeddings { ", embedding and head too" } else { "" },
+            q.weights,
+            bytes_text(q.bytes_before as f64),
+            bytes_text(q.bytes_after as f64)
+        );
+    }
     let _ = writeln!(
         out,
         "{:<5} {:<14} {:<36} {:<7} {:<24} {:>11} {:>12} {:>22}",
@@ -170,4 +186,29 @@ pub fn compile_json(out: &std::path::Path, summary: &crate::emit::Summary) -> se
         "predictions": report.predictions,
         "solver": report.solver,
     }))
+}
+
+/// The text `shardc compare --quantize` adds: the exact plan per way of storing the
+/// weights.
+pub fn weights_text(rows: &[shardc_passes::partition::WeightsRow]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<8} {:>12} {:>12} {:>6} {:>12} {:>14} {:>16}",
+        "weights", "weight bytes", "needs", "stages", "prefill", "decode/token", "pipelined tok/s"
+    );
+    for r in rows {
+        let figures = match (r.prefill_ms, r.decode_ms_per_token, r.pipelined_tokens_per_s) {
+            (Some(p), Some(d), Some(t)) => format!("{:>6} {:>12} {:>14} {:>16.2}", r.stages, ms(p), ms(d), t),
+            _ => "does not fit".to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "{:<8} {:>12} {:>12} {figures}",
+            r.weights,
+            bytes_text(r.weight_bytes),
+            bytes_text(r.need_bytes)
+        );
+    }
+    out
 }

@@ -28,6 +28,7 @@ fn stage_graphs_chained_reproduce_the_model() {
             compute_dtype: None,
             standby: 0,
             dtype: None,
+            quantize: None,
         };
         let prep = partition::prepare(&graph, &profile, &req).unwrap();
         // Uniform spreads even these tiny models over several devices.

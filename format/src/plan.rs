@@ -163,6 +163,28 @@ pub struct PlanReport {
     pub stages: Vec<StageReport>,
     pub predictions: Predictions,
     pub solver: SolverStatus,
+    /// Weight-only quantization of the matrix weights, when asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantization: Option<QuantizationReport>,
+}
+
+/// What `--quantize` did to the weights the plan sizes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuantizationReport {
+    /// `int8` or `int4`.
+    pub scheme: String,
+    /// Elements per scale along the reduction axis; none: one scale per output channel.
+    pub group_size: Option<u64>,
+    /// The scales' dtype.
+    pub scale_dtype: String,
+    /// The embedding table and the head are quantized too.
+    pub embeddings: bool,
+    /// Weight matrices quantized.
+    pub weights: u64,
+    /// Their bytes before (at the stored dtype) and after (data and scales).
+    pub bytes_before: u64,
+    pub bytes_after: u64,
 }
 
 #[cfg(test)]
@@ -212,6 +234,7 @@ mod tests {
                 objective_s: 0.0,
             },
             solver: SolverStatus { engine: "class-dp".into(), optimal: true, gap: None, time_ms: 0.0, note: None },
+            quantization: None,
         }
     }
 

@@ -89,6 +89,7 @@ fn compiled(out: &Path) -> Result<()> {
         compute_dtype: None,
         standby: 0,
         dtype: None,
+        quantize: None,
     };
     let opts = shardc::emit::CompileOptions {
         strategy: Strategy::Ilp,

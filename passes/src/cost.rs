@@ -18,11 +18,16 @@ pub fn has_past(graph: &Graph) -> bool {
     !graph.cache.is_empty()
 }
 
-/// The dtype that holds most of the weight bytes (`None` without weights).
+/// The float dtype that holds most of the float weight bytes (`None` without float
+/// weights): the dtype the model computes in and keeps its KV cache in. Quantized
+/// integer weights do not count (they are dequantized to a float type to be used).
 pub fn dominant_weight_dtype(graph: &Graph) -> Option<DType> {
     let mut by_dtype: std::collections::BTreeMap<DType, u64> = std::collections::BTreeMap::new();
     for v in &graph.values {
         if let ValueDef::Weight(w) = &v.def {
+            if !w.dtype.is_ieee_float() {
+                continue;
+            }
             *by_dtype.entry(w.dtype).or_default() += w.byte_len();
         }
     }

@@ -11,6 +11,7 @@ pub mod infer_shapes;
 pub mod partition;
 pub mod plan;
 pub mod quantity;
+pub mod quantize;
 pub mod roles;
 pub mod segment;
 pub mod simplify;

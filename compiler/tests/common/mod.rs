@@ -138,6 +138,7 @@ pub fn fixture_request(objective: shardc_passes::plan::Objective, standby: usize
         compute_dtype: None,
         standby,
         dtype: None,
+        quantize: None,
     }
 }
 

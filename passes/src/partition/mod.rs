@@ -31,7 +31,7 @@ use crate::segment::SegmentError;
 use crate::transmission::TransmissionMap;
 
 pub use held::{crossings, held_graph, Held};
-pub use report::{compare, prepare, CompareRow, Prepared};
+pub use report::{compare, compare_weights, prepare, CompareRow, Prepared, WeightsRow};
 pub use store::{retype_weights, sized, store_weights, Stored};
 
 /// Why partitioning failed.
@@ -47,6 +47,9 @@ pub enum PartitionError {
     /// A stage, standby or balance result failed its own check (a defect, reported).
     #[error("{0}")]
     Check(String),
+    /// The request asks for what this version cannot do yet (the message says what).
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 /// What the user asked for.
@@ -65,6 +68,9 @@ pub struct Request {
     pub standby: usize,
     /// Store (and so size) every float weight as this dtype; `None` keeps the model's.
     pub dtype: Option<DType>,
+    /// Quantize the matrix weights (sized so for planning; compiling quantized packages
+    /// is refused until their weights can be written).
+    pub quantize: Option<crate::quantize::Quantization>,
 }
 
 /// How `plan.json` names the model and the device profile, and the files read (by
@@ -95,7 +101,7 @@ pub fn plan(
     names: Names,
 ) -> Result<Planned, PartitionError> {
     // Plan with the weights sized as they will be stored.
-    let sized = sized(graph, req.dtype);
+    let (sized, quantization) = sized(graph, req.dtype, req.quantize.as_ref());
     let graph = &*sized;
     let prep = prepare(graph, profile, req)?;
     let outcome = solve(&prep.model.problem, strategy, &prep.opts);
@@ -112,8 +118,9 @@ pub fn plan(
     }
     // Feasible figures are those of a plan.
     let plan = outcome.plan.clone().ok_or_else(|| report::does_not_fit(&prep, profile, req.margin))?;
-    let report = report::report(names, &prep, profile, req, &outcome)
+    let mut report = report::report(names, &prep, profile, req, &outcome)
         .ok_or_else(|| report::does_not_fit(&prep, profile, req.margin))?;
+    report.quantization = quantization;
     let device_names: Vec<String> = profile.devices.iter().map(|d| d.name.clone()).collect();
     let map = crate::transmission::build(graph, &prep.seg, &plan, &device_names, &req.workload)?;
     Ok(Planned { prep, plan, outcome, report, map })
@@ -171,6 +178,12 @@ pub fn partition(
     strategy: Strategy,
     names: Names,
 ) -> Result<Partition, PartitionError> {
+    if let Some(q) = &req.quantize {
+        return Err(PartitionError::Unsupported(format!(
+            "--quantize {}: packages with quantized weights are not written yet (plan and compare size them)",
+            q.scheme.name()
+        )));
+    }
     let planned = plan(graph, profile, req, strategy, names)?;
     let plan = planned.plan.clone();
     let seg = &planned.prep.seg;

@@ -129,6 +129,7 @@ pub(super) fn report(
             objective_s: figures.objective,
         },
         solver: outcome.status.clone(),
+        quantization: None,
     })
 }
 
@@ -151,7 +152,7 @@ pub struct CompareRow {
 
 /// Every strategy on one problem (weights sized as `req.dtype` says).
 pub fn compare(graph: &Graph, profile: &Profile, req: &Request) -> Result<Vec<CompareRow>, PartitionError> {
-    let sized = super::sized(graph, req.dtype);
+    let (sized, _) = super::sized(graph, req.dtype, req.quantize.as_ref());
     let graph = &*sized;
     let prep = prepare(graph, profile, req)?;
     let mut rows: Vec<CompareRow> = Strategy::ALL
@@ -181,6 +182,64 @@ pub fn compare(graph: &Graph, profile: &Profile, req: &Request) -> Result<Vec<Co
     }
     if rows.iter().all(|r| !r.fits) {
         return Err(does_not_fit(&prep, profile, req.margin));
+    }
+    Ok(rows)
+}
+
+/// One row of `shardc compare --quantize`: the exact (`ilp`) plan with the weights
+/// stored one way.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct WeightsRow {
+    /// `bf16`, `f16`, `f32` (as stored without quantizing), `int8` or `int4`.
+    pub weights: String,
+    /// The weights' bytes, and all the model needs (weights once, KV cache, largest
+    /// activation).
+    pub weight_bytes: f64,
+    pub need_bytes: f64,
+    pub fits: bool,
+    pub stages: usize,
+    pub prefill_ms: Option<f64>,
+    pub decode_ms_per_token: Option<f64>,
+    pub pipelined_tokens_per_s: Option<f64>,
+}
+
+/// The exact plan with the weights as stored (at `req.dtype`), int8 and int4 side by
+/// side; the scheme `req.quantize` names keeps its group size and embedding choice,
+/// the other takes the defaults.
+pub fn compare_weights(graph: &Graph, profile: &Profile, req: &Request) -> Result<Vec<WeightsRow>, PartitionError> {
+    use crate::quantize::{Quantization, Scheme};
+    let embeddings = req.quantize.is_some_and(|q| q.embeddings);
+    let variants = [None, Some(Scheme::Int8), Some(Scheme::Int4)].map(|scheme| {
+        scheme.map(|s| match req.quantize {
+            Some(q) if q.scheme == s => Ok(q),
+            _ => Quantization::new(s, None, embeddings),
+        })
+    });
+    let mut rows = Vec::new();
+    for variant in variants {
+        let quantize = variant.transpose().map_err(PartitionError::Unsupported)?;
+        let (sized, _) = super::sized(graph, req.dtype, quantize.as_ref());
+        let g = &*sized;
+        let prep = prepare(g, profile, req)?;
+        let m = &prep.model;
+        let weight_bytes =
+            m.memory.iter().map(|u| u.weights).sum::<f64>() + m.problem.shared.iter().map(|w| w.bytes).sum::<f64>();
+        let o = solve(&m.problem, Strategy::Ilp, &prep.opts);
+        let f = o.figures.as_ref().filter(|f| f.feasible);
+        let name = match quantize {
+            Some(q) => q.scheme.name().to_string(),
+            None => crate::cost::dominant_weight_dtype(g).map_or("f32".into(), |d| d.to_string()),
+        };
+        rows.push(WeightsRow {
+            weights: name,
+            weight_bytes,
+            need_bytes: m.total_need,
+            fits: f.is_some(),
+            stages: if f.is_some() { o.plan.as_ref().map_or(0, Vec::len) } else { 0 },
+            prefill_ms: f.map(|f| f.prefill_s * 1e3),
+            decode_ms_per_token: f.map(|f| f.decode_s * 1e3),
+            pipelined_tokens_per_s: f.map(|f| if f.bottleneck_s > 0.0 { 1.0 / f.bottleneck_s } else { f64::INFINITY }),
+        });
     }
     Ok(rows)
 }

@@ -4,7 +4,10 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 
+use shardc_format::plan::QuantizationReport;
 use shardc_ir::{DType, Graph, Op, TensorType, ValueDef, ValueId, WeightLocation};
+
+use crate::quantize::Quantization;
 
 /// Size every floating-point weight as `dtype` (planning only: the graph keeps its
 /// computations, the weights lose their file locations).
@@ -20,16 +23,33 @@ pub fn retype_weights(graph: &mut Graph, dtype: DType) {
     }
 }
 
-/// `graph` with its float weights sized as `dtype` (for planning), or `graph` itself.
-pub fn sized(graph: &Graph, dtype: Option<DType>) -> Cow<'_, Graph> {
-    match dtype {
+/// `graph` with its float weights sized as `dtype` and its matrix weights quantized as
+/// `quantization` says (for planning), or `graph` itself; with what quantizing did.
+pub fn sized<'g>(
+    graph: &'g Graph,
+    dtype: Option<DType>,
+    quantization: Option<&Quantization>,
+) -> (Cow<'g, Graph>, Option<QuantizationReport>) {
+    let retyped = match dtype {
         Some(d) => {
             let mut g = graph.clone();
             retype_weights(&mut g, d);
             Cow::Owned(g)
         }
         None => Cow::Borrowed(graph),
-    }
+    };
+    let Some(q) = quantization else { return (retyped, None) };
+    let (g, summary) = crate::quantize::quantize(&retyped, q);
+    let report = QuantizationReport {
+        scheme: q.scheme.name().into(),
+        group_size: q.group_size.map(|g| g as u64),
+        scale_dtype: crate::quantize::SCALE_DTYPE.to_string(),
+        embeddings: q.embeddings,
+        weights: summary.weights.len() as u64,
+        bytes_before: summary.bytes_before,
+        bytes_after: summary.bytes_after,
+    };
+    (Cow::Owned(g), Some(report))
 }
 
 /// A graph with its weights retyped as stored, and where each stored weight comes from.

@@ -1,0 +1,371 @@
+//! `quantize`: weight-only quantization of the matrix weights (`--quantize int8|int4`).
+//!
+//! A weight `W` whose every reader is a matrix product reading it as its second operand
+//! (`Gemm` B, `MatMul` B, directly or through a `Cast`) is replaced by
+//! `DequantizeLinear(Wq, scale)` — standard ONNX (opset 21: blocked quantization, 4-bit
+//! types) — whose result the products read as they read `W`:
+//!
+//! - `Wq`: `W`'s shape in `i8` or `i4`, symmetric (no zero point): `round(W / scale)`,
+//!   clamped to `[-127, 127]` or `[-7, 7]`;
+//! - `scale`: f16 (half the bytes of f32 scales — at groups of 32 that is 0.5 instead of
+//!   1 bit per weight — and a relative precision of 2⁻¹¹, far finer than a 4-bit step);
+//!   one per group of `group_size` consecutive elements along the reduction axis (`K`
+//!   of the product; the last group may be shorter), or for int8 without a group size
+//!   one per output channel.
+//!
+//! The dequantized result is f16 (the scale's type); a `Cast` back to `W`'s dtype
+//! follows unless every reader is a cast already. Norms, biases, and by default the
+//! embedding table and the head stay as they are (`embeddings` includes them: a table
+//! read by `Gather` is grouped along its rows' hidden axis). Cost and memory models see
+//! the quantized bytes: a node whose inputs are all weights weighs what they weigh.
+
+use std::collections::HashMap;
+
+use shardc_ir::ops::{Cast, DequantizeLinear};
+use shardc_ir::{DType, Graph, Op, TensorType, Unit, ValueDef, ValueId, WeightRef};
+
+/// The quantized integer type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scheme {
+    Int8,
+    Int4,
+}
+
+impl Scheme {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scheme::Int8 => "int8",
+            Scheme::Int4 => "int4",
+        }
+    }
+
+    /// The IR dtype of quantized data.
+    pub fn dtype(self) -> DType {
+        match self {
+            Scheme::Int8 => DType::I8,
+            Scheme::Int4 => DType::I4,
+        }
+    }
+
+    /// Largest magnitude a quantized element takes (symmetric range).
+    pub fn max_level(self) -> f32 {
+        match self {
+            Scheme::Int8 => 127.0,
+            Scheme::Int4 => 7.0,
+        }
+    }
+}
+
+impl std::str::FromStr for Scheme {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "int8" => Ok(Scheme::Int8),
+            "int4" => Ok(Scheme::Int4),
+            _ => Err(format!("unknown quantization `{s}` (int8, int4)")),
+        }
+    }
+}
+
+/// Default group size of int4.
+pub const DEFAULT_INT4_GROUP: usize = 32;
+
+/// Largest group size.
+pub const MAX_GROUP: usize = 1 << 16;
+
+/// The dtype of the scales.
+pub const SCALE_DTYPE: DType = DType::F16;
+
+/// How to quantize.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quantization {
+    pub scheme: Scheme,
+    /// Elements per scale along the reduction axis; `None`: one scale per output
+    /// channel (int8 only).
+    pub group_size: Option<usize>,
+    /// Also the embedding table and the head.
+    pub embeddings: bool,
+}
+
+impl Quantization {
+    /// Checked settings: int4 defaults to groups of 32 and needs groups (a scale per
+    /// output channel is too coarse for 16 levels); a group is 1 to 65536 elements.
+    pub fn new(scheme: Scheme, group_size: Option<usize>, embeddings: bool) -> Result<Quantization, String> {
+        let group_size = match (scheme, group_size) {
+            (Scheme::Int4, None) => Some(DEFAULT_INT4_GROUP),
+            (_, g) => g,
+        };
+        if let Some(g) = group_size {
+            if g == 0 || g > MAX_GROUP {
+                return Err(format!("--group-size must be between 1 and {MAX_GROUP}, got {g}"));
+            }
+        }
+        Ok(Quantization { scheme, group_size, embeddings })
+    }
+
+    /// Text for reports: `int4, groups of 32, f16 scales`.
+    pub fn describe(&self) -> String {
+        let groups = match self.group_size {
+            Some(g) => format!("groups of {g} along the reduction axis"),
+            None => "one scale per output channel".into(),
+        };
+        let which = if self.embeddings { ", embedding and head included" } else { "" };
+        format!("{}, symmetric, {groups}, {SCALE_DTYPE} scales{which}", self.scheme.name())
+    }
+}
+
+/// One weight the pass quantized, and how (what writing it needs).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Quantized {
+    /// The original weight's name (its source in the model's files).
+    pub source: String,
+    /// The new weights, by name: quantized data and scales.
+    pub data: String,
+    pub scale: String,
+    /// The axis the groups (or, per channel, the scales) run along.
+    pub axis: usize,
+    /// Elements per group along `axis`; `None`: per channel (`axis` is the channel's).
+    pub block: Option<usize>,
+}
+
+/// What the pass did.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Summary {
+    pub weights: Vec<Quantized>,
+    /// Bytes of the quantized weights before (at their dtype) and after (data and
+    /// scales).
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+}
+
+/// The axis along which a weight is reduced by every product that reads it (directly
+/// or through casts), when all its readers are products (or, with `embeddings`,
+/// lookups), and none is in the head unless `embeddings`.
+fn reduction_axis(graph: &Graph, uses: &[Vec<shardc_ir::NodeId>], w: ValueId, embeddings: bool) -> Option<usize> {
+    let mut axis = None;
+    let mut readers = vec![w];
+    let mut any = false;
+    while let Some(v) = readers.pop() {
+        for &n in &uses[v.index()] {
+            let node = graph.node(n);
+            let slot = node.inputs.iter().position(|i| *i == Some(v))?;
+            let here = match (&node.op, slot) {
+                (Op::Cast(_), 0) => {
+                    readers.extend(node.outputs.iter().copied());
+                    continue;
+                }
+                (Op::Gemm(g), 1) => Some(if g.transB != 0 { 1 } else { 0 }),
+                (Op::MatMul(_), 1) => Some(0),
+                // A lookup table: rows are tokens, quantized along their hidden axis.
+                (Op::Gather(g), 0) if embeddings && g.axis == 0 => Some(1),
+                _ => None,
+            }?;
+            if node.unit == Some(Unit::Head) && !embeddings {
+                return None;
+            }
+            if axis.is_some_and(|a| a != here) {
+                return None;
+            }
+            axis = Some(here);
+            any = true;
+        }
+    }
+    any.then_some(axis).flatten()
+}
+
+/// Quantize `graph`'s matrix weights as `q` says. Weights it creates have no location:
+/// their bytes are computed from the originals when a package is written.
+pub fn quantize(graph: &Graph, q: &Quantization) -> (Graph, Summary) {
+    let uses = graph.uses();
+    let mut out = Graph::new(graph.name.clone());
+    let mut map: HashMap<ValueId, ValueId> = HashMap::new();
+    let mut summary = Summary::default();
+    // Per quantized weight: (original, data, scale, axis of the op's attribute, block).
+    let mut pending: Vec<(ValueId, ValueId, ValueId, usize, Option<usize>)> = Vec::new();
+    for (i, v) in graph.values.iter().enumerate() {
+        let id = ValueId(i as u32);
+        match &v.def {
+            ValueDef::Input => {
+                let ty = v.ty.clone().unwrap_or_else(|| TensorType::new(DType::F32, vec![]));
+                map.insert(id, out.add_input(v.name.clone(), ty));
+            }
+            ValueDef::Weight(w) => {
+                let axis = (w.shape.len() == 2 && w.dtype.is_ieee_float())
+                    .then(|| reduction_axis(graph, &uses, id, q.embeddings))
+                    .flatten();
+                let Some(k_axis) = axis else {
+                    map.insert(id, out.add_value(v.name.clone(), v.ty.clone(), v.def.clone()));
+                    continue;
+                };
+                let (scale_shape, attr_axis, block) = match q.group_size {
+                    Some(g) => {
+                        let mut s = w.shape.clone();
+                        s[k_axis] = w.shape[k_axis].div_ceil(g);
+                        (s, k_axis, Some(g))
+                    }
+                    None => {
+                        let channel = 1 - k_axis;
+                        (vec![w.shape[channel]], channel, None)
+                    }
+                };
+                let data_w = WeightRef { dtype: q.scheme.dtype(), shape: w.shape.clone(), location: None };
+                let scale_w = WeightRef { dtype: SCALE_DTYPE, shape: scale_shape.clone(), location: None };
+                summary.bytes_before += w.byte_len();
+                summary.bytes_after += data_w.byte_len() + scale_w.byte_len();
+                let data_name = format!("{}:{}", v.name, q.scheme.name());
+                let scale_name = format!("{}:scale", v.name);
+                let data = out.add_value(
+                    data_name.clone(),
+                    Some(TensorType::known(data_w.dtype, &data_w.shape)),
+                    ValueDef::Weight(data_w),
+                );
+                let scale = out.add_value(
+                    scale_name.clone(),
+                    Some(TensorType::known(SCALE_DTYPE, &scale_shape)),
+                    ValueDef::Weight(scale_w),
+                );
+                summary.weights.push(Quantized {
+                    source: v.name.clone(),
+                    data: data_name,
+                    scale: scale_name,
+                    axis: attr_axis,
+                    block,
+                });
+                pending.push((id, data, scale, attr_axis, block));
+            }
+            ValueDef::Const(_) => {
+                map.insert(id, out.add_value(v.name.clone(), v.ty.clone(), v.def.clone()));
+            }
+            ValueDef::Node(_) => {}
+        }
+    }
+    for (w, data, scale, axis, block) in pending {
+        let original = graph.value(w);
+        let ValueDef::Weight(wr) = &original.def else { continue };
+        let unit = uses[w.index()].first().and_then(|n| graph.node(*n).unit);
+        let op = Op::DequantizeLinear(DequantizeLinear {
+            axis: axis as i64,
+            block_size: block.unwrap_or(0) as i64,
+            output_dtype: None,
+        });
+        let name = format!("{}:dequantize", original.name);
+        let nid = out.add_node(name, op, vec![Some(data), Some(scale)], &[format!("{}:dequantized", original.name)]);
+        out.nodes[nid.index()].unit = unit;
+        let mut result = out.node(nid).outputs[0];
+        out.value_mut(result).ty = Some(TensorType::known(SCALE_DTYPE, &wr.shape));
+        let only_casts = uses[w.index()].iter().all(|n| matches!(graph.node(*n).op, Op::Cast(_)));
+        if wr.dtype != SCALE_DTYPE && !only_casts {
+            let cast = Op::Cast(Cast { to: wr.dtype, saturate: 1, round_mode: "up".into() });
+            let name = format!("{}:dequantized_as_{}", original.name, wr.dtype);
+            let cid = out.add_node(name.clone(), cast, vec![Some(result)], &[name]);
+            out.nodes[cid.index()].unit = unit;
+            result = out.node(cid).outputs[0];
+            out.value_mut(result).ty = original.ty.clone();
+        }
+        map.insert(w, result);
+    }
+    for node in &graph.nodes {
+        let inputs = node.inputs.iter().map(|v| v.map(|v| map[&v])).collect();
+        map.extend(out.append_copy(graph, node, inputs));
+    }
+    out.outputs = graph.outputs.iter().map(|v| map[v]).collect();
+    out.cache = graph
+        .cache
+        .iter()
+        .map(|c| shardc_ir::CachePair { past: map[&c.past], present: map[&c.present], axis: c.axis })
+        .collect();
+    out.recompute_beyond = graph.recompute_beyond;
+    out.max_context = graph.max_context;
+    (out, summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shardc_ir::ops::{Gather, Gemm, MatMul};
+
+    /// `x @ W1ᵀ` (Gemm, transB), `· @ W2` (MatMul), a bias, and a lookup table.
+    fn graph() -> Graph {
+        let mut g = Graph::new("t");
+        let x = g.add_input("x", TensorType::known(DType::F32, &[2, 64]));
+        let ids = g.add_input("ids", TensorType::known(DType::I64, &[2]));
+        let weight = |g: &mut Graph, name: &str, dtype: DType, shape: &[usize]| {
+            let w = WeightRef { dtype, shape: shape.to_vec(), location: None };
+            g.add_value(name, Some(TensorType::known(dtype, shape)), ValueDef::Weight(w))
+        };
+        let w1 = weight(&mut g, "w1", DType::F32, &[48, 64]);
+        let w2 = weight(&mut g, "w2", DType::F16, &[48, 40]);
+        let bias = weight(&mut g, "b", DType::F32, &[48]);
+        let table = weight(&mut g, "table", DType::F32, &[10, 64]);
+        let gemm = Op::Gemm(Gemm { alpha: 1.0, beta: 1.0, transA: 0, transB: 1 });
+        let n = g.add_node("gemm", gemm, vec![Some(x), Some(w1), Some(bias)], &["h".into()]);
+        let h = g.node(n).outputs[0];
+        g.value_mut(h).ty = Some(TensorType::known(DType::F32, &[2, 48]));
+        let cast = Op::Cast(Cast { to: DType::F32, saturate: 1, round_mode: "up".into() });
+        let c = g.add_node("cast", cast, vec![Some(w2)], &["w2f".into()]);
+        let w2f = g.node(c).outputs[0];
+        g.value_mut(w2f).ty = Some(TensorType::known(DType::F32, &[48, 40]));
+        let m = g.add_node("mm", Op::MatMul(MatMul {}), vec![Some(h), Some(w2f)], &["y".into()]);
+        let y = g.node(m).outputs[0];
+        g.value_mut(y).ty = Some(TensorType::known(DType::F32, &[2, 40]));
+        let e = g.add_node("emb", Op::Gather(Gather { axis: 0 }), vec![Some(table), Some(ids)], &["e".into()]);
+        let ev = g.node(e).outputs[0];
+        g.value_mut(ev).ty = Some(TensorType::known(DType::F32, &[2, 64]));
+        g.outputs = vec![y, ev];
+        g
+    }
+
+    fn weights(g: &Graph) -> Vec<(String, DType, Vec<usize>)> {
+        g.values
+            .iter()
+            .filter_map(|v| match &v.def {
+                ValueDef::Weight(w) => Some((v.name.clone(), w.dtype, w.shape.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn matrix_weights_become_dequantized_integers_and_the_rest_stays() {
+        let q = Quantization::new(Scheme::Int4, None, false).unwrap();
+        let (g, summary) = quantize(&graph(), &q);
+        shardc_ir::verify(&g).unwrap();
+        let w = weights(&g);
+        // W1 [48, 64] reduced along 64 (transB): 2 groups of 32; W2 [48, 40] along 48:
+        // groups of 32 and 16.
+        assert!(w.contains(&("w1:int4".into(), DType::I4, vec![48, 64])));
+        assert!(w.contains(&("w1:scale".into(), DType::F16, vec![48, 2])));
+        assert!(w.contains(&("w2:int4".into(), DType::I4, vec![48, 40])));
+        assert!(w.contains(&("w2:scale".into(), DType::F16, vec![2, 40])));
+        assert!(w.contains(&("b".into(), DType::F32, vec![48])), "biases stay");
+        assert!(w.contains(&("table".into(), DType::F32, vec![10, 64])), "the embedding stays by default");
+        assert!(!w.iter().any(|x| x.0 == "w1" || x.0 == "w2"), "the originals are gone: {w:?}");
+        assert_eq!(summary.weights.len(), 2);
+        assert_eq!(summary.bytes_before, 48 * 64 * 4 + 48 * 40 * 2);
+        assert_eq!(summary.bytes_after, 48 * 64 / 2 + 48 * 2 * 2 + 48 * 40 / 2 + 2 * 40 * 2);
+        // W1 (f32, read by Gemm) gets a cast back to f32; W2's reader is a cast already.
+        let ops: Vec<String> = g.nodes.iter().map(|n| format!("{}:{}", n.name, n.op.name())).collect();
+        assert!(ops.contains(&"w1:dequantized_as_f32:Cast".to_string()), "{ops:?}");
+        assert!(!ops.iter().any(|o| o.starts_with("w2:dequantized_as")), "{ops:?}");
+        let dq = g.nodes.iter().find(|n| n.name == "w1:dequantize").unwrap();
+        assert!(matches!(dq.op, Op::DequantizeLinear(DequantizeLinear { axis: 1, block_size: 32, .. })));
+    }
+
+    #[test]
+    fn int8_per_channel_and_embeddings_when_asked() {
+        let q = Quantization::new(Scheme::Int8, None, true).unwrap();
+        let (g, summary) = quantize(&graph(), &q);
+        shardc_ir::verify(&g).unwrap();
+        let w = weights(&g);
+        assert!(w.contains(&("w1:scale".into(), DType::F16, vec![48])), "one scale per output row of W1");
+        assert!(w.contains(&("w2:scale".into(), DType::F16, vec![40])), "one per output column of W2");
+        assert!(w.contains(&("table:int8".into(), DType::I8, vec![10, 64])));
+        assert_eq!(summary.weights.len(), 3);
+        assert_eq!(
+            Quantization::new(Scheme::Int4, Some(0), false).unwrap_err(),
+            "--group-size must be between 1 and 65536, got 0"
+        );
+        assert_eq!("int3".parse::<Scheme>().unwrap_err(), "unknown quantization `int3` (int8, int4)");
+    }
+}
