@@ -2,7 +2,14 @@
 """Chain a compile's shard.onnx files with ONNX Runtime, following its transmission
 map, and compare the logits with the fixture's reference.safetensors.
 
-    python check_shards.py OUT FIXTURE_DIR
+    python check_shards.py OUT FIXTURE_DIR [--tolerance T] [--against SAVED]
+
+--tolerance: the limit against the reference, a fraction of max(1, max |value|)
+(default 1e-4; quantized packages differ from the f32 model by their quantization).
+--against: a file `shardc verify --save` wrote for the same packages and inputs; every
+output must then also equal shardc's own runtime on the same packages within 1e-4 of
+max(1, max |value|) — for quantized packages, the check that ONNX Runtime and shardc
+read the same quantized weights the same way.
 
 Needs only onnxruntime and numpy (safetensors files are read by hand).
 """
@@ -47,7 +54,18 @@ def empty_input(arg):
 
 
 def main():
-    out, fixture = Path(sys.argv[1]), Path(sys.argv[2])
+    args = sys.argv[1:]
+    tolerance, against = 1e-4, None
+    while len(args) > 2:
+        flag, value = args[-2], args[-1]
+        if flag == "--tolerance":
+            tolerance = float(value)
+        elif flag == "--against":
+            against = read_safetensors(value)
+        else:
+            raise SystemExit(f"unknown argument {flag}")
+        args = args[:-2]
+    out, fixture = Path(args[0]), Path(args[1])
     ref = read_safetensors(fixture / "reference.safetensors")
     tmap = json.loads((out / "transmission_map.json").read_text())
     generation = tmap.get("generation")
@@ -86,11 +104,23 @@ def main():
             continue
         got, expected = bus[name], ref[expected_name]
         diff = float(np.abs(got - expected).max())
-        limit = 1e-4 * max(1.0, float(np.abs(expected).max()))
+        limit = tolerance * max(1.0, float(np.abs(expected).max()))
         worst = max(worst, diff / limit)
         status = "ok" if diff <= limit else "FAILED"
         print(f"{status}: {out.name} ({len(tmap['stages'])} stages) `{name}` vs {fixture.name}: "
               f"max |diff| {diff:.3e} (limit {limit:.3e})")
+        if against is not None:
+            key = f"packages.{expected_name}"
+            if key not in against:
+                raise SystemExit(f"{key} is not in the --against file")
+            mine = against[key]
+            got_flat = got.reshape(mine.shape) if got.size == mine.size else got
+            diff = float(np.abs(got_flat - mine).max()) if got.size == mine.size else float("inf")
+            limit = 1e-4 * max(1.0, float(np.abs(mine).max()))
+            worst = max(worst, diff / limit)
+            status = "ok" if diff <= limit else "FAILED"
+            print(f"{status}: {out.name} `{name}` in ONNX Runtime vs shardc's runtime on the same packages: "
+                  f"max |diff| {diff:.3e} (limit {limit:.3e})")
     if not outputs or worst > 1.0:
         sys.exit(1)
 

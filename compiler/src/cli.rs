@@ -175,6 +175,14 @@ pub enum Command {
         /// Largest allowed |difference| as a fraction of max(1, max |logit|).
         #[arg(long, default_value_t = 1e-4)]
         tolerance: f64,
+        /// Fraction of the greedy tokens that must agree, as a prefix (quantized
+        /// packages may part ways with the model after a while).
+        #[arg(long, default_value_t = 1.0, conflicts_with = "inputs")]
+        min_agreement: f64,
+        /// Write what was compared into this safetensors file: `model.NAME` and
+        /// `packages.NAME` for every output (`logits`: the prompt's, `[seq, vocab]`).
+        #[arg(long)]
+        save: Option<PathBuf>,
     },
     /// The ops shardc knows (the ONNX op types it imports), one per line.
     Ops,

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use shardc_ir::TensorData;
 use shardc_passes::{run_pipeline, Ctx};
 use shardc_runtime::generate::{self, CacheLayout, Runner};
 use shardc_runtime::package;
@@ -26,9 +27,10 @@ pub enum VerifyError {
     Pass(#[from] shardc_passes::PassError),
     #[error("{0}")]
     Mismatch(String),
-    /// `--tolerance` is not a finite fraction ≥ 0 (a usage error).
-    #[error("--tolerance must be a fraction ≥ 0, got {0}")]
-    Tolerance(f64),
+    /// `--tolerance` is not a finite fraction ≥ 0, or `--min-agreement` not one in
+    /// [0, 1] (a usage error).
+    #[error("{0}")]
+    Tolerance(String),
 }
 
 /// Logits and greedy tokens of the model and of its packages.
@@ -42,12 +44,29 @@ pub struct TokenReport {
     pub max_logit: f32,
     pub model_tokens: Vec<i64>,
     pub package_tokens: Vec<i64>,
+    /// Fraction of the greedy tokens the packages must agree on, as a prefix.
+    pub min_agreement: f64,
+    /// The prompt's logits, `[seq, vocab]`: the model's and the packages'.
+    pub logits: [TensorData; 2],
 }
 
 impl TokenReport {
-    /// Logits within the limit and the same tokens.
+    /// The packages' greedy tokens that agree with the model's before the first that
+    /// does not, as a fraction of the tokens compared (1 when none were).
+    pub fn agreement(&self) -> f64 {
+        let same = self.model_tokens.iter().zip(&self.package_tokens).take_while(|(a, b)| a == b).count();
+        let n = self.model_tokens.len().max(self.package_tokens.len());
+        if n == 0 {
+            1.0
+        } else {
+            same as f64 / n as f64
+        }
+    }
+
+    /// Logits within the limit and the tokens agreeing as much as asked (all of them
+    /// unless `--min-agreement` says less).
     pub fn agrees(&self) -> bool {
-        self.max_diff <= self.limit && self.model_tokens == self.package_tokens
+        self.max_diff <= self.limit && self.agreement() >= self.min_agreement
     }
 }
 
@@ -71,6 +90,8 @@ impl OutputCheck {
 pub struct OutputReport {
     pub devices: Vec<String>,
     pub outputs: Vec<OutputCheck>,
+    /// The outputs themselves, by name: the model's and the packages'.
+    pub tensors: Vec<(String, [TensorData; 2])>,
 }
 
 impl OutputReport {
@@ -96,7 +117,7 @@ pub fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
 /// A tolerance is a finite fraction ≥ 0 (a NaN would make every comparison pass).
 fn check_tolerance(tolerance: f64) -> Result<(), VerifyError> {
     if !(tolerance.is_finite() && tolerance >= 0.0) {
-        return Err(VerifyError::Tolerance(tolerance));
+        return Err(VerifyError::Tolerance(format!("--tolerance must be a fraction ≥ 0, got {tolerance}")));
     }
     Ok(())
 }
@@ -109,15 +130,22 @@ fn packages(out: &Path) -> Result<(Vec<String>, shardc_runtime::pipeline::Pipeli
 }
 
 /// Prompt logits and `tokens` greedy tokens of `model` and of the packages in `out`;
-/// `tolerance` is a fraction of max(1, max |logit|).
+/// `tolerance` is a fraction of max(1, max |logit|), `min_agreement` the fraction of
+/// greedy tokens that must agree (as a prefix: quantized packages may part ways).
 pub fn verify_tokens(
     model: &Path,
     out: &Path,
     ids: &[i64],
     tokens: usize,
     tolerance: f64,
+    min_agreement: f64,
 ) -> Result<TokenReport, VerifyError> {
     check_tolerance(tolerance)?;
+    if !(0.0..=1.0).contains(&min_agreement) {
+        return Err(VerifyError::Tolerance(format!(
+            "--min-agreement must be a fraction in [0, 1], got {min_agreement}"
+        )));
+    }
     let (devices, pipeline) = packages(out)?;
     let loaded = load(model, &LowerOptions::default())?;
     let mut graph = loaded.graph;
@@ -147,7 +175,14 @@ pub fn verify_tokens(
         &parts.values.iter().map(|&v| f64::from(v)).collect::<Vec<_>>(),
     ) as f32;
     let limit = tolerance as f32 * max_logit.max(1.0);
-    Ok(TokenReport { devices, max_diff, limit, max_logit, model_tokens, package_tokens })
+    let as_tensor = |l: &generate::Logits| {
+        let rows = l.values.len() / l.vocab.max(1);
+        let bytes = l.values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        TensorData::from_le_bytes(shardc_ir::DType::F32, vec![rows, l.vocab], bytes)
+            .map_err(|e| VerifyError::Mismatch(format!("logits: {e}")))
+    };
+    let logits = [as_tensor(&reference)?, as_tensor(&parts)?];
+    Ok(TokenReport { devices, max_diff, limit, max_logit, model_tokens, package_tokens, min_agreement, logits })
 }
 
 /// Every output of `model` and of the packages in `out` on the named tensors of the
@@ -166,11 +201,9 @@ pub fn verify_outputs(model: &Path, out: &Path, inputs: &Path, tolerance: f64) -
             Ok((n.clone(), t))
         })
         .collect::<Result<Vec<_>, VerifyError>>()?;
-    let parts: HashMap<String, Vec<f64>> = pipeline
-        .run(feed)?
-        .into_iter()
-        .map(|(n, t)| (n, t.to_f32_vec().into_iter().map(f64::from).collect()))
-        .collect();
+    let produced: HashMap<String, shardc_runtime::Tensor> = pipeline.run(feed)?.into_iter().collect();
+    let parts: HashMap<&String, Vec<f64>> =
+        produced.iter().map(|(n, t)| (n, t.to_f32_vec().into_iter().map(f64::from).collect())).collect();
     let outputs = reference
         .iter()
         .map(|(name, t)| {
@@ -180,7 +213,14 @@ pub fn verify_outputs(model: &Path, out: &Path, inputs: &Path, tolerance: f64) -
             OutputCheck { name: name.clone(), max_diff, limit }
         })
         .collect();
-    Ok(OutputReport { devices, outputs })
+    let tensors = reference
+        .iter()
+        .filter_map(|(name, t)| {
+            let got = produced.get(name)?.to_data().ok()?;
+            Some((name.clone(), [t.clone(), got]))
+        })
+        .collect();
+    Ok(OutputReport { devices, outputs, tensors })
 }
 
 #[cfg(test)]

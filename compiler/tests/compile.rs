@@ -221,12 +221,12 @@ fn verify_and_run_are_library_functions() {
     let model = fixture_dir("llama").join("hf");
     compile_to(&model, 3, &out, None);
     let r = reference("llama");
-    let report = shardc::verify::verify_tokens(&model, &out, &r.input_ids, 8, 1e-4).unwrap();
+    let report = shardc::verify::verify_tokens(&model, &out, &r.input_ids, 8, 1e-4, 1.0).unwrap();
     assert!(report.agrees(), "{report:?}");
     assert_eq!(report.devices, ["dev-a", "dev-b", "dev-c"]);
     assert_eq!(report.package_tokens, r.greedy);
     // A tolerance of zero on logits that differ in the last bits: reported, not an error.
-    let strict = shardc::verify::verify_tokens(&model, &out, &r.input_ids, 2, 0.0).unwrap();
+    let strict = shardc::verify::verify_tokens(&model, &out, &r.input_ids, 2, 0.0, 1.0).unwrap();
     assert_eq!(strict.agrees(), strict.max_diff == 0.0);
     let loaded = shardc::load::load(&model, &LowerOptions::default()).unwrap();
     let run = shardc::run::language_model(loaded, &r.input_ids, 8, 3).unwrap();
@@ -238,7 +238,7 @@ fn verify_and_run_are_library_functions() {
     let last = bytes.len() - 1;
     bytes[last] ^= 1;
     std::fs::write(&w, bytes).unwrap();
-    let err = shardc::verify::verify_tokens(&model, &out, &r.input_ids, 8, 1e-4).unwrap_err();
+    let err = shardc::verify::verify_tokens(&model, &out, &r.input_ids, 8, 1e-4, 1.0).unwrap_err();
     assert!(err.to_string().contains("the package was altered"), "{err}");
 }
 

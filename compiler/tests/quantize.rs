@@ -1,5 +1,5 @@
-//! `--quantize`: plans sized with int8 and int4 matrix weights (issue 15's first step;
-//! compiling quantized packages is refused until their weights can be written).
+//! `--quantize`: plans sized with int8 and int4 matrix weights, and the packages that
+//! hold them.
 
 mod common;
 
@@ -65,7 +65,7 @@ fn compare_shows_the_weights_as_stored_int8_and_int4_side_by_side() {
 }
 
 #[test]
-fn quantize_flags_are_checked_and_compile_refuses_until_it_can_write_them() {
+fn quantize_flags_are_checked() {
     let llama = root().join("fixtures/models/llama/hf").display().to_string();
     let devices = root().join("fixtures/devices/loopback-3.toml").display().to_string();
     let base = ["plan", &llama, "--devices", &devices, "--prompt-len", "16", "--max-context", "64"];
@@ -86,23 +86,66 @@ fn quantize_flags_are_checked_and_compile_refuses_until_it_can_write_them() {
     let (code, stdout, stderr) = with(&["--quantize", "int4", "--group-size", "48"]);
     assert_eq!(code, 0, "a group size the shapes do not divide has a shorter last group: {stderr}");
     assert!(stdout.contains("groups of 48"), "{stdout}");
+}
+
+#[test]
+fn quantized_packages_run_and_stay_close_to_the_model() {
+    let llama = root().join("fixtures/models/llama/hf").display().to_string();
+    let devices = root().join("fixtures/devices/loopback-3.toml").display().to_string();
     let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join("out").display().to_string();
-    let (code, _, stderr) = shardc_text(&[
-        "compile",
-        &llama,
-        "--devices",
-        &devices,
-        "--prompt-len",
-        "16",
-        "--max-context",
-        "64",
-        "--quantize",
-        "int8",
-        "-o",
-        &out,
-    ]);
-    assert_eq!(code, 2, "{stderr}");
-    assert!(stderr.contains("compile does not write quantized packages yet"), "{stderr}");
-    assert!(!tmp.path().join("out").exists());
+    let compile = |name: &str, extra: &[&str]| {
+        let out = tmp.path().join(name).display().to_string();
+        let mut args = vec!["compile", &llama, "--devices", &devices, "--objective", "throughput"];
+        args.extend(["--prompt-len", "16", "--max-context", "64", "-q", "-o", &out]);
+        args.extend(extra);
+        let (code, _, stderr) = shardc_text(&args);
+        assert_eq!(code, 0, "{extra:?}: {stderr}");
+        out
+    };
+    let weights = |out: &str| -> u64 {
+        ["dev-a", "dev-b", "dev-c"]
+            .iter()
+            .map(|d| std::fs::metadata(std::path::Path::new(out).join(d).join("weights.safetensors")).unwrap().len())
+            .sum()
+    };
+    let f32_out = compile("f32", &[]);
+    let int8 = compile("int8", &["--quantize", "int8"]);
+    let int4 = compile("int4", &["--quantize", "int4"]);
+    let (w32, w8, w4) = (weights(&f32_out), weights(&int8), weights(&int4));
+    assert!(w8 < w32 / 2 && w4 < w8, "weights: f32 {w32}, int8 {w8}, int4 {w4} bytes");
+    // The same content gives the same bytes.
+    let again = compile("int4-again", &["--quantize", "int4"]);
+    assert!(common::files(std::path::Path::new(&int4)) == common::files(std::path::Path::new(&again)));
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(std::path::Path::new(&int4).join("dev-b/manifest.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(manifest["weights_dtype"], "f32", "scales do not name the stored dtype");
+    let plan: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(std::path::Path::new(&int4).join("plan.json")).unwrap()).unwrap();
+    assert_eq!(plan["quantization"]["scheme"], "int4");
+    // Within their tolerance of the f32 model (these random tiny weights move far at
+    // int4; int8 keeps the greedy tokens), and not within the f32 packages' own.
+    let verify = |out: &str, extra: &[&str]| {
+        let mut args = vec!["verify", &llama, out];
+        args.extend(extra);
+        shardc_text(&args)
+    };
+    let (code, stdout, stderr) = verify(&int8, &["--tolerance", "0.1"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("8 tokens agree"), "{stdout}");
+    let (code, stdout, _) = verify(&int4, &["--tolerance", "1", "--min-agreement", "0.25"]);
+    assert_eq!(code, 0, "{stdout}");
+    let (code, _, _) = verify(&int4, &[]);
+    assert_eq!(code, 4, "int4 packages do not reproduce the f32 model to 1e-4");
+    // shardc-run runs them (in-process devices).
+    let run = std::process::Command::new(common::net::shardc_run())
+        .args(["local", &int8, "--input-ids", "1,2,3", "--max-new-tokens", "4"])
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let (code, stdout, _) = shardc_text(&["run", &llama, "--input-ids", "1,2,3", "--max-new-tokens", "4"]);
+    assert_eq!(code, 0);
+    let model_tokens = stdout.lines().find_map(|l| l.strip_prefix("generated   ")).unwrap().split(' ').next().unwrap();
+    assert!(String::from_utf8_lossy(&run.stdout).contains(&format!("request 0: {model_tokens}")));
 }

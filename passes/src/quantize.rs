@@ -118,8 +118,11 @@ impl Quantization {
 /// One weight the pass quantized, and how (what writing it needs).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Quantized {
-    /// The original weight's name (its source in the model's files).
+    /// The original weight's name (its source in the model's files), dtype and shape.
     pub source: String,
+    pub source_dtype: DType,
+    pub shape: Vec<usize>,
+    pub scheme: Scheme,
     /// The new weights, by name: quantized data and scales.
     pub data: String,
     pub scale: String,
@@ -137,6 +140,122 @@ pub struct Summary {
     /// scales).
     pub bytes_before: u64,
     pub bytes_after: u64,
+}
+
+impl Summary {
+    /// Bytes of the quantized weights had they been stored as `dtype` (`None`: as they
+    /// are in the model).
+    pub fn bytes_before_at(&self, dtype: Option<DType>) -> u64 {
+        self.weights
+            .iter()
+            .map(|q| {
+                let elements: u64 = q.shape.iter().map(|&d| d as u64).product();
+                dtype.unwrap_or(q.source_dtype).byte_len(elements).unwrap_or(u64::MAX)
+            })
+            .fold(0u64, u64::saturating_add)
+    }
+}
+
+/// Whether weight `v` is a quantization parameter: every reader is a
+/// `DequantizeLinear` reading it as its scale or zero point. Such weights keep their
+/// dtype when the others are stored as `--dtype`.
+pub fn is_quantization_parameter(graph: &Graph, uses: &[Vec<shardc_ir::NodeId>], v: ValueId) -> bool {
+    !uses[v.index()].is_empty()
+        && uses[v.index()].iter().all(|&n| {
+            let node = graph.node(n);
+            matches!(node.op, Op::DequantizeLinear(_))
+                && node.inputs.iter().skip(1).any(|i| *i == Some(v))
+                && node.inputs.first() != Some(&Some(v))
+        })
+}
+
+/// Quantized data and scales of one matrix.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QuantizedMatrix {
+    /// One code per element, row-major, in `[-max_level, max_level]`.
+    pub codes: Vec<i8>,
+    /// Scales, row-major in the scale tensor's shape.
+    pub scales: Vec<half::f16>,
+}
+
+impl QuantizedMatrix {
+    /// The data tensor's bytes: int8 codes, or int4 codes two to a byte, low nibble
+    /// first (ONNX's layout).
+    pub fn data_bytes(&self, scheme: Scheme) -> Vec<u8> {
+        match scheme {
+            Scheme::Int8 => self.codes.iter().map(|&c| c as u8).collect(),
+            Scheme::Int4 => {
+                let nibbles: Vec<u8> = self.codes.iter().map(|&c| (c as u8) & 0x0F).collect();
+                shardc_ir::tensor::pack_nibbles(&nibbles)
+            }
+        }
+    }
+
+    /// The scale tensor's bytes (little-endian f16).
+    pub fn scale_bytes(&self) -> Vec<u8> {
+        self.scales.iter().flat_map(|s| s.to_le_bytes()).collect()
+    }
+}
+
+/// Quantize a row-major `[rows, cols]` matrix: per group of `block` elements along
+/// `axis` (the last group may be shorter), or with `block` `None` one scale per index
+/// of `axis` (the output channel). Symmetric: `scale = max|x| / max_level`, rounded to
+/// f16 first so that dequantizing reproduces what was rounded against; codes are
+/// `x / scale` rounded half to even and clamped. An all-zero group has scale 0.
+/// Deterministic: the same values give the same bytes on any machine.
+pub fn quantize_matrix(
+    values: &[f32],
+    [rows, cols]: [usize; 2],
+    axis: usize,
+    block: Option<usize>,
+    scheme: Scheme,
+) -> Result<QuantizedMatrix, String> {
+    if values.len() != rows * cols || axis > 1 {
+        return Err(format!("a [{rows}, {cols}] matrix holds {} values (axis {axis})", values.len()));
+    }
+    if let Some(v) = values.iter().find(|v| !v.is_finite()) {
+        return Err(format!("holds {v}, which cannot be quantized"));
+    }
+    let max = scheme.max_level();
+    // The scale index of element (r, c).
+    let (scale_rows, scale_cols) = match (block, axis) {
+        (Some(b), 0) => (rows.div_ceil(b), cols),
+        (Some(b), _) => (rows, cols.div_ceil(b)),
+        (None, 0) => (rows, 1),
+        (None, _) => (1, cols),
+    };
+    let index = |r: usize, c: usize| -> usize {
+        match (block, axis) {
+            (Some(b), 0) => (r / b) * scale_cols + c,
+            (Some(b), _) => r * scale_cols + c / b,
+            (None, 0) => r,
+            (None, _) => c,
+        }
+    };
+    let mut absmax = vec![0f32; scale_rows * scale_cols];
+    for r in 0..rows {
+        for c in 0..cols {
+            let s = &mut absmax[index(r, c)];
+            *s = s.max(values[r * cols + c].abs());
+        }
+    }
+    let mut scales = Vec::with_capacity(absmax.len());
+    for a in &absmax {
+        let s = half::f16::from_f32(a / max);
+        if s.is_infinite() {
+            return Err(format!("a scale of {} does not fit f16 (values up to {a})", a / max));
+        }
+        scales.push(s);
+    }
+    let mut codes = Vec::with_capacity(values.len());
+    for r in 0..rows {
+        for c in 0..cols {
+            let s = scales[index(r, c)].to_f32();
+            let q = if s > 0.0 { (values[r * cols + c] / s).round_ties_even().clamp(-max, max) } else { 0.0 };
+            codes.push(q as i8);
+        }
+    }
+    Ok(QuantizedMatrix { codes, scales })
 }
 
 /// The axis along which a weight is reduced by every product that reads it (directly
@@ -227,6 +346,9 @@ pub fn quantize(graph: &Graph, q: &Quantization) -> (Graph, Summary) {
                 );
                 summary.weights.push(Quantized {
                     source: v.name.clone(),
+                    source_dtype: w.dtype,
+                    shape: w.shape.clone(),
+                    scheme: q.scheme,
                     data: data_name,
                     scale: scale_name,
                     axis: attr_axis,
@@ -367,5 +489,78 @@ mod tests {
             "--group-size must be between 1 and 65536, got 0"
         );
         assert_eq!("int3".parse::<Scheme>().unwrap_err(), "unknown quantization `int3` (int8, int4)");
+    }
+
+    /// Deterministic pseudo-normal values (sum of uniforms).
+    fn normal(n: usize, seed: u64) -> Vec<f32> {
+        let mut x = seed;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 11) as f32 / (1u64 << 53) as f32
+        };
+        (0..n).map(|_| (0..12).map(|_| next()).sum::<f32>() - 6.0).collect()
+    }
+
+    /// Each element's scale and dequantized value, as ONNX's DequantizeLinear defines them.
+    fn dequantized(
+        m: &QuantizedMatrix,
+        [rows, cols]: [usize; 2],
+        axis: usize,
+        block: Option<usize>,
+    ) -> Vec<(f32, f32)> {
+        (0..rows * cols)
+            .map(|i| {
+                let (r, c) = (i / cols, i % cols);
+                let s = match (block, axis) {
+                    (Some(b), 0) => m.scales[(r / b) * cols + c],
+                    (Some(b), _) => m.scales[r * cols.div_ceil(b) + c / b],
+                    (None, 0) => m.scales[r],
+                    (None, _) => m.scales[c],
+                };
+                (s.to_f32(), f32::from(m.codes[i]) * s.to_f32())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn quantized_matrices_dequantize_within_half_a_step() {
+        let shape = [48, 40];
+        let values = normal(48 * 40, 7);
+        for (scheme, axis, block, worst_rel_rms) in [
+            (Scheme::Int4, 1, Some(32), 0.12),
+            (Scheme::Int4, 0, Some(16), 0.12),
+            (Scheme::Int8, 0, None, 0.01),
+            (Scheme::Int8, 1, None, 0.01),
+            (Scheme::Int8, 1, Some(7), 0.01),
+        ] {
+            let m = quantize_matrix(&values, shape, axis, block, scheme).unwrap();
+            let back = dequantized(&m, shape, axis, block);
+            let rms = |v: &[f32]| (v.iter().map(|x| x * x).sum::<f32>() / v.len() as f32).sqrt();
+            let err: Vec<f32> = values.iter().zip(&back).map(|(a, (_, b))| a - b).collect();
+            let rel = rms(&err) / rms(&values);
+            assert!(rel < worst_rel_rms, "{scheme:?} axis {axis} block {block:?}: relative rms error {rel}");
+            // Every element within half a step of its own scale (plus the scale's f16
+            // rounding at the largest code).
+            for (i, (a, (s, b))) in values.iter().zip(&back).enumerate() {
+                let bound = 0.5 * s + scheme.max_level() * s * 1e-3;
+                assert!(
+                    (a - b).abs() <= bound,
+                    "{scheme:?} axis {axis} block {block:?}: element {i}: {a} -> {b} (scale {s})"
+                );
+            }
+            assert!(m.codes.iter().all(|&c| f32::from(c).abs() <= scheme.max_level()));
+            assert_eq!(m, quantize_matrix(&values, shape, axis, block, scheme).unwrap(), "deterministic");
+        }
+        // Two codes to a byte, low nibble first; int8 codes as bytes.
+        let m = QuantizedMatrix { codes: vec![1, -2, 7], scales: vec![half::f16::ONE] };
+        assert_eq!(m.data_bytes(Scheme::Int4), vec![0xE1, 0x07]);
+        assert_eq!(m.data_bytes(Scheme::Int8), vec![1, 0xFE, 7]);
+        // All-zero groups have scale 0; non-finite values and f16 overflow are refused.
+        let zero = quantize_matrix(&[0.0; 4], [2, 2], 1, Some(2), Scheme::Int4).unwrap();
+        assert!(zero.codes.iter().all(|&c| c == 0) && zero.scales.iter().all(|s| s.to_f32() == 0.0));
+        assert!(quantize_matrix(&[f32::NAN, 0.0], [1, 2], 1, None, Scheme::Int8).unwrap_err().contains("NaN"));
+        assert!(quantize_matrix(&[1e9, 0.0], [1, 2], 1, None, Scheme::Int8).unwrap_err().contains("does not fit f16"));
     }
 }

@@ -216,8 +216,14 @@ fn write_all(
         // With standby units the held graph's weights (a superset) are what is written;
         // the stage's weights point into the same file.
         let stored = part.held();
-        let written_weights =
-            weights::write(&stored.graph, &stored.sources, source, &dir.join("weights.safetensors"), &|n| bar.inc(n))?;
+        let written_weights = weights::write(
+            &stored.graph,
+            &stored.sources,
+            &stored.derived,
+            source,
+            &dir.join("weights.safetensors"),
+            &|n| bar.inc(n),
+        )?;
         out.record(&format!("{device}/weights.safetensors"), &written_weights.hash)?;
         let locations: HashMap<String, WeightLocation> = written_weights
             .locations

@@ -38,9 +38,11 @@ fn op_opset(op: &Op, inputs: usize) -> i64 {
         ScatterElements(s) if s.reduction != "none" => 16,
         QuantizeLinear(q) if q.precision.is_some() => 23,
         QuantizeLinear(q) if q.block_size != 0 || q.output_dtype.is_some() => 21,
-        QuantizeLinear(q) if q.saturate != 1 => 19,
+        // Opset 19 allows f16 and bf16 scales (the IR allows them at any version).
+        QuantizeLinear(_) => 19,
         DequantizeLinear(d) if d.output_dtype.is_some() => 23,
         DequantizeLinear(d) if d.block_size != 0 => 21,
+        DequantizeLinear(_) => 19,
         Attention(_) if inputs > 6 => 24,
         Gelu(_) => 20,
         RMSNormalization(_) | RotaryEmbedding(_) | Attention(_) => 23,

@@ -10,6 +10,9 @@ use std::path::Path;
 use memmap2::Mmap;
 use shardc_ir::{DType, Graph, ValueDef, WeightLocation};
 
+use shardc_passes::partition::{Derived, Part};
+use shardc_passes::quantize::{quantize_matrix, QuantizedMatrix};
+
 use super::EmitError;
 use crate::frontend::hf::safetensors::encode_header;
 
@@ -49,6 +52,26 @@ pub fn convert(from: DType, to: DType, src: &[u8], out: &mut Vec<u8>) {
     }
 }
 
+/// Quantize the model weight `d` derives from (read from its file's map, converted to
+/// f32): both parts, data and scales.
+fn quantized(name: &str, d: &Derived, map: &Mmap) -> Result<QuantizedMatrix, EmitError> {
+    let fail = |message: String| EmitError::Weight { name: name.to_string(), message };
+    let (from, loc) = &d.source;
+    let bytes = loc
+        .offset
+        .checked_add(loc.length)
+        .filter(|&e| e <= map.len() as u64)
+        .map(|end| &map[loc.offset as usize..end as usize])
+        .ok_or_else(|| fail(format!("its source bytes lie past the end of `{}`", loc.file)))?;
+    let &[rows, cols] = d.shape.as_slice() else {
+        return Err(fail(format!("is quantized from a weight of rank {}, not a matrix", d.shape.len())));
+    };
+    let mut raw = Vec::with_capacity(rows * cols * 4);
+    convert(*from, DType::F32, bytes, &mut raw);
+    let values: Vec<f32> = raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    quantize_matrix(&values, [rows, cols], d.axis, d.block, d.scheme).map_err(fail)
+}
+
 /// The new location of every weight, and the blake3 hash of the written file.
 pub struct Written {
     pub locations: HashMap<usize, WeightLocation>,
@@ -71,6 +94,7 @@ enum Chunk<'a> {
 pub fn write(
     stage: &Graph,
     stored: &HashMap<usize, (DType, WeightLocation)>,
+    derived: &HashMap<usize, Derived>,
     source: &Path,
     path: &Path,
     progress: &dyn Fn(u64),
@@ -97,7 +121,7 @@ pub fn write(
     let mut out = File::create(path).map_err(io(path))?;
     let mut maps: HashMap<String, Mmap> = HashMap::new();
     for (i, _, _) in &spans {
-        if let Some((_, loc)) = stored.get(i) {
+        if let Some((_, loc)) = stored.get(i).or_else(|| derived.get(i).map(|d| &d.source)) {
             if !maps.contains_key(&loc.file) {
                 let src = source.join(&loc.file);
                 let f = File::open(&src).map_err(io(&src))?;
@@ -109,6 +133,8 @@ pub fn write(
     }
     let maps = &maps;
     let mut locations = HashMap::new();
+    // A quantized weight's other part (its scales after its data), by source offset.
+    let mut pending: HashMap<(String, u64), Vec<u8>> = HashMap::new();
     // Hash on a second thread while this one writes: the file's hash costs no extra pass.
     let hash = std::thread::scope(|scope| -> Result<String, EmitError> {
         let (send, receive) = std::sync::mpsc::sync_channel::<Chunk>(8);
@@ -138,6 +164,36 @@ pub fn write(
         let _ = send.send(Chunk::Owned(header_bytes));
         for &(i, start, len) in &spans {
             let ValueDef::Weight(w) = &stage.values[i].def else { continue };
+            if let Some(d) = derived.get(&i) {
+                let name = &stage.values[i].name;
+                let key = (d.source.1.file.clone(), d.source.1.offset);
+                let bytes = match pending.remove(&key) {
+                    Some(bytes) => bytes,
+                    None => {
+                        let m = quantized(name, d, &maps[&d.source.1.file])?;
+                        let (this, other) = match d.part {
+                            Part::Data => (m.data_bytes(d.scheme), m.scale_bytes()),
+                            Part::Scale => (m.scale_bytes(), m.data_bytes(d.scheme)),
+                        };
+                        pending.insert(key, other);
+                        this
+                    }
+                };
+                if bytes.len() as u64 != len {
+                    return Err(EmitError::Weight {
+                        name: name.clone(),
+                        message: format!("quantized to {} bytes, its header says {len}", bytes.len()),
+                    });
+                }
+                out.write_all(&bytes).map_err(io(path))?;
+                progress(bytes.len() as u64);
+                let _ = send.send(Chunk::Owned(bytes));
+                locations.insert(
+                    i,
+                    WeightLocation { file: "weights.safetensors".into(), offset: data_start + start, length: len },
+                );
+                continue;
+            }
             let (from, loc) = stored.get(&i).ok_or_else(|| EmitError::Weight {
                 name: stage.values[i].name.clone(),
                 message: "has no file to copy from (a config.json alone cannot be compiled)".into(),

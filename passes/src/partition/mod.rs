@@ -32,7 +32,9 @@ use crate::transmission::TransmissionMap;
 
 pub use held::{crossings, held_graph, Held};
 pub use report::{compare, compare_weights, prepare, CompareRow, Prepared, WeightsRow};
-pub use store::{retype_weights, sized, store_weights, Stored};
+pub use store::{
+    derivations, quantization_report, quantized, retype_weights, sized, store_weights, Derived, Part, Stored,
+};
 
 /// Why partitioning failed.
 #[derive(Debug, thiserror::Error)]
@@ -100,8 +102,24 @@ pub fn plan(
     strategy: Strategy,
     names: Names,
 ) -> Result<Planned, PartitionError> {
+    let (quantized, summary) = quantized(graph, req.quantize.as_ref());
+    let mut planned = plan_graph(&quantized, profile, req, strategy, names)?;
+    planned.report.quantization =
+        req.quantize.as_ref().zip(summary.as_ref()).map(|(q, s)| quantization_report(q, s, req.dtype));
+    Ok(planned)
+}
+
+/// Plan `graph` as it is (quantized already when asked) with its weights sized as
+/// `req.dtype` says.
+fn plan_graph(
+    graph: &Graph,
+    profile: &Profile,
+    req: &Request,
+    strategy: Strategy,
+    names: Names,
+) -> Result<Planned, PartitionError> {
     // Plan with the weights sized as they will be stored.
-    let (sized, quantization) = sized(graph, req.dtype, req.quantize.as_ref());
+    let (sized, _) = sized(graph, req.dtype, None);
     let graph = &*sized;
     let prep = prepare(graph, profile, req)?;
     let outcome = solve(&prep.model.problem, strategy, &prep.opts);
@@ -118,9 +136,8 @@ pub fn plan(
     }
     // Feasible figures are those of a plan.
     let plan = outcome.plan.clone().ok_or_else(|| report::does_not_fit(&prep, profile, req.margin))?;
-    let mut report = report::report(names, &prep, profile, req, &outcome)
+    let report = report::report(names, &prep, profile, req, &outcome)
         .ok_or_else(|| report::does_not_fit(&prep, profile, req.margin))?;
-    report.quantization = quantization;
     let device_names: Vec<String> = profile.devices.iter().map(|d| d.name.clone()).collect();
     let map = crate::transmission::build(graph, &prep.seg, &plan, &device_names, &req.workload)?;
     Ok(Planned { prep, plan, outcome, report, map })
@@ -178,13 +195,13 @@ pub fn partition(
     strategy: Strategy,
     names: Names,
 ) -> Result<Partition, PartitionError> {
-    if let Some(q) = &req.quantize {
-        return Err(PartitionError::Unsupported(format!(
-            "--quantize {}: packages with quantized weights are not written yet (plan and compare size them)",
-            q.scheme.name()
-        )));
-    }
-    let planned = plan(graph, profile, req, strategy, names)?;
+    let (quantized, summary) = quantized(graph, req.quantize.as_ref());
+    // How to compute each weight the quantization created, from the model's own.
+    let derive = summary.as_ref().map(|s| derivations(graph, s)).unwrap_or_default();
+    let graph = &*quantized;
+    let mut planned = plan_graph(graph, profile, req, strategy, names)?;
+    planned.report.quantization =
+        req.quantize.as_ref().zip(summary.as_ref()).map(|(q, s)| quantization_report(q, s, req.dtype));
     let plan = planned.plan.clone();
     let seg = &planned.prep.seg;
     let device_names: Vec<String> = profile.devices.iter().map(|d| d.name.clone()).collect();
@@ -211,10 +228,10 @@ pub fn partition(
     let mut parts = Vec::with_capacity(stages.len());
     for (s, stage) in stages.into_iter().enumerate() {
         let device = device_names[plan[s].device].clone();
-        let stored = store_weights(&stage, req.dtype);
+        let stored = store_weights(&stage, req.dtype, &derive);
         let standby = held.as_ref().map(|h| {
             let h = held_graph(graph, seg, h[s][0]..h[s][1]);
-            let stored = store_weights(&h.graph, req.dtype);
+            let stored = store_weights(&h.graph, req.dtype, &derive);
             // Casts of stored weights come first in the stored graph; their unit is moot.
             let extra = stored.graph.nodes.len() - h.graph.nodes.len();
             let node_units = std::iter::repeat_n(0, extra).chain(h.node_units.iter().copied()).collect();
@@ -223,8 +240,19 @@ pub fn partition(
         let local = planned.map.device_local.get(&device).cloned().unwrap_or_default();
         let (inputs, outputs) = ports(&stored.graph, &planned.map, &local);
         let report = &planned.report.stages[s];
-        let weights_dtype = stored.graph.values.iter().find_map(|v| match &v.def {
-            shardc_ir::ValueDef::Weight(w) if w.dtype.is_float() => Some(w.dtype),
+        // The dtype float weights are stored as (scales keep theirs).
+        let uses = stored.graph.uses();
+        let weights_dtype = stored.graph.values.iter().enumerate().find_map(|(i, v)| match &v.def {
+            shardc_ir::ValueDef::Weight(w)
+                if w.dtype.is_float()
+                    && !crate::quantize::is_quantization_parameter(
+                        &stored.graph,
+                        &uses,
+                        shardc_ir::ValueId(i as u32),
+                    ) =>
+            {
+                Some(w.dtype)
+            }
             _ => None,
         });
         parts.push(StagePart {
