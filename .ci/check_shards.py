@@ -81,6 +81,11 @@ def main():
     cache = {n for names in tmap.get("device_local", {}).values() for n in names}
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
+    # ONNX Runtime fuses an int4 DequantizeLinear feeding a MatMul into its MatMulNBits,
+    # which by default (accuracy level 4) quantizes the activations to int8 too: an
+    # approximation of the graph (~0.5 of the logits' range on the fixtures). Level 0
+    # keeps the fusion and computes what the graph says, in f32.
+    opts.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "0")
     for device in tmap["stages"]:
         sess = ort.InferenceSession(str(out / device / "shard.onnx"), opts, providers=["CPUExecutionProvider"])
         feeds = {}

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use shardc_ir::{Dim, Graph, NodeId, ValueDef, ValueId};
 
 use crate::kernels;
+use crate::quantized::{self, fused_products, Fused, QuantMatrix};
 use crate::tensor::{storage_of, Tensor};
 use crate::weights::WeightFiles;
 use crate::RuntimeError;
@@ -35,6 +36,11 @@ pub struct Session {
     warm: std::cell::Cell<bool>,
     /// Time spent per op kind, when profiling is on.
     profile: RefCell<Option<BTreeMap<&'static str, OpTime>>>,
+    /// Products whose second operand is a dequantized weight, computed from the
+    /// quantized bytes ([`crate::quantized`]); the dequantizing nodes never run.
+    fused: Vec<Option<Fused>>,
+    skipped: Vec<bool>,
+    quantized: RefCell<HashMap<usize, Rc<QuantMatrix>>>,
 }
 
 /// Calls of one op kind and the time they took.
@@ -63,6 +69,13 @@ impl Session {
             is_output[v.index()] = true;
         }
         let constant_node = graph.constants().node;
+        let fused = fused_products(&graph);
+        let mut skipped = vec![false; graph.nodes.len()];
+        for f in fused.iter().flatten() {
+            for &n in &f.chain {
+                skipped[n] = true;
+            }
+        }
         let mut needed_at_run_time = is_output.clone();
         for (i, node) in graph.nodes.iter().enumerate() {
             if !constant_node[i] {
@@ -82,7 +95,38 @@ impl Session {
             needed_at_run_time,
             warm: std::cell::Cell::new(false),
             profile: RefCell::new(None),
+            fused,
+            skipped,
+            quantized: RefCell::default(),
         }
+    }
+
+    /// The quantized weight fused product `node` reads, mapped (not copied) on first use.
+    fn quant_matrix(&self, node: usize, f: &Fused) -> Result<Rc<QuantMatrix>, RuntimeError> {
+        if let Some(q) = self.quantized.borrow().get(&node) {
+            return Ok(q.clone());
+        }
+        let data = self.graph.value(f.data);
+        let ValueDef::Weight(w) = &data.def else {
+            return Err(RuntimeError::NoWeightFile { name: data.name.clone() });
+        };
+        let loc = w.location.as_ref().ok_or_else(|| RuntimeError::NoWeightFile { name: data.name.clone() })?;
+        let fail = |message: String| RuntimeError::Weight {
+            name: data.name.clone(),
+            file: std::path::PathBuf::from(&loc.file),
+            message,
+        };
+        if loc.length != w.byte_len() {
+            return Err(fail(format!("{} bytes, but {} {:?} needs {}", loc.length, w.dtype, w.shape, w.byte_len())));
+        }
+        let map = self.weights.map(&loc.file).map_err(fail)?;
+        let scales = self.constant(f.scale)?.to_f32_vec();
+        let shape = [w.shape[0], w.shape[1]];
+        let offset = usize::try_from(loc.offset).map_err(|e| fail(e.to_string()))?;
+        let q = QuantMatrix::new(map, offset, w.dtype, shape, scales, f.axis, f.block).map_err(fail)?;
+        let q = Rc::new(q);
+        self.quantized.borrow_mut().insert(node, q.clone());
+        Ok(q)
     }
 
     /// Start recording time per op kind (cleared by [`Session::take_profile`]).
@@ -171,15 +215,21 @@ impl Session {
         let (mut values, sizes) = self.bind_inputs(inputs)?;
         for (i, node) in self.graph.nodes.iter().enumerate() {
             let label = || if node.name.is_empty() { NodeId(i as u32).to_string() } else { node.name.clone() };
+            if self.skipped[i] {
+                continue;
+            }
             if self.constant_node[i]
                 && (self.warm.get() || node.outputs.iter().all(|o| self.loaded.borrow()[o.index()].is_some()))
             {
                 continue;
             }
+            let fused = self.fused[i].as_ref();
             let mut args: Vec<Option<Rc<Tensor>>> = Vec::with_capacity(node.inputs.len());
-            for input in &node.inputs {
+            for (slot, input) in node.inputs.iter().enumerate() {
                 args.push(match input {
                     None => None,
+                    // A fused product reads its quantized operand from the map.
+                    Some(_) if fused.is_some_and(|f| slot == f.operand()) => None,
                     Some(v) => Some(match &values[v.index()] {
                         Some(t) => t.clone(),
                         None => self.constant(*v)?,
@@ -188,11 +238,23 @@ impl Session {
             }
             let refs: Vec<Option<&Tensor>> = args.iter().map(|a| a.as_deref()).collect();
             let started = Instant::now();
-            let outs = kernels::run(&node.op, &refs, node.outputs.len()).map_err(|message| RuntimeError::Kernel {
-                node: label(),
-                op: node.op.name(),
-                message,
-            })?;
+            let outs = match fused {
+                Some(f) => {
+                    let w = self.quant_matrix(i, f)?;
+                    let other = refs.get(1 - f.operand()).copied().flatten().ok_or_else(|| RuntimeError::Kernel {
+                        node: label(),
+                        op: node.op.name(),
+                        message: format!("input {} is missing", 1 - f.operand()),
+                    })?;
+                    if f.gather {
+                        quantized::gather(&w, other).map(|t| vec![t])
+                    } else {
+                        quantized::product(f, &w, other, refs.get(2).copied().flatten()).map(|t| vec![t])
+                    }
+                }
+                None => kernels::run(&node.op, &refs, node.outputs.len()),
+            }
+            .map_err(|message| RuntimeError::Kernel { node: label(), op: node.op.name(), message })?;
             if let Some(p) = self.profile.borrow_mut().as_mut() {
                 let entry = p.entry(node.op.name()).or_default();
                 entry.calls += 1;

@@ -27,6 +27,7 @@ pub mod output;
 pub mod package;
 pub mod pipeline;
 pub mod profile;
+pub mod quantized;
 pub mod tensor;
 pub mod weights;
 pub mod wire;
