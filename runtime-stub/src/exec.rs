@@ -120,10 +120,16 @@ impl Session {
             return Err(fail(format!("{} bytes, but {} {:?} needs {}", loc.length, w.dtype, w.shape, w.byte_len())));
         }
         let map = self.weights.map(&loc.file).map_err(fail)?;
-        let scales = self.constant(f.scale)?.to_f32_vec();
         let shape = [w.shape[0], w.shape[1]];
         let offset = usize::try_from(loc.offset).map_err(|e| fail(e.to_string()))?;
-        let q = QuantMatrix::new(map, offset, w.dtype, shape, scales, f.axis, f.block).map_err(fail)?;
+        let q = match f.scale {
+            Some(scale) => {
+                let scales = self.constant(scale)?.to_f32_vec();
+                QuantMatrix::new(map, offset, w.dtype, shape, scales, f.axis, f.block)
+            }
+            None => QuantMatrix::half(map, offset, w.dtype, shape),
+        }
+        .map_err(fail)?;
         let q = Rc::new(q);
         self.quantized.borrow_mut().insert(node, q.clone());
         Ok(q)

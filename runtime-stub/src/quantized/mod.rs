@@ -1,0 +1,456 @@
+//! Products and lookups whose weight is read as stored: quantized codes, or f16/bf16.
+//!
+//! A `Gemm` or `MatMul` whose second operand — or an axis-0 `Gather` whose table — is a
+//! weight reached only through `DequantizeLinear(data, scale)` (and a `Cast` to f32),
+//! what `--quantize` writes or a QDQ model's weight, or through a `Cast` of an f16/bf16
+//! weight to f32, never materialises that weight in f32: the executor recognises the
+//! chain when a session is made ([`fused_products`]), skips its nodes, and the kernel
+//! reads the stored bytes straight from the package's memory map. Decode steps (a few
+//! rows of x) read each row once ([`rows`]: codes with each scale applied once per
+//! chunk, or f16/bf16 widened a row at a time); prefill dequantizes a tile of rows at a
+//! time into a small f32 buffer for the matrix product. A device's memory then holds
+//! the stored bytes (mapped), not the weight in f32.
+//!
+//! Only f32 scales are fused (what `--quantize` writes): the dequantized weight is then
+//! `code · scale` in f32, and the kernel applies each scale once per group of codes — the
+//! same product up to the order of float additions. A chain with f16 scales (an
+//! imported model's) dequantizes to f16, rounding every weight; it runs node by node.
+
+use std::rc::Rc;
+
+use memmap2::Mmap;
+use ndarray::{ArrayD, ArrayView2, IxDyn};
+use shardc_ir::ops::Gemm;
+use shardc_ir::{DType, Graph, Op, ValueDef, ValueId};
+
+use crate::tensor::{Data, Tensor};
+
+mod rows;
+
+use rows::{dot, kn_rows, nk_rows};
+
+/// A product node whose second operand is a dequantized weight.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Fused {
+    /// The quantized data and scale weights; or an f16/bf16 weight (no scale) that a
+    /// cast widens to f32, read as stored.
+    pub data: ValueId,
+    pub scale: Option<ValueId>,
+    /// The `DequantizeLinear` attributes.
+    pub axis: usize,
+    pub block: Option<usize>,
+    /// The nodes of the chain (dequantize, cast), which never run.
+    pub chain: Vec<usize>,
+    /// `Gemm` attributes, or `None` for `MatMul` (and for a lookup).
+    pub gemm: Option<Gemm>,
+    /// A `Gather` of rows of the weight (an embedding table), not a product.
+    pub gather: bool,
+}
+
+impl Fused {
+    /// The node's input slot the quantized weight stands in for.
+    pub fn operand(&self) -> usize {
+        if self.gather {
+            0
+        } else {
+            1
+        }
+    }
+}
+
+/// For every node, the fused product (or lookup) it is, if it is one.
+pub fn fused_products(graph: &Graph) -> Vec<Option<Fused>> {
+    let uses = graph.uses();
+    let producer = |v: ValueId| match graph.value(v).def {
+        ValueDef::Node(n) => Some(n.index()),
+        _ => None,
+    };
+    let single_use = |v: ValueId| uses[v.index()].len() == 1 && !graph.outputs.contains(&v);
+    graph
+        .nodes
+        .iter()
+        .map(|node| {
+            let (gemm, gather) = match &node.op {
+                Op::Gemm(g) if g.transA == 0 => (Some(g.clone()), false),
+                Op::MatMul(_) => (None, false),
+                Op::Gather(g) if g.axis == 0 => (None, true),
+                _ => return None,
+            };
+            let b = node.inputs.get(usize::from(!gather)).copied().flatten()?;
+            if !single_use(b) {
+                return None;
+            }
+            // DequantizeLinear with f32 scales (f32 output), perhaps cast to f32 again; or
+            // an f16/bf16 weight cast to f32.
+            let mut chain = Vec::new();
+            let mut at = producer(b)?;
+            if let Op::Cast(c) = &graph.nodes[at].op {
+                let input = graph.nodes[at].inputs.first().copied().flatten()?;
+                if c.to != DType::F32 || !single_use(input) {
+                    return None;
+                }
+                chain.push(at);
+                match producer(input) {
+                    Some(p) => at = p,
+                    None => {
+                        let ValueDef::Weight(w) = &graph.value(input).def else { return None };
+                        if !matches!(w.dtype, DType::F16 | DType::BF16) || w.shape.len() != 2 {
+                            return None;
+                        }
+                        return Some(Fused { data: input, scale: None, axis: 0, block: None, chain, gemm, gather });
+                    }
+                }
+            }
+            let dq = &graph.nodes[at];
+            let Op::DequantizeLinear(d) = &dq.op else { return None };
+            if dq.inputs.len() > 2 && dq.inputs[2].is_some() || d.output_dtype.is_some() {
+                return None;
+            }
+            chain.push(at);
+            let (data, scale) = (dq.inputs.first().copied().flatten()?, dq.inputs.get(1).copied().flatten()?);
+            let (ValueDef::Weight(dw), ValueDef::Weight(sw)) = (&graph.value(data).def, &graph.value(scale).def) else {
+                return None;
+            };
+            if !matches!(dw.dtype, DType::I8 | DType::I4) || dw.shape.len() != 2 {
+                return None;
+            }
+            if sw.dtype != DType::F32 {
+                return None;
+            }
+            let axis = usize::try_from(if d.axis < 0 { d.axis + 2 } else { d.axis }).ok().filter(|&a| a < 2)?;
+            let block = usize::try_from(d.block_size).ok().filter(|&b| b > 0);
+            let (rows, cols) = (dw.shape[0], dw.shape[1]);
+            let scale_ok = match block {
+                Some(b) if axis == 0 => sw.shape == [rows.div_ceil(b), cols],
+                Some(b) => sw.shape == [rows, cols.div_ceil(b)],
+                None if axis == 0 => sw.shape == [rows],
+                None => sw.shape == [cols],
+            };
+            if !scale_ok {
+                return None;
+            }
+            chain.reverse();
+            Some(Fused { data, scale: Some(scale), axis, block, chain, gemm, gather })
+        })
+        .collect()
+}
+
+/// A quantized matrix (or an f16/bf16 one) read from its memory map, with its scales.
+pub struct QuantMatrix {
+    map: Rc<Mmap>,
+    offset: usize,
+    int4: bool,
+    /// An f16 or bf16 matrix, widened row by row (no codes, no scales).
+    half: Option<DType>,
+    rows: usize,
+    cols: usize,
+    scales: Vec<f32>,
+    axis: usize,
+    block: Option<usize>,
+}
+
+/// How the scales of a storage row run.
+enum RowScales<'a> {
+    /// One scale per segment of `len` consecutive columns (the last may be shorter).
+    Segments { scales: &'a [f32], len: usize },
+    /// One scale per column.
+    Columns(&'a [f32]),
+}
+
+impl QuantMatrix {
+    /// `data` bytes `offset..` of `map` (checked to hold `rows × cols` codes), scales
+    /// as decoded.
+    pub fn new(
+        map: Rc<Mmap>,
+        offset: usize,
+        dtype: DType,
+        [rows, cols]: [usize; 2],
+        scales: Vec<f32>,
+        axis: usize,
+        block: Option<usize>,
+    ) -> Result<QuantMatrix, String> {
+        let int4 = dtype == DType::I4;
+        let bytes = if int4 { (rows * cols).div_ceil(2) } else { rows * cols };
+        if offset.checked_add(bytes).is_none_or(|end| end > map.len()) {
+            return Err(format!("{bytes} bytes of codes at {offset} lie past the end of the file"));
+        }
+        let expected = match (block, axis) {
+            (Some(b), 0) => rows.div_ceil(b) * cols,
+            (Some(b), _) => rows * cols.div_ceil(b),
+            (None, 0) => rows,
+            (None, _) => cols,
+        };
+        if scales.len() != expected {
+            return Err(format!("{} scales for a [{rows}, {cols}] matrix that needs {expected}", scales.len()));
+        }
+        Ok(QuantMatrix { map, offset, int4, half: None, rows, cols, scales, axis, block })
+    }
+
+    /// An f16 or bf16 matrix at bytes `offset..` of `map`.
+    pub fn half(map: Rc<Mmap>, offset: usize, dtype: DType, [rows, cols]: [usize; 2]) -> Result<QuantMatrix, String> {
+        if !matches!(dtype, DType::F16 | DType::BF16) {
+            return Err(format!("{dtype} is not a 16-bit float"));
+        }
+        if offset.checked_add(rows * cols * 2).is_none_or(|end| end > map.len()) {
+            return Err(format!("{} bytes at {offset} lie past the end of the file", rows * cols * 2));
+        }
+        let (axis, block, scales) = (0, None, Vec::new());
+        Ok(QuantMatrix { map, offset, int4: false, half: Some(dtype), rows, cols, scales, axis, block })
+    }
+
+    fn row_scales(&self, r: usize) -> RowScales<'_> {
+        let cols = self.cols;
+        match (self.block, self.axis) {
+            (Some(b), 0) => RowScales::Columns(&self.scales[(r / b) * cols..(r / b + 1) * cols]),
+            (Some(b), _) => {
+                let n = cols.div_ceil(b);
+                RowScales::Segments { scales: &self.scales[r * n..(r + 1) * n], len: b }
+            }
+            (None, 0) => RowScales::Segments { scales: &self.scales[r..r + 1], len: cols },
+            (None, _) => RowScales::Columns(&self.scales),
+        }
+    }
+
+    /// The codes of storage row `r` as f32, unscaled.
+    fn codes(&self, r: usize, out: &mut [f32]) {
+        let bytes = &self.map[self.offset..];
+        let start = r * self.cols;
+        if !self.int4 {
+            for (o, &b) in out.iter_mut().zip(&bytes[start..start + self.cols]) {
+                *o = f32::from(b as i8);
+            }
+        } else if start % 2 == 0 {
+            // Two codes a byte, low nibble first.
+            let row = &bytes[start / 2..(start + self.cols).div_ceil(2)];
+            for (pair, &b) in out.chunks_mut(2).zip(row) {
+                pair[0] = f32::from(((b << 4) as i8) >> 4);
+                if let Some(hi) = pair.get_mut(1) {
+                    *hi = f32::from((b as i8) >> 4);
+                }
+            }
+        } else {
+            for (c, o) in out.iter_mut().enumerate() {
+                let i = start + c;
+                let b = bytes[i / 2];
+                let nibble = if i % 2 == 0 { b & 0x0F } else { b >> 4 };
+                *o = f32::from(((nibble << 4) as i8) >> 4);
+            }
+        }
+    }
+
+    /// Storage row `r` dequantized into `out` (`cols` values).
+    fn row(&self, r: usize, out: &mut [f32]) {
+        if let Some(dtype) = self.half {
+            let start = self.offset + r * self.cols * 2;
+            rows::widen(dtype, &self.map[start..start + self.cols * 2], out);
+            return;
+        }
+        self.codes(r, out);
+        match self.row_scales(r) {
+            RowScales::Segments { scales, len } => {
+                for (seg, &s) in out.chunks_mut(len).zip(scales) {
+                    seg.iter_mut().for_each(|v| *v *= s);
+                }
+            }
+            RowScales::Columns(scales) => out.iter_mut().zip(scales).for_each(|(v, s)| *v *= s),
+        }
+    }
+}
+
+/// Rows of the weight dequantized at a time for a matrix product: about 256 KiB.
+fn tile_rows(cols: usize) -> usize {
+    ((64 << 10) / cols.max(1)).max(1)
+}
+
+/// Fewest rows of `x` that go through the tiled matrix product; fewer (decode steps)
+/// use per-row products with the scale applied per group.
+const TILED_FROM_ROWS: usize = 4;
+
+/// `x · B` (plus, for `Gemm`, `alpha`, `beta · C`), `B` the logical `[K, N]` operand the
+/// quantized matrix `w` stores as `[N, K]` (`Gemm` with `transB`) or `[K, N]`.
+pub fn product(f: &Fused, w: &QuantMatrix, x: &Tensor, c: Option<&Tensor>) -> Result<Tensor, String> {
+    let a = x.as_f32().ok_or_else(|| format!("A must be a float tensor, got {}", x.describe()))?;
+    let trans_b = f.gemm.as_ref().is_some_and(|g| g.transB != 0);
+    let (k, n) = if trans_b { (w.cols, w.rows) } else { (w.rows, w.cols) };
+    if a.ndim() == 0 || *a.shape().last().unwrap_or(&0) != k || f.gemm.is_some() && a.ndim() != 2 {
+        return Err(format!("A {:?} does not multiply a [{k}, {n}] weight", a.shape()));
+    }
+    let lead: Vec<usize> = a.shape()[..a.ndim() - 1].to_vec();
+    let m: usize = lead.iter().product();
+    let a = a.as_standard_layout();
+    let xs = a.as_slice().ok_or("A is not contiguous")?;
+    let (alpha, beta) = f.gemm.as_ref().map_or((1.0, 0.0), |g| (g.alpha, g.beta));
+    let mut out = match c {
+        Some(c) if f.gemm.is_some() => {
+            let c = c.as_f32().ok_or("C must be a float tensor")?;
+            let cb = c
+                .broadcast(IxDyn(&[m, n]))
+                .ok_or_else(|| format!("C {:?} does not broadcast to [{m}, {n}]", c.shape()))?;
+            let mut init = ArrayD::<f32>::zeros(IxDyn(&[m, n]));
+            init.assign(&cb);
+            init.mapv_inplace(|v| v * beta);
+            init.into_raw_vec_and_offset().0
+        }
+        _ => vec![0f32; m * n],
+    };
+    if m < TILED_FROM_ROWS {
+        rows_product(w, trans_b, xs, m, &mut out, alpha);
+    } else {
+        tiled_product(w, trans_b, xs, m, &mut out, alpha)?;
+    }
+    let mut shape = lead;
+    shape.push(n);
+    let out = ArrayD::from_shape_vec(IxDyn(&shape), out).map_err(|e| e.to_string())?;
+    Ok(Tensor::with_dtype(x.dtype, Data::F32(out)))
+}
+
+/// `Gather(axis 0)` of rows of the quantized table `w`: each row dequantized as it is
+/// read (negative indices count from the end, as ONNX's do).
+pub fn gather(w: &QuantMatrix, indices: &Tensor) -> Result<Tensor, String> {
+    let idx = indices.as_i64().ok_or_else(|| format!("indices must be integers, got {}", indices.describe()))?;
+    let mut out = vec![0f32; idx.len() * w.cols];
+    for (row, &i) in out.chunks_mut(w.cols.max(1)).zip(idx.iter()) {
+        let r = if i < 0 { i + w.rows as i64 } else { i };
+        if r < 0 || r >= w.rows as i64 {
+            return Err(format!("index {i} is out of range for {} rows", w.rows));
+        }
+        w.row(r as usize, row);
+    }
+    let mut shape = idx.shape().to_vec();
+    shape.push(w.cols);
+    let out = ArrayD::from_shape_vec(IxDyn(&shape), out).map_err(|e| e.to_string())?;
+    Ok(Tensor::f32(out))
+}
+
+/// Few rows of `x` (decode steps): the codes read once, each scale applied once per
+/// segment (`[N, K]` storage) or per group of rows (`[K, N]`). Int4 rows whose codes do
+/// not start on a byte (odd widths or group sizes) take the general path.
+fn rows_product(w: &QuantMatrix, trans_b: bool, xs: &[f32], m: usize, out: &mut [f32], alpha: f32) {
+    if w.half.is_some() {
+        return rows::half_rows(w, trans_b, xs, m, out, alpha);
+    }
+    // The fast paths read whole bytes of int4 codes and change scales only between
+    // chunks of 8 (int8) or 16 (int4) codes.
+    let chunk = if w.int4 { 16 } else { 8 };
+    match (trans_b, w.row_scales(0)) {
+        (true, RowScales::Segments { len, .. }) if len % chunk == 0 && (!w.int4 || w.cols % 2 == 0) => {
+            return nk_rows(w, xs, m, out, alpha)
+        }
+        (false, RowScales::Columns(_)) if !w.int4 || w.cols % 2 == 0 => return kn_rows(w, xs, m, out, alpha),
+        _ => {}
+    }
+    let cols = w.cols;
+    let mut row = vec![0f32; cols];
+    if trans_b {
+        // Storage row r is output column r.
+        let (k, n) = (cols, w.rows);
+        for r in 0..w.rows {
+            w.row(r, &mut row);
+            for i in 0..m {
+                out[i * n + r] += alpha * dot(&xs[i * k..(i + 1) * k], &row);
+            }
+        }
+    } else {
+        // Storage row r is input r: out[i, :] += alpha · x[i, r] · row.
+        let (k, n) = (w.rows, cols);
+        for r in 0..w.rows {
+            w.row(r, &mut row);
+            for i in 0..m {
+                let coef = alpha * xs[i * k + r];
+                out[i * n..(i + 1) * n].iter_mut().zip(&row).for_each(|(o, v)| *o += coef * v);
+            }
+        }
+    }
+}
+
+/// Many rows of `x` (prefill): tiles of storage rows dequantized into a small f32
+/// buffer, each multiplied by the matrix product.
+fn tiled_product(
+    w: &QuantMatrix,
+    trans_b: bool,
+    xs: &[f32],
+    m: usize,
+    out: &mut [f32],
+    alpha: f32,
+) -> Result<(), String> {
+    let k = if trans_b { w.cols } else { w.rows };
+    let n = if trans_b { w.rows } else { w.cols };
+    let a2 = ArrayView2::from_shape((m, k), xs).map_err(|e| e.to_string())?;
+    let rows_per_tile = tile_rows(w.cols);
+    let mut tile = vec![0f32; rows_per_tile * w.cols];
+    let mut part = Vec::new();
+    for r0 in (0..w.rows).step_by(rows_per_tile) {
+        let r1 = (r0 + rows_per_tile).min(w.rows);
+        let t = &mut tile[..(r1 - r0) * w.cols];
+        for (i, row) in t.chunks_mut(w.cols).enumerate() {
+            w.row(r0 + i, row);
+        }
+        let tv = ArrayView2::from_shape((r1 - r0, w.cols), &*t).map_err(|e| e.to_string())?;
+        if trans_b {
+            // Rows r0..r1 are outputs r0..r1: out[:, r0..r1] += alpha · x · tileᵀ.
+            part.clear();
+            part.resize(m * (r1 - r0), 0.0);
+            sgemm(&a2, &tv.t(), &mut part, alpha);
+            for (row, p) in out.chunks_mut(n).zip(part.chunks(r1 - r0)) {
+                for (o, v) in row[r0..r1].iter_mut().zip(p) {
+                    *o += v;
+                }
+            }
+        } else {
+            // Rows r0..r1 are inputs r0..r1: out += alpha · x[:, r0..r1] · tile.
+            let xs = a2.slice(ndarray::s![.., r0..r1]);
+            sgemm_acc(&xs, &tv, out, alpha);
+        }
+    }
+    Ok(())
+}
+
+/// `c = alpha · a · b` into row-major `c` (overwritten).
+fn sgemm(a: &ArrayView2<f32>, b: &ArrayView2<f32>, c: &mut [f32], alpha: f32) {
+    gemm_into(a, b, c, false, alpha);
+}
+
+/// `c += alpha · a · b`.
+fn sgemm_acc(a: &ArrayView2<f32>, b: &ArrayView2<f32>, c: &mut [f32], alpha: f32) {
+    gemm_into(a, b, c, true, alpha);
+}
+
+fn gemm_into(a: &ArrayView2<f32>, b: &ArrayView2<f32>, c: &mut [f32], accumulate: bool, alpha: f32) {
+    let (m, k) = a.dim();
+    let n = b.dim().1;
+    if m == 0 || n == 0 || k == 0 {
+        return;
+    }
+    let (rsa, csa) = (a.strides()[0], a.strides()[1]);
+    let (rsb, csb) = (b.strides()[0], b.strides()[1]);
+    debug_assert_eq!(c.len(), m * n);
+    // SAFETY: the views describe live m×k and k×n elements with these strides, and `c`
+    // holds m×n row-major elements nothing else aliases. `gemm` computes
+    // dst = alpha·dst + beta·lhs·rhs (its names are swapped from BLAS).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.as_ptr(),
+            csa,
+            rsa,
+            b.as_ptr(),
+            csb,
+            rsb,
+            1.0,
+            alpha,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests;

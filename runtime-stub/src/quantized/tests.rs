@@ -1,0 +1,175 @@
+//! Fused products and lookups against dequantizing first.
+
+use super::*;
+
+/// A quantized matrix over an anonymous map holding `codes` (int4 packed when asked).
+fn matrix(
+    codes: &[i8],
+    int4: bool,
+    shape: [usize; 2],
+    scales: Vec<f32>,
+    axis: usize,
+    block: Option<usize>,
+) -> QuantMatrix {
+    let bytes: Vec<u8> = if int4 {
+        codes.chunks(2).map(|p| (p[0] as u8 & 0x0F) | ((*p.get(1).unwrap_or(&0) as u8 & 0x0F) << 4)).collect()
+    } else {
+        codes.iter().map(|&c| c as u8).collect()
+    };
+    let mut m = memmap2::MmapMut::map_anon(bytes.len().max(1)).unwrap();
+    m[..bytes.len()].copy_from_slice(&bytes);
+    let dtype = if int4 { DType::I4 } else { DType::I8 };
+    QuantMatrix::new(Rc::new(m.make_read_only().unwrap()), 0, dtype, shape, scales, axis, block).unwrap()
+}
+
+#[test]
+fn lookups_dequantize_the_rows_they_read() {
+    let codes: Vec<i8> = (0..24).map(|i| (i % 15) as i8 - 7).collect();
+    let scales: Vec<f32> = (0..8).map(|i| 0.5 + i as f32).collect();
+    for int4 in [false, true] {
+        // 4 rows of 6, groups of 3 along the row.
+        let w = matrix(&codes, int4, [4, 6], scales.clone(), 1, Some(3));
+        let ids = Tensor::from_i64(&[2], vec![3, -4]).unwrap();
+        let got = gather(&w, &ids).unwrap();
+        assert_eq!(got.shape(), [2, 6]);
+        let want: Vec<f32> = [3usize, 0]
+            .iter()
+            .flat_map(|&r| (0..6).map(move |c| (r, c)))
+            .map(|(r, c)| f32::from(codes[r * 6 + c]) * scales[r * 2 + c / 3])
+            .collect();
+        assert_eq!(got.to_f32_vec(), want);
+        let err = gather(&w, &Tensor::from_i64(&[1], vec![4]).unwrap()).unwrap_err();
+        assert!(err.contains("index 4 is out of range for 4 rows"), "{err}");
+    }
+}
+
+#[test]
+fn fused_products_equal_dequantizing_first() {
+    let mut seed = 0x9E37_79B9u32;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        seed
+    };
+    for int4 in [false, true] {
+        for trans_b in [false, true] {
+            for (block, rows, cols) in
+                [(Some(4usize), 12usize, 10usize), (None, 12, 10), (Some(5), 9, 7), (Some(32), 40, 36)]
+            {
+                for m in [1, 3, 5] {
+                    let max = if int4 { 7 } else { 127 };
+                    let codes: Vec<i8> =
+                        (0..rows * cols).map(|_| ((next() % (2 * max + 1)) as i32 - max as i32) as i8).collect();
+                    // Groups run along the reduction axis: storage cols with transB.
+                    let axis = match (block, trans_b) {
+                        (Some(_), true) | (None, false) => 1,
+                        _ => 0,
+                    };
+                    let n_scales = match (block, axis) {
+                        (Some(b), 0) => rows.div_ceil(b) * cols,
+                        (Some(b), _) => rows * cols.div_ceil(b),
+                        (None, 0) => rows,
+                        (None, _) => cols,
+                    };
+                    let scales: Vec<f32> = (0..n_scales).map(|i| 0.01 * (1 + i % 7) as f32).collect();
+                    let w = matrix(&codes, int4, [rows, cols], scales.clone(), axis, block);
+                    let mut dense = vec![0f32; rows * cols];
+                    for r in 0..rows {
+                        w.row(r, &mut dense[r * cols..(r + 1) * cols]);
+                    }
+                    // The dequantized weight by the definition, element by element.
+                    for r in 0..rows {
+                        for c in 0..cols {
+                            let s = match (block, axis) {
+                                (Some(b), 0) => scales[(r / b) * cols + c],
+                                (Some(b), _) => scales[r * cols.div_ceil(b) + c / b],
+                                (None, 0) => scales[r],
+                                (None, _) => scales[c],
+                            };
+                            assert_eq!(dense[r * cols + c], f32::from(codes[r * cols + c]) * s);
+                        }
+                    }
+                    let (k, n) = if trans_b { (cols, rows) } else { (rows, cols) };
+                    let x: Vec<f32> = (0..m * k).map(|i| (i % 11) as f32 * 0.1 - 0.5).collect();
+                    let mut want = vec![0f32; m * n];
+                    for i in 0..m {
+                        for j in 0..n {
+                            want[i * n + j] = (0..k)
+                                .map(|t| x[i * k + t] * if trans_b { dense[j * cols + t] } else { dense[t * cols + j] })
+                                .sum();
+                        }
+                    }
+                    let gemm = trans_b.then_some(Gemm { alpha: 1.0, beta: 1.0, transA: 0, transB: 1 });
+                    let f = Fused {
+                        data: ValueId(0),
+                        scale: Some(ValueId(1)),
+                        axis,
+                        block,
+                        chain: vec![],
+                        gemm,
+                        gather: false,
+                    };
+                    let xt = Tensor::f32(ArrayD::from_shape_vec(IxDyn(&[m, k]), x.clone()).unwrap());
+                    let got = product(&f, &w, &xt, None).unwrap().to_f32_vec();
+                    for (g, e) in got.iter().zip(&want) {
+                        assert!(
+                            (g - e).abs() <= 1e-4 * e.abs().max(1.0),
+                            "int4 {int4} transB {trans_b} block {block:?} m {m}: {g} vs {e}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn dot_products_of_any_length() {
+    for n in [0, 1, 7, 8, 9, 33] {
+        let a: Vec<f32> = (0..n).map(|i| i as f32).collect();
+        let b: Vec<f32> = (0..n).map(|i| 1.0 - i as f32 / 2.0).collect();
+        let want: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+        assert!((dot(&a, &b) - want).abs() <= 1e-4 * want.abs().max(1.0), "{n}");
+    }
+}
+
+#[test]
+fn half_matrices_are_read_as_stored() {
+    let (rows, cols) = (6usize, 10usize);
+    let values: Vec<f32> = (0..rows * cols).map(|i| (i as f32 - 30.0) * 0.125).collect();
+    for dtype in [DType::F16, DType::BF16] {
+        let bytes: Vec<u8> = values
+            .iter()
+            .flat_map(|&v| match dtype {
+                DType::F16 => half::f16::from_f32(v).to_le_bytes(),
+                _ => half::bf16::from_f32(v).to_le_bytes(),
+            })
+            .collect();
+        let mut m = memmap2::MmapMut::map_anon(bytes.len() + 2).unwrap();
+        m[2..].copy_from_slice(&bytes);
+        // At an odd-looking offset: rows need no alignment.
+        let w = QuantMatrix::half(Rc::new(m.make_read_only().unwrap()), 2, dtype, [rows, cols]).unwrap();
+        for trans_b in [false, true] {
+            for m in [1, 2, 6] {
+                let (k, n) = if trans_b { (cols, rows) } else { (rows, cols) };
+                let x: Vec<f32> = (0..m * k).map(|i| (i % 5) as f32 - 2.0).collect();
+                let gemm = trans_b.then_some(Gemm { alpha: 1.0, beta: 1.0, transA: 0, transB: 1 });
+                let f =
+                    Fused { data: ValueId(0), scale: None, axis: 0, block: None, chain: vec![], gemm, gather: false };
+                let xt = Tensor::f32(ArrayD::from_shape_vec(IxDyn(&[m, k]), x.clone()).unwrap());
+                let got = product(&f, &w, &xt, None).unwrap().to_f32_vec();
+                for i in 0..m {
+                    for j in 0..n {
+                        let want: f32 = (0..k)
+                            .map(|t| x[i * k + t] * if trans_b { values[j * cols + t] } else { values[t * cols + j] })
+                            .sum();
+                        assert!((got[i * n + j] - want).abs() <= 1e-4 * want.abs().max(1.0), "{dtype} {trans_b} {m}");
+                    }
+                }
+            }
+        }
+        let rows_read = gather(&w, &Tensor::from_i64(&[1], vec![2]).unwrap()).unwrap().to_f32_vec();
+        assert_eq!(rows_read, values[2 * cols..3 * cols]);
+    }
+}
