@@ -220,6 +220,19 @@ impl Graph {
         node
     }
 
+    /// Finish a rebuild of all of `src` into this graph: its outputs, KV-cache pairs and
+    /// context facts, through `map` (every value of `src` to its id here).
+    pub fn carry_over(&mut self, src: &Graph, map: &std::collections::HashMap<ValueId, ValueId>) {
+        self.outputs = src.outputs.iter().map(|v| map[v]).collect();
+        self.cache = src
+            .cache
+            .iter()
+            .map(|c| CachePair { past: map[&c.past], present: map[&c.present], axis: c.axis })
+            .collect();
+        self.recompute_beyond = src.recompute_beyond;
+        self.max_context = src.max_context;
+    }
+
     /// Append a copy of `node` of `src` reading `inputs` (ids of this graph); its
     /// outputs keep their names and types. Returns, per output of `node`, the pair
     /// (id in `src`, id here).

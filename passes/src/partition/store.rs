@@ -203,13 +203,6 @@ pub fn store_weights(graph: &Graph, dtype: Option<DType>, derive: &HashMap<Strin
             .collect();
         map.extend(out.append_copy(graph, node, inputs));
     }
-    out.outputs = graph.outputs.iter().map(|v| map[v]).collect();
-    out.cache = graph
-        .cache
-        .iter()
-        .map(|c| shardc_ir::CachePair { past: map[&c.past], present: map[&c.present], axis: c.axis })
-        .collect();
-    out.recompute_beyond = graph.recompute_beyond;
-    out.max_context = graph.max_context;
+    out.carry_over(graph, &map);
     Stored { graph: out, sources: stored, derived }
 }

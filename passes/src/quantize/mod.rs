@@ -310,14 +310,7 @@ pub fn quantize(graph: &Graph, q: &Quantization) -> (Graph, Summary) {
         let inputs = node.inputs.iter().map(|v| v.map(|v| map[&v])).collect();
         map.extend(out.append_copy(graph, node, inputs));
     }
-    out.outputs = graph.outputs.iter().map(|v| map[v]).collect();
-    out.cache = graph
-        .cache
-        .iter()
-        .map(|c| shardc_ir::CachePair { past: map[&c.past], present: map[&c.present], axis: c.axis })
-        .collect();
-    out.recompute_beyond = graph.recompute_beyond;
-    out.max_context = graph.max_context;
+    out.carry_over(graph, &map);
     (out, summary)
 }
 
