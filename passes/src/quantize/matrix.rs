@@ -30,9 +30,13 @@ impl QuantizedMatrix {
     }
 }
 
+/// Factors of `max|x| / max_level` tried for each scale (1 down to 0.8).
+pub const SCALE_FACTORS: [f32; 11] = [1.0, 0.98, 0.96, 0.94, 0.92, 0.9, 0.88, 0.86, 0.84, 0.82, 0.8];
+
 /// Quantize a row-major `[rows, cols]` matrix: per group of `block` elements along
 /// `axis` (the last group may be shorter), or with `block` `None` one scale per index
-/// of `axis` (the output channel). Symmetric: `scale = max|x| / max_level`; codes are
+/// of `axis` (the output channel). Symmetric: `scale = f · max|x| / max_level`, `f` the
+/// factor of [`SCALE_FACTORS`] with the least squared error over the group; codes are
 /// `x / scale` rounded half to even and clamped. An all-zero group has scale 0.
 /// Deterministic: the same values give the same bytes on any machine.
 pub fn quantize_matrix(
@@ -71,7 +75,29 @@ pub fn quantize_matrix(
             *s = s.max(values[r * cols + c].abs());
         }
     }
-    let scales: Vec<f32> = absmax.iter().map(|a| a / max).collect();
+    // Per scale, the factor of `max|x| / max_level` with the least squared error: a
+    // slightly smaller scale clips the largest value but rounds the rest more finely.
+    let mut error = vec![0f64; absmax.len() * SCALE_FACTORS.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            let (x, g) = (values[r * cols + c], index(r, c));
+            for (f, factor) in SCALE_FACTORS.iter().enumerate() {
+                let s = absmax[g] / max * factor;
+                let back = if s > 0.0 { (x / s).round_ties_even().clamp(-max, max) * s } else { 0.0 };
+                error[g * SCALE_FACTORS.len() + f] += f64::from(x - back).powi(2);
+            }
+        }
+    }
+    let scales: Vec<f32> = absmax
+        .iter()
+        .enumerate()
+        .map(|(g, a)| {
+            let errs = &error[g * SCALE_FACTORS.len()..(g + 1) * SCALE_FACTORS.len()];
+            // The first of equal errors: the largest factor.
+            let best = (0..errs.len()).fold(0, |b, f| if errs[f] < errs[b] { f } else { b });
+            a / max * SCALE_FACTORS[best]
+        })
+        .collect();
     let mut codes = Vec::with_capacity(values.len());
     for r in 0..rows {
         for c in 0..cols {

@@ -132,14 +132,43 @@ fn quantized_matrices_dequantize_within_half_a_step() {
         let err: Vec<f32> = values.iter().zip(&back).map(|(a, (_, b))| a - b).collect();
         let rel = rms(&err) / rms(&values);
         assert!(rel < worst_rel_rms, "{scheme:?} axis {axis} block {block:?}: relative rms error {rel}");
-        // Every element within half a step of its own scale.
+        // Every element within half a step of its own scale, or, beyond the largest
+        // level (a scale below max|x| / max_level clips), at that level.
+        let top = scheme.max_level();
         for (i, (a, (s, b))) in values.iter().zip(&back).enumerate() {
-            let bound = 0.5 * s * (1.0 + 1e-5);
-            assert!(
-                (a - b).abs() <= bound,
-                "{scheme:?} axis {axis} block {block:?}: element {i}: {a} -> {b} (scale {s})"
-            );
+            let ok = if a.abs() <= top * s {
+                (a - b).abs() <= 0.5 * s * (1.0 + 1e-5)
+            } else {
+                (b.abs() - top * s).abs() <= 1e-6 * top * s && a.signum() == b.signum()
+            };
+            assert!(ok, "{scheme:?} axis {axis} block {block:?}: element {i}: {a} -> {b} (scale {s})");
         }
+        // The chosen scales err no more than max|x| / max_level would have.
+        let [rows, cols] = shape;
+        let group = |i: usize| {
+            let (r, c) = (i / cols, i % cols);
+            match (block, axis) {
+                (Some(b), 0) => (r / b) * cols + c,
+                (Some(b), _) => r * cols.div_ceil(b) + c / b,
+                (None, 0) => r,
+                (None, _) => c,
+            }
+        };
+        let mut absmax = vec![0f32; rows * cols];
+        for (i, a) in values.iter().enumerate() {
+            absmax[group(i)] = absmax[group(i)].max(a.abs());
+        }
+        let plain_error: f64 = values
+            .iter()
+            .enumerate()
+            .map(|(i, &a)| {
+                let s = absmax[group(i)] / top;
+                let b = if s > 0.0 { (a / s).round_ties_even().clamp(-top, top) * s } else { 0.0 };
+                f64::from((a - b) * (a - b))
+            })
+            .sum();
+        let chosen: f64 = values.iter().zip(&back).map(|(a, (_, b))| f64::from((a - b) * (a - b))).sum();
+        assert!(chosen <= plain_error * (1.0 + 1e-9), "{scheme:?}: {chosen} > {plain_error}");
         assert!(m.codes.iter().all(|&c| f32::from(c).abs() <= scheme.max_level()));
         assert_eq!(m, quantize_matrix(&values, shape, axis, block, scheme).unwrap(), "deterministic");
     }
