@@ -51,14 +51,7 @@ impl Drop for Devices {
 /// into `scratch/out` with `extra` compile flags; a cluster file and a secret beside it.
 /// Returns (out, cluster, secret).
 pub fn prepare(scratch: &Path, extra: &[&str]) -> (PathBuf, PathBuf, PathBuf) {
-    let model = root().join("target/bench-models/balance-llama");
-    if !model.join("model.safetensors").exists() {
-        std::fs::create_dir_all(&model).expect("mkdir");
-        let config = model.join("source-config.json");
-        std::fs::write(&config, CONFIG).expect("config");
-        write_sparse_checkpoint(&config, &model).expect("checkpoint");
-        fill_random_f16(&model.join("model.safetensors")).expect("fill");
-    }
+    let model = random_model("balance-llama", CONFIG);
     let _ = std::fs::remove_dir_all(scratch);
     std::fs::create_dir_all(scratch).expect("mkdir");
     let out = scratch.join("out");
@@ -93,6 +86,20 @@ pub fn prepare(scratch: &Path, extra: &[&str]) -> (PathBuf, PathBuf, PathBuf) {
     let secret = scratch.join("secret");
     std::fs::write(&secret, format!("benchmark secret {}", std::process::id())).expect("secret");
     (out, cluster, secret)
+}
+
+/// A checkpoint of `config` with random f16 weights, made once under
+/// target/bench-models/NAME.
+pub fn random_model(name: &str, config: &str) -> PathBuf {
+    let model = root().join("target/bench-models").join(name);
+    if !model.join("model.safetensors").exists() {
+        std::fs::create_dir_all(&model).expect("mkdir");
+        let source = model.join("source-config.json");
+        std::fs::write(&source, config).expect("config");
+        write_sparse_checkpoint(&source, &model).expect("checkpoint");
+        fill_random_f16(&model.join("model.safetensors")).expect("fill");
+    }
+    model
 }
 
 /// How frames travel: sealed with the secret, or `--insecure`.

@@ -15,8 +15,7 @@ mod net_common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use net_common::{env, root, serve, shardc_run, token_ms};
-use shardc::frontend::hf::sparse::{fill_random_f16, write_sparse_checkpoint};
+use net_common::{env, random_model, root, serve, shardc_run, token_ms};
 
 const CONFIG: &str = r#"{
   "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
@@ -81,14 +80,7 @@ fn main() {
     let run = shardc_run();
     let runs: usize = env("QUANT_RUNS", "3").parse().expect("QUANT_RUNS");
     let tokens = env("QUANT_TOKENS", "64");
-    let model = root().join("target/bench-models/quant-llama");
-    if !model.join("model.safetensors").exists() {
-        std::fs::create_dir_all(&model).expect("mkdir");
-        let config = model.join("source-config.json");
-        std::fs::write(&config, CONFIG).expect("config");
-        write_sparse_checkpoint(&config, &model).expect("checkpoint");
-        fill_random_f16(&model.join("model.safetensors")).expect("fill");
-    }
+    let model = random_model("quant-llama", CONFIG);
     let scratch = root().join("target/bench-models/quant-out");
     let _ = std::fs::remove_dir_all(&scratch);
     std::fs::create_dir_all(&scratch).expect("mkdir");

@@ -110,18 +110,13 @@ impl Session {
         let ValueDef::Weight(w) = &data.def else {
             return Err(RuntimeError::NoWeightFile { name: data.name.clone() });
         };
-        let loc = w.location.as_ref().ok_or_else(|| RuntimeError::NoWeightFile { name: data.name.clone() })?;
+        let (map, range) = self.weights.located(&data.name, w)?;
         let fail = |message: String| RuntimeError::Weight {
             name: data.name.clone(),
-            file: std::path::PathBuf::from(&loc.file),
+            file: w.location.as_ref().map(|l| std::path::PathBuf::from(&l.file)).unwrap_or_default(),
             message,
         };
-        if loc.length != w.byte_len() {
-            return Err(fail(format!("{} bytes, but {} {:?} needs {}", loc.length, w.dtype, w.shape, w.byte_len())));
-        }
-        let map = self.weights.map(&loc.file).map_err(fail)?;
-        let shape = [w.shape[0], w.shape[1]];
-        let offset = usize::try_from(loc.offset).map_err(|e| fail(e.to_string()))?;
+        let (shape, offset) = ([w.shape[0], w.shape[1]], range.start);
         let q = match f.scale {
             Some(scale) => {
                 let scales = self.constant(scale)?.to_f32_vec();

@@ -80,8 +80,9 @@ impl WeightFiles {
         Ok(map)
     }
 
-    /// Read and convert one weight.
-    pub fn load(&self, name: &str, w: &WeightRef) -> Result<Tensor, RuntimeError> {
+    /// The mapped file holding weight `name` and the byte range it takes there, checked
+    /// to lie inside the file and to be what its dtype and shape need.
+    pub fn located(&self, name: &str, w: &WeightRef) -> Result<(Rc<Mmap>, std::ops::Range<usize>), RuntimeError> {
         let loc = w.location.as_ref().ok_or_else(|| RuntimeError::NoWeightFile { name: name.to_string() })?;
         let fail =
             |message: String| RuntimeError::Weight { name: name.to_string(), file: self.dir.join(&loc.file), message };
@@ -97,7 +98,18 @@ impl WeightFiles {
         if loc.length != w.byte_len() {
             return Err(fail(format!("{} bytes, but {} {:?} needs {}", loc.length, w.dtype, w.shape, w.byte_len())));
         }
-        let bytes = &map[loc.offset as usize..end as usize];
+        Ok((map, loc.offset as usize..end as usize))
+    }
+
+    /// Read and convert one weight.
+    pub fn load(&self, name: &str, w: &WeightRef) -> Result<Tensor, RuntimeError> {
+        let (map, range) = self.located(name, w)?;
+        let fail = |message: String| RuntimeError::Weight {
+            name: name.to_string(),
+            file: w.location.as_ref().map(|l| self.dir.join(&l.file)).unwrap_or_default(),
+            message,
+        };
+        let bytes = &map[range];
         let shape = IxDyn(&w.shape);
         let data = decode(w.dtype, bytes, w.elements() as usize);
         let data = match data {

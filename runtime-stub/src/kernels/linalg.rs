@@ -12,8 +12,8 @@ pub(super) fn floats<'a>(t: &'a Tensor, what: &str) -> Result<&'a ArrayD<f32>, S
 }
 
 /// `C = alpha · A · B + beta · C` for 2-D views of any strides, into row-major `c`
-/// (the `gemm` crate, one thread).
-fn sgemm(a: &ArrayViewD<f32>, b: &ArrayViewD<f32>, c: &mut [f32], beta: f32, alpha: f32) {
+/// (the `gemm` crate, one thread). Also the matrix product of the quantized kernels.
+pub(crate) fn sgemm(a: &ArrayViewD<f32>, b: &ArrayViewD<f32>, c: &mut [f32], beta: f32, alpha: f32) {
     let (m, k) = (a.shape()[0], a.shape()[1]);
     let n = b.shape()[1];
     debug_assert_eq!(c.len(), m * n);

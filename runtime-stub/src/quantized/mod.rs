@@ -23,6 +23,7 @@ use ndarray::{ArrayD, ArrayView2, IxDyn};
 use shardc_ir::ops::Gemm;
 use shardc_ir::{DType, Graph, Op, ValueDef, ValueId};
 
+use crate::kernels::sgemm;
 use crate::tensor::{Data, Tensor};
 
 mod rows;
@@ -390,7 +391,7 @@ fn tiled_product(
             // Rows r0..r1 are outputs r0..r1: out[:, r0..r1] += alpha · x · tileᵀ.
             part.clear();
             part.resize(m * (r1 - r0), 0.0);
-            sgemm(&a2, &tv.t(), &mut part, alpha);
+            sgemm(&a2.into_dyn(), &tv.t().into_dyn(), &mut part, 0.0, alpha);
             for (row, p) in out.chunks_mut(n).zip(part.chunks(r1 - r0)) {
                 for (o, v) in row[r0..r1].iter_mut().zip(p) {
                     *o += v;
@@ -399,57 +400,10 @@ fn tiled_product(
         } else {
             // Rows r0..r1 are inputs r0..r1: out += alpha · x[:, r0..r1] · tile.
             let xs = a2.slice(ndarray::s![.., r0..r1]);
-            sgemm_acc(&xs, &tv, out, alpha);
+            sgemm(&xs.into_dyn(), &tv.into_dyn(), out, 1.0, alpha);
         }
     }
     Ok(())
-}
-
-/// `c = alpha · a · b` into row-major `c` (overwritten).
-fn sgemm(a: &ArrayView2<f32>, b: &ArrayView2<f32>, c: &mut [f32], alpha: f32) {
-    gemm_into(a, b, c, false, alpha);
-}
-
-/// `c += alpha · a · b`.
-fn sgemm_acc(a: &ArrayView2<f32>, b: &ArrayView2<f32>, c: &mut [f32], alpha: f32) {
-    gemm_into(a, b, c, true, alpha);
-}
-
-fn gemm_into(a: &ArrayView2<f32>, b: &ArrayView2<f32>, c: &mut [f32], accumulate: bool, alpha: f32) {
-    let (m, k) = a.dim();
-    let n = b.dim().1;
-    if m == 0 || n == 0 || k == 0 {
-        return;
-    }
-    let (rsa, csa) = (a.strides()[0], a.strides()[1]);
-    let (rsb, csb) = (b.strides()[0], b.strides()[1]);
-    debug_assert_eq!(c.len(), m * n);
-    // SAFETY: the views describe live m×k and k×n elements with these strides, and `c`
-    // holds m×n row-major elements nothing else aliases. `gemm` computes
-    // dst = alpha·dst + beta·lhs·rhs (its names are swapped from BLAS).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            a.as_ptr(),
-            csa,
-            rsa,
-            b.as_ptr(),
-            csb,
-            rsb,
-            1.0,
-            alpha,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
 }
 
 #[cfg(test)]
