@@ -2,7 +2,7 @@
 """Chain a compile's shard.onnx files with ONNX Runtime, following its transmission
 map, and compare the logits with the fixture's reference.safetensors.
 
-    python check_shards.py OUT FIXTURE_DIR [--tolerance T] [--against SAVED]
+    python check_shards.py OUT FIXTURE_DIR [--tolerance T] [--against SAVED] [--unfused]
 
 --tolerance: the limit against the reference, a fraction of max(1, max |value|)
 (default 1e-4; quantized packages differ from the f32 model by their quantization).
@@ -10,6 +10,11 @@ map, and compare the logits with the fixture's reference.safetensors.
 output must then also equal shardc's own runtime on the same packages within 1e-4 of
 max(1, max |value|) — for quantized packages, the check that ONNX Runtime and shardc
 read the same quantized weights the same way.
+
+--unfused: ONNX Runtime with its graph optimisations off, for models that quantize
+their activations (QDQ pairs, DynamicQuantizeLinear): its fusions into QLinear* kernels
+round differently from what the graph says, and a flipped code moves a random fixture's
+logits visibly; the fixture's reference was made the same way.
 
 Needs only onnxruntime and numpy (safetensors files are read by hand).
 """
@@ -55,7 +60,10 @@ def empty_input(arg):
 
 def main():
     args = sys.argv[1:]
-    tolerance, against = 1e-4, None
+    tolerance, against, unfused = 1e-4, None, False
+    if "--unfused" in args:
+        args.remove("--unfused")
+        unfused = True
     while len(args) > 2:
         flag, value = args[-2], args[-1]
         if flag == "--tolerance":
@@ -86,6 +94,8 @@ def main():
     # approximation of the graph (~0.5 of the logits' range on the fixtures). Level 0
     # keeps the fusion and computes what the graph says, in f32.
     opts.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "0")
+    if unfused:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     for device in tmap["stages"]:
         sess = ort.InferenceSession(str(out / device / "shard.onnx"), opts, providers=["CPUExecutionProvider"])
         feeds = {}

@@ -7,6 +7,7 @@ use serde::Serialize;
 use shardc_ir::text::print::type_text;
 use shardc_ir::{Graph, ValueDef};
 use shardc_passes::quantity::bytes_text;
+use shardc_passes::quantize::{is_quantization_parameter, is_quantized_data};
 
 /// Everything `inspect` reports.
 #[derive(Debug, Serialize)]
@@ -63,13 +64,24 @@ pub fn report(source: Source, imported: &Graph, simplified: &Graph) -> Report {
     };
     let mut weights_by_dtype: BTreeMap<String, DTypeTotals> = BTreeMap::new();
     let mut parameters = 0;
-    for value in &imported.values {
+    let uses = imported.uses();
+    for (i, value) in imported.values.iter().enumerate() {
         if let ValueDef::Weight(w) = &value.def {
             let t = weights_by_dtype.entry(w.dtype.to_string()).or_default();
             t.elements += w.elements();
             t.bytes += w.byte_len();
-            if w.dtype.is_float() {
+            // Float weights and quantized data; not shape constants, scales or zero points.
+            let id = shardc_ir::ValueId(i as u32);
+            if (w.dtype.is_float() && !is_quantization_parameter(imported, &uses, id))
+                || is_quantized_data(imported, &uses, id)
+            {
                 parameters += w.elements();
+            }
+        } else if let ValueDef::Const(t) = &value.def {
+            // A small quantized weight (a norm's, say) is held inline like any small
+            // integer initializer; it is still a parameter.
+            if is_quantized_data(imported, &uses, shardc_ir::ValueId(i as u32)) {
+                parameters += t.shape.iter().product::<usize>() as u64;
             }
         }
     }

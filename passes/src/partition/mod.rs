@@ -33,7 +33,8 @@ use crate::transmission::TransmissionMap;
 pub use held::{crossings, held_graph, Held};
 pub use report::{compare, compare_weights, prepare, CompareRow, Prepared, WeightsRow};
 pub use store::{
-    derivations, quantization_report, quantized, retype_weights, sized, store_weights, Derived, Part, Stored,
+    derivations, quantization_report, quantized, quantized_or_refused, retype_weights, sized, store_weights, Derived,
+    Part, Stored,
 };
 
 /// Why partitioning failed.
@@ -102,7 +103,7 @@ pub fn plan(
     strategy: Strategy,
     names: Names,
 ) -> Result<Planned, PartitionError> {
-    let (quantized, summary) = quantized(graph, req.quantize.as_ref());
+    let (quantized, summary) = quantized_or_refused(graph, req.quantize.as_ref())?;
     let mut planned = plan_graph(&quantized, profile, req, strategy, names)?;
     planned.report.quantization =
         req.quantize.as_ref().zip(summary.as_ref()).map(|(q, s)| quantization_report(q, s, req.dtype));
@@ -195,7 +196,7 @@ pub fn partition(
     strategy: Strategy,
     names: Names,
 ) -> Result<Partition, PartitionError> {
-    let (quantized, summary) = quantized(graph, req.quantize.as_ref());
+    let (quantized, summary) = quantized_or_refused(graph, req.quantize.as_ref())?;
     // How to compute each weight the quantization created, from the model's own.
     let derive = summary.as_ref().map(|s| derivations(graph, s)).unwrap_or_default();
     let graph = &*quantized;

@@ -215,6 +215,8 @@ pub fn compare_weights(graph: &Graph, profile: &Profile, req: &Request) -> Resul
             _ => Quantization::new(s, None, embeddings),
         })
     });
+    // What was asked is refused first, by its own name.
+    super::quantized_or_refused(graph, req.quantize.as_ref())?;
     let mut rows = Vec::new();
     for variant in variants {
         let quantize = variant.transpose().map_err(PartitionError::Unsupported)?;

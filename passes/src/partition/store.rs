@@ -42,6 +42,37 @@ pub fn quantized<'g>(graph: &'g Graph, quantization: Option<&Quantization>) -> (
     }
 }
 
+/// [`quantized`] for a plan or a compile: a quantization that finds no float matrix
+/// weight is refused rather than planned as if it had done something (a model
+/// already quantized, for instance, whose products read integer weights).
+pub fn quantized_or_refused<'g>(
+    graph: &'g Graph,
+    quantization: Option<&Quantization>,
+) -> Result<(Cow<'g, Graph>, Option<Summary>), super::PartitionError> {
+    let (g, summary) = quantized(graph, quantization);
+    if let (Some(q), Some(s)) = (quantization, &summary) {
+        if s.weights.is_empty() {
+            let uses = graph.uses();
+            let already = (0..graph.values.len())
+                .filter(|&i| {
+                    matches!(graph.values[i].def, shardc_ir::ValueDef::Weight(_))
+                        && crate::quantize::is_quantized_data(graph, &uses, ValueId(i as u32))
+                })
+                .count();
+            let why = if already > 0 {
+                format!("; the model is quantized already ({already} weights are integer data of DequantizeLinear, MatMulInteger or a quantized lookup): plan it without --quantize")
+            } else {
+                String::new()
+            };
+            return Err(super::PartitionError::Unsupported(format!(
+                "--quantize {}: the model has no float matrix weight to quantize{why}",
+                q.scheme.name()
+            )));
+        }
+    }
+    Ok((g, summary))
+}
+
 /// What `plan.json` says of a quantization (`before` sized as `dtype` would store it).
 pub fn quantization_report(q: &Quantization, summary: &Summary, dtype: Option<DType>) -> QuantizationReport {
     QuantizationReport {

@@ -164,16 +164,49 @@ impl Summary {
     }
 }
 
-/// Whether weight `v` is a quantization parameter: every reader is a
-/// `DequantizeLinear` reading it as its scale or zero point. Such weights keep their
-/// dtype when the others are stored as `--dtype`.
+/// Whether weight `v` is a quantization parameter: every reader takes it as a scale or
+/// zero point (`DequantizeLinear`/`QuantizeLinear` inputs 1 and 2, `MatMulInteger`
+/// inputs 2 and 3) and none as data. Such weights keep their dtype when the others are
+/// stored as `--dtype`, and are not counted as parameters.
 pub fn is_quantization_parameter(graph: &Graph, uses: &[Vec<shardc_ir::NodeId>], v: ValueId) -> bool {
+    reads_all(graph, uses, v, |op, slot| match op {
+        Op::DequantizeLinear(_) | Op::QuantizeLinear(_) => slot >= 1,
+        Op::MatMulInteger(_) => slot >= 2,
+        _ => false,
+    })
+}
+
+/// Whether weight `v` holds quantized values: every reader takes it as the data of a
+/// `DequantizeLinear` (input 0), as an operand of a `MatMulInteger` (inputs 0, 1), or
+/// as the table of a `Gather` whose rows are such data (a quantized embedding) — the
+/// model's parameters in a quantized graph, whatever their integer type.
+pub fn is_quantized_data(graph: &Graph, uses: &[Vec<shardc_ir::NodeId>], v: ValueId) -> bool {
+    let gathered = |n: shardc_ir::NodeId| {
+        let node = graph.node(n);
+        node.outputs.len() == 1
+            && reads_all(graph, uses, node.outputs[0], |op, slot| matches!(op, Op::DequantizeLinear(_)) && slot == 0)
+    };
     !uses[v.index()].is_empty()
         && uses[v.index()].iter().all(|&n| {
             let node = graph.node(n);
-            matches!(node.op, Op::DequantizeLinear(_))
-                && node.inputs.iter().skip(1).any(|i| *i == Some(v))
-                && node.inputs.first() != Some(&Some(v))
+            node.inputs.iter().enumerate().all(|(slot, i)| {
+                *i != Some(v)
+                    || match node.op {
+                        Op::DequantizeLinear(_) => slot == 0,
+                        Op::MatMulInteger(_) => slot <= 1,
+                        Op::Gather(_) => slot == 0 && gathered(n),
+                        _ => false,
+                    }
+            })
+        })
+}
+
+/// Whether `v` has readers and every input slot reading it passes `ok(op, slot)`.
+fn reads_all(graph: &Graph, uses: &[Vec<shardc_ir::NodeId>], v: ValueId, ok: impl Fn(&Op, usize) -> bool) -> bool {
+    !uses[v.index()].is_empty()
+        && uses[v.index()].iter().all(|&n| {
+            let node = graph.node(n);
+            node.inputs.iter().enumerate().all(|(slot, i)| *i != Some(v) || ok(&node.op, slot))
         })
 }
 
