@@ -81,6 +81,62 @@ fn three_processes_reproduce_current_checkpoints_and_exports() {
     }
 }
 
+/// Quantized packages — written by `--quantize` (int8, int4, int4 with the embedding
+/// and head) from a checkpoint (products stored `[N, K]`, KV cache) and from an export
+/// (`[K, N]`, no cache), and compiled from models quantized by onnxruntime (QDQ with
+/// quantized activations, MatMulInteger, blocked int4) — over three processes and in
+/// one (a thread per device): the tokens of the same packages chained in `shardc
+/// verify`, and for the imported models the tokens of the whole model.
+#[test]
+fn three_processes_and_threads_run_quantized_packages() {
+    let mut cases: Vec<(String, std::path::PathBuf, Vec<&str>)> = Vec::new();
+    for model in ["llama/hf", "gpt2/model.onnx"] {
+        for flags in [
+            vec!["--quantize", "int8"],
+            vec!["--quantize", "int4"],
+            vec!["--quantize", "int4", "--quantize-embeddings"],
+        ] {
+            cases.push((format!("{model} {}", flags.join(" ")), fixture_dir(model), flags));
+        }
+    }
+    for name in ["llama-qdq-s8-pc", "llama-dynamic-u8-pc", "llama31-int4-qdq"] {
+        cases.push((name.to_string(), fixture_dir(&format!("quantized/{name}")).join("model.onnx"), vec![]));
+    }
+    for (k, (what, model, flags)) in cases.iter().enumerate() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        compile(model, &out, flags);
+        let ids = "5,17,42,99,3,250,18,77";
+        // The packages chained in this process, and (no --quantize) the whole model.
+        let verify = common::shardc_command()
+            .arg("verify")
+            .arg(model)
+            .arg(&out)
+            .args(["--input-ids", ids, "--tolerance", "10", "--min-agreement", "0"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&verify.stdout).to_string();
+        assert!(verify.status.success(), "{what}: {text}{}", String::from_utf8_lossy(&verify.stderr));
+        let listed = |label: &str| -> Vec<i64> {
+            let at = text.find(&format!("{label} [")).unwrap_or_else(|| panic!("{what}: no {label} tokens in {text}"));
+            let list = &text[at + label.len() + 2..];
+            list[..list.find(']').unwrap()].split(", ").map(|t| t.parse().unwrap()).collect()
+        };
+        let expected = listed("packages");
+        assert_eq!(expected.len(), 8, "{what}: {text}");
+        if flags.is_empty() {
+            assert_eq!(expected, listed("model"), "{what}: the packages' tokens are the model's");
+        }
+        let (cluster_file, _) = cluster(dir.path(), port_base(90 + k as u16));
+        let _devices = serve(&out, &cluster_file, &[]);
+        let gen =
+            generate_command(&out, &cluster_file, ids).args(["--max-new-tokens", "8", "--json"]).output().unwrap();
+        assert!(gen.status.success(), "{what}: {}", String::from_utf8_lossy(&gen.stderr));
+        assert_eq!(common::net::tokens_of(&gen.stdout), expected, "{what}: three processes");
+        assert_eq!(local_tokens(&out, ids, 8), expected, "{what}: one process");
+    }
+}
+
 #[test]
 fn a_killed_device_ends_generation_naming_it() {
     let dir = tempfile::tempdir().unwrap();
