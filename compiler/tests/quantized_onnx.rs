@@ -138,3 +138,43 @@ fn what_shardc_cannot_do_with_quantized_models_is_refused_by_name() {
         }
     }
 }
+
+/// The runtime reads imported quantized weights as stored: every product (and lookup)
+/// over a dequantized 2-D weight — signed or unsigned codes, with zero points or
+/// without — is fused, so no weight is dequantized whole.
+#[test]
+fn imported_dequantized_weights_are_read_as_stored() {
+    use shardc_ir::{Op, ValueDef};
+    for (name, with_zero) in
+        [("llama-qdq-s8-pc", true), ("llama-qdq-u8s8", true), ("llama31-int4-qdq", false), ("llama31-uint4-qdq", true)]
+    {
+        let (graph, _) = common::lowered(&fixture_dir(&format!("quantized/{name}")).join("model.onnx"), None);
+        let fused = shardc_runtime::quantized::fused_products(&graph);
+        let uses = graph.uses();
+        let mut products = 0;
+        for (i, node) in graph.nodes.iter().enumerate() {
+            let Op::DequantizeLinear(_) = node.op else { continue };
+            let data = node.inputs[0].unwrap();
+            let ValueDef::Weight(w) = &graph.value(data).def else { continue };
+            if w.shape.len() != 2 {
+                continue;
+            }
+            // The reader of this weight's dequantized values.
+            let readers = &uses[node.outputs[0].index()];
+            assert_eq!(readers.len(), 1, "{name}: {}", graph.value(data).name);
+            let reader = readers[0].index();
+            let f = fused[reader].as_ref().unwrap_or_else(|| {
+                panic!(
+                    "{name}: {} ({}) reads {} dequantized, not fused",
+                    graph.nodes[reader].name,
+                    graph.nodes[reader].op.name(),
+                    graph.value(data).name
+                )
+            });
+            assert_eq!((f.data, f.chain.contains(&i)), (data, true), "{name}");
+            assert_eq!(f.zero.is_some(), with_zero, "{name}: zero point");
+            products += 1;
+        }
+        assert!(products >= 10, "{name}: {products} dequantized matrices");
+    }
+}

@@ -108,8 +108,16 @@ fn main() {
             })
             .collect();
         let gemm = trans_b.then(|| Gemm { alpha: 1.0, beta: 0.0, transA: 0, transB: 1 });
-        let fused =
-            Fused { data: ValueId(0), scale: Some(ValueId(1)), axis, block, chain: vec![], gemm, gather: false };
+        let fused = Fused {
+            data: ValueId(0),
+            scale: Some(ValueId(1)),
+            zero: None,
+            axis,
+            block,
+            chain: vec![],
+            gemm,
+            gather: false,
+        };
         let r = rate(|| {
             for w in &matrices {
                 sink += product(&fused, w, &x, None).unwrap().to_f32_vec()[0];

@@ -119,8 +119,15 @@ impl Session {
         let (shape, offset) = ([w.shape[0], w.shape[1]], range.start);
         let q = match f.scale {
             Some(scale) => {
-                let scales = self.constant(scale)?.to_f32_vec();
-                QuantMatrix::new(map, offset, w.dtype, shape, scales, f.axis, f.block)
+                // One scale (and zero point) for the whole weight: repeated per row.
+                let per_row =
+                    |v: Vec<f32>| if f.per_tensor { vec![v.first().copied().unwrap_or(0.0); shape[0]] } else { v };
+                let scales = per_row(self.constant(scale)?.to_f32_vec());
+                let zeros = f.zero.map(|z| self.constant(z).map(|t| per_row(t.to_f32_vec()))).transpose()?;
+                QuantMatrix::new(map, offset, w.dtype, shape, scales, f.axis, f.block).and_then(|q| match zeros {
+                    Some(z) => q.with_zero_points(z),
+                    None => Ok(q),
+                })
             }
             None => QuantMatrix::half(map, offset, w.dtype, shape),
         }

@@ -12,9 +12,13 @@
 //! the stored bytes (mapped), not the weight in f32.
 //!
 //! Only f32 scales are fused (what `--quantize` writes): the dequantized weight is then
-//! `code · scale` in f32, and the kernel applies each scale once per group of codes — the
-//! same product up to the order of float additions. A chain with f16 scales (an
-//! imported model's) dequantizes to f16, rounding every weight; it runs node by node.
+//! `(code − zero point) · scale` in f32, and the kernel applies each scale once per
+//! group of codes — the same product up to the order of float additions. A chain with
+//! f16 scales (an imported model's) dequantizes to f16, rounding every weight; it runs
+//! node by node. Signed codes without zero points (or with all-zero ones, as
+//! onnxruntime writes for symmetric int8) take the decode loops; unsigned codes and
+//! non-zero zero points (an imported asymmetric model's) are dequantized a row at a
+//! time — still never the whole weight.
 
 use std::rc::Rc;
 
@@ -37,9 +41,13 @@ pub struct Fused {
     /// cast widens to f32, read as stored.
     pub data: ValueId,
     pub scale: Option<ValueId>,
-    /// The `DequantizeLinear` attributes.
+    /// The `DequantizeLinear` zero point, when it has one.
+    pub zero: Option<ValueId>,
+    /// The `DequantizeLinear` attributes; with one scale for the whole weight
+    /// (`per_tensor`), axis 0 and the scale repeated for every row.
     pub axis: usize,
     pub block: Option<usize>,
+    pub per_tensor: bool,
     /// The nodes of the chain (dequantize, cast), which never run.
     pub chain: Vec<usize>,
     /// `Gemm` attributes, or `None` for `MatMul` (and for a lookup).
@@ -98,42 +106,65 @@ pub fn fused_products(graph: &Graph) -> Vec<Option<Fused>> {
                         if !matches!(w.dtype, DType::F16 | DType::BF16) || w.shape.len() != 2 {
                             return None;
                         }
-                        return Some(Fused { data: input, scale: None, axis: 0, block: None, chain, gemm, gather });
+                        let (scale, zero) = (None, None);
+                        let (axis, block, per_tensor) = (0, None, false);
+                        return Some(Fused { data: input, scale, zero, axis, block, per_tensor, chain, gemm, gather });
                     }
                 }
             }
             let dq = &graph.nodes[at];
             let Op::DequantizeLinear(d) = &dq.op else { return None };
-            if dq.inputs.len() > 2 && dq.inputs[2].is_some() || d.output_dtype.is_some() {
+            if d.output_dtype.is_some() {
                 return None;
             }
             chain.push(at);
             let (data, scale) = (dq.inputs.first().copied().flatten()?, dq.inputs.get(1).copied().flatten()?);
-            let (ValueDef::Weight(dw), ValueDef::Weight(sw)) = (&graph.value(data).def, &graph.value(scale).def) else {
-                return None;
-            };
-            if !matches!(dw.dtype, DType::I8 | DType::I4) || dw.shape.len() != 2 {
+            let ValueDef::Weight(dw) = &graph.value(data).def else { return None };
+            // The scales: a weight, or a small constant (a per-tensor scale, say).
+            let (scale_dtype, scale_shape) = typed(graph, scale)?;
+            if !matches!(dw.dtype, DType::I8 | DType::I4 | DType::U8 | DType::U4) || dw.shape.len() != 2 {
                 return None;
             }
-            if sw.dtype != DType::F32 {
+            // A zero point: a weight or constant of the data's type, shaped as the scale.
+            let zero = dq.inputs.get(2).copied().flatten();
+            if let Some(z) = zero {
+                if typed(graph, z)? != (dw.dtype, scale_shape.clone()) {
+                    return None;
+                }
+            }
+            if scale_dtype != DType::F32 {
                 return None;
             }
             let axis = usize::try_from(if d.axis < 0 { d.axis + 2 } else { d.axis }).ok().filter(|&a| a < 2)?;
             let block = usize::try_from(d.block_size).ok().filter(|&b| b > 0);
             let (rows, cols) = (dw.shape[0], dw.shape[1]);
+            if scale_shape.iter().product::<usize>() == 1 && block.is_none() {
+                chain.reverse();
+                let (axis, per_tensor) = (0, true);
+                return Some(Fused { data, scale: Some(scale), zero, axis, block, per_tensor, chain, gemm, gather });
+            }
             let scale_ok = match block {
-                Some(b) if axis == 0 => sw.shape == [rows.div_ceil(b), cols],
-                Some(b) => sw.shape == [rows, cols.div_ceil(b)],
-                None if axis == 0 => sw.shape == [rows],
-                None => sw.shape == [cols],
+                Some(b) if axis == 0 => scale_shape == [rows.div_ceil(b), cols],
+                Some(b) => scale_shape == [rows, cols.div_ceil(b)],
+                None if axis == 0 => scale_shape == [rows],
+                None => scale_shape == [cols],
             };
             if !scale_ok {
                 return None;
             }
             chain.reverse();
-            Some(Fused { data, scale: Some(scale), axis, block, chain, gemm, gather })
+            Some(Fused { data, scale: Some(scale), zero, axis, block, per_tensor: false, chain, gemm, gather })
         })
         .collect()
+}
+
+/// The dtype and shape of a weight or a constant.
+fn typed(graph: &Graph, v: ValueId) -> Option<(DType, Vec<usize>)> {
+    match &graph.value(v).def {
+        ValueDef::Weight(w) => Some((w.dtype, w.shape.clone())),
+        ValueDef::Const(t) => Some((t.dtype, t.shape.clone())),
+        _ => None,
+    }
 }
 
 /// A quantized matrix (or an f16/bf16 one) read from its memory map, with its scales.
@@ -141,6 +172,10 @@ pub struct QuantMatrix {
     map: Rc<Mmap>,
     offset: usize,
     int4: bool,
+    /// Codes 0..256 (uint8) or 0..16 (uint4), not two's complement.
+    unsigned: bool,
+    /// Zero points, one per scale (none: all zero).
+    zeros: Option<Vec<f32>>,
     /// An f16 or bf16 matrix, widened row by row (no codes, no scales).
     half: Option<DType>,
     rows: usize,
@@ -158,6 +193,16 @@ enum RowScales<'a> {
     Columns(&'a [f32]),
 }
 
+impl RowScales<'_> {
+    /// Where these scales start in `all`, the matrix's scales (they are a slice of it).
+    fn offset(&self, all: &[f32]) -> usize {
+        let part = match self {
+            RowScales::Segments { scales, .. } | RowScales::Columns(scales) => scales,
+        };
+        (part.as_ptr() as usize - all.as_ptr() as usize) / std::mem::size_of::<f32>()
+    }
+}
+
 impl QuantMatrix {
     /// `data` bytes `offset..` of `map` (checked to hold `rows × cols` codes), scales
     /// as decoded.
@@ -170,7 +215,10 @@ impl QuantMatrix {
         axis: usize,
         block: Option<usize>,
     ) -> Result<QuantMatrix, String> {
-        let int4 = dtype == DType::I4;
+        if !matches!(dtype, DType::I8 | DType::I4 | DType::U8 | DType::U4) {
+            return Err(format!("{dtype} codes are not 8- or 4-bit integers"));
+        }
+        let (int4, unsigned) = (matches!(dtype, DType::I4 | DType::U4), matches!(dtype, DType::U8 | DType::U4));
         let bytes = if int4 { (rows * cols).div_ceil(2) } else { rows * cols };
         if offset.checked_add(bytes).is_none_or(|end| end > map.len()) {
             return Err(format!("{bytes} bytes of codes at {offset} lie past the end of the file"));
@@ -184,7 +232,21 @@ impl QuantMatrix {
         if scales.len() != expected {
             return Err(format!("{} scales for a [{rows}, {cols}] matrix that needs {expected}", scales.len()));
         }
-        Ok(QuantMatrix { map, offset, int4, half: None, rows, cols, scales, axis, block })
+        Ok(QuantMatrix { map, offset, int4, unsigned, zeros: None, half: None, rows, cols, scales, axis, block })
+    }
+
+    /// The same matrix with zero points, one per scale (all zero: none).
+    pub fn with_zero_points(mut self, zeros: Vec<f32>) -> Result<QuantMatrix, String> {
+        if zeros.len() != self.scales.len() {
+            return Err(format!("{} zero points for {} scales", zeros.len(), self.scales.len()));
+        }
+        self.zeros = zeros.iter().any(|&z| z != 0.0).then_some(zeros);
+        Ok(self)
+    }
+
+    /// Whether the decode loops read this matrix: signed codes, no zero points.
+    fn plain_codes(&self) -> bool {
+        !self.unsigned && self.zeros.is_none()
     }
 
     /// An f16 or bf16 matrix at bytes `offset..` of `map`.
@@ -196,7 +258,8 @@ impl QuantMatrix {
             return Err(format!("{} bytes at {offset} lie past the end of the file", rows * cols * 2));
         }
         let (axis, block, scales) = (0, None, Vec::new());
-        Ok(QuantMatrix { map, offset, int4: false, half: Some(dtype), rows, cols, scales, axis, block })
+        let (int4, unsigned, zeros) = (false, false, None);
+        Ok(QuantMatrix { map, offset, int4, unsigned, zeros, half: Some(dtype), rows, cols, scales, axis, block })
     }
 
     fn row_scales(&self, r: usize) -> RowScales<'_> {
@@ -216,25 +279,27 @@ impl QuantMatrix {
     fn codes(&self, r: usize, out: &mut [f32]) {
         let bytes = &self.map[self.offset..];
         let start = r * self.cols;
+        let byte = |b: u8| if self.unsigned { f32::from(b) } else { f32::from(b as i8) };
+        // A nibble (in the low four bits) as a code.
+        let nibble = |n: u8| if self.unsigned { f32::from(n & 0x0F) } else { f32::from(((n << 4) as i8) >> 4) };
         if !self.int4 {
             for (o, &b) in out.iter_mut().zip(&bytes[start..start + self.cols]) {
-                *o = f32::from(b as i8);
+                *o = byte(b);
             }
         } else if start % 2 == 0 {
             // Two codes a byte, low nibble first.
             let row = &bytes[start / 2..(start + self.cols).div_ceil(2)];
             for (pair, &b) in out.chunks_mut(2).zip(row) {
-                pair[0] = f32::from(((b << 4) as i8) >> 4);
+                pair[0] = nibble(b);
                 if let Some(hi) = pair.get_mut(1) {
-                    *hi = f32::from((b as i8) >> 4);
+                    *hi = nibble(b >> 4);
                 }
             }
         } else {
             for (c, o) in out.iter_mut().enumerate() {
                 let i = start + c;
                 let b = bytes[i / 2];
-                let nibble = if i % 2 == 0 { b & 0x0F } else { b >> 4 };
-                *o = f32::from(((nibble << 4) as i8) >> 4);
+                *o = nibble(if i % 2 == 0 { b } else { b >> 4 });
             }
         }
     }
@@ -247,13 +312,22 @@ impl QuantMatrix {
             return;
         }
         self.codes(r, out);
+        // The zero points run as the scales do: the same index.
+        let zeros = self.zeros.as_ref().map(|z| {
+            let first = self.row_scales(r).offset(&self.scales);
+            &z[first..]
+        });
         match self.row_scales(r) {
             RowScales::Segments { scales, len } => {
-                for (seg, &s) in out.chunks_mut(len).zip(scales) {
-                    seg.iter_mut().for_each(|v| *v *= s);
+                for (g, (seg, &s)) in out.chunks_mut(len).zip(scales).enumerate() {
+                    let z = zeros.map_or(0.0, |z| z[g]);
+                    seg.iter_mut().for_each(|v| *v = (*v - z) * s);
                 }
             }
-            RowScales::Columns(scales) => out.iter_mut().zip(scales).for_each(|(v, s)| *v *= s),
+            RowScales::Columns(scales) => match zeros {
+                Some(z) => out.iter_mut().zip(scales).zip(z).for_each(|((v, s), z)| *v = (*v - z) * s),
+                None => out.iter_mut().zip(scales).for_each(|(v, s)| *v *= s),
+            },
         }
     }
 }
@@ -330,6 +404,9 @@ fn rows_product(w: &QuantMatrix, trans_b: bool, xs: &[f32], m: usize, out: &mut 
     if w.half.is_some() {
         return rows::half_rows(w, trans_b, xs, m, out, alpha);
     }
+    if !w.plain_codes() {
+        return general_rows(w, trans_b, xs, m, out, alpha);
+    }
     // The fast paths read whole bytes of int4 codes and change scales only between
     // chunks of 8 (int8) or 16 (int4) codes.
     let chunk = if w.int4 { 16 } else { 8 };
@@ -340,6 +417,11 @@ fn rows_product(w: &QuantMatrix, trans_b: bool, xs: &[f32], m: usize, out: &mut 
         (false, RowScales::Columns(_)) if !w.int4 || w.cols % 2 == 0 => return kn_rows(w, xs, m, out, alpha),
         _ => {}
     }
+    general_rows(w, trans_b, xs, m, out, alpha)
+}
+
+/// Few rows of `x`, any codes: each storage row dequantized once into a buffer.
+fn general_rows(w: &QuantMatrix, trans_b: bool, xs: &[f32], m: usize, out: &mut [f32], alpha: f32) {
     let cols = w.cols;
     let mut row = vec![0f32; cols];
     if trans_b {

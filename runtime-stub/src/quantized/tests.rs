@@ -104,8 +104,10 @@ fn fused_products_equal_dequantizing_first() {
                     let f = Fused {
                         data: ValueId(0),
                         scale: Some(ValueId(1)),
+                        zero: None,
                         axis,
                         block,
+                        per_tensor: false,
                         chain: vec![],
                         gemm,
                         gather: false,
@@ -155,8 +157,17 @@ fn half_matrices_are_read_as_stored() {
                 let (k, n) = if trans_b { (cols, rows) } else { (rows, cols) };
                 let x: Vec<f32> = (0..m * k).map(|i| (i % 5) as f32 - 2.0).collect();
                 let gemm = trans_b.then_some(Gemm { alpha: 1.0, beta: 1.0, transA: 0, transB: 1 });
-                let f =
-                    Fused { data: ValueId(0), scale: None, axis: 0, block: None, chain: vec![], gemm, gather: false };
+                let f = Fused {
+                    data: ValueId(0),
+                    scale: None,
+                    zero: None,
+                    axis: 0,
+                    block: None,
+                    per_tensor: false,
+                    chain: vec![],
+                    gemm,
+                    gather: false,
+                };
                 let xt = Tensor::f32(ArrayD::from_shape_vec(IxDyn(&[m, k]), x.clone()).unwrap());
                 let got = product(&f, &w, &xt, None).unwrap().to_f32_vec();
                 for i in 0..m {
@@ -171,5 +182,102 @@ fn half_matrices_are_read_as_stored() {
         }
         let rows_read = gather(&w, &Tensor::from_i64(&[1], vec![2]).unwrap()).unwrap().to_f32_vec();
         assert_eq!(rows_read, values[2 * cols..3 * cols]);
+    }
+}
+
+/// uint8/uint4 codes with zero points (an imported asymmetric model's), and int8 with
+/// all-zero zero points (onnxruntime's symmetric ones): rows dequantize as
+/// (code − zero point) · scale, and products at decode and prefill sizes and lookups
+/// equal the product with that weight.
+#[test]
+fn unsigned_codes_and_zero_points_follow_the_definition() {
+    let (rows, cols) = (12usize, 10usize);
+    for (dtype, block, axis) in
+        [(DType::U8, None, 0), (DType::U4, Some(4), 1), (DType::U4, Some(3), 0), (DType::I8, None, 1)]
+    {
+        let unsigned = dtype != DType::I8;
+        let max: u32 = if dtype == DType::U4 { 16 } else { 256 };
+        let codes: Vec<u32> = (0..rows * cols).map(|i| (i as u32 * 37 + 11) % max).collect();
+        let bytes: Vec<u8> = if dtype == DType::U4 {
+            codes.chunks(2).map(|p| p[0] as u8 | ((*p.get(1).unwrap_or(&0) as u8) << 4)).collect()
+        } else {
+            codes.iter().map(|&c| c as u8).collect()
+        };
+        let value = |c: u32| if unsigned { c as f32 } else { f32::from(c as u8 as i8) };
+        let n_scales = match (block, axis) {
+            (Some(b), 0) => rows.div_ceil(b) * cols,
+            (Some(b), _) => rows * cols.div_ceil(b),
+            (None, 0) => rows,
+            (None, _) => cols,
+        };
+        let scale_of = |r: usize, c: usize| match (block, axis) {
+            (Some(b), 0) => (r / b) * cols + c,
+            (Some(b), _) => r * cols.div_ceil(b) + c / b,
+            (None, 0) => r,
+            (None, _) => c,
+        };
+        let scales: Vec<f32> = (0..n_scales).map(|i| 0.01 * (1 + i % 5) as f32).collect();
+        let zeros: Vec<f32> = (0..n_scales).map(|i| if unsigned { (i as u32 * 7 % max) as f32 } else { 0.0 }).collect();
+        let mut map = memmap2::MmapMut::map_anon(bytes.len()).unwrap();
+        map.copy_from_slice(&bytes);
+        let w = QuantMatrix::new(
+            Rc::new(map.make_read_only().unwrap()),
+            0,
+            dtype,
+            [rows, cols],
+            scales.clone(),
+            axis,
+            block,
+        )
+        .unwrap()
+        .with_zero_points(zeros.clone())
+        .unwrap();
+        assert_eq!(w.plain_codes(), !unsigned, "{dtype}: all-zero zero points are none");
+        let dense: Vec<f32> = (0..rows * cols)
+            .map(|i| {
+                let g = scale_of(i / cols, i % cols);
+                (value(codes[i]) - zeros[g]) * scales[g]
+            })
+            .collect();
+        let mut row = vec![0f32; cols];
+        for r in 0..rows {
+            w.row(r, &mut row);
+            assert_eq!(row, dense[r * cols..(r + 1) * cols], "{dtype} row {r}");
+        }
+        for trans_b in [false, true] {
+            let (k, n) = if trans_b { (cols, rows) } else { (rows, cols) };
+            for m in [1, 5] {
+                let x: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.25 - 0.75).collect();
+                let gemm = trans_b.then_some(Gemm { alpha: 1.0, beta: 1.0, transA: 0, transB: 1 });
+                let f = Fused {
+                    data: ValueId(0),
+                    scale: Some(ValueId(1)),
+                    zero: Some(ValueId(2)),
+                    axis,
+                    block,
+                    per_tensor: false,
+                    chain: vec![],
+                    gemm,
+                    gather: false,
+                };
+                let xt = Tensor::f32(ArrayD::from_shape_vec(IxDyn(&[m, k]), x.clone()).unwrap());
+                let got = product(&f, &w, &xt, None).unwrap().to_f32_vec();
+                for i in 0..m {
+                    for j in 0..n {
+                        let want: f32 = (0..k)
+                            .map(|t| x[i * k + t] * if trans_b { dense[j * cols + t] } else { dense[t * cols + j] })
+                            .sum();
+                        let g = got[i * n + j];
+                        assert!(
+                            (g - want).abs() <= 1e-4 * want.abs().max(1.0),
+                            "{dtype} transB {trans_b} m {m}: {g} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+        let looked = gather(&w, &Tensor::from_i64(&[2], vec![1, -1]).unwrap()).unwrap().to_f32_vec();
+        assert_eq!(looked[..cols], dense[cols..2 * cols]);
+        assert_eq!(looked[cols..], dense[(rows - 1) * cols..]);
     }
 }
