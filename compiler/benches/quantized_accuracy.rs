@@ -40,7 +40,9 @@ fn main() {
     let tmp = std::env::temp_dir().join(format!("shardc-quantized-accuracy-{}", std::process::id()));
     let devices = root().join("fixtures/devices/loopback-2.toml");
     println!("fixture checkpoints (random weights), 2 devices, prompt of 10 tokens, {TOKENS} greedy tokens");
-    println!("max |logit error| / max |logit|, and greedy tokens agreeing with the model's before the first that differs\n");
+    println!(
+        "max |logit error| / max |logit|, and greedy tokens agreeing with the model's before the first that differs\n"
+    );
     print!("{:<12}", "fixture");
     for (name, _) in VARIANTS {
         print!(" {:>17}", name);

@@ -164,7 +164,7 @@ impl Format {
             // the next (virtual) step, else overflow.
             let step = self.decode(max_code) - self.decode(max_code - 1);
             if a - self.decode(max_code) < step / 2.0
-                || (a - self.decode(max_code) == step / 2.0 && max_code % 2 == 0)
+                || (a - self.decode(max_code) == step / 2.0 && max_code.is_multiple_of(2))
                 || saturate
             {
                 max_code
@@ -174,7 +174,7 @@ impl Format {
         } else {
             let above = below + 1;
             let (d_lo, d_hi) = (a - self.decode(below), self.decode(above) - a);
-            if d_lo < d_hi || (d_lo == d_hi && below % 2 == 0) {
+            if d_lo < d_hi || (d_lo == d_hi && below.is_multiple_of(2)) {
                 below
             } else {
                 above

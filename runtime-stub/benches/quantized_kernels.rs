@@ -107,13 +107,14 @@ fn main() {
                 QuantMatrix::new(map.clone(), m * bytes_per, dtype, shape, s, axis, block).unwrap()
             })
             .collect();
-        let gemm = trans_b.then(|| Gemm { alpha: 1.0, beta: 0.0, transA: 0, transB: 1 });
+        let gemm = trans_b.then_some(Gemm { alpha: 1.0, beta: 0.0, transA: 0, transB: 1 });
         let fused = Fused {
             data: ValueId(0),
             scale: Some(ValueId(1)),
             zero: None,
             axis,
             block,
+            per_tensor: false,
             chain: vec![],
             gemm,
             gather: false,

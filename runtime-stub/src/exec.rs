@@ -320,8 +320,10 @@ impl Session {
     fn check_output(&self, v: ValueId, t: &Tensor, sizes: &HashMap<String, i64>) -> Result<(), String> {
         let value = self.graph.value(v);
         let Some(ty) = &value.ty else { return Ok(()) };
-        let expected = shardc_ir::text::print::type_text(Some(ty));
-        let mismatch = || format!("output `{}` is {}, but shape inference says {expected}", value.name, t.describe());
+        let mismatch = || {
+            let expected = shardc_ir::text::print::type_text(Some(ty));
+            format!("output `{}` is {}, but shape inference says {expected}", value.name, t.describe())
+        };
         if ty.dtype != t.dtype || ty.rank() != t.shape().len() {
             return Err(mismatch());
         }

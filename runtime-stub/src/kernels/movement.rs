@@ -43,7 +43,7 @@ pub fn reshape(allowzero: i64, inputs: &[Option<&Tensor>]) -> KernelResult {
     }
     if let Some(i) = infer_at {
         let rest: usize = shape.iter().enumerate().filter(|(k, _)| *k != i).map(|(_, d)| d).product();
-        if rest == 0 || total % rest != 0 {
+        if rest == 0 || !total.is_multiple_of(rest) {
             return Err(format!("cannot reshape {:?} into {target:?}", x.shape()));
         }
         shape[i] = total / rest;

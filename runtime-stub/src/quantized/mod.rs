@@ -25,12 +25,16 @@ use std::rc::Rc;
 use memmap2::Mmap;
 use ndarray::{ArrayD, ArrayView2, IxDyn};
 use shardc_ir::ops::Gemm;
-use shardc_ir::{DType, Graph, Op, ValueDef, ValueId};
+use shardc_ir::{DType, ValueId};
 
 use crate::kernels::sgemm;
 use crate::tensor::{Data, Tensor};
 
+mod avx512;
+mod fuse;
 mod rows;
+
+pub use fuse::fused_products;
 
 use rows::{dot, kn_rows, nk_rows};
 
@@ -64,106 +68,6 @@ impl Fused {
         } else {
             1
         }
-    }
-}
-
-/// For every node, the fused product (or lookup) it is, if it is one.
-pub fn fused_products(graph: &Graph) -> Vec<Option<Fused>> {
-    let uses = graph.uses();
-    let producer = |v: ValueId| match graph.value(v).def {
-        ValueDef::Node(n) => Some(n.index()),
-        _ => None,
-    };
-    let single_use = |v: ValueId| uses[v.index()].len() == 1 && !graph.outputs.contains(&v);
-    graph
-        .nodes
-        .iter()
-        .map(|node| {
-            let (gemm, gather) = match &node.op {
-                Op::Gemm(g) if g.transA == 0 => (Some(g.clone()), false),
-                Op::MatMul(_) => (None, false),
-                Op::Gather(g) if g.axis == 0 => (None, true),
-                _ => return None,
-            };
-            let b = node.inputs.get(usize::from(!gather)).copied().flatten()?;
-            if !single_use(b) {
-                return None;
-            }
-            // DequantizeLinear with f32 scales (f32 output), perhaps cast to f32 again; or
-            // an f16/bf16 weight cast to f32.
-            let mut chain = Vec::new();
-            let mut at = producer(b)?;
-            if let Op::Cast(c) = &graph.nodes[at].op {
-                let input = graph.nodes[at].inputs.first().copied().flatten()?;
-                if c.to != DType::F32 || !single_use(input) {
-                    return None;
-                }
-                chain.push(at);
-                match producer(input) {
-                    Some(p) => at = p,
-                    None => {
-                        let ValueDef::Weight(w) = &graph.value(input).def else { return None };
-                        if !matches!(w.dtype, DType::F16 | DType::BF16) || w.shape.len() != 2 {
-                            return None;
-                        }
-                        let (scale, zero) = (None, None);
-                        let (axis, block, per_tensor) = (0, None, false);
-                        return Some(Fused { data: input, scale, zero, axis, block, per_tensor, chain, gemm, gather });
-                    }
-                }
-            }
-            let dq = &graph.nodes[at];
-            let Op::DequantizeLinear(d) = &dq.op else { return None };
-            if d.output_dtype.is_some() {
-                return None;
-            }
-            chain.push(at);
-            let (data, scale) = (dq.inputs.first().copied().flatten()?, dq.inputs.get(1).copied().flatten()?);
-            let ValueDef::Weight(dw) = &graph.value(data).def else { return None };
-            // The scales: a weight, or a small constant (a per-tensor scale, say).
-            let (scale_dtype, scale_shape) = typed(graph, scale)?;
-            if !matches!(dw.dtype, DType::I8 | DType::I4 | DType::U8 | DType::U4) || dw.shape.len() != 2 {
-                return None;
-            }
-            // A zero point: a weight or constant of the data's type, shaped as the scale.
-            let zero = dq.inputs.get(2).copied().flatten();
-            if let Some(z) = zero {
-                if typed(graph, z)? != (dw.dtype, scale_shape.clone()) {
-                    return None;
-                }
-            }
-            if scale_dtype != DType::F32 {
-                return None;
-            }
-            let axis = usize::try_from(if d.axis < 0 { d.axis + 2 } else { d.axis }).ok().filter(|&a| a < 2)?;
-            let block = usize::try_from(d.block_size).ok().filter(|&b| b > 0);
-            let (rows, cols) = (dw.shape[0], dw.shape[1]);
-            if scale_shape.iter().product::<usize>() == 1 && block.is_none() {
-                chain.reverse();
-                let (axis, per_tensor) = (0, true);
-                return Some(Fused { data, scale: Some(scale), zero, axis, block, per_tensor, chain, gemm, gather });
-            }
-            let scale_ok = match block {
-                Some(b) if axis == 0 => scale_shape == [rows.div_ceil(b), cols],
-                Some(b) => scale_shape == [rows, cols.div_ceil(b)],
-                None if axis == 0 => scale_shape == [rows],
-                None => scale_shape == [cols],
-            };
-            if !scale_ok {
-                return None;
-            }
-            chain.reverse();
-            Some(Fused { data, scale: Some(scale), zero, axis, block, per_tensor: false, chain, gemm, gather })
-        })
-        .collect()
-}
-
-/// The dtype and shape of a weight or a constant.
-fn typed(graph: &Graph, v: ValueId) -> Option<(DType, Vec<usize>)> {
-    match &graph.value(v).def {
-        ValueDef::Weight(w) => Some((w.dtype, w.shape.clone())),
-        ValueDef::Const(t) => Some((t.dtype, t.shape.clone())),
-        _ => None,
     }
 }
 
@@ -286,7 +190,7 @@ impl QuantMatrix {
             for (o, &b) in out.iter_mut().zip(&bytes[start..start + self.cols]) {
                 *o = byte(b);
             }
-        } else if start % 2 == 0 {
+        } else if start.is_multiple_of(2) {
             // Two codes a byte, low nibble first.
             let row = &bytes[start / 2..(start + self.cols).div_ceil(2)];
             for (pair, &b) in out.chunks_mut(2).zip(row) {
@@ -299,7 +203,7 @@ impl QuantMatrix {
             for (c, o) in out.iter_mut().enumerate() {
                 let i = start + c;
                 let b = bytes[i / 2];
-                *o = nibble(if i % 2 == 0 { b } else { b >> 4 });
+                *o = nibble(if i.is_multiple_of(2) { b } else { b >> 4 });
             }
         }
     }
@@ -411,10 +315,10 @@ fn rows_product(w: &QuantMatrix, trans_b: bool, xs: &[f32], m: usize, out: &mut 
     // chunks of 8 (int8) or 16 (int4) codes.
     let chunk = if w.int4 { 16 } else { 8 };
     match (trans_b, w.row_scales(0)) {
-        (true, RowScales::Segments { len, .. }) if len % chunk == 0 && (!w.int4 || w.cols % 2 == 0) => {
+        (true, RowScales::Segments { len, .. }) if len % chunk == 0 && (!w.int4 || w.cols.is_multiple_of(2)) => {
             return nk_rows(w, xs, m, out, alpha)
         }
-        (false, RowScales::Columns(_)) if !w.int4 || w.cols % 2 == 0 => return kn_rows(w, xs, m, out, alpha),
+        (false, RowScales::Columns(_)) if !w.int4 || w.cols.is_multiple_of(2) => return kn_rows(w, xs, m, out, alpha),
         _ => {}
     }
     general_rows(w, trans_b, xs, m, out, alpha)

@@ -158,16 +158,40 @@ fn nk_rows_body(w: &QuantMatrix, xs: &[f32], m: usize, out: &mut [f32], alpha: f
     // The segment of each chunk of codes the loops read at once (the same in every row).
     let chunk = if w.int4 { 16 } else { 8 };
     let seg_of: Vec<u32> = (0..k / chunk).map(|j| (j * chunk / len) as u32).collect();
+    // With AVX-512: int8 rows whose segments are a multiple of 16 codes, and int4 rows
+    // that fit its table-lookup loop (x then rearranged once per row of x).
+    #[cfg(target_arch = "x86_64")]
+    let wide = super::avx512::available() && if w.int4 { super::avx512::lanes_fit(k, len) } else { len % 16 == 0 };
+    #[cfg(target_arch = "x86_64")]
+    let lanes: Vec<Vec<f32>> = if w.int4 && wide {
+        (0..m).map(|i| super::avx512::lane_order(&xs[i * k..(i + 1) * k])).collect()
+    } else {
+        Vec::new()
+    };
     let row_bytes = if w.int4 { k / 2 } else { k };
     for r in 0..n {
         let RowScales::Segments { scales, .. } = w.row_scales(r) else { return };
         prefetch(bytes, (r + PREFETCH_ROWS) * row_bytes, row_bytes);
+        let q = &bytes[r * row_bytes..(r + 1) * row_bytes];
         for i in 0..m {
+            #[cfg(target_arch = "x86_64")]
+            if wide {
+                // SAFETY: the processor has AVX-512F (checked above).
+                let sum = unsafe {
+                    if let Some(xl) = lanes.get(i) {
+                        super::avx512::dot_i4_lanes(xl, q, scales, len)
+                    } else {
+                        super::avx512::dot_i8(&xs[i * k..(i + 1) * k], q, scales, len)
+                    }
+                };
+                out[i * n + r] += alpha * sum;
+                continue;
+            }
             let sum = if w.int4 {
                 let (xe, xo) = &halves[i];
-                row_dot_i4(xe, xo, &bytes[r * k / 2..(r + 1) * k / 2], scales, len, &seg_of)
+                row_dot_i4(xe, xo, q, scales, len, &seg_of)
             } else {
-                row_dot_i8(&xs[i * k..(i + 1) * k], &bytes[r * k..(r + 1) * k], scales, len, &seg_of)
+                row_dot_i8(&xs[i * k..(i + 1) * k], q, scales, len, &seg_of)
             };
             out[i * n + r] += alpha * sum;
         }
@@ -261,6 +285,20 @@ pub(super) fn widen(dtype: DType, bytes: &[u8], out: &mut [f32]) {
 fn half_rows_body(w: &QuantMatrix, trans_b: bool, xs: &[f32], m: usize, out: &mut [f32], alpha: f32) {
     let cols = w.cols;
     let bytes = &w.map[w.offset..];
+    // f16 rows as dot products (a head, say): widened straight into AVX-512's sums.
+    #[cfg(target_arch = "x86_64")]
+    if trans_b && w.half == Some(DType::F16) && super::avx512::available() {
+        let (k, n) = (cols, w.rows);
+        for r in 0..n {
+            prefetch(bytes, (r + PREFETCH_ROWS) * cols * 2, cols * 2);
+            let row = &bytes[r * cols * 2..(r + 1) * cols * 2];
+            for i in 0..m {
+                // SAFETY: the processor has AVX-512F (checked above).
+                out[i * n + r] += alpha * unsafe { super::avx512::dot_f16(&xs[i * k..(i + 1) * k], row) };
+            }
+        }
+        return;
+    }
     let mut row = vec![0f32; cols];
     for r in 0..w.rows {
         prefetch(bytes, (r + PREFETCH_ROWS) * cols * 2, cols * 2);

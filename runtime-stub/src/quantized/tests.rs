@@ -54,13 +54,24 @@ fn fused_products_equal_dequantizing_first() {
     };
     for int4 in [false, true] {
         for trans_b in [false, true] {
-            for (block, rows, cols) in
-                [(Some(4usize), 12usize, 10usize), (None, 12, 10), (Some(5), 9, 7), (Some(32), 40, 36)]
-            {
+            for (block, rows, cols) in [
+                (Some(4usize), 12usize, 10usize),
+                (None, 12, 10),
+                (Some(5), 9, 7),
+                (Some(32), 40, 36),
+                (None, 24, 160),
+                (Some(64), 24, 160),
+                (Some(32), 8, 96),
+                (Some(32), 6, 256),
+                (Some(64), 6, 256),
+                (None, 6, 256),
+                (Some(128), 4, 384),
+            ] {
                 for m in [1, 3, 5] {
-                    let max = if int4 { 7 } else { 127 };
+                    // Every code the type holds, -8 and -128 included (imported models use them).
+                    let levels = if int4 { 16 } else { 256 };
                     let codes: Vec<i8> =
-                        (0..rows * cols).map(|_| ((next() % (2 * max + 1)) as i32 - max as i32) as i8).collect();
+                        (0..rows * cols).map(|_| ((next() % levels) as i32 - levels as i32 / 2) as i8).collect();
                     // Groups run along the reduction axis: storage cols with transB.
                     let axis = match (block, trans_b) {
                         (Some(_), true) | (None, false) => 1,
@@ -138,9 +149,11 @@ fn dot_products_of_any_length() {
 
 #[test]
 fn half_matrices_are_read_as_stored() {
-    let (rows, cols) = (6usize, 10usize);
-    let values: Vec<f32> = (0..rows * cols).map(|i| (i as f32 - 30.0) * 0.125).collect();
-    for dtype in [DType::F16, DType::BF16] {
+    // Rows of 10 (shorter than a vector) and of 90 (vectors of 16 and 64 and a tail).
+    for ((rows, cols), dtype) in
+        [(6usize, 10usize), (5, 90)].into_iter().flat_map(|s| [(s, DType::F16), (s, DType::BF16)])
+    {
+        let values: Vec<f32> = (0..rows * cols).map(|i| ((i % 61) as f32 - 30.0) * 0.125).collect();
         let bytes: Vec<u8> = values
             .iter()
             .flat_map(|&v| match dtype {

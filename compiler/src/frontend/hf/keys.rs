@@ -269,7 +269,7 @@ pub(super) fn keys_view<'a>(keys: &'a Keys) -> KeysView<'a> {
 }
 
 pub(super) fn divide(keys: &Keys, key: &str, hidden: usize, heads: usize) -> Result<usize, HfError> {
-    if hidden % heads != 0 {
+    if !hidden.is_multiple_of(heads) {
         return Err(keys.err(key, format!("{hidden} is not divisible by the head count {heads}")));
     }
     Ok(hidden / heads)

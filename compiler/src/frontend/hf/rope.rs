@@ -201,7 +201,7 @@ pub(crate) fn parse(keys: KeysView, arch: &Arch, kinds: &[LayerKind], max_positi
             return Err(keys.err(key, format!("partial_rotary_factor {partial} must be in (0, 1]")));
         }
         let dim = (arch.head_dim as f64 * partial) as usize;
-        if dim == 0 || dim % 2 != 0 {
+        if dim == 0 || !dim.is_multiple_of(2) {
             return Err(
                 keys.err(key, format!("the rotary size {dim} (head size × partial_rotary_factor) must be even"))
             );

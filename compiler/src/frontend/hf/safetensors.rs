@@ -119,7 +119,7 @@ pub fn encode_header(tensors: &[(&str, DType, &[usize])]) -> (Vec<u8>, Vec<(u64,
         header.insert("__metadata__".into(), serde_json::Value::Object(metadata));
     }
     let mut text = serde_json::Value::Object(header).to_string();
-    while text.len() % 8 != 0 {
+    while !text.len().is_multiple_of(8) {
         text.push(' ');
     }
     let mut bytes = (text.len() as u64).to_le_bytes().to_vec();
