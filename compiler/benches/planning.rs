@@ -50,6 +50,7 @@ fn main() {
                 standby: 0,
                 dtype: None,
                 quantize: None,
+                calibration: None,
             };
             let prep = partition::prepare(&g, &p, &req).expect("prepare");
             let mut status = String::new();
@@ -105,6 +106,7 @@ fn main() {
             standby: 0,
             dtype: Some(shardc_ir::DType::F16),
             quantize: None,
+            calibration: None,
         };
         match partition::compare(&g, &p, &req) {
             Ok(rows) => {

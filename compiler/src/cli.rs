@@ -61,7 +61,7 @@ pub struct PlanArgs {
     /// Size the weights as stored in this dtype (f32, f16, bf16), as the shards will ship.
     #[arg(long)]
     pub dtype: Option<String>,
-    /// Quantize the matrix weights (weight-only, symmetric, f16 scales): int8 or int4.
+    /// Quantize the matrix weights (weight-only, symmetric, f32 scales): int8 or int4.
     /// Norms, biases, the embedding table and the head stay at --dtype.
     #[arg(long)]
     pub quantize: Option<String>,
@@ -72,6 +72,11 @@ pub struct PlanArgs {
     /// Quantize the embedding table and the head too.
     #[arg(long, requires = "quantize")]
     pub quantize_embeddings: bool,
+    /// Correct each device's predicted times by what a run measured: the JSON report of
+    /// `shardc-run generate --json` (or `local --json`) over packages of this model, run
+    /// without load balancing moves.
+    #[arg(long, value_name = "RUN.json")]
+    pub calibrate: Option<PathBuf>,
     /// Each stage also holds the weights of up to N units beyond each of its boundaries
     /// (memory permitting), so the runtime can move boundaries without shipping weights.
     #[arg(long, default_value_t = 0)]

@@ -326,6 +326,17 @@ fn planning_inputs(model: &std::path::Path, args: &PlanArgs) -> Result<Planning>
     run_pipeline(&mut graph, &mut Ctx::default(), None)?;
     let mut inputs = loaded.inputs;
     inputs.push(profile_input);
+    let calibration = match &args.calibrate {
+        Some(path) => {
+            let text = shardc_format::files::read_text(path)
+                .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;
+            let run =
+                shardc_passes::calibrate::Run::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            inputs.push(shardc::inputs::Input::given(path, "calibration", text.as_bytes()));
+            Some(run)
+        }
+        None => None,
+    };
     let req = partition::Request {
         workload: Workload { batch: args.batch, prompt_len: args.prompt_len, max_context: args.max_context },
         objective,
@@ -336,6 +347,7 @@ fn planning_inputs(model: &std::path::Path, args: &PlanArgs) -> Result<Planning>
         standby: args.standby,
         dtype,
         quantize,
+        calibration,
     };
     Ok(Planning {
         graph,

@@ -57,6 +57,25 @@ pub fn plan_text(report: &PlanReport, timings: bool) -> String {
             bytes_text(q.bytes_after as f64)
         );
     }
+    if let Some(c) = &report.calibration {
+        let factors: Vec<String> = c
+            .devices
+            .iter()
+            .map(|d| format!("{} prefill x{:.2}, decode x{:.2}", d.device, d.prefill_factor, d.decode_factor))
+            .collect();
+        let _ = writeln!(
+            out,
+            "calibrated  from a run of {} + {} tokens: {}{}",
+            c.prompt_tokens,
+            c.new_tokens,
+            factors.join("; "),
+            if c.uncalibrated.is_empty() {
+                String::new()
+            } else {
+                format!(" (as profiled: {})", c.uncalibrated.join(", "))
+            }
+        );
+    }
     let _ = writeln!(
         out,
         "{:<5} {:<14} {:<36} {:<7} {:<24} {:>11} {:>12} {:>22}",

@@ -29,6 +29,7 @@ fn stage_graphs_chained_reproduce_the_model() {
             standby: 0,
             dtype: None,
             quantize: None,
+            calibration: None,
         };
         let prep = partition::prepare(&graph, &profile, &req).unwrap();
         // Uniform spreads even these tiny models over several devices.

@@ -166,6 +166,41 @@ pub struct PlanReport {
     /// Weight-only quantization of the matrix weights, when asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quantization: Option<QuantizationReport>,
+    /// Device times corrected from a measured run (`--calibrate`), when given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<CalibrationReport>,
+}
+
+/// What `--calibrate RUN.json` measured and corrected: per device of the run, its
+/// stage's measured and predicted times (predicted for the run's own prompt and
+/// context) and the factor every unit's time on that device was multiplied by.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CalibrationReport {
+    /// The run: prompt tokens and new tokens per request.
+    pub prompt_tokens: u64,
+    pub new_tokens: u64,
+    pub devices: Vec<DeviceCalibration>,
+    /// Devices of the profile the run did not use: their figures are as profiled.
+    pub uncalibrated: Vec<String>,
+}
+
+/// One device's correction.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceCalibration {
+    pub device: String,
+    /// The units its stage ran in the run.
+    pub units: [String; 2],
+    /// The prefill (median over requests) and one decode step (median over steps and
+    /// requests), milliseconds.
+    pub measured_prefill_ms: f64,
+    pub predicted_prefill_ms: f64,
+    pub prefill_factor: f64,
+    /// None when the run decoded nothing (its decode factor is then the prefill's).
+    pub measured_decode_ms: Option<f64>,
+    pub predicted_decode_ms: f64,
+    pub decode_factor: f64,
 }
 
 /// What `--quantize` did to the weights the plan sizes.
@@ -235,6 +270,7 @@ mod tests {
             },
             solver: SolverStatus { engine: "class-dp".into(), optimal: true, gap: None, time_ms: 0.0, note: None },
             quantization: None,
+            calibration: None,
         }
     }
 

@@ -90,6 +90,7 @@ fn compiled(out: &Path) -> Result<()> {
         standby: 0,
         dtype: None,
         quantize: None,
+        calibration: None,
     };
     let opts = shardc::emit::CompileOptions {
         strategy: Strategy::Ilp,

@@ -4,6 +4,7 @@
 //! list in [`pipeline`]. [`run_pipeline`] runs it, verifying the graph after every
 //! pass when asked (tests always ask), and stops after a named pass for `--after`.
 
+pub mod calibrate;
 pub mod cost;
 pub mod devices;
 pub mod infer;

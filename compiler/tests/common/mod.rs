@@ -139,6 +139,7 @@ pub fn fixture_request(objective: shardc_passes::plan::Objective, standby: usize
         standby,
         dtype: None,
         quantize: None,
+        calibration: None,
     }
 }
 

@@ -53,6 +53,8 @@ pub enum PartitionError {
     /// The request asks for what this version cannot do yet (the message says what).
     #[error("{0}")]
     Unsupported(String),
+    #[error(transparent)]
+    Calibration(#[from] crate::calibrate::CalibrationError),
 }
 
 /// What the user asked for.
@@ -74,6 +76,8 @@ pub struct Request {
     /// Quantize the matrix weights (sized so for planning; compiling quantized packages
     /// is refused until their weights can be written).
     pub quantize: Option<crate::quantize::Quantization>,
+    /// Correct each device's times from a measured run (`--calibrate`).
+    pub calibration: Option<crate::calibrate::Run>,
 }
 
 /// How `plan.json` names the model and the device profile, and the files read (by

@@ -4,7 +4,7 @@
 use std::fmt::Write;
 
 use serde::Serialize;
-use shardc_format::plan::{HeldReport, PlanReport, Predictions, StageReport};
+use shardc_format::plan::{CalibrationReport, HeldReport, PlanReport, Predictions, StageReport};
 use shardc_ir::Graph;
 
 use super::{Names, PartitionError, Request};
@@ -21,6 +21,8 @@ pub struct Prepared {
     pub seg: Segmentation,
     pub model: Model,
     pub opts: SolveOptions,
+    /// What `--calibrate` measured and multiplied the device times by.
+    pub calibration: Option<CalibrationReport>,
 }
 
 /// Segment and build the problem.
@@ -36,7 +38,19 @@ pub fn prepare(graph: &Graph, profile: &Profile, req: &Request) -> Result<Prepar
             .unwrap_or_else(|| crate::cost::dominant_weight_dtype(graph).map_or("f32".into(), |d| d.to_string())),
         kv_bytes: None,
     };
-    let model = build(graph, &seg, profile, &inputs)?;
+    let mut model = build(graph, &seg, profile, &inputs)?;
+    // Device times corrected by what a run measured, against what this model predicts
+    // for that run's own work.
+    let calibration = match &req.calibration {
+        Some(run) => {
+            let at_run = PlanInputs { workload: run.workload(req.workload.batch), ..inputs.clone() };
+            let predicted = build(graph, &seg, profile, &at_run)?;
+            let report = crate::calibrate::factors(run, &predicted.problem, &seg, profile)?;
+            crate::calibrate::apply(&mut model.problem, &report, profile);
+            Some(report)
+        }
+        None => None,
+    };
     let opts = SolveOptions {
         time_limit: req.time_limit,
         node_limit: req.node_limit,
@@ -44,7 +58,7 @@ pub fn prepare(graph: &Graph, profile: &Profile, req: &Request) -> Result<Prepar
         force_milp: false,
     };
     let generative = crate::roles::lm_roles(graph).is_some();
-    Ok(Prepared { generative, seg, model, opts })
+    Ok(Prepared { generative, seg, model, opts, calibration })
 }
 
 pub(super) fn does_not_fit(prep: &Prepared, profile: &Profile, margin: f64) -> PartitionError {
@@ -130,6 +144,7 @@ pub(super) fn report(
         },
         solver: outcome.status.clone(),
         quantization: None,
+        calibration: prep.calibration.clone(),
     })
 }
 

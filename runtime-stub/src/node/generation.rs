@@ -281,7 +281,7 @@ pub fn generate(
         timings: output
             .manifests
             .iter()
-            .map(|m| StageTiming { device: m.device.clone(), ..Default::default() })
+            .map(|m| StageTiming { device: m.device.clone(), units: m.units.clone(), ..Default::default() })
             .collect(),
         in_flight: HashMap::new(),
         balancer: job.balance.and_then(|o| output.balance.clone().map(|spec| Balancer::new(spec, o))),
@@ -308,6 +308,8 @@ pub fn generate(
         decisions: b.decisions,
     });
     Ok(Generation {
+        prompt_tokens: job.prompt.len(),
+        new_tokens: job.tokens,
         tokens: run.tokens,
         token_ms: run.token_ms,
         ids_sent: run.feeder.ids_sent,

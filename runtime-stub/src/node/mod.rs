@@ -130,6 +130,10 @@ impl Slowdown {
 /// What `generate` reports.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Generation {
+    /// The prompt's length and the new tokens asked per request (with the stages'
+    /// units, what `shardc plan --calibrate` needs to predict this run).
+    pub prompt_tokens: usize,
+    pub new_tokens: usize,
     /// Per request, the generated tokens.
     pub tokens: Vec<Vec<i64>>,
     /// Per request, when each token was known, ms since the start.
@@ -160,6 +164,9 @@ pub struct BalanceReport {
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct StageTiming {
     pub device: String,
+    /// The first and last unit the stage's package runs (at the start: load balancing
+    /// may move them, which `balance` then reports).
+    pub units: [String; 2],
     pub steps: usize,
     /// Totals over all steps and requests, milliseconds.
     pub compute_ms: f64,
