@@ -218,12 +218,52 @@ impl Session {
         Ok((values, sizes))
     }
 
+    /// Do before any request what the first run would: load every weight and constant,
+    /// compute the nodes that depend on them alone (a weight's cast, say), open the
+    /// quantized matrices and bring their mapped bytes in — so that the first request
+    /// costs what the others do, and a device reports ready with its memory in use.
+    pub fn warm(&self) -> Result<(), RuntimeError> {
+        if self.warm.get() {
+            return Ok(());
+        }
+        let mut values: Slots = vec![None; self.graph.values.len()];
+        self.execute(&mut values, &HashMap::new(), true)
+    }
+
     /// Run the graph; returns the graph outputs in order, with their names.
     pub fn run(&self, inputs: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>, RuntimeError> {
         let (mut values, sizes) = self.bind_inputs(inputs)?;
+        self.execute(&mut values, &sizes, false)?;
+        self.graph
+            .outputs
+            .iter()
+            .map(|&v| {
+                let t = match values[v.index()].take() {
+                    Some(t) => t,
+                    None => self.constant(v)?,
+                };
+                Ok((self.graph.value(v).name.clone(), Rc::try_unwrap(t).unwrap_or_else(|rc| (*rc).clone())))
+            })
+            .collect()
+    }
+
+    /// The nodes of a run in order, or (`constants_only`, [`Session::warm`]) just those
+    /// that depend on weights and constants alone, and the fused products' matrices.
+    fn execute(
+        &self,
+        values: &mut Slots,
+        sizes: &HashMap<String, i64>,
+        constants_only: bool,
+    ) -> Result<(), RuntimeError> {
         for (i, node) in self.graph.nodes.iter().enumerate() {
             let label = || if node.name.is_empty() { NodeId(i as u32).to_string() } else { node.name.clone() };
             if self.skipped[i] {
+                continue;
+            }
+            if constants_only && !self.constant_node[i] {
+                if let Some(f) = &self.fused[i] {
+                    self.quant_matrix(i, f)?.touch();
+                }
                 continue;
             }
             if self.constant_node[i]
@@ -279,7 +319,7 @@ impl Session {
             }
             for (&v, t) in node.outputs.iter().zip(outs) {
                 let t = t.normalize();
-                self.check_output(v, &t, &sizes).map_err(|message| RuntimeError::Kernel {
+                self.check_output(v, &t, sizes).map_err(|message| RuntimeError::Kernel {
                     node: label(),
                     op: node.op.name(),
                     message,
@@ -303,17 +343,7 @@ impl Session {
             }
         }
         self.warm.set(true);
-        self.graph
-            .outputs
-            .iter()
-            .map(|&v| {
-                let t = match values[v.index()].take() {
-                    Some(t) => t,
-                    None => self.constant(v)?,
-                };
-                Ok((self.graph.value(v).name.clone(), Rc::try_unwrap(t).unwrap_or_else(|rc| (*rc).clone())))
-            })
-            .collect()
+        Ok(())
     }
 
     /// An output must have the dtype and (evaluated) shape shape inference gave it.

@@ -282,6 +282,9 @@ pub fn serve(
     graphs.extend(held.as_ref().map(|h| &h.graph));
     let weights = package::weights(&dir, &manifest, &graphs)?;
     let session = Session::with_weights(graph, weights.clone());
+    // Weights loaded and mapped bytes brought in before the device reports ready: the
+    // first request then costs what the others do.
+    session.warm().map_err(|e| format!("{}: {e}", dir.display()))?;
     let net = Net::bind(device, cluster, ctx, opts)?;
     let initial = Initial {
         range,

@@ -133,6 +133,9 @@ impl Run<'_> {
                     step.logits = Some(values[values.len().saturating_sub(vocab)..].to_vec());
                 }
             }
+            // A device's answer to an opening the client re-sent while it was starting
+            // (loading its weights): expected, nothing to do.
+            Body::Opened => {}
             other => eprintln!("client: ignored a `{}` message from `{}`", other.kind(), msg.sender),
         }
         if self.in_flight.get(&key).is_some_and(InFlight::complete) {

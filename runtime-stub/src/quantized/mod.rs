@@ -148,6 +148,21 @@ impl QuantMatrix {
         Ok(self)
     }
 
+    /// Bring the mapped bytes into memory (a read of each page), so the first product
+    /// that reads them does not wait for the disk.
+    pub fn touch(&self) {
+        let bytes = if self.half.is_some() {
+            self.rows * self.cols * 2
+        } else if self.int4 {
+            (self.rows * self.cols).div_ceil(2)
+        } else {
+            self.rows * self.cols
+        };
+        let data = &self.map[self.offset..self.offset + bytes];
+        let sum = data.iter().step_by(4096).fold(0u8, |a, &b| a ^ b);
+        std::hint::black_box(sum);
+    }
+
     /// Whether the decode loops read this matrix: signed codes, no zero points.
     fn plain_codes(&self) -> bool {
         !self.unsigned && self.zeros.is_none()
