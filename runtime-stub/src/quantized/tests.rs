@@ -22,6 +22,39 @@ fn matrix(
     QuantMatrix::new(Rc::new(m.make_read_only().unwrap()), 0, dtype, shape, scales, axis, block).unwrap()
 }
 
+/// `product` over `w` against the product with `dense` (`w` dequantized, row-major
+/// `[rows, cols]`), for `m` rows of x, stored `[N, K]` (`Gemm` with `transB`) or `[K, N]`.
+fn assert_product(w: &QuantMatrix, f: Fused, dense: &[f32], [rows, cols]: [usize; 2], m: usize, what: &str) {
+    let trans_b = f.gemm.as_ref().is_some_and(|g| g.transB != 0);
+    let (k, n) = if trans_b { (cols, rows) } else { (rows, cols) };
+    let x: Vec<f32> = (0..m * k).map(|i| (i % 11) as f32 * 0.1 - 0.5).collect();
+    let xt = Tensor::f32(ArrayD::from_shape_vec(IxDyn(&[m, k]), x.clone()).unwrap());
+    let got = product(&f, w, &xt, None).unwrap().to_f32_vec();
+    for i in 0..m {
+        for j in 0..n {
+            let want: f32 =
+                (0..k).map(|t| x[i * k + t] * if trans_b { dense[j * cols + t] } else { dense[t * cols + j] }).sum();
+            let g = got[i * n + j];
+            assert!((g - want).abs() <= 1e-4 * want.abs().max(1.0), "{what} transB {trans_b} m {m}: {g} vs {want}");
+        }
+    }
+}
+
+/// A fused product's description: a `Gemm` with `transB` or a `MatMul`.
+fn fused(scale: bool, zero: bool, axis: usize, block: Option<usize>, trans_b: bool) -> Fused {
+    Fused {
+        data: ValueId(0),
+        scale: scale.then_some(ValueId(1)),
+        zero: zero.then_some(ValueId(2)),
+        axis,
+        block,
+        per_tensor: false,
+        chain: vec![],
+        gemm: trans_b.then_some(Gemm { alpha: 1.0, beta: 1.0, transA: 0, transB: 1 }),
+        gather: false,
+    }
+}
+
 #[test]
 fn lookups_dequantize_the_rows_they_read() {
     let codes: Vec<i8> = (0..24).map(|i| (i % 15) as i8 - 7).collect();
@@ -101,36 +134,8 @@ fn fused_products_equal_dequantizing_first() {
                             assert_eq!(dense[r * cols + c], f32::from(codes[r * cols + c]) * s);
                         }
                     }
-                    let (k, n) = if trans_b { (cols, rows) } else { (rows, cols) };
-                    let x: Vec<f32> = (0..m * k).map(|i| (i % 11) as f32 * 0.1 - 0.5).collect();
-                    let mut want = vec![0f32; m * n];
-                    for i in 0..m {
-                        for j in 0..n {
-                            want[i * n + j] = (0..k)
-                                .map(|t| x[i * k + t] * if trans_b { dense[j * cols + t] } else { dense[t * cols + j] })
-                                .sum();
-                        }
-                    }
-                    let gemm = trans_b.then_some(Gemm { alpha: 1.0, beta: 1.0, transA: 0, transB: 1 });
-                    let f = Fused {
-                        data: ValueId(0),
-                        scale: Some(ValueId(1)),
-                        zero: None,
-                        axis,
-                        block,
-                        per_tensor: false,
-                        chain: vec![],
-                        gemm,
-                        gather: false,
-                    };
-                    let xt = Tensor::f32(ArrayD::from_shape_vec(IxDyn(&[m, k]), x.clone()).unwrap());
-                    let got = product(&f, &w, &xt, None).unwrap().to_f32_vec();
-                    for (g, e) in got.iter().zip(&want) {
-                        assert!(
-                            (g - e).abs() <= 1e-4 * e.abs().max(1.0),
-                            "int4 {int4} transB {trans_b} block {block:?} m {m}: {g} vs {e}"
-                        );
-                    }
+                    let what = format!("int4 {int4} block {block:?}");
+                    assert_product(&w, fused(true, false, axis, block, trans_b), &dense, [rows, cols], m, &what);
                 }
             }
         }
@@ -167,30 +172,8 @@ fn half_matrices_are_read_as_stored() {
         let w = QuantMatrix::half(Rc::new(m.make_read_only().unwrap()), 2, dtype, [rows, cols]).unwrap();
         for trans_b in [false, true] {
             for m in [1, 2, 6] {
-                let (k, n) = if trans_b { (cols, rows) } else { (rows, cols) };
-                let x: Vec<f32> = (0..m * k).map(|i| (i % 5) as f32 - 2.0).collect();
-                let gemm = trans_b.then_some(Gemm { alpha: 1.0, beta: 1.0, transA: 0, transB: 1 });
-                let f = Fused {
-                    data: ValueId(0),
-                    scale: None,
-                    zero: None,
-                    axis: 0,
-                    block: None,
-                    per_tensor: false,
-                    chain: vec![],
-                    gemm,
-                    gather: false,
-                };
-                let xt = Tensor::f32(ArrayD::from_shape_vec(IxDyn(&[m, k]), x.clone()).unwrap());
-                let got = product(&f, &w, &xt, None).unwrap().to_f32_vec();
-                for i in 0..m {
-                    for j in 0..n {
-                        let want: f32 = (0..k)
-                            .map(|t| x[i * k + t] * if trans_b { values[j * cols + t] } else { values[t * cols + j] })
-                            .sum();
-                        assert!((got[i * n + j] - want).abs() <= 1e-4 * want.abs().max(1.0), "{dtype} {trans_b} {m}");
-                    }
-                }
+                let f = fused(false, false, 0, None, trans_b);
+                assert_product(&w, f, &values, [rows, cols], m, &dtype.to_string());
             }
         }
         let rows_read = gather(&w, &Tensor::from_i64(&[1], vec![2]).unwrap()).unwrap().to_f32_vec();
@@ -258,35 +241,15 @@ fn unsigned_codes_and_zero_points_follow_the_definition() {
             assert_eq!(row, dense[r * cols..(r + 1) * cols], "{dtype} row {r}");
         }
         for trans_b in [false, true] {
-            let (k, n) = if trans_b { (cols, rows) } else { (rows, cols) };
             for m in [1, 5] {
-                let x: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.25 - 0.75).collect();
-                let gemm = trans_b.then_some(Gemm { alpha: 1.0, beta: 1.0, transA: 0, transB: 1 });
-                let f = Fused {
-                    data: ValueId(0),
-                    scale: Some(ValueId(1)),
-                    zero: Some(ValueId(2)),
-                    axis,
-                    block,
-                    per_tensor: false,
-                    chain: vec![],
-                    gemm,
-                    gather: false,
-                };
-                let xt = Tensor::f32(ArrayD::from_shape_vec(IxDyn(&[m, k]), x.clone()).unwrap());
-                let got = product(&f, &w, &xt, None).unwrap().to_f32_vec();
-                for i in 0..m {
-                    for j in 0..n {
-                        let want: f32 = (0..k)
-                            .map(|t| x[i * k + t] * if trans_b { dense[j * cols + t] } else { dense[t * cols + j] })
-                            .sum();
-                        let g = got[i * n + j];
-                        assert!(
-                            (g - want).abs() <= 1e-4 * want.abs().max(1.0),
-                            "{dtype} transB {trans_b} m {m}: {g} vs {want}"
-                        );
-                    }
-                }
+                assert_product(
+                    &w,
+                    fused(true, true, axis, block, trans_b),
+                    &dense,
+                    [rows, cols],
+                    m,
+                    &dtype.to_string(),
+                );
             }
         }
         let looked = gather(&w, &Tensor::from_i64(&[2], vec![1, -1]).unwrap()).unwrap().to_f32_vec();
