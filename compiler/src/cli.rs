@@ -191,6 +191,15 @@ pub enum Command {
     },
     /// The ops shardc knows (the ONNX op types it imports), one per line.
     Ops,
+    /// Redraw a compile's report.svg, with what a run of its packages measured.
+    Report {
+        /// The compile output folder (plan.json, transmission_map.json).
+        out: PathBuf,
+        /// The JSON report of `shardc-run generate --json` (or `local --json`) over these
+        /// packages: measured times per stage beside the predicted ones.
+        #[arg(long, value_name = "RUN.json")]
+        measured: Option<PathBuf>,
+    },
     /// Measure this host with the runtime's kernels and print its device entry.
     Profile {
         /// Name of the device entry.

@@ -10,5 +10,6 @@ pub mod inputs;
 pub mod inspect;
 pub mod load;
 pub mod render;
+pub mod report;
 pub mod run;
 pub mod verify;

@@ -237,6 +237,10 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{name}");
             }
         }
+        Command::Report { out, measured } => {
+            let path = shardc::report::redraw(&out, measured.as_deref())?;
+            println!("wrote       {}", path.display());
+        }
         Command::Profile { name } => {
             shardc_passes::devices::check_name(&name).map_err(|e| Usage(format!("--name: {e}")))?;
             let device = shardc_runtime::profile::measure(&name);

@@ -88,7 +88,7 @@ impl Run {
         })?;
         if report.balance.as_ref().is_some_and(|b| b.moves > 0) {
             return err("load balancing moved stage boundaries during the run, so its stages ran other units than \
-                 they started with: calibrate from a run with --no-balance");
+                 they started with: use a run with --no-balance");
         }
         if report.stages.is_empty() {
             return err("the run report has no stages");

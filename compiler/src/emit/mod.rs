@@ -272,7 +272,7 @@ fn write_all(
     for (name, bytes) in shared {
         out.put(name, bytes)?;
     }
-    out.put("report.svg", svg::render(&partition.report).as_bytes())?;
+    out.put("report.svg", svg::render(&partition.report, &partition.map, None).as_bytes())?;
     Ok((written, out.files))
 }
 
