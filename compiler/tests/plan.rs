@@ -30,12 +30,12 @@ fn committed_profiles_load() {
     }
     let p = devices::load(&root().join("fixtures/devices/lingualinked-3.toml")).unwrap();
     assert_eq!(p.devices[0].memory, 3.5 * (1u64 << 30) as f64);
-    assert_eq!(p.devices[2].flops_for("f32"), 15e9);
+    assert_eq!(p.devices[2].flops_for("f32"), Some(15e9));
     assert_eq!(p.link(0, 2).bandwidth, 12.5e6);
     assert_eq!(p.link(0, 2).latency, 0.005);
     let home = devices::load(&root().join("fixtures/devices/home-4.toml")).unwrap();
     assert_eq!(home.link(0, 1).bandwidth, 125e6);
-    assert_eq!(home.devices[1].flops_for("f16"), 1.2e12);
+    assert_eq!(home.devices[1].flops_for("f16"), Some(1.2e12));
 }
 
 #[test]
@@ -237,5 +237,32 @@ fn profile_measures_this_host_as_a_device_entry() {
     let p = devices::parse(&out, Path::new("<profile output>")).unwrap();
     let d = &p.devices[0];
     assert_eq!(d.name, "bench-host");
-    assert!(d.memory > 0.0 && d.bandwidth > 1e8 && d.flops_for("f32") > 1e8, "{out}");
+    assert!(d.memory > 0.0 && d.bandwidth > 1e8 && d.flops_for("f32").is_some_and(|f| f > 1e8), "{out}");
+}
+
+/// A profile that states FLOP/s per dtype is never read with another dtype's figure:
+/// a bf16 model on devices that list f32 and f16 only is refused naming the key.
+#[test]
+fn a_compute_dtype_the_profile_does_not_state_is_refused_by_name() {
+    let config = root().join("fixtures/configs/llama-3-8b/config.json");
+    let home = root().join("fixtures/devices/home-4.toml");
+    let args = |extra: &[&str]| {
+        let mut a = vec!["plan".to_string(), config.display().to_string(), "--devices".into(), home.display().to_string()];
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let (code, _, stderr) = shardc_text_owned(&args(&[]));
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("states its FLOP/s for f16, f32 but not for bf16, the compute dtype")
+            && stderr.contains("add `bf16 = \"…\"`"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = shardc_text_owned(&args(&["--compute-dtype", "f16"]));
+    assert_eq!(code, 0, "{stderr}");
+}
+
+fn shardc_text_owned(args: &[String]) -> (i32, String, String) {
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    common::shardc_text(&refs)
 }

@@ -41,10 +41,11 @@ pub struct Device {
 }
 
 impl Device {
-    /// FLOP/s for a compute dtype (`f32`, `f16`, `bf16`): its own entry, else `*`,
-    /// else `f32`.
-    pub fn flops_for(&self, dtype: &str) -> f64 {
-        self.flops.get(dtype).or_else(|| self.flops.get("*")).or_else(|| self.flops.get("f32")).copied().unwrap_or(0.0)
+    /// FLOP/s for a compute dtype (`f32`, `f16`, `bf16`): its own entry, else the one
+    /// figure given for every dtype; none when the device's table lists other dtypes
+    /// only (another dtype's speed is not this one's: [`Profile::check_compute_dtype`]).
+    pub fn flops_for(&self, dtype: &str) -> Option<f64> {
+        self.flops.get(dtype).or_else(|| self.flops.get("*")).copied()
     }
 }
 
@@ -58,6 +59,25 @@ pub struct Profile {
 }
 
 impl Profile {
+    /// Every device states its FLOP/s for `dtype` (or one figure for all): a profile
+    /// written for other dtypes is refused naming the missing key, never read as
+    /// another dtype's figure.
+    pub fn check_compute_dtype(&self, dtype: &str) -> Result<(), String> {
+        for d in &self.devices {
+            if d.flops_for(dtype).is_none() {
+                let listed: Vec<&str> = d.flops.keys().map(String::as_str).collect();
+                return Err(format!(
+                    "device `{}` states its FLOP/s for {} but not for {dtype}, the compute dtype: add `{dtype} = \"…\"` \
+                     to its `flops` (`shardc profile` on the device measures it), or plan with --compute-dtype {}",
+                    d.name,
+                    listed.join(", "),
+                    listed[0]
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The link between two devices (symmetric).
     pub fn link(&self, a: usize, b: usize) -> Link {
         let key = (a.min(b), a.max(b));

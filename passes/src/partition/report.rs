@@ -38,6 +38,7 @@ pub fn prepare(graph: &Graph, profile: &Profile, req: &Request) -> Result<Prepar
             .unwrap_or_else(|| crate::cost::dominant_weight_dtype(graph).map_or("f32".into(), |d| d.to_string())),
         kv_bytes: None,
     };
+    profile.check_compute_dtype(&inputs.compute_dtype).map_err(PartitionError::Unsupported)?;
     let mut model = build(graph, &seg, profile, &inputs)?;
     // Device times corrected by what a run measured, against what this model predicts
     // for that run's own work.

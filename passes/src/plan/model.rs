@@ -61,7 +61,8 @@ pub fn build(graph: &Graph, seg: &Segmentation, profile: &Profile, inputs: &Plan
     let mut prefill = Vec::new();
     let mut decode = Vec::new();
     for d in &profile.devices {
-        let f = d.flops_for(&inputs.compute_dtype);
+        // A missing figure is refused before a problem is built (check_compute_dtype).
+        let f = d.flops_for(&inputs.compute_dtype).unwrap_or(0.0);
         prefill.push(seg.units.iter().map(|u| time(&pre_cost, f, d.bandwidth, &u.nodes)).collect());
         decode.push(seg.units.iter().map(|u| time(&dec_cost, f, d.bandwidth, &u.nodes)).collect());
     }
