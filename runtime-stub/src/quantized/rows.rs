@@ -144,8 +144,21 @@ fn nk_rows_body(w: &QuantMatrix, xs: &[f32], m: usize, out: &mut [f32], alpha: f
     let (n, k) = (w.rows, w.cols);
     let bytes = &w.map[w.offset..];
     let RowScales::Segments { len, .. } = w.row_scales(0) else { return };
-    // Even and odd elements of each row of x, for int4 codes.
-    let halves: Vec<(Vec<f32>, Vec<f32>)> = if w.int4 {
+    // With AVX-512: int8 rows whose segments are a multiple of 16 codes, and int4 rows
+    // that fit its table-lookup loop (x then rearranged once per row of x).
+    #[cfg(target_arch = "x86_64")]
+    let wide = super::avx512::available() && if w.int4 { super::avx512::lanes_fit(k, len) } else { len % 16 == 0 };
+    #[cfg(not(target_arch = "x86_64"))]
+    let wide = false;
+    #[cfg(target_arch = "x86_64")]
+    let lanes: Vec<Vec<f32>> = if w.int4 && wide {
+        (0..m).map(|i| super::avx512::lane_order(&xs[i * k..(i + 1) * k])).collect()
+    } else {
+        Vec::new()
+    };
+    // What the portable loops need: the even and odd elements of each row of x (int4),
+    // and the segment of each chunk of codes they read at once (the same in every row).
+    let halves: Vec<(Vec<f32>, Vec<f32>)> = if w.int4 && !wide {
         (0..m)
             .map(|i| {
                 let x = &xs[i * k..(i + 1) * k];
@@ -155,19 +168,8 @@ fn nk_rows_body(w: &QuantMatrix, xs: &[f32], m: usize, out: &mut [f32], alpha: f
     } else {
         Vec::new()
     };
-    // The segment of each chunk of codes the loops read at once (the same in every row).
     let chunk = if w.int4 { 16 } else { 8 };
-    let seg_of: Vec<u32> = (0..k / chunk).map(|j| (j * chunk / len) as u32).collect();
-    // With AVX-512: int8 rows whose segments are a multiple of 16 codes, and int4 rows
-    // that fit its table-lookup loop (x then rearranged once per row of x).
-    #[cfg(target_arch = "x86_64")]
-    let wide = super::avx512::available() && if w.int4 { super::avx512::lanes_fit(k, len) } else { len % 16 == 0 };
-    #[cfg(target_arch = "x86_64")]
-    let lanes: Vec<Vec<f32>> = if w.int4 && wide {
-        (0..m).map(|i| super::avx512::lane_order(&xs[i * k..(i + 1) * k])).collect()
-    } else {
-        Vec::new()
-    };
+    let seg_of: Vec<u32> = if wide { Vec::new() } else { (0..k / chunk).map(|j| (j * chunk / len) as u32).collect() };
     let row_bytes = if w.int4 { k / 2 } else { k };
     for r in 0..n {
         let RowScales::Segments { scales, .. } = w.row_scales(r) else { return };
