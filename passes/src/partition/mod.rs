@@ -33,8 +33,8 @@ use crate::transmission::TransmissionMap;
 pub use held::{crossings, held_graph, Held};
 pub use report::{compare, compare_weights, prepare, CompareRow, Prepared, WeightsRow};
 pub use store::{
-    derivations, quantization_report, quantized, quantized_or_refused, retype_weights, sized, store_weights, Derived,
-    Part, Stored,
+    derivations, nothing_to_quantize, quantization_report, quantized, quantized_or_refused, retype_weights, sized,
+    store_weights, Derived, Part, Stored,
 };
 
 /// Why partitioning failed.

@@ -231,12 +231,17 @@ pub fn compare_weights(graph: &Graph, profile: &Profile, req: &Request) -> Resul
             _ => Quantization::new(s, None, embeddings),
         })
     });
-    // What was asked is refused first, by its own name.
-    super::quantized_or_refused(graph, req.quantize.as_ref())?;
     let mut rows = Vec::new();
     for variant in variants {
         let quantize = variant.transpose().map_err(PartitionError::Unsupported)?;
-        let (sized, _) = super::sized(graph, req.dtype, quantize.as_ref());
+        let (sized, report) = super::sized(graph, req.dtype, quantize.as_ref());
+        // Which weights quantize does not depend on the scheme: a quantization that
+        // finds none is refused, by the name of the one asked for.
+        if let (Some(asked), Some(r)) = (req.quantize.as_ref(), &report) {
+            if r.weights == 0 {
+                return Err(super::nothing_to_quantize(graph, asked));
+            }
+        }
         let g = &*sized;
         let prep = prepare(g, profile, req)?;
         let m = &prep.model;

@@ -52,25 +52,31 @@ pub fn quantized_or_refused<'g>(
     let (g, summary) = quantized(graph, quantization);
     if let (Some(q), Some(s)) = (quantization, &summary) {
         if s.weights.is_empty() {
-            let uses = graph.uses();
-            let already = (0..graph.values.len())
-                .filter(|&i| {
-                    matches!(graph.values[i].def, shardc_ir::ValueDef::Weight(_))
-                        && crate::quantize::is_quantized_data(graph, &uses, ValueId(i as u32))
-                })
-                .count();
-            let why = if already > 0 {
-                format!("; the model is quantized already ({already} weights are integer data of DequantizeLinear, MatMulInteger or a quantized lookup): plan it without --quantize")
-            } else {
-                String::new()
-            };
-            return Err(super::PartitionError::Unsupported(format!(
-                "--quantize {}: the model has no float matrix weight to quantize{why}",
-                q.scheme.name()
-            )));
+            return Err(nothing_to_quantize(graph, q));
         }
     }
     Ok((g, summary))
+}
+
+/// The refusal of a quantization `q` that found no float matrix weight in `graph`,
+/// saying so when the model is quantized already.
+pub fn nothing_to_quantize(graph: &Graph, q: &Quantization) -> super::PartitionError {
+    let uses = graph.uses();
+    let already = (0..graph.values.len())
+        .filter(|&i| {
+            matches!(graph.values[i].def, shardc_ir::ValueDef::Weight(_))
+                && crate::quantize::is_quantized_data(graph, &uses, ValueId(i as u32))
+        })
+        .count();
+    let why = if already > 0 {
+        format!("; the model is quantized already ({already} weights are integer data of DequantizeLinear, MatMulInteger or a quantized lookup): plan it without --quantize")
+    } else {
+        String::new()
+    };
+    super::PartitionError::Unsupported(format!(
+        "--quantize {}: the model has no float matrix weight to quantize{why}",
+        q.scheme.name()
+    ))
 }
 
 /// What `plan.json` says of a quantization (`before` sized as `dtype` would store it).
