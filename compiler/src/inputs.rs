@@ -2,7 +2,6 @@
 //! same wherever the inputs lie) and listed by path in a Makefile-syntax dependency
 //! file (`--depfile`, so a build system re-runs the compile when one changes).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use shardc_format::plan::{Covers, InputFile};
@@ -46,10 +45,14 @@ impl Input {
     }
 }
 
+/// A text file given on the command line, read whole (bounded); the error names it.
+pub fn read_text(path: &Path) -> anyhow::Result<String> {
+    shardc_format::files::read_text(path).map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))
+}
+
 /// The device profile at `path`, read once: its record and the profile.
 pub fn profile(path: &Path) -> anyhow::Result<(Input, shardc_passes::devices::Profile)> {
-    let text =
-        shardc_format::files::read_text(path).map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;
+    let text = read_text(path)?;
     let profile = shardc_passes::devices::parse(&text, path)?;
     Ok((Input::given(path, "devices", text.as_bytes()), profile))
 }
@@ -108,16 +111,8 @@ pub fn depfile_text(target: &Path, inputs: &[Input]) -> Result<String, DepfileEr
 /// build system never reads half of one).
 pub fn write_depfile(path: &Path, target: &Path, inputs: &[Input]) -> Result<(), DepfileError> {
     let text = depfile_text(target, inputs)?;
-    let io = |e: std::io::Error| DepfileError::Io { path: path.to_path_buf(), message: e.to_string() };
-    let name = path.file_name().ok_or_else(|| io(std::io::Error::other("names no file")))?;
-    let tmp = path.with_file_name(format!(".{}.partial-{}", name.to_string_lossy(), std::process::id()));
-    let result = std::fs::File::create(&tmp)
-        .and_then(|mut f| f.write_all(text.as_bytes()).and_then(|()| f.sync_all()))
-        .and_then(|()| std::fs::rename(&tmp, path));
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(io)
+    shardc_format::files::write_atomically(path, text.as_bytes())
+        .map_err(|e| DepfileError::Io { path: path.to_path_buf(), message: e.to_string() })
 }
 
 #[cfg(test)]

@@ -332,8 +332,7 @@ fn planning_inputs(model: &std::path::Path, args: &PlanArgs) -> Result<Planning>
     inputs.push(profile_input);
     let calibration = match &args.calibrate {
         Some(path) => {
-            let text = shardc_format::files::read_text(path)
-                .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;
+            let text = shardc::inputs::read_text(path)?;
             let run =
                 shardc_passes::calibrate::Run::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
             inputs.push(shardc::inputs::Input::given(path, "calibration", text.as_bytes()));

@@ -1,7 +1,6 @@
 //! `shardc report OUT [--measured RUN.json]`: report.svg redrawn from a compile's
 //! plan.json and transmission_map.json, with what a run of its packages measured.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context};
@@ -10,18 +9,17 @@ use shardc_format::plan::PlanReport;
 use shardc_passes::calibrate::Run;
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
-    let text = shardc_format::files::read_text(path).map_err(|e| anyhow!("{}: cannot read: {e}", path.display()))?;
+    let text = crate::inputs::read_text(path)?;
     serde_json::from_str(&text).with_context(|| format!("{}: not what a compile writes", path.display()))
 }
 
-/// Write `out/report.svg` (through a temporary file renamed into place); returns its path.
+/// Write `out/report.svg` (atomically); returns its path.
 pub fn redraw(out: &Path, measured: Option<&Path>) -> anyhow::Result<PathBuf> {
     let report: PlanReport = read_json(&out.join("plan.json"))?;
     let map: TransmissionMap = read_json(&out.join("transmission_map.json"))?;
     let run = match measured {
         Some(path) => {
-            let text =
-                shardc_format::files::read_text(path).map_err(|e| anyhow!("{}: cannot read: {e}", path.display()))?;
+            let text = crate::inputs::read_text(path)?;
             let run = Run::parse(&text).map_err(|e| anyhow!("--measured {}: {}", path.display(), e.0))?;
             for s in &run.stages {
                 if !report.stages.iter().any(|p| p.device == s.device) {
@@ -39,13 +37,7 @@ pub fn redraw(out: &Path, measured: Option<&Path>) -> anyhow::Result<PathBuf> {
     };
     let svg = crate::emit::svg::render(&report, &map, run.as_ref());
     let path = out.join("report.svg");
-    let tmp = out.join(format!(".report.svg.partial-{}", std::process::id()));
-    let result = std::fs::File::create(&tmp)
-        .and_then(|mut f| f.write_all(svg.as_bytes()).and_then(|()| f.sync_all()))
-        .and_then(|()| std::fs::rename(&tmp, &path));
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        bail!("{}: cannot write: {e}", path.display());
-    }
+    shardc_format::files::write_atomically(&path, svg.as_bytes())
+        .map_err(|e| anyhow!("{}: cannot write: {e}", path.display()))?;
     Ok(path)
 }

@@ -1,8 +1,9 @@
 //! Reading files whose size nobody vouches for: every read is bounded, so a hostile or
 //! mistaken path (a huge file, `/dev/zero`, a FIFO) ends in an error, never in an
-//! allocation the machine cannot make or a read that never ends.
+//! allocation the machine cannot make or a read that never ends. And writing a file
+//! whole, so that no reader ever sees half of one.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::Path;
 
 /// Largest text file shardc reads whole (configs, profiles, manifests, plans, IR).
@@ -30,6 +31,20 @@ pub fn read_bounded(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
 pub fn read_text(path: &Path) -> std::io::Result<String> {
     String::from_utf8(read_bounded(path, MAX_TEXT)?)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("not UTF-8 text: {e}")))
+}
+
+/// Write `bytes` to `path` through a temporary file beside it, synced and renamed into
+/// place (removed again if anything fails): a reader sees the old file or the new one.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let name = path.file_name().ok_or_else(|| std::io::Error::other("names no file"))?;
+    let tmp = path.with_file_name(format!(".{}.partial-{}", name.to_string_lossy(), std::process::id()));
+    let result = std::fs::File::create(&tmp)
+        .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }
 
 #[cfg(test)]
