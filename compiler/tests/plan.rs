@@ -244,25 +244,15 @@ fn profile_measures_this_host_as_a_device_entry() {
 /// a bf16 model on devices that list f32 and f16 only is refused naming the key.
 #[test]
 fn a_compute_dtype_the_profile_does_not_state_is_refused_by_name() {
-    let config = root().join("fixtures/configs/llama-3-8b/config.json");
-    let home = root().join("fixtures/devices/home-4.toml");
-    let args = |extra: &[&str]| {
-        let mut a = vec!["plan".to_string(), config.display().to_string(), "--devices".into(), home.display().to_string()];
-        a.extend(extra.iter().map(|s| s.to_string()));
-        a
-    };
-    let (code, _, stderr) = shardc_text_owned(&args(&[]));
+    let config = root().join("fixtures/configs/llama-3-8b/config.json").display().to_string();
+    let home = root().join("fixtures/devices/home-4.toml").display().to_string();
+    let (code, _, stderr) = shardc(&["plan", &config, "--devices", &home]);
     assert_eq!(code, 1, "{stderr}");
     assert!(
         stderr.contains("states its FLOP/s for f16, f32 but not for bf16, the compute dtype")
             && stderr.contains("add `bf16 = \"…\"`"),
         "{stderr}"
     );
-    let (code, _, stderr) = shardc_text_owned(&args(&["--compute-dtype", "f16"]));
+    let (code, _, stderr) = shardc(&["plan", &config, "--devices", &home, "--compute-dtype", "f16"]);
     assert_eq!(code, 0, "{stderr}");
-}
-
-fn shardc_text_owned(args: &[String]) -> (i32, String, String) {
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    common::shardc_text(&refs)
 }

@@ -66,12 +66,12 @@ impl Profile {
         for d in &self.devices {
             if d.flops_for(dtype).is_none() {
                 let listed: Vec<&str> = d.flops.keys().map(String::as_str).collect();
+                let other = listed.first().map_or(String::new(), |o| format!(", or plan with --compute-dtype {o}"));
                 return Err(format!(
                     "device `{}` states its FLOP/s for {} but not for {dtype}, the compute dtype: add `{dtype} = \"…\"` \
-                     to its `flops` (`shardc profile` on the device measures it), or plan with --compute-dtype {}",
+                     to its `flops` (`shardc profile` on the device measures it){other}",
                     d.name,
-                    listed.join(", "),
-                    listed[0]
+                    listed.join(", ")
                 ));
             }
         }
