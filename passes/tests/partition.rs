@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use shardc_passes::devices::Link;
 use shardc_passes::plan::{
-    exhaustive, order_dp, solve, DeviceId, Objective, Problem, SharedWeight, SolveOptions, Strategy, UnitId,
+    exhaustive, order_dp, solve, DeviceId, Engine, Objective, Problem, SharedWeight, SolveOptions, Strategy, UnitId,
 };
 
 /// xorshift64*: a small deterministic generator, so failures reproduce.
@@ -101,20 +101,24 @@ fn ilp_equals_exhaustive_search_and_beats_every_baseline() {
         let opts = SolveOptions {
             time_limit: Duration::from_secs(30),
             node_limit: 1_000_000,
+            search_nodes: 1_000_000,
             groups: (0..p.units()).collect(),
-            force_milp: false,
+            engine: None,
         };
         let truth = exhaustive::solve(&p);
         let ilp = solve(&p, Strategy::Ilp, &opts);
-        let milp = solve(&p, Strategy::Ilp, &SolveOptions { force_milp: true, ..opts.clone() });
+        let milp = solve(&p, Strategy::Ilp, &SolveOptions { engine: Some(Engine::Milp), ..opts.clone() });
+        let search = solve(&p, Strategy::Ilp, &SolveOptions { engine: Some(Engine::Search), ..opts.clone() });
         match &truth {
             None => {
                 infeasible += 1;
                 assert!(ilp.plan.is_none(), "case {case}: class-dp found a plan for an infeasible instance");
                 assert!(milp.plan.is_none(), "case {case}: milp found a plan for an infeasible instance");
+                assert!(search.plan.is_none(), "case {case}: search found a plan for an infeasible instance");
+                assert!(search.status.optimal, "case {case}: search did not prove infeasibility: {:?}", search.status);
             }
             Some((_, best)) => {
-                for (name, o) in [("class-dp", &ilp), ("milp", &milp)] {
+                for (name, o) in [("class-dp", &ilp), ("milp", &milp), ("search", &search)] {
                     let f = o
                         .figures
                         .as_ref()
@@ -219,8 +223,9 @@ fn a_node_budget_bounds_the_integer_program_the_same_way_on_any_machine() {
         let opts = SolveOptions {
             time_limit: Duration::from_secs(60),
             node_limit: 1,
+            search_nodes: 1_000_000,
             groups: (0..p.units()).collect(),
-            force_milp: true,
+            engine: Some(Engine::Milp),
         };
         let first = solve(&p, Strategy::Ilp, &opts);
         // The same budget on a "slower machine": another run, the same answer.

@@ -55,8 +55,9 @@ pub fn prepare(graph: &Graph, profile: &Profile, req: &Request) -> Result<Prepar
     let opts = SolveOptions {
         time_limit: req.time_limit,
         node_limit: req.node_limit,
+        search_nodes: crate::plan::distinct::DEFAULT_NODES,
         groups: seg.groups(),
-        force_milp: false,
+        engine: None,
     };
     let generative = crate::roles::lm_roles(graph).is_some();
     Ok(Prepared { generative, seg, model, opts, calibration })

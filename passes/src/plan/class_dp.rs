@@ -39,11 +39,22 @@ pub fn classes(p: &Problem) -> Vec<Vec<DeviceId>> {
     classes
 }
 
+/// Whether the instance is small enough for this search.
+pub fn fits(p: &Problem) -> bool {
+    states(p, &classes(p)).is_some()
+}
+
+fn states(p: &Problem, classes: &[Vec<DeviceId>]) -> Option<usize> {
+    let vectors = classes.iter().try_fold(1usize, |v, c| v.checked_mul(c.len() + 1))?;
+    vectors.checked_mul(classes.len())?.checked_mul(p.units() + 1).filter(|&s| s <= MAX_STATES)
+}
+
 /// The exact optimum, `Some(None)` when nothing fits, or `None` when the instance is
 /// too large for this search.
 pub fn solve(p: &Problem) -> Option<Option<(Plan, f64)>> {
     let n = p.units();
     let classes = classes(p);
+    states(p, &classes)?;
     let c_count = classes.len();
     let mut radix = Vec::with_capacity(c_count);
     let mut vectors = 1usize;

@@ -7,10 +7,13 @@
 //!   PipeEdge);
 //! - `ilp`: exact over which devices to use and in which order. Instances whose
 //!   interchangeable-device state space is small enough go to [`class_dp`] (proven
-//!   optimal); others to the integer program in [`milp`] (`microlp`), warm-started
-//!   from `dp` and stopped at a time limit, reporting optimality or its gap.
+//!   optimal); others, up to [`distinct::MAX_DEVICES`] devices, to the branch and
+//!   bound of [`distinct`], seeded with `dp`'s plan and stopped at a node budget,
+//!   reporting optimality or its gap; beyond that, the integer program in [`milp`]
+//!   (`microlp`).
 
 pub mod class_dp;
+pub mod distinct;
 pub mod exhaustive;
 pub mod milp;
 pub mod model;
@@ -41,10 +44,21 @@ pub struct SolveOptions {
     /// Branch-and-bound nodes the integer program may solve: what bounds its search,
     /// so that the plan depends on the inputs alone, not on the machine's speed.
     pub node_limit: u64,
+    /// Search nodes the distinct-device branch and bound may use (bounds it the same way
+    /// on any machine).
+    pub search_nodes: u64,
     /// Group (transformer layer) of each unit, for `uniform` and `proportional`.
     pub groups: Vec<usize>,
-    /// Force the `ilp` strategy onto the integer program (tests).
-    pub force_milp: bool,
+    /// Force the `ilp` strategy onto one engine (tests and benchmarks).
+    pub engine: Option<Engine>,
+}
+
+/// The engines of the `ilp` strategy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    ClassDp,
+    Search,
+    Milp,
 }
 
 /// Default branch-and-bound node budget of the integer program (`--node-limit`).
@@ -74,12 +88,20 @@ pub fn solve(p: &Problem, strategy: Strategy, opts: &SolveOptions) -> Outcome {
             }
         },
         Strategy::Ilp => {
-            let structured = if opts.force_milp { None } else { class_dp::solve(p) };
+            let engine = opts.engine.unwrap_or(if class_dp::fits(p) {
+                Engine::ClassDp
+            } else if p.devices() <= distinct::MAX_DEVICES {
+                Engine::Search
+            } else {
+                Engine::Milp
+            });
+            let structured = if engine == Engine::ClassDp { class_dp::solve(p) } else { None };
             match structured {
                 Some(Some((plan, _))) => (Some(plan), "class-dp", true, None, None),
                 Some(None) => {
                     (None, "class-dp", true, None, Some("no choice of devices can hold the model".to_string()))
                 }
+                None if engine == Engine::Search => search(p, &file_order, opts),
                 None if p.units() * p.devices() > MAX_MILP_BINARIES => {
                     let note = format!(
                         "{} units on {} distinct devices would need {} binaries, more than the {MAX_MILP_BINARIES} the integer program takes on; planned in file order by the exact order DP (not proven optimal over the choice and order of devices)",
@@ -157,6 +179,36 @@ pub fn solve(p: &Problem, strategy: Strategy, opts: &SolveOptions) -> Outcome {
             note,
         },
     }
+}
+
+type Answer = (Option<Plan>, &'static str, bool, Option<f64>, Option<String>);
+
+/// The distinct-device branch and bound, seeded with the file-order DP's plan (so it
+/// never returns a worse one).
+fn search(p: &Problem, file_order: &[DeviceId], opts: &SolveOptions) -> Answer {
+    let warm = order_dp::solve(p, file_order)
+        .and_then(|(plan, _)| p.evaluate(&plan).ok().filter(|f| f.feasible).map(|f| (plan, f.objective)));
+    let limits = distinct::Limits { nodes: opts.search_nodes, time: opts.time_limit };
+    let Some(found) = distinct::solve(p, warm.clone(), limits) else {
+        return (warm.map(|w| w.0), "order-dp", false, None, Some("the search declined the instance".into()));
+    };
+    let proven = found.proven();
+    let gap = if proven { None } else { found.gap() };
+    let note = match (&found.plan, proven) {
+        (None, true) => Some("no choice of devices can hold the model".to_string()),
+        (None, false) => Some(format!(
+            "the search stopped after {} nodes before finding a plan or proving there is none",
+            found.nodes
+        )),
+        (Some(_), false) if found.timed_out => Some(format!(
+            "the search stopped at its {:.0} s time limit before its {} node budget: another machine may choose another plan; raise --time-limit for a plan that depends on the inputs alone",
+            opts.time_limit.as_secs_f64(),
+            opts.search_nodes
+        )),
+        (Some(_), false) => Some(format!("the search stopped at its budget of {} nodes", opts.search_nodes)),
+        (Some(_), true) => None,
+    };
+    (found.plan.map(|f| f.0), "search", proven, gap, note)
 }
 
 /// Split the groups over the devices in file order by `shares` (largest remainder);

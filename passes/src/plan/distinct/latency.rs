@@ -1,0 +1,439 @@
+//! Latency objective: best-first branch and bound with a Lagrangian completion bound.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+
+use super::{better, Clock, Found, Tables, ABS_EPS, REL_EPS};
+use crate::plan::problem::Plan;
+
+const INF: f64 = f64::INFINITY;
+
+/// Subgradient steps at the root.
+const ROOT_STEPS: usize = 200;
+
+/// Cheapest completions when devices may be reused, each use priced by its multiplier.
+struct Relaxed {
+    /// `after[e][a]`: cheapest completion of units `e..` after a stage on `a` ending at
+    /// `e` (0 at the end).
+    after: Vec<Vec<f64>>,
+    /// Cheapest whole relaxed plan, multipliers included.
+    root: f64,
+    /// Its devices, in order (a device may repeat, never twice in a row).
+    path: Vec<usize>,
+}
+
+fn relax(t: &Tables, lambda: &[f64]) -> Relaxed {
+    let (n, nd) = (t.n, t.nd);
+    // first[b]: cheapest completion from the current position whose next stage is on b.
+    let mut first = vec![vec![INF; nd]; n];
+    let mut first_end = vec![vec![0usize; nd]; n];
+    let mut after = vec![vec![INF; nd]; n + 1];
+    let mut after_next = vec![vec![usize::MAX; nd]; n + 1];
+    after[n] = vec![0.0; nd];
+    for s in (0..n).rev() {
+        for b in 0..nd {
+            let (mut best, mut arg) = (INF, s);
+            for e in s + 1..=t.reach[b][s] {
+                let v = t.acc[b][e] + after[e][b];
+                if v < best {
+                    (best, arg) = (v, e);
+                }
+            }
+            if best < INF {
+                first[s][b] = best - t.acc[b][s] + lambda[b];
+                first_end[s][b] = arg;
+            }
+        }
+        if s == 0 {
+            break;
+        }
+        for a in 0..nd {
+            let (mut best, mut arg) = (INF, usize::MAX);
+            for (c, &f) in first[s].iter().enumerate() {
+                if c != a && f < INF {
+                    let v = t.link(s, a, c) + f;
+                    if v < best {
+                        (best, arg) = (v, c);
+                    }
+                }
+            }
+            after[s][a] = best;
+            after_next[s][a] = arg;
+        }
+    }
+    let (mut root, mut dev) = (INF, usize::MAX);
+    for (b, &f) in first[0].iter().enumerate() {
+        if f < root {
+            (root, dev) = (f, b);
+        }
+    }
+    let mut path = Vec::new();
+    let mut s = 0;
+    while root < INF && s < n {
+        path.push(dev);
+        let e = first_end[s][dev];
+        if e >= n {
+            break;
+        }
+        dev = after_next[e][dev];
+        s = e;
+    }
+    Relaxed { after, root, path }
+}
+
+/// A device order to try from a relaxed path: its devices once each, then the rest by
+/// ascending multiplier (cheap devices the path did not need).
+fn order_from(path: &[usize], lambda: &[f64]) -> Vec<usize> {
+    let mut seen = vec![false; lambda.len()];
+    let mut order: Vec<usize> = path.iter().copied().filter(|&d| !std::mem::replace(&mut seen[d], true)).collect();
+    let mut rest: Vec<usize> = (0..lambda.len()).filter(|&d| !seen[d]).collect();
+    rest.sort_by(|&a, &b| lambda[a].total_cmp(&lambda[b]).then(a.cmp(&b)));
+    order.extend(rest);
+    order
+}
+
+/// Subgradient ascent on the multipliers of "each device at most once"; improves the
+/// incumbent from the relaxed paths on the way.
+fn multipliers(t: &Tables, best: &mut Option<(Plan, f64)>, clock: &Clock) -> (Vec<f64>, f64) {
+    let nd = t.nd;
+    let mut lambda = vec![0.0; nd];
+    let (mut best_lambda, mut best_bound) = (lambda.clone(), -INF);
+    let mut theta = 1.0;
+    let mut stall = 0;
+    let mut tried: HashSet<Vec<usize>> = HashSet::new();
+    for _ in 0..ROOT_STEPS {
+        let r = relax(t, &lambda);
+        if r.root == INF {
+            // Nothing covers the units even with devices reused.
+            return (lambda, INF);
+        }
+        let bound = r.root - lambda.iter().sum::<f64>();
+        if bound > best_bound {
+            (best_lambda, best_bound, stall) = (lambda.clone(), bound, 0);
+        } else {
+            stall += 1;
+            if stall >= 8 {
+                (theta, stall) = (theta / 2.0, 0);
+            }
+        }
+        let order = order_from(&r.path, &lambda);
+        if tried.insert(order.clone()) {
+            *best = better(best.take(), t.plan_for(&order));
+        }
+        let ub = best.as_ref().map_or(INF, |b| b.1);
+        if best_bound >= ub * (1.0 - REL_EPS) - ABS_EPS || clock.out() || theta < 1e-6 {
+            break;
+        }
+        let mut count = vec![0.0f64; nd];
+        for &d in &r.path {
+            count[d] += 1.0;
+        }
+        let g: Vec<f64> = count.iter().map(|c| c - 1.0).collect();
+        let norm: f64 = g.iter().map(|x| x * x).sum();
+        let target = if ub < INF { ub - bound } else { 0.1 * bound.abs().max(1e-9) };
+        let step = theta * target.max(1e-12 * ub.min(bound.abs().max(1.0))) / norm.max(1.0);
+        for (l, gd) in lambda.iter_mut().zip(&g) {
+            *l = (*l + step * gd).max(0.0);
+        }
+    }
+    (best_lambda, best_bound)
+}
+
+/// How a row entry was reached: the stage's start, its device and the link class of
+/// the device before (`u32::MAX`: none, the first stage).
+#[derive(Clone, Copy, Debug)]
+struct Back {
+    start: u32,
+    device: u32,
+    before: u32,
+}
+
+/// Costs of covering units up to each position, over a window of positions.
+#[derive(Clone, Debug)]
+struct Row {
+    lo: usize,
+    v: Vec<f64>,
+    back: Vec<Back>,
+}
+
+impl Row {
+    fn get(&self, e: usize) -> f64 {
+        e.checked_sub(self.lo).and_then(|i| self.v.get(i)).copied().unwrap_or(INF)
+    }
+
+    /// Narrow the window to its finite entries.
+    fn trim(&mut self) {
+        let first = self.v.iter().position(|x| *x < INF).unwrap_or(self.v.len());
+        let last = self.v.iter().rposition(|x| *x < INF).map_or(first, |i| i + 1);
+        if first > 0 || last < self.v.len() {
+            self.v.truncate(last);
+            self.back.truncate(last);
+            self.v.drain(..first);
+            self.back.drain(..first);
+            self.lo += first;
+        }
+    }
+
+    /// Pointwise minimum with `other`, widening the window as needed.
+    fn merge(&mut self, other: Row) {
+        let lo = self.lo.min(other.lo);
+        let hi = (self.lo + self.v.len()).max(other.lo + other.v.len());
+        if lo != self.lo || hi != self.lo + self.v.len() {
+            let none = Back { start: 0, device: 0, before: 0 };
+            let (mut v, mut back) = (vec![INF; hi - lo], vec![none; hi - lo]);
+            let at = self.lo - lo;
+            v[at..at + self.v.len()].copy_from_slice(&self.v);
+            back[at..at + self.v.len()].copy_from_slice(&self.back);
+            (self.lo, self.v, self.back) = (lo, v, back);
+        }
+        for (i, (x, b)) in other.v.into_iter().zip(other.back).enumerate() {
+            let at = other.lo + i - self.lo;
+            if x < self.v[at] {
+                (self.v[at], self.back[at]) = (x, b);
+            }
+        }
+    }
+}
+
+/// The next stage on `b` after a row whose last device is `last` (of link class
+/// `class`; None: the first stage): for each end, the cheapest start the row allows
+/// (sliding-window minimum, since the memory reach never falls as the start grows).
+fn extend(t: &Tables, row: &Row, last: Option<(usize, usize)>, b: usize) -> Option<Row> {
+    let n = t.n;
+    let reach = &t.reach[b];
+    let starts = row.lo..(row.lo + row.v.len()).min(n);
+    let lo = starts.clone().find(|&s| row.get(s) < INF && reach[s] > s)? + 1;
+    let hi = starts.clone().filter(|&s| row.get(s) < INF).map(|s| reach[s]).max()?;
+    let mut v = vec![INF; hi + 1 - lo];
+    let before = last.map_or(u32::MAX, |(_, c)| c as u32);
+    let mut back = vec![Back { start: 0, device: b as u32, before }; hi + 1 - lo];
+    let mut window: VecDeque<(usize, f64)> = VecDeque::new();
+    let mut next = lo - 1;
+    for e in lo..=hi {
+        while next < e && next < starts.end {
+            let c = row.get(next);
+            if c < INF {
+                let link = last.map_or(0.0, |(a, _)| t.link(next, a, b));
+                let base = c + link - t.acc[b][next];
+                while window.back().is_some_and(|&(_, x)| x >= base) {
+                    window.pop_back();
+                }
+                window.push_back((next, base));
+            }
+            next += 1;
+        }
+        while window.front().is_some_and(|&(s, _)| reach[s] < e) {
+            window.pop_front();
+        }
+        if let Some(&(s, base)) = window.front() {
+            v[e - lo] = base + t.acc[b][e];
+            back[e - lo].start = s as u32;
+        }
+    }
+    Some(Row { lo, v, back })
+}
+
+/// Partial plans with one set of devices whose last device is of one link class.
+struct Entry {
+    /// A device of the class in the set (the links from any of them cost the same).
+    last: usize,
+    row: Row,
+}
+
+type Key = (u64, usize);
+
+/// The layered search's state.
+struct Layers<'t, 'p> {
+    t: &'t Tables<'p>,
+    lambda: Vec<f64>,
+    total: f64,
+    /// `after[e][class]`: cheapest relaxed completion from `e` after a device of `class`.
+    after: Vec<Vec<f64>>,
+    upper: f64,
+    /// Key whose row holds the best complete plan the search found.
+    own: Option<Key>,
+    frontier: BTreeMap<Key, Entry>,
+    done: HashMap<Key, Entry>,
+}
+
+impl Layers<'_, '_> {
+    /// Multipliers of the devices not in `set`.
+    fn free(&self, set: u64) -> f64 {
+        self.total - (0..self.t.nd).filter(|&d| set & (1 << d) != 0).map(|d| self.lambda[d]).sum::<f64>()
+    }
+
+    fn keep(&self, bound: f64) -> bool {
+        bound < self.upper * (1.0 - REL_EPS) - ABS_EPS
+    }
+
+    /// Drop the positions of `entry` whose bound cannot beat the incumbent (positions at
+    /// the end stay, for the walk back); the least bound left, or infinity.
+    fn prune(&self, key: Key, entry: &mut Entry) -> f64 {
+        let slack = self.free(key.0);
+        let mut least = INF;
+        for (i, x) in entry.row.v.iter_mut().enumerate() {
+            let e = entry.row.lo + i;
+            if e >= self.t.n || *x == INF {
+                continue;
+            }
+            let bound = *x + self.after[e][key.1] - slack;
+            if self.keep(bound) {
+                least = least.min(bound);
+            } else {
+                *x = INF;
+            }
+        }
+        entry.row.trim();
+        least
+    }
+
+    /// Drop the positions that the same devices but one, ending in the same link class,
+    /// reach as cheaply: every completion of this key is open to that one too.
+    fn dominated(&self, key: Key, entry: &mut Entry) {
+        for d in 0..self.t.nd {
+            if key.0 & (1 << d) == 0 {
+                continue;
+            }
+            let Some(fewer) = self.done.get(&(key.0 & !(1 << d), key.1)) else { continue };
+            for (i, x) in entry.row.v.iter_mut().enumerate() {
+                let e = entry.row.lo + i;
+                if e < self.t.n && fewer.row.get(e) <= *x {
+                    *x = INF;
+                }
+            }
+        }
+    }
+
+    /// Add every one-stage extension of a row (of key `from`; None: the empty plan).
+    fn expand(&mut self, from: Option<(Key, usize)>, row: &Row) {
+        let t = self.t;
+        let set = from.map_or(0, |((set, _), _)| set);
+        let last = from.map(|((_, class), last)| (last, class));
+        for b in 0..t.nd {
+            if set & (1 << b) != 0 {
+                continue;
+            }
+            let Some(child) = extend(t, row, last, b) else { continue };
+            let key = (set | 1 << b, t.link_class[b]);
+            let complete = child.get(t.n);
+            if complete < self.upper {
+                self.upper = complete;
+                self.own = Some(key);
+            }
+            let mut entry = Entry { last: b, row: child };
+            if self.prune(key, &mut entry) == INF && complete == INF {
+                continue;
+            }
+            match self.frontier.get_mut(&key) {
+                Some(e) => e.row.merge(entry.row),
+                None => {
+                    self.frontier.insert(key, entry);
+                }
+            }
+        }
+    }
+
+    /// The devices of the best complete plan, walked back through the rows.
+    fn order(&self) -> Option<Vec<usize>> {
+        let (mut key, mut pos) = (self.own?, self.t.n);
+        let mut order = Vec::new();
+        loop {
+            let entry = self.done.get(&key).or_else(|| self.frontier.get(&key))?;
+            let back = *pos.checked_sub(entry.row.lo).and_then(|i| entry.row.back.get(i))?;
+            order.push(back.device as usize);
+            if back.before == u32::MAX {
+                break;
+            }
+            key = (key.0 & !(1 << back.device), back.before as usize);
+            pos = back.start as usize;
+        }
+        order.reverse();
+        Some(order)
+    }
+}
+
+pub(super) fn solve(t: &Tables, incumbent: Option<(Plan, f64)>, budget: u64, clock: &Clock) -> Found {
+    let (n, nd) = (t.n, t.nd);
+    let mut best = incumbent;
+    let t0 = std::time::Instant::now();
+    let (lambda, root_bound) = multipliers(t, &mut best, clock);
+    if root_bound == INF {
+        return Found { plan: None, lower: INF, nodes: 0, timed_out: false };
+    }
+    let relaxed = relax(t, &lambda);
+    if std::env::var_os("SHARDC_PROBE").is_some() {
+        eprintln!("root bound {root_bound} upper {:?} in {:?}", best.as_ref().map(|b| b.1), t0.elapsed());
+    }
+    let mut after = vec![vec![INF; nd]; n + 1];
+    for (e, row) in relaxed.after.iter().enumerate() {
+        for (a, &x) in row.iter().enumerate() {
+            let c = &mut after[e][t.link_class[a]];
+            *c = c.min(x);
+        }
+    }
+    let mut s = Layers {
+        t,
+        total: lambda.iter().sum(),
+        lambda,
+        after,
+        upper: best.as_ref().map_or(INF, |b| b.1),
+        own: None,
+        frontier: BTreeMap::new(),
+        done: HashMap::new(),
+    };
+    let root = Row { lo: 0, v: vec![0.0], back: vec![Back { start: 0, device: 0, before: u32::MAX }] };
+    s.expand(None, &root);
+    let mut nodes = 0u64;
+    let mut stopped: Option<bool> = None;
+    // Keys in increasing order of their device set: every subset of a set comes first,
+    // so a key's row is complete when it is taken.
+    while let Some((key, mut entry)) = s.frontier.pop_first() {
+        s.dominated(key, &mut entry);
+        let live = s.prune(key, &mut entry) < INF;
+        if live {
+            if nodes >= budget || clock.out() {
+                stopped = Some(nodes < budget);
+                s.frontier.insert(key, entry);
+                break;
+            }
+            nodes += 1;
+            if std::env::var_os("SHARDC_PROBE").is_some() {
+                let live = entry.row.v.iter().filter(|x| **x < INF).count();
+                STATS.with(|c| { let mut c = c.borrow_mut(); c.0 += live; c.1 += entry.row.v.len(); c.2 += 1; });
+            }
+            s.expand(Some((key, entry.last)), &entry.row);
+        }
+        s.done.insert(key, entry);
+    }
+    if std::env::var_os("SHARDC_PROBE").is_some() {
+        STATS.with(|c| { let c = c.borrow(); eprintln!("live {:.1} window {:.1} keys {} done {}", c.0 as f64 / c.2 as f64, c.1 as f64 / c.2 as f64, c.2, s.done.len()); });
+    }
+    if std::env::var_os("SHARDC_PROBE").is_some() {
+        eprintln!("dp done at {:?}", t0.elapsed());
+    }
+    let lower = match stopped {
+        None => INF,
+        // Every plan not yet found continues some key left in the frontier.
+        Some(_) => {
+            let keys: Vec<Key> = s.frontier.keys().copied().collect();
+            let mut least = INF;
+            for key in keys {
+                if let Some(mut entry) = s.frontier.remove(&key) {
+                    least = least.min(s.prune(key, &mut entry));
+                    s.frontier.insert(key, entry);
+                }
+            }
+            least.max(root_bound)
+        }
+    };
+    let plan = match s.order() {
+        Some(order) => better(best, t.plan_for(&order)),
+        None => best,
+    };
+    if std::env::var_os("SHARDC_PROBE").is_some() {
+        eprintln!("walked back at {:?}", t0.elapsed());
+    }
+    let lower = if stopped.is_none() { plan.as_ref().map_or(INF, |p| p.1) } else { lower.min(plan.as_ref().map_or(INF, |p| p.1)) };
+    Found { plan, lower, nodes, timed_out: stopped == Some(true) }
+}
+
+thread_local! { static STATS: std::cell::RefCell<(usize, usize, usize)> = const { std::cell::RefCell::new((0, 0, 0)) }; }

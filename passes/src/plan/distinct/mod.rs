@@ -1,0 +1,221 @@
+//! Exact search over which devices to use and in which order when the devices are
+//! all different (no interchangeable classes for [`super::class_dp`] to count).
+//!
+//! Both objectives search device sequences; what differs is how a partial sequence is
+//! bounded:
+//! - latency ([`latency`]): best-first branch and bound. A partial plan is a set of
+//!   used devices, the last of them and, per unit position, the cheapest way to cover
+//!   the units before it with exactly those devices ending on that one. Its bound adds
+//!   the cheapest completion when devices may be reused, each use priced by a
+//!   Lagrange multiplier of "every device at most once" (chosen by subgradient ascent
+//!   at the root), less the multipliers of the devices still free. Partial plans with
+//!   the same devices and last device are merged: a position another one reaches
+//!   cheaper is dropped.
+//! - throughput ([`bottleneck`]): the optimum is one of finitely many stage or link
+//!   times; bisection over them, each step a depth-first search for a sequence that
+//!   keeps every stage and link within the candidate, pruned when the units left
+//!   exceed the longest runs the free devices could take, and by the positions
+//!   already reached with the same devices and last device.
+//!
+//! Both stop at a budget of search nodes (the plan depends on the inputs alone) or at
+//! a time limit (a safety net that says so), with the best plan found and a proven
+//! lower bound on the optimum, so the status line gives the gap.
+
+pub mod bottleneck;
+pub mod latency;
+
+use std::time::{Duration, Instant};
+
+use super::problem::{DeviceId, Objective, Plan, Problem};
+
+/// Most devices the search takes on (a device set is a 64-bit mask).
+pub const MAX_DEVICES: usize = 64;
+
+/// Default budget of search nodes.
+pub const DEFAULT_NODES: u64 = 400_000;
+
+/// What the search found.
+#[derive(Clone, Debug)]
+pub struct Found {
+    /// The best plan and its objective, if any plan fits.
+    pub plan: Option<(Plan, f64)>,
+    /// A proven lower bound on the optimum (infinite when proven infeasible).
+    pub lower: f64,
+    /// Search nodes used.
+    pub nodes: u64,
+    /// The time limit, not the node budget, ended the search.
+    pub timed_out: bool,
+}
+
+impl Found {
+    /// Proven optimal (or proven infeasible).
+    pub fn proven(&self) -> bool {
+        match &self.plan {
+            Some((_, value)) => self.lower >= value * (1.0 - REL_EPS) - ABS_EPS,
+            None => self.lower == f64::INFINITY,
+        }
+    }
+
+    /// Relative gap between the plan and the lower bound.
+    pub fn gap(&self) -> Option<f64> {
+        let (_, value) = self.plan.as_ref()?;
+        Some(if *value > 0.0 { ((value - self.lower) / value).max(0.0) } else { 0.0 })
+    }
+}
+
+/// Relative tolerance of comparisons between sums formed in different orders.
+pub(crate) const REL_EPS: f64 = 1e-9;
+pub(crate) const ABS_EPS: f64 = 1e-15;
+
+/// Limits of one search.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub nodes: u64,
+    pub time: Duration,
+}
+
+/// The search, or `None` when there are more devices than it takes on.
+pub fn solve(p: &Problem, incumbent: Option<(Plan, f64)>, limits: Limits) -> Option<Found> {
+    if p.devices() > MAX_DEVICES || p.units() == 0 {
+        return None;
+    }
+    let t0 = Instant::now();
+    let t = Tables::new(p);
+    if std::env::var_os("SHARDC_PROBE").is_some() {
+        eprintln!("tables {:?}", t0.elapsed());
+    }
+    let clock = Clock { started: Instant::now(), limit: limits.time };
+    Some(match p.objective {
+        Objective::Latency => latency::solve(&t, incumbent, limits.nodes, &clock),
+        Objective::Throughput => bottleneck::solve(&t, incumbent, limits.nodes, &clock),
+    })
+}
+
+pub(crate) struct Clock {
+    started: Instant,
+    limit: Duration,
+}
+
+impl Clock {
+    pub(crate) fn out(&self) -> bool {
+        self.started.elapsed() > self.limit
+    }
+}
+
+/// Per-device prefix sums and memory reach.
+pub(crate) struct Tables<'a> {
+    pub p: &'a Problem,
+    pub n: usize,
+    pub nd: usize,
+    /// `acc[d][u]`: objective cost of units `0..u` on `d`.
+    pub acc: Vec<Vec<f64>>,
+    /// `reach[d][s]`: farthest end of a stage starting at `s` on `d` that fits its memory.
+    pub reach: Vec<Vec<usize>>,
+    /// Prefix sums of each unit's decode time summed over the devices (a size).
+    pub weight: Vec<f64>,
+    /// Objective cost of the link across each cut, `[cut][a][b]`.
+    links: Vec<f64>,
+    /// Link class of each device (the index of its first member): partial plans that
+    /// end on devices of one class continue at the same link costs, so they are merged.
+    pub link_class: Vec<usize>,
+}
+
+impl<'a> Tables<'a> {
+    pub fn new(p: &'a Problem) -> Self {
+        let n = p.units();
+        let nd = p.devices();
+        let acc = DeviceId::all(nd)
+            .map(|d| {
+                let mut acc = Vec::with_capacity(n + 1);
+                acc.push(0.0);
+                for u in 0..n {
+                    let unit = p.stage_cost(d, u, u + 1);
+                    acc.push(acc[u] + unit);
+                }
+                acc
+            })
+            .collect();
+        // Memory is monotone in both ends, so the reach never falls as the start grows.
+        let reach = DeviceId::all(nd)
+            .map(|d| {
+                let mut end = 0;
+                (0..n)
+                    .map(|s| {
+                        end = end.max(s);
+                        while end < n && p.memory(s, end + 1) <= p.budget[d] {
+                            end += 1;
+                        }
+                        end
+                    })
+                    .collect()
+            })
+            .collect();
+        let mut links = Vec::with_capacity(n.saturating_sub(1) * nd * nd);
+        for cut in 0..n.saturating_sub(1) {
+            for a in DeviceId::all(nd) {
+                links.extend(DeviceId::all(nd).map(|b| p.link_cost(cut, a, b)));
+            }
+        }
+        let mut weight = vec![0.0];
+        for u in 0..n {
+            let w: f64 = p.decode.iter().map(|row| row[u]).sum();
+            weight.push(weight[u] + w);
+        }
+        Tables { p, n, nd, acc, reach, weight, links, link_class: link_classes(p) }
+    }
+
+    pub fn stage(&self, d: usize, start: usize, end: usize) -> f64 {
+        self.acc[d][end] - self.acc[d][start]
+    }
+
+    /// The costliest link of any cut between any two devices.
+    pub fn max_link(&self) -> f64 {
+        self.links.iter().copied().filter(|x| !x.is_nan()).fold(0.0, f64::max)
+    }
+
+    /// Link cost across the cut before unit `start` (`start >= 1`).
+    pub fn link(&self, start: usize, a: usize, b: usize) -> f64 {
+        self.links[((start - 1) * self.nd + a) * self.nd + b]
+    }
+
+    /// The exact split for a device sequence (the search's own sums are only used to
+    /// compare), evaluated the way every strategy is.
+    pub fn plan_for(&self, order: &[usize]) -> Option<(Plan, f64)> {
+        let order: Vec<DeviceId> = order.iter().map(|&d| DeviceId(d)).collect();
+        let (plan, _) = super::order_dp::solve(self.p, &order)?;
+        let f = self.p.evaluate(&plan).ok().filter(|f| f.feasible)?;
+        Some((plan, f.objective))
+    }
+}
+
+/// Devices whose links to every other device are the same (devices on one site of a
+/// per-pair profile; every device of a profile with only a default link) form a class.
+fn link_classes(p: &Problem) -> Vec<usize> {
+    let nd = p.devices();
+    let alike = |a: DeviceId, b: DeviceId| {
+        DeviceId::all(nd).filter(|&x| x != a && x != b).all(|x| p.links[a][x] == p.links[b][x])
+    };
+    let mut class = vec![usize::MAX; nd];
+    for d in DeviceId::all(nd) {
+        if class[d] != usize::MAX {
+            continue;
+        }
+        class[d] = d.index();
+        let mut members = vec![d];
+        for e in DeviceId::all(nd).skip(d.index() + 1) {
+            if class[e] == usize::MAX && members.iter().all(|&m| alike(m, e)) {
+                class[e] = d.index();
+                members.push(e);
+            }
+        }
+    }
+    class
+}
+
+/// Keep the better of two plans.
+pub(crate) fn better(a: Option<(Plan, f64)>, b: Option<(Plan, f64)>) -> Option<(Plan, f64)> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(if b.1 < a.1 { b } else { a }),
+        (a, b) => a.or(b),
+    }
+}
