@@ -5,7 +5,7 @@
 //! a site, or every pair its own link); and the `compare` table of BLOOM on
 //! LinguaLinked's three phones.
 //!
-//! Run: `cargo bench -p shardc --bench planning` (`-- random` for the random profiles only)
+//! Run: `cargo bench -p shardc --bench planning` (`-- random [SIZES]` for the random profiles only, of those sizes)
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -83,7 +83,7 @@ fn random_profile(rng: &mut Rng, n: usize, total: f64, links: Links) -> Profile 
     Profile { devices, default_link, links: map }
 }
 
-fn random_profiles(root: &Path) {
+fn random_profiles(root: &Path, sizes: &[usize]) {
     let context = 4096;
     let g = graph(&root.join("fixtures/configs/llama-3-70b/config.json"), context);
     println!("Llama-3-70B (162 units), random profiles (seeded): ilp (one run each) against the file-order DP");
@@ -92,7 +92,7 @@ fn random_profiles(root: &Path) {
         "devices", "links", "objective", "seed", "ilp", "status", "dp", "ilp/dp value"
     );
     let mut worst: Vec<(usize, &str, f64, f64)> = Vec::new();
-    for n in [8, 16, 32] {
+    for &n in sizes {
         for links in [Links::Default, Links::Sites, Links::EveryPair] {
             for seed in 1..=4u64 {
                 let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (seed * 1_000_003 + n as u64));
@@ -105,6 +105,7 @@ fn random_profiles(root: &Path) {
                         margin: 0.1,
                         time_limit: Duration::from_secs(30),
                         node_limit: shardc_passes::plan::DEFAULT_NODE_LIMIT,
+                        search_nodes: shardc_passes::plan::distinct::DEFAULT_NODES,
                         compute_dtype: None,
                         standby: 0,
                         dtype: None,
@@ -118,7 +119,9 @@ fn random_profiles(root: &Path) {
                     let t = Instant::now();
                     let dp = solve(&prep.model.problem, Strategy::Dp, &prep.opts);
                     let dp_took = t.elapsed().as_secs_f64();
-                    let value = |o: &shardc_passes::plan::Outcome| o.figures.as_ref().filter(|f| f.feasible).map(|f| f.objective);
+                    let value = |o: &shardc_passes::plan::Outcome| {
+                        o.figures.as_ref().filter(|f| f.feasible).map(|f| f.objective)
+                    };
                     let status = if o.status.optimal {
                         format!("{} optimal", o.status.engine)
                     } else {
@@ -148,14 +151,19 @@ fn random_profiles(root: &Path) {
                         dp_took * 1e3,
                         ratio
                     );
-                    worst.push((n, label, took, if o.status.optimal { 0.0 } else { o.status.gap.unwrap_or(f64::INFINITY) }));
+                    worst.push((
+                        n,
+                        label,
+                        took,
+                        if o.status.optimal { 0.0 } else { o.status.gap.unwrap_or(f64::INFINITY) },
+                    ));
                 }
             }
         }
     }
     println!();
     println!("{:<8} {:<10} {:>10} {:>12}", "devices", "links", "max time", "max gap");
-    for n in [8, 16, 32] {
+    for &n in sizes {
         for label in ["default", "sites", "every pair"] {
             let rows: Vec<_> = worst.iter().filter(|r| r.0 == n && r.1 == label).collect();
             let time = rows.iter().map(|r| r.2).fold(0.0, f64::max);
@@ -167,8 +175,10 @@ fn random_profiles(root: &Path) {
 
 fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    if std::env::args().any(|a| a == "random") {
-        random_profiles(&root);
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(at) = args.iter().position(|a| a == "random") {
+        let sizes: Vec<usize> = args[at + 1..].iter().filter_map(|a| a.parse().ok()).collect();
+        random_profiles(&root, if sizes.is_empty() { &[8, 16, 32] } else { &sizes });
         return;
     }
     let context = 4096;
@@ -187,6 +197,7 @@ fn main() {
                 margin: 0.1,
                 time_limit: Duration::from_secs(10),
                 node_limit: shardc_passes::plan::DEFAULT_NODE_LIMIT,
+                search_nodes: shardc_passes::plan::distinct::DEFAULT_NODES,
                 compute_dtype: None,
                 standby: 0,
                 dtype: None,
@@ -243,6 +254,7 @@ fn main() {
             margin: 0.1,
             time_limit: Duration::from_secs(10),
             node_limit: shardc_passes::plan::DEFAULT_NODE_LIMIT,
+            search_nodes: shardc_passes::plan::distinct::DEFAULT_NODES,
             compute_dtype: Some("f16".into()),
             standby: 0,
             dtype: Some(shardc_ir::DType::F16),
@@ -265,5 +277,5 @@ fn main() {
         }
     }
     println!();
-    random_profiles(&root);
+    random_profiles(&root, &[8, 16, 32]);
 }

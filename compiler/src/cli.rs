@@ -47,14 +47,21 @@ pub struct PlanArgs {
     /// Fraction of each device's memory kept free.
     #[arg(long, default_value_t = 0.1)]
     pub margin: f64,
-    /// Time limit of the integer program, seconds: a safety net (a plan it cuts short
-    /// depends on the machine's speed, and plan.json says so).
+    /// Time limit of the exact search (over all-different devices, or the integer
+    /// program), seconds: a safety net (a plan it cuts short depends on the machine's
+    /// speed, and plan.json says so).
     #[arg(long, default_value_t = 10.0)]
     pub time_limit: f64,
     /// Branch-and-bound nodes the integer program may solve: what bounds its search, so
     /// that the plan depends on the inputs alone.
     #[arg(long, default_value_t = shardc_passes::plan::DEFAULT_NODE_LIMIT)]
     pub node_limit: u64,
+    /// Nodes the search over all-different devices may use (device sets for the latency
+    /// objective, set extensions of its feasibility tests for throughput): what bounds
+    /// it, so that the plan depends on the inputs alone; the status gives the gap when
+    /// it stops short.
+    #[arg(long, default_value_t = shardc_passes::plan::distinct::DEFAULT_NODES)]
+    pub search_nodes: u64,
     /// Compute dtype for the devices' FLOP/s (default: the weights' dtype).
     #[arg(long)]
     pub compute_dtype: Option<String>,

@@ -255,6 +255,8 @@ const MAX_CONTEXT: u64 = shardc::frontend::hf::config::MAX_SIZE as u64;
 
 /// Largest `--node-limit`.
 const MAX_NODE_LIMIT: u64 = 1 << 32;
+/// The latency search keeps every device set it reaches (a few hundred bytes each).
+const MAX_SEARCH_NODES: u64 = 100_000_000;
 
 /// Largest `--batch` planned.
 const MAX_BATCH: u64 = 1 << 16;
@@ -293,6 +295,9 @@ fn planning_inputs(model: &std::path::Path, args: &PlanArgs) -> Result<Planning>
     }
     if args.node_limit == 0 || args.node_limit > MAX_NODE_LIMIT {
         usage!("--node-limit must be between 1 and {MAX_NODE_LIMIT}, got {}", args.node_limit);
+    }
+    if args.search_nodes == 0 || args.search_nodes > MAX_SEARCH_NODES {
+        usage!("--search-nodes must be between 1 and {MAX_SEARCH_NODES}, got {}", args.search_nodes);
     }
     let dtype = match &args.dtype {
         Some(d) => {
@@ -346,6 +351,7 @@ fn planning_inputs(model: &std::path::Path, args: &PlanArgs) -> Result<Planning>
         margin: args.margin,
         time_limit: std::time::Duration::from_secs_f64(args.time_limit),
         node_limit: args.node_limit,
+        search_nodes: args.search_nodes,
         compute_dtype: args.compute_dtype.clone(),
         standby: args.standby,
         dtype,

@@ -25,6 +25,7 @@ fn stage_graphs_chained_reproduce_the_model() {
             margin: 0.1,
             time_limit: std::time::Duration::from_secs(5),
             node_limit: shardc_passes::plan::DEFAULT_NODE_LIMIT,
+            search_nodes: shardc_passes::plan::distinct::DEFAULT_NODES,
             compute_dtype: None,
             standby: 0,
             dtype: None,

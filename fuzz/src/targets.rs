@@ -86,6 +86,7 @@ fn compiled(out: &Path) -> Result<()> {
         margin: 0.1,
         time_limit: std::time::Duration::from_secs(10),
         node_limit: shardc_passes::plan::DEFAULT_NODE_LIMIT,
+        search_nodes: shardc_passes::plan::distinct::DEFAULT_NODES,
         compute_dtype: None,
         standby: 0,
         dtype: None,

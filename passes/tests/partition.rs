@@ -240,3 +240,139 @@ fn a_node_budget_bounds_the_integer_program_the_same_way_on_any_machine() {
     }
     assert!(cut_short > 0, "some instances need more than one node, so the budget was what stopped them");
 }
+
+/// Devices that are all different (no interchangeable classes) on 12–40 units, with one
+/// default link, devices on sites, or every pair its own link.
+fn distinct_instance(rng: &mut Rng, objective: Objective, links_kind: usize) -> Problem {
+    let units = 12 + rng.below(29);
+    let devices = 5 + rng.below(5);
+    let mut p = instance(rng, objective);
+    let work: Vec<f64> =
+        (0..units).map(|u| if u % 2 == 0 { rng.uniform(0.2, 0.4) } else { rng.uniform(1.0, 1.6) }).collect();
+    let speed: Vec<f64> = (0..devices).map(|_| rng.uniform(0.5, 4.0)).collect();
+    let lean: Vec<f64> = (0..devices).map(|_| rng.uniform(0.5, 2.0)).collect();
+    p.prefill = speed.iter().zip(&lean).map(|(s, l)| work.iter().map(|w| 0.01 * w / s * l).collect()).collect();
+    p.decode = speed.iter().map(|s| work.iter().map(|w| 0.003 * w / s).collect()).collect();
+    p.private_bytes = work.clone();
+    p.activation_bytes = (0..units).map(|_| rng.uniform(0.0, 0.2)).collect();
+    p.shared = if rng.below(3) == 0 {
+        vec![SharedWeight { bytes: rng.uniform(0.1, 1.0), units: vec![UnitId(0), UnitId(units - 1)] }]
+    } else {
+        vec![]
+    };
+    let total: f64 = work.iter().sum();
+    p.budget = (0..devices).map(|_| total / devices as f64 * rng.uniform(0.6, 2.5)).collect();
+    // Links from negligible to costlier than a stage, so they bind in some instances.
+    let scale = [1e4, 1e2, 1.0][rng.below(3)];
+    let default = Link { bandwidth: scale * rng.uniform(1.0, 10.0), latency: rng.uniform(0.0, 0.002) };
+    let site: Vec<usize> = (0..devices).map(|_| rng.below(3)).collect();
+    p.links = vec![vec![default; devices]; devices];
+    for a in 0..devices {
+        for b in a + 1..devices {
+            let own = match links_kind {
+                0 => None,
+                1 => (site[a] == site[b]).then_some(Link { bandwidth: default.bandwidth * 10.0, latency: 0.0 }),
+                _ => Some(Link { bandwidth: scale * rng.uniform(1.0, 10.0), latency: rng.uniform(0.0, 0.002) }),
+            };
+            if let Some(l) = own {
+                p.links[a][b] = l;
+                p.links[b][a] = l;
+            }
+        }
+    }
+    p.cut_prefill = (0..units - 1).map(|_| rng.uniform(0.1, 1.0)).collect();
+    p.cut_decode = p.cut_prefill.iter().map(|c| c / 10.0).collect();
+    p.decode_tokens = rng.uniform(0.0, 200.0).floor();
+    p
+}
+
+fn options() -> SolveOptions {
+    SolveOptions {
+        time_limit: Duration::from_secs(60),
+        node_limit: 1,
+        search_nodes: 50_000_000,
+        groups: Vec::new(),
+        engine: Some(Engine::Search),
+    }
+}
+
+#[test]
+fn the_search_over_distinct_devices_equals_the_exact_dp() {
+    let mut rng = Rng(0x5EED_1234_ABCD_0003);
+    let (mut binding, mut free, mut infeasible) = (0, 0, 0);
+    for case in 0..150 {
+        let objective = if case % 2 == 0 { Objective::Latency } else { Objective::Throughput };
+        let p = distinct_instance(&mut rng, objective, case % 3);
+        assert_eq!(shardc_passes::plan::class_dp::classes(&p).len(), p.devices(), "case {case}: devices alike");
+        // Every device its own class: the class DP is the exhaustive DP over device sets.
+        let truth = shardc_passes::plan::class_dp::solve(&p).expect("small enough for the class DP");
+        let opts = SolveOptions { groups: (0..p.units()).collect(), ..options() };
+        let search = solve(&p, Strategy::Ilp, &opts);
+        assert_eq!(search.status.engine, "search", "case {case}");
+        assert!(search.status.optimal, "case {case}: not proven: {:?}", search.status);
+        match truth {
+            None => {
+                infeasible += 1;
+                assert!(search.plan.is_none(), "case {case}: a plan for an infeasible instance");
+            }
+            Some((_, best)) => {
+                let f = search.figures.as_ref().unwrap_or_else(|| panic!("case {case}: no plan ({:?})", search.status));
+                assert!(f.feasible, "case {case}: plan infeasible");
+                assert!(close(f.objective, best), "case {case}: search {} vs exact {best}", f.objective);
+                // The dearest link anywhere: above the optimum, links constrain the search.
+                let mut links = 0.0f64;
+                for c in 0..p.units() - 1 {
+                    for a in DeviceId::all(p.devices()) {
+                        for b in DeviceId::all(p.devices()).filter(|&b| b != a) {
+                            links = links.max(p.link_cost(c, a, b));
+                        }
+                    }
+                }
+                if objective == Objective::Throughput {
+                    if links > best {
+                        binding += 1;
+                    } else {
+                        free += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert!(binding >= 5 && free >= 5, "links bind in {binding} throughput instances, not in {free}");
+    assert!(infeasible >= 3, "only {infeasible} infeasible instances");
+}
+
+#[test]
+fn a_node_budget_bounds_the_search_the_same_way_on_any_machine() {
+    let mut rng = Rng(0x5EED_1234_ABCD_0004);
+    let mut cut_short = 0;
+    for case in 0..60 {
+        let objective = if case % 2 == 0 { Objective::Latency } else { Objective::Throughput };
+        let p = distinct_instance(&mut rng, objective, case % 3);
+        let opts = SolveOptions { groups: (0..p.units()).collect(), search_nodes: 40, ..options() };
+        let first = solve(&p, Strategy::Ilp, &opts);
+        let second = solve(&p, Strategy::Ilp, &opts);
+        assert_eq!(first.plan, second.plan, "case {case}");
+        assert_eq!((first.status.optimal, first.status.gap), (second.status.optimal, second.status.gap), "case {case}");
+        let Some((_, best)) = shardc_passes::plan::class_dp::solve(&p).expect("small") else { continue };
+        let dp = solve(&p, Strategy::Dp, &opts).figures.filter(|f| f.feasible).map(|f| f.objective);
+        if let Some(f) = first.figures.as_ref() {
+            assert!(f.objective >= best * (1.0 - 1e-9), "case {case}: better than the optimum");
+            if let Some(dp) = dp {
+                assert!(f.objective <= dp * (1.0 + 1e-9), "case {case}: worse than dp");
+            }
+            if !first.status.optimal {
+                cut_short += 1;
+                let gap = first.status.gap.expect("a gap when not proven");
+                // The gap is certified: the optimum lies within it.
+                assert!(
+                    best >= f.objective * (1.0 - gap) * (1.0 - 1e-9),
+                    "case {case}: optimum {best} below the bound"
+                );
+                let note = first.status.note.clone().unwrap_or_default();
+                assert!(note.contains("budget of 40 nodes"), "case {case}: {note}");
+            }
+        }
+    }
+    assert!(cut_short >= 5, "only {cut_short} instances need more than the budget");
+}

@@ -135,6 +135,7 @@ pub fn fixture_request(objective: shardc_passes::plan::Objective, standby: usize
         margin: 0.1,
         time_limit: std::time::Duration::from_secs(10),
         node_limit: shardc_passes::plan::DEFAULT_NODE_LIMIT,
+        search_nodes: shardc_passes::plan::distinct::DEFAULT_NODES,
         compute_dtype: None,
         standby,
         dtype: None,

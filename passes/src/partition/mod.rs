@@ -67,6 +67,8 @@ pub struct Request {
     /// Branch-and-bound node budget of the integer program (what bounds its search:
     /// the plan depends on the inputs alone).
     pub node_limit: u64,
+    /// Node budget of the search over all-different devices (likewise).
+    pub search_nodes: u64,
     pub compute_dtype: Option<String>,
     /// Units beyond each stage boundary whose weights a stage also holds, so runtime
     /// load balancing can move the boundary (memory permitting).

@@ -55,7 +55,7 @@ pub fn prepare(graph: &Graph, profile: &Profile, req: &Request) -> Result<Prepar
     let opts = SolveOptions {
         time_limit: req.time_limit,
         node_limit: req.node_limit,
-        search_nodes: crate::plan::distinct::DEFAULT_NODES,
+        search_nodes: req.search_nodes,
         groups: seg.groups(),
         engine: None,
     };

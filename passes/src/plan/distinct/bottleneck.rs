@@ -84,7 +84,8 @@ impl Check<'_, '_> {
                     .collect()
             })
             .collect();
-        let longest: Vec<usize> = reach.iter().map(|r| r.iter().enumerate().map(|(s, &e)| e - s).max().unwrap_or(0)).collect();
+        let longest: Vec<usize> =
+            reach.iter().map(|r| r.iter().enumerate().map(|(s, &e)| e - s).max().unwrap_or(0)).collect();
         let heaviest: Vec<f64> = reach
             .iter()
             .map(|r| r.iter().enumerate().map(|(s, &e)| t.weight[e] - t.weight[s]).fold(0.0, f64::max))
@@ -142,6 +143,7 @@ impl Check<'_, '_> {
             if here == u32::MAX {
                 continue;
             }
+            // Bounded by 2^20 sets: not held to the budget.
             self.nodes += 1;
             for b in 0..nd {
                 if set & (1 << b) != 0 {
@@ -201,13 +203,14 @@ impl Check<'_, '_> {
                 continue;
             }
             self.nodes += 1;
-            if self.nodes > self.budget || (self.nodes % 4096 == 0 && clock.out()) {
+            if self.nodes > self.budget || (self.nodes.is_multiple_of(4096) && clock.out()) {
                 return None;
             }
             let mut next = Bits::new(n);
             let mut far = 0;
             // With links free only the farthest start matters.
-            let starts: Vec<usize> = if self.links_free { at.ones().last().into_iter().collect() } else { at.ones().collect() };
+            let starts: Vec<usize> =
+                if self.links_free { at.ones().last().into_iter().collect() } else { at.ones().collect() };
             for s in starts {
                 if s >= n || self.reach[b][s] == s || last.is_some_and(|a| self.t.link(s, a, b) > self.cap) {
                     continue;
@@ -302,9 +305,6 @@ pub(super) fn solve(t: &Tables, incumbent: Option<(Plan, f64)>, budget: u64, clo
         let mut check = Check::new(t, cands[mid], left);
         let answer = check.run(clock);
         nodes += check.nodes;
-        if std::env::var_os("SHARDC_PROBE").is_some() {
-            eprintln!("T {:.6} idx {mid}/{} -> {} nodes {} seen {}", cands[mid], cands.len(), match &answer { Answer::Yes(_) => "yes", Answer::No => "no", Answer::Unknown => "unknown" }, check.nodes, check.seen.len());
-        }
         match answer {
             Answer::Yes(seq) => {
                 best = better(best, t.plan_for(&seq));

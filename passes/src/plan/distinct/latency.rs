@@ -8,7 +8,7 @@ use crate::plan::problem::Plan;
 const INF: f64 = f64::INFINITY;
 
 /// Subgradient steps at the root.
-const ROOT_STEPS: usize = 200;
+const ROOT_STEPS: usize = 400;
 
 /// Cheapest completions when devices may be reused, each use priced by its multiplier.
 struct Relaxed {
@@ -32,8 +32,9 @@ fn relax(t: &Tables, lambda: &[f64]) -> Relaxed {
     for s in (0..n).rev() {
         for b in 0..nd {
             let (mut best, mut arg) = (INF, s);
-            for e in s + 1..=t.reach[b][s] {
-                let v = t.acc[b][e] + after[e][b];
+            let ends = s + 1..=t.reach[b][s];
+            for (e, (acc, rest)) in ends.clone().zip(t.acc[b][ends.clone()].iter().zip(&after[ends])) {
+                let v = acc + rest[b];
                 if v < best {
                     (best, arg) = (v, e);
                 }
@@ -303,16 +304,19 @@ impl Layers<'_, '_> {
         }
     }
 
-    /// Add every one-stage extension of a row (of key `from`; None: the empty plan).
-    fn expand(&mut self, from: Option<(Key, usize)>, row: &Row) {
+    /// Add every one-stage extension of a row (of key `from`; None: the empty plan);
+    /// returns how many were formed.
+    fn expand(&mut self, from: Option<(Key, usize)>, row: &Row) -> u64 {
         let t = self.t;
         let set = from.map_or(0, |((set, _), _)| set);
         let last = from.map(|((_, class), last)| (last, class));
+        let mut made = 0;
         for b in 0..t.nd {
             if set & (1 << b) != 0 {
                 continue;
             }
             let Some(child) = extend(t, row, last, b) else { continue };
+            made += 1;
             let key = (set | 1 << b, t.link_class[b]);
             let complete = child.get(t.n);
             if complete < self.upper {
@@ -330,6 +334,7 @@ impl Layers<'_, '_> {
                 }
             }
         }
+        made
     }
 
     /// The devices of the best complete plan, walked back through the rows.
@@ -354,15 +359,11 @@ impl Layers<'_, '_> {
 pub(super) fn solve(t: &Tables, incumbent: Option<(Plan, f64)>, budget: u64, clock: &Clock) -> Found {
     let (n, nd) = (t.n, t.nd);
     let mut best = incumbent;
-    let t0 = std::time::Instant::now();
     let (lambda, root_bound) = multipliers(t, &mut best, clock);
     if root_bound == INF {
         return Found { plan: None, lower: INF, nodes: 0, timed_out: false };
     }
     let relaxed = relax(t, &lambda);
-    if std::env::var_os("SHARDC_PROBE").is_some() {
-        eprintln!("root bound {root_bound} upper {:?} in {:?}", best.as_ref().map(|b| b.1), t0.elapsed());
-    }
     let mut after = vec![vec![INF; nd]; n + 1];
     for (e, row) in relaxed.after.iter().enumerate() {
         for (a, &x) in row.iter().enumerate() {
@@ -381,8 +382,7 @@ pub(super) fn solve(t: &Tables, incumbent: Option<(Plan, f64)>, budget: u64, clo
         done: HashMap::new(),
     };
     let root = Row { lo: 0, v: vec![0.0], back: vec![Back { start: 0, device: 0, before: u32::MAX }] };
-    s.expand(None, &root);
-    let mut nodes = 0u64;
+    let mut nodes = s.expand(None, &root);
     let mut stopped: Option<bool> = None;
     // Keys in increasing order of their device set: every subset of a set comes first,
     // so a key's row is complete when it is taken.
@@ -395,20 +395,9 @@ pub(super) fn solve(t: &Tables, incumbent: Option<(Plan, f64)>, budget: u64, clo
                 s.frontier.insert(key, entry);
                 break;
             }
-            nodes += 1;
-            if std::env::var_os("SHARDC_PROBE").is_some() {
-                let live = entry.row.v.iter().filter(|x| **x < INF).count();
-                STATS.with(|c| { let mut c = c.borrow_mut(); c.0 += live; c.1 += entry.row.v.len(); c.2 += 1; });
-            }
-            s.expand(Some((key, entry.last)), &entry.row);
+            nodes += s.expand(Some((key, entry.last)), &entry.row);
         }
         s.done.insert(key, entry);
-    }
-    if std::env::var_os("SHARDC_PROBE").is_some() {
-        STATS.with(|c| { let c = c.borrow(); eprintln!("live {:.1} window {:.1} keys {} done {}", c.0 as f64 / c.2 as f64, c.1 as f64 / c.2 as f64, c.2, s.done.len()); });
-    }
-    if std::env::var_os("SHARDC_PROBE").is_some() {
-        eprintln!("dp done at {:?}", t0.elapsed());
     }
     let lower = match stopped {
         None => INF,
@@ -429,11 +418,10 @@ pub(super) fn solve(t: &Tables, incumbent: Option<(Plan, f64)>, budget: u64, clo
         Some(order) => better(best, t.plan_for(&order)),
         None => best,
     };
-    if std::env::var_os("SHARDC_PROBE").is_some() {
-        eprintln!("walked back at {:?}", t0.elapsed());
-    }
-    let lower = if stopped.is_none() { plan.as_ref().map_or(INF, |p| p.1) } else { lower.min(plan.as_ref().map_or(INF, |p| p.1)) };
+    let lower = if stopped.is_none() {
+        plan.as_ref().map_or(INF, |p| p.1)
+    } else {
+        lower.min(plan.as_ref().map_or(INF, |p| p.1))
+    };
     Found { plan, lower, nodes, timed_out: stopped == Some(true) }
 }
-
-thread_local! { static STATS: std::cell::RefCell<(usize, usize, usize)> = const { std::cell::RefCell::new((0, 0, 0)) }; }
