@@ -53,7 +53,11 @@ fn measured(report: &serde_json::Value) -> Vec<(String, f64, f64)> {
 
 fn plan(model: &Path, run: &Path, extra: &[&str]) -> (i32, String, String) {
     let devices = root().join("fixtures/devices/loopback-3.toml");
-    let mut args = vec!["plan", model.to_str().unwrap(), "--devices", devices.to_str().unwrap()];
+    let mut args = vec!["plan", model.to_str().unwrap()];
+    // A `--devices` among `extra` replaces the default profile.
+    if !extra.contains(&"--devices") {
+        args.extend(["--devices", devices.to_str().unwrap()]);
+    }
     args.extend(["--calibrate", run.to_str().unwrap(), "--prompt-len", "16"]);
     args.extend(extra);
     shardc_text(&args)
@@ -89,7 +93,16 @@ fn a_calibrated_plan_predicts_the_run_it_was_calibrated_from() {
     let m = measured(&report);
     assert_eq!(m.len(), 1);
     // The run's own work: 16 prompt tokens, decode steps around context 16 + 12.
-    let (code, stdout, stderr) = plan(&model, &run_file, &["--max-context", "29", "--json"]);
+    // dev-b and dev-c a thousand times slower than the profile's dev-a: the calibrated
+    // dev-a wins however slow this machine measured it (the run is timed, the others
+    // are not).
+    let slow = dir.path().join("slow-b-c.toml");
+    let text = std::fs::read_to_string(&devices).unwrap();
+    let (a, rest) = text.split_at(text.find("name = \"dev-b\"").unwrap());
+    std::fs::write(&slow, format!("{a}{}", rest.replace("100 MFLOP/s", "100 kFLOP/s").replace("1 GB/s", "1 MB/s")))
+        .unwrap();
+    let (code, stdout, stderr) =
+        plan(&model, &run_file, &["--max-context", "29", "--json", "--devices", slow.to_str().unwrap()]);
     assert_eq!(code, 0, "{stderr}");
     let p: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     let stage = &p["stages"][0];

@@ -376,3 +376,48 @@ fn a_node_budget_bounds_the_search_the_same_way_on_any_machine() {
     }
     assert!(cut_short >= 5, "only {cut_short} instances need more than the budget");
 }
+
+#[test]
+fn the_priced_feasibility_tests_agree_with_the_class_dp_beyond_twenty_devices() {
+    // 21-26 devices in three to five kinds: the class DP solves them exactly; the search,
+    // forced, takes every device as its own (above the dense table's 20 devices and
+    // with links too cheap to bind: the priced depth-first tests).
+    let mut rng = Rng(0x5EED_1234_ABCD_0005);
+    let mut proven = 0;
+    for case in 0..30 {
+        let mut p = distinct_instance(&mut rng, Objective::Throughput, 0);
+        let kinds = 3 + rng.below(3);
+        let devices = 21 + rng.below(6);
+        let kind: Vec<usize> = (0..devices).map(|d| if d < kinds { d } else { rng.below(kinds) }).collect();
+        let spec: Vec<(Vec<f64>, Vec<f64>, f64)> = (0..kinds)
+            .map(|k| {
+                (p.prefill[k % p.devices()].clone(), p.decode[k % p.devices()].clone(), p.budget[k % p.devices()] / 3.0)
+            })
+            .collect();
+        p.prefill = kind.iter().map(|&k| spec[k].0.clone()).collect();
+        p.decode = kind.iter().map(|&k| spec[k].1.clone()).collect();
+        p.budget = kind.iter().map(|&k| spec[k].2).collect();
+        p.links = vec![vec![Link { bandwidth: 1e9, latency: 0.0 }; devices]; devices];
+        let truth = shardc_passes::plan::class_dp::solve(&p).expect("few kinds");
+        let opts = SolveOptions { groups: (0..p.units()).collect(), search_nodes: 2_000_000, ..options() };
+        let search = solve(&p, Strategy::Ilp, &opts);
+        let Some((_, best)) = truth else {
+            assert!(search.plan.is_none(), "case {case}: a plan for an infeasible instance");
+            continue;
+        };
+        let f = search.figures.as_ref().unwrap_or_else(|| panic!("case {case}: no plan ({:?})", search.status));
+        assert!(
+            f.feasible && f.objective >= best * (1.0 - 1e-9),
+            "case {case}: {} beats the optimum {best}",
+            f.objective
+        );
+        if search.status.optimal {
+            proven += 1;
+            assert!(close(f.objective, best), "case {case}: proven {} vs exact {best}", f.objective);
+        } else {
+            let gap = search.status.gap.expect("a gap when not proven");
+            assert!(best >= f.objective * (1.0 - gap) * (1.0 - 1e-9), "case {case}: optimum {best} below the bound");
+        }
+    }
+    assert!(proven >= 10, "only {proven} proven");
+}

@@ -312,7 +312,7 @@ impl Layers<'_, '_> {
         let last = from.map(|((_, class), last)| (last, class));
         let mut made = 0;
         for b in 0..t.nd {
-            if set & (1 << b) != 0 {
+            if !t.may_use(set, b) {
                 continue;
             }
             let Some(child) = extend(t, row, last, b) else { continue };

@@ -116,6 +116,17 @@ pub(crate) struct Tables<'a> {
     /// Link class of each device (the index of its first member): partial plans that
     /// end on devices of one class continue at the same link costs, so they are merged.
     pub link_class: Vec<usize>,
+    /// For a device interchangeable with earlier ones (same speeds, memory and links),
+    /// the set of those: a plan can always use such devices in index order, so a search
+    /// takes a device only after its twins before it.
+    pub twins_before: Vec<u64>,
+}
+
+impl Tables<'_> {
+    /// Whether `d` may join a partial plan using `set`.
+    pub fn may_use(&self, set: u64, d: usize) -> bool {
+        set & (1 << d) == 0 && set & self.twins_before[d] == self.twins_before[d]
+    }
 }
 
 impl<'a> Tables<'a> {
@@ -159,7 +170,13 @@ impl<'a> Tables<'a> {
             let w: f64 = p.decode.iter().map(|row| row[u]).sum();
             weight.push(weight[u] + w);
         }
-        Tables { p, n, nd, acc, reach, weight, links, link_class: link_classes(p) }
+        let mut twins_before = vec![0u64; nd];
+        for class in super::class_dp::classes(p) {
+            for (i, d) in class.iter().enumerate() {
+                twins_before[d.index()] = class[..i].iter().fold(0, |m, e| m | 1 << e.index());
+            }
+        }
+        Tables { p, n, nd, acc, reach, weight, links, link_class: link_classes(p), twins_before }
     }
 
     pub fn stage(&self, d: usize, start: usize, end: usize) -> f64 {
