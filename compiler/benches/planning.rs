@@ -26,6 +26,23 @@ fn graph(path: &Path, context: usize) -> shardc_ir::Graph {
     g
 }
 
+/// Prompt 128, batch 1, 10% margin, default budgets.
+fn request(objective: Objective, context: usize, time_limit: Duration) -> Request {
+    Request {
+        workload: Workload { batch: 1, prompt_len: 128, max_context: context as u64 },
+        objective,
+        margin: 0.1,
+        time_limit,
+        node_limit: shardc_passes::plan::DEFAULT_NODE_LIMIT,
+        search_nodes: shardc_passes::plan::distinct::DEFAULT_NODES,
+        compute_dtype: None,
+        standby: 0,
+        dtype: None,
+        quantize: None,
+        calibration: None,
+    }
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -99,19 +116,7 @@ fn random_profiles(root: &Path, sizes: &[usize]) {
                 // About twice what the model needs, so that a choice of devices remains.
                 let p = random_profile(&mut rng, n, 300e9, links);
                 for objective in [Objective::Latency, Objective::Throughput] {
-                    let req = Request {
-                        workload: Workload { batch: 1, prompt_len: 128, max_context: context as u64 },
-                        objective,
-                        margin: 0.1,
-                        time_limit: Duration::from_secs(30),
-                        node_limit: shardc_passes::plan::DEFAULT_NODE_LIMIT,
-                        search_nodes: shardc_passes::plan::distinct::DEFAULT_NODES,
-                        compute_dtype: None,
-                        standby: 0,
-                        dtype: None,
-                        quantize: None,
-                        calibration: None,
-                    };
+                    let req = request(objective, context, Duration::from_secs(30));
                     let prep = partition::prepare(&g, &p, &req).expect("prepare");
                     let t = Instant::now();
                     let o = solve(&prep.model.problem, Strategy::Ilp, &prep.opts);
@@ -191,19 +196,7 @@ fn main() {
         let g = graph(&root.join(format!("fixtures/configs/{model}/config.json")), context);
         let p = devices::load(&root.join(format!("fixtures/devices/{profile}.toml"))).expect("profile");
         for objective in [Objective::Latency, Objective::Throughput] {
-            let req = Request {
-                workload: Workload { batch: 1, prompt_len: 128, max_context: context as u64 },
-                objective,
-                margin: 0.1,
-                time_limit: Duration::from_secs(10),
-                node_limit: shardc_passes::plan::DEFAULT_NODE_LIMIT,
-                search_nodes: shardc_passes::plan::distinct::DEFAULT_NODES,
-                compute_dtype: None,
-                standby: 0,
-                dtype: None,
-                quantize: None,
-                calibration: None,
-            };
+            let req = request(objective, context, Duration::from_secs(10));
             let prep = partition::prepare(&g, &p, &req).expect("prepare");
             let mut status = String::new();
             let ilp = median(
@@ -249,17 +242,9 @@ fn main() {
     for model in ["bloom-1b1", "bloom-3b", "bloom-7b1"] {
         let g = graph(&root.join(format!("fixtures/configs/{model}/config.json")), 1024);
         let req = Request {
-            workload: Workload { batch: 1, prompt_len: 128, max_context: 1024 },
-            objective: Objective::Throughput,
-            margin: 0.1,
-            time_limit: Duration::from_secs(10),
-            node_limit: shardc_passes::plan::DEFAULT_NODE_LIMIT,
-            search_nodes: shardc_passes::plan::distinct::DEFAULT_NODES,
             compute_dtype: Some("f16".into()),
-            standby: 0,
             dtype: Some(shardc_ir::DType::F16),
-            quantize: None,
-            calibration: None,
+            ..request(Objective::Throughput, 1024, Duration::from_secs(10))
         };
         match partition::compare(&g, &p, &req) {
             Ok(rows) => {

@@ -198,16 +198,20 @@ impl Row {
 /// The next stage on `b` after a row whose last device is `last` (of link class
 /// `class`; None: the first stage): for each end, the cheapest start the row allows
 /// (sliding-window minimum, since the memory reach never falls as the start grows).
-fn extend(t: &Tables, row: &Row, last: Option<(usize, usize)>, b: usize) -> Option<Row> {
+/// The row is left in `sc` (`v` and `back` from position `lo`, returned).
+fn extend(t: &Tables, row: &Row, last: Option<(usize, usize)>, b: usize, sc: &mut Scratch) -> Option<usize> {
     let n = t.n;
     let reach = &t.reach[b];
     let starts = row.lo..(row.lo + row.v.len()).min(n);
     let lo = starts.clone().find(|&s| row.get(s) < INF && reach[s] > s)? + 1;
     let hi = starts.clone().filter(|&s| row.get(s) < INF).map(|s| reach[s]).max()?;
-    let mut v = vec![INF; hi + 1 - lo];
     let before = last.map_or(u32::MAX, |(_, c)| c as u32);
-    let mut back = vec![Back { start: 0, device: b as u32, before }; hi + 1 - lo];
-    let mut window: VecDeque<(usize, f64)> = VecDeque::new();
+    sc.v.clear();
+    sc.v.resize(hi + 1 - lo, INF);
+    sc.back.clear();
+    sc.back.resize(hi + 1 - lo, Back { start: 0, device: b as u32, before });
+    let (v, back, window) = (&mut sc.v, &mut sc.back, &mut sc.window);
+    window.clear();
     let mut next = lo - 1;
     for e in lo..=hi {
         while next < e && next < starts.end {
@@ -230,7 +234,15 @@ fn extend(t: &Tables, row: &Row, last: Option<(usize, usize)>, b: usize) -> Opti
             back[e - lo].start = s as u32;
         }
     }
-    Some(Row { lo, v, back })
+    Some(lo)
+}
+
+/// Buffers [`extend`] reuses from one extension to the next.
+#[derive(Default)]
+struct Scratch {
+    v: Vec<f64>,
+    back: Vec<Back>,
+    window: VecDeque<(usize, f64)>,
 }
 
 /// Partial plans with one set of devices whose last device is of one link class.
@@ -254,6 +266,7 @@ struct Layers<'t, 'p> {
     own: Option<Key>,
     frontier: BTreeMap<Key, Entry>,
     done: HashMap<Key, Entry>,
+    scratch: Scratch,
 }
 
 impl Layers<'_, '_> {
@@ -311,29 +324,48 @@ impl Layers<'_, '_> {
         let set = from.map_or(0, |((set, _), _)| set);
         let last = from.map(|((_, class), last)| (last, class));
         let mut made = 0;
+        let mut sc = std::mem::take(&mut self.scratch);
         for b in 0..t.nd {
             if !t.may_use(set, b) {
                 continue;
             }
-            let Some(child) = extend(t, row, last, b) else { continue };
+            let Some(lo) = extend(t, row, last, b, &mut sc) else { continue };
             made += 1;
             let key = (set | 1 << b, t.link_class[b]);
-            let complete = child.get(t.n);
-            if complete < self.upper {
-                self.upper = complete;
-                self.own = Some(key);
+            if let Some(&complete) = t.n.checked_sub(lo).and_then(|i| sc.v.get(i)) {
+                if complete < self.upper {
+                    self.upper = complete;
+                    self.own = Some(key);
+                }
             }
-            let mut entry = Entry { last: b, row: child };
-            if self.prune(key, &mut entry) == INF && complete == INF {
+            // Drop the positions whose bound cannot beat the incumbent (the end stays,
+            // for the walk back) and keep the span of the rest.
+            let slack = self.free(key.0);
+            let (mut first, mut end) = (usize::MAX, 0);
+            for (i, x) in sc.v.iter_mut().enumerate() {
+                let e = lo + i;
+                if *x == INF {
+                    continue;
+                }
+                if e < t.n && !self.keep(*x + self.after[e][key.1] - slack) {
+                    *x = INF;
+                    continue;
+                }
+                first = first.min(i);
+                end = i + 1;
+            }
+            if first == usize::MAX {
                 continue;
             }
+            let child = Row { lo: lo + first, v: sc.v[first..end].to_vec(), back: sc.back[first..end].to_vec() };
             match self.frontier.get_mut(&key) {
-                Some(e) => e.row.merge(entry.row),
+                Some(e) => e.row.merge(child),
                 None => {
-                    self.frontier.insert(key, entry);
+                    self.frontier.insert(key, Entry { last: b, row: child });
                 }
             }
         }
+        self.scratch = sc;
         made
     }
 
@@ -380,6 +412,7 @@ pub(super) fn solve(t: &Tables, incumbent: Option<(Plan, f64)>, budget: u64, clo
         own: None,
         frontier: BTreeMap::new(),
         done: HashMap::new(),
+        scratch: Scratch::default(),
     };
     let root = Row { lo: 0, v: vec![0.0], back: vec![Back { start: 0, device: 0, before: u32::MAX }] };
     let mut nodes = s.expand(None, &root);
