@@ -186,8 +186,7 @@ type Answer = (Option<Plan>, &'static str, bool, Option<f64>, Option<String>);
 /// The distinct-device branch and bound, seeded with the file-order DP's plan (so it
 /// never returns a worse one).
 fn search(p: &Problem, file_order: &[DeviceId], opts: &SolveOptions) -> Answer {
-    let warm = order_dp::solve(p, file_order)
-        .and_then(|(plan, _)| p.evaluate(&plan).ok().filter(|f| f.feasible).map(|f| (plan, f.objective)));
+    let warm = distinct::plan_in_order(p, file_order);
     let limits = distinct::Limits { nodes: opts.search_nodes, time: opts.time_limit };
     let Some(found) = distinct::solve(p, warm.clone(), limits) else {
         return (warm.map(|w| w.0), "order-dp", false, None, Some("the search declined the instance".into()));

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use super::{better, Clock, Found, Tables};
+use super::{better, reaches, Clock, Found, Tables};
 use crate::plan::problem::Plan;
 
 /// Most devices for the dense feasibility table (2^20 entries of 4 bytes).
@@ -62,10 +62,8 @@ struct Check<'t, 'p> {
     /// Longest run of units each device can take anywhere.
     longest: Vec<usize>,
     /// Largest weight (summed decode time over all devices) of a run each device can
-    /// take anywhere, and the weight of units from each position to the end: a second
-    /// capacity test, for units of different sizes.
+    /// take anywhere: a second capacity test, for units of different sizes.
     heaviest: Vec<f64>,
-    weight_left: Vec<f64>,
     /// Devices, longest run first.
     by_run: Vec<usize>,
     seen: HashMap<(u64, usize), Bits>,
@@ -77,59 +75,53 @@ struct Check<'t, 'p> {
     /// zero when links bind).
     price: Vec<f64>,
     to_go: Vec<f64>,
+    /// Sum of the prices.
+    priced: f64,
     nodes: u64,
     budget: u64,
 }
 
 impl Check<'_, '_> {
     fn new<'t, 'p>(t: &'t Tables<'p>, cap: f64, budget: u64) -> Check<'t, 'p> {
-        let reach: Vec<Vec<usize>> = (0..t.nd)
-            .map(|d| {
-                let mut end = 0;
-                (0..t.n)
-                    .map(|s| {
-                        end = end.max(s);
-                        while end < t.reach[d][s] && t.stage(d, s, end + 1) <= cap {
-                            end += 1;
-                        }
-                        end
-                    })
-                    .collect()
-            })
-            .collect();
+        let reach: Vec<Vec<usize>> =
+            (0..t.nd).map(|d| reaches(t.n, |s, e| e <= t.reach[d][s] && t.stage(d, s, e) <= cap)).collect();
         let longest: Vec<usize> =
             reach.iter().map(|r| r.iter().enumerate().map(|(s, &e)| e - s).max().unwrap_or(0)).collect();
         let heaviest: Vec<f64> = reach
             .iter()
             .map(|r| r.iter().enumerate().map(|(s, &e)| t.weight[e] - t.weight[s]).fold(0.0, f64::max))
             .collect();
-        let weight_left = t.weight.iter().map(|w| t.weight[t.n] - w).collect();
         let mut by_run: Vec<usize> = (0..t.nd).collect();
         by_run.sort_by(|&a, &b| longest[b].cmp(&longest[a]).then(a.cmp(&b)));
-        let links_free = t.max_link() <= cap;
+        let links_free = t.max_link <= cap;
         Check {
             t,
             cap,
             reach,
             longest,
             heaviest,
-            weight_left,
             by_run,
             seen: HashMap::new(),
             links_free,
             farthest: HashMap::new(),
             price: vec![0.0; t.nd],
             to_go: vec![0.0; t.n + 1],
+            priced: 0.0,
             nodes: 0,
             budget,
         }
+    }
+
+    /// Weight of the units from `p` to the end.
+    fn weight_left(&self, p: usize) -> f64 {
+        self.t.weight[self.t.n] - self.t.weight[p]
     }
 
     fn run(&mut self, clock: &Clock) -> Answer {
         let n = self.t.n;
         let capacity: usize = self.longest.iter().sum();
         let heavy: f64 = self.heaviest.iter().sum();
-        if capacity < n || heavy < self.weight_left[0] * (1.0 - 1e-12) {
+        if capacity < n || heavy < self.weight_left(0) * (1.0 - 1e-12) {
             return Answer::No;
         }
         if self.links_free && self.t.nd <= DENSE_DEVICES {
@@ -138,14 +130,16 @@ impl Check<'_, '_> {
         if self.links_free {
             match self.prices() {
                 Prices::Refuted => return Answer::No,
-                Prices::Best { price, to_go } => (self.price, self.to_go) = (price, to_go),
+                Prices::Best { price, to_go } => {
+                    self.priced = price.iter().sum();
+                    (self.price, self.to_go) = (price, to_go);
+                }
             }
         }
         let mut start = Bits::new(n);
         start.set(0);
         let mut seq = Vec::new();
-        let priced = self.price.iter().sum();
-        match self.go(0, None, &start, (capacity, heavy, priced), &mut seq, clock) {
+        match self.go(0, None, &start, (capacity, heavy, self.priced), &mut seq, clock) {
             Some(true) => Answer::Yes(seq),
             Some(false) => Answer::No,
             None => Answer::Unknown,
@@ -300,10 +294,8 @@ impl Check<'_, '_> {
             }
             let mut next = Bits::new(n);
             let mut far = 0;
-            // With links free only the farthest start matters.
-            let starts: Vec<usize> =
-                if self.links_free { at.ones().last().into_iter().collect() } else { at.ones().collect() };
-            for s in starts {
+            // With links free `at` holds one position, the farthest.
+            for s in at.ones() {
                 if s >= n || self.reach[b][s] == s || last.is_some_and(|a| self.t.link(s, a, b) > self.cap) {
                     continue;
                 }
@@ -325,8 +317,8 @@ impl Check<'_, '_> {
             // Even the longest (heaviest) runs of every free device cannot reach the end,
             // or every way on costs more than the free devices' prices.
             if n - far > free.0
-                || self.weight_left[far] > free.1 * (1.0 + 1e-12)
-                || (self.links_free && self.to_go[far] > free.2 + 1e-9 * self.price.iter().sum::<f64>())
+                || self.weight_left(far) > free.1 * (1.0 + 1e-12)
+                || (self.links_free && self.to_go[far] > free.2 + 1e-9 * self.priced)
             {
                 continue;
             }
@@ -337,7 +329,6 @@ impl Check<'_, '_> {
                     continue;
                 }
                 *before = far;
-                next = Bits::new(n);
                 next.set(far);
             } else {
                 let seen = self.seen.entry(key).or_insert_with(|| Bits::new(n));

@@ -114,6 +114,8 @@ pub(crate) struct Tables<'a> {
     pub weight: Vec<f64>,
     /// Objective cost of the link across each cut, `[cut][a][b]`.
     links: Vec<f64>,
+    /// The costliest of them.
+    pub max_link: f64,
     /// Link class of each device (the index of its first member): partial plans that
     /// end on devices of one class continue at the same link costs, so they are merged.
     pub link_class: Vec<usize>,
@@ -145,21 +147,7 @@ impl<'a> Tables<'a> {
                 acc
             })
             .collect();
-        // Memory is monotone in both ends, so the reach never falls as the start grows.
-        let reach = DeviceId::all(nd)
-            .map(|d| {
-                let mut end = 0;
-                (0..n)
-                    .map(|s| {
-                        end = end.max(s);
-                        while end < n && p.memory(s, end + 1) <= p.budget[d] {
-                            end += 1;
-                        }
-                        end
-                    })
-                    .collect()
-            })
-            .collect();
+        let reach = DeviceId::all(nd).map(|d| reaches(n, |s, e| e <= n && p.memory(s, e) <= p.budget[d])).collect();
         let mut links = Vec::with_capacity(n.saturating_sub(1) * nd * nd);
         for cut in 0..n.saturating_sub(1) {
             for a in DeviceId::all(nd) {
@@ -177,16 +165,12 @@ impl<'a> Tables<'a> {
                 twins_before[d.index()] = class[..i].iter().fold(0, |m, e| m | 1 << e.index());
             }
         }
-        Tables { p, n, nd, acc, reach, weight, links, link_class: link_classes(p), twins_before }
+        let max_link = links.iter().copied().filter(|x| !x.is_nan()).fold(0.0, f64::max);
+        Tables { p, n, nd, acc, reach, weight, links, max_link, link_class: link_classes(p), twins_before }
     }
 
     pub fn stage(&self, d: usize, start: usize, end: usize) -> f64 {
         self.acc[d][end] - self.acc[d][start]
-    }
-
-    /// The costliest link of any cut between any two devices.
-    pub fn max_link(&self) -> f64 {
-        self.links.iter().copied().filter(|x| !x.is_nan()).fold(0.0, f64::max)
     }
 
     /// Link cost across the cut before unit `start` (`start >= 1`).
@@ -198,10 +182,32 @@ impl<'a> Tables<'a> {
     /// compare), evaluated the way every strategy is.
     pub fn plan_for(&self, order: &[usize]) -> Option<(Plan, f64)> {
         let order: Vec<DeviceId> = order.iter().map(|&d| DeviceId(d)).collect();
-        let (plan, _) = super::order_dp::solve(self.p, &order)?;
-        let f = self.p.evaluate(&plan).ok().filter(|f| f.feasible)?;
-        Some((plan, f.objective))
+        plan_in_order(self.p, &order)
     }
+}
+
+/// The best feasible plan using devices of `order` in that order (order DP) and its
+/// objective as [`Problem::evaluate`] gives it.
+pub fn plan_in_order(p: &Problem, order: &[DeviceId]) -> Option<(Plan, f64)> {
+    let (plan, _) = super::order_dp::solve(p, order)?;
+    let f = p.evaluate(&plan).ok().filter(|f| f.feasible)?;
+    Some((plan, f.objective))
+}
+
+/// For each start `s < n`, the farthest end `e >= s` with `fits(s, e)`, for a predicate
+/// monotone in both ends (true for a shorter run inside a fitting one): the end never
+/// falls as the start grows, so one pass finds them all.
+pub(crate) fn reaches(n: usize, fits: impl Fn(usize, usize) -> bool) -> Vec<usize> {
+    let mut end = 0;
+    (0..n)
+        .map(|s| {
+            end = end.max(s);
+            while fits(s, end + 1) {
+                end += 1;
+            }
+            end
+        })
+        .collect()
 }
 
 /// Devices whose links to every other device are the same (devices on one site of a
