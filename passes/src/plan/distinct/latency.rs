@@ -1,6 +1,7 @@
 //! Latency objective: best-first branch and bound with a Lagrangian completion bound.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::ops::Range;
 
 use super::lagrange::{multipliers, relax};
 use super::{better, Clock, Found, Tables, ABS_EPS, REL_EPS};
@@ -30,16 +31,14 @@ impl Row {
         e.checked_sub(self.lo).and_then(|i| self.v.get(i)).copied().unwrap_or(INF)
     }
 
-    /// Narrow the window to its finite entries.
-    fn trim(&mut self) {
-        let first = self.v.iter().position(|x| *x < INF).unwrap_or(self.v.len());
-        let last = self.v.iter().rposition(|x| *x < INF).map_or(first, |i| i + 1);
-        if first > 0 || last < self.v.len() {
-            self.v.truncate(last);
-            self.back.truncate(last);
-            self.v.drain(..first);
-            self.back.drain(..first);
-            self.lo += first;
+    /// Narrow the window to the entries `span` (indices into it).
+    fn narrow(&mut self, span: Range<usize>) {
+        if span.start > 0 || span.end < self.v.len() {
+            self.v.truncate(span.end);
+            self.back.truncate(span.end);
+            self.v.drain(..span.start);
+            self.back.drain(..span.start);
+            self.lo += span.start;
         }
     }
 
@@ -148,24 +147,36 @@ impl Layers<'_, '_> {
         bound < self.upper * (1.0 - REL_EPS) - ABS_EPS
     }
 
-    /// Drop the positions of `entry` whose bound cannot beat the incumbent (positions at
-    /// the end stay, for the walk back); the least bound left, or infinity.
-    fn prune(&self, key: Key, entry: &mut Entry) -> f64 {
+    /// Drop the positions of a row of `key` (starting at position `lo`) whose bound
+    /// cannot beat the incumbent (positions at the end stay, for the walk back): the least
+    /// bound left (infinite if none) and the span of the finite entries left.
+    fn cut(&self, key: Key, lo: usize, v: &mut [f64]) -> (f64, Range<usize>) {
         let slack = self.free(key.0);
         let mut least = INF;
-        for (i, x) in entry.row.v.iter_mut().enumerate() {
-            let e = entry.row.lo + i;
-            if e >= self.t.n || *x == INF {
+        let (mut first, mut end) = (v.len(), 0);
+        for (i, x) in v.iter_mut().enumerate() {
+            let e = lo + i;
+            if *x == INF {
                 continue;
             }
-            let bound = *x + self.after[e][key.1] - slack;
-            if self.keep(bound) {
+            if e < self.t.n {
+                let bound = *x + self.after[e][key.1] - slack;
+                if !self.keep(bound) {
+                    *x = INF;
+                    continue;
+                }
                 least = least.min(bound);
-            } else {
-                *x = INF;
             }
+            first = first.min(i);
+            end = i + 1;
         }
-        entry.row.trim();
+        (least, first..end.max(first))
+    }
+
+    /// [`Layers::cut`] on an entry, its row narrowed to what is left; the least bound.
+    fn prune(&self, key: Key, entry: &mut Entry) -> f64 {
+        let (least, span) = self.cut(key, entry.row.lo, &mut entry.row.v);
+        entry.row.narrow(span);
         least
     }
 
@@ -207,26 +218,11 @@ impl Layers<'_, '_> {
                     self.own = Some(key);
                 }
             }
-            // Drop the positions whose bound cannot beat the incumbent (the end stays,
-            // for the walk back) and keep the span of the rest.
-            let slack = self.free(key.0);
-            let (mut first, mut end) = (usize::MAX, 0);
-            for (i, x) in sc.v.iter_mut().enumerate() {
-                let e = lo + i;
-                if *x == INF {
-                    continue;
-                }
-                if e < t.n && !self.keep(*x + self.after[e][key.1] - slack) {
-                    *x = INF;
-                    continue;
-                }
-                first = first.min(i);
-                end = i + 1;
-            }
-            if first == usize::MAX {
+            let (_, span) = self.cut(key, lo, &mut sc.v);
+            if span.is_empty() {
                 continue;
             }
-            let child = Row { lo: lo + first, v: sc.v[first..end].to_vec(), back: sc.back[first..end].to_vec() };
+            let child = Row { lo: lo + span.start, v: sc.v[span.clone()].to_vec(), back: sc.back[span].to_vec() };
             match self.frontier.get_mut(&key) {
                 Some(e) => e.row.merge(child),
                 None => {
@@ -305,14 +301,9 @@ pub(super) fn solve(t: &Tables, incumbent: Option<(Plan, f64)>, budget: u64, clo
         None => INF,
         // Every plan not yet found continues some key left in the frontier.
         Some(_) => {
-            let keys: Vec<Key> = s.frontier.keys().copied().collect();
-            let mut least = INF;
-            for key in keys {
-                if let Some(mut entry) = s.frontier.remove(&key) {
-                    least = least.min(s.prune(key, &mut entry));
-                    s.frontier.insert(key, entry);
-                }
-            }
+            let mut frontier = std::mem::take(&mut s.frontier);
+            let least = frontier.iter_mut().map(|(&key, entry)| s.prune(key, entry)).fold(INF, f64::min);
+            s.frontier = frontier;
             least.max(root_bound)
         }
     };
