@@ -26,21 +26,10 @@ fn graph(path: &Path, context: usize) -> shardc_ir::Graph {
     g
 }
 
-/// Prompt 128, batch 1, 10% margin, default budgets.
+/// Prompt 128, batch 1, the command line's defaults but the time limit.
 fn request(objective: Objective, context: usize, time_limit: Duration) -> Request {
-    Request {
-        workload: Workload { batch: 1, prompt_len: 128, max_context: context as u64 },
-        objective,
-        margin: 0.1,
-        time_limit,
-        node_limit: shardc_passes::plan::DEFAULT_NODE_LIMIT,
-        search_nodes: shardc_passes::plan::distinct::DEFAULT_NODES,
-        compute_dtype: None,
-        standby: 0,
-        dtype: None,
-        quantize: None,
-        calibration: None,
-    }
+    let workload = Workload { batch: 1, prompt_len: 128, max_context: context as u64 };
+    Request { time_limit, ..Request::new(workload, objective) }
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {

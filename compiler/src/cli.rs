@@ -45,12 +45,12 @@ pub struct PlanArgs {
     #[arg(long, default_value = "latency")]
     pub objective: String,
     /// Fraction of each device's memory kept free.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = shardc_passes::partition::DEFAULT_MARGIN)]
     pub margin: f64,
     /// Time limit of the exact search (over all-different devices, or the integer
     /// program), seconds: a safety net (a plan it cuts short depends on the machine's
     /// speed, and plan.json says so).
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = shardc_passes::partition::DEFAULT_TIME_LIMIT_S)]
     pub time_limit: f64,
     /// Branch-and-bound nodes the integer program may solve: what bounds its search, so
     /// that the plan depends on the inputs alone.

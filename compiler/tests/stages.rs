@@ -20,17 +20,8 @@ fn stage_graphs_chained_reproduce_the_model() {
         let dir = fixture_dir(name).join("hf");
         let (graph, _) = common::lowered(&dir, Some(64));
         let req = Request {
-            workload: Workload { batch: 1, prompt_len: 10, max_context: 64 },
-            objective: Objective::Latency,
-            margin: 0.1,
             time_limit: std::time::Duration::from_secs(5),
-            node_limit: shardc_passes::plan::DEFAULT_NODE_LIMIT,
-            search_nodes: shardc_passes::plan::distinct::DEFAULT_NODES,
-            compute_dtype: None,
-            standby: 0,
-            dtype: None,
-            quantize: None,
-            calibration: None,
+            ..Request::new(Workload { batch: 1, prompt_len: 10, max_context: 64 }, Objective::Latency)
         };
         let prep = partition::prepare(&graph, &profile, &req).unwrap();
         // Uniform spreads even these tiny models over several devices.

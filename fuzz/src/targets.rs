@@ -80,19 +80,10 @@ fn compiled(out: &Path) -> Result<()> {
     let mut graph = loaded.graph;
     shardc_passes::run_pipeline(&mut graph, &mut shardc_passes::Ctx::default(), None)?;
     let profile = shardc_passes::devices::load(&root().join("fixtures/devices/loopback-3.toml"))?;
-    let request = shardc_passes::partition::Request {
-        workload: shardc_passes::cost::Workload { batch: 1, prompt_len: 16, max_context: 64 },
-        objective: Objective::Throughput,
-        margin: 0.1,
-        time_limit: std::time::Duration::from_secs(10),
-        node_limit: shardc_passes::plan::DEFAULT_NODE_LIMIT,
-        search_nodes: shardc_passes::plan::distinct::DEFAULT_NODES,
-        compute_dtype: None,
-        standby: 0,
-        dtype: None,
-        quantize: None,
-        calibration: None,
-    };
+    let request = shardc_passes::partition::Request::new(
+        shardc_passes::cost::Workload { batch: 1, prompt_len: 16, max_context: 64 },
+        Objective::Throughput,
+    );
     let opts = shardc::emit::CompileOptions {
         strategy: Strategy::Ilp,
         request,

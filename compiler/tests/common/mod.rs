@@ -129,19 +129,8 @@ pub fn snapshot_settings() -> insta::Settings {
 /// What the tests ask the planner for the fixtures: batch 1, a 16-token prompt, a
 /// 64-token context, a 10% margin.
 pub fn fixture_request(objective: shardc_passes::plan::Objective, standby: usize) -> shardc_passes::partition::Request {
-    shardc_passes::partition::Request {
-        workload: shardc_passes::cost::Workload { batch: 1, prompt_len: 16, max_context: 64 },
-        objective,
-        margin: 0.1,
-        time_limit: std::time::Duration::from_secs(10),
-        node_limit: shardc_passes::plan::DEFAULT_NODE_LIMIT,
-        search_nodes: shardc_passes::plan::distinct::DEFAULT_NODES,
-        compute_dtype: None,
-        standby,
-        dtype: None,
-        quantize: None,
-        calibration: None,
-    }
+    let workload = shardc_passes::cost::Workload { batch: 1, prompt_len: 16, max_context: 64 };
+    shardc_passes::partition::Request { standby, ..shardc_passes::partition::Request::new(workload, objective) }
 }
 
 /// Make every manifest of `out` hash the current bytes of the shared file `file` (what

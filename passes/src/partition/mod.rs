@@ -82,6 +82,33 @@ pub struct Request {
     pub calibration: Option<crate::calibrate::Run>,
 }
 
+/// Fraction of each device's memory kept free unless asked otherwise (`--margin`).
+pub const DEFAULT_MARGIN: f64 = 0.1;
+
+/// Time limit of the exact search unless asked otherwise, seconds (`--time-limit`).
+pub const DEFAULT_TIME_LIMIT_S: f64 = 10.0;
+
+impl Request {
+    /// A request for `workload` and `objective` with the command line's defaults: the
+    /// default margin, time limit and node budgets, the model's dtypes, no standby
+    /// units, quantization or calibration.
+    pub fn new(workload: Workload, objective: Objective) -> Self {
+        Request {
+            workload,
+            objective,
+            margin: DEFAULT_MARGIN,
+            time_limit: Duration::from_secs_f64(DEFAULT_TIME_LIMIT_S),
+            node_limit: crate::plan::DEFAULT_NODE_LIMIT,
+            search_nodes: crate::plan::distinct::DEFAULT_NODES,
+            compute_dtype: None,
+            standby: 0,
+            dtype: None,
+            quantize: None,
+            calibration: None,
+        }
+    }
+}
+
 /// How `plan.json` names the model and the device profile, and the files read (by
 /// content: the caller describes them without their paths).
 #[derive(Clone, Copy, Debug)]
