@@ -66,6 +66,7 @@ fn random_profile(rng: &mut Rng, n: usize, total: f64, links: Links) -> Profile 
             memory: total / n as f64 * rng.uniform(0.4, 1.6),
             flops: [("*".to_string(), rng.uniform(50.0, 1500.0) * giga)].into(),
             bandwidth: rng.uniform(20.0, 100.0) * giga,
+            kernels: None,
         })
         .collect();
     let default_link = Link { bandwidth: 125e6, latency: 2e-3 };

@@ -207,11 +207,17 @@ pub enum Command {
         #[arg(long, value_name = "RUN.json")]
         measured: Option<PathBuf>,
     },
-    /// Measure this host with the runtime's kernels and print its device entry.
+    /// Measure this host with the runtime's kernels and print its device entry, with
+    /// the `[device.kernels]` table plans use (`shardc-run profile` does the same on a
+    /// device).
     Profile {
         /// Name of the device entry.
         #[arg(long, default_value = "this-host")]
         name: String,
+        /// Fewer sizes, small weight sets, no repeats: seconds instead of about 20 s,
+        /// figures less sure (decode rates come out high where a cache holds the set).
+        #[arg(long)]
+        quick: bool,
     },
     /// Run a model on the CPU with the reference interpreter: a language model on
     /// token ids (`--input-ids`), or any graph on named tensors (`--inputs`).

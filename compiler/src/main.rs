@@ -241,9 +241,10 @@ fn run(cli: Cli) -> Result<()> {
             let path = shardc::report::redraw(&out, measured.as_deref())?;
             println!("wrote       {}", path.display());
         }
-        Command::Profile { name } => {
+        Command::Profile { name, quick } => {
             shardc_passes::devices::check_name(&name).map_err(|e| Usage(format!("--name: {e}")))?;
-            let device = shardc_runtime::profile::measure(&name);
+            let device = shardc_runtime::profile::measure(&name, shardc_runtime::profile::Depth::from_quick(quick))
+                .map_err(|e| anyhow::anyhow!("profile: {e}"))?;
             print!("{}", shardc_passes::devices::device_toml(&device));
         }
     }

@@ -232,12 +232,122 @@ fn models_that_do_not_fit_say_how_much_is_needed_and_offered() {
 
 #[test]
 fn profile_measures_this_host_as_a_device_entry() {
-    let (code, out, err) = shardc(&["profile", "--name", "bench-host"]);
+    let run = Path::new(env!("CARGO_BIN_EXE_shardc")).with_file_name("shardc-run");
+    let (code, out, err) = shardc(&["profile", "--name", "bench-host", "--quick"]);
     assert_eq!(code, 0, "{err}");
-    let p = devices::parse(&out, Path::new("<profile output>")).unwrap();
-    let d = &p.devices[0];
-    assert_eq!(d.name, "bench-host");
-    assert!(d.memory > 0.0 && d.bandwidth > 1e8 && d.flops_for("f32").is_some_and(|f| f > 1e8), "{out}");
+    let ran = std::process::Command::new(&run).args(["profile", "--name", "phone", "--quick"]).output().unwrap();
+    assert!(ran.status.success(), "{}", String::from_utf8_lossy(&ran.stderr));
+    let both = format!(
+        "{out}{}[default_link]\nbandwidth = \"1 Gbit/s\"\nlatency = \"1 ms\"\n",
+        String::from_utf8_lossy(&ran.stdout)
+    );
+    let p = devices::parse(&both, Path::new("<profile output>")).unwrap();
+    assert_eq!(p.devices.iter().map(|d| d.name.as_str()).collect::<Vec<_>>(), ["bench-host", "phone"]);
+    for d in &p.devices {
+        assert!(d.memory > 0.0 && d.bandwidth > 1e8 && d.flops_for("f32").is_some_and(|f| f > 1e8), "{both}");
+        let k = d.kernels.as_ref().expect("a kernel table");
+        assert!(k.stream > 1e8 && k.node >= 0.0 && k.attention.0.len() == 2, "{both}");
+        for ty in shardc_passes::kernels::WEIGHT_TYPES {
+            let c = &k.matmul[ty];
+            assert_eq!(c.0.iter().map(|p| p.0).collect::<Vec<_>>(), [1.0, 16.0], "{ty}: {both}");
+            assert!(c.0.iter().all(|p| p.1 > 1e7 && p.1 < 1e14), "{ty}: {both}");
+        }
+    }
+    // What it measured plans: the fixture on the two measured devices.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("two.toml"), &both).unwrap();
+    let model = fixture_dir("llama").join("hf");
+    let devices = dir.path().join("two.toml");
+    let (code, out, err) = shardc(&[
+        "plan",
+        model.to_str().unwrap(),
+        "--devices",
+        devices.to_str().unwrap(),
+        "--max-context",
+        "64",
+        "--prompt-len",
+        "16",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("bench-host") || out.contains("phone"), "{out}");
+}
+
+/// A profile with a kernel table: `rates` for f32 products by rows, everything else
+/// (attention, other nodes, memory) a million times faster, no fixed cost per node.
+fn kernel_profile(rates: &str, also: &str) -> devices::Profile {
+    let text = format!(
+        "[[device]]\nname = \"k\"\nmemory = \"8 GiB\"\nflops = \"1 GFLOP/s\"\nbandwidth = \"1 PB/s\"\n\
+         [device.kernels]\nnode = \"0 s\"\nstream = \"1 PB/s\"\nattention = {{ 1 = \"1 PFLOP/s\" }}\n\
+         [device.kernels.matmul]\nf32 = {rates}\n{also}"
+    );
+    devices::parse(&text, Path::new("kernels.toml")).unwrap()
+}
+
+/// With a kernel table, a unit's time is its products' FLOPs at the table's rate for
+/// their rows: prefill at the prompt's 16 rows, a decode step at 1 — checked against
+/// the FLOPs of the checkpoint's weight matrices, counted here from the graph.
+#[test]
+fn kernel_tables_price_products_by_their_rows() {
+    let g = graph(&fixture_dir("llama").join("hf"));
+    let req = request(Objective::Latency);
+    let params: f64 = g
+        .values
+        .iter()
+        .filter_map(|v| match &v.def {
+            shardc_ir::ValueDef::Weight(w) if w.shape.len() == 2 && !v.name.contains("embed_tokens") => {
+                Some(w.elements() as f64)
+            }
+            _ => None,
+        })
+        .sum();
+    let prep = partition::prepare(&g, &kernel_profile("{ 1 = \"1 GFLOP/s\", 16 = \"4 GFLOP/s\" }", ""), &req).unwrap();
+    let total = |t: &[Vec<f64>]| t[0].iter().sum::<f64>();
+    let (prefill, decode) = (total(&prep.model.problem.prefill), total(&prep.model.problem.decode));
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-3 * b;
+    assert!(close(prefill, 2.0 * 16.0 * params / 4e9), "{prefill} s for {params} weights");
+    assert!(close(decode, 2.0 * params / 1e9), "{decode} s for {params} weights");
+    // Halfway in log(rows), halfway in rate.
+    let req4 = Request { workload: shardc_passes::cost::Workload { prompt_len: 4, ..req.workload }, ..req.clone() };
+    let prep = partition::prepare(&g, &kernel_profile("{ 1 = \"1 GFLOP/s\", 16 = \"4 GFLOP/s\" }", ""), &req4).unwrap();
+    assert!(close(total(&prep.model.problem.prefill), 2.0 * 4.0 * params / 2.5e9));
+    // A product never outruns its weight bytes: at 1 GB/s the f32 weights take 4 s per GB.
+    let mut slow = kernel_profile("{ 1 = \"1 PFLOP/s\" }", "");
+    slow.devices[0].bandwidth = 1e9;
+    let prep = partition::prepare(&g, &slow, &req).unwrap();
+    assert!(total(&prep.model.problem.decode) >= 4.0 * params / 1e9, "weights stream at the device's bandwidth");
+    // A weight type the table does not state is refused by name, never priced as f32's.
+    let f16 = kernel_profile("{ 1 = \"1 GFLOP/s\" }", "").devices[0].kernels.clone();
+    let mut p = kernel_profile("{ 1 = \"1 GFLOP/s\" }", "");
+    let mut k = f16.unwrap();
+    k.matmul = std::collections::BTreeMap::from([("int8".to_string(), k.matmul["f32"].clone())]);
+    p.devices[0].kernels = Some(k);
+    let err = partition::prepare(&g, &p, &req).err().expect("refused").to_string();
+    assert!(err.contains("device `k`") && err.contains("kernels.matmul.f32") && err.contains("int8 only"), "{err}");
+}
+
+#[test]
+fn bad_kernel_tables_name_the_key_and_line() {
+    let head = "[[device]]\nname = \"k\"\nmemory = \"8 GiB\"\nflops = \"1 GFLOP/s\"\nbandwidth = \"1 GB/s\"\n";
+    let cases = [
+        ("node = \"1 us\"\nattention = { 1 = \"1 GFLOP/s\" }\n[device.kernels.matmul]\n", "missing field `stream`"),
+        ("node = \"1 us\"\nstream = \"1 GB/s\"\nattention = { 0 = \"1 GFLOP/s\" }\nmatmul = {}\n", "`0` is not a row count"),
+        ("node = \"1 us\"\nstream = \"1 GB/s\"\nattention = {}\nmatmul = {}\n", "kernels.attention: give rates"),
+        (
+            "node = \"1 us\"\nstream = \"1 GB/s\"\nattention = { 1 = \"1 GFLOP/s\" }\nmatmul = { f64 = { 1 = \"1 GFLOP/s\" } }\n",
+            "kernels.matmul.f64: not a weight type",
+        ),
+        (
+            "node = \"1 us\"\nstream = \"0 GB/s\"\nattention = { 1 = \"1 GFLOP/s\" }\nmatmul = {}\n",
+            "kernels.stream must be positive",
+        ),
+        ("node = \"1 us\"\nstream = \"1 GB/s\"\nattention = { 1 = \"fast\" }\nmatmul = {}\nspeed = 1\n", "unknown field `speed`"),
+    ];
+    for (table, message) in cases {
+        let text = format!("{head}[device.kernels]\n{table}");
+        let err = devices::parse(&text, Path::new("p.toml")).unwrap_err();
+        assert!(err.message.contains(message), "{text}\n→ {err}");
+        assert!(err.line.is_some_and(|l| l >= 6), "{text}\n→ {err}");
+    }
 }
 
 /// A profile that states FLOP/s per dtype is never read with another dtype's figure:

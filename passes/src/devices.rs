@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::kernels::{kernels_toml, Kernels, RawKernels};
 use crate::quantity::{self, Kind};
 
 /// A device.
@@ -38,6 +39,9 @@ pub struct Device {
     pub flops: BTreeMap<String, f64>,
     /// Memory bandwidth, bytes/s.
     pub bandwidth: f64,
+    /// What the runtime's kernels reach here (`[device.kernels]`, written by `shardc
+    /// profile`): when given, node times come from it instead of FLOP/s and bandwidth.
+    pub kernels: Option<Kernels>,
 }
 
 impl Device {
@@ -125,6 +129,7 @@ struct RawDevice {
     memory: Spanned<String>,
     flops: Spanned<RawFlops>,
     bandwidth: Spanned<String>,
+    kernels: Option<Spanned<RawKernels>>,
 }
 
 #[derive(Deserialize)]
@@ -218,7 +223,11 @@ pub fn parse(text: &str, path: &Path) -> Result<Profile, ProfileError> {
                 }
             }
         }
-        devices.push(Device { name, memory, flops, bandwidth });
+        let kernels = match &d.kernels {
+            Some(k) => Some(k.get_ref().parse(&format!("device `{name}`")).map_err(|m| err(Some(k.span()), m))?),
+            None => None,
+        };
+        devices.push(Device { name, memory, flops, bandwidth, kernels });
     }
     let link = |l: &RawLink, what: &str| -> Result<Link, ProfileError> {
         Ok(Link {
@@ -300,5 +309,8 @@ pub fn device_toml(d: &Device) -> String {
         out.push_str(&format!("flops = {{ {} }}\n", parts.join(", ")));
     }
     out.push_str(&format!("bandwidth = \"{:.1} GB/s\"\n", d.bandwidth / 1e9));
+    if let Some(k) = &d.kernels {
+        out.push_str(&kernels_toml(k));
+    }
     out
 }

@@ -9,6 +9,7 @@ pub mod cost;
 pub mod devices;
 pub mod infer;
 pub mod infer_shapes;
+pub mod kernels;
 pub mod partition;
 pub mod plan;
 pub mod quantity;

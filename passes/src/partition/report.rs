@@ -39,6 +39,7 @@ pub fn prepare(graph: &Graph, profile: &Profile, req: &Request) -> Result<Prepar
         kv_bytes: None,
     };
     profile.check_compute_dtype(&inputs.compute_dtype).map_err(PartitionError::Unsupported)?;
+    crate::kernels::check(profile, graph).map_err(PartitionError::Unsupported)?;
     let mut model = build(graph, &seg, profile, &inputs)?;
     // Device times corrected by what a run measured, against what this model predicts
     // for that run's own work.

@@ -7,7 +7,8 @@ use shardc_ir::{Graph, ValueDef};
 
 use super::problem::{Objective, Problem, SharedWeight, UnitId};
 use crate::cost::{dominant_weight_dtype, has_past, node_costs, sizes, CostError, NodeCost, Phase, Workload};
-use crate::devices::Profile;
+use crate::devices::{Device, Profile};
+use crate::kernels::{works, Work};
 use crate::segment::Segmentation;
 
 /// Everything the planner was told.
@@ -55,16 +56,27 @@ pub fn build(graph: &Graph, seg: &Segmentation, profile: &Profile, inputs: &Plan
     let n = seg.units.len();
     let uses = graph.uses();
 
-    let time = |costs: &[NodeCost], flops: f64, bandwidth: f64, nodes: &[usize]| -> f64 {
-        nodes.iter().map(|&i| (costs[i].flops / flops).max(costs[i].bytes / bandwidth)).sum()
+    let pre_work = works(graph, &pre_bind);
+    let dec_work = works(graph, &dec_bind);
+    // A device with a kernel table: each node at what the runtime's kernel for its
+    // kind and size reached there; else the slower of its FLOPs and bytes at the
+    // device's sustained figures. A missing figure is refused before a problem is
+    // built (check_compute_dtype, kernels::check).
+    let time = |d: &Device, costs: &[NodeCost], work: &[Work], nodes: &[usize]| -> f64 {
+        let f = d.flops_for(&inputs.compute_dtype).unwrap_or(0.0);
+        nodes
+            .iter()
+            .map(|&i| match &d.kernels {
+                Some(k) => k.time(work[i], &costs[i], d.bandwidth).unwrap_or(f64::INFINITY),
+                None => (costs[i].flops / f).max(costs[i].bytes / d.bandwidth),
+            })
+            .sum()
     };
     let mut prefill = Vec::new();
     let mut decode = Vec::new();
     for d in &profile.devices {
-        // A missing figure is refused before a problem is built (check_compute_dtype).
-        let f = d.flops_for(&inputs.compute_dtype).unwrap_or(0.0);
-        prefill.push(seg.units.iter().map(|u| time(&pre_cost, f, d.bandwidth, &u.nodes)).collect());
-        decode.push(seg.units.iter().map(|u| time(&dec_cost, f, d.bandwidth, &u.nodes)).collect());
+        prefill.push(seg.units.iter().map(|u| time(d, &pre_cost, &pre_work, &u.nodes)).collect());
+        decode.push(seg.units.iter().map(|u| time(d, &dec_cost, &dec_work, &u.nodes)).collect());
     }
 
     // Weights per unit; a weight read by several units is shared.

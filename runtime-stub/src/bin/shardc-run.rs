@@ -182,6 +182,16 @@ enum Command {
         #[arg(long)]
         insecure: bool,
     },
+    /// Measure this device with the runtime's kernels and print its entry for a device
+    /// profile (`[[device]]` with its `[device.kernels]` table), as `shardc profile`.
+    Profile {
+        /// Name of the device entry.
+        #[arg(long, default_value = "this-device")]
+        name: String,
+        /// Fewer sizes, small weight sets, no repeats: seconds, figures less sure.
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn net_options(net: &Net, slowdown: Slowdown, session_timeout: f64) -> Result<NetOptions> {
@@ -270,6 +280,13 @@ fn run(cli: Cli) -> Result<()> {
             let opts = node::LocalOptions { slow: slow_device, insecure };
             let g = node::local(&out, &generation.job()?, &opts).map_err(|e| anyhow!(e))?;
             report(&g, generation.json)
+        }
+        Command::Profile { name, quick } => {
+            shardc_passes::devices::check_name(&name).map_err(|e| anyhow!("--name: {e}"))?;
+            let device = shardc_runtime::profile::measure(&name, shardc_runtime::profile::Depth::from_quick(quick))
+                .map_err(|e| anyhow!("profile: {e}"))?;
+            print!("{}", shardc_passes::devices::device_toml(&device));
+            Ok(())
         }
     }
 }

@@ -1,0 +1,190 @@
+//! Fidelity of the cost model (issue 16, item 3): predicted against measured prefill
+//! and decode time per stage, for three models on this host, one device and three
+//! `shardc-run local` devices, from this host's own `shardc profile` (no calibration).
+//! Predictions are for the run's own work (`shardc plan --calibrate RUN.json` reports
+//! them beside the measured times: the prompt, and the middle decode step's context).
+//!
+//! Run: `cargo build --release -p shardc-runtime && cargo bench -p shardc --bench fidelity`
+//! Options (environment): `FIDELITY_MODELS` (comma-separated names, default all),
+//! `FIDELITY_PROMPT` (default 32), `FIDELITY_TOKENS` (default 32), `FIDELITY_PROFILE`
+//! (a profile TOML of this host to use instead of measuring one).
+//! The models (random weights, not committed) are made once under target/bench-models.
+
+#[path = "net_common.rs"]
+#[allow(dead_code)]
+mod net_common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use net_common::{env, random_model, root, shardc_run};
+
+/// (name, config, `--dtype` the packages store).
+const MODELS: [(&str, &str, &str); 3] = [
+    (
+        "gpt2-small",
+        r#"{ "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "n_embd": 768, "n_layer": 12,
+  "n_head": 12, "n_positions": 1024, "n_ctx": 1024, "vocab_size": 50257, "activation_function": "gelu_new",
+  "layer_norm_epsilon": 1e-05, "n_inner": null, "tie_word_embeddings": true, "torch_dtype": "float32" }"#,
+        "f32",
+    ),
+    (
+        "llama-12",
+        r#"{ "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
+  "hidden_size": 768, "intermediate_size": 2048, "num_hidden_layers": 12,
+  "num_attention_heads": 12, "num_key_value_heads": 12, "vocab_size": 32000,
+  "max_position_embeddings": 1024, "rms_norm_eps": 1e-05, "rope_theta": 10000.0,
+  "tie_word_embeddings": false, "torch_dtype": "float16" }"#,
+        "f32",
+    ),
+    (
+        "qwen2-0.5b",
+        r#"{ "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_act": "silu",
+  "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
+  "num_attention_heads": 14, "num_key_value_heads": 2, "vocab_size": 151936,
+  "max_position_embeddings": 4096, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0,
+  "tie_word_embeddings": true, "torch_dtype": "float16", "use_sliding_window": false }"#,
+        "f16",
+    ),
+];
+
+fn shardc(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_shardc")).args(args).output().expect("shardc");
+    if !out.status.success() {
+        eprintln!("shardc {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        std::process::exit(1);
+    }
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// This host's device entry, renamed `name`.
+fn entry(profile: &str, name: &str) -> String {
+    let (_, rest) = profile.split_once("name = ").expect("a device entry");
+    let (_, rest) = rest.split_once('\n').expect("a device entry");
+    format!("[[device]]\nname = \"{name}\"\n{rest}\n")
+}
+
+struct Row {
+    model: &'static str,
+    devices: usize,
+    device: String,
+    units: String,
+    measured: [f64; 2],
+    predicted: [f64; 2],
+}
+
+fn main() {
+    let run = shardc_run();
+    let prompt: usize = env("FIDELITY_PROMPT", "32").parse().expect("FIDELITY_PROMPT");
+    let tokens: usize = env("FIDELITY_TOKENS", "32").parse().expect("FIDELITY_TOKENS");
+    let only = env("FIDELITY_MODELS", "");
+    let scratch = root().join("target/bench-models/fidelity");
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(&scratch).expect("mkdir");
+    let profile = match std::env::var_os("FIDELITY_PROFILE") {
+        Some(p) => std::fs::read_to_string(&p).expect("FIDELITY_PROFILE"),
+        None => shardc(&["profile", "--name", "host"]),
+    };
+    print!("this host, `shardc profile`:\n{profile}");
+    let link = "[default_link]\nbandwidth = \"10 Gbit/s\"\nlatency = \"50 us\"\n";
+    let profiles: Vec<(usize, PathBuf)> = [1usize, 3]
+        .iter()
+        .map(|&n| {
+            let text: String = ["dev-a", "dev-b", "dev-c"][..n].iter().map(|d| entry(&profile, d)).collect();
+            let path = scratch.join(format!("host{n}.toml"));
+            std::fs::write(&path, format!("{text}{link}")).expect("profile");
+            (n, path)
+        })
+        .collect();
+    let ids: Vec<String> = (0..prompt).map(|i| (i * 37 % 30000 + 1).to_string()).collect();
+    let ids = ids.join(",");
+    let context = (prompt + tokens).to_string();
+    let prompt_len = prompt.to_string();
+    let mut rows = Vec::new();
+    for (name, config, dtype) in MODELS {
+        if !only.is_empty() && !only.split(',').any(|m| m == name) {
+            continue;
+        }
+        let model = random_model(&format!("fidelity-{name}"), config);
+        let model = model.to_str().expect("path");
+        for (n, devices) in &profiles {
+            let out = scratch.join(format!("{name}-{n}"));
+            let common = [
+                "--devices",
+                devices.to_str().expect("path"),
+                "--objective",
+                "throughput",
+                "--prompt-len",
+                &prompt_len,
+                "--max-context",
+                &context,
+                "--dtype",
+                dtype,
+            ];
+            let mut args = vec!["compile", model];
+            args.extend(common);
+            args.extend(["--force", "-q", "-o", out.to_str().expect("path")]);
+            shardc(&args);
+            let ran = Command::new(&run)
+                .arg("local")
+                .arg(&out)
+                .args(["--input-ids", &ids, "--max-new-tokens", &tokens.to_string(), "--json", "--no-balance"])
+                .arg("--insecure")
+                .output()
+                .expect("shardc-run");
+            if !ran.status.success() {
+                eprintln!("{}", String::from_utf8_lossy(&ran.stderr));
+                std::process::exit(1);
+            }
+            let report = scratch.join(format!("{name}-{n}.json"));
+            std::fs::write(&report, &ran.stdout).expect("report");
+            let mut args = vec!["plan", model];
+            args.extend(common);
+            args.extend(["--json", "--calibrate", report.to_str().expect("path")]);
+            let plan: serde_json::Value = serde_json::from_str(&shardc(&args)).expect("plan JSON");
+            for d in plan["calibration"]["devices"].as_array().expect("calibrated devices") {
+                let f = |k: &str| d[k].as_f64().unwrap_or(f64::NAN);
+                rows.push(Row {
+                    model: name,
+                    devices: *n,
+                    device: d["device"].as_str().unwrap_or("?").to_string(),
+                    units: format!(
+                        "{} .. {}",
+                        d["units"][0].as_str().unwrap_or("?"),
+                        d["units"][1].as_str().unwrap_or("?")
+                    ),
+                    measured: [f("measured_prefill_ms"), f("measured_decode_ms")],
+                    predicted: [f("predicted_prefill_ms"), f("predicted_decode_ms")],
+                });
+            }
+        }
+    }
+    report(&rows, prompt, tokens);
+}
+
+fn report(rows: &[Row], prompt: usize, tokens: usize) {
+    println!("\n{prompt}-token prompt, {tokens} new tokens; predicted / measured − 1 per stage (target: within 10%)");
+    println!("| model | devices | stage | units | prefill measured | predicted | error | decode step measured | predicted | error |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    let mut worst = [0f64; 2];
+    for r in rows {
+        let err = |i: usize| r.predicted[i] / r.measured[i] - 1.0;
+        for (i, w) in worst.iter_mut().enumerate() {
+            *w = w.max(err(i).abs());
+        }
+        println!(
+            "| {} | {} | {} | {} | {:.1} ms | {:.1} ms | {:+.1}% | {:.2} ms | {:.2} ms | {:+.1}% |",
+            r.model,
+            r.devices,
+            r.device,
+            r.units,
+            r.measured[0],
+            r.predicted[0],
+            100.0 * err(0),
+            r.measured[1],
+            r.predicted[1],
+            100.0 * err(1)
+        );
+    }
+    println!("largest error: prefill {:.1}%, decode {:.1}%", 100.0 * worst[0], 100.0 * worst[1]);
+}

@@ -1,0 +1,300 @@
+//! What the runtime's own kernels reach on a device, per kind of work and size (the
+//! `[device.kernels]` table `shardc profile` writes), and node times from it.
+//!
+//! ```toml
+//! [device.kernels]
+//! node = "2.0 us"            # fixed cost of running one node
+//! stream = "6.1 GB/s"        # every other node: bytes read and written per second
+//! attention = { 1 = "1.2 GFLOP/s", 16 = "9.0 GFLOP/s", 128 = "21 GFLOP/s" }
+//! [device.kernels.matmul]    # products with a weight, per stored weight type
+//! f32 = { 1 = "3.1 GFLOP/s", 16 = "40 GFLOP/s", 128 = "85 GFLOP/s" }
+//! int8 = { 1 = "6.0 GFLOP/s", 16 = "35 GFLOP/s", 128 = "60 GFLOP/s" }
+//! ```
+//!
+//! The keys of `matmul.<type>` and `attention` are rows: the activation rows a product
+//! runs (1 for a decode step, the prompt's length for a prefill). Between measured
+//! rows the rate is interpolated in log(rows); outside them the nearest is used. A
+//! table lists the weight types its device was measured with; a model whose products
+//! read another type is refused naming the missing key, never given another's rate.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Deserialize;
+use shardc_ir::{DType, Graph, Op, ValueDef, ValueId};
+
+use crate::cost::NodeCost;
+use crate::quantity::{self, Kind};
+
+/// The weight types the matmul table is keyed by.
+pub const WEIGHT_TYPES: [&str; 5] = ["f32", "f16", "bf16", "int8", "int4"];
+
+/// Rates at measured sizes: (rows, FLOP/s), rows increasing.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Curve(pub Vec<(f64, f64)>);
+
+impl Curve {
+    /// The rate at `rows`: interpolated in log(rows), the nearest end outside.
+    pub fn rate(&self, rows: f64) -> f64 {
+        let p = &self.0;
+        let (Some(first), Some(last)) = (p.first(), p.last()) else { return 0.0 };
+        if rows <= first.0 {
+            return first.1;
+        }
+        if rows >= last.0 {
+            return last.1;
+        }
+        let i = p.partition_point(|q| q.0 <= rows);
+        let ((r0, v0), (r1, v1)) = (p[i - 1], p[i]);
+        let t = (rows.ln() - r0.ln()) / (r1.ln() - r0.ln());
+        v0 + t * (v1 - v0)
+    }
+}
+
+/// What the runtime's kernels reach on one device.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Kernels {
+    /// Seconds every node run costs besides its work.
+    pub node: f64,
+    /// Bytes per second of nodes that are neither products nor attention.
+    pub stream: f64,
+    /// Products of an activation with a weight, per stored weight type.
+    pub matmul: BTreeMap<String, Curve>,
+    /// Products of two activations (attention scores and context), and `Attention`.
+    pub attention: Curve,
+}
+
+/// The work of one node, as the kernel table prices it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Work {
+    /// Runs once at load (a weight's cast or dequantization): free per step.
+    Load,
+    /// A product with a weight stored as `WEIGHT_TYPES[kind]` (or another dtype's name).
+    Matmul {
+        weight: &'static str,
+        rows: f64,
+    },
+    Attention {
+        rows: f64,
+    },
+    Stream,
+}
+
+impl Kernels {
+    /// Seconds of one node on a device of memory `bandwidth` (bytes/s); `None` when the
+    /// table has no rate for its weight type. A product never runs faster than its
+    /// bytes (mostly the weight's) stream from memory: the table's rates come from a
+    /// set of weights that a large cache may hold, a model's weights from memory.
+    pub fn time(&self, work: Work, cost: &NodeCost, bandwidth: f64) -> Option<f64> {
+        Some(match work {
+            Work::Load => 0.0,
+            Work::Matmul { weight, rows } => {
+                self.node + (cost.flops / self.matmul.get(weight)?.rate(rows)).max(cost.bytes / bandwidth)
+            }
+            Work::Attention { rows } => self.node + cost.flops / self.attention.rate(rows),
+            Work::Stream => self.node + cost.bytes / self.stream,
+        })
+    }
+}
+
+/// The name the matmul table gives a stored weight dtype.
+pub fn weight_type(dtype: DType) -> &'static str {
+    match dtype {
+        DType::F16 => "f16",
+        DType::BF16 => "bf16",
+        DType::I8 | DType::U8 => "int8",
+        DType::I4 | DType::U4 => "int4",
+        DType::F32 => "f32",
+        other => other.name(),
+    }
+}
+
+/// The stored dtype behind a value computed from weights alone: the weight itself, or
+/// for a load-time node (a cast, a dequantization) the dtype of its largest weight input.
+fn stored_dtype(graph: &Graph, v: ValueId, depth: usize) -> Option<DType> {
+    let value = graph.value(v);
+    match &value.def {
+        ValueDef::Weight(w) => Some(w.dtype),
+        ValueDef::Const(_) => value.ty.as_ref().map(|t| t.dtype),
+        ValueDef::Node(n) if depth < 8 => {
+            let node = graph.node(*n);
+            let widest = node.inputs.iter().flatten().copied().max_by_key(|&i| match &graph.value(i).def {
+                ValueDef::Weight(w) => w.byte_len(),
+                _ => 0,
+            })?;
+            stored_dtype(graph, widest, depth + 1)
+        }
+        _ => None,
+    }
+}
+
+/// The work of every node under `bindings` (dims the workload does not size count 0).
+pub fn works(graph: &Graph, bindings: &HashMap<String, i64>) -> Vec<Work> {
+    let consts = graph.constants();
+    let dims = |v: Option<ValueId>| -> Vec<f64> {
+        v.and_then(|v| graph.value(v).ty.as_ref())
+            .map(|t| t.shape.iter().map(|d| d.eval(bindings).unwrap_or(0) as f64).collect())
+            .unwrap_or_default()
+    };
+    graph
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, node)| {
+            if consts.node[i] {
+                return Work::Load;
+            }
+            let input = |s: usize| node.inputs.get(s).copied().flatten();
+            let out = dims(node.outputs.first().copied());
+            let elements: f64 = out.iter().product();
+            let rows_of = |axis_from_end: usize| {
+                let d = out.len().checked_sub(axis_from_end).and_then(|a| out.get(a)).copied().unwrap_or(1.0);
+                if d > 0.0 {
+                    elements / d
+                } else {
+                    0.0
+                }
+            };
+            match &node.op {
+                Op::MatMul(_) | Op::Gemm(_) | Op::MatMulInteger(_) => {
+                    let constant = |s: usize| input(s).is_some_and(|v| consts.value[v.index()]);
+                    let weight = if constant(1) {
+                        input(1)
+                    } else if constant(0) {
+                        input(0)
+                    } else {
+                        let rows = out.len().checked_sub(2).and_then(|a| out.get(a)).copied().unwrap_or(1.0);
+                        return Work::Attention { rows };
+                    };
+                    let dtype = weight.and_then(|w| stored_dtype(graph, w, 0)).unwrap_or(DType::F32);
+                    // Rows: the activation's, the product's other side being the weight's.
+                    let rows = if constant(1) { rows_of(1) } else { rows_of(2) };
+                    Work::Matmul { weight: weight_type(dtype), rows }
+                }
+                Op::Attention(_) => {
+                    let q = dims(input(0));
+                    Work::Attention { rows: if q.len() == 4 { q[2] } else { q.get(1).copied().unwrap_or(1.0) } }
+                }
+                _ => Work::Stream,
+            }
+        })
+        .collect()
+}
+
+/// Every device with a kernel table states a rate for each weight type `graph`'s
+/// products read: a missing one is refused naming the device and key.
+pub fn check(profile: &crate::devices::Profile, graph: &Graph) -> Result<(), String> {
+    let mut used: Vec<&str> = works(graph, &HashMap::new())
+        .into_iter()
+        .filter_map(|w| match w {
+            Work::Matmul { weight, .. } => Some(weight),
+            _ => None,
+        })
+        .collect();
+    used.sort_unstable();
+    used.dedup();
+    for d in &profile.devices {
+        let Some(k) = &d.kernels else { continue };
+        if let Some(missing) = used.iter().find(|t| !k.matmul.contains_key(**t)) {
+            let listed: Vec<&str> = k.matmul.keys().map(String::as_str).collect();
+            return Err(format!(
+                "device `{}`: the model's products read {missing} weights, and its kernel table states matmul rates \
+                 for {} only: add `kernels.matmul.{missing}` (`shardc profile` on the device measures it)",
+                d.name,
+                listed.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawKernels {
+    node: String,
+    stream: String,
+    attention: BTreeMap<String, String>,
+    matmul: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+fn curve(raw: &BTreeMap<String, String>, what: &str) -> Result<Curve, String> {
+    if raw.is_empty() {
+        return Err(format!("{what}: give rates at one or more rows (`{{ 1 = \"3 GFLOP/s\" }}`)"));
+    }
+    let mut points = Vec::with_capacity(raw.len());
+    for (rows, rate) in raw {
+        let r: u64 = rows
+            .parse()
+            .ok()
+            .filter(|&r| r > 0 && r <= 1 << 24)
+            .ok_or_else(|| format!("{what}: `{rows}` is not a row count (1 to {})", 1 << 24))?;
+        let v = quantity::parse(rate, Kind::Flops).map_err(|m| format!("{what}.{rows}: {m}"))?;
+        if v <= 0.0 {
+            return Err(format!("{what}.{rows} must be positive, is `{rate}`"));
+        }
+        points.push((r as f64, v));
+    }
+    points.sort_by(|a, b| a.0.total_cmp(&b.0));
+    Ok(Curve(points))
+}
+
+impl RawKernels {
+    /// Checked figures; `what` names the device in errors.
+    pub(crate) fn parse(&self, what: &str) -> Result<Kernels, String> {
+        let positive = |text: &str, kind: Kind, key: &str| -> Result<f64, String> {
+            let v = quantity::parse(text, kind).map_err(|m| format!("{what}: kernels.{key}: {m}"))?;
+            if v.is_nan() || v < 0.0 || (kind != Kind::Duration && v == 0.0) {
+                return Err(format!("{what}: kernels.{key} must be positive, is `{text}`"));
+            }
+            Ok(v)
+        };
+        let mut matmul = BTreeMap::new();
+        for (ty, raw) in &self.matmul {
+            if !WEIGHT_TYPES.contains(&ty.as_str()) {
+                return Err(format!(
+                    "{what}: kernels.matmul.{ty}: not a weight type (one of {})",
+                    WEIGHT_TYPES.join(", ")
+                ));
+            }
+            matmul.insert(ty.clone(), curve(raw, &format!("{what}: kernels.matmul.{ty}"))?);
+        }
+        Ok(Kernels {
+            node: positive(&self.node, Kind::Duration, "node")?,
+            stream: positive(&self.stream, Kind::Bandwidth, "stream")?,
+            matmul,
+            attention: curve(&self.attention, &format!("{what}: kernels.attention"))?,
+        })
+    }
+}
+
+fn curve_toml(c: &Curve) -> String {
+    let parts: Vec<String> = c.0.iter().map(|(r, v)| format!("{r} = \"{:.3} GFLOP/s\"", v / 1e9)).collect();
+    format!("{{ {} }}", parts.join(", "))
+}
+
+/// The `[device.kernels]` tables of a device entry.
+pub fn kernels_toml(k: &Kernels) -> String {
+    let mut out = String::from("[device.kernels]\n");
+    out.push_str(&format!("node = \"{:.3} us\"\n", k.node * 1e6));
+    out.push_str(&format!("stream = \"{:.3} GB/s\"\n", k.stream / 1e9));
+    out.push_str(&format!("attention = {}\n", curve_toml(&k.attention)));
+    out.push_str("[device.kernels.matmul]\n");
+    for (ty, c) in &k.matmul {
+        out.push_str(&format!("{ty} = {}\n", curve_toml(c)));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_interpolate_in_log_rows_and_hold_outside() {
+        let c = Curve(vec![(1.0, 2e9), (16.0, 10e9), (256.0, 50e9)]);
+        assert_eq!(c.rate(0.5), 2e9);
+        assert_eq!(c.rate(1.0), 2e9);
+        assert!((c.rate(4.0) - 6e9).abs() < 1e-3);
+        assert!((c.rate(64.0) - 30e9).abs() < 1e-3);
+        assert_eq!(c.rate(1000.0), 50e9);
+    }
+}
