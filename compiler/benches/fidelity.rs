@@ -1,6 +1,8 @@
 //! Fidelity of the cost model (issue 16, item 3): predicted against measured prefill
 //! and decode time per stage, for three models on this host, one device and three
 //! `shardc-run local` devices, from this host's own `shardc profile` (no calibration).
+//! The profile is `shardc profile --model MODEL --weight-type TYPE` (the type the
+//! packages store), once per model, as a user would measure a device for a model.
 //! Predictions are for the run's own work (`shardc plan --calibrate RUN.json` reports
 //! them beside the measured times: the prompt, and the middle decode step's context).
 //!
@@ -81,21 +83,8 @@ fn main() {
     let scratch = root().join("target/bench-models/fidelity");
     let _ = std::fs::remove_dir_all(&scratch);
     std::fs::create_dir_all(&scratch).expect("mkdir");
-    let profile = match std::env::var_os("FIDELITY_PROFILE") {
-        Some(p) => std::fs::read_to_string(&p).expect("FIDELITY_PROFILE"),
-        None => shardc(&["profile", "--name", "host"]),
-    };
-    print!("this host, `shardc profile`:\n{profile}");
+    let given = std::env::var_os("FIDELITY_PROFILE").map(|p| std::fs::read_to_string(p).expect("FIDELITY_PROFILE"));
     let link = "[default_link]\nbandwidth = \"10 Gbit/s\"\nlatency = \"50 us\"\n";
-    let profiles: Vec<(usize, PathBuf)> = [1usize, 3]
-        .iter()
-        .map(|&n| {
-            let text: String = ["dev-a", "dev-b", "dev-c"][..n].iter().map(|d| entry(&profile, d)).collect();
-            let path = scratch.join(format!("host{n}.toml"));
-            std::fs::write(&path, format!("{text}{link}")).expect("profile");
-            (n, path)
-        })
-        .collect();
     let ids: Vec<String> = (0..prompt).map(|i| (i * 37 % 30000 + 1).to_string()).collect();
     let ids = ids.join(",");
     let context = (prompt + tokens).to_string();
@@ -107,6 +96,22 @@ fn main() {
         }
         let model = random_model(&format!("fidelity-{name}"), config);
         let model = model.to_str().expect("path");
+        // This host as `shardc profile --model` measures it for this model's products.
+        let profile = match &given {
+            Some(p) => p.clone(),
+            None => shardc(&["profile", "--name", "host", "--model", model, "--weight-type", dtype]),
+        };
+        let profiles: Vec<(usize, PathBuf)> = [1usize, 3]
+            .iter()
+            .map(|&n| {
+                let text: String = ["dev-a", "dev-b", "dev-c"][..n].iter().map(|d| entry(&profile, d)).collect();
+                let path = scratch.join(format!("{name}-host{n}.toml"));
+                std::fs::write(&path, format!("{text}{link}")).expect("profile");
+                (n, path)
+            })
+            .collect();
+        let head: Vec<&str> = profile.lines().take_while(|l| !l.starts_with("[device.kernels.matmul]")).collect();
+        println!("{name}: this host, `shardc profile --model` (start):\n{}", head.join("\n"));
         for (n, devices) in &profiles {
             let out = scratch.join(format!("{name}-{n}"));
             let common = [

@@ -218,6 +218,18 @@ pub enum Command {
         /// figures less sure (decode rates come out high where a cache holds the set).
         #[arg(long)]
         quick: bool,
+        /// Also measure this model's own products (each shape, with the weight type it
+        /// reads), which plans of the model then price exactly.
+        #[arg(long, value_name = "MODEL")]
+        model: Option<PathBuf>,
+        /// With --model: measure its products with these weight types instead (what
+        /// `compile --dtype` or `--quantize` will store: f32, f16, bf16, int8, int4).
+        #[arg(long = "weight-type", value_name = "TYPE", requires = "model")]
+        weight_types: Vec<String>,
+        /// A `config.json` key shardc does not know that does not change the model
+        /// (repeatable; with --model).
+        #[arg(long = "ignore-config-key", value_name = "KEY", requires = "model")]
+        ignore_config_keys: Vec<String>,
     },
     /// Run a model on the CPU with the reference interpreter: a language model on
     /// token ids (`--input-ids`), or any graph on named tensors (`--inputs`).

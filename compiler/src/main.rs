@@ -241,14 +241,41 @@ fn run(cli: Cli) -> Result<()> {
             let path = shardc::report::redraw(&out, measured.as_deref())?;
             println!("wrote       {}", path.display());
         }
-        Command::Profile { name, quick } => {
+        Command::Profile { name, quick, model, weight_types, ignore_config_keys } => {
             shardc_passes::devices::check_name(&name).map_err(|e| Usage(format!("--name: {e}")))?;
-            let device = shardc_runtime::profile::measure(&name, shardc_runtime::profile::Depth::from_quick(quick))
+            let products = match model {
+                Some(path) => {
+                    let loaded = load(&path, &LowerOptions { max_context: None, ignore_config_keys })?;
+                    let mut graph = loaded.graph;
+                    run_pipeline(&mut graph, &mut Ctx::default(), None)?;
+                    products_as(shardc_passes::kernels::product_shapes(&graph), &weight_types)?
+                }
+                None => Vec::new(),
+            };
+            let depth = shardc_runtime::profile::Depth::from_quick(quick);
+            let device = shardc_runtime::profile::measure(&name, depth, &products)
                 .map_err(|e| anyhow::anyhow!("profile: {e}"))?;
             print!("{}", shardc_passes::devices::device_toml(&device));
         }
     }
     Ok(())
+}
+
+/// A model's products, each with the given weight types instead of its own when any.
+fn products_as(
+    products: Vec<(String, shardc_passes::kernels::ProductShape)>,
+    types: &[String],
+) -> Result<Vec<(String, shardc_passes::kernels::ProductShape)>> {
+    if let Some(bad) = types.iter().find(|t| !shardc_passes::kernels::WEIGHT_TYPES.contains(&t.as_str())) {
+        usage!("--weight-type `{bad}`: one of {}", shardc_passes::kernels::WEIGHT_TYPES.join(", "));
+    }
+    if types.is_empty() {
+        return Ok(products);
+    }
+    let mut shapes: Vec<_> = products.into_iter().map(|(_, s)| s).collect();
+    shapes.sort_unstable();
+    shapes.dedup();
+    Ok(types.iter().flat_map(|t| shapes.iter().map(move |&s| (t.clone(), s))).collect())
 }
 
 /// Longest `--max-context` planned (the largest a config may state).

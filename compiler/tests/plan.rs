@@ -253,6 +253,53 @@ fn profile_measures_this_host_as_a_device_entry() {
             assert!(c.0.iter().all(|p| p.1 > 1e7 && p.1 < 1e14), "{ty}: {both}");
         }
     }
+    // With --model, the model's own products too, each at the type it reads.
+    let model = fixture_dir("llama").join("hf");
+    let (code, out_model, err) =
+        shardc(&["profile", "--name", "m", "--quick", "--model", model.to_str().unwrap(), "--weight-type", "int8"]);
+    assert_eq!(code, 0, "{err}");
+    let m = devices::parse(&out_model, Path::new("<profile output>")).unwrap();
+    let k = m.devices[0].kernels.as_ref().unwrap();
+    let g = graph(&model);
+    let wanted: Vec<_> =
+        shardc_passes::kernels::product_shapes(&g).into_iter().map(|(_, s)| ("int8".to_string(), s)).collect();
+    assert!(!wanted.is_empty());
+    assert_eq!(k.products.keys().cloned().collect::<Vec<_>>(), wanted, "{out_model}");
+    let (code, _, err) = shardc(&["profile", "--quick", "--model", model.to_str().unwrap(), "--weight-type", "f8"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--weight-type `f8`"), "{err}");
+    // shardc-run profiles the products of the stage a package holds.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let devices3 = root().join("fixtures/devices/lingualinked-3.toml");
+    let (code, _, err) = shardc(&[
+        "compile",
+        model.to_str().unwrap(),
+        "--devices",
+        devices3.to_str().unwrap(),
+        "--objective",
+        "throughput",
+        "--prompt-len",
+        "16",
+        "--max-context",
+        "64",
+        "-q",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let first =
+        std::fs::read_dir(&out).unwrap().flatten().map(|e| e.path()).find(|p| p.join("manifest.json").is_file());
+    let package = first.expect("a package");
+    let ran = std::process::Command::new(&run)
+        .args(["profile", "--quick", "--package", package.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(ran.status.success(), "{}", String::from_utf8_lossy(&ran.stderr));
+    let text = String::from_utf8_lossy(&ran.stdout);
+    let p = devices::parse(&text, Path::new("<profile output>")).unwrap();
+    let products = &p.devices[0].kernels.as_ref().unwrap().products;
+    assert!(!products.is_empty() && products.keys().all(|(t, _)| t == "f32"), "{text}");
     // What it measured plans: the fixture on the two measured devices.
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("two.toml"), &both).unwrap();
@@ -315,6 +362,31 @@ fn kernel_tables_price_products_by_their_rows() {
     slow.devices[0].bandwidth = 1e9;
     let prep = partition::prepare(&g, &slow, &req).unwrap();
     assert!(total(&prep.model.problem.decode) >= 4.0 * params / 1e9, "weights stream at the device's bandwidth");
+    // A product of a shape the table measured takes that shape's rate: q_proj's
+    // weights (64 × 64, one per layer) at a quarter of the generic rate.
+    let shapes = shardc_passes::kernels::product_shapes(&g);
+    let q = g.values.iter().find(|v| v.name.ends_with("layers.0.self_attn.q_proj.weight")).expect("q_proj");
+    let shardc_ir::ValueDef::Weight(qw) = &q.def else { panic!("q_proj is a weight") };
+    let (n, k) = (qw.shape[0] as u64, qw.shape[1] as u64);
+    let q_shape = shardc_passes::kernels::ProductShape { matmul: false, transposed: true, k, n };
+    assert!(shapes.contains(&("f32".to_string(), q_shape)), "{shapes:?}");
+    let exact = format!(
+        "[[device.kernels.product]]\nop = \"gemm\"\ntransposed = true\nk = {k}\nn = {n}\nweight = \"f32\"\n\
+         rates = {{ 1 = \"0.25 GFLOP/s\" }}\n"
+    );
+    let p = kernel_profile("{ 1 = \"1 GFLOP/s\" }", &exact);
+    let text = devices::device_toml(&p.devices[0]);
+    let again = devices::parse(&text, Path::new("again.toml")).unwrap();
+    assert_eq!(again.devices[0].kernels, p.devices[0].kernels, "{text}");
+    let prep = partition::prepare(&g, &p, &req).unwrap();
+    let same_shape =
+        g.values.iter().filter(|v| matches!(&v.def, shardc_ir::ValueDef::Weight(w) if w.shape == qw.shape)).count();
+    let slower = 2.0 * (same_shape as u64 * k * n) as f64 * (1.0 / 0.25e9 - 1.0 / 1e9);
+    assert!(
+        close(total(&prep.model.problem.decode), 2.0 * params / 1e9 + slower),
+        "{}",
+        total(&prep.model.problem.decode)
+    );
     // A weight type the table does not state is refused by name, never priced as f32's.
     let f16 = kernel_profile("{ 1 = \"1 GFLOP/s\" }", "").devices[0].kernels.clone();
     let mut p = kernel_profile("{ 1 = \"1 GFLOP/s\" }", "");
@@ -341,6 +413,23 @@ fn bad_kernel_tables_name_the_key_and_line() {
             "kernels.stream must be positive",
         ),
         ("node = \"1 us\"\nstream = \"1 GB/s\"\nattention = { 1 = \"fast\" }\nmatmul = {}\nspeed = 1\n", "unknown field `speed`"),
+        (
+            "node = \"1 us\"\nstream = \"1 GB/s\"\nattention = { 1 = \"1 GFLOP/s\" }\nmatmul = {}\n[[device.kernels.product]]\n\
+             op = \"conv\"\ntransposed = false\nk = 8\nn = 8\nweight = \"f32\"\nrates = { 1 = \"1 GFLOP/s\" }\n",
+            "op `conv` is neither `gemm` nor `matmul`",
+        ),
+        (
+            "node = \"1 us\"\nstream = \"1 GB/s\"\nattention = { 1 = \"1 GFLOP/s\" }\nmatmul = {}\n[[device.kernels.product]]\n\
+             op = \"gemm\"\ntransposed = false\nk = 0\nn = 8\nweight = \"f32\"\nrates = { 1 = \"1 GFLOP/s\" }\n",
+            "k and n are 1 to",
+        ),
+        (
+            "node = \"1 us\"\nstream = \"1 GB/s\"\nattention = { 1 = \"1 GFLOP/s\" }\nmatmul = {}\n[[device.kernels.product]]\n\
+             op = \"gemm\"\ntransposed = false\nk = 8\nn = 8\nweight = \"f32\"\nrates = { 1 = \"1 GFLOP/s\" }\n\
+             [[device.kernels.product]]\nop = \"gemm\"\ntransposed = false\nk = 8\nn = 8\nweight = \"f32\"\n\
+             rates = { 2 = \"1 GFLOP/s\" }\n",
+            "is listed twice",
+        ),
     ];
     for (table, message) in cases {
         let text = format!("{head}[device.kernels]\n{table}");

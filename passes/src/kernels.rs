@@ -9,6 +9,13 @@
 //! [device.kernels.matmul]    # products with a weight, per stored weight type
 //! f32 = { 1 = "3.1 GFLOP/s", 16 = "40 GFLOP/s", 128 = "85 GFLOP/s" }
 //! int8 = { 1 = "6.0 GFLOP/s", 16 = "35 GFLOP/s", 128 = "60 GFLOP/s" }
+//! [[device.kernels.product]] # one product of a model (`shardc profile --model`)
+//! op = "gemm"
+//! transposed = true          # the weight is stored [n, k]
+//! k = 768
+//! n = 2304
+//! weight = "f32"
+//! rates = { 1 = "4.2 GFLOP/s", 16 = "31 GFLOP/s" }
 //! ```
 //!
 //! The keys of `matmul.<type>` and `attention` are rows: the activation rows a product
@@ -50,6 +57,18 @@ impl Curve {
     }
 }
 
+/// The shape of one product with a weight, as a model's node runs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ProductShape {
+    /// `MatMul` (else `Gemm`).
+    pub matmul: bool,
+    /// The weight is stored `[n, k]` (`Gemm` with `transB`), else `[k, n]`.
+    pub transposed: bool,
+    /// Reduction and output sizes.
+    pub k: u64,
+    pub n: u64,
+}
+
 /// What the runtime's kernels reach on one device.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Kernels {
@@ -61,6 +80,9 @@ pub struct Kernels {
     pub matmul: BTreeMap<String, Curve>,
     /// Products of two activations (attention scores and context), and `Attention`.
     pub attention: Curve,
+    /// Products of one exact shape and weight type (`shardc profile --model` measures a
+    /// model's own): used before `matmul` where a node's product matches.
+    pub products: BTreeMap<(String, ProductShape), Curve>,
 }
 
 /// The work of one node, as the kernel table prices it.
@@ -68,10 +90,12 @@ pub struct Kernels {
 pub enum Work {
     /// Runs once at load (a weight's cast or dequantization): free per step.
     Load,
-    /// A product with a weight stored as `WEIGHT_TYPES[kind]` (or another dtype's name).
+    /// A product with a weight stored as `weight` (a [`WEIGHT_TYPES`] name, or another
+    /// dtype's), of `shape` when the weight is a matrix.
     Matmul {
         weight: &'static str,
         rows: f64,
+        shape: Option<ProductShape>,
     },
     Attention {
         rows: f64,
@@ -87,8 +111,13 @@ impl Kernels {
     pub fn time(&self, work: Work, cost: &NodeCost, bandwidth: f64) -> Option<f64> {
         Some(match work {
             Work::Load => 0.0,
-            Work::Matmul { weight, rows } => {
-                self.node + (cost.flops / self.matmul.get(weight)?.rate(rows)).max(cost.bytes / bandwidth)
+            Work::Matmul { weight, rows, shape } => {
+                let exact = shape.and_then(|s| self.products.get(&(weight.to_string(), s)));
+                let curve = match exact {
+                    Some(c) => c,
+                    None => self.matmul.get(weight)?,
+                };
+                self.node + (cost.flops / curve.rate(rows)).max(cost.bytes / bandwidth)
             }
             Work::Attention { rows } => self.node + cost.flops / self.attention.rate(rows),
             Work::Stream => self.node + cost.bytes / self.stream,
@@ -108,23 +137,40 @@ pub fn weight_type(dtype: DType) -> &'static str {
     }
 }
 
-/// The stored dtype behind a value computed from weights alone: the weight itself, or
-/// for a load-time node (a cast, a dequantization) the dtype of its largest weight input.
-fn stored_dtype(graph: &Graph, v: ValueId, depth: usize) -> Option<DType> {
+/// The stored dtype and shape behind a value computed from weights alone: the weight
+/// itself, or for a load-time node (a cast, a dequantization) its largest weight input's.
+fn stored(graph: &Graph, v: ValueId, depth: usize) -> Option<(DType, Vec<u64>)> {
     let value = graph.value(v);
     match &value.def {
-        ValueDef::Weight(w) => Some(w.dtype),
-        ValueDef::Const(_) => value.ty.as_ref().map(|t| t.dtype),
+        ValueDef::Weight(w) => Some((w.dtype, w.shape.iter().map(|&d| d as u64).collect())),
+        ValueDef::Const(_) => value
+            .ty
+            .as_ref()
+            .map(|t| (t.dtype, t.shape.iter().filter_map(|d| d.as_known()).map(|d| d as u64).collect())),
         ValueDef::Node(n) if depth < 8 => {
             let node = graph.node(*n);
             let widest = node.inputs.iter().flatten().copied().max_by_key(|&i| match &graph.value(i).def {
                 ValueDef::Weight(w) => w.byte_len(),
                 _ => 0,
             })?;
-            stored_dtype(graph, widest, depth + 1)
+            stored(graph, widest, depth + 1)
         }
         _ => None,
     }
+}
+
+/// The distinct products `graph` runs: each shape with the type of weight it reads.
+pub fn product_shapes(graph: &Graph) -> Vec<(String, ProductShape)> {
+    let mut shapes: Vec<(String, ProductShape)> = works(graph, &HashMap::new())
+        .into_iter()
+        .filter_map(|w| match w {
+            Work::Matmul { weight, shape: Some(shape), .. } => Some((weight.to_string(), shape)),
+            _ => None,
+        })
+        .collect();
+    shapes.sort_unstable();
+    shapes.dedup();
+    shapes
 }
 
 /// The work of every node under `bindings` (dims the workload does not size count 0).
@@ -165,10 +211,20 @@ pub fn works(graph: &Graph, bindings: &HashMap<String, i64>) -> Vec<Work> {
                         let rows = out.len().checked_sub(2).and_then(|a| out.get(a)).copied().unwrap_or(1.0);
                         return Work::Attention { rows };
                     };
-                    let dtype = weight.and_then(|w| stored_dtype(graph, w, 0)).unwrap_or(DType::F32);
+                    let (dtype, stored_shape) =
+                        weight.and_then(|w| stored(graph, w, 0)).unwrap_or((DType::F32, vec![]));
                     // Rows: the activation's, the product's other side being the weight's.
                     let rows = if constant(1) { rows_of(1) } else { rows_of(2) };
-                    Work::Matmul { weight: weight_type(dtype), rows }
+                    let shape = match (&node.op, constant(1), stored_shape.as_slice()) {
+                        (Op::Gemm(g), true, &[a, b]) if g.transA == 0 => {
+                            let transposed = g.transB != 0;
+                            let (k, n) = if transposed { (b, a) } else { (a, b) };
+                            Some(ProductShape { matmul: false, transposed, k, n })
+                        }
+                        (Op::MatMul(_), true, &[k, n]) => Some(ProductShape { matmul: true, transposed: false, k, n }),
+                        _ => None,
+                    };
+                    Work::Matmul { weight: weight_type(dtype), rows, shape }
                 }
                 Op::Attention(_) => {
                     let q = dims(input(0));
@@ -214,7 +270,23 @@ pub(crate) struct RawKernels {
     stream: String,
     attention: BTreeMap<String, String>,
     matmul: BTreeMap<String, BTreeMap<String, String>>,
+    #[serde(default)]
+    product: Vec<RawProduct>,
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProduct {
+    op: String,
+    transposed: bool,
+    k: u64,
+    n: u64,
+    weight: String,
+    rates: BTreeMap<String, String>,
+}
+
+/// Largest reduction or output size of a measured product.
+pub const MAX_PRODUCT_DIM: u64 = 1 << 24;
 
 fn curve(raw: &BTreeMap<String, String>, what: &str) -> Result<Curve, String> {
     if raw.is_empty() {
@@ -257,7 +329,35 @@ impl RawKernels {
             }
             matmul.insert(ty.clone(), curve(raw, &format!("{what}: kernels.matmul.{ty}"))?);
         }
+        let mut products = BTreeMap::new();
+        for p in &self.product {
+            let key = format!("kernels.product ({} {}×{}, {})", p.op, p.k, p.n, p.weight);
+            if !WEIGHT_TYPES.contains(&p.weight.as_str()) {
+                return Err(format!(
+                    "{what}: {key}: `{}` is not a weight type ({})",
+                    p.weight,
+                    WEIGHT_TYPES.join(", ")
+                ));
+            }
+            let matmul = match p.op.as_str() {
+                "matmul" => true,
+                "gemm" => false,
+                other => return Err(format!("{what}: {key}: op `{other}` is neither `gemm` nor `matmul`")),
+            };
+            if matmul && p.transposed {
+                return Err(format!("{what}: {key}: a `matmul` weight is never transposed"));
+            }
+            if !(1..=MAX_PRODUCT_DIM).contains(&p.k) || !(1..=MAX_PRODUCT_DIM).contains(&p.n) {
+                return Err(format!("{what}: {key}: k and n are 1 to {MAX_PRODUCT_DIM}"));
+            }
+            let shape = ProductShape { matmul, transposed: p.transposed, k: p.k, n: p.n };
+            let curve = curve(&p.rates, &format!("{what}: {key}: rates"))?;
+            if products.insert((p.weight.clone(), shape), curve).is_some() {
+                return Err(format!("{what}: {key} is listed twice"));
+            }
+        }
         Ok(Kernels {
+            products,
             node: positive(&self.node, Kind::Duration, "node")?,
             stream: positive(&self.stream, Kind::Bandwidth, "stream")?,
             matmul,
@@ -280,6 +380,12 @@ pub fn kernels_toml(k: &Kernels) -> String {
     out.push_str("[device.kernels.matmul]\n");
     for (ty, c) in &k.matmul {
         out.push_str(&format!("{ty} = {}\n", curve_toml(c)));
+    }
+    for ((ty, p), c) in &k.products {
+        out.push_str("[[device.kernels.product]]\n");
+        let op = if p.matmul { "matmul" } else { "gemm" };
+        out.push_str(&format!("op = \"{op}\"\ntransposed = {}\nk = {}\nn = {}\n", p.transposed, p.k, p.n));
+        out.push_str(&format!("weight = \"{ty}\"\nrates = {}\n", curve_toml(c)));
     }
     out
 }

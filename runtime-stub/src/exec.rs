@@ -261,8 +261,17 @@ impl Session {
                 continue;
             }
             if constants_only && !self.constant_node[i] {
-                if let Some(f) = &self.fused[i] {
+                let fused = self.fused[i].as_ref();
+                if let Some(f) = fused {
                     self.quant_matrix(i, f)?.touch();
+                }
+                // The weights and constants it reads, loaded as its first run would.
+                for (slot, v) in node.inputs.iter().enumerate() {
+                    let Some(v) = v else { continue };
+                    let stored = matches!(self.graph.value(*v).def, ValueDef::Weight(_) | ValueDef::Const(_));
+                    if stored && fused.is_none_or(|f| slot != f.operand()) {
+                        self.constant(*v)?;
+                    }
                 }
                 continue;
             }

@@ -191,6 +191,10 @@ enum Command {
         /// Fewer sizes, small weight sets, no repeats: seconds, figures less sure.
         #[arg(long)]
         quick: bool,
+        /// Also measure the products of this package's stage (a compile output's device
+        /// folder), each shape with every weight type.
+        #[arg(long, value_name = "DIR")]
+        package: Option<PathBuf>,
     },
 }
 
@@ -281,10 +285,18 @@ fn run(cli: Cli) -> Result<()> {
             let g = node::local(&out, &generation.job()?, &opts).map_err(|e| anyhow!(e))?;
             report(&g, generation.json)
         }
-        Command::Profile { name, quick } => {
+        Command::Profile { name, quick, package } => {
             shardc_passes::devices::check_name(&name).map_err(|e| anyhow!("--name: {e}"))?;
-            let device = shardc_runtime::profile::measure(&name, shardc_runtime::profile::Depth::from_quick(quick))
-                .map_err(|e| anyhow!("profile: {e}"))?;
+            let products = match package {
+                Some(dir) => {
+                    let (_, graph) = shardc_runtime::package::load(&dir).map_err(|e| anyhow!(e))?;
+                    shardc_passes::kernels::product_shapes(&graph)
+                }
+                None => Vec::new(),
+            };
+            let depth = shardc_runtime::profile::Depth::from_quick(quick);
+            let device =
+                shardc_runtime::profile::measure(&name, depth, &products).map_err(|e| anyhow!("profile: {e}"))?;
             print!("{}", shardc_passes::devices::device_toml(&device));
             Ok(())
         }
