@@ -50,6 +50,12 @@ const MODELS: [(&str, &str, &str); 3] = [
     ),
 ];
 
+/// Wait until written files are on disk: write-back of a compile's packages beside a
+/// measurement takes memory bandwidth from it.
+fn sync() {
+    let _ = Command::new("sync").status();
+}
+
 fn shardc(args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_shardc")).args(args).output().expect("shardc");
     if !out.status.success() {
@@ -66,14 +72,20 @@ fn entry(profile: &str, name: &str) -> String {
     format!("[[device]]\nname = \"{name}\"\n{rest}\n")
 }
 
+#[derive(Clone)]
 struct Row {
     model: &'static str,
     devices: usize,
     device: String,
     units: String,
+    /// Median over the runs, and the least and most (prefill, decode).
     measured: [f64; 2],
+    spread: [[f64; 2]; 2],
     predicted: [f64; 2],
 }
+
+/// Runs of each compile (the same packages).
+const REPEATS: usize = 3;
 
 fn main() {
     let run = shardc_run();
@@ -97,6 +109,7 @@ fn main() {
         let model = random_model(&format!("fidelity-{name}"), config);
         let model = model.to_str().expect("path");
         // This host as `shardc profile --model` measures it for this model's products.
+        sync();
         let profile = match &given {
             Some(p) => p.clone(),
             None => shardc(&["profile", "--name", "host", "--model", model, "--weight-type", dtype]),
@@ -130,37 +143,55 @@ fn main() {
             args.extend(common);
             args.extend(["--force", "-q", "-o", out.to_str().expect("path")]);
             shardc(&args);
-            let ran = Command::new(&run)
-                .arg("local")
-                .arg(&out)
-                .args(["--input-ids", &ids, "--max-new-tokens", &tokens.to_string(), "--json", "--no-balance"])
-                .arg("--insecure")
-                .output()
-                .expect("shardc-run");
-            if !ran.status.success() {
-                eprintln!("{}", String::from_utf8_lossy(&ran.stderr));
-                std::process::exit(1);
+            sync();
+            // REPEATS runs; per stage the median of what they measured, and their spread.
+            let mut runs: Vec<Vec<Row>> = Vec::new();
+            for r in 0..REPEATS {
+                let ran = Command::new(&run)
+                    .arg("local")
+                    .arg(&out)
+                    .args(["--input-ids", &ids, "--max-new-tokens", &tokens.to_string(), "--json", "--no-balance"])
+                    .arg("--insecure")
+                    .output()
+                    .expect("shardc-run");
+                if !ran.status.success() {
+                    eprintln!("{}", String::from_utf8_lossy(&ran.stderr));
+                    std::process::exit(1);
+                }
+                let report = scratch.join(format!("{name}-{n}-{r}.json"));
+                std::fs::write(&report, &ran.stdout).expect("report");
+                let mut args = vec!["plan", model];
+                args.extend(common);
+                args.extend(["--json", "--calibrate", report.to_str().expect("path")]);
+                let plan: serde_json::Value = serde_json::from_str(&shardc(&args)).expect("plan JSON");
+                let stages = plan["calibration"]["devices"].as_array().expect("calibrated devices");
+                runs.push(
+                    stages
+                        .iter()
+                        .map(|d| {
+                            let f = |k: &str| d[k].as_f64().unwrap_or(f64::NAN);
+                            let unit = |i: usize| d["units"][i].as_str().unwrap_or("?").to_string();
+                            Row {
+                                model: name,
+                                devices: *n,
+                                device: d["device"].as_str().unwrap_or("?").to_string(),
+                                units: format!("{} .. {}", unit(0), unit(1)),
+                                measured: [f("measured_prefill_ms"), f("measured_decode_ms")],
+                                spread: [[0.0; 2]; 2],
+                                predicted: [f("predicted_prefill_ms"), f("predicted_decode_ms")],
+                            }
+                        })
+                        .collect(),
+                );
             }
-            let report = scratch.join(format!("{name}-{n}.json"));
-            std::fs::write(&report, &ran.stdout).expect("report");
-            let mut args = vec!["plan", model];
-            args.extend(common);
-            args.extend(["--json", "--calibrate", report.to_str().expect("path")]);
-            let plan: serde_json::Value = serde_json::from_str(&shardc(&args)).expect("plan JSON");
-            for d in plan["calibration"]["devices"].as_array().expect("calibrated devices") {
-                let f = |k: &str| d[k].as_f64().unwrap_or(f64::NAN);
-                rows.push(Row {
-                    model: name,
-                    devices: *n,
-                    device: d["device"].as_str().unwrap_or("?").to_string(),
-                    units: format!(
-                        "{} .. {}",
-                        d["units"][0].as_str().unwrap_or("?"),
-                        d["units"][1].as_str().unwrap_or("?")
-                    ),
-                    measured: [f("measured_prefill_ms"), f("measured_decode_ms")],
-                    predicted: [f("predicted_prefill_ms"), f("predicted_decode_ms")],
-                });
+            for (i, mut row) in runs[0].clone().into_iter().enumerate() {
+                for phase in 0..2 {
+                    let mut v: Vec<f64> = runs.iter().map(|r| r[i].measured[phase]).collect();
+                    v.sort_by(f64::total_cmp);
+                    row.measured[phase] = v[v.len() / 2];
+                    row.spread[phase] = [v[0], v[v.len() - 1]];
+                }
+                rows.push(row);
             }
         }
     }
@@ -169,7 +200,10 @@ fn main() {
 
 fn report(rows: &[Row], prompt: usize, tokens: usize) {
     println!("\n{prompt}-token prompt, {tokens} new tokens; predicted / measured − 1 per stage (target: within 10%)");
-    println!("| model | devices | stage | units | prefill measured | predicted | error | decode step measured | predicted | error |");
+    println!("measured: median of {REPEATS} runs (least – most)");
+    println!(
+        "| model | devices | stage | units | prefill measured | predicted | error | decode step measured | predicted | error |"
+    );
     println!("|---|---|---|---|---|---|---|---|---|---|");
     let mut worst = [0f64; 2];
     for r in rows {
@@ -178,15 +212,19 @@ fn report(rows: &[Row], prompt: usize, tokens: usize) {
             *w = w.max(err(i).abs());
         }
         println!(
-            "| {} | {} | {} | {} | {:.1} ms | {:.1} ms | {:+.1}% | {:.2} ms | {:.2} ms | {:+.1}% |",
+            "| {} | {} | {} | {} | {:.1} ms ({:.1}–{:.1}) | {:.1} ms | {:+.1}% | {:.2} ms ({:.2}–{:.2}) | {:.2} ms | {:+.1}% |",
             r.model,
             r.devices,
             r.device,
             r.units,
             r.measured[0],
+            r.spread[0][0],
+            r.spread[0][1],
             r.predicted[0],
             100.0 * err(0),
             r.measured[1],
+            r.spread[1][0],
+            r.spread[1][1],
             r.predicted[1],
             100.0 * err(1)
         );

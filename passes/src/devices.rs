@@ -301,14 +301,15 @@ pub fn parse(text: &str, path: &Path) -> Result<Profile, ProfileError> {
 pub fn device_toml(d: &Device) -> String {
     let mut out = String::from("[[device]]\n");
     out.push_str(&format!("name = \"{}\"\n", d.name));
-    out.push_str(&format!("memory = \"{:.2} GiB\"\n", d.memory / (1u64 << 30) as f64));
+    out.push_str(&format!("memory = \"{}\"\n", quantity::bytes_text(d.memory)));
     if d.flops.len() == 1 && d.flops.contains_key("*") {
-        out.push_str(&format!("flops = \"{:.1} GFLOP/s\"\n", d.flops["*"] / 1e9));
+        out.push_str(&format!("flops = \"{}\"\n", quantity::text(d.flops["*"], Kind::Flops)));
     } else {
-        let parts: Vec<String> = d.flops.iter().map(|(k, v)| format!("{k} = \"{:.1} GFLOP/s\"", v / 1e9)).collect();
+        let parts: Vec<String> =
+            d.flops.iter().map(|(k, v)| format!("{k} = \"{}\"", quantity::text(*v, Kind::Flops))).collect();
         out.push_str(&format!("flops = {{ {} }}\n", parts.join(", ")));
     }
-    out.push_str(&format!("bandwidth = \"{:.1} GB/s\"\n", d.bandwidth / 1e9));
+    out.push_str(&format!("bandwidth = \"{}\"\n", quantity::text(d.bandwidth, Kind::Bandwidth)));
     if let Some(k) = &d.kernels {
         out.push_str(&kernels_toml(k));
     }

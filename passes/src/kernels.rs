@@ -104,11 +104,10 @@ pub enum Work {
 }
 
 impl Kernels {
-    /// Seconds of one node on a device of memory `bandwidth` (bytes/s); `None` when the
-    /// table has no rate for its weight type. A product never runs faster than its
-    /// bytes (mostly the weight's) stream from memory: the table's rates come from a
-    /// set of weights that a large cache may hold, a model's weights from memory.
-    pub fn time(&self, work: Work, cost: &NodeCost, bandwidth: f64) -> Option<f64> {
+    /// Seconds of one node; `None` when the table has no rate for its weight type. The
+    /// product rates were measured with the weights in memory, not in a cache, as a
+    /// model's steps find them (one row: the rate weights stream at).
+    pub fn time(&self, work: Work, cost: &NodeCost) -> Option<f64> {
         Some(match work {
             Work::Load => 0.0,
             Work::Matmul { weight, rows, shape } => {
@@ -117,7 +116,7 @@ impl Kernels {
                     Some(c) => c,
                     None => self.matmul.get(weight)?,
                 };
-                self.node + (cost.flops / curve.rate(rows)).max(cost.bytes / bandwidth)
+                self.node + cost.flops / curve.rate(rows)
             }
             Work::Attention { rows } => self.node + cost.flops / self.attention.rate(rows),
             Work::Stream => self.node + cost.bytes / self.stream,
@@ -367,15 +366,16 @@ impl RawKernels {
 }
 
 fn curve_toml(c: &Curve) -> String {
-    let parts: Vec<String> = c.0.iter().map(|(r, v)| format!("{r} = \"{:.3} GFLOP/s\"", v / 1e9)).collect();
+    let parts: Vec<String> =
+        c.0.iter().map(|(r, v)| format!("{r} = \"{}\"", quantity::text(*v, Kind::Flops))).collect();
     format!("{{ {} }}", parts.join(", "))
 }
 
 /// The `[device.kernels]` tables of a device entry.
 pub fn kernels_toml(k: &Kernels) -> String {
     let mut out = String::from("[device.kernels]\n");
-    out.push_str(&format!("node = \"{:.3} us\"\n", k.node * 1e6));
-    out.push_str(&format!("stream = \"{:.3} GB/s\"\n", k.stream / 1e9));
+    out.push_str(&format!("node = \"{}\"\n", quantity::text(k.node, Kind::Duration)));
+    out.push_str(&format!("stream = \"{}\"\n", quantity::text(k.stream, Kind::Bandwidth)));
     out.push_str(&format!("attention = {}\n", curve_toml(&k.attention)));
     out.push_str("[device.kernels.matmul]\n");
     for (ty, c) in &k.matmul {

@@ -102,9 +102,47 @@ pub fn bytes_text(n: f64) -> String {
     }
 }
 
+/// A quantity as a profile states it, with the prefix that puts it in [1, 1000) and four
+/// significant digits (`5.262 GFLOP/s`, `250.0 MB/s`, `2.000 us`), so that what
+/// [`parse`] reads back is within 0.05% of `value` at any magnitude. Bytes take
+/// [`bytes_text`].
+pub fn text(value: f64, kind: Kind) -> String {
+    let (unit, prefixes): (&str, &[(&str, f64)]) = match kind {
+        Kind::Bytes => return bytes_text(value),
+        Kind::Flops => ("FLOP/s", &[("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3), ("", 1.0)]),
+        Kind::Bandwidth => ("B/s", &[("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3), ("", 1.0)]),
+        Kind::Duration => ("s", &[("", 1.0), ("m", 1e-3), ("u", 1e-6), ("n", 1e-9)]),
+    };
+    if value == 0.0 || !value.is_finite() {
+        return format!("{value} {}{unit}", prefixes.last().map_or("", |p| p.0));
+    }
+    let (p, scale) = prefixes.iter().find(|(_, s)| value.abs() >= *s).copied().unwrap_or(prefixes[prefixes.len() - 1]);
+    let v = value / scale;
+    let decimals = (3 - v.abs().log10().floor() as i32).clamp(0, 3) as usize;
+    format!("{v:.decimals$} {p}{unit}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quantities_are_written_as_profiles_read_them() {
+        for (v, kind, shown) in [
+            (5.262e9, Kind::Flops, "5.262 GFLOP/s"),
+            (118.81e9, Kind::Flops, "118.8 GFLOP/s"),
+            (2.5e8, Kind::Bandwidth, "250.0 MB/s"),
+            (1e15, Kind::Bandwidth, "1.000 PB/s"),
+            (3.0, Kind::Bandwidth, "3.000 B/s"),
+            (2e-6, Kind::Duration, "2.000 us"),
+            (0.0, Kind::Duration, "0 ns"),
+            (1.5e-11, Kind::Duration, "0.015 ns"),
+        ] {
+            assert_eq!(text(v, kind), shown);
+            let back = parse(&text(v, kind), kind).unwrap();
+            assert!((back - v).abs() <= 5e-4 * v.abs() + 1e-11, "{v} → {shown} → {back}");
+        }
+    }
 
     #[test]
     fn parses_the_units_profiles_use() {

@@ -67,7 +67,7 @@ pub fn build(graph: &Graph, seg: &Segmentation, profile: &Profile, inputs: &Plan
         nodes
             .iter()
             .map(|&i| match &d.kernels {
-                Some(k) => k.time(work[i], &costs[i], d.bandwidth).unwrap_or(f64::INFINITY),
+                Some(k) => k.time(work[i], &costs[i]).unwrap_or(f64::INFINITY),
                 None => (costs[i].flops / f).max(costs[i].bytes / d.bandwidth),
             })
             .sum()

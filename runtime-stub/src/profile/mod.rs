@@ -96,6 +96,8 @@ const DIM: usize = 1024;
 /// Weight bytes each measured run reads at least (copies of one matrix), so that a run
 /// is long enough to time.
 const SET_BYTES: usize = 16 << 20;
+/// Weight bytes the bandwidth is measured over.
+const BANDWIDTH_BYTES: usize = 128 << 20;
 /// Most elements of one measured product's weight (a 256k-token head of 4096).
 const MAX_PRODUCT_ELEMENTS: u64 = 1 << 30;
 /// Attention: heads, head size, and keys (the rows, when more).
@@ -147,11 +149,13 @@ impl Evict {
     }
 
     fn run(&mut self) {
-        // One write per cache line: the line is brought in and the weights' lines leave.
+        // One read per cache line: the lines come in and the weights' lines leave,
+        // with nothing dirty left to write back during the timed run.
+        let mut sum = 0u8;
         for i in (0..self.0.len()).step_by(64) {
-            self.0[i] = self.0[i].wrapping_add(1);
+            sum = sum.wrapping_add(self.0[i]);
         }
-        std::hint::black_box(&self.0);
+        std::hint::black_box(sum);
     }
 }
 
@@ -180,9 +184,14 @@ impl Scratch {
         Ok(Scratch(dir))
     }
 
+    /// Write `name` and wait until it is on disk, so that no write-back runs beside a
+    /// timed run.
     fn write(&self, name: &str, bytes: &[u8]) -> Result<(), String> {
         let path = self.0.join(name);
-        std::fs::write(&path, bytes).map_err(|e| format!("cannot write {}: {e}", path.display()))
+        let fail = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
+        let mut f = std::fs::File::create(&path).map_err(fail)?;
+        std::io::Write::write_all(&mut f, bytes).map_err(fail)?;
+        f.sync_all().map_err(fail)
     }
 }
 
@@ -216,8 +225,7 @@ fn run_time(
 }
 
 /// FLOP/s of products of `shape` with `dtype` weights at each of the depth's rows, the
-/// weights read from memory (caches flushed before each run); and the bytes per second
-/// their weights were read at by one row.
+/// weights read from memory (caches flushed before each run).
 fn product_curve(
     scratch: &Scratch,
     evict: &mut Evict,
@@ -225,25 +233,21 @@ fn product_curve(
     shape: ProductShape,
     node: f64,
     depth: Depth,
-) -> Result<(Curve, f64), String> {
+) -> Result<Curve, String> {
     let copies = (depth.scaled(SET_BYTES) / stored_bytes(dtype, shape)).max(1);
     let graph = weights_graph(scratch, dtype, shape, copies)?;
     let session = Session::new(graph, &scratch.0);
     let mut points = Vec::new();
-    let mut read_rate = 0.0;
     for (i, &rows) in depth.rows().iter().enumerate() {
         let x = tensor(&[rows, shape.k as usize], i as u64);
         let t = run_time(&session, &[("x", x)], depth.runs(3), Some(&mut *evict))?;
-        if i == 0 {
-            read_rate = (copies * stored_bytes(dtype, shape)) as f64 / t;
-        }
         let per = (t / copies as f64 - node).max(t / copies as f64 * 0.05);
         points.push((rows as f64, 2.0 * (rows as u64 * shape.k * shape.n) as f64 / per));
     }
     drop(session);
     std::fs::remove_file(scratch.0.join(format!("{dtype}.bin")))
         .map_err(|e| format!("cannot remove a weight file: {e}"))?;
-    Ok((Curve(points), read_rate))
+    Ok(Curve(points))
 }
 
 /// FLOP/s of attention's two products (scores, then context) at each of [`ROWS`].
@@ -304,10 +308,22 @@ fn stream_fit(depth: Depth) -> Result<(f64, f64), String> {
     Ok((intercept / 7.0, 1.0 / slope))
 }
 
+/// Bytes per second one-row products read f32 weights at from memory (caches flushed):
+/// [`BANDWIDTH_BYTES`] of weights, median of seven runs.
+fn weight_bandwidth(scratch: &Scratch, evict: &mut Evict, depth: Depth) -> Result<f64, String> {
+    let one = stored_bytes("f32", GENERIC);
+    let copies = (depth.scaled(BANDWIDTH_BYTES) / one).max(1);
+    let session = Session::new(weights_graph(scratch, "f32", GENERIC, copies)?, &scratch.0);
+    let t = run_time(&session, &[("x", tensor(&[1, DIM], 5))], depth.runs(7), Some(evict))?;
+    drop(session);
+    std::fs::remove_file(scratch.0.join("f32.bin")).map_err(|e| format!("cannot remove a weight file: {e}"))?;
+    Ok((copies * one) as f64 / t)
+}
+
 /// What the runtime's kernels reach on this host; each of `products` (a model's own
 /// product shapes) measured too, with every weight type.
 /// Returns them with the bytes per second f32 weights are read at by one row (the
-/// memory bandwidth a decode step sees).
+/// memory bandwidth a decode step sees, [`weight_bandwidth`]).
 fn kernels(
     scratch: &Scratch,
     evict: &mut Evict,
@@ -316,14 +332,10 @@ fn kernels(
 ) -> Result<(Kernels, f64), String> {
     let (node, stream) = stream_fit(depth)?;
     let mut matmul = BTreeMap::new();
-    let mut bandwidth = 0.0;
     for dtype in WEIGHT_TYPES {
-        let (curve, read) = product_curve(scratch, evict, dtype, GENERIC, node, depth)?;
-        if dtype == "f32" {
-            bandwidth = read;
-        }
-        matmul.insert(dtype.to_string(), curve);
+        matmul.insert(dtype.to_string(), product_curve(scratch, evict, dtype, GENERIC, node, depth)?);
     }
+    let bandwidth = weight_bandwidth(scratch, evict, depth)?;
     let mut measured = BTreeMap::new();
     {
         for (dtype, shape) in products {
@@ -335,8 +347,7 @@ fn kernels(
             if !WEIGHT_TYPES.contains(&dtype.as_str()) {
                 return Err(format!("`{dtype}` is not a weight type ({})", WEIGHT_TYPES.join(", ")));
             }
-            let (curve, _) = product_curve(scratch, evict, dtype, shape, node, depth)?;
-            measured.insert((dtype.clone(), shape), curve);
+            measured.insert((dtype.clone(), shape), product_curve(scratch, evict, dtype, shape, node, depth)?);
         }
     }
     let attention = attention_curve(node, depth)?;
