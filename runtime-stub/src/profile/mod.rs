@@ -1,11 +1,13 @@
 //! Measure this host with the runtime's own kernels, run through [`Session`] on small
 //! graphs as a package's graph runs: products with a weight of every stored type
 //! (f32, f16, bf16, int8, int4 as shardc quantizes them) at decode and prefill row
-//! counts, attention's two products of activations, and the fixed cost per node and
-//! the byte rate of the other nodes; plus sustained square-product FLOP/s, the
-//! bandwidth at which a decode step's product streams weights, and usable memory
-//! (`MemAvailable`). Weights are written
-//! to a private folder under the system's temporary one, removed afterwards.
+//! counts, with the caches flushed before each timed run (a model's step reads more
+//! weights than caches hold), and optionally a model's own product shapes; attention's
+//! two products of activations; the fixed cost per node and the byte rate of the other
+//! nodes; plus sustained square-product FLOP/s, the bandwidth at which a decode step's
+//! product streams weights (for profiles read without the kernel table), and usable
+//! memory (`MemAvailable`). Weights are written to a private folder under the system's
+//! temporary one, removed afterwards.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -25,11 +27,15 @@ use crate::Session;
 pub use graphs::GENERIC;
 use graphs::{stored_bytes, weights_graph};
 
-/// Median of repeated timings of `f` after one untimed run, seconds.
-fn time(runs: usize, mut f: impl FnMut()) -> f64 {
+/// Median of `runs` timings of `f` after one untimed run, seconds; each run after the
+/// caches were flushed when `evict` is given.
+fn time(runs: usize, mut evict: Option<&mut Evict>, mut f: impl FnMut()) -> f64 {
     f();
     let mut t: Vec<f64> = (0..runs)
         .map(|_| {
+            if let Some(e) = evict.as_deref_mut() {
+                e.run();
+            }
             let s = Instant::now();
             f();
             s.elapsed().as_secs_f64()
@@ -159,20 +165,6 @@ impl Evict {
     }
 }
 
-/// Median time of `runs` runs of `f`, each after the caches were flushed, seconds.
-fn time_cold(runs: usize, evict: &mut Evict, mut f: impl FnMut()) -> f64 {
-    let mut t: Vec<f64> = (0..runs)
-        .map(|_| {
-            evict.run();
-            let s = Instant::now();
-            f();
-            s.elapsed().as_secs_f64()
-        })
-        .collect();
-    t.sort_by(f64::total_cmp);
-    t[t.len() / 2]
-}
-
 /// A private folder, removed when dropped.
 struct Scratch(PathBuf);
 
@@ -215,13 +207,9 @@ fn run_time(
 ) -> Result<f64, String> {
     let feed = || inputs.iter().map(|(n, t)| (n.to_string(), t.clone())).collect::<Vec<_>>();
     session.run(feed()).map_err(|e| format!("profile run: {e}"))?;
-    let run = || {
+    Ok(time(runs, evict, || {
         let _ = std::hint::black_box(session.run(feed()));
-    };
-    Ok(match evict {
-        Some(e) => time_cold(runs, e, run),
-        None => time(runs, run),
-    })
+    }))
 }
 
 /// FLOP/s of products of `shape` with `dtype` weights at each of the depth's rows, the
@@ -360,7 +348,7 @@ pub fn measure(name: &str, depth: Depth, products: &[(String, ProductShape)]) ->
     let a = Tensor::f32(ArrayD::from_elem(IxDyn(&[n, n]), 0.5));
     let b = Tensor::f32(ArrayD::from_elem(IxDyn(&[n, n]), 0.25));
     let op = Op::MatMul(MatMul {});
-    let secs = time(depth.runs(5), || {
+    let secs = time(depth.runs(5), None, || {
         let _ = std::hint::black_box(kernels::run(&op, &[Some(&a), Some(&b)], 1));
     });
     let flops = 2.0 * (n * n * n) as f64 / secs;
