@@ -119,8 +119,16 @@ impl Kernels {
                 self.node + cost.flops / curve.rate(rows)
             }
             Work::Attention { rows } => self.node + cost.flops / self.attention.rate(rows),
-            Work::Stream => self.node + cost.bytes / self.stream,
+            // Never faster than its FLOPs at the best rate the table states (an Einsum
+            // with a weight, say, is no element-wise node).
+            Work::Stream => self.node + (cost.bytes / self.stream).max(cost.flops / self.peak()),
         })
+    }
+
+    /// The highest rate a generic product or attention reached.
+    fn peak(&self) -> f64 {
+        let curves = self.matmul.values().chain([&self.attention]);
+        curves.flat_map(|c| c.0.iter().map(|p| p.1)).fold(0.0, f64::max)
     }
 }
 
@@ -402,5 +410,22 @@ mod tests {
         assert!((c.rate(4.0) - 6e9).abs() < 1e-3);
         assert!((c.rate(64.0) - 30e9).abs() < 1e-3);
         assert_eq!(c.rate(1000.0), 50e9);
+    }
+
+    #[test]
+    fn no_node_outruns_the_tables_best_rate() {
+        let k = Kernels {
+            node: 0.0,
+            stream: 1e15,
+            matmul: BTreeMap::from([("f32".to_string(), Curve(vec![(1.0, 1e8), (256.0, 2e9)]))]),
+            attention: Curve(vec![(1.0, 1e9)]),
+            products: BTreeMap::new(),
+        };
+        let heavy = NodeCost { flops: 4e9, bytes: 1e6 };
+        assert_eq!(k.time(Work::Stream, &heavy), Some(2.0), "an einsum's FLOPs at 2 GFLOP/s");
+        let light = NodeCost { flops: 0.0, bytes: 1e15 };
+        assert_eq!(k.time(Work::Stream, &light), Some(1.0));
+        let product = Work::Matmul { weight: "int4", rows: 1.0, shape: None };
+        assert_eq!(k.time(product, &heavy), None, "no rate for int4");
     }
 }
