@@ -132,6 +132,16 @@ impl Kernels {
     }
 }
 
+/// The stored dtype a [`WEIGHT_TYPES`] name stands for (`int8`: i8, `int4`: i4).
+pub fn weight_dtype(name: &str) -> Option<DType> {
+    match name {
+        "int8" => Some(DType::I8),
+        "int4" => Some(DType::I4),
+        "f32" | "f16" | "bf16" => name.parse().ok(),
+        _ => None,
+    }
+}
+
 /// The name the matmul table gives a stored weight dtype.
 pub fn weight_type(dtype: DType) -> &'static str {
     match dtype {
@@ -294,6 +304,8 @@ struct RawProduct {
 
 /// Largest reduction or output size of a measured product.
 pub const MAX_PRODUCT_DIM: u64 = 1 << 24;
+/// Largest row count a rate is given at.
+pub const MAX_ROWS: u64 = 1 << 24;
 
 fn curve(raw: &BTreeMap<String, String>, what: &str) -> Result<Curve, String> {
     if raw.is_empty() {
@@ -304,8 +316,8 @@ fn curve(raw: &BTreeMap<String, String>, what: &str) -> Result<Curve, String> {
         let r: u64 = rows
             .parse()
             .ok()
-            .filter(|&r| r > 0 && r <= 1 << 24)
-            .ok_or_else(|| format!("{what}: `{rows}` is not a row count (1 to {})", 1 << 24))?;
+            .filter(|r| (1..=MAX_ROWS).contains(r))
+            .ok_or_else(|| format!("{what}: `{rows}` is not a row count (1 to {MAX_ROWS})"))?;
         let v = quantity::parse(rate, Kind::Flops).map_err(|m| format!("{what}.{rows}: {m}"))?;
         if v <= 0.0 {
             return Err(format!("{what}.{rows} must be positive, is `{rate}`"));

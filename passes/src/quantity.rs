@@ -107,10 +107,11 @@ pub fn bytes_text(n: f64) -> String {
 /// [`parse`] reads back is within 0.05% of `value` at any magnitude. Bytes take
 /// [`bytes_text`].
 pub fn text(value: f64, kind: Kind) -> String {
+    const DECIMAL: &[(&str, f64)] = &[("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3), ("", 1.0)];
     let (unit, prefixes): (&str, &[(&str, f64)]) = match kind {
         Kind::Bytes => return bytes_text(value),
-        Kind::Flops => ("FLOP/s", &[("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3), ("", 1.0)]),
-        Kind::Bandwidth => ("B/s", &[("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3), ("", 1.0)]),
+        Kind::Flops => ("FLOP/s", DECIMAL),
+        Kind::Bandwidth => ("B/s", DECIMAL),
         Kind::Duration => ("s", &[("", 1.0), ("m", 1e-3), ("u", 1e-6), ("n", 1e-9)]),
     };
     if value == 0.0 || !value.is_finite() {

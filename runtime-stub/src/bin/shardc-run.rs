@@ -192,7 +192,7 @@ enum Command {
         #[arg(long)]
         quick: bool,
         /// Also measure the products of this package's stage (a compile output's device
-        /// folder), each shape with every weight type.
+        /// folder), each shape with the weight type it reads.
         #[arg(long, value_name = "DIR")]
         package: Option<PathBuf>,
     },

@@ -3,7 +3,7 @@
 //! compile --quantize` does).
 
 use shardc_ir::{Graph, ValueDef, WeightLocation};
-use shardc_passes::kernels::ProductShape;
+use shardc_passes::kernels::{weight_dtype, ProductShape};
 use shardc_passes::quantize::{quantize, quantize_matrix, Quantization, Scheme};
 
 use super::{parse, values, Scratch, DIM};
@@ -11,15 +11,18 @@ use super::{parse, values, Scratch, DIM};
 /// The products measured for every weight type: `x[rows, DIM] · wᵀ`, `w` `DIM × DIM`.
 pub const GENERIC: ProductShape = ProductShape { matmul: false, transposed: true, k: DIM as u64, n: DIM as u64 };
 
-/// Bytes of one `shape` weight stored as `dtype`.
+/// Bytes of one `shape` weight stored as `dtype` (a [`WEIGHT_TYPES`] name; its scales
+/// not counted).
+///
+/// [`WEIGHT_TYPES`]: shardc_passes::kernels::WEIGHT_TYPES
 pub(super) fn stored_bytes(dtype: &str, shape: ProductShape) -> usize {
-    let elements = (shape.k * shape.n) as usize;
-    match dtype {
-        "int4" => elements.div_ceil(2),
-        "int8" => elements,
-        "f32" => elements * 4,
-        _ => elements * 2,
-    }
+    let stored = weight_dtype(dtype).unwrap_or(shardc_ir::DType::F32);
+    stored.byte_len(shape.k * shape.n).unwrap_or(u64::MAX) as usize
+}
+
+/// The scratch file [`weights_graph`] writes `dtype` weights to.
+pub(super) fn weight_file(dtype: &str) -> String {
+    format!("{dtype}.bin")
 }
 
 /// `copies` products of `shape` (`x[rows, k]` by a weight), each weight of `dtype`
@@ -64,7 +67,7 @@ pub(super) fn weights_graph(
     copies: usize,
 ) -> Result<Graph, String> {
     let source = values((shape.k * shape.n) as usize, 7);
-    let file = format!("{dtype}.bin");
+    let file = weight_file(dtype);
     match dtype {
         "f32" | "f16" | "bf16" => {
             let one: Vec<u8> = match dtype {

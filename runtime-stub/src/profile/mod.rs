@@ -25,7 +25,7 @@ use crate::kernels;
 use crate::tensor::Tensor;
 use crate::Session;
 pub use graphs::GENERIC;
-use graphs::{stored_bytes, weights_graph};
+use graphs::{stored_bytes, weight_file, weights_graph};
 
 /// Median of `runs` timings of `f` after one untimed run, seconds; each run after the
 /// caches were flushed when `evict` is given.
@@ -185,6 +185,11 @@ impl Scratch {
         std::io::Write::write_all(&mut f, bytes).map_err(fail)?;
         f.sync_all().map_err(fail)
     }
+
+    fn remove(&self, name: &str) -> Result<(), String> {
+        let path = self.0.join(name);
+        std::fs::remove_file(&path).map_err(|e| format!("cannot remove {}: {e}", path.display()))
+    }
 }
 
 impl Drop for Scratch {
@@ -233,8 +238,7 @@ fn product_curve(
         points.push((rows as f64, 2.0 * (rows as u64 * shape.k * shape.n) as f64 / per));
     }
     drop(session);
-    std::fs::remove_file(scratch.0.join(format!("{dtype}.bin")))
-        .map_err(|e| format!("cannot remove a weight file: {e}"))?;
+    scratch.remove(&weight_file(dtype))?;
     Ok(Curve(points))
 }
 
@@ -304,13 +308,12 @@ fn weight_bandwidth(scratch: &Scratch, evict: &mut Evict, depth: Depth) -> Resul
     let session = Session::new(weights_graph(scratch, "f32", GENERIC, copies)?, &scratch.0);
     let t = run_time(&session, &[("x", tensor(&[1, DIM], 5))], depth.runs(7), Some(evict))?;
     drop(session);
-    std::fs::remove_file(scratch.0.join("f32.bin")).map_err(|e| format!("cannot remove a weight file: {e}"))?;
+    scratch.remove(&weight_file("f32"))?;
     Ok((copies * one) as f64 / t)
 }
 
 /// What the runtime's kernels reach on this host; each of `products` (a model's own
-/// product shapes) measured too, with every weight type.
-/// Returns them with the bytes per second f32 weights are read at by one row (the
+/// product shapes, each with a weight type) measured too. Returns them with the bytes per second f32 weights are read at by one row (the
 /// memory bandwidth a decode step sees, [`weight_bandwidth`]).
 fn kernels(
     scratch: &Scratch,
@@ -325,18 +328,8 @@ fn kernels(
     }
     let bandwidth = weight_bandwidth(scratch, evict, depth)?;
     let mut measured = BTreeMap::new();
-    {
-        for (dtype, shape) in products {
-            let shape = *shape;
-            let too_large = shape.k.checked_mul(shape.n).is_none_or(|e| e > MAX_PRODUCT_ELEMENTS);
-            if too_large {
-                return Err(format!("a {}×{} product is more than this profile measures", shape.k, shape.n));
-            }
-            if !WEIGHT_TYPES.contains(&dtype.as_str()) {
-                return Err(format!("`{dtype}` is not a weight type ({})", WEIGHT_TYPES.join(", ")));
-            }
-            measured.insert((dtype.clone(), shape), product_curve(scratch, evict, dtype, shape, node, depth)?);
-        }
+    for (dtype, shape) in products {
+        measured.insert((dtype.clone(), *shape), product_curve(scratch, evict, dtype, *shape, node, depth)?);
     }
     let attention = attention_curve(node, depth)?;
     Ok((Kernels { node, stream, matmul, attention, products: measured }, bandwidth))
@@ -344,6 +337,15 @@ fn kernels(
 
 /// Measure this host.
 pub fn measure(name: &str, depth: Depth, products: &[(String, ProductShape)]) -> Result<Device, String> {
+    // Products that cannot be measured are refused before any measuring.
+    for (dtype, shape) in products {
+        if !WEIGHT_TYPES.contains(&dtype.as_str()) {
+            return Err(format!("`{dtype}` is not a weight type ({})", WEIGHT_TYPES.join(", ")));
+        }
+        if shape.k.checked_mul(shape.n).is_none_or(|e| e > MAX_PRODUCT_ELEMENTS) {
+            return Err(format!("a {}×{} product is more than this profile measures", shape.k, shape.n));
+        }
+    }
     let n = 512;
     let a = Tensor::f32(ArrayD::from_elem(IxDyn(&[n, n]), 0.5));
     let b = Tensor::f32(ArrayD::from_elem(IxDyn(&[n, n]), 0.25));
