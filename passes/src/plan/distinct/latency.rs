@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::Range;
 
+use super::improve::{full_order, EVALUATIONS};
 use super::lagrange::{multipliers, relax};
 use super::{better, Clock, Found, Tables, ABS_EPS, REL_EPS};
 use crate::plan::problem::Plan;
@@ -253,10 +254,19 @@ impl Layers<'_, '_> {
     }
 }
 
+/// The incumbent after [`Tables::improve`] on its device order.
+fn polish(t: &Tables, incumbent: Option<(Plan, f64)>) -> Option<(Plan, f64)> {
+    let used: Vec<usize> = incumbent.as_ref()?.0.iter().map(|s| s.device.index()).collect();
+    let (order, _) = t.improve(full_order(&used, t.nd), EVALUATIONS);
+    better(incumbent, t.plan_for(&order))
+}
+
 pub(super) fn solve(t: &Tables, incumbent: Option<(Plan, f64)>, budget: u64, clock: &Clock) -> Found {
     let (n, nd) = (t.n, t.nd);
-    let mut best = incumbent;
+    // A better incumbent aims the subgradient steps better and prunes more.
+    let mut best = polish(t, incumbent);
     let (lambda, root_bound) = multipliers(t, &mut best, clock);
+    let best = polish(t, best);
     if root_bound == INF {
         return Found { plan: None, lower: INF, nodes: 0, timed_out: false };
     }

@@ -22,6 +22,7 @@
 //! lower bound on the optimum, so the status line gives the gap.
 
 pub mod bottleneck;
+mod improve;
 mod lagrange;
 pub mod latency;
 
