@@ -21,13 +21,19 @@ impl Tables<'_> {
     /// subsequence of it) with `work` as scratch, or infinite when none fits: the sums
     /// the search compares, not the evaluated figures.
     pub(super) fn order_cost(&self, order: &[usize], work: &mut Vec<f64>) -> f64 {
+        work.clear();
+        self.order_cost_from(order, work, 0)
+    }
+
+    /// [`Tables::order_cost`] when `work` already holds the rows of `order[..from]`
+    /// (an order that differs from the last one costed from position `from` on).
+    fn order_cost_from(&self, order: &[usize], work: &mut Vec<f64>, from: usize) -> f64 {
         let (n, m) = (self.n, order.len());
         // work[j * (n + 1) + e]: cheapest cover of units 0..e whose last stage is on order[j].
-        work.clear();
+        work.truncate(from * (n + 1));
         work.resize(m * (n + 1), INF);
-        let mut best = INF;
         let mut window: std::collections::VecDeque<(usize, f64)> = std::collections::VecDeque::new();
-        for (j, &d) in order.iter().enumerate() {
+        for (j, &d) in order.iter().enumerate().skip(from) {
             let reach = &self.reach[d];
             let acc = &self.acc[d];
             window.clear();
@@ -65,17 +71,16 @@ impl Tables<'_> {
                     work[j * (n + 1) + e] = base + acc[e];
                 }
             }
-            best = best.min(work[j * (n + 1) + n]);
         }
-        best
+        (0..m).map(|j| work[j * (n + 1) + n]).fold(INF, f64::min)
     }
 
-    /// Improve `order` by moving one device at a time while that lowers its cost; the
-    /// improved order and its cost.
+    /// Improve `order` by moving one device at a time while that lowers its cost: moves
+    /// tried in turn, going on after one that is taken, until a whole round takes none
+    /// or `budget` evaluations are spent. The order and its cost.
     pub(super) fn improve(&self, mut order: Vec<usize>, budget: usize) -> (Vec<usize>, f64) {
-        let mut work = Vec::new();
-        let mut cost = self.order_cost(&order, &mut work);
-        let mut evaluations = 0;
+        let (mut base, mut work) = (Vec::new(), Vec::new());
+        let mut cost = self.order_cost(&order, &mut base);
         let m = order.len();
         let mut trial = Vec::with_capacity(m);
         // Moves: (i, j, false) takes the device at i out and puts it back at j;
@@ -84,27 +89,30 @@ impl Tables<'_> {
             .flat_map(|i| (0..m).filter(move |&j| j != i).map(move |j| (i, j, false)))
             .chain((0..m).flat_map(|i| (i + 1..m).map(move |j| (i, j, true))))
             .collect();
-        'moves: while evaluations < budget {
-            for &(i, j, swap) in &moves {
-                if evaluations >= budget {
-                    break;
-                }
-                trial.clear();
-                trial.extend_from_slice(&order);
-                if swap {
-                    trial.swap(i, j);
-                } else {
-                    let d = trial.remove(i);
-                    trial.insert(j, d);
-                }
-                evaluations += 1;
-                let c = self.order_cost(&trial, &mut work);
-                if c < cost * (1.0 - 1e-12) {
-                    (cost, order) = (c, trial.clone());
-                    continue 'moves;
-                }
+        let mut since = 0;
+        for &(i, j, swap) in moves.iter().cycle().take(budget) {
+            if since == moves.len() {
+                break;
             }
-            break;
+            since += 1;
+            trial.clear();
+            trial.extend_from_slice(&order);
+            if swap {
+                trial.swap(i, j);
+            } else {
+                let d = trial.remove(i);
+                trial.insert(j, d);
+            }
+            // The rows before the first position the move changes stay.
+            let from = i.min(j);
+            work.clear();
+            work.extend_from_slice(&base[..from * (self.n + 1)]);
+            let c = self.order_cost_from(&trial, &mut work, from);
+            if c < cost * (1.0 - 1e-12) {
+                (cost, since) = (c, 0);
+                std::mem::swap(&mut order, &mut trial);
+                std::mem::swap(&mut base, &mut work);
+            }
         }
         (order, cost)
     }
@@ -119,54 +127,13 @@ pub(super) fn full_order(used: &[usize], devices: usize) -> Vec<usize> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::{permutations, problem};
     use super::*;
-    use crate::plan::problem::{DeviceId, Link, Objective, Problem};
-
-    /// Eight units (light and heavy in turn) on four devices of different speed and
-    /// memory, every pair its own link.
-    fn problem() -> Problem {
-        let work = [0.3, 1.2, 0.25, 1.4, 0.35, 1.1, 0.3, 1.5];
-        let speed = [1.0, 2.5, 0.7, 1.8];
-        let per = |scale: f64| speed.iter().map(|s| work.iter().map(|w| scale * w / s).collect()).collect();
-        let mut links = vec![vec![Link { bandwidth: 50.0, latency: 0.001 }; 4]; 4];
-        for (a, b, bandwidth) in [(0, 1, 5.0), (1, 2, 400.0), (2, 3, 20.0), (0, 3, 90.0)] {
-            links[a][b] = Link { bandwidth, latency: 0.0005 };
-            links[b][a] = links[a][b];
-        }
-        Problem {
-            prefill: per(0.01),
-            decode: per(0.003),
-            private_bytes: work.to_vec(),
-            activation_bytes: vec![0.05; 8],
-            shared: vec![],
-            budget: vec![2.5, 2.0, 4.0, 3.0],
-            cut_prefill: vec![0.5; 7],
-            cut_decode: vec![0.05; 7],
-            links,
-            decode_tokens: 20.0,
-            objective: Objective::Latency,
-        }
-    }
-
-    fn permutations(items: Vec<usize>) -> Vec<Vec<usize>> {
-        if items.len() <= 1 {
-            return vec![items];
-        }
-        let mut out = Vec::new();
-        for i in 0..items.len() {
-            let mut rest = items.clone();
-            let first = rest.remove(i);
-            for mut p in permutations(rest) {
-                p.insert(0, first);
-                out.push(p);
-            }
-        }
-        out
-    }
+    use crate::plan::problem::DeviceId;
 
     #[test]
     fn an_order_costs_what_the_order_dp_finds_and_moves_only_lower_it() {
-        let p = problem();
+        let p = problem(&[1.0, 2.5, 0.7, 1.8], &[2.5, 2.0, 4.0, 3.0], 8);
         let t = Tables::new(&p);
         let mut work = Vec::new();
         let orders = permutations((0..4).collect());

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::Range;
 
 use super::improve::{full_order, EVALUATIONS};
-use super::lagrange::{multipliers, relax};
+use super::lagrange::{multipliers, relax, Critical};
 use super::{better, Clock, Found, Tables, ABS_EPS, REL_EPS};
 use crate::plan::problem::Plan;
 
@@ -128,8 +128,10 @@ struct Layers<'t, 'p> {
     t: &'t Tables<'p>,
     lambda: Vec<f64>,
     total: f64,
-    /// `after[e][class]`: cheapest relaxed completion from `e` after a device of `class`.
-    after: Vec<Vec<f64>>,
+    /// `after[(e * nd + class) * masks + m]`: cheapest relaxed completion from `e` after
+    /// a device of `class`, the critical devices of mask `m` used.
+    after: Vec<f64>,
+    critical: Critical,
     upper: f64,
     /// Key whose row holds the best complete plan the search found.
     own: Option<Key>,
@@ -153,6 +155,8 @@ impl Layers<'_, '_> {
     /// bound left (infinite if none) and the span of the finite entries left.
     fn cut(&self, key: Key, lo: usize, v: &mut [f64]) -> (f64, Range<usize>) {
         let slack = self.free(key.0);
+        let masks = self.critical.masks();
+        let after = |e: usize| self.after[(e * self.t.nd + key.1) * masks + self.critical.mask(key.0)];
         let mut least = INF;
         let (mut first, mut end) = (v.len(), 0);
         for (i, x) in v.iter_mut().enumerate() {
@@ -161,7 +165,7 @@ impl Layers<'_, '_> {
                 continue;
             }
             if e < self.t.n {
-                let bound = *x + self.after[e][key.1] - slack;
+                let bound = *x + after(e) - slack;
                 if !self.keep(bound) {
                     *x = INF;
                     continue;
@@ -265,17 +269,20 @@ pub(super) fn solve(t: &Tables, incumbent: Option<(Plan, f64)>, budget: u64, clo
     let (n, nd) = (t.n, t.nd);
     // A better incumbent aims the subgradient steps better and prunes more.
     let mut best = polish(t, incumbent);
-    let (lambda, root_bound) = multipliers(t, &mut best, clock);
+    let (critical, lambda, root_bound) = multipliers(t, &mut best, clock);
     let best = polish(t, best);
     if root_bound == INF {
         return Found { plan: None, lower: INF, nodes: 0, timed_out: false };
     }
-    let relaxed = relax(t, &lambda);
-    let mut after = vec![vec![INF; nd]; n + 1];
-    for (e, row) in relaxed.after.iter().enumerate() {
-        for (a, &x) in row.iter().enumerate() {
-            let c = &mut after[e][t.link_class[a]];
-            *c = c.min(x);
+    let relaxed = relax(t, &lambda, &critical);
+    let masks = critical.masks();
+    let mut after = vec![INF; (n + 1) * nd * masks];
+    for e in 0..=n {
+        for a in 0..nd {
+            for m in 0..masks {
+                let c = &mut after[(e * nd + t.link_class[a]) * masks + m];
+                *c = c.min(relaxed.after[(e * nd + a) * masks + m]);
+            }
         }
     }
     let mut s = Layers {
@@ -283,6 +290,7 @@ pub(super) fn solve(t: &Tables, incumbent: Option<(Plan, f64)>, budget: u64, clo
         total: lambda.iter().sum(),
         lambda,
         after,
+        critical,
         upper: best.as_ref().map_or(INF, |b| b.1),
         own: None,
         frontier: BTreeMap::new(),

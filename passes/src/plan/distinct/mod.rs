@@ -8,9 +8,12 @@
 //!   the units before it with exactly those devices ending on that one. Its bound adds
 //!   the cheapest completion when devices may be reused, each use priced by a
 //!   Lagrange multiplier of "every device at most once" (chosen by subgradient ascent
-//!   at the root), less the multipliers of the devices still free. Partial plans with
-//!   the same devices and last device are merged: a position another one reaches
-//!   cheaper is dropped.
+//!   at the root), less the multipliers of the devices still free. The relaxed
+//!   completions never take a device again two stages later, and never take again the
+//!   few devices the relaxed plans reused most (their use is part of the state).
+//!   Partial plans with the same devices and last device are merged: a position
+//!   another one reaches cheaper is dropped. The incumbent is improved by a local
+//!   search over device orders ([`improve`]) before and after the ascent.
 //! - throughput ([`bottleneck`]): the optimum is one of finitely many stage or link
 //!   times; bisection over them, each step a depth-first search for a sequence that
 //!   keeps every stage and link within the candidate, pruned when the units left
@@ -240,5 +243,55 @@ pub(crate) fn better(a: Option<(Plan, f64)>, b: Option<(Plan, f64)>) -> Option<(
     match (a, b) {
         (Some(a), Some(b)) => Some(if b.1 < a.1 { b } else { a }),
         (a, b) => a.or(b),
+    }
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use crate::plan::problem::{Link, Objective, Problem};
+
+    /// A latency problem of `units` units (light and heavy in turn) on devices of the
+    /// given speeds and memories, every pair its own link.
+    pub fn problem(speed: &[f64], budget: &[f64], units: usize) -> Problem {
+        let work: Vec<f64> = (0..units).map(|u| [0.3, 1.2, 0.25, 1.4, 0.35, 1.1, 0.3, 1.5][u % 8]).collect();
+        let per = |scale: f64| speed.iter().map(|s| work.iter().map(|w| scale * w / s).collect()).collect();
+        let nd = speed.len();
+        let mut links = vec![vec![Link { bandwidth: 50.0, latency: 0.001 }; nd]; nd];
+        for a in 0..nd {
+            for b in a + 1..nd {
+                let bandwidth = [5.0, 400.0, 20.0, 90.0, 50.0][(a * 7 + b * 3) % 5];
+                links[a][b] = Link { bandwidth, latency: 0.0005 };
+                links[b][a] = links[a][b];
+            }
+        }
+        Problem {
+            prefill: per(0.01),
+            decode: per(0.003),
+            private_bytes: work.clone(),
+            activation_bytes: vec![0.05; units],
+            shared: vec![],
+            budget: budget.to_vec(),
+            cut_prefill: vec![0.5; units - 1],
+            cut_decode: vec![0.05; units - 1],
+            links,
+            decode_tokens: 20.0,
+            objective: Objective::Latency,
+        }
+    }
+
+    pub fn permutations(items: Vec<usize>) -> Vec<Vec<usize>> {
+        if items.len() <= 1 {
+            return vec![items];
+        }
+        let mut out = Vec::new();
+        for i in 0..items.len() {
+            let mut rest = items.clone();
+            let first = rest.remove(i);
+            for mut p in permutations(rest) {
+                p.insert(0, first);
+                out.push(p);
+            }
+        }
+        out
     }
 }
