@@ -27,6 +27,25 @@ fn rate_after(report: &serde_json::Value) -> f64 {
     count as f64 / ((end - start) / 1e3)
 }
 
+/// The measured gain of a move made after `after_steps` decode steps (all requests):
+/// the median interval between a request's tokens over the (at most 16) steps before it,
+/// from the first slowed step, over the median after it, from 4 steps past the move
+/// (the drain and switch left out). Both intervals are with the same requests in flight.
+fn measured_gain(report: &serde_json::Value, after_steps: u64) -> Option<f64> {
+    let times = token_ms(report);
+    let at = after_steps as usize / times.len().max(1);
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        (!v.is_empty()).then(|| v[v.len() / 2])
+    };
+    let intervals = |from: usize, to: usize| -> Vec<f64> {
+        times.iter().flat_map(|t| (from.max(1)..to.min(t.len())).map(move |i| t[i] - t[i - 1])).collect()
+    };
+    let before = median(intervals(at.saturating_sub(16).max(SLOW_AFTER + 2), at))?;
+    let after = median(intervals(at + 4, usize::MAX))?;
+    Some(before / after)
+}
+
 fn main() {
     let run = shardc_run();
     let requests = env("BALANCE_REQUESTS", "2");
@@ -39,6 +58,7 @@ fn main() {
     let prompt = prompt.join(",");
     let mut rates: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
     let mut rebalances = Vec::new();
+    let mut gains: Vec<(f64, f64)> = Vec::new();
     let mut tokens: Option<serde_json::Value> = None;
     for i in 0..runs * 2 {
         let balance = i % 2 == 0;
@@ -89,9 +109,12 @@ fn main() {
                         .collect::<Vec<_>>()
                         .join("/")
                 };
+                let predicted = d["predicted_gain"].as_f64().unwrap_or(0.0);
+                let measured = measured_gain(&report, d["after_steps"].as_u64().unwrap_or(0)).unwrap_or(f64::NAN);
+                gains.push((predicted, measured));
                 line += &format!(
-                    "; moved after {} steps, units {} -> {} (gain {:.2}× predicted), drain {drain:.1} ms + switch {switch:.1} ms, {} KV bytes",
-                    d["after_steps"], plan("old"), plan("new"), d["predicted_gain"].as_f64().unwrap_or(0.0), d["kv_bytes"]
+                    "; moved after {} steps, units {} -> {} (gain {predicted:.2}× predicted, {measured:.2}× measured), drain {drain:.1} ms + switch {switch:.1} ms, {} KV bytes",
+                    d["after_steps"], plan("old"), plan("new"), d["kv_bytes"]
                 );
             }
         }
@@ -107,6 +130,12 @@ fn main() {
     );
     println!("tokens/s after the slowdown (median of {runs}): balanced {with:.2}, without {without:.2}");
     println!("ratio balanced / without: {:.2} (target >= 1.25)", with / without);
+    for (predicted, measured) in &gains {
+        println!(
+            "move: predicted gain {predicted:.2}×, measured {measured:.2}× (token interval before / after): predicted / measured − 1 = {:+.1}% (target: within 15%)",
+            100.0 * (predicted / measured - 1.0)
+        );
+    }
     if !rebalances.is_empty() {
         let n = rebalances.len() as f64;
         let drain = rebalances.iter().map(|r| r.0).sum::<f64>() / n;
