@@ -5,9 +5,9 @@
 //! devices in that order, any of them skipped ([`Tables::order_cost`]). A move takes
 //! one device out and puts it back at another position (a device skipped in the plan
 //! moved into it is a device added; a used one moved behind the skipped ones is one
-//! removed), or swaps two devices. Moves are tried in a fixed order and the first that lowers the cost is
-//! taken, until none does or the budget of evaluations is spent: the result depends on
-//! the inputs alone.
+//! removed), or swaps two devices. Moves are tried in a fixed order, round after round,
+//! each taken when it lowers the cost, until a round takes none or the budget of
+//! evaluations is spent: the result depends on the inputs alone.
 
 use super::Tables;
 

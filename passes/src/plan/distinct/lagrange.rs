@@ -38,6 +38,7 @@ impl Critical {
         self.devices.iter().enumerate().filter(|(_, &d)| set & (1 << d) != 0).fold(0, |m, (i, _)| m | 1 << i)
     }
 
+    /// How many masks there are: 2 to the number of critical devices.
     pub fn masks(&self) -> usize {
         1 << self.devices.len()
     }
@@ -181,8 +182,9 @@ fn order_from(path: &[usize], lambda: &[f64]) -> Vec<usize> {
     order
 }
 
-/// Subgradient ascent on the multipliers of "each device at most once"; improves the
-/// incumbent from the relaxed paths on the way.
+/// Subgradient ascent on the multipliers of "each device at most once" from `start`
+/// (multipliers and step scale), at most `steps` steps; improves the incumbent from the
+/// relaxed paths on the way. The best multipliers, their bound and relaxed path.
 fn ascend(
     t: &Tables,
     critical: &Critical,
