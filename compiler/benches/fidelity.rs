@@ -36,7 +36,7 @@ const MODELS: [(&str, &str, &str); 3] = [
   "hidden_size": 768, "intermediate_size": 2048, "num_hidden_layers": 12,
   "num_attention_heads": 12, "num_key_value_heads": 12, "vocab_size": 32000,
   "max_position_embeddings": 1024, "rms_norm_eps": 1e-05, "rope_theta": 10000.0,
-  "tie_word_embeddings": false, "torch_dtype": "float16" }"#,
+  "tie_word_embeddings": false, "torch_dtype": "float32" }"#,
         "f32",
     ),
     (

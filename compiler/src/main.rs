@@ -243,17 +243,30 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Profile { name, quick, model, weight_types, ignore_config_keys } => {
             shardc_passes::devices::check_name(&name).map_err(|e| Usage(format!("--name: {e}")))?;
-            let products = match model {
+            let (products, session) = match model {
                 Some(path) => {
                     let loaded = load(&path, &LowerOptions { max_context: None, ignore_config_keys })?;
                     let mut graph = loaded.graph;
                     run_pipeline(&mut graph, &mut Ctx::default(), None)?;
-                    products_as(shardc_passes::kernels::product_shapes(&graph), &weight_types)?
+                    let products = products_as(shardc_passes::kernels::product_shapes(&graph), &weight_types)?;
+                    // The model's own step, when its weights are here and fit in memory.
+                    let fits = match loaded.has_weights {
+                        true => shardc_runtime::profile::step::fits(&graph),
+                        false => Err("a config.json alone has no weights to run".into()),
+                    };
+                    let session = match fits {
+                        Ok(()) => Some(shardc_runtime::Session::new(graph, &loaded.weights_dir)),
+                        Err(why) => {
+                            eprintln!("profile: the model's products are measured alone: {why}");
+                            None
+                        }
+                    };
+                    (products, session)
                 }
-                None => Vec::new(),
+                None => (Vec::new(), None),
             };
             let depth = shardc_runtime::profile::Depth::from_quick(quick);
-            let device = shardc_runtime::profile::measure(&name, depth, &products)
+            let device = shardc_runtime::profile::measure_with_step(&name, depth, &products, session.as_ref())
                 .map_err(|e| anyhow::anyhow!("profile: {e}"))?;
             print!("{}", shardc_passes::devices::device_toml(&device));
         }

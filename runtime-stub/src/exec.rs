@@ -36,6 +36,8 @@ pub struct Session {
     warm: std::cell::Cell<bool>,
     /// Time spent per op kind, when profiling is on.
     profile: RefCell<Option<BTreeMap<&'static str, OpTime>>>,
+    /// Time spent per node (indexed as the graph's nodes), when profiling is on.
+    node_time: RefCell<Vec<Duration>>,
     /// Products whose second operand is a dequantized weight, computed from the
     /// quantized bytes ([`crate::quantized`]); the dequantizing nodes never run.
     fused: Vec<Option<Fused>>,
@@ -95,6 +97,7 @@ impl Session {
             needed_at_run_time,
             warm: std::cell::Cell::new(false),
             profile: RefCell::new(None),
+            node_time: RefCell::new(Vec::new()),
             fused,
             skipped,
             quantized: RefCell::default(),
@@ -145,6 +148,14 @@ impl Session {
     /// Time per op kind since profiling was enabled; profiling stays on.
     pub fn take_profile(&self) -> BTreeMap<&'static str, OpTime> {
         self.profile.borrow_mut().as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    /// Time per node (indexed as the graph's nodes; nodes that did not run: zero) since
+    /// profiling was enabled or this was last taken; profiling stays on.
+    pub fn take_node_times(&self) -> Vec<Duration> {
+        let mut times = std::mem::take(&mut *self.node_time.borrow_mut());
+        times.resize(self.graph.nodes.len(), Duration::ZERO);
+        times
     }
 
     /// The graph this session runs.
@@ -315,7 +326,11 @@ impl Session {
             if let Some(p) = self.profile.borrow_mut().as_mut() {
                 let entry = p.entry(node.op.name()).or_default();
                 entry.calls += 1;
-                entry.time += started.elapsed();
+                let spent = started.elapsed();
+                entry.time += spent;
+                let mut nodes = self.node_time.borrow_mut();
+                nodes.resize(self.graph.nodes.len(), Duration::ZERO);
+                nodes[i] += spent;
             }
             drop(refs);
             drop(args);

@@ -287,16 +287,18 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Profile { name, quick, package } => {
             shardc_passes::devices::check_name(&name).map_err(|e| anyhow!("--name: {e}"))?;
-            let products = match package {
+            let (products, session) = match package {
                 Some(dir) => {
-                    let (_, graph) = shardc_runtime::package::load(&dir).map_err(|e| anyhow!(e))?;
-                    shardc_passes::kernels::product_shapes(&graph)
+                    let (m, graph) = shardc_runtime::package::load(&dir).map_err(|e| anyhow!(e))?;
+                    let weights = shardc_runtime::package::weights(&dir, &m, &[&graph]).map_err(|e| anyhow!(e))?;
+                    let products = shardc_passes::kernels::product_shapes(&graph);
+                    (products, Some(shardc_runtime::Session::with_weights(graph, weights)))
                 }
-                None => Vec::new(),
+                None => (Vec::new(), None),
             };
             let depth = shardc_runtime::profile::Depth::from_quick(quick);
-            let device =
-                shardc_runtime::profile::measure(&name, depth, &products).map_err(|e| anyhow!("profile: {e}"))?;
+            let device = shardc_runtime::profile::measure_with_step(&name, depth, &products, session.as_ref())
+                .map_err(|e| anyhow!("profile: {e}"))?;
             print!("{}", shardc_passes::devices::device_toml(&device));
             Ok(())
         }

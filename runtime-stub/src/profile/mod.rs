@@ -20,6 +20,7 @@ use shardc_passes::devices::Device;
 use shardc_passes::kernels::{Curve, Kernels, ProductShape, WEIGHT_TYPES};
 
 mod graphs;
+pub mod step;
 
 use crate::kernels;
 use crate::tensor::Tensor;
@@ -45,7 +46,8 @@ fn time(runs: usize, mut evict: Option<&mut Evict>, mut f: impl FnMut()) -> f64 
     t[t.len() / 2]
 }
 
-fn available_memory() -> f64 {
+/// Bytes of memory available now (`MemAvailable`; 0 when unknown).
+pub fn available_memory() -> f64 {
     let info = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     info.lines()
         .find_map(|l| l.strip_prefix("MemAvailable:"))
@@ -76,7 +78,8 @@ impl Depth {
         }
     }
 
-    fn rows(self) -> &'static [usize] {
+    /// The row counts products are measured at.
+    pub fn rows(self) -> &'static [usize] {
         match self {
             Depth::Full => &ROWS,
             Depth::Quick => &[1, 16],
@@ -90,7 +93,8 @@ impl Depth {
         }
     }
 
-    fn runs(self, runs: usize) -> usize {
+    /// `runs` timed runs, or one for a quick profile.
+    pub fn runs(self, runs: usize) -> usize {
         match self {
             Depth::Full => runs,
             Depth::Quick => 1,
@@ -333,6 +337,37 @@ fn kernels(
     }
     let attention = attention_curve(node, depth)?;
     Ok((Kernels { node, stream, matmul, attention, products: measured }, bandwidth))
+}
+
+/// Measure this host, the products of `products` that `session`'s graph runs (the
+/// model's own step, when given, with the weight type it stores) in that step
+/// ([`step::product_curves`]), the others alone. The step runs last, after everything
+/// measured alone: a process that has just run a whole model measures products alone
+/// several times slower (the one-row f32 rate 0.5 against 6.2 GFLOP/s here, not
+/// explained), while a step after the other measurements ran at the speed of a model's
+/// run.
+pub fn measure_with_step(
+    name: &str,
+    depth: Depth,
+    products: &[(String, ProductShape)],
+    session: Option<&Session>,
+) -> Result<Device, String> {
+    let own: Vec<(String, ProductShape)> =
+        session.map(|s| shardc_passes::kernels::product_shapes(s.graph())).unwrap_or_default();
+    let alone: Vec<(String, ProductShape)> = products.iter().filter(|p| !own.contains(p)).cloned().collect();
+    let mut device = measure(name, depth, &alone)?;
+    if let Some(s) = session.filter(|_| products.iter().any(|p| own.contains(p))) {
+        let stepped = step::product_curves(s, depth.rows(), depth.runs(3))?;
+        if let Some(k) = device.kernels.as_mut() {
+            for p in products.iter().filter(|p| own.contains(p)) {
+                let curve = stepped
+                    .get(p)
+                    .ok_or_else(|| format!("the model's step did not run its {} product {:?}", p.0, p.1))?;
+                k.products.insert(p.clone(), curve.clone());
+            }
+        }
+    }
+    Ok(device)
 }
 
 /// Measure this host.
