@@ -35,6 +35,9 @@ pub fn fits(graph: &Graph) -> Result<(), String> {
     Ok(())
 }
 
+/// Most elements of one input a step profile makes (1 GiB of f32).
+const MAX_INPUT_ELEMENTS: usize = 1 << 28;
+
 /// Keys a decode step finds in its cache when the rows are 1.
 const DECODE_PAST: usize = 32;
 
@@ -56,7 +59,9 @@ fn step_inputs(graph: &Graph, bindings: &HashMap<String, i64>) -> Result<Vec<(St
                 .map(|d| d.eval(bindings).filter(|&n| n >= 0).map(|n| n as usize))
                 .collect::<Option<Vec<usize>>>()
                 .ok_or_else(|| format!("input `{}` has a size the step does not set", value.name))?;
-            let n: usize = shape.iter().product();
+            let n = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).filter(|&n| n <= MAX_INPUT_ELEMENTS);
+            let n =
+                n.ok_or_else(|| format!("input `{}` ({shape:?}) is larger than a step profile makes", value.name))?;
             let last = shape.last().copied().unwrap_or(1).max(1);
             let name = value.name.to_ascii_lowercase();
             let t = match ty.dtype {
@@ -194,5 +199,9 @@ mod tests {
         let unset: HashMap<String, i64> = [("batch".to_string(), 1)].into_iter().collect();
         let err = step_inputs(&graph, &unset).unwrap_err();
         assert!(err.contains("input_ids") && err.contains("does not set"), "{err}");
+        let huge: HashMap<String, i64> =
+            [("batch", 1 << 20), ("seq", 1 << 20), ("past", 0)].into_iter().map(|(k, v)| (k.into(), v)).collect();
+        let err = step_inputs(&graph, &huge).unwrap_err();
+        assert!(err.contains("input_ids") && err.contains("larger than"), "{err}");
     }
 }
