@@ -250,9 +250,10 @@ fn run(cli: Cli) -> Result<()> {
                     run_pipeline(&mut graph, &mut Ctx::default(), None)?;
                     let products = products_as(shardc_passes::kernels::product_shapes(&graph), &weight_types)?;
                     // The model's own step, when its weights are here and fit in memory.
-                    let fits = match loaded.has_weights {
-                        true => shardc_runtime::profile::step::fits(&graph),
-                        false => Err("a config.json alone has no weights to run".into()),
+                    let fits = if loaded.has_weights {
+                        shardc_runtime::profile::step::fits(&graph)
+                    } else {
+                        Err("a config.json alone has no weights to run".into())
                     };
                     let session = match fits {
                         Ok(()) => Some(shardc_runtime::Session::new(graph, &loaded.weights_dir)),

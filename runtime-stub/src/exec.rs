@@ -140,9 +140,11 @@ impl Session {
         Ok(q)
     }
 
-    /// Start recording time per op kind (cleared by [`Session::take_profile`]).
+    /// Start recording time per op kind (cleared by [`Session::take_profile`]) and per
+    /// node ([`Session::take_node_times`]), from nothing.
     pub fn enable_profile(&self) {
         *self.profile.borrow_mut() = Some(BTreeMap::new());
+        self.node_time.borrow_mut().clear();
     }
 
     /// Time per op kind since profiling was enabled; profiling stays on.

@@ -32,18 +32,24 @@ use graphs::{stored_bytes, weight_file, weights_graph};
 /// caches were flushed when `evict` is given.
 fn time(runs: usize, mut evict: Option<&mut Evict>, mut f: impl FnMut()) -> f64 {
     f();
-    let mut t: Vec<f64> = (0..runs)
-        .map(|_| {
-            if let Some(e) = evict.as_deref_mut() {
-                e.run();
-            }
-            let s = Instant::now();
-            f();
-            s.elapsed().as_secs_f64()
-        })
-        .collect();
+    median(
+        (0..runs.max(1))
+            .map(|_| {
+                if let Some(e) = evict.as_deref_mut() {
+                    e.run();
+                }
+                let s = Instant::now();
+                f();
+                s.elapsed().as_secs_f64()
+            })
+            .collect(),
+    )
+}
+
+/// The median of timings (the upper one of an even count; 0 for none).
+fn median(mut t: Vec<f64>) -> f64 {
     t.sort_by(f64::total_cmp);
-    t[t.len() / 2]
+    t.get(t.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// Bytes of memory available now (`MemAvailable`; 0 when unknown).
@@ -317,8 +323,9 @@ fn weight_bandwidth(scratch: &Scratch, evict: &mut Evict, depth: Depth) -> Resul
 }
 
 /// What the runtime's kernels reach on this host; each of `products` (a model's own
-/// product shapes, each with a weight type) measured too. Returns them with the bytes per second f32 weights are read at by one row (the
-/// memory bandwidth a decode step sees, [`weight_bandwidth`]).
+/// product shapes, each with a weight type) measured too. Returns them with the bytes
+/// per second f32 weights are read at by one row (the memory bandwidth a decode step
+/// sees, [`weight_bandwidth`]).
 fn kernels(
     scratch: &Scratch,
     evict: &mut Evict,

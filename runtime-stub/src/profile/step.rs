@@ -9,7 +9,7 @@ use ndarray::{ArrayD, IxDyn};
 use shardc_ir::{DType, Graph};
 use shardc_passes::kernels::{works, Curve, ProductShape, Work};
 
-use super::values;
+use super::{median, values};
 use crate::tensor::Tensor;
 use crate::Session;
 
@@ -116,29 +116,27 @@ pub fn product_curves(
         let costs = shardc_passes::cost::node_costs(graph, &bindings).map_err(|e| format!("step profile: {e}"))?;
         let work = works(graph, &bindings);
         let inputs = step_inputs(graph, &bindings).map_err(|e| format!("step profile: {e}"))?;
+        // Per shape: its rows, the FLOPs of its products in one step, and those nodes.
+        let mut shapes: BTreeMap<(String, ProductShape), (f64, f64, Vec<usize>)> = BTreeMap::new();
+        for (i, w) in work.iter().enumerate() {
+            if let Work::Matmul { weight, rows, shape: Some(shape) } = *w {
+                let e = shapes.entry((weight.to_string(), shape)).or_default();
+                (e.0, e.1) = (rows, e.1 + costs[i].flops);
+                e.2.push(i);
+            }
+        }
         session.run(inputs.clone()).map_err(|e| format!("step profile at {r} rows: {e}"))?;
         session.take_node_times();
-        // Per shape: its rows, FLOPs of one step, and the seconds of each timed step.
-        let mut shapes: BTreeMap<(String, ProductShape), (f64, f64, Vec<f64>)> = BTreeMap::new();
+        let mut secs: Vec<Vec<f64>> = vec![Vec::new(); shapes.len()];
         for _ in 0..runs.max(1) {
             session.run(inputs.clone()).map_err(|e| format!("step profile at {r} rows: {e}"))?;
             let times = session.take_node_times();
-            let mut step: BTreeMap<(String, ProductShape), (f64, f64, f64)> = BTreeMap::new();
-            for (i, w) in work.iter().enumerate() {
-                if let Work::Matmul { weight, rows, shape: Some(shape) } = *w {
-                    let e = step.entry((weight.to_string(), shape)).or_default();
-                    (e.0, e.1, e.2) = (rows, e.1 + costs[i].flops, e.2 + times[i].as_secs_f64());
-                }
-            }
-            for (key, (rows, flops, secs)) in step {
-                let e = shapes.entry(key).or_default();
-                (e.0, e.1) = (rows, flops);
-                e.2.push(secs);
+            for (s, (_, _, nodes)) in secs.iter_mut().zip(shapes.values()) {
+                s.push(nodes.iter().map(|&i| times[i].as_secs_f64()).sum());
             }
         }
-        for (key, (rows, flops, mut secs)) in shapes {
-            secs.sort_by(f64::total_cmp);
-            let t = secs[secs.len() / 2];
+        for ((key, (rows, flops, _)), secs) in shapes.into_iter().zip(secs) {
+            let t = median(secs);
             let curve = points.entry(key).or_default();
             // A product whose rows do not grow with the step's (a head that reads the
             // last position only) is kept at the first step that measured those rows.

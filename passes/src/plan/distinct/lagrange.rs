@@ -42,6 +42,21 @@ impl Critical {
     pub fn masks(&self) -> usize {
         1 << self.devices.len()
     }
+
+    /// Where the state (position `s`, device `d`, mask `m`) of `nd` devices sits in a
+    /// table laid out by position, then device, then mask.
+    pub fn at(&self, nd: usize, s: usize, d: usize, m: usize) -> usize {
+        (s * nd + d) * self.masks() + m
+    }
+}
+
+/// How many times each of `nd` devices appears in `path`.
+fn uses(path: &[usize], nd: usize) -> Vec<usize> {
+    let mut count = vec![0; nd];
+    for &d in path {
+        count[d] += 1;
+    }
+    count
 }
 
 /// Cheapest completions when devices may be reused, each use priced by its multiplier,
@@ -50,7 +65,7 @@ impl Critical {
 /// cheap devices and the bound stays 1–2 % low; the critical devices are those that
 /// the relaxed plans still take several times.
 pub(super) struct Relaxed {
-    /// `after[(e * nd + a) * masks + m]`: cheapest completion of units `e..` after a
+    /// `after[critical.at(nd, e, a, m)]`: cheapest completion of units `e..` after a
     /// stage on `a` ending at `e`, the critical devices of mask `m` used (0 at the end).
     pub after: Vec<f64>,
     /// Cheapest whole relaxed plan, multipliers included.
@@ -97,7 +112,7 @@ impl Two {
 pub(super) fn relax(t: &Tables, lambda: &[f64], critical: &Critical) -> Relaxed {
     let (n, nd, masks) = (t.n, t.nd, critical.masks());
     let bits: Vec<usize> = (0..nd).map(|d| critical.bit(d)).collect();
-    let at = |s: usize, d: usize, m: usize| (s * nd + d) * masks + m;
+    let at = |s: usize, d: usize, m: usize| critical.at(nd, s, d, m);
     // first[(s, b, m)]: cheapest completions from s whose next stage is on b, the
     // critical devices of m used (b among them if critical), keyed by the device of the
     // stage after b's (`at`: where b's stage ends).
@@ -221,11 +236,7 @@ fn ascend(
         if best_bound >= ub * (1.0 - REL_EPS) - ABS_EPS || clock.out() || theta < 1e-6 {
             break;
         }
-        let mut count = vec![0.0f64; nd];
-        for &d in &r.path {
-            count[d] += 1.0;
-        }
-        let g: Vec<f64> = count.iter().map(|c| c - 1.0).collect();
+        let g: Vec<f64> = uses(&r.path, nd).iter().map(|&c| c as f64 - 1.0).collect();
         let norm: f64 = g.iter().map(|x| x * x).sum();
         let target = if ub < INF { ub - bound } else { 0.1 * bound.abs().max(1e-9) };
         let step = theta * target.max(1e-12 * ub.min(bound.abs().max(1.0))) / norm.max(1.0);
@@ -244,10 +255,7 @@ fn ascend(
 pub(super) fn multipliers(t: &Tables, best: &mut Option<(Plan, f64)>, clock: &Clock) -> (Critical, Vec<f64>, f64) {
     let mut critical = Critical::default();
     let (lambda, bound, path) = ascend(t, &critical, (vec![0.0; t.nd], 1.0), ROOT_STEPS, best, clock);
-    let mut count = vec![0usize; t.nd];
-    for &d in &path {
-        count[d] += 1;
-    }
+    let count = uses(&path, t.nd);
     let mut repeated: Vec<usize> = (0..t.nd).filter(|&d| count[d] > 1).collect();
     if bound == INF || repeated.is_empty() || clock.out() {
         return (critical, lambda, bound);

@@ -128,7 +128,7 @@ struct Layers<'t, 'p> {
     t: &'t Tables<'p>,
     lambda: Vec<f64>,
     total: f64,
-    /// `after[(e * nd + class) * masks + m]`: cheapest relaxed completion from `e` after
+    /// `after[critical.at(nd, e, class, m)]`: cheapest relaxed completion from `e` after
     /// a device of `class`, the critical devices of mask `m` used.
     after: Vec<f64>,
     critical: Critical,
@@ -155,8 +155,8 @@ impl Layers<'_, '_> {
     /// bound left (infinite if none) and the span of the finite entries left.
     fn cut(&self, key: Key, lo: usize, v: &mut [f64]) -> (f64, Range<usize>) {
         let slack = self.free(key.0);
-        let masks = self.critical.masks();
-        let after = |e: usize| self.after[(e * self.t.nd + key.1) * masks + self.critical.mask(key.0)];
+        let mask = self.critical.mask(key.0);
+        let after = |e: usize| self.after[self.critical.at(self.t.nd, e, key.1, mask)];
         let mut least = INF;
         let (mut first, mut end) = (v.len(), 0);
         for (i, x) in v.iter_mut().enumerate() {
@@ -275,13 +275,12 @@ pub(super) fn solve(t: &Tables, incumbent: Option<(Plan, f64)>, budget: u64, clo
         return Found { plan: None, lower: INF, nodes: 0, timed_out: false };
     }
     let relaxed = relax(t, &lambda, &critical);
-    let masks = critical.masks();
-    let mut after = vec![INF; (n + 1) * nd * masks];
+    let mut after = vec![INF; relaxed.after.len()];
     for e in 0..=n {
         for a in 0..nd {
-            for m in 0..masks {
-                let c = &mut after[(e * nd + t.link_class[a]) * masks + m];
-                *c = c.min(relaxed.after[(e * nd + a) * masks + m]);
+            for m in 0..critical.masks() {
+                let c = &mut after[critical.at(nd, e, t.link_class[a], m)];
+                *c = c.min(relaxed.after[critical.at(nd, e, a, m)]);
             }
         }
     }
