@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::Range;
 
 use super::improve::{full_order, EVALUATIONS};
+use super::knapsack;
 use super::lagrange::{multipliers, relax, Critical};
 use super::{better, Clock, Found, Tables, ABS_EPS, REL_EPS};
 use crate::plan::problem::Plan;
@@ -269,11 +270,19 @@ pub(super) fn solve(t: &Tables, incumbent: Option<(Plan, f64)>, budget: u64, clo
     let (n, nd) = (t.n, t.nd);
     // A better incumbent aims the subgradient steps better and prunes more.
     let mut best = polish(t, incumbent);
+    // Devices kept to one stage each, places forgotten: exact for identical layers on
+    // like links, and cheap; when it meets the incumbent nothing is left to search.
+    let tally = knapsack::bound(t);
+    if tally == INF || best.as_ref().is_some_and(|b| tally >= b.1 * (1.0 - REL_EPS) - ABS_EPS) {
+        let lower = best.as_ref().map_or(INF, |b| b.1);
+        return Found { plan: best, lower, nodes: 0, timed_out: false };
+    }
     let (critical, lambda, root_bound) = multipliers(t, &mut best, clock);
     let best = polish(t, best);
     if root_bound == INF {
         return Found { plan: None, lower: INF, nodes: 0, timed_out: false };
     }
+    let root_bound = root_bound.max(tally);
     let relaxed = relax(t, &lambda, &critical);
     let mut after = vec![INF; relaxed.after.len()];
     for e in 0..=n {

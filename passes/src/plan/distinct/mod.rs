@@ -26,6 +26,7 @@
 
 pub mod bottleneck;
 mod improve;
+mod knapsack;
 mod lagrange;
 pub mod latency;
 
