@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
-use shardc::frontend::hf::sparse::{fill_random_f16, write_sparse_checkpoint};
+use shardc::frontend::hf::sparse::{fill_random, write_sparse_checkpoint};
 
 const CONFIG: &str = r#"{
   "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
@@ -27,7 +27,7 @@ fn main() {
         let config = model.join("source-config.json");
         std::fs::write(&config, CONFIG).expect("config");
         write_sparse_checkpoint(&config, &model).expect("checkpoint");
-        fill_random_f16(&model.join("model.safetensors")).expect("fill");
+        fill_random(&model).expect("fill");
     }
     let size = std::fs::metadata(model.join("model.safetensors")).expect("stat").len();
     let scratch = root.join("target/bench-models/scratch");

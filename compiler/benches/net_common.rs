@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use shardc::frontend::hf::sparse::{fill_random_f16, write_sparse_checkpoint};
+use shardc::frontend::hf::sparse::{fill_random, write_sparse_checkpoint};
 
 pub const CONFIG: &str = r#"{
   "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
@@ -88,7 +88,7 @@ pub fn prepare(scratch: &Path, extra: &[&str]) -> (PathBuf, PathBuf, PathBuf) {
     (out, cluster, secret)
 }
 
-/// A checkpoint of `config` with random f16 weights, made once under
+/// A checkpoint of `config` with random weights of its own type, made once under
 /// target/bench-models/NAME.
 pub fn random_model(name: &str, config: &str) -> PathBuf {
     let model = root().join("target/bench-models").join(name);
@@ -97,7 +97,7 @@ pub fn random_model(name: &str, config: &str) -> PathBuf {
         let source = model.join("source-config.json");
         std::fs::write(&source, config).expect("config");
         write_sparse_checkpoint(&source, &model).expect("checkpoint");
-        fill_random_f16(&model.join("model.safetensors")).expect("fill");
+        fill_random(&model).expect("fill");
     }
     model
 }

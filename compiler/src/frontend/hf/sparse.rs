@@ -6,7 +6,7 @@ use std::fs::File;
 use std::io::Write;
 use std::path::Path;
 
-use shardc_ir::ValueDef;
+use shardc_ir::{DType, ValueDef};
 
 use super::safetensors::encode_header;
 use super::{lower, HfError, LowerOptions};
@@ -39,31 +39,91 @@ pub fn write_sparse_checkpoint(config: &Path, dir: &Path) -> Result<u64, HfError
     Ok(data)
 }
 
-/// Fill the data region of a checkpoint written by [`write_sparse_checkpoint`] with
-/// pseudo-random f16 values (magnitudes in [2^-4, 2^-3), either sign; never NaN), the
-/// same bytes every time: a stand-in for a real f16 model in benchmarks.
-pub fn fill_random_f16(file: &Path) -> std::io::Result<()> {
-    use std::io::{Read, Seek};
-    let mut f = std::fs::OpenOptions::new().read(true).write(true).open(file)?;
-    let mut n = [0u8; 8];
-    f.read_exact(&mut n)?;
-    let start = 8 + u64::from_le_bytes(n);
-    let total = f.metadata()?.len();
-    f.seek(std::io::SeekFrom::Start(start))?;
+/// Fill the data of a checkpoint written by [`write_sparse_checkpoint`] (`dir`'s
+/// `model.safetensors`) with pseudo-random values of each tensor's own type — f16, bf16
+/// or f32, magnitudes in [2^-4, 2^-3), either sign, never NaN — the same bytes every
+/// time: a stand-in for a real model in benchmarks. (Bit patterns of one type read as
+/// another are not: f16 patterns read as f32 are ~10^-12 and make every activation
+/// subnormal, which the processor computes many times slower.)
+pub fn fill_random(dir: &Path) -> Result<(), HfError> {
+    use std::io::{Seek, SeekFrom};
+    let path = dir.join("model.safetensors");
+    let io = |source: std::io::Error| HfError::Io { file: path.clone(), source };
+    let (tensors, _) = super::safetensors::read_header(dir, "model.safetensors")?;
+    let mut spans: Vec<(u64, u64, DType, &str)> =
+        tensors.iter().map(|(name, t)| (t.location.offset, t.location.length, t.dtype, name.as_str())).collect();
+    spans.sort();
+    let mut f = std::fs::OpenOptions::new().write(true).open(&path).map_err(io)?;
     let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    let mut buf = vec![0u8; 1 << 22];
-    let mut left = total.saturating_sub(start) as usize;
-    while left > 0 {
-        for c in buf.chunks_exact_mut(8) {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            let v = (state & 0x83FF_83FF_83FF_83FF) | 0x2C00_2C00_2C00_2C00;
-            c.copy_from_slice(&v.to_le_bytes());
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut buf = Vec::with_capacity(1 << 22);
+    for (offset, length, dtype, name) in spans {
+        // Sign and mantissa bits random, the exponent that of 2^-4, per 64-bit word.
+        let (keep, set) = match dtype {
+            DType::F16 => (0x83FF_83FF_83FF_83FFu64, 0x2C00_2C00_2C00_2C00u64),
+            DType::BF16 => (0x807F_807F_807F_807F, 0x3D80_3D80_3D80_3D80),
+            DType::F32 => (0x807F_FFFF_807F_FFFF, 0x3D80_0000_3D80_0000),
+            other => {
+                let message = format!("tensor `{name}`: no random {other:?} values to fill it with");
+                return Err(HfError::Safetensors { file: path.clone(), message });
+            }
+        };
+        f.seek(SeekFrom::Start(offset)).map_err(io)?;
+        let mut left = length as usize;
+        while left > 0 {
+            let k = left.min(1 << 22);
+            buf.clear();
+            while buf.len() < k {
+                buf.extend_from_slice(&((next() & keep) | set).to_le_bytes());
+            }
+            f.write_all(&buf[..k]).map_err(io)?;
+            left -= k;
         }
-        let k = left.min(buf.len());
-        f.write_all(&buf[..k])?;
-        left -= k;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_fill_writes_each_tensors_own_type_at_a_sixteenth_to_an_eighth() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let config = std::fs::read_to_string(root.join("fixtures/models/llama/hf/config.json")).unwrap();
+        for (dtype, width) in [("float32", 4), ("float16", 2), ("bfloat16", 2)] {
+            let dir = tempfile::tempdir().unwrap();
+            let source = dir.path().join("source.json");
+            let text = config.replace("\"torch_dtype\": \"float32\"", &format!("\"torch_dtype\": \"{dtype}\""));
+            std::fs::write(&source, text).unwrap();
+            let model = dir.path().join("model");
+            std::fs::create_dir(&model).unwrap();
+            write_sparse_checkpoint(&source, &model).unwrap();
+            fill_random(&model).unwrap();
+            let first = std::fs::read(model.join("model.safetensors")).unwrap();
+            fill_random(&model).unwrap();
+            assert_eq!(first, std::fs::read(model.join("model.safetensors")).unwrap(), "{dtype}: same bytes");
+            let (tensors, _) = super::super::safetensors::read_header(&model, "model.safetensors").unwrap();
+            let mut values = 0;
+            for t in tensors.values() {
+                let at = t.location.offset as usize..(t.location.offset + t.location.length) as usize;
+                for c in first[at].chunks_exact(width) {
+                    let v = match t.dtype {
+                        DType::F32 => f32::from_le_bytes(c.try_into().unwrap()),
+                        DType::F16 => half::f16::from_le_bytes(c.try_into().unwrap()).to_f32(),
+                        DType::BF16 => half::bf16::from_le_bytes(c.try_into().unwrap()).to_f32(),
+                        other => panic!("{other:?}"),
+                    };
+                    assert!((0.0625..0.125).contains(&v.abs()), "{dtype}: {v}");
+                    values += 1;
+                }
+            }
+            assert!(values > 30_000, "{dtype}: {values} values");
+        }
+    }
 }
