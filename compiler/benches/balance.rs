@@ -9,6 +9,7 @@
 //! (default throughput), `BALANCE_STANDBY` (default 8), `BALANCE_RUNS` (default 3).
 
 #[path = "net_common.rs"]
+#[allow(dead_code)]
 mod net_common;
 
 use std::process::Command;

@@ -9,6 +9,7 @@
 //! Options (environment): `ENCRYPTION_RUNS` (default 5), `ENCRYPTION_REQUESTS` (default 1).
 
 #[path = "net_common.rs"]
+#[allow(dead_code)]
 mod net_common;
 
 use std::process::Command;

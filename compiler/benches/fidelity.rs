@@ -19,36 +19,7 @@ mod net_common;
 use std::path::PathBuf;
 use std::process::Command;
 
-use net_common::{env, random_model, root, shardc_run};
-
-/// (name, config, `--dtype` the packages store).
-const MODELS: [(&str, &str, &str); 3] = [
-    (
-        "gpt2-small",
-        r#"{ "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "n_embd": 768, "n_layer": 12,
-  "n_head": 12, "n_positions": 1024, "n_ctx": 1024, "vocab_size": 50257, "activation_function": "gelu_new",
-  "layer_norm_epsilon": 1e-05, "n_inner": null, "tie_word_embeddings": true, "torch_dtype": "float32" }"#,
-        "f32",
-    ),
-    (
-        "llama-12",
-        r#"{ "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
-  "hidden_size": 768, "intermediate_size": 2048, "num_hidden_layers": 12,
-  "num_attention_heads": 12, "num_key_value_heads": 12, "vocab_size": 32000,
-  "max_position_embeddings": 1024, "rms_norm_eps": 1e-05, "rope_theta": 10000.0,
-  "tie_word_embeddings": false, "torch_dtype": "float32" }"#,
-        "f32",
-    ),
-    (
-        "qwen2-0.5b",
-        r#"{ "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_act": "silu",
-  "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
-  "num_attention_heads": 14, "num_key_value_heads": 2, "vocab_size": 151936,
-  "max_position_embeddings": 4096, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0,
-  "tie_word_embeddings": true, "torch_dtype": "float16", "use_sliding_window": false }"#,
-        "f16",
-    ),
-];
+use net_common::{env, random_model, root, shardc_run, MODELS};
 
 /// Wait until written files are on disk: write-back of a compile's packages beside a
 /// measurement takes memory bandwidth from it.
@@ -112,7 +83,7 @@ fn main() {
         sync();
         let profile = match &given {
             Some(p) => p.clone(),
-            None => shardc(&["profile", "--name", "host", "--model", model, "--weight-type", dtype]),
+            None => shardc(&["profile", "--name", "host", "--model", model, "--weight-type", dtype, "--threads", "1"]),
         };
         let profiles: Vec<(usize, PathBuf)> = [1usize, 3]
             .iter()
@@ -149,6 +120,7 @@ fn main() {
             for r in 0..REPEATS {
                 let ran = Command::new(&run)
                     .arg("local")
+                    .args(["--threads", "1"])
                     .arg(&out)
                     .args(["--input-ids", &ids, "--max-new-tokens", &tokens.to_string(), "--json", "--no-balance"])
                     .arg("--insecure")

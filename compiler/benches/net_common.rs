@@ -18,6 +18,36 @@ pub const CONFIG: &str = r#"{
 
 pub const MODEL_TEXT: &str = "Llama, hidden 512, 16 layers, vocab 8192, f16 (random)";
 
+/// The fidelity and thread benchmarks' models: (name, config, `--dtype` the packages
+/// store). Their checkpoints are made once under `target/bench-models/fidelity-NAME`.
+pub const MODELS: [(&str, &str, &str); 3] = [
+    (
+        "gpt2-small",
+        r#"{ "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "n_embd": 768, "n_layer": 12,
+  "n_head": 12, "n_positions": 1024, "n_ctx": 1024, "vocab_size": 50257, "activation_function": "gelu_new",
+  "layer_norm_epsilon": 1e-05, "n_inner": null, "tie_word_embeddings": true, "torch_dtype": "float32" }"#,
+        "f32",
+    ),
+    (
+        "llama-12",
+        r#"{ "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
+  "hidden_size": 768, "intermediate_size": 2048, "num_hidden_layers": 12,
+  "num_attention_heads": 12, "num_key_value_heads": 12, "vocab_size": 32000,
+  "max_position_embeddings": 1024, "rms_norm_eps": 1e-05, "rope_theta": 10000.0,
+  "tie_word_embeddings": false, "torch_dtype": "float32" }"#,
+        "f32",
+    ),
+    (
+        "qwen2-0.5b",
+        r#"{ "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_act": "silu",
+  "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
+  "num_attention_heads": 14, "num_key_value_heads": 2, "vocab_size": 151936,
+  "max_position_embeddings": 4096, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0,
+  "tie_word_embeddings": true, "torch_dtype": "float16", "use_sliding_window": false }"#,
+        "f16",
+    ),
+];
+
 pub fn env(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_string())
 }
@@ -118,7 +148,10 @@ pub fn serve(out: &Path, cluster: &Path, secret: Option<&Path>, extra: impl Fn(&
             .iter()
             .map(|d| {
                 let mut c = Command::new(&run);
+                // One thread per device: three devices and the client share this host's cores,
+                // and the figures in BENCHMARKS.md were taken so.
                 c.arg("serve").arg(out).args(["--device", d, "--cluster", cluster.to_str().unwrap_or_default()]);
+                c.args(["--threads", "1"]);
                 c.args(net_args(secret)).args(extra(d));
                 c.stderr(Stdio::null()).spawn().expect("serve")
             })

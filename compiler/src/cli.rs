@@ -230,6 +230,10 @@ pub enum Command {
         /// (repeatable; with --model).
         #[arg(long = "ignore-config-key", value_name = "KEY", requires = "model")]
         ignore_config_keys: Vec<String>,
+        /// Threads the kernels split their work over, as the runs this profile
+        /// predicts will (default: the cores this process may use).
+        #[arg(long)]
+        threads: Option<usize>,
     },
     /// Run a model on the CPU with the reference interpreter: a language model on
     /// token ids (`--input-ids`), or any graph on named tensors (`--inputs`).
@@ -255,5 +259,9 @@ pub enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// Threads the kernels split their work over (default: the cores this process
+        /// may use). Outputs are the same bits whatever the count.
+        #[arg(long)]
+        threads: Option<usize>,
     },
 }

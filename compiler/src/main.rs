@@ -78,6 +78,12 @@ mod commands;
 
 use commands::{run_model, run_tensors, verify, verify_tensors};
 
+/// `--threads N` (default: the cores available) for the runtime's kernels.
+fn set_threads(threads: Option<usize>) -> Result<()> {
+    let n = threads.unwrap_or_else(shardc_runtime::threads::available);
+    shardc_runtime::threads::set_threads(n).map_err(|e| anyhow::Error::new(Usage(format!("--threads: {e}"))))
+}
+
 fn open(args: &ModelArgs) -> Result<LoadedModel> {
     Ok(load(
         &args.model,
@@ -110,7 +116,8 @@ fn run(cli: Cli) -> Result<()> {
             }
             print!("{}", shardc_ir::text::print(&graph));
         }
-        Command::Run { model: args, input_ids, inputs, outputs, max_new_tokens, top_k, json } => {
+        Command::Run { model: args, input_ids, inputs, outputs, max_new_tokens, top_k, json, threads } => {
+            set_threads(threads)?;
             match (input_ids, inputs) {
                 (Some(ids), _) => run_model(&args, &ids, max_new_tokens, top_k, json)?,
                 (None, Some(inputs)) => run_tensors(&args, &inputs, outputs.as_deref(), json)?,
@@ -241,8 +248,9 @@ fn run(cli: Cli) -> Result<()> {
             let path = shardc::report::redraw(&out, measured.as_deref())?;
             println!("wrote       {}", path.display());
         }
-        Command::Profile { name, quick, model, weight_types, ignore_config_keys } => {
+        Command::Profile { name, quick, model, weight_types, ignore_config_keys, threads } => {
             shardc_passes::devices::check_name(&name).map_err(|e| Usage(format!("--name: {e}")))?;
+            set_threads(threads)?;
             let (products, session) = match model {
                 Some(path) => {
                     let loaded = load(&path, &LowerOptions { max_context: None, ignore_config_keys })?;

@@ -6,7 +6,7 @@
 //!
 //!     cargo bench -p shardc-runtime --bench quantized_kernels
 
-use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 
 use ndarray::{ArrayD, IxDyn};
@@ -99,7 +99,7 @@ fn main() {
         let file = random_bytes(bytes_per * matrices(), 7);
         let mut map = memmap2::MmapMut::map_anon(file.len()).unwrap();
         map.copy_from_slice(&file);
-        let map = Rc::new(map.make_read_only().unwrap());
+        let map = Arc::new(map.make_read_only().unwrap());
         let dtype = if int4 { DType::I4 } else { DType::I8 };
         let matrices: Vec<QuantMatrix> = (0..matrices())
             .map(|m| {

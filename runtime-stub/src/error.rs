@@ -20,6 +20,8 @@ pub enum RuntimeError {
     /// A file's problem, its path already in the message.
     #[error("{0}")]
     File(String),
+    #[error("threads: {0}")]
+    Threads(String),
     #[error("node `{node}`: op {op} has no kernel in the reference interpreter")]
     NoKernel { node: String, op: &'static str },
 }

@@ -7,11 +7,13 @@ use std::path::Path;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use shardc_ir::{Dim, Graph, NodeId, ValueDef, ValueId};
+use shardc_ir::ops::Gemm;
+use shardc_ir::{Dim, Graph, NodeId, Op, ValueDef, ValueId};
 
 use crate::kernels;
 use crate::quantized::{self, fused_products, Fused, QuantMatrix};
-use crate::tensor::{storage_of, Tensor};
+use crate::tensor::{storage_of, Data, Tensor};
+use crate::threads;
 use crate::weights::WeightFiles;
 use crate::RuntimeError;
 
@@ -43,6 +45,14 @@ pub struct Session {
     fused: Vec<Option<Fused>>,
     skipped: Vec<bool>,
     quantized: RefCell<HashMap<usize, Rc<QuantMatrix>>>,
+    /// Threads the kernels of a run may use (None: the process's, [`threads::threads`]).
+    threads: Option<usize>,
+    /// `Gemm` nodes whose `B` is a weight read transposed (`transB`) by this node alone:
+    /// the weight is kept transposed, `[K, N]` row-major, and the node run without
+    /// `transB` — the product reads it in the order it is stored (a transposed read is
+    /// about half the speed and does not split over threads).
+    flip: Vec<Option<Op>>,
+    flipped: RefCell<HashMap<usize, Rc<Tensor>>>,
 }
 
 /// Calls of one op kind and the time they took.
@@ -86,6 +96,20 @@ impl Session {
                 }
             }
         }
+        let uses = graph.uses();
+        let flip = graph
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, node)| {
+                let Op::Gemm(g) = &node.op else { return None };
+                let b = node.inputs.get(1).copied().flatten()?;
+                let weight = matches!(&graph.value(b).def, ValueDef::Weight(w) if w.shape.len() == 2);
+                let alone = uses[b.index()].len() == 1 && !is_output[b.index()];
+                (g.transA == 0 && g.transB != 0 && fused[i].is_none() && weight && alone)
+                    .then(|| Op::Gemm(Gemm { transB: 0, ..g.clone() }))
+            })
+            .collect();
         let loaded = RefCell::new(vec![None; graph.values.len()]);
         Session {
             weights,
@@ -101,7 +125,52 @@ impl Session {
             fused,
             skipped,
             quantized: RefCell::default(),
+            threads: None,
+            flip,
+            flipped: RefCell::default(),
         }
+    }
+
+    /// The weight `B` of `Gemm` node `node` (one of [`Session::flip`]'s), transposed to
+    /// `[K, N]` row-major on first use; the weight as stored is never kept.
+    fn flipped_weight(&self, node: usize) -> Result<Rc<Tensor>, RuntimeError> {
+        if let Some(t) = self.flipped.borrow().get(&node) {
+            return Ok(t.clone());
+        }
+        let b = self.graph.nodes[node].inputs[1].ok_or_else(|| RuntimeError::Kernel {
+            node: self.graph.nodes[node].name.clone(),
+            op: "Gemm",
+            message: "input 1 is missing".into(),
+        })?;
+        let value = self.graph.value(b);
+        let ValueDef::Weight(w) = &value.def else {
+            return Err(RuntimeError::NoWeightFile { name: value.name.clone() });
+        };
+        let stored = self.weights.load(&value.name, w)?;
+        let fail = |message: String| RuntimeError::Weight {
+            name: value.name.clone(),
+            file: w.location.as_ref().map(|l| std::path::PathBuf::from(&l.file)).unwrap_or_default(),
+            message,
+        };
+        let a = stored
+            .as_f32()
+            .ok_or_else(|| fail(format!("a product's weight must be float, got {}", stored.describe())))?;
+        let t = Rc::new(Tensor::with_dtype(stored.dtype, Data::F32(a.t().as_standard_layout().into_owned())));
+        self.flipped.borrow_mut().insert(node, t.clone());
+        Ok(t)
+    }
+
+    /// Threads the kernels of this session's runs may use (see [`crate::threads`]:
+    /// the outputs are the same bits whatever the count).
+    pub fn set_threads(&mut self, n: usize) -> Result<(), RuntimeError> {
+        threads::check(n).map_err(RuntimeError::Threads)?;
+        self.threads = Some(n);
+        Ok(())
+    }
+
+    /// Run `f` with this session's threads for the kernels.
+    fn threaded<R>(&self, f: impl FnOnce() -> Result<R, RuntimeError>) -> Result<R, RuntimeError> {
+        threads::with(self.threads.unwrap_or_else(threads::threads), f).map_err(RuntimeError::Threads)?
     }
 
     /// The quantized weight fused product `node` reads, mapped (not copied) on first use.
@@ -240,13 +309,13 @@ impl Session {
             return Ok(());
         }
         let mut values: Slots = vec![None; self.graph.values.len()];
-        self.execute(&mut values, &HashMap::new(), true)
+        self.threaded(|| self.execute(&mut values, &HashMap::new(), true))
     }
 
     /// Run the graph; returns the graph outputs in order, with their names.
     pub fn run(&self, inputs: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>, RuntimeError> {
         let (mut values, sizes) = self.bind_inputs(inputs)?;
-        self.execute(&mut values, &sizes, false)?;
+        self.threaded(|| self.execute(&mut values, &sizes, false))?;
         self.graph
             .outputs
             .iter()
@@ -278,11 +347,15 @@ impl Session {
                 if let Some(f) = fused {
                     self.quant_matrix(i, f)?.touch();
                 }
+                if self.flip[i].is_some() {
+                    self.flipped_weight(i)?;
+                }
                 // The weights and constants it reads, loaded as its first run would.
                 for (slot, v) in node.inputs.iter().enumerate() {
                     let Some(v) = v else { continue };
                     let stored = matches!(self.graph.value(*v).def, ValueDef::Weight(_) | ValueDef::Const(_));
-                    if stored && fused.is_none_or(|f| slot != f.operand()) {
+                    let flipped = slot == 1 && self.flip[i].is_some();
+                    if stored && !flipped && fused.is_none_or(|f| slot != f.operand()) {
                         self.constant(*v)?;
                     }
                 }
@@ -300,6 +373,7 @@ impl Session {
                     None => None,
                     // A fused product reads its quantized operand from the map.
                     Some(_) if fused.is_some_and(|f| slot == f.operand()) => None,
+                    Some(_) if slot == 1 && self.flip[i].is_some() => Some(self.flipped_weight(i)?),
                     Some(v) => Some(match &values[v.index()] {
                         Some(t) => t.clone(),
                         None => self.constant(*v)?,
@@ -322,7 +396,7 @@ impl Session {
                         quantized::product(f, &w, other, refs.get(2).copied().flatten()).map(|t| vec![t])
                     }
                 }
-                None => kernels::run(&node.op, &refs, node.outputs.len()),
+                None => kernels::run(self.flip[i].as_ref().unwrap_or(&node.op), &refs, node.outputs.len()),
             }
             .map_err(|message| RuntimeError::Kernel { node: label(), op: node.op.name(), message })?;
             if let Some(p) = self.profile.borrow_mut().as_mut() {

@@ -14,7 +14,8 @@
 //!   bodies); the file and message shapes are `shardc_format`'s;
 //! - load balancing: [`balance`] (the policy: the balancer over `balance.json`'s
 //!   problem, which `shardc_format::balance` defines);
-//! - [`profile`]: this host's device entry, measured with these kernels.
+//! - [`profile`]: this host's device entry, measured with these kernels;
+//! - [`threads`]: how many threads a run's kernels split their work over.
 
 pub mod balance;
 mod error;
@@ -29,6 +30,7 @@ pub mod pipeline;
 pub mod profile;
 pub mod quantized;
 pub mod tensor;
+pub mod threads;
 pub mod weights;
 pub mod wire;
 

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Component, Path, PathBuf};
 use std::rc::Rc;
+use std::sync::Arc;
 
 use memmap2::Mmap;
 use ndarray::{ArrayD, IxDyn};
@@ -25,7 +26,7 @@ pub struct WeightFiles {
     dir: PathBuf,
     /// For a package: the files its manifest lists, with their blake3 hashes (hex).
     listed: Option<Rc<BTreeMap<String, String>>>,
-    maps: Rc<RefCell<HashMap<String, Rc<Mmap>>>>,
+    maps: Rc<RefCell<HashMap<String, Arc<Mmap>>>>,
 }
 
 impl WeightFiles {
@@ -62,14 +63,14 @@ impl WeightFiles {
     }
 
     /// Map `file` (checking its hash, for a package) unless it is mapped already.
-    pub fn map(&self, file: &str) -> Result<Rc<Mmap>, String> {
+    pub fn map(&self, file: &str) -> Result<Arc<Mmap>, String> {
         if let Some(m) = self.maps.borrow().get(file) {
             return Ok(m.clone());
         }
         let path = self.path(file)?;
         let f = File::open(&path).map_err(|e| e.to_string())?;
         // SAFETY: read-only map of a model file that nothing in this process writes.
-        let map = Rc::new(unsafe { Mmap::map(&f) }.map_err(|e| e.to_string())?);
+        let map = Arc::new(unsafe { Mmap::map(&f) }.map_err(|e| e.to_string())?);
         if let Some(expected) = self.listed.as_ref().and_then(|l| l.get(file)) {
             let got = blake3::hash(&map).to_hex();
             if got.as_str() != expected {
@@ -82,7 +83,7 @@ impl WeightFiles {
 
     /// The mapped file holding weight `name` and the byte range it takes there, checked
     /// to lie inside the file and to be what its dtype and shape need.
-    pub fn located(&self, name: &str, w: &WeightRef) -> Result<(Rc<Mmap>, std::ops::Range<usize>), RuntimeError> {
+    pub fn located(&self, name: &str, w: &WeightRef) -> Result<(Arc<Mmap>, std::ops::Range<usize>), RuntimeError> {
         let loc = w.location.as_ref().ok_or_else(|| RuntimeError::NoWeightFile { name: name.to_string() })?;
         let fail =
             |message: String| RuntimeError::Weight { name: name.to_string(), file: self.dir.join(&loc.file), message };

@@ -18,6 +18,10 @@ use shardc_runtime::node::{self, Generation, Job, NetOptions, Slowdown};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Threads each device's kernels split their work over (default: the cores this
+    /// process may use). Outputs are the same bits whatever the count.
+    #[arg(long, global = true)]
+    threads: Option<usize>,
 }
 
 #[derive(Args)]
@@ -262,6 +266,8 @@ fn parse_slow_device(s: &str) -> Result<(String, Slowdown), String> {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    let threads = cli.threads.unwrap_or_else(shardc_runtime::threads::available);
+    shardc_runtime::threads::set_threads(threads).map_err(|e| anyhow!("--threads: {e}"))?;
     match cli.command {
         Command::Serve { out, device, cluster, allow_remote, slowdown, slowdown_after, session_timeout, net } => {
             let cluster = Cluster::load(&cluster, allow_remote).map_err(|e| anyhow!(e))?;

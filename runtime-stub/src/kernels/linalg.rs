@@ -11,8 +11,14 @@ pub(super) fn floats<'a>(t: &'a Tensor, what: &str) -> Result<&'a ArrayD<f32>, S
     t.as_f32().ok_or_else(|| format!("{what} must be a float tensor, got {}", t.describe()))
 }
 
+/// Fewest multiply-adds (m·n·k) a product splits over the run's threads for: below it
+/// handing out the parts costs more than it saves.
+pub(crate) const SPLIT_FROM: usize = 1 << 20;
+
 /// `C = alpha · A · B + beta · C` for 2-D views of any strides, into row-major `c`
-/// (the `gemm` crate, one thread). Also the matrix product of the quantized kernels.
+/// (the `gemm` crate; over the run's threads when there are several and the product is
+/// large — `gemm` splits rows and columns of C, never the sum over k, so the result is
+/// the same bits). Also the matrix product of the quantized kernels.
 pub(crate) fn sgemm(a: &ArrayViewD<f32>, b: &ArrayViewD<f32>, c: &mut [f32], beta: f32, alpha: f32) {
     let (m, k) = (a.shape()[0], a.shape()[1]);
     let n = b.shape()[1];
@@ -20,33 +26,41 @@ pub(crate) fn sgemm(a: &ArrayViewD<f32>, b: &ArrayViewD<f32>, c: &mut [f32], bet
     if m == 0 || n == 0 {
         return;
     }
-    let (rsa, csa) = (a.strides()[0], a.strides()[1]);
-    let (rsb, csb) = (b.strides()[0], b.strides()[1]);
-    // SAFETY: the pointers and strides describe live views of exactly m×k and k×n
-    // elements, and `c` holds m×n row-major elements that nothing else aliases.
-    // `gemm` computes dst = alpha·dst + beta·lhs·rhs (its names are swapped from BLAS).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            1,
-            n as isize,
-            beta != 0.0,
-            a.as_ptr(),
-            csa,
-            rsa,
-            b.as_ptr(),
-            csb,
-            rsb,
-            beta,
-            alpha,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
+    let product = |c: &mut [f32], parallelism: gemm::Parallelism| {
+        let (rsa, csa) = (a.strides()[0], a.strides()[1]);
+        let (rsb, csb) = (b.strides()[0], b.strides()[1]);
+        // SAFETY: the pointers and strides describe live views of exactly m×k and k×n
+        // elements, and `c` holds m×n row-major elements that nothing else aliases.
+        // `gemm` computes dst = alpha·dst + beta·lhs·rhs (its names are swapped from BLAS).
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                c.as_mut_ptr(),
+                1,
+                n as isize,
+                beta != 0.0,
+                a.as_ptr(),
+                csa,
+                rsa,
+                b.as_ptr(),
+                csb,
+                rsb,
+                beta,
+                alpha,
+                false,
+                false,
+                false,
+                parallelism,
+            );
+        }
+    };
+    match crate::threads::current() {
+        Some(pool) if m.saturating_mul(n).saturating_mul(k) >= SPLIT_FROM => {
+            pool.install(|| product(c, gemm::Parallelism::Rayon(pool.current_num_threads())))
+        }
+        _ => product(c, gemm::Parallelism::None),
     }
 }
 
@@ -88,20 +102,27 @@ pub fn matmul(inputs: &[Option<&Tensor>]) -> KernelResult {
         b_shape.extend([k, n]);
         let ab = av.broadcast(IxDyn(&a_shape)).ok_or("cannot broadcast A")?;
         let bb = bv.broadcast(IxDyn(&b_shape)).ok_or("cannot broadcast B")?;
-        let mut index = vec![0usize; batch.len()];
-        for (i, chunk) in out.chunks_mut(m * n).enumerate() {
+        let one = |(i, chunk): (usize, &mut [f32])| {
+            let (mut a2, mut b2) = (ab.view(), bb.view());
             let mut rem = i;
+            let mut index = vec![0usize; batch.len()];
             for d in (0..batch.len()).rev() {
                 index[d] = rem % batch[d];
                 rem /= batch[d];
             }
-            let mut a2 = ab.view();
-            let mut b2 = bb.view();
             for &idx in &index {
                 a2 = a2.index_axis_move(Axis(0), idx);
                 b2 = b2.index_axis_move(Axis(0), idx);
             }
             sgemm(&a2, &b2, chunk, 0.0, 1.0);
+        };
+        // Pairs of matrices (heads, say) over the run's threads, each product whole.
+        match crate::threads::current() {
+            Some(pool) if batches > 1 && batches.saturating_mul(m * n * k) >= SPLIT_FROM => {
+                use rayon::prelude::*;
+                pool.install(|| out.par_chunks_mut(m * n).enumerate().for_each(one))
+            }
+            _ => out.chunks_mut(m * n).enumerate().for_each(one),
         }
     }
     let mut shape = batch;

@@ -31,7 +31,7 @@ use ndarray::{ArrayD, IxDyn};
 use shardc_ir::Op;
 
 use crate::tensor::Tensor;
-pub(crate) use linalg::sgemm;
+pub(crate) use linalg::{sgemm, SPLIT_FROM};
 
 /// Result of a kernel: its outputs, or what went wrong.
 pub type KernelResult = Result<Vec<Tensor>, String>;

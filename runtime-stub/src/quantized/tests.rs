@@ -19,7 +19,7 @@ fn matrix(
     let mut m = memmap2::MmapMut::map_anon(bytes.len().max(1)).unwrap();
     m[..bytes.len()].copy_from_slice(&bytes);
     let dtype = if int4 { DType::I4 } else { DType::I8 };
-    QuantMatrix::new(Rc::new(m.make_read_only().unwrap()), 0, dtype, shape, scales, axis, block).unwrap()
+    QuantMatrix::new(std::sync::Arc::new(m.make_read_only().unwrap()), 0, dtype, shape, scales, axis, block).unwrap()
 }
 
 /// `product` over `w` against the product with `dense` (`w` dequantized, row-major
@@ -169,7 +169,7 @@ fn half_matrices_are_read_as_stored() {
         let mut m = memmap2::MmapMut::map_anon(bytes.len() + 2).unwrap();
         m[2..].copy_from_slice(&bytes);
         // At an odd-looking offset: rows need no alignment.
-        let w = QuantMatrix::half(Rc::new(m.make_read_only().unwrap()), 2, dtype, [rows, cols]).unwrap();
+        let w = QuantMatrix::half(std::sync::Arc::new(m.make_read_only().unwrap()), 2, dtype, [rows, cols]).unwrap();
         for trans_b in [false, true] {
             for m in [1, 2, 6] {
                 let f = fused(false, false, 0, None, trans_b);
@@ -217,7 +217,7 @@ fn unsigned_codes_and_zero_points_follow_the_definition() {
         let mut map = memmap2::MmapMut::map_anon(bytes.len()).unwrap();
         map.copy_from_slice(&bytes);
         let w = QuantMatrix::new(
-            Rc::new(map.make_read_only().unwrap()),
+            std::sync::Arc::new(map.make_read_only().unwrap()),
             0,
             dtype,
             [rows, cols],
@@ -255,5 +255,30 @@ fn unsigned_codes_and_zero_points_follow_the_definition() {
         let looked = gather(&w, &Tensor::from_i64(&[2], vec![1, -1]).unwrap()).unwrap().to_f32_vec();
         assert_eq!(looked[..cols], dense[cols..2 * cols]);
         assert_eq!(looked[cols..], dense[(rows - 1) * cols..]);
+    }
+}
+
+/// Prefill products of `[N, K]` matrices split over threads by runs of tiles: the same
+/// bits as on one thread, for f16 and int8 weights of several tiles.
+#[test]
+fn tiled_products_over_threads_are_the_same_bits() {
+    let (rows, cols, m) = (3000usize, 64usize, 16usize);
+    let values: Vec<f32> = (0..rows * cols).map(|i| ((i * 37 % 61) as f32 - 30.0) * 0.0625).collect();
+    let bytes: Vec<u8> = values.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect();
+    let mut map = memmap2::MmapMut::map_anon(bytes.len()).unwrap();
+    map.copy_from_slice(&bytes);
+    let half = QuantMatrix::half(std::sync::Arc::new(map.make_read_only().unwrap()), 0, DType::F16, [rows, cols]);
+    let codes: Vec<i8> = (0..rows * cols).map(|i| (i * 13 % 255) as i8).collect();
+    let int8 = matrix(&codes, false, [rows, cols], (0..rows).map(|r| 0.01 * (1 + r % 7) as f32).collect(), 0, None);
+    assert!(tile_rows(cols) < rows, "several tiles");
+    let x = Tensor::f32(ArrayD::from_shape_fn(IxDyn(&[m, cols]), |i| ((i[0] * 7 + i[1]) % 13) as f32 * 0.1 - 0.6));
+    for (w, what) in [(half.unwrap(), "f16"), (int8, "int8")] {
+        let f = fused(what == "int8", false, 0, None, true);
+        let run = |n: usize| crate::threads::with(n, || product(&f, &w, &x, None).unwrap().to_f32_vec()).unwrap();
+        let one: Vec<u32> = run(1).iter().map(|v| v.to_bits()).collect();
+        for n in [2, 3] {
+            let got: Vec<u32> = run(n).iter().map(|v| v.to_bits()).collect();
+            assert_eq!(one, got, "{what} on {n} threads");
+        }
     }
 }

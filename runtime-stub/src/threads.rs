@@ -1,0 +1,172 @@
+//! How many threads the kernels of a run may use.
+//!
+//! A [`crate::Session`] runs its graph with a thread count: its own
+//! ([`crate::Session::set_threads`]) or the process's ([`set_threads`]; 1 until set).
+//! For the length of a run the calling thread holds a pool of that many threads, and
+//! the kernels that split their work (matrix products, products over heads) hand the
+//! parts to it; on the pool's own threads nothing splits again. Work is split only
+//! across outputs, never along a sum, so every element is computed by the same
+//! operations in the same order whatever the count: results are bit-identical.
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
+
+use rayon::ThreadPool;
+
+/// Most threads a run takes (a bound on what a command line can ask for).
+pub const MAX_THREADS: usize = 256;
+
+static DEFAULT: AtomicUsize = AtomicUsize::new(1);
+
+thread_local! {
+    static CURRENT: Cell<Option<&'static ThreadPool>> = const { Cell::new(None) };
+}
+
+/// The process's thread count for sessions that set none.
+pub fn set_threads(n: usize) -> Result<(), String> {
+    check(n)?;
+    DEFAULT.store(n, Ordering::Relaxed);
+    Ok(())
+}
+
+/// The process's thread count for sessions that set none.
+pub fn threads() -> usize {
+    DEFAULT.load(Ordering::Relaxed)
+}
+
+/// The cores this process may run on (1 if the system does not say).
+pub fn available() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_THREADS)
+}
+
+pub(crate) fn check(n: usize) -> Result<(), String> {
+    if (1..=MAX_THREADS).contains(&n) {
+        Ok(())
+    } else {
+        Err(format!("threads must be 1 to {MAX_THREADS}, got {n}"))
+    }
+}
+
+/// The pool of `n` threads this thread's runs split work over. The first one a thread
+/// asks for counts the thread itself among its `n` (it takes the first part of each
+/// split, and the others wait on it asleep while it runs the nodes that do not split:
+/// `n` threads busy, not `n + 1`); that pool is kept as long as the thread. Another count
+/// later on the same thread takes a shared pool of `n` threads of its own.
+fn pool(n: usize) -> Result<&'static ThreadPool, String> {
+    thread_local! {
+        static OWN: Cell<Option<(usize, &'static ThreadPool)>> = const { Cell::new(None) };
+    }
+    let leak = |built: ThreadPool| -> &'static ThreadPool { Box::leak(Box::new(built)) };
+    match OWN.with(Cell::get) {
+        Some((m, p)) if m == n => return Ok(p),
+        Some(_) => {}
+        None => {
+            let built = rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .use_current_thread()
+                .thread_name(|i| format!("shardc-kernel-{i}"))
+                .build();
+            // Refused on a thread that is already one of a pool's: a shared pool then.
+            if let Ok(built) = built {
+                let p = leak(built);
+                OWN.with(|o| o.set(Some((n, p))));
+                return Ok(p);
+            }
+        }
+    }
+    static SHARED: OnceLock<Mutex<HashMap<usize, &'static ThreadPool>>> = OnceLock::new();
+    let mut pools = SHARED.get_or_init(Mutex::default).lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(p) = pools.get(&n) {
+        return Ok(p);
+    }
+    let built = rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .thread_name(|i| format!("shardc-kernel-{i}"))
+        .build()
+        .map_err(|e| format!("cannot start {n} threads: {e}"))?;
+    let p = leak(built);
+    pools.insert(n, p);
+    Ok(p)
+}
+
+/// Run `f` on this thread with `n` threads for the kernels it calls.
+pub(crate) fn with<R>(n: usize, f: impl FnOnce() -> R) -> Result<R, String> {
+    let p = if n > 1 { Some(pool(n)?) } else { None };
+    let before = CURRENT.with(|c| c.replace(p));
+    // Restored on the way out, a panic included.
+    struct Restore(Option<&'static ThreadPool>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            CURRENT.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(before);
+    Ok(f())
+}
+
+/// The pool this thread's kernels may split work over, if more than one thread.
+pub(crate) fn current() -> Option<&'static ThreadPool> {
+    CURRENT.with(Cell::get)
+}
+
+#[cfg(test)]
+mod tests {
+    use ndarray::{ArrayD, IxDyn};
+    use shardc_ir::ops::{Gemm, MatMul, Op};
+
+    use super::*;
+    use crate::kernels;
+    use crate::tensor::Tensor;
+
+    fn values(shape: &[usize], seed: u64) -> Tensor {
+        let mut s = seed | 1;
+        Tensor::f32(ArrayD::from_shape_fn(IxDyn(shape), |_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s % 20_001) as f32 / 10_000.0 - 1.0
+        }))
+    }
+
+    fn bits(t: &[Tensor]) -> Vec<u32> {
+        t.iter().flat_map(|t| t.as_f32().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>()).collect()
+    }
+
+    #[test]
+    fn products_split_over_threads_are_the_same_bits() {
+        let gemm = Op::Gemm(Gemm { alpha: 0.5, beta: 1.0, transA: 0, transB: 1 });
+        let cases: Vec<(Op, Vec<Tensor>)> = vec![
+            // One large product: gemm splits it (120·400·700 multiply-adds).
+            (Op::MatMul(MatMul {}), vec![values(&[1, 120, 400], 1), values(&[400, 700], 2)]),
+            // A weight read transposed, with a bias, as projections are.
+            (gemm, vec![values(&[96, 512], 3), values(&[900, 512], 4), values(&[900], 5)]),
+            // Pairs of matrices (heads): split pair by pair.
+            (Op::MatMul(MatMul {}), vec![values(&[2, 12, 70, 64], 6), values(&[2, 12, 64, 90], 7)]),
+            // Too small to split: one thread whatever the count.
+            (Op::MatMul(MatMul {}), vec![values(&[3, 40], 8), values(&[40, 50], 9)]),
+        ];
+        for (op, inputs) in cases {
+            let args: Vec<Option<&Tensor>> = inputs.iter().map(Some).collect();
+            let run = |n: usize| with(n, || kernels::run(&op, &args, 1).unwrap()).unwrap();
+            let one = bits(&run(1));
+            for n in [2, 3, 4] {
+                assert_eq!(one, bits(&run(n)), "{op:?} on {n} threads");
+            }
+        }
+    }
+
+    #[test]
+    fn a_pool_is_held_only_while_a_run_lasts() {
+        assert!(current().is_none());
+        with(2, || {
+            assert_eq!(current().map(|p| p.current_num_threads()), Some(2));
+            with(1, || assert!(current().is_none())).unwrap();
+            assert!(current().is_some(), "restored after the inner run");
+        })
+        .unwrap();
+        assert!(current().is_none());
+        assert!(check(0).is_err() && check(MAX_THREADS + 1).is_err() && check(MAX_THREADS).is_ok());
+    }
+}
