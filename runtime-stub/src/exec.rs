@@ -52,6 +52,8 @@ pub struct Session {
     /// `transB` — the product reads it in the order it is stored (a transposed read is
     /// about half the speed and does not split over threads).
     flip: Vec<Option<Op>>,
+    /// `Gather` nodes that look rows up in such a weight: the `Gemm` node keeping it.
+    flip_gather: Vec<Option<usize>>,
     flipped: RefCell<HashMap<usize, Rc<Tensor>>>,
 }
 
@@ -97,19 +99,38 @@ impl Session {
             }
         }
         let uses = graph.uses();
-        let flip = graph
-            .nodes
-            .iter()
-            .enumerate()
-            .map(|(i, node)| {
-                let Op::Gemm(g) = &node.op else { return None };
-                let b = node.inputs.get(1).copied().flatten()?;
-                let weight = matches!(&graph.value(b).def, ValueDef::Weight(w) if w.shape.len() == 2);
-                let alone = uses[b.index()].len() == 1 && !is_output[b.index()];
-                (g.transA == 0 && g.transB != 0 && fused[i].is_none() && weight && alone)
-                    .then(|| Op::Gemm(Gemm { transB: 0, ..g.clone() }))
-            })
-            .collect();
+        // A weight read transposed by one `Gemm`, and otherwise only looked up by rows
+        // (`Gather` on axis 0: a tied embedding): kept transposed; the lookups read its
+        // columns.
+        let mut flip: Vec<Option<Op>> = vec![None; graph.nodes.len()];
+        let mut flip_gather: Vec<Option<usize>> = vec![None; graph.nodes.len()];
+        for (i, node) in graph.nodes.iter().enumerate() {
+            let Op::Gemm(g) = &node.op else { continue };
+            let Some(b) = node.inputs.get(1).copied().flatten() else { continue };
+            let weight = matches!(&graph.value(b).def, ValueDef::Weight(w) if w.shape.len() == 2);
+            let lookups: Vec<usize> = uses[b.index()].iter().map(|n| n.index()).filter(|&n| n != i).collect();
+            let lookup = |n: usize| {
+                let other = &graph.nodes[n];
+                matches!(&other.op, Op::Gather(a) if a.axis == 0)
+                    && other.inputs.first().copied().flatten() == Some(b)
+                    && other.inputs.iter().flatten().filter(|&&v| v == b).count() == 1
+                    && fused[n].is_none()
+            };
+            let read_once = uses[b.index()].iter().filter(|n| n.index() == i).count() == 1;
+            if g.transA == 0
+                && g.transB != 0
+                && fused[i].is_none()
+                && weight
+                && read_once
+                && !is_output[b.index()]
+                && lookups.iter().all(|&n| lookup(n))
+            {
+                flip[i] = Some(Op::Gemm(Gemm { transB: 0, ..g.clone() }));
+                for n in lookups {
+                    flip_gather[n] = Some(i);
+                }
+            }
+        }
         let loaded = RefCell::new(vec![None; graph.values.len()]);
         Session {
             weights,
@@ -127,6 +148,7 @@ impl Session {
             quantized: RefCell::default(),
             threads: None,
             flip,
+            flip_gather,
             flipped: RefCell::default(),
         }
     }
@@ -347,14 +369,14 @@ impl Session {
                 if let Some(f) = fused {
                     self.quant_matrix(i, f)?.touch();
                 }
-                if self.flip[i].is_some() {
-                    self.flipped_weight(i)?;
+                if let Some(owner) = self.flip[i].as_ref().map(|_| i).or(self.flip_gather[i]) {
+                    self.flipped_weight(owner)?;
                 }
                 // The weights and constants it reads, loaded as its first run would.
                 for (slot, v) in node.inputs.iter().enumerate() {
                     let Some(v) = v else { continue };
                     let stored = matches!(self.graph.value(*v).def, ValueDef::Weight(_) | ValueDef::Const(_));
-                    let flipped = slot == 1 && self.flip[i].is_some();
+                    let flipped = (slot == 1 && self.flip[i].is_some()) || (slot == 0 && self.flip_gather[i].is_some());
                     if stored && !flipped && fused.is_none_or(|f| slot != f.operand()) {
                         self.constant(*v)?;
                     }
@@ -374,6 +396,9 @@ impl Session {
                     // A fused product reads its quantized operand from the map.
                     Some(_) if fused.is_some_and(|f| slot == f.operand()) => None,
                     Some(_) if slot == 1 && self.flip[i].is_some() => Some(self.flipped_weight(i)?),
+                    Some(_) if slot == 0 && self.flip_gather[i].is_some() => {
+                        Some(self.flipped_weight(self.flip_gather[i].unwrap_or(i))?)
+                    }
                     Some(v) => Some(match &values[v.index()] {
                         Some(t) => t.clone(),
                         None => self.constant(*v)?,
@@ -396,6 +421,7 @@ impl Session {
                         quantized::product(f, &w, other, refs.get(2).copied().flatten()).map(|t| vec![t])
                     }
                 }
+                None if self.flip_gather[i].is_some() => kernels::gather_columns(&refs).map(|t| vec![t]),
                 None => kernels::run(self.flip[i].as_ref().unwrap_or(&node.op), &refs, node.outputs.len()),
             }
             .map_err(|message| RuntimeError::Kernel { node: label(), op: node.op.name(), message })?;

@@ -10,6 +10,8 @@
 
 use std::cell::Cell;
 use std::collections::HashMap;
+use std::mem::MaybeUninit;
+use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 
@@ -106,6 +108,126 @@ pub(crate) fn with<R>(n: usize, f: impl FnOnce() -> R) -> Result<R, String> {
     Ok(f())
 }
 
+/// Fewest elements an element-wise node splits over the run's threads for.
+pub(crate) const SPLIT_ELEMENTS: usize = 1 << 16;
+
+/// `f` of every element of `a`; over the run's threads when it holds many and is laid
+/// out in order (each element computed alone, so the same bits).
+pub(crate) fn map(a: &ndarray::ArrayD<f32>, f: impl Fn(f32) -> f32 + Sync) -> ndarray::ArrayD<f32> {
+    match (current(), a.as_slice()) {
+        (Some(pool), Some(xs)) if xs.len() >= SPLIT_ELEMENTS => {
+            let out = split(pool, xs.len(), |range, out: &mut [MaybeUninit<f32>]| {
+                for (o, &x) in out.iter_mut().zip(&xs[range]) {
+                    o.write(f(x));
+                }
+            });
+            ndarray::ArrayD::from_shape_vec(a.raw_dim(), out).unwrap_or_else(|_| a.mapv(&f))
+        }
+        _ => a.mapv(f),
+    }
+}
+
+/// `f` of the elements of `a` and `b` pairwise, over the run's threads, when both are
+/// laid out in order and `b` has `a`'s shape, or trailing dims of it (a bias, a table
+/// of positions), or it with the last dim 1 (a value per row); or `a` is a single
+/// value. None otherwise (the caller broadcasts on one thread).
+pub(crate) fn zip(
+    a: &ndarray::ArrayD<f32>,
+    b: &ndarray::ArrayD<f32>,
+    f: impl Fn(f32, f32) -> f32 + Sync,
+) -> Option<ndarray::ArrayD<f32>> {
+    let pool = current()?;
+    let (xs, ys) = (a.as_slice()?, b.as_slice()?);
+    if xs.len() == 1 && b.ndim() >= a.ndim() && ys.len() >= SPLIT_ELEMENTS {
+        let out = split(pool, ys.len(), |range, out: &mut [MaybeUninit<f32>]| {
+            for (o, &y) in out.iter_mut().zip(&ys[range]) {
+                o.write(f(xs[0], y));
+            }
+        });
+        return ndarray::ArrayD::from_shape_vec(b.raw_dim(), out).ok();
+    }
+    if xs.len() < SPLIT_ELEMENTS || ys.is_empty() || a.ndim() < b.ndim() {
+        return None;
+    }
+    // b's dims after any leading 1s.
+    let bs: &[usize] = {
+        let lead = b.shape().iter().take_while(|&&d| d == 1).count().min(b.ndim().saturating_sub(1));
+        &b.shape()[lead..]
+    };
+    if ys.len() == 1 || a.shape() == b.shape() {
+        let out = split(pool, xs.len(), |range, out: &mut [MaybeUninit<f32>]| {
+            if ys.len() == 1 {
+                out.iter_mut().zip(&xs[range]).for_each(|(o, &x)| {
+                    o.write(f(x, ys[0]));
+                });
+            } else {
+                out.iter_mut().zip(&xs[range.clone()]).zip(&ys[range]).for_each(|((o, &x), &y)| {
+                    o.write(f(x, y));
+                });
+            }
+        });
+        return ndarray::ArrayD::from_shape_vec(a.raw_dim(), out).ok();
+    }
+    let (ashape, r) = (a.shape(), a.ndim());
+    // Rows of `width` values of a, each against the row of b it meets.
+    let (width, per_row) = if ashape[r - bs.len()..] == *bs {
+        (ys.len(), false)
+    } else if b.ndim() == r && b.shape()[r - 1] == 1 && b.shape()[..r - 1] == ashape[..r - 1] {
+        (ashape[r - 1], true)
+    } else {
+        return None;
+    };
+    if width == 0 {
+        return None;
+    }
+    let rows = |range: Range<usize>, out: &mut [MaybeUninit<f32>]| {
+        for (row, (o, x)) in out.chunks_mut(width).zip(xs[range.clone()].chunks(width)).enumerate() {
+            if per_row {
+                let y = ys[range.start / width + row];
+                o.iter_mut().zip(x).for_each(|(o, &x)| {
+                    o.write(f(x, y));
+                });
+            } else {
+                o.iter_mut().zip(x).zip(ys).for_each(|((o, &x), &y)| {
+                    o.write(f(x, y));
+                });
+            }
+        }
+    };
+    let out = split_rows(pool, xs.len(), width, rows);
+    ndarray::ArrayD::from_shape_vec(a.raw_dim(), out).ok()
+}
+
+/// A buffer of `len` values, its ranges filled by `fill` over the pool's threads.
+fn split(pool: &ThreadPool, len: usize, fill: impl Fn(Range<usize>, &mut [MaybeUninit<f32>]) + Sync) -> Vec<f32> {
+    split_rows(pool, len, 1, fill)
+}
+
+/// [`split`] in ranges of whole rows of `width` values. `fill` must write every value
+/// of the range it is given (the buffer is not zeroed first: the threads' first writes
+/// are its only ones, each page faulted in by the thread that fills it).
+fn split_rows(
+    pool: &ThreadPool,
+    len: usize,
+    width: usize,
+    fill: impl Fn(Range<usize>, &mut [MaybeUninit<f32>]) + Sync,
+) -> Vec<f32> {
+    use rayon::prelude::*;
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    let rows = len / width.max(1);
+    let chunk = rows.div_ceil(4 * pool.current_num_threads()).max(1) * width.max(1);
+    pool.install(|| {
+        out.spare_capacity_mut()[..len].par_chunks_mut(chunk).enumerate().for_each(|(i, o)| {
+            let start = i * chunk;
+            fill(start..start + o.len(), o)
+        })
+    });
+    // SAFETY: the chunks cover 0..len and every caller's `fill` writes each value of
+    // its range (a zip of the range with its output slice, element by element).
+    unsafe { out.set_len(len) };
+    out
+}
+
 /// The pool this thread's kernels may split work over, if more than one thread.
 pub(crate) fn current() -> Option<&'static ThreadPool> {
     CURRENT.with(Cell::get)
@@ -153,6 +275,37 @@ mod tests {
             let one = bits(&run(1));
             for n in [2, 3, 4] {
                 assert_eq!(one, bits(&run(n)), "{op:?} on {n} threads");
+            }
+        }
+    }
+
+    #[test]
+    fn element_wise_nodes_split_over_threads_are_the_same_values_and_shapes() {
+        use shardc_ir::ops::{Add, Mul, Tanh};
+        let x = values(&[3, 100, 300], 11);
+        let cases: Vec<(Op, Vec<Tensor>)> = vec![
+            (Op::Tanh(Tanh {}), vec![x.clone()]),
+            (Op::Add(Add {}), vec![x.clone(), values(&[3, 100, 300], 12)]),
+            // A single value on either side, of lower and of higher rank.
+            (Op::Mul(Mul {}), vec![x.clone(), values(&[1], 13)]),
+            (Op::Mul(Mul {}), vec![values(&[], 14), x.clone()]),
+            (Op::Mul(Mul {}), vec![x.clone(), values(&[1, 1, 1, 1], 15)]),
+            // A bias over the last dim, a table over the last two, a value per row.
+            (Op::Add(Add {}), vec![x.clone(), values(&[300], 16)]),
+            (Op::Mul(Mul {}), vec![x.clone(), values(&[1, 100, 300], 17)]),
+            (Op::Mul(Mul {}), vec![x.clone(), values(&[3, 100, 1], 18)]),
+            // Broadcasts it does not split: the same answer on one thread.
+            (Op::Mul(Mul {}), vec![x.clone(), values(&[3, 1, 300], 19)]),
+            (Op::Add(Add {}), vec![values(&[300], 20), x.clone()]),
+        ];
+        for (op, inputs) in cases {
+            let args: Vec<Option<&Tensor>> = inputs.iter().map(Some).collect();
+            let run = |n: usize| with(n, || kernels::run(&op, &args, 1).unwrap()).unwrap();
+            let one = run(1);
+            for n in [2, 3] {
+                let got = run(n);
+                assert_eq!(one[0].shape(), got[0].shape(), "{op:?} on {n} threads");
+                assert_eq!(bits(&one), bits(&got), "{op:?} on {n} threads");
             }
         }
     }

@@ -265,3 +265,44 @@ fn half_precision_weights_widen_on_load() {
     assert_eq!((profile["Mul"].calls, profile["Add"].calls, profile["Cast"].calls), (1, 3, 3));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A tied table: looked up by rows (`Gather`) and read transposed by a `Gemm` (the
+/// head). The session keeps it transposed (the lookups read its columns); lookups and
+/// products give what the table as stored gives, worked out here by hand.
+#[test]
+fn a_tied_table_kept_transposed_looks_up_rows_and_multiplies() {
+    let dir = std::env::temp_dir().join(format!("shardc-tied-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // w: 4 rows (tokens) of 3: row r = [r, 10 + r, 100 + r].
+    let w: Vec<f32> = (0..4).flat_map(|r| [r as f32, 10.0 + r as f32, 100.0 + r as f32]).collect();
+    std::fs::write(dir.join("w.bin"), w.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
+    let g = r#"graph "t" {
+  input %0 "ids": i64[2, 2]
+  input %1 "x": f32[2, 3]
+  weight %2 "w": f32[4, 3] = "w.bin" @ 0 + 48
+  n0 "embed" Gather{axis=0}(%2, %0) -> %3 "rows": f32[2, 2, 3]
+  n1 "head" Gemm{transB=1}(%1, %2) -> %4 "logits": f32[2, 4]
+  output %3
+  output %4
+}"#;
+    let session = Session::new(parse(g).unwrap(), &dir);
+    for _ in 0..2 {
+        let out = session
+            .run(vec![
+                ("ids".into(), i64s(&[2, 2], &[3, 0, -1, 2])),
+                ("x".into(), f32s(&[2, 3], &[1.0, 0.0, 0.0, 0.0, 1.0, 0.5])),
+            ])
+            .unwrap();
+        let rows: Vec<f32> = [3, 0, 3, 2].iter().flat_map(|&r| w[r * 3..r * 3 + 3].to_vec()).collect();
+        assert_eq!(values(&out[0].1), (vec![2, 2, 3], rows));
+        // logits[i][r] = x_i · w_r.
+        let logits: Vec<f32> = [[1.0f32, 0.0, 0.0], [0.0, 1.0, 0.5]]
+            .iter()
+            .flat_map(|x| {
+                (0..4).map(|r| x[0] * w[r * 3] + x[1] * w[r * 3 + 1] + x[2] * w[r * 3 + 2]).collect::<Vec<_>>()
+            })
+            .collect();
+        assert_eq!(values(&out[1].1), (vec![2, 4], logits));
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -22,6 +22,25 @@ pub(crate) fn zip<A: Copy, B: Copy, C>(
     Ok(Zip::from(&av).and(&bv).map_collect(|&x, &y| f(x, y)))
 }
 
+/// [`zip`] of floats; over the run's threads when the result is large (each element
+/// computed alone, so the same bits on any count): operands in order with a plain
+/// broadcast by [`crate::threads::zip`], any others by `ndarray`'s parallel `Zip`.
+fn zip_f32(a: &ArrayD<f32>, b: &ArrayD<f32>, f: impl Fn(f32, f32) -> f32 + Sync + Send) -> Result<ArrayD<f32>, String> {
+    let shape = broadcast_shape(a.shape(), b.shape())?;
+    match crate::threads::current() {
+        Some(pool) if shape.iter().product::<usize>() >= crate::threads::SPLIT_ELEMENTS => {
+            // Operands in order whose broadcast is a plain pattern: split by hand.
+            if let Some(out) = crate::threads::zip(a, b, &f) {
+                return Ok(out);
+            }
+            let av = a.broadcast(IxDyn(&shape)).ok_or("broadcast failed")?;
+            let bv = b.broadcast(IxDyn(&shape)).ok_or("broadcast failed")?;
+            Ok(pool.install(|| Zip::from(&av).and(&bv).par_map_collect(|&x, &y| f(x, y))))
+        }
+        _ => zip(a, b, f),
+    }
+}
+
 fn mismatch(a: &Tensor, b: &Tensor) -> String {
     format!("operand types differ ({} vs {})", a.describe(), b.describe())
 }
@@ -62,10 +81,10 @@ pub fn binary(op: &Op, inputs: &[Option<&Tensor>]) -> KernelResult {
     let unsigned = a.dtype.is_unsigned();
     let out = match (&a.data, &b.data) {
         (Data::F32(x), Data::F32(y)) => Data::F32(match op {
-            Op::Add(_) => zip(x, y, |p, q| p + q)?,
-            Op::Sub(_) => zip(x, y, |p, q| p - q)?,
-            Op::Mul(_) => zip(x, y, |p, q| p * q)?,
-            Op::Div(_) => zip(x, y, |p, q| p / q)?,
+            Op::Add(_) => zip_f32(x, y, |p, q| p + q)?,
+            Op::Sub(_) => zip_f32(x, y, |p, q| p - q)?,
+            Op::Mul(_) => zip_f32(x, y, |p, q| p * q)?,
+            Op::Div(_) => zip_f32(x, y, |p, q| p / q)?,
             Op::Pow(_) => pow(x, y)?,
             Op::Mod(m) if m.fmod == 1 => zip(x, y, |p, q| p % q)?,
             Op::Mod(_) => return Err("Mod of floats needs fmod = 1".into()),

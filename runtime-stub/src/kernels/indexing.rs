@@ -1,6 +1,6 @@
 //! Indexing kernels: gathers, selections by value or position, reordering along an axis.
 
-use ndarray::{ArrayD, Axis};
+use ndarray::{ArrayD, Axis, IxDyn};
 use shardc_ir::DType;
 
 use super::movement::reshaped;
@@ -46,6 +46,21 @@ pub fn gather(ax: i64, inputs: &[Option<&Tensor>]) -> KernelResult {
     shape.extend_from_slice(idx.shape());
     shape.extend_from_slice(&x.shape()[ax + 1..]);
     Ok(vec![map_data!(x, |a| reshaped(&a.select(Axis(ax), &indices), &shape)?)])
+}
+
+/// `Gather{axis: 0}` of rows of a matrix kept transposed: `data` is the matrix's
+/// transpose `[K, N]`, the result the rows `indices` of the `[N, K]` matrix, shaped
+/// `indices.shape + [K]` (each row read as a column of `data`).
+pub fn gather_columns(inputs: &[Option<&Tensor>]) -> Result<Tensor, String> {
+    let data = input(inputs, 0)?;
+    if data.shape().len() != 2 {
+        return Err(format!("a transposed table must be 2-D, got {}", data.describe()));
+    }
+    let columns = gather(1, inputs)?.into_iter().next().ok_or("no lookup")?;
+    // [K, indices…] → [indices…, K].
+    let rank = columns.shape().len();
+    let order: Vec<usize> = (1..rank).chain([0]).collect();
+    Ok(map_data!(&columns, |a| a.view().permuted_axes(IxDyn(&order)).as_standard_layout().into_owned()))
 }
 
 /// `GatherElements{axis}(data, indices)`.

@@ -150,7 +150,8 @@ pub fn gemm(g: &Gemm, inputs: &[Option<&Tensor>]) -> KernelResult {
     if k != k2 {
         return Err(format!("inner dims differ ({:?} · {:?})", av.shape(), bv.shape()));
     }
-    let mut out = match optional(inputs, 2) {
+    let bias = optional(inputs, 2);
+    let mut out = match bias {
         Some(c) => {
             let c = floats(c, "C")?;
             let cb = c
@@ -167,7 +168,10 @@ pub fn gemm(g: &Gemm, inputs: &[Option<&Tensor>]) -> KernelResult {
         }
         None => vec![0f32; m * n],
     };
-    sgemm(&av, &bv, &mut out, 1.0, g.alpha);
+    // Without C the product is written, not added to zeros: a zeroed buffer read before
+    // it is written maps the shared zero page, and each first write then replaces it
+    // (a TLB flush on every core the process runs on).
+    sgemm(&av, &bv, &mut out, if bias.is_some() { 1.0 } else { 0.0 }, g.alpha);
     let out = ArrayD::from_shape_vec(IxDyn(&[m, n]), out).map_err(|e| e.to_string())?;
     Ok(vec![Tensor::with_dtype(ta.dtype, crate::tensor::Data::F32(out))])
 }

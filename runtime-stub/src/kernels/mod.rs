@@ -31,6 +31,7 @@ use ndarray::{ArrayD, IxDyn};
 use shardc_ir::Op;
 
 use crate::tensor::Tensor;
+pub(crate) use indexing::gather_columns;
 pub(crate) use linalg::{sgemm, SPLIT_FROM};
 
 /// Result of a kernel: its outputs, or what went wrong.

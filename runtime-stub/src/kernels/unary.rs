@@ -18,36 +18,41 @@ fn softplus(v: f32) -> f32 {
     }
 }
 
+/// `f` of every element, over the run's threads when there are many.
+fn map(a: &ndarray::ArrayD<f32>, f: impl Fn(f32) -> f32 + Sync) -> ndarray::ArrayD<f32> {
+    crate::threads::map(a, f)
+}
+
 /// The elementwise unary family.
 pub fn unary(op: &Op, inputs: &[Option<&Tensor>]) -> KernelResult {
     let x = input(inputs, 0)?;
     let data = match &x.data {
         Data::F32(a) => Data::F32(match op {
-            Op::Neg(_) => a.mapv(|v| -v),
-            Op::Abs(_) => a.mapv(f32::abs),
-            Op::Sqrt(_) => a.mapv(f32::sqrt),
-            Op::Reciprocal(_) => a.mapv(|v| 1.0 / v),
-            Op::Exp(_) => a.mapv(f32::exp),
-            Op::Log(_) => a.mapv(f32::ln),
-            Op::Tanh(_) => a.mapv(tanh),
-            Op::Sigmoid(_) => a.mapv(sigmoid),
-            Op::Sin(_) => a.mapv(f32::sin),
-            Op::Cos(_) => a.mapv(f32::cos),
-            Op::Tan(_) => a.mapv(f32::tan),
-            Op::Asin(_) => a.mapv(f32::asin),
-            Op::Acos(_) => a.mapv(f32::acos),
-            Op::Atan(_) => a.mapv(f32::atan),
-            Op::Sinh(_) => a.mapv(f32::sinh),
-            Op::Cosh(_) => a.mapv(f32::cosh),
-            Op::Asinh(_) => a.mapv(f32::asinh),
-            Op::Acosh(_) => a.mapv(f32::acosh),
-            Op::Atanh(_) => a.mapv(f32::atanh),
-            Op::Erf(_) => a.mapv(libm::erff),
-            Op::Relu(_) => a.mapv(|v| if v < 0.0 { 0.0 } else { v }),
-            Op::Floor(_) => a.mapv(f32::floor),
-            Op::Ceil(_) => a.mapv(f32::ceil),
-            Op::Round(_) => a.mapv(f32::round_ties_even),
-            Op::Sign(_) => a.mapv(|v| {
+            Op::Neg(_) => map(a, |v| -v),
+            Op::Abs(_) => map(a, f32::abs),
+            Op::Sqrt(_) => map(a, f32::sqrt),
+            Op::Reciprocal(_) => map(a, |v| 1.0 / v),
+            Op::Exp(_) => map(a, f32::exp),
+            Op::Log(_) => map(a, f32::ln),
+            Op::Tanh(_) => map(a, tanh),
+            Op::Sigmoid(_) => map(a, sigmoid),
+            Op::Sin(_) => map(a, f32::sin),
+            Op::Cos(_) => map(a, f32::cos),
+            Op::Tan(_) => map(a, f32::tan),
+            Op::Asin(_) => map(a, f32::asin),
+            Op::Acos(_) => map(a, f32::acos),
+            Op::Atan(_) => map(a, f32::atan),
+            Op::Sinh(_) => map(a, f32::sinh),
+            Op::Cosh(_) => map(a, f32::cosh),
+            Op::Asinh(_) => map(a, f32::asinh),
+            Op::Acosh(_) => map(a, f32::acosh),
+            Op::Atanh(_) => map(a, f32::atanh),
+            Op::Erf(_) => map(a, libm::erff),
+            Op::Relu(_) => map(a, |v| if v < 0.0 { 0.0 } else { v }),
+            Op::Floor(_) => map(a, f32::floor),
+            Op::Ceil(_) => map(a, f32::ceil),
+            Op::Round(_) => map(a, f32::round_ties_even),
+            Op::Sign(_) => map(a, |v| {
                 if v > 0.0 {
                     1.0
                 } else if v < 0.0 {
@@ -56,16 +61,16 @@ pub fn unary(op: &Op, inputs: &[Option<&Tensor>]) -> KernelResult {
                     v
                 }
             }),
-            Op::Softplus(_) => a.mapv(softplus),
-            Op::Softsign(_) => a.mapv(|v| v / (1.0 + v.abs())),
-            Op::LeakyRelu(l) => a.mapv(|v| if v < 0.0 { l.alpha * v } else { v }),
-            Op::Elu(e) => a.mapv(|v| if v < 0.0 { e.alpha * (v.exp() - 1.0) } else { v }),
-            Op::Selu(s) => a.mapv(|v| s.gamma * if v <= 0.0 { s.alpha * (v.exp() - 1.0) } else { v }),
-            Op::Celu(c) => a.mapv(|v| v.max(0.0) + (c.alpha * ((v / c.alpha).exp() - 1.0)).min(0.0)),
-            Op::HardSigmoid(h) => a.mapv(|v| (h.alpha * v + h.beta).clamp(0.0, 1.0)),
-            Op::HardSwish(_) => a.mapv(|v| v * (v / 6.0 + 0.5).clamp(0.0, 1.0)),
-            Op::ThresholdedRelu(t) => a.mapv(|v| if v > t.alpha { v } else { 0.0 }),
-            Op::Shrink(s) => a.mapv(|v| {
+            Op::Softplus(_) => map(a, softplus),
+            Op::Softsign(_) => map(a, |v| v / (1.0 + v.abs())),
+            Op::LeakyRelu(l) => map(a, |v| if v < 0.0 { l.alpha * v } else { v }),
+            Op::Elu(e) => map(a, |v| if v < 0.0 { e.alpha * (v.exp() - 1.0) } else { v }),
+            Op::Selu(s) => map(a, |v| s.gamma * if v <= 0.0 { s.alpha * (v.exp() - 1.0) } else { v }),
+            Op::Celu(c) => map(a, |v| v.max(0.0) + (c.alpha * ((v / c.alpha).exp() - 1.0)).min(0.0)),
+            Op::HardSigmoid(h) => map(a, |v| (h.alpha * v + h.beta).clamp(0.0, 1.0)),
+            Op::HardSwish(_) => map(a, |v| v * (v / 6.0 + 0.5).clamp(0.0, 1.0)),
+            Op::ThresholdedRelu(t) => map(a, |v| if v > t.alpha { v } else { 0.0 }),
+            Op::Shrink(s) => map(a, |v| {
                 if v < -s.lambd {
                     v + s.bias
                 } else if v > s.lambd {
@@ -74,13 +79,13 @@ pub fn unary(op: &Op, inputs: &[Option<&Tensor>]) -> KernelResult {
                     0.0
                 }
             }),
-            Op::Mish(_) => a.mapv(|v| v * tanh(softplus(v))),
-            Op::Swish(s) => a.mapv(|v| v * sigmoid(s.alpha * v)),
+            Op::Mish(_) => map(a, |v| v * tanh(softplus(v))),
+            Op::Swish(s) => map(a, |v| v * sigmoid(s.alpha * v)),
             Op::Gelu(g) => match g.approximate.as_str() {
-                "none" => a.mapv(|v| 0.5 * v * (1.0 + libm::erff(v * std::f32::consts::FRAC_1_SQRT_2))),
+                "none" => map(a, |v| 0.5 * v * (1.0 + libm::erff(v * std::f32::consts::FRAC_1_SQRT_2))),
                 "tanh" => {
                     let k = (2.0 / std::f32::consts::PI).sqrt();
-                    a.mapv(|v| 0.5 * v * (1.0 + tanh(k * (v + 0.044715 * v * v * v))))
+                    map(a, |v| 0.5 * v * (1.0 + tanh(k * (v + 0.044715 * v * v * v))))
                 }
                 other => return Err(format!("Gelu approximate `{other}` (expected none or tanh)")),
             },

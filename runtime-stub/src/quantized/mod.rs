@@ -285,7 +285,14 @@ pub fn product(f: &Fused, w: &QuantMatrix, x: &Tensor, c: Option<&Tensor>) -> Re
             init.mapv_inplace(|v| v * beta);
             init.into_raw_vec_and_offset().0
         }
-        _ => vec![0f32; m * n],
+        // Zeros written, not a zeroed allocation: the products add into it, and reading
+        // untouched zeroed pages first maps the shared zero page, which each first write
+        // then replaces with a TLB flush on every core the process runs on.
+        _ => {
+            let mut zeros = Vec::with_capacity(m * n);
+            zeros.resize(m * n, 0f32);
+            zeros
+        }
     };
     if m < TILED_FROM_ROWS {
         rows_product(w, trans_b, xs, m, &mut out, alpha);
