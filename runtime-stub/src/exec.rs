@@ -7,13 +7,13 @@ use std::path::Path;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use shardc_ir::ops::Gemm;
-use shardc_ir::{Dim, Graph, NodeId, Op, ValueDef, ValueId};
+use shardc_ir::{Dim, Graph, NodeId, ValueDef, ValueId};
 
 use crate::kernels;
 use crate::quantized::{self, fused_products, Fused, QuantMatrix};
-use crate::tensor::{storage_of, Data, Tensor};
+use crate::tensor::{storage_of, Tensor};
 use crate::threads;
+use crate::transposed::Transposed;
 use crate::weights::WeightFiles;
 use crate::RuntimeError;
 
@@ -47,14 +47,8 @@ pub struct Session {
     quantized: RefCell<HashMap<usize, Rc<QuantMatrix>>>,
     /// Threads the kernels of a run may use (None: the process's, [`threads::threads`]).
     threads: Option<usize>,
-    /// `Gemm` nodes whose `B` is a weight read transposed (`transB`) by this node alone:
-    /// the weight is kept transposed, `[K, N]` row-major, and the node run without
-    /// `transB` — the product reads it in the order it is stored (a transposed read is
-    /// about half the speed and does not split over threads).
-    flip: Vec<Option<Op>>,
-    /// `Gather` nodes that look rows up in such a weight: the `Gemm` node keeping it.
-    flip_gather: Vec<Option<usize>>,
-    flipped: RefCell<HashMap<usize, Rc<Tensor>>>,
+    /// Weights kept transposed for the products that read them so ([`Transposed`]).
+    transposed: Transposed,
 }
 
 /// Calls of one op kind and the time they took.
@@ -98,39 +92,7 @@ impl Session {
                 }
             }
         }
-        let uses = graph.uses();
-        // A weight read transposed by one `Gemm`, and otherwise only looked up by rows
-        // (`Gather` on axis 0: a tied embedding): kept transposed; the lookups read its
-        // columns.
-        let mut flip: Vec<Option<Op>> = vec![None; graph.nodes.len()];
-        let mut flip_gather: Vec<Option<usize>> = vec![None; graph.nodes.len()];
-        for (i, node) in graph.nodes.iter().enumerate() {
-            let Op::Gemm(g) = &node.op else { continue };
-            let Some(b) = node.inputs.get(1).copied().flatten() else { continue };
-            let weight = matches!(&graph.value(b).def, ValueDef::Weight(w) if w.shape.len() == 2);
-            let lookups: Vec<usize> = uses[b.index()].iter().map(|n| n.index()).filter(|&n| n != i).collect();
-            let lookup = |n: usize| {
-                let other = &graph.nodes[n];
-                matches!(&other.op, Op::Gather(a) if a.axis == 0)
-                    && other.inputs.first().copied().flatten() == Some(b)
-                    && other.inputs.iter().flatten().filter(|&&v| v == b).count() == 1
-                    && fused[n].is_none()
-            };
-            let read_once = uses[b.index()].iter().filter(|n| n.index() == i).count() == 1;
-            if g.transA == 0
-                && g.transB != 0
-                && fused[i].is_none()
-                && weight
-                && read_once
-                && !is_output[b.index()]
-                && lookups.iter().all(|&n| lookup(n))
-            {
-                flip[i] = Some(Op::Gemm(Gemm { transB: 0, ..g.clone() }));
-                for n in lookups {
-                    flip_gather[n] = Some(i);
-                }
-            }
-        }
+        let transposed = Transposed::plan(&graph, &fused, &is_output);
         let loaded = RefCell::new(vec![None; graph.values.len()]);
         Session {
             weights,
@@ -147,39 +109,13 @@ impl Session {
             skipped,
             quantized: RefCell::default(),
             threads: None,
-            flip,
-            flip_gather,
-            flipped: RefCell::default(),
+            transposed,
         }
     }
 
-    /// The weight `B` of `Gemm` node `node` (one of [`Session::flip`]'s), transposed to
-    /// `[K, N]` row-major on first use; the weight as stored is never kept.
+    /// The transposed weight that node `node` reads (see [`Transposed::owner`]).
     fn flipped_weight(&self, node: usize) -> Result<Rc<Tensor>, RuntimeError> {
-        if let Some(t) = self.flipped.borrow().get(&node) {
-            return Ok(t.clone());
-        }
-        let b = self.graph.nodes[node].inputs[1].ok_or_else(|| RuntimeError::Kernel {
-            node: self.graph.nodes[node].name.clone(),
-            op: "Gemm",
-            message: "input 1 is missing".into(),
-        })?;
-        let value = self.graph.value(b);
-        let ValueDef::Weight(w) = &value.def else {
-            return Err(RuntimeError::NoWeightFile { name: value.name.clone() });
-        };
-        let stored = self.weights.load(&value.name, w)?;
-        let fail = |message: String| RuntimeError::Weight {
-            name: value.name.clone(),
-            file: w.location.as_ref().map(|l| std::path::PathBuf::from(&l.file)).unwrap_or_default(),
-            message,
-        };
-        let a = stored
-            .as_f32()
-            .ok_or_else(|| fail(format!("a product's weight must be float, got {}", stored.describe())))?;
-        let t = Rc::new(Tensor::with_dtype(stored.dtype, Data::F32(a.t().as_standard_layout().into_owned())));
-        self.flipped.borrow_mut().insert(node, t.clone());
-        Ok(t)
+        self.transposed.weight(&self.graph, &self.weights, node)
     }
 
     /// Threads the kernels of this session's runs may use (see [`crate::threads`]:
@@ -369,14 +305,14 @@ impl Session {
                 if let Some(f) = fused {
                     self.quant_matrix(i, f)?.touch();
                 }
-                if let Some(owner) = self.flip[i].as_ref().map(|_| i).or(self.flip_gather[i]) {
-                    self.flipped_weight(owner)?;
+                if self.transposed.owner(i).is_some() {
+                    self.flipped_weight(i)?;
                 }
                 // The weights and constants it reads, loaded as its first run would.
                 for (slot, v) in node.inputs.iter().enumerate() {
                     let Some(v) = v else { continue };
                     let stored = matches!(self.graph.value(*v).def, ValueDef::Weight(_) | ValueDef::Const(_));
-                    let flipped = (slot == 1 && self.flip[i].is_some()) || (slot == 0 && self.flip_gather[i].is_some());
+                    let flipped = self.transposed.reads(i, slot);
                     if stored && !flipped && fused.is_none_or(|f| slot != f.operand()) {
                         self.constant(*v)?;
                     }
@@ -395,10 +331,7 @@ impl Session {
                     None => None,
                     // A fused product reads its quantized operand from the map.
                     Some(_) if fused.is_some_and(|f| slot == f.operand()) => None,
-                    Some(_) if slot == 1 && self.flip[i].is_some() => Some(self.flipped_weight(i)?),
-                    Some(_) if slot == 0 && self.flip_gather[i].is_some() => {
-                        Some(self.flipped_weight(self.flip_gather[i].unwrap_or(i))?)
-                    }
+                    Some(_) if self.transposed.reads(i, slot) => Some(self.flipped_weight(i)?),
                     Some(v) => Some(match &values[v.index()] {
                         Some(t) => t.clone(),
                         None => self.constant(*v)?,
@@ -421,8 +354,8 @@ impl Session {
                         quantized::product(f, &w, other, refs.get(2).copied().flatten()).map(|t| vec![t])
                     }
                 }
-                None if self.flip_gather[i].is_some() => kernels::gather_columns(&refs).map(|t| vec![t]),
-                None => kernels::run(self.flip[i].as_ref().unwrap_or(&node.op), &refs, node.outputs.len()),
+                None if self.transposed.lookup(i) => kernels::gather_columns(&refs).map(|t| vec![t]),
+                None => kernels::run(self.transposed.op(i).unwrap_or(&node.op), &refs, node.outputs.len()),
             }
             .map_err(|message| RuntimeError::Kernel { node: label(), op: node.op.name(), message })?;
             if let Some(p) = self.profile.borrow_mut().as_mut() {

@@ -31,6 +31,7 @@ pub mod profile;
 pub mod quantized;
 pub mod tensor;
 pub mod threads;
+mod transposed;
 pub mod weights;
 pub mod wire;
 

@@ -285,9 +285,8 @@ pub fn product(f: &Fused, w: &QuantMatrix, x: &Tensor, c: Option<&Tensor>) -> Re
             init.mapv_inplace(|v| v * beta);
             init.into_raw_vec_and_offset().0
         }
-        // Zeros written, not a zeroed allocation: the products add into it, and reading
-        // untouched zeroed pages first maps the shared zero page, which each first write
-        // then replaces with a TLB flush on every core the process runs on.
+        // Zeros written, not a zeroed allocation, which the products would read first
+        // (the shared zero page, each first write then a TLB flush on every core).
         _ => {
             let mut zeros = Vec::with_capacity(m * n);
             zeros.resize(m * n, 0f32);
