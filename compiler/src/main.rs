@@ -80,8 +80,8 @@ use commands::{run_model, run_tensors, verify, verify_tensors};
 
 /// `--threads N` (default: the cores available) for the runtime's kernels.
 fn set_threads(threads: Option<usize>) -> Result<()> {
-    let n = threads.unwrap_or_else(shardc_runtime::threads::available);
-    shardc_runtime::threads::set_threads(n).map_err(|e| anyhow::Error::new(Usage(format!("--threads: {e}"))))
+    shardc_runtime::threads::set_threads_or_available(threads)
+        .map_err(|e| anyhow::Error::new(Usage(format!("--threads: {e}"))))
 }
 
 fn open(args: &ModelArgs) -> Result<LoadedModel> {

@@ -33,6 +33,12 @@ pub fn set_threads(n: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// The process's thread count as a command line asks for it: `requested`, or the
+/// cores available (`--threads N` of `shardc` and `shardc-run`).
+pub fn set_threads_or_available(requested: Option<usize>) -> Result<(), String> {
+    set_threads(requested.unwrap_or_else(available))
+}
+
 /// The process's thread count for sessions that set none.
 pub fn threads() -> usize {
     DEFAULT.load(Ordering::Relaxed)
@@ -127,33 +133,20 @@ pub(crate) fn map(a: &ndarray::ArrayD<f32>, f: impl Fn(f32) -> f32 + Sync) -> nd
     }
 }
 
-/// `f` of the elements of `a` and `b` pairwise, over the run's threads, when both are
-/// laid out in order and `b` has `a`'s shape, or trailing dims of it (a bias, a table
-/// of positions), or it with the last dim 1 (a value per row); or `a` is a single
-/// value. None otherwise (the caller broadcasts on one thread).
+/// `f` of the elements of `a` and `b` pairwise over `pool`'s threads, when both are
+/// laid out in order and `b` is a single value, has `a`'s shape, or trailing dims of it
+/// (a bias, a table of positions), or it with the last dim 1 (a value per row). None
+/// otherwise (the caller broadcasts another way).
 pub(crate) fn zip(
+    pool: &ThreadPool,
     a: &ndarray::ArrayD<f32>,
     b: &ndarray::ArrayD<f32>,
     f: impl Fn(f32, f32) -> f32 + Sync,
 ) -> Option<ndarray::ArrayD<f32>> {
-    let pool = current()?;
     let (xs, ys) = (a.as_slice()?, b.as_slice()?);
-    if xs.len() == 1 && b.ndim() >= a.ndim() && ys.len() >= SPLIT_ELEMENTS {
-        let out = split(pool, ys.len(), |range, out: &mut [MaybeUninit<f32>]| {
-            for (o, &y) in out.iter_mut().zip(&ys[range]) {
-                o.write(f(xs[0], y));
-            }
-        });
-        return ndarray::ArrayD::from_shape_vec(b.raw_dim(), out).ok();
-    }
-    if xs.len() < SPLIT_ELEMENTS || ys.is_empty() || a.ndim() < b.ndim() {
+    if ys.is_empty() || a.ndim() < b.ndim() {
         return None;
     }
-    // b's dims after any leading 1s.
-    let bs: &[usize] = {
-        let lead = b.shape().iter().take_while(|&&d| d == 1).count().min(b.ndim().saturating_sub(1));
-        &b.shape()[lead..]
-    };
     if ys.len() == 1 || a.shape() == b.shape() {
         let out = split(pool, xs.len(), |range, out: &mut [MaybeUninit<f32>]| {
             if ys.len() == 1 {
@@ -168,6 +161,11 @@ pub(crate) fn zip(
         });
         return ndarray::ArrayD::from_shape_vec(a.raw_dim(), out).ok();
     }
+    // b's dims after any leading 1s.
+    let bs: &[usize] = {
+        let lead = b.shape().iter().take_while(|&&d| d == 1).count().min(b.ndim().saturating_sub(1));
+        &b.shape()[lead..]
+    };
     let (ashape, r) = (a.shape(), a.ndim());
     // Rows of `width` values of a, each against the row of b it meets.
     let (width, per_row) = if ashape[r - bs.len()..] == *bs {

@@ -266,8 +266,7 @@ fn parse_slow_device(s: &str) -> Result<(String, Slowdown), String> {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    let threads = cli.threads.unwrap_or_else(shardc_runtime::threads::available);
-    shardc_runtime::threads::set_threads(threads).map_err(|e| anyhow!("--threads: {e}"))?;
+    shardc_runtime::threads::set_threads_or_available(cli.threads).map_err(|e| anyhow!("--threads: {e}"))?;
     match cli.command {
         Command::Serve { out, device, cluster, allow_remote, slowdown, slowdown_after, session_timeout, net } => {
             let cluster = Cluster::load(&cluster, allow_remote).map_err(|e| anyhow!(e))?;

@@ -24,21 +24,21 @@ pub(crate) fn zip<A: Copy, B: Copy, C>(
 
 /// [`zip`] of floats; over the run's threads when the result is large (each element
 /// computed alone, so the same bits on any count): operands in order with a plain
-/// broadcast by [`crate::threads::zip`], any others by `ndarray`'s parallel `Zip`.
+/// broadcast (either way round) by [`crate::threads::zip`], any others by `ndarray`'s
+/// parallel `Zip`.
 fn zip_f32(a: &ArrayD<f32>, b: &ArrayD<f32>, f: impl Fn(f32, f32) -> f32 + Sync + Send) -> Result<ArrayD<f32>, String> {
+    let Some(pool) = crate::threads::current() else { return zip(a, b, f) };
     let shape = broadcast_shape(a.shape(), b.shape())?;
-    match crate::threads::current() {
-        Some(pool) if shape.iter().product::<usize>() >= crate::threads::SPLIT_ELEMENTS => {
-            // Operands in order whose broadcast is a plain pattern: split by hand.
-            if let Some(out) = crate::threads::zip(a, b, &f) {
-                return Ok(out);
-            }
-            let av = a.broadcast(IxDyn(&shape)).ok_or("broadcast failed")?;
-            let bv = b.broadcast(IxDyn(&shape)).ok_or("broadcast failed")?;
-            Ok(pool.install(|| Zip::from(&av).and(&bv).par_map_collect(|&x, &y| f(x, y))))
-        }
-        _ => zip(a, b, f),
+    if shape.iter().product::<usize>() < crate::threads::SPLIT_ELEMENTS {
+        return zip(a, b, f);
     }
+    let by_hand = crate::threads::zip(pool, a, b, &f).or_else(|| crate::threads::zip(pool, b, a, |y, x| f(x, y)));
+    if let Some(out) = by_hand {
+        return Ok(out);
+    }
+    let av = a.broadcast(IxDyn(&shape)).ok_or("broadcast failed")?;
+    let bv = b.broadcast(IxDyn(&shape)).ok_or("broadcast failed")?;
+    Ok(pool.install(|| Zip::from(&av).and(&bv).par_map_collect(|&x, &y| f(x, y))))
 }
 
 fn mismatch(a: &Tensor, b: &Tensor) -> String {

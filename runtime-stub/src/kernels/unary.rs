@@ -4,6 +4,7 @@ use shardc_ir::Op;
 
 use super::{input, KernelResult};
 use crate::tensor::{Data, Tensor};
+use crate::threads::map;
 
 fn sigmoid(v: f32) -> f32 {
     1.0 / (1.0 + (-v).exp())
@@ -16,11 +17,6 @@ fn softplus(v: f32) -> f32 {
     } else {
         v.exp().ln_1p()
     }
-}
-
-/// `f` of every element, over the run's threads when there are many.
-fn map(a: &ndarray::ArrayD<f32>, f: impl Fn(f32) -> f32 + Sync) -> ndarray::ArrayD<f32> {
-    crate::threads::map(a, f)
 }
 
 /// The elementwise unary family.

@@ -94,13 +94,13 @@ impl Radix {
     }
 
     /// How many states option `o` fits (has room for its units in).
-    fn fits(&self, o: &Option_) -> usize {
+    fn fits(&self, o: &Choice) -> usize {
         self.total.iter().zip(&o.count).fold(1usize, |w, (t, c)| w.saturating_mul(t + 1 - c))
     }
 
     /// Take option `o` from every state of `old` it fits, into `g`. The first kind
     /// (the most units) has stride 1, so the states differing only in it are one run.
-    fn add(&self, g: &mut [f64], old: &[f64], o: &Option_) {
+    fn add(&self, g: &mut [f64], old: &[f64], o: &Choice) {
         let nk = self.total.len();
         let run = self.total[0] + 1 - o.count[0];
         let mut digit = vec![0; nk];
@@ -127,14 +127,14 @@ impl Radix {
 }
 
 /// One stage size a device can take: units per kind, that vector's state offset, cost.
-struct Option_ {
+struct Choice {
     count: Vec<usize>,
     offset: usize,
     cost: f64,
 }
 
 /// The cheapest stage of each count vector on device `d` (link in included).
-fn options(t: &Tables, kind: &[usize], radix: &Radix, d: usize) -> Vec<Option_> {
+fn options(t: &Tables, kind: &[usize], radix: &Radix, d: usize) -> Vec<Choice> {
     let (n, nd) = (t.n, t.nd);
     let mut best: HashMap<Vec<usize>, f64> = HashMap::new();
     let mut count = vec![0; radix.total.len()];
@@ -148,11 +148,11 @@ fn options(t: &Tables, kind: &[usize], radix: &Radix, d: usize) -> Vec<Option_> 
             *slot = slot.min(cost);
         }
     }
-    let mut out: Vec<Option_> = best
+    let mut out: Vec<Choice> = best
         .into_iter()
         .map(|(count, cost)| {
             let offset = count.iter().zip(&radix.stride).map(|(c, s)| c * s).sum();
-            Option_ { count, offset, cost }
+            Choice { count, offset, cost }
         })
         .collect();
     // The bound is a minimum whatever the order; a fixed order keeps its sums the same.
@@ -179,7 +179,7 @@ fn bound_at(t: &Tables, grain: Grain) -> Option<f64> {
     if radix.states > MAX_STATES && !coarsest {
         return None;
     }
-    let options: Vec<Vec<Option_>> = (0..t.nd).map(|d| options(t, &kind, &radix, d)).collect();
+    let options: Vec<Vec<Choice>> = (0..t.nd).map(|d| options(t, &kind, &radix, d)).collect();
     let work = options.iter().flatten().fold(0usize, |w, o| w.saturating_add(radix.fits(o)));
     if work > MAX_WORK && !coarsest {
         return None;
