@@ -261,9 +261,12 @@ mod tests {
             // One large product: gemm splits it (120·400·700 multiply-adds).
             (Op::MatMul(MatMul {}), vec![values(&[1, 120, 400], 1), values(&[400, 700], 2)]),
             // A weight read transposed, with a bias, as projections are.
-            (gemm, vec![values(&[96, 512], 3), values(&[900, 512], 4), values(&[900], 5)]),
+            (gemm.clone(), vec![values(&[96, 512], 3), values(&[900, 512], 4), values(&[900], 5)]),
             // Pairs of matrices (heads): split pair by pair.
             (Op::MatMul(MatMul {}), vec![values(&[2, 12, 70, 64], 6), values(&[2, 12, 64, 90], 7)]),
+            // Decode rows (the few-rows loops), split by columns: [K, N] and [N, K].
+            (Op::MatMul(MatMul {}), vec![values(&[1, 3, 700], 21), values(&[700, 2000], 22)]),
+            (gemm, vec![values(&[5, 600], 23), values(&[1900, 600], 24), values(&[1900], 25)]),
             // Too small to split: one thread whatever the count.
             (Op::MatMul(MatMul {}), vec![values(&[3, 40], 8), values(&[40, 50], 9)]),
         ];

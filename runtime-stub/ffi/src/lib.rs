@@ -169,7 +169,7 @@ unsafe fn net_arg(net: *const ShardcNet, session_timeout: Duration) -> Result<(N
             ))
         }
     };
-    let opts = NetOptions { key, max_frame: 1 << 30, slowdown: Slowdown::NONE, session_timeout };
+    let opts = NetOptions { key, max_frame: 1 << 30, slowdown: Slowdown::NONE, session_timeout, batch: true };
     Ok((opts, net.allow_remote != 0))
 }
 

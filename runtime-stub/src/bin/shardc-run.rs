@@ -157,6 +157,11 @@ enum Command {
         /// (its client went away).
         #[arg(long, default_value_t = 60.0)]
         session_timeout: f64,
+        /// Run ready steps one by one: by default the steps of all requests that are ready
+        /// run as one batched step (products read each weight once for all of them; every
+        /// request gets the same bits either way).
+        #[arg(long)]
+        no_batch: bool,
         #[command(flatten)]
         net: Net,
     },
@@ -185,6 +190,9 @@ enum Command {
         /// encrypted with a random key, as over a network; for measuring what that costs).
         #[arg(long)]
         insecure: bool,
+        /// Each device runs ready steps one by one, not batched.
+        #[arg(long)]
+        no_batch: bool,
     },
     /// Measure this device with the runtime's kernels and print its entry for a device
     /// profile (`[[device]]` with its `[device.kernels]` table), as `shardc profile`.
@@ -202,7 +210,7 @@ enum Command {
     },
 }
 
-fn net_options(net: &Net, slowdown: Slowdown, session_timeout: f64) -> Result<NetOptions> {
+fn net_options(net: &Net, slowdown: Slowdown, session_timeout: f64, batch: bool) -> Result<NetOptions> {
     let key = match (&net.secret_file, net.insecure) {
         (Some(p), _) => {
             let bytes = shardc_format::files::read_bounded(p, MAX_SECRET_FILE)
@@ -229,6 +237,7 @@ fn net_options(net: &Net, slowdown: Slowdown, session_timeout: f64) -> Result<Ne
         max_frame: net.max_frame,
         slowdown,
         session_timeout: Duration::from_secs_f64(session_timeout),
+        batch,
     })
 }
 
@@ -268,25 +277,35 @@ fn parse_slow_device(s: &str) -> Result<(String, Slowdown), String> {
 fn run(cli: Cli) -> Result<()> {
     shardc_runtime::threads::set_threads_or_available(cli.threads).map_err(|e| anyhow!("--threads: {e}"))?;
     match cli.command {
-        Command::Serve { out, device, cluster, allow_remote, slowdown, slowdown_after, session_timeout, net } => {
+        Command::Serve {
+            out,
+            device,
+            cluster,
+            allow_remote,
+            slowdown,
+            slowdown_after,
+            session_timeout,
+            no_batch,
+            net,
+        } => {
             let cluster = Cluster::load(&cluster, allow_remote).map_err(|e| anyhow!(e))?;
             if !(slowdown >= 1.0 && slowdown.is_finite()) {
                 bail!("--slowdown {slowdown}: the factor must be at least 1");
             }
             let slowdown = slowdown_after.unwrap_or(Slowdown { factor: slowdown, from_step: 0 });
-            let opts = net_options(&net, slowdown, session_timeout)?;
+            let opts = net_options(&net, slowdown, session_timeout, !no_batch)?;
             let ctx = zmq::Context::new();
             node::serve(&out, &device, &cluster, &ctx, &opts, Arc::new(AtomicBool::new(false))).map_err(|e| anyhow!(e))
         }
         Command::Generate { out, cluster, allow_remote, generation, net } => {
             let cluster = Cluster::load(&cluster, allow_remote).map_err(|e| anyhow!(e))?;
-            let opts = net_options(&net, Slowdown::NONE, 60.0)?;
+            let opts = net_options(&net, Slowdown::NONE, 60.0, true)?;
             let ctx = zmq::Context::new();
             let g = node::generate(&out, &cluster, &ctx, &opts, &generation.job()?).map_err(|e| anyhow!(e))?;
             report(&g, generation.json)
         }
-        Command::Local { out, generation, slow_device, insecure } => {
-            let opts = node::LocalOptions { slow: slow_device, insecure };
+        Command::Local { out, generation, slow_device, insecure, no_batch } => {
+            let opts = node::LocalOptions { slow: slow_device, insecure, no_batch };
             let g = node::local(&out, &generation.job()?, &opts).map_err(|e| anyhow!(e))?;
             report(&g, generation.json)
         }

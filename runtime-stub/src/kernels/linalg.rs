@@ -1,4 +1,5 @@
-//! Matrix products (through the `gemm` crate) and einsum.
+//! Matrix products (through the `gemm` crate, and [`super::rows`] for a few rows) and
+//! einsum.
 
 use ndarray::{ArrayD, ArrayViewD, Axis, IxDyn};
 use shardc_ir::ops::Gemm;
@@ -25,6 +26,15 @@ pub(crate) fn sgemm(a: &ArrayViewD<f32>, b: &ArrayViewD<f32>, c: &mut [f32], bet
     debug_assert_eq!(c.len(), m * n);
     if m == 0 || n == 0 {
         return;
+    }
+    if m <= super::rows::MAX_ROWS {
+        // A few rows (decode steps): the same bits for a row alone or among others.
+        let rows: Vec<f32> = a.iter().copied().collect();
+        let strides = (b.strides()[0], b.strides()[1]);
+        // SAFETY: `b` is a live k×n view with these strides.
+        if unsafe { super::rows::product(&rows, m, k, b.as_ptr(), strides, n, c, (alpha, beta)) } {
+            return;
+        }
     }
     let product = |c: &mut [f32], parallelism: gemm::Parallelism| {
         let (rsa, csa) = (a.strides()[0], a.strides()[1]);

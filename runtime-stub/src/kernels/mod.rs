@@ -24,6 +24,7 @@ mod movement;
 mod norm;
 mod quant;
 mod reduce;
+mod rows;
 mod scatter;
 mod unary;
 
@@ -33,6 +34,7 @@ use shardc_ir::Op;
 use crate::tensor::Tensor;
 pub(crate) use indexing::gather_columns;
 pub(crate) use linalg::{sgemm, SPLIT_FROM};
+pub(crate) use rows::MAX_ROWS;
 
 /// Result of a kernel: its outputs, or what went wrong.
 pub type KernelResult = Result<Vec<Tensor>, String>;

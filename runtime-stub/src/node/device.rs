@@ -42,6 +42,10 @@ pub(super) struct Handover {
 /// Why a session ends when its client closes it.
 const CLOSED: &str = "the client closed it";
 
+/// Most messages taken without waiting before the ready steps run (a flood of
+/// messages does not hold the steps back).
+const MAX_DRAINED: usize = 256;
+
 /// Most ended sessions a device remembers (their messages are then stale).
 const ENDED_SESSIONS: usize = 4096;
 
@@ -63,6 +67,8 @@ pub(super) struct Device<'a> {
     /// When the first input of a step arrived: the wait for the others is reported.
     pub(super) first_arrival: HashMap<(u64, u64), Instant>,
     pub(super) caches: HashMap<u64, HashMap<String, Tensor>>,
+    /// Steps with every input here, waiting to run together ([`Device::run_ready`]).
+    pub(super) ready: Vec<(u64, u64)>,
     pub(super) handover: Option<Handover>,
 }
 
@@ -92,6 +98,7 @@ impl Device<'_> {
             let requests = self.caches.len();
             self.caches.clear();
             self.pending.clear();
+            self.ready.clear();
             self.first_arrival.clear();
             self.handover = None;
             self.net.guard.forget(&id);
@@ -174,6 +181,10 @@ impl Device<'_> {
             }
         }
         let (request, step) = (msg.request, msg.step);
+        if !matches!(msg.body, Body::Tensors(_) | Body::Alive) {
+            // What changes the stage or the caches happens after the steps before it.
+            self.run_ready()?;
+        }
         match msg.body {
             Body::Alive => {}
             Body::Close => self.end_session(CLOSED),
@@ -214,18 +225,61 @@ impl Device<'_> {
                 eprintln!("{device}: dropped tensor `{name}` it does not take");
             }
         }
-        if !self.active.needed.iter().all(|n| entry.contains_key(n)) {
+        if self.active.needed.iter().all(|n| entry.contains_key(n)) {
+            self.ready.push(key);
+        }
+        Ok(())
+    }
+
+    /// Run the steps whose inputs are all here: together, as one batched step of the
+    /// session (each request's own cache; products read their weights once for all),
+    /// or one by one with `--no-batch`. Each step's reported compute time is its share
+    /// of the batch's.
+    pub(super) fn run_ready(&mut self) -> Result<(), NetError> {
+        let keys = std::mem::take(&mut self.ready);
+        if keys.is_empty() {
             return Ok(());
         }
-        let waited_ms = self.first_arrival.remove(&key).map_or(0.0, |t| t.elapsed().as_secs_f64() * 1e3);
-        let mut inputs: Vec<(String, Tensor)> = self.pending.remove(&key).unwrap_or_default().into_iter().collect();
-        let cache = self.caches.entry(key.0).or_default();
-        for entry in &self.active.cache {
-            let t = cache.remove(&entry.past).unwrap_or_else(|| Tensor::f32(ArrayD::zeros(IxDyn(&entry.empty_shape))));
-            inputs.push((entry.past.clone(), t));
+        let mut steps = Vec::with_capacity(keys.len());
+        let mut waited = Vec::with_capacity(keys.len());
+        for key in &keys {
+            waited.push(self.first_arrival.remove(key).map_or(0.0, |t| t.elapsed().as_secs_f64() * 1e3));
+            let mut inputs: Vec<(String, Tensor)> = self.pending.remove(key).unwrap_or_default().into_iter().collect();
+            let cache = self.caches.entry(key.0).or_default();
+            for entry in &self.active.cache {
+                let t =
+                    cache.remove(&entry.past).unwrap_or_else(|| Tensor::f32(ArrayD::zeros(IxDyn(&entry.empty_shape))));
+                inputs.push((entry.past.clone(), t));
+            }
+            steps.push(inputs);
         }
         let started = Instant::now();
-        let outputs = match self.active.session.run(inputs) {
+        let results = if self.opts.batch {
+            self.active.session.run_batch(steps)
+        } else {
+            steps.into_iter().map(|s| self.active.session.run(s)).collect()
+        };
+        let factor = keys.iter().map(|k| self.opts.slowdown.at(k.1)).fold(1.0, f64::max);
+        if factor > 1.0 {
+            std::thread::sleep(started.elapsed().mul_f64(factor - 1.0));
+        }
+        let compute_ms = started.elapsed().as_secs_f64() * 1e3 / keys.len() as f64;
+        for ((key, result), waiting_ms) in keys.into_iter().zip(results).zip(waited) {
+            self.finish_step(key, result, compute_ms, waiting_ms)?;
+        }
+        Ok(())
+    }
+
+    /// Keep a step's cache, send its outputs to their readers and its time to the client.
+    fn finish_step(
+        &mut self,
+        key: (u64, u64),
+        result: Result<Vec<(String, Tensor)>, crate::RuntimeError>,
+        compute_ms: f64,
+        waiting_ms: f64,
+    ) -> Result<(), NetError> {
+        let device = self.name.clone();
+        let outputs = match result {
             Ok(o) => o,
             Err(e) => {
                 eprintln!("{device}: request {} step {}: {e}", key.0, key.1);
@@ -233,12 +287,8 @@ impl Device<'_> {
                 return self.report_error(&session, key.0, key.1, format!("request {} step {}: {e}", key.0, key.1));
             }
         };
-        let factor = self.opts.slowdown.at(key.1);
-        if factor > 1.0 {
-            std::thread::sleep(started.elapsed().mul_f64(factor - 1.0));
-        }
-        let compute_ms = started.elapsed().as_secs_f64() * 1e3;
         let send_started = Instant::now();
+        let cache = self.caches.entry(key.0).or_default();
         let mut by_peer: BTreeMap<String, Vec<(String, Tensor)>> = BTreeMap::new();
         for (name, t) in outputs {
             if let Some(entry) = self.active.cache.iter().find(|c| c.present == name) {
@@ -252,7 +302,7 @@ impl Device<'_> {
         for (peer, tensors) in by_peer {
             self.send_to(&peer, &Frame::new(key.0, key.1, &device, Body::Tensors(tensors)))?;
         }
-        let timing = Timing { compute_ms, waiting_ms: waited_ms, send_ms: send_started.elapsed().as_secs_f64() * 1e3 };
+        let timing = Timing { compute_ms, waiting_ms, send_ms: send_started.elapsed().as_secs_f64() * 1e3 };
         self.send_to("client", &Frame::new(key.0, key.1, &device, Body::Done(timing)))
     }
 }
@@ -316,9 +366,10 @@ pub fn serve(
         pending: HashMap::new(),
         first_arrival: HashMap::new(),
         caches: HashMap::new(),
+        ready: Vec::new(),
         handover: None,
     };
-    while !stop.load(Ordering::Relaxed) {
+    'serve: while !stop.load(Ordering::Relaxed) {
         let Some((env, msg)) = d.net.receive(Duration::from_millis(200))? else {
             // A client that went quiet (killed, say) does not keep the cache alive.
             if d.session.is_some_and(|(_, seen)| seen.elapsed() > opts.session_timeout) {
@@ -329,6 +380,15 @@ pub fn serve(
         if !d.on_message(env, msg)? {
             break;
         }
+        // Every message already here is taken before the ready steps run: the steps of
+        // all requests that are ready run as one batch.
+        for _ in 0..MAX_DRAINED {
+            let Some((env, msg)) = d.net.receive(Duration::ZERO)? else { break };
+            if !d.on_message(env, msg)? {
+                break 'serve;
+            }
+        }
+        d.run_ready()?;
     }
     let dropped = &d.net.dropped;
     if dropped.total() > 0 {

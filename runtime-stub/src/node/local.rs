@@ -20,6 +20,8 @@ pub struct LocalOptions {
     /// Frames between the threads in the clear (by default encrypted with a random key,
     /// as over a network).
     pub insecure: bool,
+    /// Each device runs ready steps one by one, not batched (for measuring batching).
+    pub no_batch: bool,
 }
 
 /// Run `job` on the packages in `out`, every device a thread of this process.
@@ -41,6 +43,7 @@ pub fn local(out: &Path, job: &Job, opts: &LocalOptions) -> Result<Generation, N
         max_frame: 1 << 30,
         slowdown: Slowdown::NONE,
         session_timeout: Duration::from_secs_f64(MAX_TIMEOUT_S),
+        batch: !opts.no_batch,
     };
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, rx) = std::sync::mpsc::channel::<Ended>();

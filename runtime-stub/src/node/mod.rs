@@ -82,6 +82,9 @@ pub struct NetOptions {
     pub slowdown: Slowdown,
     /// A device drops a session's state after this long without a message of it.
     pub session_timeout: Duration,
+    /// A device runs the steps of all its requests that are ready as one batched step
+    /// (`Session::run_batch`: the same bits as one by one).
+    pub batch: bool,
 }
 
 /// Fewest bytes a secret file may hold.

@@ -256,7 +256,11 @@ impl QuantMatrix {
 
 /// Fewest rows of `x` that go through the tiled matrix product; fewer (decode steps)
 /// use per-row products with the scale applied per group.
-const TILED_FROM_ROWS: usize = 4;
+const TILED_FROM_ROWS: usize = MAX_ROWS + 1;
+
+/// Most rows the decode loops take (each row summed on its own: a step's bits are the
+/// same alone or batched with others).
+pub(crate) const MAX_ROWS: usize = crate::kernels::MAX_ROWS;
 
 /// `x · B` (plus, for `Gemm`, `alpha`, `beta · C`), `B` the logical `[K, N]` operand the
 /// quantized matrix `w` stores as `[N, K]` (`Gemm` with `transB`) or `[K, N]`.

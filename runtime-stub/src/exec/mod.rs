@@ -5,17 +5,19 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use shardc_ir::{Dim, Graph, NodeId, ValueDef, ValueId};
+use shardc_ir::{Dim, Graph, ValueDef, ValueId};
 
-use crate::kernels;
-use crate::quantized::{self, fused_products, Fused, QuantMatrix};
+use crate::quantized::{fused_products, Fused, QuantMatrix};
 use crate::tensor::{storage_of, Tensor};
 use crate::threads;
 use crate::transposed::Transposed;
 use crate::weights::WeightFiles;
 use crate::RuntimeError;
+
+mod batch;
+mod node;
 
 /// One slot per graph value: the tensor once computed.
 type Slots = Vec<Option<Rc<Tensor>>>;
@@ -274,6 +276,11 @@ impl Session {
     pub fn run(&self, inputs: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>, RuntimeError> {
         let (mut values, sizes) = self.bind_inputs(inputs)?;
         self.threaded(|| self.execute(&mut values, &sizes, false))?;
+        self.take_outputs(&mut values)
+    }
+
+    /// The graph outputs of a finished step, with their names.
+    fn take_outputs(&self, values: &mut Slots) -> Result<Vec<(String, Tensor)>, RuntimeError> {
         self.graph
             .outputs
             .iter()
@@ -287,6 +294,13 @@ impl Session {
             .collect()
     }
 
+    /// Whether node `i` runs in a step: not fused into a product, not a constant node
+    /// whose results are kept.
+    fn runs(&self, i: usize) -> bool {
+        let kept = || self.graph.nodes[i].outputs.iter().all(|o| self.loaded.borrow()[o.index()].is_some());
+        !self.skipped[i] && !(self.constant_node[i] && (self.warm.get() || kept()))
+    }
+
     /// The nodes of a run in order, or (`constants_only`, [`Session::warm`]) just those
     /// that depend on weights and constants alone, and the fused products' matrices.
     fn execute(
@@ -296,7 +310,6 @@ impl Session {
         constants_only: bool,
     ) -> Result<(), RuntimeError> {
         for (i, node) in self.graph.nodes.iter().enumerate() {
-            let label = || if node.name.is_empty() { NodeId(i as u32).to_string() } else { node.name.clone() };
             if self.skipped[i] {
                 continue;
             }
@@ -319,90 +332,23 @@ impl Session {
                 }
                 continue;
             }
-            if self.constant_node[i]
-                && (self.warm.get() || node.outputs.iter().all(|o| self.loaded.borrow()[o.index()].is_some()))
-            {
-                continue;
-            }
-            let fused = self.fused[i].as_ref();
-            let mut args: Vec<Option<Rc<Tensor>>> = Vec::with_capacity(node.inputs.len());
-            for (slot, input) in node.inputs.iter().enumerate() {
-                args.push(match input {
-                    None => None,
-                    // A fused product reads its quantized operand from the map.
-                    Some(_) if fused.is_some_and(|f| slot == f.operand()) => None,
-                    Some(_) if self.transposed.reads(i, slot) => Some(self.flipped_weight(i)?),
-                    Some(v) => Some(match &values[v.index()] {
-                        Some(t) => t.clone(),
-                        None => self.constant(*v)?,
-                    }),
-                });
-            }
-            let refs: Vec<Option<&Tensor>> = args.iter().map(|a| a.as_deref()).collect();
-            let started = Instant::now();
-            let outs = match fused {
-                Some(f) => {
-                    let w = self.quant_matrix(i, f)?;
-                    let other = refs.get(1 - f.operand()).copied().flatten().ok_or_else(|| RuntimeError::Kernel {
-                        node: label(),
-                        op: node.op.name(),
-                        message: format!("input {} is missing", 1 - f.operand()),
-                    })?;
-                    if f.gather {
-                        quantized::gather(&w, other).map(|t| vec![t])
-                    } else {
-                        quantized::product(f, &w, other, refs.get(2).copied().flatten()).map(|t| vec![t])
-                    }
-                }
-                None if self.transposed.lookup(i) => kernels::gather_columns(&refs).map(|t| vec![t]),
-                None => kernels::run(self.transposed.op(i).unwrap_or(&node.op), &refs, node.outputs.len()),
-            }
-            .map_err(|message| RuntimeError::Kernel { node: label(), op: node.op.name(), message })?;
-            if let Some(p) = self.profile.borrow_mut().as_mut() {
-                let entry = p.entry(node.op.name()).or_default();
-                entry.calls += 1;
-                let spent = started.elapsed();
-                entry.time += spent;
-                let mut nodes = self.node_time.borrow_mut();
-                nodes.resize(self.graph.nodes.len(), Duration::ZERO);
-                nodes[i] += spent;
-            }
-            drop(refs);
-            drop(args);
-            if outs.len() != node.outputs.len() {
-                return Err(RuntimeError::Kernel {
-                    node: label(),
-                    op: node.op.name(),
-                    message: format!("kernel produced {} outputs for {}", outs.len(), node.outputs.len()),
-                });
-            }
-            for (&v, t) in node.outputs.iter().zip(outs) {
-                let t = t.normalize();
-                self.check_output(v, &t, sizes).map_err(|message| RuntimeError::Kernel {
-                    node: label(),
-                    op: node.op.name(),
-                    message,
-                })?;
-                let t = Rc::new(t);
-                if self.constant_node[i] {
-                    self.loaded.borrow_mut()[v.index()] = Some(t.clone());
-                }
-                values[v.index()] = Some(t);
-            }
-            for v in node.inputs.iter().flatten() {
-                if self.last_use[v.index()] == Some(i) && !self.is_output[v.index()] {
-                    values[v.index()] = None;
-                }
+            if self.runs(i) {
+                self.run_node(i, values, sizes)?;
             }
         }
-        // Inputs of constant nodes nothing else needs: their results are cached now.
+        self.finish();
+        Ok(())
+    }
+
+    /// After a run: inputs of constant nodes nothing else needs are dropped (their
+    /// results are kept), and every constant result a run needs is now cached.
+    fn finish(&self) {
         for (v, slot) in self.loaded.borrow_mut().iter_mut().enumerate() {
             if !self.needed_at_run_time[v] {
                 *slot = None;
             }
         }
         self.warm.set(true);
-        Ok(())
     }
 
     /// An output must have the dtype and (evaluated) shape shape inference gave it.

@@ -1,0 +1,273 @@
+//! Products of a few rows (decode steps, one row per request in flight) by an f32
+//! matrix: the matrix read once for all rows, and each output element summed in an
+//! order that depends on neither the number of rows nor the number of threads — so a
+//! request's step gives the same bits alone and batched with others.
+
+use rayon::prelude::*;
+
+/// Most rows the loops here take; more go to the blocked product (`gemm`).
+pub(crate) const MAX_ROWS: usize = 8;
+
+/// Sums a block of columns keeps for all its rows (32 KiB: they stay in L1). The width
+/// of a block does not change any sum's order.
+const BLOCK_FLOATS: usize = 16384;
+
+/// `c = alpha · a · b + beta · c` for `m ≤ MAX_ROWS` rows of `a` (row-major, `k`
+/// columns) and `b` of `k × n` with strides `(rsb, csb)` in elements: either rows
+/// contiguous (`csb == 1`: a weight stored `[K, N]`) or columns (`rsb == 1`: one stored
+/// `[N, K]` read transposed). Returns `false` (nothing written) for other layouts.
+///
+/// Each output is Σ over k in ascending order for `[K, N]`, and eight interleaved
+/// partial sums for `[N, K]` ([`dot`]); the threads split columns, never a sum.
+///
+/// # Safety
+/// `b` must point to a live `k × n` matrix with those strides.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn product(
+    a: &[f32],
+    m: usize,
+    k: usize,
+    b: *const f32,
+    (rsb, csb): (isize, isize),
+    n: usize,
+    c: &mut [f32],
+    (alpha, beta): (f32, f32),
+) -> bool {
+    debug_assert!(m <= MAX_ROWS && a.len() == m * k && c.len() == m * n);
+    if n == 0 || m == 0 {
+        return true;
+    }
+    if k == 0 {
+        c.iter_mut().for_each(|v| *v = if beta == 0.0 { 0.0 } else { beta * *v });
+        return true;
+    }
+    if !(csb == 1 && rsb >= n as isize || rsb == 1 && csb >= k as isize) {
+        return false;
+    }
+    // SAFETY: `b` holds k rows (or n columns) at those strides (the caller's promise).
+    let bm = unsafe {
+        let extent = if csb == 1 { (k - 1) * rsb as usize + n } else { (n - 1) * csb as usize + k };
+        std::slice::from_raw_parts(b, extent)
+    };
+    // Column blocks whose sums stay in L1, over the run's threads when worth it.
+    let width = if csb == 1 { (BLOCK_FLOATS / m).next_multiple_of(16) } else { 64 };
+    let blocks: Vec<usize> = (0..n).step_by(width).collect();
+    let sums = |&j0: &usize| -> Vec<f32> {
+        let w = width.min(n - j0);
+        let mut sums = vec![0f32; m * w];
+        if csb == 1 {
+            axpy_rows(a, k, bm, rsb as usize, j0, &mut sums);
+        } else {
+            dot_rows(a, k, bm, csb as usize, j0, &mut sums);
+        }
+        sums
+    };
+    let all: Vec<Vec<f32>> = match crate::threads::current() {
+        Some(pool) if blocks.len() > 1 && m.saturating_mul(n).saturating_mul(k) >= super::SPLIT_FROM => {
+            pool.install(|| blocks.par_iter().map(sums).collect())
+        }
+        _ => blocks.iter().map(sums).collect(),
+    };
+    for (&j0, sums) in blocks.iter().zip(all) {
+        let w = width.min(n - j0);
+        for (r, row) in sums.chunks(w).enumerate() {
+            for (out, &s) in c[r * n + j0..r * n + j0 + w].iter_mut().zip(row) {
+                *out = if beta == 0.0 { alpha * s } else { alpha * s + beta * *out };
+            }
+        }
+    }
+    true
+}
+
+/// Whether the AVX-512 build of the loops runs: the processor has AVX-512 F and
+/// `SHARDC_NO_AVX512` is unset (as for the quantized loops; either build gives the same
+/// bits here).
+#[cfg(target_arch = "x86_64")]
+fn avx512() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::arch::is_x86_feature_detected!("avx512f") && std::env::var_os("SHARDC_NO_AVX512").is_none())
+}
+
+/// `$name` runs `$body::<M>` for the number of rows, compiled for AVX2 where the
+/// processor has it (the sums are the same bits: no multiply-add is fused either way).
+macro_rules! vectorised {
+    ($name:ident, $body:ident) => {
+        fn $name(a: &[f32], k: usize, b: &[f32], stride: usize, j0: usize, sums: &mut [f32]) {
+            fn rows<const M: usize>(a: &[f32], k: usize, b: &[f32], stride: usize, j0: usize, sums: &mut [f32]) {
+                #[cfg(target_arch = "x86_64")]
+                {
+                    #[target_feature(enable = "avx2")]
+                    unsafe fn wide<const M: usize>(
+                        a: &[f32],
+                        k: usize,
+                        b: &[f32],
+                        stride: usize,
+                        j0: usize,
+                        sums: &mut [f32],
+                    ) {
+                        $body::<M>(a, k, b, stride, j0, sums)
+                    }
+                    #[target_feature(enable = "avx512f")]
+                    unsafe fn wider<const M: usize>(
+                        a: &[f32],
+                        k: usize,
+                        b: &[f32],
+                        stride: usize,
+                        j0: usize,
+                        sums: &mut [f32],
+                    ) {
+                        $body::<M>(a, k, b, stride, j0, sums)
+                    }
+                    if avx512() {
+                        // SAFETY: the processor has AVX-512 F (checked just now).
+                        return unsafe { wider::<M>(a, k, b, stride, j0, sums) };
+                    }
+                    if std::arch::is_x86_feature_detected!("avx2") {
+                        // SAFETY: the processor has AVX2 (checked just now).
+                        return unsafe { wide::<M>(a, k, b, stride, j0, sums) };
+                    }
+                }
+                $body::<M>(a, k, b, stride, j0, sums)
+            }
+            match a.len() / k {
+                1 => rows::<1>(a, k, b, stride, j0, sums),
+                2 => rows::<2>(a, k, b, stride, j0, sums),
+                3 => rows::<3>(a, k, b, stride, j0, sums),
+                4 => rows::<4>(a, k, b, stride, j0, sums),
+                5 => rows::<5>(a, k, b, stride, j0, sums),
+                6 => rows::<6>(a, k, b, stride, j0, sums),
+                7 => rows::<7>(a, k, b, stride, j0, sums),
+                _ => rows::<8>(a, k, b, stride, j0, sums),
+            }
+        }
+    };
+}
+vectorised!(axpy_rows, axpy_loop);
+vectorised!(dot_rows, dot_loop);
+
+/// Rows of `b` a pass over the columns takes at once (their streams read side by side).
+const PANEL: usize = 16;
+
+/// Columns a pass keeps in registers for each of the M rows.
+const LANES: usize = 64;
+
+/// `sums[r, ..w] = Σ_k a[r, k] · b[k, j0..j0 + w]` (`w = sums.len() / M`), k ascending:
+/// PANEL rows of `b` at a time, LANES columns of every row's sums held in registers
+/// while those rows pass (one read of `b` for all M rows).
+#[inline(always)]
+fn axpy_loop<const M: usize>(a: &[f32], k: usize, b: &[f32], rsb: usize, j0: usize, sums: &mut [f32]) {
+    let w = sums.len() / M;
+    let whole = w - w % LANES;
+    for k0 in (0..k).step_by(PANEL) {
+        let k1 = (k0 + PANEL).min(k);
+        for j in (0..whole).step_by(LANES) {
+            let mut acc = [[0f32; LANES]; M];
+            for (r, acc) in acc.iter_mut().enumerate() {
+                acc.copy_from_slice(&sums[r * w + j..r * w + j + LANES]);
+            }
+            for kk in k0..k1 {
+                let row: &[f32; LANES] = b[kk * rsb + j0 + j..][..LANES].try_into().expect("LANES columns");
+                let xs: [f32; M] = std::array::from_fn(|r| a[r * k + kk]);
+                for (acc, x) in acc.iter_mut().zip(xs) {
+                    for i in 0..LANES {
+                        acc[i] += x * row[i];
+                    }
+                }
+            }
+            for (r, acc) in acc.iter().enumerate() {
+                sums[r * w + j..r * w + j + LANES].copy_from_slice(acc);
+            }
+        }
+        for j in whole..w {
+            for r in 0..M {
+                let mut s = sums[r * w + j];
+                for kk in k0..k1 {
+                    s += a[r * k + kk] * b[kk * rsb + j0 + j];
+                }
+                sums[r * w + j] = s;
+            }
+        }
+    }
+}
+
+/// `sums[r, j] = a[r, :] · b[:, j0 + j]` for columns stored contiguously: per column,
+/// eight interleaved sums per row (as [`dot`]), the column read once for all M rows.
+#[inline(always)]
+fn dot_loop<const M: usize>(a: &[f32], k: usize, b: &[f32], csb: usize, j0: usize, sums: &mut [f32]) {
+    let w = sums.len() / M;
+    let whole = k - k % 8;
+    for j in 0..w {
+        let col = &b[(j0 + j) * csb..][..k];
+        let mut acc = [[0f32; 8]; M];
+        for c in (0..whole).step_by(8) {
+            let y = &col[c..c + 8];
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let x = &a[r * k + c..r * k + c + 8];
+                for i in 0..8 {
+                    acc[i] += x[i] * y[i];
+                }
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            let tail: f32 = a[r * k + whole..(r + 1) * k].iter().zip(&col[whole..]).map(|(x, y)| x * y).sum();
+            sums[r * w + j] = acc.iter().sum::<f32>() + tail;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(len: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed | 1;
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s % 20_001) as f32 / 10_000.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// Every row of an m-row product is the bits of that row's product alone, and
+    /// within rounding of the exact sums, for both layouts, with `alpha`/`beta`, and
+    /// widths and depths that leave partial lanes, panels and chunks.
+    #[test]
+    fn each_row_is_the_bits_it_gives_alone() {
+        for (k, n) in [(37, 203), (100, 64), (16, 1), (1, 90), (300, 5000)] {
+            let b = values(k * n, 7 + k as u64);
+            for (transposed, strides) in [(false, (n as isize, 1)), (true, (1, k as isize))] {
+                // Stored [N, K] when read transposed.
+                let stored = if transposed { (0..n * k).map(|i| b[(i % k) * n + i / k]).collect() } else { b.clone() };
+                for m in 1..=MAX_ROWS {
+                    let a = values(m * k, 100 + m as u64);
+                    let c0 = values(m * n, 200 + m as u64);
+                    let mut c = c0.clone();
+                    assert!(unsafe { product(&a, m, k, stored.as_ptr(), strides, n, &mut c, (0.5, 2.0)) });
+                    for r in 0..m {
+                        let mut alone = c0[r * n..(r + 1) * n].to_vec();
+                        let row = &a[r * k..(r + 1) * k];
+                        assert!(unsafe { product(row, 1, k, stored.as_ptr(), strides, n, &mut alone, (0.5, 2.0)) });
+                        let got = &c[r * n..(r + 1) * n];
+                        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                        assert_eq!(bits(got), bits(&alone), "row {r} of {m}, [{k}, {n}], transposed {transposed}");
+                        for j in 0..n {
+                            let exact: f64 = (0..k).map(|i| f64::from(row[i]) * f64::from(b[i * n + j])).sum();
+                            let want = 0.5 * exact + 2.0 * f64::from(c0[r * n + j]);
+                            assert!((f64::from(got[j]) - want).abs() <= 1e-5 * (k as f64).sqrt() * 4.0, "{got:?}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn other_layouts_are_left_to_the_blocked_product() {
+        let (a, b, mut c) = (vec![1f32; 4], vec![1f32; 16], vec![0f32; 4]);
+        // Neither rows nor columns contiguous: not taken.
+        assert!(!unsafe { product(&a, 1, 4, b.as_ptr(), (8, 2), 4, &mut c, (1.0, 0.0)) });
+    }
+}
