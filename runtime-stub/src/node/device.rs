@@ -1,15 +1,13 @@
 //! A serving device: its package, its session and KV caches, its stage (which
 //! rebalancing may move), and what it does with each message.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ndarray::{ArrayD, IxDyn};
-
-use crate::frame::{Body, Frame, Kind, Timing};
+use crate::frame::{Body, Frame, Kind};
 use crate::generate::{cache_entries, CacheEntry};
 use crate::package::{self, HeldUnits};
 use crate::weights::WeightFiles;
@@ -67,8 +65,17 @@ pub(super) struct Device<'a> {
     /// When the first input of a step arrived: the wait for the others is reported.
     pub(super) first_arrival: HashMap<(u64, u64), Instant>,
     pub(super) caches: HashMap<u64, HashMap<String, Tensor>>,
-    /// Steps with every input here, waiting to run together ([`Device::run_ready`]).
+    /// Steps with every input here, waiting to run together ([`Device::run_ready`]),
+    /// and since when the first of them waits.
     pub(super) ready: Vec<(u64, u64)>,
+    pub(super) ready_since: Option<Instant>,
+    /// Requests whose last step ran here and that have not ended: when that step
+    /// finished, and how long the one before took to come back (its round trip through
+    /// the other stages and the client). A batch waits a little for those due soon
+    /// ([`Device::batch_wait`]).
+    pub(super) expected: HashMap<u64, (Instant, Option<Duration>)>,
+    /// The last batch's compute time.
+    pub(super) last_batch: Duration,
     pub(super) handover: Option<Handover>,
 }
 
@@ -86,7 +93,13 @@ impl Device<'_> {
     }
 
     /// Tell the client (of `session`) what went wrong.
-    fn report_error(&mut self, session: &SessionId, request: u64, step: u64, message: String) -> Result<(), NetError> {
+    pub(super) fn report_error(
+        &mut self,
+        session: &SessionId,
+        request: u64,
+        step: u64,
+        message: String,
+    ) -> Result<(), NetError> {
         let f = Frame::new(request, step, &self.name.clone(), Body::Error(message));
         self.net.send("client", session, &f).map_err(|e| NetError::Other(format!("{}: {e}", self.name)))
     }
@@ -99,6 +112,8 @@ impl Device<'_> {
             self.caches.clear();
             self.pending.clear();
             self.ready.clear();
+            self.ready_since = None;
+            self.expected.clear();
             self.first_arrival.clear();
             self.handover = None;
             self.net.guard.forget(&id);
@@ -190,6 +205,7 @@ impl Device<'_> {
             Body::Close => self.end_session(CLOSED),
             Body::End => {
                 self.caches.remove(&request);
+                self.expected.remove(&request);
             }
             Body::Tensors(tensors) => self.on_tensors((request, step), tensors)?,
             Body::Rebalance(plan) => self.on_rebalance(&plan)?,
@@ -226,84 +242,13 @@ impl Device<'_> {
             }
         }
         if self.active.needed.iter().all(|n| entry.contains_key(n)) {
+            if let Some((finished, trip)) = self.expected.get_mut(&key.0) {
+                *trip = Some(finished.elapsed());
+            }
             self.ready.push(key);
+            self.ready_since.get_or_insert_with(Instant::now);
         }
         Ok(())
-    }
-
-    /// Run the steps whose inputs are all here: together, as one batched step of the
-    /// session (each request's own cache; products read their weights once for all),
-    /// or one by one with `--no-batch`. Each step's reported compute time is its share
-    /// of the batch's.
-    pub(super) fn run_ready(&mut self) -> Result<(), NetError> {
-        let keys = std::mem::take(&mut self.ready);
-        if keys.is_empty() {
-            return Ok(());
-        }
-        let mut steps = Vec::with_capacity(keys.len());
-        let mut waited = Vec::with_capacity(keys.len());
-        for key in &keys {
-            waited.push(self.first_arrival.remove(key).map_or(0.0, |t| t.elapsed().as_secs_f64() * 1e3));
-            let mut inputs: Vec<(String, Tensor)> = self.pending.remove(key).unwrap_or_default().into_iter().collect();
-            let cache = self.caches.entry(key.0).or_default();
-            for entry in &self.active.cache {
-                let t =
-                    cache.remove(&entry.past).unwrap_or_else(|| Tensor::f32(ArrayD::zeros(IxDyn(&entry.empty_shape))));
-                inputs.push((entry.past.clone(), t));
-            }
-            steps.push(inputs);
-        }
-        let started = Instant::now();
-        let results = if self.opts.batch {
-            self.active.session.run_batch(steps)
-        } else {
-            steps.into_iter().map(|s| self.active.session.run(s)).collect()
-        };
-        let factor = keys.iter().map(|k| self.opts.slowdown.at(k.1)).fold(1.0, f64::max);
-        if factor > 1.0 {
-            std::thread::sleep(started.elapsed().mul_f64(factor - 1.0));
-        }
-        let compute_ms = started.elapsed().as_secs_f64() * 1e3 / keys.len() as f64;
-        for ((key, result), waiting_ms) in keys.into_iter().zip(results).zip(waited) {
-            self.finish_step(key, result, compute_ms, waiting_ms)?;
-        }
-        Ok(())
-    }
-
-    /// Keep a step's cache, send its outputs to their readers and its time to the client.
-    fn finish_step(
-        &mut self,
-        key: (u64, u64),
-        result: Result<Vec<(String, Tensor)>, crate::RuntimeError>,
-        compute_ms: f64,
-        waiting_ms: f64,
-    ) -> Result<(), NetError> {
-        let device = self.name.clone();
-        let outputs = match result {
-            Ok(o) => o,
-            Err(e) => {
-                eprintln!("{device}: request {} step {}: {e}", key.0, key.1);
-                let session = self.session.map(|s| s.0).ok_or("no session is open")?;
-                return self.report_error(&session, key.0, key.1, format!("request {} step {}: {e}", key.0, key.1));
-            }
-        };
-        let send_started = Instant::now();
-        let cache = self.caches.entry(key.0).or_default();
-        let mut by_peer: BTreeMap<String, Vec<(String, Tensor)>> = BTreeMap::new();
-        for (name, t) in outputs {
-            if let Some(entry) = self.active.cache.iter().find(|c| c.present == name) {
-                cache.insert(entry.past.clone(), t);
-                continue;
-            }
-            for peer in self.active.peers_of.get(&name).into_iter().flatten() {
-                by_peer.entry(peer.clone()).or_default().push((name.clone(), t.clone()));
-            }
-        }
-        for (peer, tensors) in by_peer {
-            self.send_to(&peer, &Frame::new(key.0, key.1, &device, Body::Tensors(tensors)))?;
-        }
-        let timing = Timing { compute_ms, waiting_ms, send_ms: send_started.elapsed().as_secs_f64() * 1e3 };
-        self.send_to("client", &Frame::new(key.0, key.1, &device, Body::Done(timing)))
     }
 }
 
@@ -367,6 +312,9 @@ pub fn serve(
         first_arrival: HashMap::new(),
         caches: HashMap::new(),
         ready: Vec::new(),
+        ready_since: None,
+        expected: HashMap::new(),
+        last_batch: Duration::ZERO,
         handover: None,
     };
     'serve: while !stop.load(Ordering::Relaxed) {
@@ -383,7 +331,8 @@ pub fn serve(
         // Every message already here is taken before the ready steps run: the steps of
         // all requests that are ready run as one batch.
         for _ in 0..MAX_DRAINED {
-            let Some((env, msg)) = d.net.receive(Duration::ZERO)? else { break };
+            let wait = d.batch_wait().unwrap_or(Duration::ZERO);
+            let Some((env, msg)) = d.net.receive(wait)? else { break };
             if !d.on_message(env, msg)? {
                 break 'serve;
             }

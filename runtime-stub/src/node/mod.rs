@@ -25,6 +25,7 @@ mod generation;
 mod local;
 mod net;
 mod rebalance;
+mod steps;
 
 pub use crate::frame::{Ready, Rebalance};
 pub use device::serve;
