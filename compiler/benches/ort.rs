@@ -6,7 +6,7 @@
 //!
 //! Run: `SHARDC_BENCH_PYTHON=target/ci-venv/bin/python cargo bench -p shardc --bench ort`
 //! (a Python with the pins of `.ci/run`: `onnxruntime==1.20.1`, `numpy==1.26.4`;
-//! `ORT_MODELS=gpt2-small` for one model).
+//! `ORT_MODELS=gpt2-small` for one model; `ORT_PROFILE=1` prints shardc's time by op).
 
 #[allow(dead_code)]
 mod net_common;
@@ -27,6 +27,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
+    let rss_before = shardc_runtime::threads::resident_bytes().unwrap_or(0);
     let python = env("SHARDC_BENCH_PYTHON", "target/ci-venv/bin/python");
     let python = root().join(python);
     let only = env("ORT_MODELS", "gpt2-small,llama-12");
@@ -62,7 +63,9 @@ fn main() {
         let weights = package::weights(&pkg, &manifest, &[&graph]).expect("weights");
         let mut session = Session::with_weights(graph, weights);
         session.set_threads(1).expect("threads");
+        let warm_started = Instant::now();
         session.warm().expect("warm");
+        let warm_ms = warm_started.elapsed().as_secs_f64() * 1e3;
         let layout = CacheLayout::of(&session).expect("layout").expect("a KV cache");
         let logits_name = session.outputs().into_iter().find(|o| !layout.entries.iter().any(|e| &e.1 == o));
         let logits_name = logits_name.expect("a logits output");
@@ -82,7 +85,8 @@ fn main() {
             let vocab = *outputs[&logits_name].shape().last().expect("vocab");
             v[v.len() - vocab..].to_vec()
         };
-        let (_, first) = step(&ids, empty_cache(&layout));
+        let (first_ms, first) = step(&ids, empty_cache(&layout));
+        let (second_ms, _) = step(&ids, empty_cache(&layout));
         let cache: Vec<Tensor> = layout.entries.iter().map(|e| first[&e.1].clone()).collect();
         let (_, second) = step(&[7], cache.clone());
         let (mut prefill, mut decode) = (Vec::new(), Vec::new());
@@ -94,6 +98,18 @@ fn main() {
             }
         };
         measure(&mut prefill, &mut decode);
+        if std::env::var_os("ORT_PROFILE").is_some() {
+            for (what, ids, cache) in [("prefill", &ids[..], empty_cache(&layout)), ("decode", &[7][..], cache.clone())]
+            {
+                session.enable_profile();
+                step(ids, cache);
+                let mut p: Vec<_> = session.take_profile().into_iter().collect();
+                p.sort_by_key(|x| std::cmp::Reverse(x.1.time));
+                for (op, t) in p.iter().take(8) {
+                    eprintln!("{name} {what:<8} {op:<14} {:>4} calls {:>8.2} ms", t.calls, t.time.as_secs_f64() * 1e3);
+                }
+            }
+        }
 
         // ONNX Runtime on the same package's shard.onnx, between two halves of shardc's.
         let spec = serde_json::json!({
@@ -124,6 +140,7 @@ fn main() {
             diff(&last(&second), &floats(&ort["decode_logits"])),
         );
         let scale = last(&first).iter().fold(0f32, |m, v| m.max(v.abs())).max(1.0);
+        drop((first, second));
         assert!(d1 <= 1e-3 * scale && d2 <= 1e-3 * scale, "{name}: logits differ from ONNX Runtime's: {d1}, {d2}");
         let (p, d) = (median(prefill), median(decode));
         let (op, od) = (ort["prefill_ms"].as_f64().expect("ms"), ort["decode_ms"].as_f64().expect("ms"));
@@ -132,6 +149,22 @@ fn main() {
             p / op,
             d / od,
             ort["onnxruntime"].as_str().unwrap_or("?"),
+        );
+        // Start-up and memory: the first prompt step after warming against the second;
+        // this process's resident memory after the steps (less what it held before the
+        // first model) against the package's weight bytes, the KV cache of the prompt and
+        // 64 MB (the cache held is the prompt's).
+        let weight_bytes = std::fs::metadata(pkg.join("weights.safetensors")).map(|m| m.len()).unwrap_or(0);
+        let kv_bytes: usize = cache.iter().map(|t| t.to_f32_vec().len() * 4).sum();
+        let rss = shardc_runtime::threads::resident_bytes().unwrap_or(0).saturating_sub(rss_before);
+        let mb = |b: u64| b as f64 / (1 << 20) as f64;
+        println!(
+            "{name:<11} start-up: warm {warm_ms:.0} ms, first prompt step {first_ms:.1} ms, second {second_ms:.1} ms ({:.2}x); resident {:.0} MB against weights {:.0} MB + KV {:.1} MB + 64 MB = {:.0} MB",
+            first_ms / second_ms,
+            mb(rss),
+            mb(weight_bytes),
+            mb(kv_bytes as u64),
+            mb(weight_bytes + kv_bytes as u64 + (64 << 20)),
         );
         let _ = std::fs::remove_dir_all(&scratch);
     }

@@ -44,6 +44,14 @@ pub fn threads() -> usize {
     DEFAULT.load(Ordering::Relaxed)
 }
 
+/// This process's resident memory, bytes (Linux: `VmRSS` of `/proc/self/status`;
+/// `None` where that is not available).
+pub fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: u64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.split_whitespace().next()?.parse().ok()?;
+    Some(kb * 1024)
+}
+
 /// The cores this process may run on (1 if the system does not say).
 pub fn available() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_THREADS)

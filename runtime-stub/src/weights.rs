@@ -110,9 +110,10 @@ impl WeightFiles {
             file: w.location.as_ref().map(|l| self.dir.join(&l.file)).unwrap_or_default(),
             message,
         };
-        let bytes = &map[range];
+        let bytes = &map[range.clone()];
         let shape = IxDyn(&w.shape);
         let data = decode(w.dtype, bytes, w.elements() as usize);
+        release(&map, range);
         let data = match data {
             Decoded::F32(v) => Data::F32(ArrayD::from_shape_vec(shape, v).map_err(|e| fail(e.to_string()))?),
             Decoded::I64(v) => Data::I64(ArrayD::from_shape_vec(shape, v).map_err(|e| fail(e.to_string()))?),
@@ -120,6 +121,28 @@ impl WeightFiles {
         };
         Ok(Tensor::with_dtype(w.dtype, data))
     }
+}
+
+/// The mapped pages wholly inside `range`, copied out now, are given back: without
+/// this a weight read once (converted, transposed) stays resident twice, as its copy
+/// and as the mapped file's pages (measured: 1058 MB resident for 512 MB of f32
+/// weights). The mapping is read-only and shared, so a later read of those bytes
+/// (another weight's bytes on a shared page) maps them again from the file.
+fn release(map: &Mmap, range: std::ops::Range<usize>) {
+    #[cfg(unix)]
+    {
+        // A multiple of every common page size (4, 16 and 64 KiB): madvise needs whole pages.
+        const PAGE: usize = 1 << 16;
+        let (start, end) = (range.start.next_multiple_of(PAGE), range.end / PAGE * PAGE);
+        if end > start {
+            // SAFETY: a read-only shared file mapping: dropping its pages loses nothing
+            // (they read back from the file); no reference into these pages outlives
+            // this call (the weight was copied out, `bytes` is no longer used).
+            let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start) };
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (map, range);
 }
 
 enum Decoded {

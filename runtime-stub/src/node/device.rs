@@ -280,6 +280,21 @@ pub fn serve(
     // Weights loaded and mapped bytes brought in before the device reports ready: the
     // first request then costs what the others do.
     session.warm().map_err(|e| format!("{}: {e}", dir.display()))?;
+    if let Some(rss) = crate::threads::resident_bytes() {
+        let weights: u64 = manifest
+            .files
+            .keys()
+            .filter(|f| f.ends_with(".safetensors"))
+            .filter_map(|f| std::fs::metadata(dir.join(f)).ok())
+            .map(|m| m.len())
+            .sum();
+        let mb = |b: u64| b as f64 / f64::from(1 << 20);
+        eprintln!(
+            "{device}: weights loaded; process resident {:.0} MB, package weights {:.0} MB",
+            mb(rss),
+            mb(weights)
+        );
+    }
     let net = Net::bind(device, cluster, ctx, opts)?;
     let initial = Initial {
         range,
