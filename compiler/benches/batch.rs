@@ -7,7 +7,8 @@
 //! under `target/bench-models/fidelity-*`). It also checks that every request's tokens
 //! are the same batched and alone.
 //!
-//! Run: `cargo bench -p shardc --bench batch` (`BATCH_MODELS=gpt2-small` for one).
+//! Run: `cargo bench -p shardc --bench batch` (`BATCH_MODELS=gpt2-small` for one model,
+//! `BATCH_SESSION_ONLY=1` for the session figures alone, `BATCH_PROFILE=1` for time by op).
 
 #[allow(dead_code)]
 mod net_common;

@@ -88,43 +88,37 @@ fn avx512() -> bool {
     *ON.get_or_init(|| std::arch::is_x86_feature_detected!("avx512f") && std::env::var_os("SHARDC_NO_AVX512").is_none())
 }
 
-/// `$name` runs `$body::<M>` for the number of rows, compiled for AVX2 where the
-/// processor has it (the sums are the same bits: no multiply-add is fused either way).
+/// `$name` runs `$body::<M>` for the number of rows, compiled for AVX-512 or AVX2
+/// where the processor has them (the sums are the same bits: no multiply-add is fused
+/// in any build).
 macro_rules! vectorised {
     ($name:ident, $body:ident) => {
         fn $name(a: &[f32], k: usize, b: &[f32], stride: usize, j0: usize, sums: &mut [f32]) {
             fn rows<const M: usize>(a: &[f32], k: usize, b: &[f32], stride: usize, j0: usize, sums: &mut [f32]) {
                 #[cfg(target_arch = "x86_64")]
                 {
-                    #[target_feature(enable = "avx2")]
-                    unsafe fn wide<const M: usize>(
-                        a: &[f32],
-                        k: usize,
-                        b: &[f32],
-                        stride: usize,
-                        j0: usize,
-                        sums: &mut [f32],
-                    ) {
-                        $body::<M>(a, k, b, stride, j0, sums)
-                    }
-                    #[target_feature(enable = "avx512f")]
-                    unsafe fn wider<const M: usize>(
-                        a: &[f32],
-                        k: usize,
-                        b: &[f32],
-                        stride: usize,
-                        j0: usize,
-                        sums: &mut [f32],
-                    ) {
-                        $body::<M>(a, k, b, stride, j0, sums)
+                    macro_rules! built_for {
+                        ($feature:literal) => {{
+                            #[target_feature(enable = $feature)]
+                            unsafe fn built<const M: usize>(
+                                a: &[f32],
+                                k: usize,
+                                b: &[f32],
+                                stride: usize,
+                                j0: usize,
+                                sums: &mut [f32],
+                            ) {
+                                $body::<M>(a, k, b, stride, j0, sums)
+                            }
+                            // SAFETY: the caller checked the processor has the feature.
+                            unsafe { built::<M>(a, k, b, stride, j0, sums) }
+                        }};
                     }
                     if avx512() {
-                        // SAFETY: the processor has AVX-512 F (checked just now).
-                        return unsafe { wider::<M>(a, k, b, stride, j0, sums) };
+                        return built_for!("avx512f");
                     }
                     if std::arch::is_x86_feature_detected!("avx2") {
-                        // SAFETY: the processor has AVX2 (checked just now).
-                        return unsafe { wide::<M>(a, k, b, stride, j0, sums) };
+                        return built_for!("avx2");
                     }
                 }
                 $body::<M>(a, k, b, stride, j0, sums)
