@@ -241,7 +241,8 @@ impl Device<'_> {
                 eprintln!("{device}: dropped tensor `{name}` it does not take");
             }
         }
-        if self.active.needed.iter().all(|n| entry.contains_key(n)) {
+        // A step already waiting to run is not queued twice (a tensor sent again).
+        if self.active.needed.iter().all(|n| entry.contains_key(n)) && !self.ready.contains(&key) {
             if let Some((finished, trip)) = self.expected.get_mut(&key.0) {
                 *trip = Some(finished.elapsed());
             }
