@@ -17,7 +17,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-use net_common::{env, random_model, root, shardc_run, token_ms, MODELS};
+use net_common::{env, median, random_model, root, shardc_run, token_ms, MODELS};
 use shardc::frontend::hf::LowerOptions;
 use shardc_passes::{run_pipeline, Ctx};
 use shardc_runtime::generate::{argmax, empty_cache, CacheLayout};
@@ -27,11 +27,6 @@ const REQUESTS: usize = 4;
 const PROMPT: usize = 32;
 const STEPS: usize = 16;
 const NEW_TOKENS: usize = 32;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
 
 /// A step's inputs: token ids and the cache.
 fn inputs(layout: &CacheLayout, ids: &[i64], cache: &[Tensor]) -> Vec<(String, Tensor)> {

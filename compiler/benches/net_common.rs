@@ -118,6 +118,12 @@ pub fn prepare(scratch: &Path, extra: &[&str]) -> (PathBuf, PathBuf, PathBuf) {
     (out, cluster, secret)
 }
 
+/// The median of some measurements (the upper one of an even count).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
 /// A checkpoint of `config` with random weights of its own type, made once under
 /// target/bench-models/NAME.
 pub fn random_model(name: &str, config: &str) -> PathBuf {

@@ -14,20 +14,15 @@ mod net_common;
 use std::process::Command;
 use std::time::Instant;
 
-use net_common::{env, random_model, root, MODELS};
+use net_common::{env, median, random_model, root, MODELS};
 use shardc_runtime::generate::{cache_entries, empty_cache, ids_input, CacheLayout, Runner};
 use shardc_runtime::{package, Session, Tensor};
 
 const PROMPT: usize = 128;
 const RUNS: usize = 7;
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 fn main() {
-    let rss_before = shardc_runtime::threads::resident_bytes().unwrap_or(0);
+    let rss_before = shardc_runtime::weights::resident_bytes().unwrap_or(0);
     let python = env("SHARDC_BENCH_PYTHON", "target/ci-venv/bin/python");
     let python = root().join(python);
     let only = env("ORT_MODELS", "gpt2-small,llama-12");
@@ -156,7 +151,7 @@ fn main() {
         // 64 MB (the cache held is the prompt's).
         let weight_bytes = std::fs::metadata(pkg.join("weights.safetensors")).map(|m| m.len()).unwrap_or(0);
         let kv_bytes: usize = cache.iter().map(|t| t.to_f32_vec().len() * 4).sum();
-        let rss = shardc_runtime::threads::resident_bytes().unwrap_or(0).saturating_sub(rss_before);
+        let rss = shardc_runtime::weights::resident_bytes().unwrap_or(0).saturating_sub(rss_before);
         let mb = |b: u64| b as f64 / (1 << 20) as f64;
         println!(
             "{name:<11} start-up: warm {warm_ms:.0} ms, first prompt step {first_ms:.1} ms, second {second_ms:.1} ms ({:.2}x); resident {:.0} MB against weights {:.0} MB + KV {:.1} MB + 64 MB = {:.0} MB",

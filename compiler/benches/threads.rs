@@ -14,7 +14,7 @@ mod net_common;
 
 use std::time::Instant;
 
-use net_common::{env, random_model, MODELS};
+use net_common::{env, median, random_model, MODELS};
 use shardc::frontend::hf::LowerOptions;
 use shardc_passes::{run_pipeline, Ctx};
 use shardc_runtime::generate::{cached_step, empty_cache, greedy_cached, CacheLayout, Logits};
@@ -23,11 +23,6 @@ use shardc_runtime::{Session, Tensor};
 const PROMPT: usize = 128;
 const PREFILL_RUNS: usize = 5;
 const DECODE_RUNS: usize = 15;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
 
 fn bits(l: &Logits) -> Vec<u32> {
     l.values.iter().map(|v| v.to_bits()).collect()

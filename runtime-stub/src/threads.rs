@@ -44,14 +44,6 @@ pub fn threads() -> usize {
     DEFAULT.load(Ordering::Relaxed)
 }
 
-/// This process's resident memory, bytes (Linux: `VmRSS` of `/proc/self/status`;
-/// `None` where that is not available).
-pub fn resident_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kb: u64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.split_whitespace().next()?.parse().ok()?;
-    Some(kb * 1024)
-}
-
 /// The cores this process may run on (1 if the system does not say).
 pub fn available() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_THREADS)
@@ -240,7 +232,7 @@ pub(crate) fn current() -> Option<&'static ThreadPool> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use ndarray::{ArrayD, IxDyn};
     use shardc_ir::ops::{Gemm, MatMul, Op};
 
@@ -248,7 +240,9 @@ mod tests {
     use crate::kernels;
     use crate::tensor::Tensor;
 
-    fn values(shape: &[usize], seed: u64) -> Tensor {
+    /// Values in [-1, 1] of `shape` from a xorshift seeded with `seed` (also the few-rows
+    /// products' tests').
+    pub(crate) fn values(shape: &[usize], seed: u64) -> Tensor {
         let mut s = seed | 1;
         Tensor::f32(ArrayD::from_shape_fn(IxDyn(shape), |_| {
             s ^= s << 13;

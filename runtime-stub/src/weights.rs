@@ -123,6 +123,14 @@ impl WeightFiles {
     }
 }
 
+/// This process's resident memory, bytes (Linux: `VmRSS` of `/proc/self/status`;
+/// `None` where that is not available): weights loaded, mapped pages read, and the rest.
+pub fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: u64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.split_whitespace().next()?.parse().ok()?;
+    Some(kb * 1024)
+}
+
 /// The mapped pages wholly inside `range`, copied out now, are given back: without
 /// this a weight read once (converted, transposed) stays resident twice, as its copy
 /// and as the mapped file's pages (measured: 1058 MB resident for 512 MB of f32

@@ -84,7 +84,7 @@ impl Session {
     /// Node `i` (a product by a stored matrix) over the steps: those with few enough
     /// rows in groups of at most `limit` rows, each group one product; the rest alone.
     fn batched_node(&self, i: usize, limit: usize, states: &mut [Step]) {
-        let mut group: Vec<(usize, Vec<Option<Rc<Tensor>>>)> = Vec::new();
+        let mut group: Vec<Member> = Vec::new();
         let mut rows_in_group = 0;
         for s in 0..states.len() {
             let Ok((values, _)) = &states[s] else { continue };
@@ -107,27 +107,27 @@ impl Session {
                 rows_in_group = 0;
             }
             rows_in_group += rows;
-            group.push((s, args));
+            group.push(Member { step: s, rows, args });
         }
         self.group_product(i, group, states);
     }
 
-    /// One product for the rows of every step in `group` (step index, its arguments),
-    /// its rows handed back to each step; a group of one, operands that do not stack or
-    /// a product that fails run step by step (so an error names its own step).
-    fn group_product(&self, i: usize, group: Vec<(usize, Vec<Option<Rc<Tensor>>>)>, states: &mut [Step]) {
-        let alone = |states: &mut [Step], group: &[(usize, Vec<Option<Rc<Tensor>>>)]| {
-            for (s, _) in group {
-                node_alone(self, i, &mut states[*s]);
+    /// One product for the rows of every step in `group`, its rows handed back to each
+    /// step; a group of one, operands that do not stack or a product that fails run step
+    /// by step (so an error names its own step).
+    fn group_product(&self, i: usize, group: Vec<Member>, states: &mut [Step]) {
+        let alone = |states: &mut [Step], group: &[Member]| {
+            for m in group {
+                node_alone(self, i, &mut states[m.step]);
             }
         };
         if group.len() < 2 {
             return alone(states, &group);
         }
-        let Some(stacked) = stack(group.iter().map(|(_, args)| args[0].as_deref())) else {
+        let Some(stacked) = stack(group.iter().map(|m| m.args[0].as_deref())) else {
             return alone(states, &group);
         };
-        let first = &group[0].1;
+        let first = &group[0].args;
         let mut refs: Vec<Option<&Tensor>> = first.iter().map(|a| a.as_deref()).collect();
         refs[0] = Some(&stacked);
         // Operands every step reads alike: a matrix, and a bias of one row at most.
@@ -143,11 +143,11 @@ impl Session {
         let dtype = stacked.dtype;
         let n = out.shape().last().copied().unwrap_or(0);
         let mut start = 0;
-        for (s, args) in &group {
+        for Member { step: s, rows, args } in &group {
             let Ok((values, sizes)) = &mut states[*s] else { continue };
-            let a = args[0].as_deref().map(|t| t.shape().to_vec()).unwrap_or_default();
-            let rows: usize = a[..a.len() - 1].iter().product();
-            let mut shape = a[..a.len() - 1].to_vec();
+            // The step's leading dims (its A's, all but the last), then the product's width.
+            let mut shape = args[0].as_deref().map(|t| t.shape().to_vec()).unwrap_or_default();
+            shape.pop();
             shape.push(n);
             let part = out.slice_axis(Axis(0), (start..start + rows).into()).to_owned();
             start += rows;
@@ -164,6 +164,13 @@ impl Session {
             }
         }
     }
+}
+
+/// A step in a group of one product: its index, its rows, its node's arguments.
+struct Member {
+    step: usize,
+    rows: usize,
+    args: Vec<Option<Rc<Tensor>>>,
 }
 
 /// Node `i` for one step on its own (if it still runs and the node runs at all).

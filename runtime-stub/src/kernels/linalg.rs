@@ -29,10 +29,18 @@ pub(crate) fn sgemm(a: &ArrayViewD<f32>, b: &ArrayViewD<f32>, c: &mut [f32], bet
     }
     if m <= super::rows::MAX_ROWS {
         // A few rows (decode steps): the same bits for a row alone or among others.
-        let rows: Vec<f32> = a.iter().copied().collect();
+        // Rows of A as one slice: A itself when it is laid out so, else a copy.
+        let copied: Vec<f32>;
+        let rows = match a.as_slice() {
+            Some(rows) => rows,
+            None => {
+                copied = a.iter().copied().collect();
+                &copied
+            }
+        };
         let strides = (b.strides()[0], b.strides()[1]);
         // SAFETY: `b` is a live k×n view with these strides.
-        if unsafe { super::rows::product(&rows, m, k, b.as_ptr(), strides, n, c, (alpha, beta)) } {
+        if unsafe { super::rows::product(rows, m, k, b.as_ptr(), strides, n, c, (alpha, beta)) } {
             return;
         }
     }

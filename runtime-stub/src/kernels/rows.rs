@@ -8,8 +8,8 @@ use rayon::prelude::*;
 /// Most rows the loops here take; more go to the blocked product (`gemm`).
 pub(crate) const MAX_ROWS: usize = 8;
 
-/// Sums a block of columns keeps for all its rows (32 KiB: they stay in L1). The width
-/// of a block does not change any sum's order.
+/// Columns of a block: its sums (64 KiB a row) stay in L2 while the block's panels
+/// pass. The width of a block does not change any sum's order.
 const BLOCK_FLOATS: usize = 16384;
 
 /// `c = alpha · a · b + beta · c` for `m ≤ MAX_ROWS` rows of `a` (row-major, `k`
@@ -18,7 +18,7 @@ const BLOCK_FLOATS: usize = 16384;
 /// `[N, K]` read transposed). Returns `false` (nothing written) for other layouts.
 ///
 /// Each output is Σ over k in ascending order for `[K, N]`, and eight interleaved
-/// partial sums for `[N, K]` ([`dot`]); the threads split columns, never a sum.
+/// partial sums then their sum for `[N, K]`; the threads split columns, never a sum.
 ///
 /// # Safety
 /// `b` must point to a live `k × n` matrix with those strides.
@@ -49,7 +49,7 @@ pub(crate) unsafe fn product(
         let extent = if csb == 1 { (k - 1) * rsb as usize + n } else { (n - 1) * csb as usize + k };
         std::slice::from_raw_parts(b, extent)
     };
-    // Column blocks whose sums stay in L1, over the run's threads when worth it.
+    // Column blocks, over the run's threads when worth it.
     let width = if csb == 1 { BLOCK_FLOATS } else { 64 };
     let blocks: Vec<usize> = (0..n).step_by(width).collect();
     let sums = |&j0: &usize| -> Vec<f32> {
@@ -164,8 +164,7 @@ const LANES: usize = 64;
 #[inline(always)]
 fn axpy_loop<const M: usize>(a: &[f32], k: usize, b: &[f32], rsb: usize, j0: usize, sums: &mut [f32]) {
     match M {
-        1 => axpy_lanes::<M, { 2 * LANES }>(a, k, b, rsb, j0, sums),
-        2 => axpy_lanes::<M, { 2 * LANES }>(a, k, b, rsb, j0, sums),
+        1 | 2 => axpy_lanes::<M, { 2 * LANES }>(a, k, b, rsb, j0, sums),
         _ => axpy_lanes::<M, LANES>(a, k, b, rsb, j0, sums),
     }
 }
@@ -220,7 +219,7 @@ fn axpy_lanes<const M: usize, const LANES: usize>(
 }
 
 /// `sums[r, j] = a[r, :] · b[:, j0 + j]` for columns stored contiguously: per column,
-/// eight interleaved sums per row (as [`dot`]), the column read once for all M rows.
+/// eight interleaved sums per row, the column read once for all M rows.
 #[inline(always)]
 fn dot_loop<const M: usize>(a: &[f32], k: usize, b: &[f32], csb: usize, j0: usize, sums: &mut [f32]) {
     let w = sums.len() / M;
@@ -249,15 +248,7 @@ mod tests {
     use super::*;
 
     fn values(len: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed | 1;
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s % 20_001) as f32 / 10_000.0 - 1.0
-            })
-            .collect()
+        crate::threads::tests::values(&[len], seed).to_f32_vec()
     }
 
     /// Every row of an m-row product is the bits of that row's product alone, and

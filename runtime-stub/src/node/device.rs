@@ -281,7 +281,7 @@ pub fn serve(
     // Weights loaded and mapped bytes brought in before the device reports ready: the
     // first request then costs what the others do.
     session.warm().map_err(|e| format!("{}: {e}", dir.display()))?;
-    if let Some(rss) = crate::threads::resident_bytes() {
+    if let Some(rss) = crate::weights::resident_bytes() {
         let weights: u64 = manifest
             .files
             .keys()
