@@ -180,9 +180,14 @@ impl Tensor {
 
     /// `f32[1, 3]`-style description, for error messages.
     pub fn describe(&self) -> String {
-        let dims: Vec<String> = self.shape().iter().map(usize::to_string).collect();
-        format!("{}[{}]", self.dtype, dims.join(", "))
+        describe(self.dtype, self.shape())
     }
+}
+
+/// `f32[1, 3]`-style description of a dtype and shape.
+pub fn describe(dtype: DType, shape: &[usize]) -> String {
+    let dims: Vec<String> = shape.iter().map(usize::to_string).collect();
+    format!("{dtype}[{}]", dims.join(", "))
 }
 
 /// The storage class a dtype uses.

@@ -17,6 +17,8 @@ use std::sync::{Mutex, OnceLock};
 
 use rayon::ThreadPool;
 
+use crate::kernels::simd::{map_into, map_slice_in_place};
+
 /// Most threads a run takes (a bound on what a command line can ask for).
 pub const MAX_THREADS: usize = 256;
 
@@ -120,16 +122,42 @@ pub(crate) const SPLIT_ELEMENTS: usize = 1 << 16;
 /// `f` of every element of `a`; over the run's threads when it holds many and is laid
 /// out in order (each element computed alone, so the same bits).
 pub(crate) fn map(a: &ndarray::ArrayD<f32>, f: impl Fn(f32) -> f32 + Sync) -> ndarray::ArrayD<f32> {
-    match (current(), a.as_slice()) {
-        (Some(pool), Some(xs)) if xs.len() >= SPLIT_ELEMENTS => {
-            let out = split(pool, xs.len(), |range, out: &mut [MaybeUninit<f32>]| {
-                for (o, &x) in out.iter_mut().zip(&xs[range]) {
-                    o.write(f(x));
-                }
-            });
-            ndarray::ArrayD::from_shape_vec(a.raw_dim(), out).unwrap_or_else(|_| a.mapv(&f))
+    let Some(xs) = a.as_slice() else { return a.mapv(f) };
+    let out = match current() {
+        Some(pool) if xs.len() >= SPLIT_ELEMENTS => split(pool, xs.len(), |range, out: &mut [MaybeUninit<f32>]| {
+            map_into(&xs[range], out, &f);
+        }),
+        _ => {
+            let mut out = Vec::with_capacity(xs.len());
+            map_into(xs, &mut out.spare_capacity_mut()[..xs.len()], &f);
+            // SAFETY: `map_into` wrote every one of the first `xs.len()` values.
+            unsafe { out.set_len(xs.len()) };
+            out
         }
-        _ => a.mapv(f),
+    };
+    ndarray::ArrayD::from_shape_vec(a.raw_dim(), out).unwrap_or_else(|_| a.mapv(&f))
+}
+
+/// [`map`] into `a`'s own storage.
+pub(crate) fn map_in_place(a: &mut ndarray::ArrayD<f32>, f: impl Fn(f32) -> f32 + Sync) {
+    match a.as_slice_mut() {
+        Some(xs) => each_row(xs, 1, |xs| map_slice_in_place(xs, &f)),
+        None => a.mapv_inplace(f),
+    }
+}
+
+/// Each row of `width` values of `xs` given to `f` in place; over the run's threads
+/// when there are many values (rows computed alone, so the same bits on any count).
+pub(crate) fn each_row(xs: &mut [f32], width: usize, f: impl Fn(&mut [f32]) + Sync) {
+    use rayon::prelude::*;
+    let width = width.max(1);
+    match current() {
+        Some(pool) if xs.len() >= SPLIT_ELEMENTS => {
+            let rows = xs.len().div_ceil(width);
+            let chunk = rows.div_ceil(4 * pool.current_num_threads()).max(1) * width;
+            pool.install(|| xs.par_chunks_mut(chunk).for_each(&f));
+        }
+        _ => f(xs),
     }
 }
 

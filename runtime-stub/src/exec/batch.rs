@@ -136,7 +136,7 @@ impl Session {
         if !shared {
             return alone(states, &group);
         }
-        let out = match self.compute(i, &refs).map(|mut o| (o.pop(), o.is_empty())) {
+        let out = match self.compute(i, &refs, None).map(|mut o| (o.pop(), o.is_empty())) {
             Ok((Some(Tensor { data: Data::F32(out), .. }), true)) => out,
             _ => return alone(states, &group),
         };

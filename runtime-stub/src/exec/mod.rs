@@ -18,6 +18,7 @@ use crate::RuntimeError;
 
 mod batch;
 mod node;
+mod views;
 
 /// One slot per graph value: the tensor once computed.
 type Slots = Vec<Option<Rc<Tensor>>>;
@@ -51,6 +52,9 @@ pub struct Session {
     threads: Option<usize>,
     /// Weights kept transposed for the products that read them so ([`Transposed`]).
     transposed: Transposed,
+    /// Products reading their second operand through a transpose that does not run
+    /// ([`views`]).
+    views: Vec<Option<views::View>>,
 }
 
 /// Calls of one op kind and the time they took.
@@ -95,6 +99,17 @@ impl Session {
             }
         }
         let transposed = Transposed::plan(&graph, &fused, &is_output);
+        let planned = |i: usize| fused[i].is_some() || transposed.op(i).is_some() || transposed.lookup(i);
+        let (views, gone) = views::plan(&graph, &is_output, &constant_node, &skipped, planned);
+        for (reader, view) in views.iter().enumerate() {
+            if let Some(view) = view {
+                let last = &mut last_use[view.source.index()];
+                *last = (*last).max(Some(reader));
+            }
+        }
+        for t in gone {
+            skipped[t] = true;
+        }
         let loaded = RefCell::new(vec![None; graph.values.len()]);
         Session {
             weights,
@@ -112,6 +127,7 @@ impl Session {
             quantized: RefCell::default(),
             threads: None,
             transposed,
+            views,
         }
     }
 

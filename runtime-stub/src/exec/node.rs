@@ -35,17 +35,70 @@ impl Session {
                 // A fused product reads its quantized operand from the map.
                 Some(_) if fused.is_some_and(|f| slot == f.operand()) => None,
                 Some(_) if self.transposed.reads(i, slot) => Some(self.flipped_weight(i)?),
-                Some(v) => Some(match &values[v.index()] {
-                    Some(t) => t.clone(),
-                    None => self.constant(*v)?,
-                }),
+                Some(v) => {
+                    let v = match &self.views[i] {
+                        Some(view) if slot == 1 => &view.source,
+                        _ => v,
+                    };
+                    Some(match &values[v.index()] {
+                        Some(t) => t.clone(),
+                        None => self.constant(*v)?,
+                    })
+                }
             });
         }
         Ok(args)
     }
 
+    /// An input of node `i` its kernel may write its output into ([`kernels::takes_over`]):
+    /// one read here for the last time, by no other slot of the node, not a graph
+    /// output, held nowhere else (not a weight, a kept constant, another step's).
+    /// Taken out of `values` and `args`; `None` when there is none.
+    pub(super) fn hand_over(
+        &self,
+        i: usize,
+        args: &mut [Option<Rc<Tensor>>],
+        values: &mut Slots,
+    ) -> Option<(usize, Tensor)> {
+        let node = &self.graph.nodes[i];
+        if self.fused[i].is_some() || self.transposed.op(i).is_some() || self.transposed.lookup(i) {
+            return None;
+        }
+        for (k, input) in node.inputs.iter().enumerate() {
+            let Some(v) = *input else { continue };
+            if !kernels::takes_over(&node.op, k)
+                || self.last_use[v.index()] != Some(i)
+                || self.is_output[v.index()]
+                || node.inputs.iter().filter(|u| **u == Some(v)).count() != 1
+            {
+                continue;
+            }
+            // Held by `values` and by `args` only.
+            if values[v.index()].as_ref().is_none_or(|t| Rc::strong_count(t) != 2 || Rc::weak_count(t) != 0) {
+                continue;
+            }
+            args[k] = None;
+            let held = values[v.index()].take()?;
+            match Rc::try_unwrap(held) {
+                Ok(t) => return Some((k, t)),
+                Err(held) => {
+                    args[k] = Some(held.clone());
+                    values[v.index()] = Some(held);
+                }
+            }
+        }
+        None
+    }
+
     /// Node `i`'s kernel on `refs` (timed when profiling).
-    pub(super) fn compute(&self, i: usize, refs: &[Option<&Tensor>]) -> Result<Vec<Tensor>, RuntimeError> {
+    /// `owned` is an input handed over by [`Session::hand_over`] (`refs` has `None` in
+    /// its slot).
+    pub(super) fn compute(
+        &self,
+        i: usize,
+        refs: &[Option<&Tensor>],
+        owned: Option<(usize, Tensor)>,
+    ) -> Result<Vec<Tensor>, RuntimeError> {
         let node = &self.graph.nodes[i];
         let fail = |message: String| RuntimeError::Kernel { node: self.label(i), op: node.op.name(), message };
         let started = Instant::now();
@@ -64,7 +117,16 @@ impl Session {
                 }
             }
             None if self.transposed.lookup(i) => kernels::gather_columns(refs).map(|t| vec![t]),
-            None => kernels::run(self.transposed.op(i).unwrap_or(&node.op), refs, node.outputs.len()),
+            None => match (owned, &self.views[i]) {
+                (_, Some(view)) => {
+                    // No perm: the axes reversed, as `Transpose` reads it.
+                    let rank = refs.get(1).copied().flatten().map_or(0, |b| b.shape().len());
+                    let reversed: Vec<i64> = (0..rank as i64).rev().collect();
+                    kernels::matmul(refs, Some(view.perm.as_deref().unwrap_or(&reversed)))
+                }
+                (Some((k, x)), None) => kernels::run_into(&node.op, k, x, refs, node.outputs.len()),
+                (None, None) => kernels::run(self.transposed.op(i).unwrap_or(&node.op), refs, node.outputs.len()),
+            },
         }
         .map_err(fail)?;
         if let Some(p) = self.profile.borrow_mut().as_mut() {
@@ -120,9 +182,10 @@ impl Session {
         values: &mut Slots,
         sizes: &HashMap<String, i64>,
     ) -> Result<(), RuntimeError> {
-        let args = self.args(i, values)?;
+        let mut args = self.args(i, values)?;
+        let owned = self.hand_over(i, &mut args, values);
         let refs: Vec<Option<&Tensor>> = args.iter().map(|a| a.as_deref()).collect();
-        let outs = self.compute(i, &refs)?;
+        let outs = self.compute(i, &refs, owned)?;
         drop(refs);
         drop(args);
         self.store(i, outs, values, sizes)

@@ -25,7 +25,7 @@ fn split_heads(a: &ArrayD<f32>, heads: usize, what: &str) -> Result<ArrayD<f32>,
 
 fn product(a: &ArrayD<f32>, b: &ArrayD<f32>) -> Result<ArrayD<f32>, String> {
     let (ta, tb) = (Tensor::f32(a.clone()), Tensor::f32(b.clone()));
-    let p = matmul(&[Some(&ta), Some(&tb)])?.into_iter().next().ok_or("no product")?;
+    let p = matmul(&[Some(&ta), Some(&tb)], None)?.into_iter().next().ok_or("no product")?;
     p.as_f32().cloned().ok_or_else(|| "no product".into())
 }
 

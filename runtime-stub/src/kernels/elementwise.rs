@@ -4,7 +4,7 @@ use ndarray::{ArrayD, IxDyn, Zip};
 use shardc_ir::minifloat::{decode_e8m0, encode_e8m0, RoundMode};
 use shardc_ir::{DType, Op};
 
-use super::{broadcast_shape, input, optional, KernelResult};
+use super::{broadcast_shape, input, optional, Floats, KernelResult};
 use crate::tensor::{wrap_int, Data, Tensor};
 
 /// Apply `f` over two broadcast arrays.
@@ -22,23 +22,51 @@ pub(crate) fn zip<A: Copy, B: Copy, C>(
     Ok(Zip::from(&av).and(&bv).map_collect(|&x, &y| f(x, y)))
 }
 
-/// [`zip`] of floats; over the run's threads when the result is large (each element
-/// computed alone, so the same bits on any count): operands in order with a plain
-/// broadcast (either way round) by [`crate::threads::zip`], any others by `ndarray`'s
-/// parallel `Zip`.
-fn zip_f32(a: &ArrayD<f32>, b: &ArrayD<f32>, f: impl Fn(f32, f32) -> f32 + Sync + Send) -> Result<ArrayD<f32>, String> {
-    let Some(pool) = crate::threads::current() else { return zip(a, b, f) };
-    let shape = broadcast_shape(a.shape(), b.shape())?;
-    if shape.iter().product::<usize>() < crate::threads::SPLIT_ELEMENTS {
-        return zip(a, b, f);
+/// [`zip`] of floats, computed into an operand handed over when it is laid out in
+/// order with the result's shape; else over the run's threads when the result is
+/// large (each element computed alone, so the same bits on any count and either way):
+/// operands in order with a plain broadcast (either way round) by
+/// [`crate::threads::zip`], any others by `ndarray`'s parallel `Zip`.
+fn zip_f32(a: Floats, b: Floats, f: impl Fn(f32, f32) -> f32 + Sync + Send) -> Result<ArrayD<f32>, String> {
+    let shape = broadcast_shape(a.view().shape(), b.view().shape())?;
+    let fits = |x: &ArrayD<f32>| x.shape() == shape.as_slice() && x.is_standard_layout();
+    match (a, b) {
+        (Floats::Owned(mut x), y) if fits(&x) => {
+            into(&mut x, y.view(), f)?;
+            Ok(x)
+        }
+        (x, Floats::Owned(mut y)) if fits(&y) => {
+            into(&mut y, x.view(), |q, p| f(p, q))?;
+            Ok(y)
+        }
+        (a, b) => {
+            let (a, b) = (a.view(), b.view());
+            let Some(pool) = crate::threads::current() else { return zip(a, b, f) };
+            if shape.iter().product::<usize>() < crate::threads::SPLIT_ELEMENTS {
+                return zip(a, b, f);
+            }
+            let by_hand =
+                crate::threads::zip(pool, a, b, &f).or_else(|| crate::threads::zip(pool, b, a, |y, x| f(x, y)));
+            if let Some(out) = by_hand {
+                return Ok(out);
+            }
+            let av = a.broadcast(IxDyn(&shape)).ok_or("broadcast failed")?;
+            let bv = b.broadcast(IxDyn(&shape)).ok_or("broadcast failed")?;
+            Ok(pool.install(|| Zip::from(&av).and(&bv).par_map_collect(|&x, &y| f(x, y))))
+        }
     }
-    let by_hand = crate::threads::zip(pool, a, b, &f).or_else(|| crate::threads::zip(pool, b, a, |y, x| f(x, y)));
-    if let Some(out) = by_hand {
-        return Ok(out);
+}
+
+/// `x = f(x, y)` element by element, `y` broadcast to `x`'s shape.
+fn into(x: &mut ArrayD<f32>, y: &ArrayD<f32>, f: impl Fn(f32, f32) -> f32 + Sync + Send) -> Result<(), String> {
+    let yv = y.broadcast(x.raw_dim()).ok_or("broadcast failed")?;
+    match crate::threads::current() {
+        Some(pool) if x.len() >= crate::threads::SPLIT_ELEMENTS => {
+            pool.install(|| Zip::from(x).and(&yv).par_for_each(|p, &q| *p = f(*p, q)))
+        }
+        _ => Zip::from(x).and(&yv).for_each(|p, &q| *p = f(*p, q)),
     }
-    let av = a.broadcast(IxDyn(&shape)).ok_or("broadcast failed")?;
-    let bv = b.broadcast(IxDyn(&shape)).ok_or("broadcast failed")?;
-    Ok(pool.install(|| Zip::from(&av).and(&bv).par_map_collect(|&x, &y| f(x, y))))
+    Ok(())
 }
 
 fn mismatch(a: &Tensor, b: &Tensor) -> String {
@@ -80,17 +108,9 @@ pub fn binary(op: &Op, inputs: &[Option<&Tensor>]) -> KernelResult {
     let (a, b) = (input(inputs, 0)?, input(inputs, 1)?);
     let unsigned = a.dtype.is_unsigned();
     let out = match (&a.data, &b.data) {
-        (Data::F32(x), Data::F32(y)) => Data::F32(match op {
-            Op::Add(_) => zip_f32(x, y, |p, q| p + q)?,
-            Op::Sub(_) => zip_f32(x, y, |p, q| p - q)?,
-            Op::Mul(_) => zip_f32(x, y, |p, q| p * q)?,
-            Op::Div(_) => zip_f32(x, y, |p, q| p / q)?,
-            Op::Pow(_) => pow(x, y)?,
-            Op::Mod(m) if m.fmod == 1 => zip(x, y, |p, q| p % q)?,
-            Op::Mod(_) => return Err("Mod of floats needs fmod = 1".into()),
-            Op::PRelu(_) => zip(x, y, |p, q| if p < 0.0 { q * p } else { p })?,
-            _ => return Err(format!("{} does not take {}", op.name(), a.describe())),
-        }),
+        (Data::F32(x), Data::F32(y)) => {
+            Data::F32(float_binary(op, Floats::Borrowed(x), Floats::Borrowed(y), &|| a.describe())?)
+        }
         (Data::I64(x), Data::I64(y)) => {
             if matches!(op, Op::Div(_) | Op::Mod(_)) && y.iter().any(|&q| q == 0) {
                 return Err("integer division by zero".into());
@@ -140,6 +160,22 @@ pub fn binary(op: &Op, inputs: &[Option<&Tensor>]) -> KernelResult {
         _ => return Err(mismatch(a, b)),
     };
     Ok(vec![Tensor::with_dtype(a.dtype, out)])
+}
+
+/// A binary op of floats (`what` describes input 0, for the error when `op` takes
+/// none), into the storage of an input handed over when it has the result's shape.
+pub(super) fn float_binary(op: &Op, x: Floats, y: Floats, what: &dyn Fn() -> String) -> Result<ArrayD<f32>, String> {
+    Ok(match op {
+        Op::Add(_) => zip_f32(x, y, |p, q| p + q)?,
+        Op::Sub(_) => zip_f32(x, y, |p, q| p - q)?,
+        Op::Mul(_) => zip_f32(x, y, |p, q| p * q)?,
+        Op::Div(_) => zip_f32(x, y, |p, q| p / q)?,
+        Op::Pow(_) => pow(x.view(), y.view())?,
+        Op::Mod(m) if m.fmod == 1 => zip(x.view(), y.view(), |p, q| p % q)?,
+        Op::Mod(_) => return Err("Mod of floats needs fmod = 1".into()),
+        Op::PRelu(_) => zip(x.view(), y.view(), |p, q| if p < 0.0 { q * p } else { p })?,
+        _ => return Err(format!("{} does not take {}", op.name(), what())),
+    })
 }
 
 /// `x ^ y` with fast paths for the constant exponents models use (GELU's cube, RMS's square).

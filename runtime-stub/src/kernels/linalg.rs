@@ -82,10 +82,15 @@ pub(crate) fn sgemm(a: &ArrayViewD<f32>, b: &ArrayViewD<f32>, c: &mut [f32], bet
     }
 }
 
-/// `MatMul` with numpy semantics.
-pub fn matmul(inputs: &[Option<&Tensor>]) -> KernelResult {
+/// `MatMul` with numpy semantics; `b_perm` reads B as `Transpose{perm}` of input 1
+/// would give it (its axes permuted in place, no copy).
+pub fn matmul(inputs: &[Option<&Tensor>], b_perm: Option<&[i64]>) -> KernelResult {
     let (ta, tb) = (input(inputs, 0)?, input(inputs, 1)?);
     let (a, b) = (floats(ta, "A")?, floats(tb, "B")?);
+    let b = match b_perm {
+        Some(p) => b.view().permuted_axes(IxDyn(&super::movement::permutation(Some(p), b.ndim())?)),
+        None => b.view(),
+    };
     if a.ndim() == 0 || b.ndim() == 0 {
         return Err("MatMul operands must have rank at least 1".into());
     }
@@ -226,7 +231,7 @@ pub fn matmul_integer(inputs: &[Option<&Tensor>]) -> KernelResult {
     let fb = shift(bi, optional(inputs, 3), false)?;
     // Products of 8-bit values summed in f32 stay exact up to 2^24 (k < 512 at worst).
     let (ta, tb) = (Tensor::f32(fa), Tensor::f32(fb));
-    let product = matmul(&[Some(&ta), Some(&tb)])?;
+    let product = matmul(&[Some(&ta), Some(&tb)], None)?;
     let p = product.into_iter().next().ok_or("no product")?;
     let values = p.as_f32().ok_or("no product")?.mapv(|v| v.round() as i64);
     Ok(vec![Tensor::with_dtype(DType::I32, Data::I64(values))])
@@ -325,7 +330,7 @@ fn contract(x: Labeled, y: Labeled, keep: &[char]) -> Result<Labeled, String> {
         .into_shape_with_order(IxDyn(&[nb, k, n]))
         .map_err(|e| e.to_string())?;
     let (tx, ty) = (Tensor::f32(xa), Tensor::f32(ya));
-    let p = matmul(&[Some(&tx), Some(&ty)])?.into_iter().next().ok_or("no product")?;
+    let p = matmul(&[Some(&tx), Some(&ty)], None)?.into_iter().next().ok_or("no product")?;
     let mut shape: Vec<usize> = batch.iter().map(|&l| size(l)).collect();
     shape.extend(x_only.iter().map(|&l| x.size(l)));
     shape.extend(y_only.iter().map(|&l| y.size(l)));

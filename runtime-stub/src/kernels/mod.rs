@@ -24,17 +24,174 @@ mod movement;
 mod norm;
 mod quant;
 mod reduce;
+#[cfg(test)]
+mod reuse_tests;
 mod rows;
 mod scatter;
+pub(crate) mod simd;
 mod unary;
 
-use ndarray::{ArrayD, IxDyn};
+use ndarray::{ArrayD, Dimension, IxDyn};
 use shardc_ir::Op;
 
 use crate::tensor::Tensor;
 pub(crate) use indexing::gather_columns;
-pub(crate) use linalg::{sgemm, SPLIT_FROM};
+pub(crate) use linalg::{matmul, sgemm, SPLIT_FROM};
 pub(crate) use rows::MAX_ROWS;
+
+/// A float input of an element-wise kernel: borrowed from the step's values, or
+/// handed over at its last use so its storage takes the output (no new buffer, no
+/// fresh pages to fault in).
+pub(crate) enum Floats<'a> {
+    Borrowed(&'a ArrayD<f32>),
+    Owned(ArrayD<f32>),
+}
+
+impl Floats<'_> {
+    /// The array read.
+    pub(crate) fn view(&self) -> &ArrayD<f32> {
+        match self {
+            Floats::Borrowed(a) => a,
+            Floats::Owned(a) => a,
+        }
+    }
+
+    /// `f` of each element (the same bits either way).
+    pub(crate) fn map(self, f: impl Fn(f32) -> f32 + Sync) -> ArrayD<f32> {
+        match self {
+            Floats::Borrowed(a) => crate::threads::map(a, f),
+            Floats::Owned(mut a) => {
+                crate::threads::map_in_place(&mut a, f);
+                a
+            }
+        }
+    }
+
+    /// The array itself.
+    pub(crate) fn into_owned(self) -> ArrayD<f32> {
+        match self {
+            Floats::Borrowed(a) => a.clone(),
+            Floats::Owned(a) => a,
+        }
+    }
+}
+
+/// The binary (`Add` … `Mod`, bit operations, `PRelu`) element-wise family, as a pattern.
+macro_rules! binary_ops {
+    () => {
+        Op::Add(_)
+            | Op::Sub(_)
+            | Op::Mul(_)
+            | Op::Div(_)
+            | Op::Pow(_)
+            | Op::Mod(_)
+            | Op::BitShift(_)
+            | Op::BitwiseAnd(_)
+            | Op::BitwiseOr(_)
+            | Op::BitwiseXor(_)
+            | Op::PRelu(_)
+    };
+}
+
+/// The unary element-wise family, as a pattern.
+macro_rules! unary_ops {
+    () => {
+        Op::Neg(_)
+            | Op::Abs(_)
+            | Op::Sqrt(_)
+            | Op::Reciprocal(_)
+            | Op::Exp(_)
+            | Op::Log(_)
+            | Op::Tanh(_)
+            | Op::Sigmoid(_)
+            | Op::Sin(_)
+            | Op::Cos(_)
+            | Op::Tan(_)
+            | Op::Asin(_)
+            | Op::Acos(_)
+            | Op::Atan(_)
+            | Op::Sinh(_)
+            | Op::Cosh(_)
+            | Op::Asinh(_)
+            | Op::Acosh(_)
+            | Op::Atanh(_)
+            | Op::Erf(_)
+            | Op::Relu(_)
+            | Op::Not(_)
+            | Op::BitwiseNot(_)
+            | Op::Floor(_)
+            | Op::Ceil(_)
+            | Op::Round(_)
+            | Op::Sign(_)
+            | Op::Softplus(_)
+            | Op::Softsign(_)
+            | Op::LeakyRelu(_)
+            | Op::Elu(_)
+            | Op::Selu(_)
+            | Op::Celu(_)
+            | Op::HardSigmoid(_)
+            | Op::HardSwish(_)
+            | Op::ThresholdedRelu(_)
+            | Op::Shrink(_)
+            | Op::Mish(_)
+            | Op::Swish(_)
+            | Op::Gelu(_)
+            | Op::Identity(_)
+    };
+}
+
+/// The unary element-wise family.
+fn is_unary(op: &Op) -> bool {
+    matches!(op, unary_ops!())
+}
+
+/// Whether [`run_into`] can compute `op` into input `k`'s storage.
+pub fn takes_over(op: &Op, k: usize) -> bool {
+    match op {
+        Op::Add(_) | Op::Sub(_) | Op::Mul(_) | Op::Div(_) => k < 2,
+        Op::Reshape(_) | Op::Unsqueeze(_) | Op::Squeeze(_) | Op::Flatten(_) | Op::Softmax(_) => k == 0,
+        _ => k == 0 && is_unary(op),
+    }
+}
+
+/// [`run`] with input `k` handed over by value (its last use; `inputs[k]` is not
+/// read), so the output can take its storage: a reshape keeps its elements where they
+/// are, an element-wise op or a softmax writes over them. The same values as [`run`].
+pub fn run_into(op: &Op, k: usize, x: Tensor, inputs: &[Option<&Tensor>], n_outputs: usize) -> KernelResult {
+    use crate::tensor::Data;
+    let dtype = x.dtype;
+    let wrap = |a: Result<ArrayD<f32>, String>| a.map(|a| vec![Tensor::with_dtype(dtype, Data::F32(a))]);
+    let x = match (op, x.data) {
+        (Op::Reshape(_) | Op::Unsqueeze(_) | Op::Squeeze(_) | Op::Flatten(_), data) if k == 0 => {
+            let x = Tensor::with_dtype(dtype, data);
+            match movement::new_shape(op, x.shape(), inputs) {
+                Some(Ok(shape)) => return movement::reshaped_owned(x, &shape).map(|t| vec![t]),
+                Some(Err(e)) => return Err(e),
+                None => x,
+            }
+        }
+        (Op::Softmax(s), Data::F32(a)) if k == 0 => return wrap(norm::softmax_floats(s.axis, Floats::Owned(a))),
+        (_, Data::F32(a)) if k == 0 && is_unary(op) => {
+            let dims = a.raw_dim();
+            let what = || crate::tensor::describe(dtype, dims.slice());
+            return wrap(unary::float_unary(op, Floats::Owned(a), &what));
+        }
+        (Op::Add(_) | Op::Sub(_) | Op::Mul(_) | Op::Div(_), Data::F32(a))
+            if k < 2 && optional(inputs, 1 - k).is_some_and(|t| t.as_f32().is_some()) =>
+        {
+            let other = Floats::Borrowed(input(inputs, 1 - k)?.as_f32().ok_or("operand types differ")?);
+            let what = || format!("{dtype}");
+            let (x, y) = if k == 0 { (Floats::Owned(a), other) } else { (other, Floats::Owned(a)) };
+            return wrap(elementwise::float_binary(op, x, y, &what));
+        }
+        (_, data) => Tensor::with_dtype(dtype, data),
+    };
+    let mut refs = inputs.to_vec();
+    if let Some(slot) = refs.get_mut(k) {
+        *slot = Some(&x);
+    }
+    run(op, &refs, n_outputs)
+}
 
 /// Result of a kernel: its outputs, or what went wrong.
 pub type KernelResult = Result<Vec<Tensor>, String>;
@@ -43,17 +200,7 @@ pub type KernelResult = Result<Vec<Tensor>, String>;
 pub fn run(op: &Op, inputs: &[Option<&Tensor>], n_outputs: usize) -> KernelResult {
     use elementwise as e;
     match op {
-        Op::Add(_)
-        | Op::Sub(_)
-        | Op::Mul(_)
-        | Op::Div(_)
-        | Op::Pow(_)
-        | Op::Mod(_)
-        | Op::BitShift(_)
-        | Op::BitwiseAnd(_)
-        | Op::BitwiseOr(_)
-        | Op::BitwiseXor(_)
-        | Op::PRelu(_) => e::binary(op, inputs),
+        binary_ops!() => e::binary(op, inputs),
         Op::Max(_) | Op::Min(_) | Op::Sum(_) | Op::Mean(_) => e::variadic(op, inputs),
         Op::Equal(_)
         | Op::Less(_)
@@ -64,47 +211,7 @@ pub fn run(op: &Op, inputs: &[Option<&Tensor>], n_outputs: usize) -> KernelResul
         | Op::Or(_)
         | Op::Xor(_) => e::comparison(op, inputs),
         Op::Where(_) => e::where_(inputs),
-        Op::Neg(_)
-        | Op::Abs(_)
-        | Op::Sqrt(_)
-        | Op::Reciprocal(_)
-        | Op::Exp(_)
-        | Op::Log(_)
-        | Op::Tanh(_)
-        | Op::Sigmoid(_)
-        | Op::Sin(_)
-        | Op::Cos(_)
-        | Op::Tan(_)
-        | Op::Asin(_)
-        | Op::Acos(_)
-        | Op::Atan(_)
-        | Op::Sinh(_)
-        | Op::Cosh(_)
-        | Op::Asinh(_)
-        | Op::Acosh(_)
-        | Op::Atanh(_)
-        | Op::Erf(_)
-        | Op::Relu(_)
-        | Op::Not(_)
-        | Op::BitwiseNot(_)
-        | Op::Floor(_)
-        | Op::Ceil(_)
-        | Op::Round(_)
-        | Op::Sign(_)
-        | Op::Softplus(_)
-        | Op::Softsign(_)
-        | Op::LeakyRelu(_)
-        | Op::Elu(_)
-        | Op::Selu(_)
-        | Op::Celu(_)
-        | Op::HardSigmoid(_)
-        | Op::HardSwish(_)
-        | Op::ThresholdedRelu(_)
-        | Op::Shrink(_)
-        | Op::Mish(_)
-        | Op::Swish(_)
-        | Op::Gelu(_)
-        | Op::Identity(_) => unary::unary(op, inputs),
+        unary_ops!() => unary::unary(op, inputs),
         Op::IsNaN(_) | Op::IsInf(_) => unary::predicate(op, inputs),
         Op::Cast(c) => e::cast(c.to, c.saturate != 0, &c.round_mode, inputs),
         Op::CastLike(c) => e::cast(input(inputs, 1)?.dtype, c.saturate != 0, &c.round_mode, inputs),
@@ -115,10 +222,7 @@ pub fn run(op: &Op, inputs: &[Option<&Tensor>], n_outputs: usize) -> KernelResul
         Op::Gather(g) => indexing::gather(g.axis, inputs),
         Op::GatherElements(g) => indexing::gather_elements(g.axis, inputs),
         Op::GatherND(g) => indexing::gather_nd(g.batch_dims, inputs),
-        Op::Reshape(r) => movement::reshape(r.allowzero, inputs),
-        Op::Unsqueeze(_) => movement::unsqueeze(inputs),
-        Op::Squeeze(_) => movement::squeeze(inputs),
-        Op::Flatten(f) => movement::flatten(f.axis, inputs),
+        Op::Reshape(_) | Op::Unsqueeze(_) | Op::Squeeze(_) | Op::Flatten(_) => movement::reshape_op(op, inputs),
         Op::Concat(c) => movement::concat(c.axis, inputs),
         Op::Transpose(t) => movement::transpose(t.perm.as_deref(), inputs),
         Op::Slice(_) => movement::slice(inputs),
@@ -138,7 +242,7 @@ pub fn run(op: &Op, inputs: &[Option<&Tensor>], n_outputs: usize) -> KernelResul
         Op::TopK(t) => indexing::top_k(t.axis, t.largest != 0, inputs),
         Op::ReverseSequence(r) => indexing::reverse_sequence(r.batch_axis, r.time_axis, inputs),
         Op::TensorScatter(t) => scatter::tensor_scatter(t.axis, &t.mode, inputs),
-        Op::MatMul(_) => linalg::matmul(inputs),
+        Op::MatMul(_) => linalg::matmul(inputs, None),
         Op::Gemm(g) => linalg::gemm(g, inputs),
         Op::Einsum(e) => linalg::einsum(&e.equation, inputs),
         Op::MatMulInteger(_) => linalg::matmul_integer(inputs),

@@ -1,8 +1,8 @@
 //! Shape and data-movement kernels.
 
-use ndarray::{concatenate, ArrayD, ArrayViewD, Axis, IxDyn, Slice};
+use ndarray::{ArrayD, Axis, IxDyn, Slice};
 use shardc_ir::ops::Shape;
-use shardc_ir::{DType, TensorData};
+use shardc_ir::{DType, Op, TensorData};
 
 use super::indexing::strides;
 use super::{array, axis, broadcast_shape, input, ints, optional, KernelResult};
@@ -23,16 +23,52 @@ pub fn shape(s: &Shape, inputs: &[Option<&Tensor>]) -> KernelResult {
     Ok(vec![Tensor::i64(array(&[dims.len()], dims)?)])
 }
 
-/// `Reshape{allowzero}(x, shape)`.
-pub fn reshape(allowzero: i64, inputs: &[Option<&Tensor>]) -> KernelResult {
+/// The shape a reshaping op (`Reshape`, `Unsqueeze`, `Squeeze`, `Flatten`) gives an
+/// input of shape `x`; `None` for any other op.
+pub(super) fn new_shape(op: &Op, x: &[usize], inputs: &[Option<&Tensor>]) -> Option<Result<Vec<usize>, String>> {
+    Some(match op {
+        Op::Reshape(r) => reshape_target(r.allowzero, x, inputs),
+        Op::Unsqueeze(_) => unsqueeze_target(x, inputs),
+        Op::Squeeze(_) => squeeze_target(x, inputs),
+        Op::Flatten(f) => flatten_target(f.axis, x),
+        _ => return None,
+    })
+}
+
+/// `Reshape`, `Unsqueeze`, `Squeeze` or `Flatten` of input 0.
+pub fn reshape_op(op: &Op, inputs: &[Option<&Tensor>]) -> KernelResult {
     let x = input(inputs, 0)?;
+    let shape = new_shape(op, x.shape(), inputs).ok_or("not a reshaping op")??;
+    Ok(vec![map_data!(x, |a| reshaped(a, &shape)?)])
+}
+
+/// `x` in another shape of the same size: its own elements when they are laid out in
+/// order, else a copy.
+pub(super) fn reshaped_owned(x: Tensor, shape: &[usize]) -> Result<Tensor, String> {
+    fn owned<T: Clone>(a: ArrayD<T>, shape: &[usize]) -> Result<ArrayD<T>, String> {
+        if a.is_standard_layout() {
+            a.into_shape_with_order(IxDyn(shape)).map_err(|e| e.to_string())
+        } else {
+            reshaped(&a, shape)
+        }
+    }
+    let data = match x.data {
+        Data::F32(a) => Data::F32(owned(a, shape)?),
+        Data::I64(a) => Data::I64(owned(a, shape)?),
+        Data::Bool(a) => Data::Bool(owned(a, shape)?),
+    };
+    Ok(Tensor::with_dtype(x.dtype, data))
+}
+
+/// `Reshape{allowzero}(x, shape)`.
+fn reshape_target(allowzero: i64, x: &[usize], inputs: &[Option<&Tensor>]) -> Result<Vec<usize>, String> {
     let target = ints(input(inputs, 1)?, "the target shape")?;
-    let total: usize = x.len();
+    let total: usize = x.iter().product();
     let mut shape = Vec::with_capacity(target.len());
     let mut infer_at = None;
     for (i, &t) in target.iter().enumerate() {
         match t {
-            0 if allowzero == 0 => shape.push(*x.shape().get(i).ok_or("0 copies a missing dim")?),
+            0 if allowzero == 0 => shape.push(*x.get(i).ok_or("0 copies a missing dim")?),
             -1 => {
                 infer_at = Some(i);
                 shape.push(1);
@@ -44,79 +80,116 @@ pub fn reshape(allowzero: i64, inputs: &[Option<&Tensor>]) -> KernelResult {
     if let Some(i) = infer_at {
         let rest: usize = shape.iter().enumerate().filter(|(k, _)| *k != i).map(|(_, d)| d).product();
         if rest == 0 || !total.is_multiple_of(rest) {
-            return Err(format!("cannot reshape {:?} into {target:?}", x.shape()));
+            return Err(format!("cannot reshape {x:?} into {target:?}"));
         }
         shape[i] = total / rest;
     }
     if shape.iter().product::<usize>() != total {
-        return Err(format!("cannot reshape {:?} into {shape:?}", x.shape()));
+        return Err(format!("cannot reshape {x:?} into {shape:?}"));
     }
-    Ok(vec![map_data!(x, |a| reshaped(a, &shape)?)])
+    Ok(shape)
 }
 
 /// `Unsqueeze(x, axes)`.
-pub fn unsqueeze(inputs: &[Option<&Tensor>]) -> KernelResult {
-    let x = input(inputs, 0)?;
+fn unsqueeze_target(x: &[usize], inputs: &[Option<&Tensor>]) -> Result<Vec<usize>, String> {
     let axes = ints(input(inputs, 1)?, "axes")?;
-    let rank = x.shape().len() + axes.len();
+    let rank = x.len() + axes.len();
     let norm: Vec<usize> = axes.iter().map(|&a| axis(a, rank)).collect::<Result<_, _>>()?;
-    let mut dims = x.shape().iter();
-    let shape: Vec<usize> =
-        (0..rank).map(|i| if norm.contains(&i) { 1 } else { dims.next().copied().unwrap_or(1) }).collect();
-    Ok(vec![map_data!(x, |a| reshaped(a, &shape)?)])
+    let mut dims = x.iter();
+    Ok((0..rank).map(|i| if norm.contains(&i) { 1 } else { dims.next().copied().unwrap_or(1) }).collect())
 }
 
 /// `Squeeze(x[, axes])`.
-pub fn squeeze(inputs: &[Option<&Tensor>]) -> KernelResult {
-    let x = input(inputs, 0)?;
-    let rank = x.shape().len();
+fn squeeze_target(x: &[usize], inputs: &[Option<&Tensor>]) -> Result<Vec<usize>, String> {
+    let rank = x.len();
     let axes: Vec<usize> = match optional(inputs, 1) {
         Some(t) => ints(t, "axes")?.iter().map(|&a| axis(a, rank)).collect::<Result<_, _>>()?,
-        None => (0..rank).filter(|&i| x.shape()[i] == 1).collect(),
+        None => (0..rank).filter(|&i| x[i] == 1).collect(),
     };
-    if let Some(&bad) = axes.iter().find(|&&a| x.shape()[a] != 1) {
-        return Err(format!("cannot squeeze axis {bad} of size {}", x.shape()[bad]));
+    if let Some(&bad) = axes.iter().find(|&&a| x[a] != 1) {
+        return Err(format!("cannot squeeze axis {bad} of size {}", x[bad]));
     }
-    let shape: Vec<usize> = x.shape().iter().enumerate().filter(|(i, _)| !axes.contains(i)).map(|(_, &d)| d).collect();
-    Ok(vec![map_data!(x, |a| reshaped(a, &shape)?)])
+    Ok(x.iter().enumerate().filter(|(i, _)| !axes.contains(i)).map(|(_, &d)| d).collect())
+}
+
+/// `Flatten{axis}`: the dims before `axis` in one, those from it in another.
+fn flatten_target(ax: i64, x: &[usize]) -> Result<Vec<usize>, String> {
+    let r = x.len() as i64;
+    let a = if ax < 0 { ax + r } else { ax };
+    if !(0..=r).contains(&a) {
+        return Err(format!("axis {ax} is out of range for rank {r}"));
+    }
+    let a = a as usize;
+    Ok(vec![x[..a].iter().product::<usize>(), x[a..].iter().product::<usize>()])
 }
 
 /// `Concat{axis}`.
 pub fn concat(ax: i64, inputs: &[Option<&Tensor>]) -> KernelResult {
     let ts: Vec<&Tensor> = (0..inputs.len()).map(|i| input(inputs, i)).collect::<Result<_, _>>()?;
     let first = ts[0];
-    let ax = Axis(axis(ax, first.shape().len())?);
+    let ax = axis(ax, first.shape().len())?;
     let data = match &first.data {
         Data::F32(_) => {
-            let v: Vec<ArrayViewD<f32>> =
-                ts.iter().map(|t| t.as_f32().map(|a| a.view()).ok_or("mixed dtypes")).collect::<Result<_, _>>()?;
-            Data::F32(concatenate(ax, &v).map_err(|e| e.to_string())?)
+            Data::F32(joined(ax, &ts.iter().map(|t| t.as_f32().ok_or("mixed dtypes")).collect::<Result<Vec<_>, _>>()?)?)
         }
         Data::I64(_) => {
-            let v: Vec<ArrayViewD<i64>> =
-                ts.iter().map(|t| t.as_i64().map(|a| a.view()).ok_or("mixed dtypes")).collect::<Result<_, _>>()?;
-            Data::I64(concatenate(ax, &v).map_err(|e| e.to_string())?)
+            Data::I64(joined(ax, &ts.iter().map(|t| t.as_i64().ok_or("mixed dtypes")).collect::<Result<Vec<_>, _>>()?)?)
         }
-        Data::Bool(_) => {
-            let v: Vec<ArrayViewD<bool>> =
-                ts.iter().map(|t| t.as_bool().map(|a| a.view()).ok_or("mixed dtypes")).collect::<Result<_, _>>()?;
-            Data::Bool(concatenate(ax, &v).map_err(|e| e.to_string())?)
-        }
+        Data::Bool(_) => Data::Bool(joined(
+            ax,
+            &ts.iter().map(|t| t.as_bool().ok_or("mixed dtypes")).collect::<Result<Vec<_>, _>>()?,
+        )?),
     };
     Ok(vec![Tensor::with_dtype(first.dtype, data)])
+}
+
+/// `parts` joined along `ax`, in standard (row-major) order whatever their layouts:
+/// for each index before `ax`, each part's block after it in turn. (`ndarray`'s
+/// `concatenate` lays the result out with `ax` outermost, which makes every later
+/// element-wise kernel on it walk memory out of order.)
+fn joined<T: Clone>(ax: usize, parts: &[&ArrayD<T>]) -> Result<ArrayD<T>, String> {
+    let first = parts[0].shape();
+    let mut shape = first.to_vec();
+    shape[ax] = 0;
+    for p in parts {
+        let s = p.shape();
+        if s.len() != first.len() || s.iter().zip(first).enumerate().any(|(i, (a, b))| i != ax && a != b) {
+            return Err(format!("Concat inputs {first:?} and {s:?} differ off axis {ax}"));
+        }
+        shape[ax] += s[ax];
+    }
+    let outer: usize = first[..ax].iter().product();
+    let inner: usize = first[ax + 1..].iter().product();
+    let parts: Vec<_> = parts.iter().map(|p| p.as_standard_layout()).collect();
+    let slices: Vec<&[T]> =
+        parts.iter().map(|p| p.as_slice().ok_or("a part is not contiguous")).collect::<Result<_, _>>()?;
+    let mut out = Vec::with_capacity(shape.iter().product());
+    for o in 0..outer {
+        for (p, xs) in parts.iter().zip(&slices) {
+            let block = p.shape()[ax] * inner;
+            out.extend_from_slice(&xs[o * block..(o + 1) * block]);
+        }
+    }
+    ArrayD::from_shape_vec(IxDyn(&shape), out).map_err(|e| e.to_string())
+}
+
+/// A `Transpose` perm for rank `rank` (reversed when absent), checked to be one.
+pub fn permutation(perm: Option<&[i64]>, rank: usize) -> Result<Vec<usize>, String> {
+    let perm: Vec<usize> = match perm {
+        Some(p) => p.iter().map(|&a| axis(a, rank)).collect::<Result<_, _>>()?,
+        None => (0..rank).rev().collect(),
+    };
+    let mut seen = vec![false; rank];
+    if perm.len() != rank || perm.iter().any(|&a| std::mem::replace(&mut seen[a], true)) {
+        return Err(format!("perm {perm:?} is not a permutation of rank {rank}"));
+    }
+    Ok(perm)
 }
 
 /// `Transpose{perm}`.
 pub fn transpose(perm: Option<&[i64]>, inputs: &[Option<&Tensor>]) -> KernelResult {
     let x = input(inputs, 0)?;
-    let rank = x.shape().len();
-    let perm: Vec<usize> = match perm {
-        Some(p) => p.iter().map(|&a| axis(a, rank)).collect::<Result<_, _>>()?,
-        None => (0..rank).rev().collect(),
-    };
-    if perm.len() != rank {
-        return Err(format!("perm {perm:?} does not match rank {rank}"));
-    }
+    let perm = permutation(perm, x.shape().len())?;
     Ok(vec![map_data!(x, |a| a.view().permuted_axes(IxDyn(&perm)).as_standard_layout().into_owned())])
 }
 
@@ -213,8 +286,11 @@ pub fn tile(inputs: &[Option<&Tensor>]) -> KernelResult {
     fn tile_array<T: Clone>(a: &ArrayD<T>, repeats: &[i64]) -> Result<ArrayD<T>, String> {
         let mut out = a.clone();
         for (ax, &r) in repeats.iter().enumerate() {
-            let views = vec![out.view(); r.max(0) as usize];
-            out = concatenate(Axis(ax), &views).map_err(|e| e.to_string())?;
+            out = if r <= 0 {
+                out.slice_axis(Axis(ax), Slice::from(0..0)).to_owned()
+            } else {
+                joined(ax, &vec![&out; r as usize])?
+            };
         }
         Ok(out)
     }
@@ -302,19 +378,6 @@ pub fn trilu(upper: i64, inputs: &[Option<&Tensor>]) -> KernelResult {
 pub fn size(inputs: &[Option<&Tensor>]) -> KernelResult {
     let x = input(inputs, 0)?;
     Ok(vec![Tensor::i64(array(&[], vec![x.len() as i64])?)])
-}
-
-/// `Flatten{axis}`.
-pub fn flatten(ax: i64, inputs: &[Option<&Tensor>]) -> KernelResult {
-    let x = input(inputs, 0)?;
-    let r = x.shape().len() as i64;
-    let a = if ax < 0 { ax + r } else { ax };
-    if !(0..=r).contains(&a) {
-        return Err(format!("axis {ax} is out of range for rank {r}"));
-    }
-    let a = a as usize;
-    let shape = [x.shape()[..a].iter().product::<usize>(), x.shape()[a..].iter().product::<usize>()];
-    Ok(vec![map_data!(x, |d| reshaped(d, &shape)?)])
 }
 
 /// `Pad{mode}(data, pads[, constant_value[, axes]])`: constant, edge, reflect or wrap;

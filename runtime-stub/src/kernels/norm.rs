@@ -6,27 +6,39 @@ use shardc_ir::ops::LayerNormalization;
 use shardc_ir::DType;
 
 use super::linalg::floats;
-use super::{axis, input, optional, KernelResult};
+use super::simd::softmax_rows;
+use super::{axis, input, optional, Floats, KernelResult};
 use crate::tensor::{Data, Tensor};
 
 /// `Softmax{axis}` (numerically stable).
 pub fn softmax(ax: i64, inputs: &[Option<&Tensor>]) -> KernelResult {
     let t = input(inputs, 0)?;
-    let x = floats(t, "input")?;
-    let ax = axis(ax, x.ndim())?;
-    let mut out = x.as_standard_layout().into_owned();
-    for mut lane in out.lanes_mut(Axis(ax)) {
-        let max = lane.fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-        let mut sum = 0.0;
-        lane.mapv_inplace(|v| {
-            let e = (v - max).exp();
-            sum += e;
-            e
-        });
-        let inv = 1.0 / sum;
-        lane.mapv_inplace(|v| v * inv);
-    }
+    let out = softmax_floats(ax, Floats::Borrowed(floats(t, "input")?))?;
     Ok(vec![Tensor::with_dtype(t.dtype, crate::tensor::Data::F32(out))])
+}
+
+/// Softmax along `ax` of `x`, into its storage when handed over.
+pub(super) fn softmax_floats(ax: i64, x: Floats) -> Result<ArrayD<f32>, String> {
+    let ax = axis(ax, x.view().ndim())?;
+    let width = x.view().shape()[ax];
+    let mut out = match x {
+        Floats::Owned(a) if a.is_standard_layout() => a,
+        x => x.view().as_standard_layout().into_owned(),
+    };
+    let empty = out.is_empty();
+    let last = ax + 1 == out.ndim();
+    match out.as_slice_mut() {
+        _ if empty => {}
+        Some(xs) if last => crate::threads::each_row(xs, width, |rows| softmax_rows(rows, width)),
+        _ => {
+            for mut lane in out.lanes_mut(Axis(ax)) {
+                let mut row = lane.to_vec();
+                softmax_rows(&mut row, width);
+                lane.iter_mut().zip(row).for_each(|(v, r)| *v = r);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// `LayerNormalization{axis,epsilon}(X, scale[, bias])` → Y[, Mean, InvStdDev].

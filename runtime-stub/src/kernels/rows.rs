@@ -79,14 +79,8 @@ pub(crate) unsafe fn product(
     true
 }
 
-/// Whether the AVX-512 build of the loops runs: the processor has AVX-512 F and
-/// `SHARDC_NO_AVX512` is unset (as for the quantized loops; either build gives the same
-/// bits here).
 #[cfg(target_arch = "x86_64")]
-fn avx512() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::arch::is_x86_feature_detected!("avx512f") && std::env::var_os("SHARDC_NO_AVX512").is_none())
-}
+use super::simd::avx512;
 
 /// `$name` runs `$body::<M>` for the number of rows, compiled for AVX-512 or AVX2
 /// where the processor has them (the sums are the same bits: no multiply-add is fused
