@@ -24,6 +24,7 @@ mod movement;
 mod norm;
 mod quant;
 mod reduce;
+mod reshape;
 #[cfg(test)]
 mod reuse_tests;
 mod rows;
@@ -164,8 +165,8 @@ pub fn run_into(op: &Op, k: usize, x: Tensor, inputs: &[Option<&Tensor>], n_outp
     let x = match (op, x.data) {
         (Op::Reshape(_) | Op::Unsqueeze(_) | Op::Squeeze(_) | Op::Flatten(_), data) if k == 0 => {
             let x = Tensor::with_dtype(dtype, data);
-            match movement::new_shape(op, x.shape(), inputs) {
-                Some(Ok(shape)) => return movement::reshaped_owned(x, &shape).map(|t| vec![t]),
+            match reshape::new_shape(op, x.shape(), inputs) {
+                Some(Ok(shape)) => return reshape::reshaped_owned(x, &shape).map(|t| vec![t]),
                 Some(Err(e)) => return Err(e),
                 None => x,
             }
@@ -222,7 +223,7 @@ pub fn run(op: &Op, inputs: &[Option<&Tensor>], n_outputs: usize) -> KernelResul
         Op::Gather(g) => indexing::gather(g.axis, inputs),
         Op::GatherElements(g) => indexing::gather_elements(g.axis, inputs),
         Op::GatherND(g) => indexing::gather_nd(g.batch_dims, inputs),
-        Op::Reshape(_) | Op::Unsqueeze(_) | Op::Squeeze(_) | Op::Flatten(_) => movement::reshape_op(op, inputs),
+        Op::Reshape(_) | Op::Unsqueeze(_) | Op::Squeeze(_) | Op::Flatten(_) => reshape::reshape_op(op, inputs),
         Op::Concat(c) => movement::concat(c.axis, inputs),
         Op::Transpose(t) => movement::transpose(t.perm.as_deref(), inputs),
         Op::Slice(_) => movement::slice(inputs),
