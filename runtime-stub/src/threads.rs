@@ -161,6 +161,71 @@ pub(crate) fn each_row(xs: &mut [f32], width: usize, f: impl Fn(&mut [f32]) + Sy
     }
 }
 
+/// `f` on matching blocks of `out` and `src` (of one shape): over the run's threads
+/// when there are many elements, in blocks along the first axis longer than one
+/// (each element is computed alone, so the same bits on any count); else once, whole.
+pub(crate) fn blocks<A: Send, B: Sync>(
+    mut out: ndarray::ArrayViewMutD<A>,
+    src: ndarray::ArrayViewD<B>,
+    f: impl Fn(ndarray::ArrayViewMutD<A>, ndarray::ArrayViewD<B>) + Sync,
+) {
+    use rayon::prelude::*;
+    let axis = out.shape().iter().position(|&d| d > 1);
+    match (current(), axis) {
+        (Some(pool), Some(axis)) if out.len() >= SPLIT_ELEMENTS && out.shape() == src.shape() => {
+            let along = out.shape()[axis];
+            let chunk = along.div_ceil(4 * pool.current_num_threads()).max(1);
+            let pairs: Vec<_> = out
+                .axis_chunks_iter_mut(ndarray::Axis(axis), chunk)
+                .zip(src.axis_chunks_iter(ndarray::Axis(axis), chunk))
+                .collect();
+            pool.install(|| pairs.into_par_iter().for_each(|(o, s)| f(o, s)));
+        }
+        _ => f(out.view_mut(), src),
+    }
+}
+
+/// `v`'s elements laid out in order (a copy): row by row along its last axis, over the
+/// run's threads when many (`ndarray`'s copy of a strided view goes element by element).
+pub(crate) fn standard<T: Copy + Send + Sync>(v: ndarray::ArrayViewD<T>) -> ndarray::ArrayD<T> {
+    if v.is_standard_layout() {
+        return v.to_owned();
+    }
+    let mut out = ndarray::ArrayD::<T>::uninit(v.raw_dim());
+    blocks(out.view_mut(), v, |mut o, s| {
+        if o.is_standard_layout() {
+            if let Some(dst) = o.as_slice_mut() {
+                return rows_into(s, dst);
+            }
+        }
+        s.assign_to(o);
+    });
+    // SAFETY: `blocks` gave every element of `out` to `rows_into` or `assign_to`, which
+    // wrote it.
+    unsafe { out.assume_init() }
+}
+
+/// `src`'s elements in order into `dst` (of its length), a row of its last axis at a time.
+fn rows_into<T: Copy>(src: ndarray::ArrayViewD<T>, dst: &mut [MaybeUninit<T>]) {
+    let Some(last) = src.ndim().checked_sub(1) else {
+        dst.iter_mut().zip(src.iter()).for_each(|(d, &x)| {
+            d.write(x);
+        });
+        return;
+    };
+    let width = src.shape()[last].max(1);
+    for (lane, row) in src.lanes(ndarray::Axis(last)).into_iter().zip(dst.chunks_mut(width)) {
+        match lane.as_slice() {
+            Some(xs) => row.iter_mut().zip(xs).for_each(|(d, &x)| {
+                d.write(x);
+            }),
+            None => row.iter_mut().zip(lane.iter()).for_each(|(d, &x)| {
+                d.write(x);
+            }),
+        }
+    }
+}
+
 /// `f` of the elements of `a` and `b` pairwise over `pool`'s threads, when both are
 /// laid out in order and `b` is a single value, has `a`'s shape, or trailing dims of it
 /// (a bias, a table of positions), or it with the last dim 1 (a value per row). None

@@ -60,12 +60,7 @@ fn zip_f32(a: Floats, b: Floats, f: impl Fn(f32, f32) -> f32 + Sync + Send) -> R
 /// `x = f(x, y)` element by element, `y` broadcast to `x`'s shape.
 fn into(x: &mut ArrayD<f32>, y: &ArrayD<f32>, f: impl Fn(f32, f32) -> f32 + Sync + Send) -> Result<(), String> {
     let yv = y.broadcast(x.raw_dim()).ok_or("broadcast failed")?;
-    match crate::threads::current() {
-        Some(pool) if x.len() >= crate::threads::SPLIT_ELEMENTS => {
-            pool.install(|| Zip::from(x).and(&yv).par_for_each(|p, &q| *p = f(*p, q)))
-        }
-        _ => Zip::from(x).and(&yv).for_each(|p, &q| *p = f(*p, q)),
-    }
+    crate::threads::blocks(x.view_mut(), yv, |xs, ys| Zip::from(xs).and(&ys).for_each(|p, &q| *p = f(*p, q)));
     Ok(())
 }
 

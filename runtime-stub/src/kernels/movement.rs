@@ -90,7 +90,7 @@ pub fn permutation(perm: Option<&[i64]>, rank: usize) -> Result<Vec<usize>, Stri
 pub fn transpose(perm: Option<&[i64]>, inputs: &[Option<&Tensor>]) -> KernelResult {
     let x = input(inputs, 0)?;
     let perm = permutation(perm, x.shape().len())?;
-    Ok(vec![map_data!(x, |a| a.view().permuted_axes(IxDyn(&perm)).as_standard_layout().into_owned())])
+    Ok(vec![map_data!(x, |a| crate::threads::standard(a.view().permuted_axes(IxDyn(&perm))))])
 }
 
 /// Resolve one axis of an ONNX slice into an ndarray slice.
@@ -138,7 +138,7 @@ pub fn slice(inputs: &[Option<&Tensor>]) -> KernelResult {
         for (ax, s) in &slices {
             v.slice_axis_inplace(Axis(*ax), *s);
         }
-        v.to_owned()
+        crate::threads::standard(v)
     })])
 }
 
