@@ -157,12 +157,28 @@ const LANES: usize = 64;
 /// while those rows pass (one read of `b` for all M rows).
 #[inline(always)]
 fn axpy_loop<const M: usize>(a: &[f32], k: usize, b: &[f32], rsb: usize, j0: usize, sums: &mut [f32]) {
-    match M {
-        1 | 2 => axpy_lanes::<M, { 2 * LANES }>(a, k, b, rsb, j0, sums),
-        _ => axpy_lanes::<M, LANES>(a, k, b, rsb, j0, sums),
+    let w = sums.len() / M;
+    // The widest lanes over most columns, then 16 at a time (a short product: an
+    // attention's values, 64 columns), then one by one. Each sum's order is the same.
+    let wide = match M {
+        1 | 2 => axpy_lanes::<M, { 2 * LANES }>(a, k, b, rsb, j0, sums, 0),
+        _ => axpy_lanes::<M, LANES>(a, k, b, rsb, j0, sums, 0),
+    };
+    let narrow = axpy_lanes::<M, 16>(a, k, b, rsb, j0, sums, wide);
+    for k0 in (0..k).step_by(PANEL) {
+        for j in narrow..w {
+            for r in 0..M {
+                let mut s = sums[r * w + j];
+                for kk in k0..(k0 + PANEL).min(k) {
+                    s += a[r * k + kk] * b[kk * rsb + j0 + j];
+                }
+                sums[r * w + j] = s;
+            }
+        }
     }
 }
 
+/// [`axpy_loop`] over the whole runs of LANES columns from `from`; returns where they end.
 #[inline(always)]
 fn axpy_lanes<const M: usize, const LANES: usize>(
     a: &[f32],
@@ -171,12 +187,13 @@ fn axpy_lanes<const M: usize, const LANES: usize>(
     rsb: usize,
     j0: usize,
     sums: &mut [f32],
-) {
+    from: usize,
+) -> usize {
     let w = sums.len() / M;
-    let whole = w - w % LANES;
+    let whole = from + (w - from) / LANES * LANES;
     for k0 in (0..k).step_by(PANEL) {
         let k1 = (k0 + PANEL).min(k);
-        for j in (0..whole).step_by(LANES) {
+        for j in (from..whole).step_by(LANES) {
             let mut acc = [[0f32; LANES]; M];
             for (r, acc) in acc.iter_mut().enumerate() {
                 acc.copy_from_slice(&sums[r * w + j..r * w + j + LANES]);
@@ -200,16 +217,8 @@ fn axpy_lanes<const M: usize, const LANES: usize>(
                 sums[r * w + j..r * w + j + LANES].copy_from_slice(acc);
             }
         }
-        for j in whole..w {
-            for r in 0..M {
-                let mut s = sums[r * w + j];
-                for kk in k0..k1 {
-                    s += a[r * k + kk] * b[kk * rsb + j0 + j];
-                }
-                sums[r * w + j] = s;
-            }
-        }
     }
+    whole
 }
 
 /// `sums[r, j] = a[r, :] · b[:, j0 + j]` for columns stored contiguously: per column,
