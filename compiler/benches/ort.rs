@@ -147,16 +147,21 @@ fn main() {
         );
         // Start-up and memory: the first prompt step after warming against the second;
         // this process's resident memory after the steps (less what it held before the
-        // first model) against the package's weight bytes, the KV cache of the prompt and
-        // 64 MB (the cache held is the prompt's).
+        // first model), and once the allocator gave back what the steps freed (as a
+        // device does when idle), against the package's weight bytes, the KV cache of the
+        // prompt and 64 MB (the cache held is the prompt's).
         let weight_bytes = std::fs::metadata(pkg.join("weights.safetensors")).map(|m| m.len()).unwrap_or(0);
         let kv_bytes: usize = cache.iter().map(|t| t.to_f32_vec().len() * 4).sum();
         let rss = shardc_runtime::weights::resident_bytes().unwrap_or(0).saturating_sub(rss_before);
+        // And once the allocator has given back what the steps freed (a device idle).
+        shardc_runtime::weights::give_back_free_memory();
+        let idle = shardc_runtime::weights::resident_bytes().unwrap_or(0).saturating_sub(rss_before);
         let mb = |b: u64| b as f64 / (1 << 20) as f64;
         println!(
-            "{name:<11} start-up: warm {warm_ms:.0} ms, first prompt step {first_ms:.1} ms, second {second_ms:.1} ms ({:.2}x); resident {:.0} MB against weights {:.0} MB + KV {:.1} MB + 64 MB = {:.0} MB",
+            "{name:<11} start-up: warm {warm_ms:.0} ms, first prompt step {first_ms:.1} ms, second {second_ms:.1} ms ({:.2}x); resident {:.0} MB, idle {:.0} MB, against weights {:.0} MB + KV {:.1} MB + 64 MB = {:.0} MB",
             first_ms / second_ms,
             mb(rss),
+            mb(idle),
             mb(weight_bytes),
             mb(kv_bytes as u64),
             mb(weight_bytes + kv_bytes as u64 + (64 << 20)),

@@ -333,14 +333,20 @@ pub fn serve(
         last_batch: Duration::ZERO,
         handover: None,
     };
+    let mut worked = false;
     'serve: while !stop.load(Ordering::Relaxed) {
         let Some((env, msg)) = d.net.receive(Duration::from_millis(200))? else {
             // A client that went quiet (killed, say) does not keep the cache alive.
             if d.session.is_some_and(|(_, seen)| seen.elapsed() > opts.session_timeout) {
                 d.end_session("its client went quiet");
             }
+            // Idle for 200 ms after work: what the steps freed goes back to the system.
+            if std::mem::take(&mut worked) {
+                crate::weights::give_back_free_memory();
+            }
             continue;
         };
+        worked = true;
         if !d.on_message(env, msg)? {
             break;
         }
