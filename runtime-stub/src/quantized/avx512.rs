@@ -18,7 +18,7 @@ use std::arch::x86_64::*;
 /// unset (set, the portable loops run: how CI tests them on a machine with AVX-512, and
 /// how to measure what these loops gain).
 pub(super) fn available() -> bool {
-    is_x86_feature_detected!("avx512f") && std::env::var_os("SHARDC_NO_AVX512").is_none()
+    crate::kernels::simd::avx512()
 }
 
 /// Σ_seg scale · Σ x · code along a row of int8 codes, `len` codes a segment (a
