@@ -180,10 +180,14 @@ pub fn run_into(op: &Op, k: usize, x: Tensor, inputs: &[Option<&Tensor>], n_outp
         (Op::Add(_) | Op::Sub(_) | Op::Mul(_) | Op::Div(_), Data::F32(a))
             if k < 2 && optional(inputs, 1 - k).is_some_and(|t| t.as_f32().is_some()) =>
         {
-            let other = Floats::Borrowed(input(inputs, 1 - k)?.as_f32().ok_or("operand types differ")?);
-            let what = || format!("{dtype}");
-            let (x, y) = if k == 0 { (Floats::Owned(a), other) } else { (other, Floats::Owned(a)) };
-            return wrap(elementwise::float_binary(op, x, y, &what));
+            let other = input(inputs, 1 - k)?;
+            let floats = Floats::Borrowed(other.as_f32().ok_or("operand types differ")?);
+            // The result has input 0's type, as `run` gives it.
+            let first = if k == 0 { dtype } else { other.dtype };
+            let what = || format!("{first}");
+            let (x, y) = if k == 0 { (Floats::Owned(a), floats) } else { (floats, Floats::Owned(a)) };
+            let out = elementwise::float_binary(op, x, y, &what)?;
+            return Ok(vec![Tensor::with_dtype(first, Data::F32(out))]);
         }
         (_, data) => Tensor::with_dtype(dtype, data),
     };

@@ -4,7 +4,7 @@
 
 use ndarray::{concatenate, ArrayD, Axis, IxDyn, ShapeBuilder};
 use shardc_ir::ops::*;
-use shardc_ir::Op;
+use shardc_ir::{DType, Op};
 
 use super::{matmul, run, run_into, takes_over};
 use crate::tensor::{Data, Tensor};
@@ -52,6 +52,8 @@ fn kernels_into_a_handed_over_input_are_the_bits_of_the_plain_ones() {
         (Op::Sub(Sub {}), vec![row.clone(), x.clone()], 1),
         (Op::Div(Div {}), vec![x.clone(), per_row.clone()], 0),
         (Op::Add(Add {}), vec![x.clone(), values(&[2, 3, 40, 8], 6)], 1),
+        // The result takes input 0's type whichever input is handed over.
+        (Op::Add(Add {}), vec![Tensor::with_dtype(DType::F16, x.data.clone()), values(&[2, 3, 40, 8], 6)], 1),
         // The handed-over operand is the smaller: computed as usual into a new array.
         (Op::Mul(Mul {}), vec![x.clone(), row.clone()], 1),
         (Op::Mul(Mul {}), vec![reversed_layout(&x), row.clone()], 0),
