@@ -154,7 +154,7 @@ pub(crate) fn each_row(xs: &mut [f32], width: usize, f: impl Fn(&mut [f32]) + Sy
     match current() {
         Some(pool) if xs.len() >= SPLIT_ELEMENTS => {
             let rows = xs.len().div_ceil(width);
-            let chunk = rows.div_ceil(4 * pool.current_num_threads()).max(1) * width;
+            let chunk = per_task(rows, pool) * width;
             pool.install(|| xs.par_chunks_mut(chunk).for_each(&f));
         }
         _ => f(xs),
@@ -174,7 +174,7 @@ pub(crate) fn blocks<A: Send, B: Sync>(
     match (current(), axis) {
         (Some(pool), Some(axis)) if out.len() >= SPLIT_ELEMENTS && out.shape() == src.shape() => {
             let along = out.shape()[axis];
-            let chunk = along.div_ceil(4 * pool.current_num_threads()).max(1);
+            let chunk = per_task(along, pool);
             let pairs: Vec<_> = out
                 .axis_chunks_iter_mut(ndarray::Axis(axis), chunk)
                 .zip(src.axis_chunks_iter(ndarray::Axis(axis), chunk))
@@ -183,6 +183,12 @@ pub(crate) fn blocks<A: Send, B: Sync>(
         }
         _ => f(out.view_mut(), src),
     }
+}
+
+/// How many of `n` rows (or blocks) a task takes: four tasks per thread, so a thread
+/// held up elsewhere leaves less undone.
+fn per_task(n: usize, pool: &ThreadPool) -> usize {
+    n.div_ceil(4 * pool.current_num_threads()).max(1)
 }
 
 /// `v`'s elements laid out in order (a copy): row by row along its last axis, over the
@@ -215,14 +221,9 @@ fn rows_into<T: Copy>(src: ndarray::ArrayViewD<T>, dst: &mut [MaybeUninit<T>]) {
     };
     let width = src.shape()[last].max(1);
     for (lane, row) in src.lanes(ndarray::Axis(last)).into_iter().zip(dst.chunks_mut(width)) {
-        match lane.as_slice() {
-            Some(xs) => row.iter_mut().zip(xs).for_each(|(d, &x)| {
-                d.write(x);
-            }),
-            None => row.iter_mut().zip(lane.iter()).for_each(|(d, &x)| {
-                d.write(x);
-            }),
-        }
+        row.iter_mut().zip(lane).for_each(|(d, &x)| {
+            d.write(x);
+        });
     }
 }
 
@@ -306,7 +307,7 @@ fn split_rows(
     use rayon::prelude::*;
     let mut out: Vec<f32> = Vec::with_capacity(len);
     let rows = len / width.max(1);
-    let chunk = rows.div_ceil(4 * pool.current_num_threads()).max(1) * width.max(1);
+    let chunk = per_task(rows, pool) * width.max(1);
     pool.install(|| {
         out.spare_capacity_mut()[..len].par_chunks_mut(chunk).enumerate().for_each(|(i, o)| {
             let start = i * chunk;

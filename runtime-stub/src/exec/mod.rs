@@ -99,7 +99,7 @@ impl Session {
             }
         }
         let transposed = Transposed::plan(&graph, &fused, &is_output);
-        let planned = |i: usize| fused[i].is_some() || transposed.op(i).is_some() || transposed.lookup(i);
+        let planned = |i: usize| planned_apart(&fused, &transposed, i);
         let (views, gone) = views::plan(&graph, &is_output, &constant_node, &skipped, planned);
         for (reader, view) in views.iter().enumerate() {
             if let Some(view) = view {
@@ -387,6 +387,12 @@ impl Session {
         }
         Ok(())
     }
+}
+
+/// Whether node `i` runs by a plan of its own: a product fused with its quantized
+/// weight, or one reading a weight kept transposed (or looking rows up in it).
+fn planned_apart(fused: &[Option<Fused>], transposed: &Transposed, i: usize) -> bool {
+    fused[i].is_some() || transposed.op(i).is_some() || transposed.lookup(i)
 }
 
 fn unreachable_def(name: &str) -> Result<Tensor, RuntimeError> {

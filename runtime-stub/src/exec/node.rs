@@ -61,7 +61,7 @@ impl Session {
         values: &mut Slots,
     ) -> Option<(usize, Tensor)> {
         let node = &self.graph.nodes[i];
-        if self.fused[i].is_some() || self.transposed.op(i).is_some() || self.transposed.lookup(i) {
+        if super::planned_apart(&self.fused, &self.transposed, i) {
             return None;
         }
         for (k, input) in node.inputs.iter().enumerate() {
@@ -118,12 +118,15 @@ impl Session {
             }
             None if self.transposed.lookup(i) => kernels::gather_columns(refs).map(|t| vec![t]),
             None => match (owned, &self.views[i]) {
-                (_, Some(view)) => {
-                    // No perm: the axes reversed, as `Transpose` reads it.
-                    let rank = refs.get(1).copied().flatten().map_or(0, |b| b.shape().len());
-                    let reversed: Vec<i64> = (0..rank as i64).rev().collect();
-                    kernels::matmul(refs, Some(view.perm.as_deref().unwrap_or(&reversed)))
-                }
+                (_, Some(view)) => match view.perm.as_deref() {
+                    Some(perm) => kernels::matmul(refs, Some(perm)),
+                    None => {
+                        // No perm: the axes reversed, as `Transpose` reads it.
+                        let rank = refs.get(1).copied().flatten().map_or(0, |b| b.shape().len());
+                        let reversed: Vec<i64> = (0..rank as i64).rev().collect();
+                        kernels::matmul(refs, Some(&reversed))
+                    }
+                },
                 (Some((k, x)), None) => kernels::run_into(&node.op, k, x, refs, node.outputs.len()),
                 (None, None) => kernels::run(self.transposed.op(i).unwrap_or(&node.op), refs, node.outputs.len()),
             },

@@ -23,7 +23,7 @@ pub(super) fn softmax_floats(ax: i64, x: Floats) -> Result<ArrayD<f32>, String> 
     let width = x.view().shape()[ax];
     let mut out = match x {
         Floats::Owned(a) if a.is_standard_layout() => a,
-        x => x.view().as_standard_layout().into_owned(),
+        x => crate::threads::standard(x.view().view()),
     };
     let empty = out.is_empty();
     let last = ax + 1 == out.ndim();

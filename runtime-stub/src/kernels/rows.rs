@@ -79,59 +79,39 @@ pub(crate) unsafe fn product(
     true
 }
 
-#[cfg(target_arch = "x86_64")]
-use super::simd::avx512;
+use super::simd::widest;
 
-/// `$name` runs `$body::<M>` for the number of rows, compiled for AVX-512 or AVX2
-/// where the processor has them (the sums are the same bits: no multiply-add is fused
-/// in any build).
-macro_rules! vectorised {
+/// `$name` runs `$body::<M>` for the number of rows M.
+macro_rules! by_rows {
     ($name:ident, $body:ident) => {
+        #[inline(always)]
         fn $name(a: &[f32], k: usize, b: &[f32], stride: usize, j0: usize, sums: &mut [f32]) {
-            fn rows<const M: usize>(a: &[f32], k: usize, b: &[f32], stride: usize, j0: usize, sums: &mut [f32]) {
-                #[cfg(target_arch = "x86_64")]
-                {
-                    macro_rules! built_for {
-                        ($feature:literal) => {{
-                            #[target_feature(enable = $feature)]
-                            unsafe fn built<const M: usize>(
-                                a: &[f32],
-                                k: usize,
-                                b: &[f32],
-                                stride: usize,
-                                j0: usize,
-                                sums: &mut [f32],
-                            ) {
-                                $body::<M>(a, k, b, stride, j0, sums)
-                            }
-                            // SAFETY: the caller checked the processor has the feature.
-                            unsafe { built::<M>(a, k, b, stride, j0, sums) }
-                        }};
-                    }
-                    if avx512() {
-                        return built_for!("avx512f");
-                    }
-                    if std::arch::is_x86_feature_detected!("avx2") {
-                        return built_for!("avx2");
-                    }
-                }
-                $body::<M>(a, k, b, stride, j0, sums)
-            }
             match a.len() / k {
-                1 => rows::<1>(a, k, b, stride, j0, sums),
-                2 => rows::<2>(a, k, b, stride, j0, sums),
-                3 => rows::<3>(a, k, b, stride, j0, sums),
-                4 => rows::<4>(a, k, b, stride, j0, sums),
-                5 => rows::<5>(a, k, b, stride, j0, sums),
-                6 => rows::<6>(a, k, b, stride, j0, sums),
-                7 => rows::<7>(a, k, b, stride, j0, sums),
-                _ => rows::<8>(a, k, b, stride, j0, sums),
+                1 => $body::<1>(a, k, b, stride, j0, sums),
+                2 => $body::<2>(a, k, b, stride, j0, sums),
+                3 => $body::<3>(a, k, b, stride, j0, sums),
+                4 => $body::<4>(a, k, b, stride, j0, sums),
+                5 => $body::<5>(a, k, b, stride, j0, sums),
+                6 => $body::<6>(a, k, b, stride, j0, sums),
+                7 => $body::<7>(a, k, b, stride, j0, sums),
+                _ => $body::<8>(a, k, b, stride, j0, sums),
             }
         }
     };
 }
-vectorised!(axpy_rows, axpy_loop);
-vectorised!(dot_rows, dot_loop);
+by_rows!(axpy_by_rows, axpy_loop);
+by_rows!(dot_by_rows, dot_loop);
+
+// Compiled for AVX-512 or AVX2 where the processor has them (the sums are the same
+// bits: no multiply-add is fused in any build).
+widest!(
+    /// [`axpy_loop`] for the number of rows of `a`.
+    axpy_rows<>(a: &[f32], k: usize, b: &[f32], stride: usize, j0: usize, sums: &mut [f32]) = axpy_by_rows
+);
+widest!(
+    /// [`dot_loop`] for the number of rows of `a`.
+    dot_rows<>(a: &[f32], k: usize, b: &[f32], stride: usize, j0: usize, sums: &mut [f32]) = dot_by_rows
+);
 
 /// Floats ahead of the columns being read that each row of a panel asks the memory for.
 const AHEAD: usize = 256;

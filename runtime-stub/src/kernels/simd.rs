@@ -71,7 +71,7 @@ macro_rules! widest {
                 unsafe fn wide256<$($g: $bound),*>($($arg: $ty),*) {
                     $body($($arg),*)
                 }
-                if avx512() {
+                if $crate::kernels::simd::avx512() {
                     // SAFETY: the processor has AVX-512 F (checked just now).
                     return unsafe { wide512($($arg),*) };
                 }
@@ -84,6 +84,7 @@ macro_rules! widest {
         }
     };
 }
+pub(crate) use widest;
 
 #[inline(always)]
 fn map_body<F: Fn(f32) -> f32>(xs: &[f32], out: &mut [MaybeUninit<f32>], f: &F) {
