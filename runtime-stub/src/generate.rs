@@ -141,12 +141,13 @@ fn take_logits(
         message: "the model has no logits output".into(),
     })?;
     let bad = |message: String| RuntimeError::Input { name: name.clone(), message };
-    let values = logits.as_f32().ok_or_else(|| bad(format!("expected float logits, got {}", logits.describe())))?;
-    let shape = values.shape();
+    let described = logits.describe();
+    let (shape, values) =
+        logits.into_f32_values().ok_or_else(|| bad(format!("expected float logits, got {described}")))?;
     if shape.len() != 3 || shape[0] != 1 || shape[1] != tokens {
         return Err(bad(format!("expected logits [1, {tokens}, vocab], got {shape:?}")));
     }
-    Ok(Logits { values: values.iter().copied().collect(), vocab: shape[2] })
+    Ok(Logits { values, vocab: shape[2] })
 }
 
 /// The longest context run for a model that does not state its own (an ONNX export).

@@ -83,6 +83,24 @@ impl Tensor {
         }
     }
 
+    /// The shape and the values in row-major order, if this is a float tensor; the
+    /// storage itself when it already holds them so (no copy), else a copy.
+    pub fn into_f32_values(self) -> Option<(Vec<usize>, Vec<f32>)> {
+        let Data::F32(a) = self.data else { return None };
+        let shape = a.shape().to_vec();
+        if !a.is_standard_layout() {
+            return Some((shape, a.iter().copied().collect()));
+        }
+        let n = a.len();
+        let (mut v, offset) = a.into_raw_vec_and_offset();
+        let start = offset.unwrap_or(0);
+        if start != 0 || v.len() != n {
+            // A view into a larger buffer: its elements are the contiguous run from `start`.
+            v = v[start..start + n].to_vec();
+        }
+        Some((shape, v))
+    }
+
     /// The i64 array, if this is an integer tensor.
     pub fn as_i64(&self) -> Option<&ArrayD<i64>> {
         match &self.data {
@@ -213,5 +231,27 @@ pub fn wrap_int(v: i64, dtype: DType) -> i64 {
         DType::I32 => i64::from(v as i32),
         DType::U32 => i64::from(v as u32),
         _ => v,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ndarray::{s, ArrayD, IxDyn};
+
+    use super::Tensor;
+
+    #[test]
+    fn float_values_come_out_in_row_major_order_whatever_the_layout() {
+        let a = ArrayD::from_shape_vec(IxDyn(&[2, 3]), vec![0., 1., 2., 3., 4., 5.]).unwrap();
+        let plain = Tensor::f32(a.clone()).into_f32_values().unwrap();
+        assert_eq!(plain, (vec![2, 3], vec![0., 1., 2., 3., 4., 5.]));
+        // Column-major storage: the values are reordered, not handed over as stored.
+        let turned = Tensor::f32(a.clone().reversed_axes()).into_f32_values().unwrap();
+        assert_eq!(turned, (vec![3, 2], vec![0., 3., 1., 4., 2., 5.]));
+        // A standard-layout view starting past the buffer's first element.
+        let tail = a.slice_move(s![1.., ..]).into_dyn();
+        assert!(tail.is_standard_layout());
+        assert_eq!(Tensor::f32(tail).into_f32_values().unwrap(), (vec![1, 3], vec![3., 4., 5.]));
+        assert_eq!(Tensor::i64(ArrayD::zeros(IxDyn(&[2]))).into_f32_values(), None);
     }
 }

@@ -356,6 +356,10 @@ pub(crate) mod tests {
         let cases: Vec<(Op, Vec<Tensor>)> = vec![
             // One large product: gemm splits it (120·400·700 multiply-adds).
             (Op::MatMul(MatMul {}), vec![values(&[1, 120, 400], 1), values(&[400, 700], 2)]),
+            // A sum over more than one of gemm's depth blocks (k > 512), split by columns.
+            (Op::MatMul(MatMul {}), vec![values(&[80, 1100], 26), values(&[1100, 300], 27)]),
+            // Too few columns to split by: gemm's own threads.
+            (Op::MatMul(MatMul {}), vec![values(&[300, 700], 28), values(&[700, 100], 29)]),
             // A weight read transposed, with a bias, as projections are.
             (gemm.clone(), vec![values(&[96, 512], 3), values(&[900, 512], 4), values(&[900], 5)]),
             // Pairs of matrices (heads): split pair by pair.
