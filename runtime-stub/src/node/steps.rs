@@ -15,6 +15,17 @@ use super::NetError;
 /// Longest a ready step waits for other requests' steps to batch with.
 const MAX_BATCH_WAIT: Duration = Duration::from_millis(20);
 
+/// Whether a request whose last step here finished at `finished`, its round trip before
+/// that taking `trip`, is due by `deadline`: its next step is expected a round trip after
+/// the last, give or take a quarter of one (round trips on a busy machine vary), so it is
+/// due when the earliest of that is by the deadline; due if its round trip is not known
+/// yet. (Counted due only when the latest of it was, a request never was at a stage whose
+/// batches take less than a quarter of a round trip — the short stages of three devices —
+/// and their batches broke up into ones and twos.)
+fn due(finished: Instant, trip: Option<Duration>, deadline: Instant) -> bool {
+    trip.is_none_or(|t| finished + t - t / 4 <= deadline)
+}
+
 impl Device<'_> {
     /// Run the steps whose inputs are all here: together, as one batched step of the
     /// session (each request's own cache; products read their weights once for all),
@@ -61,10 +72,8 @@ impl Device<'_> {
     /// device serves (`None`: run now). A client answers requests one after another, so
     /// steps that could run together arrive a little apart. The steps wait while some
     /// request not here is due by the deadline — the last batch's compute time (at most
-    /// [`MAX_BATCH_WAIT`]) after the first ready step; due: its last step here finished
-    /// a round trip ago (as long as its previous round trip took, plus a quarter; due if
-    /// not known yet). Requests a whole pipeline behind are not due: their group runs
-    /// apart, as a pipeline's groups should.
+    /// [`MAX_BATCH_WAIT`]) after the first ready step ([`due`]). Requests a whole
+    /// pipeline behind are not due: their group runs apart, as a pipeline's groups should.
     pub(super) fn batch_wait(&self) -> Option<Duration> {
         let since = self.ready_since?;
         if !self.opts.batch {
@@ -72,9 +81,7 @@ impl Device<'_> {
         }
         let deadline = since + self.last_batch.min(MAX_BATCH_WAIT);
         let here: BTreeSet<u64> = self.ready.iter().map(|k| k.0).collect();
-        let due =
-            |(finished, trip): &(Instant, Option<Duration>)| trip.is_none_or(|t| *finished + t + t / 4 <= deadline);
-        if !self.expected.iter().any(|(r, e)| !here.contains(r) && due(e)) {
+        if !self.expected.iter().any(|(r, &(finished, trip))| !here.contains(r) && due(finished, trip, deadline)) {
             return None;
         }
         deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero())
@@ -119,5 +126,25 @@ impl Device<'_> {
         }
         let timing = Timing { compute_ms, waiting_ms, send_ms: send_started.elapsed().as_secs_f64() * 1e3 };
         self.send_to("client", &Frame::new(key.0, key.1, &device, Body::Done(timing)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::due;
+
+    #[test]
+    fn a_request_is_due_from_a_quarter_of_its_round_trip_before_it_is_expected() {
+        let (t0, ms) = (Instant::now(), Duration::from_millis);
+        // Expected back 40 ms after its last step: due by a deadline from 30 ms on.
+        assert!(due(t0, Some(ms(40)), t0 + ms(35)));
+        assert!(due(t0, Some(ms(40)), t0 + ms(30)));
+        assert!(!due(t0, Some(ms(40)), t0 + ms(29)));
+        // A request a pipeline behind (its last step later): not due by the same deadline.
+        assert!(!due(t0 + ms(20), Some(ms(40)), t0 + ms(35)));
+        // Its round trip not known yet: due.
+        assert!(due(t0 + ms(100), None, t0));
     }
 }
