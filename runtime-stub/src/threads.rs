@@ -149,15 +149,20 @@ pub(crate) fn map_in_place(a: &mut ndarray::ArrayD<f32>, f: impl Fn(f32) -> f32 
 /// Each row of `width` values of `xs` given to `f` in place; over the run's threads
 /// when there are many values (rows computed alone, so the same bits on any count).
 pub(crate) fn each_row(xs: &mut [f32], width: usize, f: impl Fn(&mut [f32]) + Sync) {
+    each_row_at(xs, width, |_, rows| f(rows))
+}
+
+/// [`each_row`], `f` also told the index of the first row it is given.
+pub(crate) fn each_row_at(xs: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
     use rayon::prelude::*;
     let width = width.max(1);
     match current() {
         Some(pool) if xs.len() >= SPLIT_ELEMENTS => {
             let rows = xs.len().div_ceil(width);
-            let chunk = per_task(rows, pool) * width;
-            pool.install(|| xs.par_chunks_mut(chunk).for_each(&f));
+            let per = per_task(rows, pool);
+            pool.install(|| xs.par_chunks_mut(per * width).enumerate().for_each(|(i, block)| f(i * per, block)));
         }
-        _ => f(xs),
+        _ => f(0, xs),
     }
 }
 
@@ -382,8 +387,11 @@ pub(crate) mod tests {
 
     #[test]
     fn element_wise_nodes_split_over_threads_are_the_same_values_and_shapes() {
-        use shardc_ir::ops::{Add, Mul, Tanh};
+        use shardc_ir::ops::{Add, LayerNormalization, Mul, ReduceMean, ReduceSum, Tanh};
         let x = values(&[3, 100, 300], 11);
+        let norm = LayerNormalization { axis: -1, epsilon: 1e-5, stash_type: 1 };
+        let mean = ReduceMean { keepdims: 1, noop_with_empty_axes: 0 };
+        let sum = ReduceSum { keepdims: 0, noop_with_empty_axes: 0 };
         let cases: Vec<(Op, Vec<Tensor>)> = vec![
             (Op::Tanh(Tanh {}), vec![x.clone()]),
             (Op::Add(Add {}), vec![x.clone(), values(&[3, 100, 300], 12)]),
@@ -398,11 +406,20 @@ pub(crate) mod tests {
             // Broadcasts it does not split: the same answer on one thread.
             (Op::Mul(Mul {}), vec![x.clone(), values(&[3, 1, 300], 19)]),
             (Op::Add(Add {}), vec![values(&[300], 20), x.clone()]),
+            // Row by row: normalisations and reductions, over the last axis or another.
+            (Op::LayerNormalization(norm), vec![x.clone(), values(&[300], 30), values(&[300], 31)]),
+            (Op::ReduceMean(mean), vec![x.clone(), Tensor::from_i64(&[1], vec![-1]).unwrap()]),
+            (Op::ReduceSum(sum), vec![x.clone(), Tensor::from_i64(&[1], vec![1]).unwrap()]),
         ];
-        for (op, inputs) in cases {
+        let split = Op::Split(shardc_ir::ops::Split { axis: -1, num_outputs: None });
+        let cases = cases.into_iter().map(|(op, inputs)| (op, inputs, 1));
+        // Parts of the last axis: copied row by row.
+        let cases = cases.chain([(split, vec![x.clone(), Tensor::from_i64(&[2], vec![100, 200]).unwrap()], 2)]);
+        for (op, inputs, outputs) in cases {
             let args: Vec<Option<&Tensor>> = inputs.iter().map(Some).collect();
-            let run = |n: usize| with(n, || kernels::run(&op, &args, 1).unwrap()).unwrap();
+            let run = |n: usize| with(n, || kernels::run(&op, &args, outputs).unwrap()).unwrap();
             let one = run(1);
+            assert_eq!(one.len(), outputs);
             for n in [2, 3] {
                 let got = run(n);
                 assert_eq!(one[0].shape(), got[0].shape(), "{op:?} on {n} threads");

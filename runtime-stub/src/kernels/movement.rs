@@ -162,7 +162,7 @@ pub fn split(ax: i64, num_outputs: Option<i64>, inputs: &[Option<&Tensor>], n_ou
     let mut outs = Vec::new();
     for s in sizes {
         let sl = Slice::new(start as isize, Some((start + s) as isize), 1);
-        outs.push(map_data!(x, |a| a.slice_axis(Axis(ax), sl).to_owned()));
+        outs.push(map_data!(x, |a| crate::threads::standard(a.slice_axis(Axis(ax), sl))));
         start += s;
     }
     Ok(outs)

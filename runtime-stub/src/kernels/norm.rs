@@ -60,25 +60,32 @@ pub fn layer_norm(l: &LayerNormalization, inputs: &[Option<&Tensor>], n_outputs:
     };
     let xs = x.as_standard_layout();
     let xs = xs.as_slice().ok_or("input is not contiguous")?;
-    let mut y = vec![0f32; xs.len()];
-    let mut means = Vec::with_capacity(outer);
-    let mut inv_stds = Vec::with_capacity(outer);
-    for r in 0..outer {
-        let row = &xs[r * inner..(r + 1) * inner];
+    // Mean and 1/σ of a row.
+    let stats = |row: &[f32]| {
         let mean = row.iter().sum::<f32>() / inner as f32;
         let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / inner as f32;
-        let inv_std = 1.0 / (var + l.epsilon).sqrt();
-        let out = &mut y[r * inner..(r + 1) * inner];
-        for i in 0..inner {
-            let v = (row[i] - mean) * inv_std * scale[i];
-            out[i] = match &bias {
-                Some(b) => v + b[i],
-                None => v,
-            };
+        (mean, 1.0 / (var + l.epsilon).sqrt())
+    };
+    let mut y = vec![0f32; xs.len()];
+    // Rows over the run's threads (each row computed alone: the same bits on any count).
+    crate::threads::each_row_at(&mut y, inner, |first, block| {
+        for (r, out) in block.chunks_mut(inner.max(1)).enumerate() {
+            let row = &xs[(first + r) * inner..][..inner];
+            let (mean, inv_std) = stats(row);
+            for i in 0..inner {
+                let v = (row[i] - mean) * inv_std * scale[i];
+                out[i] = match &bias {
+                    Some(b) => v + b[i],
+                    None => v,
+                };
+            }
         }
-        means.push(mean);
-        inv_stds.push(inv_std);
-    }
+    });
+    let (means, inv_stds): (Vec<f32>, Vec<f32>) = if n_outputs > 1 {
+        (0..outer).map(|r| stats(&xs[r * inner..(r + 1) * inner])).unzip()
+    } else {
+        Default::default()
+    };
     let mut outs = vec![Tensor::with_dtype(
         t.dtype,
         crate::tensor::Data::F32(ArrayD::from_shape_vec(IxDyn(x.shape()), y).map_err(|e| e.to_string())?),

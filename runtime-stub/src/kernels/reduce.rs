@@ -3,7 +3,7 @@
 use ndarray::{ArrayD, Axis, IxDyn};
 
 /// A reduction of one lane.
-type Lane<T> = Box<dyn Fn(ndarray::ArrayView1<T>) -> T>;
+type Lane<T> = Box<dyn Fn(ndarray::ArrayView1<T>) -> T + Sync>;
 
 use shardc_ir::Op;
 
@@ -34,20 +34,33 @@ pub fn reduce(op: &Op, inputs: &[Option<&Tensor>]) -> KernelResult {
     axes.dedup();
     // The reduced axes moved last and flattened: each row is one output element's
     // lane, reduced at once (L2, log-sum and friends are not per-axis repeatable).
-    fn go<T: Clone>(
+    // Rows over the run's threads when many elements (each row reduced alone: the same
+    // bits on any count); the input read in place when its reduced axes are last.
+    fn go<T: Copy + Send + Sync>(
         a: &ArrayD<T>,
         axes: &[usize],
         keep: bool,
-        f: impl Fn(ndarray::ArrayView1<T>) -> T,
+        f: impl Fn(ndarray::ArrayView1<T>) -> T + Sync,
     ) -> Result<ArrayD<T>, String> {
+        use rayon::prelude::*;
         let rank = a.ndim();
         let kept: Vec<usize> = (0..rank).filter(|d| !axes.contains(d)).collect();
         let perm: Vec<usize> = kept.iter().chain(axes).copied().collect();
         let rows: usize = kept.iter().map(|&d| a.shape()[d]).product();
         let width: usize = axes.iter().map(|&d| a.shape()[d]).product();
-        let moved = a.view().permuted_axes(IxDyn(&perm)).as_standard_layout().into_owned();
-        let flat = moved.into_shape_with_order((rows, width)).map_err(|e| e.to_string())?;
-        let values: Vec<T> = flat.outer_iter().map(&f).collect();
+        let moved = a.view().permuted_axes(IxDyn(&perm));
+        let moved = if moved.is_standard_layout() {
+            ndarray::CowArray::from(moved)
+        } else {
+            ndarray::CowArray::from(crate::threads::standard(moved))
+        };
+        let flat = moved.view().into_shape_with_order((rows, width)).map_err(|e| e.to_string())?;
+        let values: Vec<T> = match crate::threads::current() {
+            Some(pool) if rows > 1 && rows.saturating_mul(width) >= crate::threads::SPLIT_ELEMENTS => {
+                pool.install(|| (0..rows).into_par_iter().map(|r| f(flat.row(r))).collect())
+            }
+            _ => flat.outer_iter().map(&f).collect(),
+        };
         let shape: Vec<usize> =
             (0..rank).filter_map(|d| if axes.contains(&d) { keep.then_some(1) } else { Some(a.shape()[d]) }).collect();
         ArrayD::from_shape_vec(IxDyn(&shape), values).map_err(|e| e.to_string())
