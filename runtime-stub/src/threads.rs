@@ -363,6 +363,9 @@ pub(crate) mod tests {
             (Op::MatMul(MatMul {}), vec![values(&[1, 120, 400], 1), values(&[400, 700], 2)]),
             // A sum over more than one of gemm's depth blocks (k > 512), split by columns.
             (Op::MatMul(MatMul {}), vec![values(&[80, 1100], 26), values(&[1100, 300], 27)]),
+            // Rows and a last part of at most 64 (which gemm would sum in other blocks):
+            // not split by columns.
+            (Op::MatMul(MatMul {}), vec![values(&[40, 1100], 32), values(&[1100, 130], 33)]),
             // Too few columns to split by: gemm's own threads.
             (Op::MatMul(MatMul {}), vec![values(&[300, 700], 28), values(&[700, 100], 29)]),
             // A weight read transposed, with a bias, as projections are.
