@@ -19,9 +19,9 @@ const MAX_BATCH_WAIT: Duration = Duration::from_millis(20);
 /// that taking `trip`, is due by `deadline`: its next step is expected a round trip after
 /// the last, give or take a quarter of one (round trips on a busy machine vary), so it is
 /// due when the earliest of that is by the deadline; due if its round trip is not known
-/// yet. (Counted due only when the latest of it was, a request never was at a stage whose
-/// batches take less than a quarter of a round trip — the short stages of three devices —
-/// and their batches broke up into ones and twos.)
+/// yet. (Counted due only when the latest of that was by the deadline, no request ever
+/// was at a stage whose batches take less than a quarter of a round trip — the short
+/// stages of three devices — and their batches broke up into ones and twos.)
 fn due(finished: Instant, trip: Option<Duration>, deadline: Instant) -> bool {
     trip.is_none_or(|t| finished + t - t / 4 <= deadline)
 }
