@@ -346,12 +346,17 @@ impl Dim {
 
     /// The value for given symbol sizes; `None` when unknown or a symbol is unbound.
     pub fn eval(&self, sizes: &std::collections::HashMap<String, i64>) -> Option<i64> {
+        self.eval_with(|s| sizes.get(s).copied())
+    }
+
+    /// [`Dim::eval`] with the sizes from `size` (`None`: unbound).
+    pub fn eval_with(&self, size: impl Fn(&str) -> Option<i64>) -> Option<i64> {
         let Dim::Poly(p) = self else { return None };
         let mut total = 0i64;
         for (mono, c) in &p.terms {
             let mut term = *c;
             for s in mono {
-                term = term.checked_mul(*sizes.get(s)?)?;
+                term = term.checked_mul(size(s)?)?;
             }
             total = total.checked_add(term)?;
         }

@@ -5,18 +5,17 @@
 //! kernels sum each row on its own ([`crate::kernels::MAX_ROWS`],
 //! [`crate::quantized::MAX_ROWS`]), so each step's outputs are the bits it gives alone.
 
-use std::collections::HashMap;
 use std::rc::Rc;
 
 use ndarray::{ArrayD, Axis, IxDyn};
 use shardc_ir::{Op, ValueDef, ValueId};
 
-use super::{Session, Slots};
+use super::{Session, Sizes, Slots};
 use crate::tensor::{Data, Tensor};
 use crate::{kernels, quantized, RuntimeError};
 
 /// A step's state: its values and symbol sizes, or the error that ended it.
-type Step = Result<(Slots, HashMap<String, i64>), RuntimeError>;
+type Step = Result<(Slots, Sizes), RuntimeError>;
 
 impl Session {
     /// Run several steps (each the named inputs of one [`Session::run`]) together. Each
@@ -206,7 +205,10 @@ fn stack<'a>(operands: impl Iterator<Item = Option<&'a Tensor>>) -> Option<Tenso
             return None;
         }
         (k, dtype) = (Some(width), Some(t.dtype));
-        data.extend(a.iter().copied());
+        match a.as_slice() {
+            Some(rows) => data.extend_from_slice(rows),
+            None => data.extend(a.iter().copied()),
+        }
     }
     let k = k?;
     let rows = data.len().checked_div(k)?;

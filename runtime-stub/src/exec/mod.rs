@@ -23,6 +23,24 @@ mod views;
 /// One slot per graph value: the tensor once computed.
 type Slots = Vec<Option<Rc<Tensor>>>;
 
+/// The sizes a step's inputs bind their symbols to, by name in order: a handful, found
+/// by binary search (every node's outputs are checked against them: no hashing there).
+#[derive(Default)]
+struct Sizes(Vec<(String, i64)>);
+
+impl Sizes {
+    fn get(&self, symbol: &str) -> Option<i64> {
+        self.0.binary_search_by(|(s, _)| s.as_str().cmp(symbol)).ok().map(|i| self.0[i].1)
+    }
+
+    fn insert(&mut self, symbol: String, size: i64) {
+        match self.0.binary_search_by(|(s, _)| s.cmp(&symbol)) {
+            Ok(i) => self.0[i].1 = size,
+            Err(i) => self.0.insert(i, (symbol, size)),
+        }
+    }
+}
+
 /// A graph ready to run, with its weights read lazily and kept once read.
 pub struct Session {
     graph: Graph,
@@ -231,30 +249,31 @@ impl Session {
 
     /// Check the inputs against the graph's input types, binding symbols to sizes.
     /// Returns the value slots with the inputs filled in, and the symbols' sizes.
-    fn bind_inputs(&self, inputs: Vec<(String, Tensor)>) -> Result<(Slots, HashMap<String, i64>), RuntimeError> {
+    fn bind_inputs(&self, inputs: Vec<(String, Tensor)>) -> Result<(Slots, Sizes), RuntimeError> {
         let mut values: Vec<Option<Rc<Tensor>>> = vec![None; self.graph.values.len()];
-        let mut sizes: HashMap<String, i64> = HashMap::new();
+        let mut sizes = Sizes::default();
         let mut given: HashMap<String, Tensor> = inputs.into_iter().collect();
         for &id in &self.graph.inputs {
             let value = self.graph.value(id);
             let bad = |message: String| RuntimeError::Input { name: value.name.clone(), message };
             let t = given.remove(&value.name).ok_or_else(|| bad("not given".into()))?;
             if let Some(ty) = &value.ty {
-                let expected = shardc_ir::text::print::type_text(Some(ty));
+                // Its type as text, for an error only.
+                let expected = || shardc_ir::text::print::type_text(Some(ty));
                 if t.dtype != ty.dtype || storage_of(t.dtype) != storage_of(ty.dtype) {
-                    return Err(bad(format!("expected {expected}, got {}", t.describe())));
+                    return Err(bad(format!("expected {}, got {}", expected(), t.describe())));
                 }
                 if t.shape().len() != ty.rank() {
-                    return Err(bad(format!("expected rank {} ({expected}), got {}", ty.rank(), t.describe())));
+                    return Err(bad(format!("expected rank {} ({}), got {}", ty.rank(), expected(), t.describe())));
                 }
                 for (d, &n) in ty.shape.iter().zip(t.shape()) {
                     let n = n as i64;
                     match (d.as_known(), d.symbols().as_slice()) {
                         (Some(k), _) if k != n => {
-                            return Err(bad(format!("expected {expected}, got {}", t.describe())))
+                            return Err(bad(format!("expected {}, got {}", expected(), t.describe())))
                         }
                         (None, [sym]) if *d == Dim::sym(sym) => {
-                            if let Some(&prev) = sizes.get(sym) {
+                            if let Some(prev) = sizes.get(sym) {
                                 if prev != n {
                                     return Err(bad(format!(
                                         "`{sym}` is {prev} elsewhere but {n} here ({})",
@@ -285,7 +304,7 @@ impl Session {
             return Ok(());
         }
         let mut values: Slots = vec![None; self.graph.values.len()];
-        self.threaded(|| self.execute(&mut values, &HashMap::new(), true))
+        self.threaded(|| self.execute(&mut values, &Sizes::default(), true))
     }
 
     /// Run the graph; returns the graph outputs in order, with their names.
@@ -319,12 +338,7 @@ impl Session {
 
     /// The nodes of a run in order, or (`constants_only`, [`Session::warm`]) just those
     /// that depend on weights and constants alone, and the fused products' matrices.
-    fn execute(
-        &self,
-        values: &mut Slots,
-        sizes: &HashMap<String, i64>,
-        constants_only: bool,
-    ) -> Result<(), RuntimeError> {
+    fn execute(&self, values: &mut Slots, sizes: &Sizes, constants_only: bool) -> Result<(), RuntimeError> {
         for (i, node) in self.graph.nodes.iter().enumerate() {
             if self.skipped[i] {
                 continue;
@@ -368,7 +382,7 @@ impl Session {
     }
 
     /// An output must have the dtype and (evaluated) shape shape inference gave it.
-    fn check_output(&self, v: ValueId, t: &Tensor, sizes: &HashMap<String, i64>) -> Result<(), String> {
+    fn check_output(&self, v: ValueId, t: &Tensor, sizes: &Sizes) -> Result<(), String> {
         let value = self.graph.value(v);
         let Some(ty) = &value.ty else { return Ok(()) };
         let mismatch = || {
@@ -379,7 +393,7 @@ impl Session {
             return Err(mismatch());
         }
         for (d, &n) in ty.shape.iter().zip(t.shape()) {
-            if let Some(k) = d.eval(sizes) {
+            if let Some(k) = d.eval_with(|s| sizes.get(s)) {
                 if k != n as i64 {
                     return Err(mismatch());
                 }
@@ -397,4 +411,23 @@ fn planned_apart(fused: &[Option<Fused>], transposed: &Transposed, i: usize) -> 
 
 fn unreachable_def(name: &str) -> Result<Tensor, RuntimeError> {
     Err(RuntimeError::Input { name: name.to_string(), message: "is neither given nor computed before its use".into() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Sizes;
+
+    #[test]
+    fn sizes_are_found_by_name_whatever_the_order_they_came_in() {
+        let mut sizes = Sizes::default();
+        for (s, n) in [("seq", 7), ("batch", 1), ("past", 30), ("past_len", 2)] {
+            sizes.insert(s.to_string(), n);
+        }
+        sizes.insert("seq".to_string(), 8);
+        let got: Vec<Option<i64>> =
+            ["batch", "past", "past_len", "seq", "pas", "z"].iter().map(|s| sizes.get(s)).collect();
+        assert_eq!(got, [Some(1), Some(30), Some(2), Some(8), None, None]);
+        let d = shardc_ir::Dim::sym("past").add(&shardc_ir::Dim::sym("seq"));
+        assert_eq!(d.eval_with(|s| sizes.get(s)), Some(38));
+    }
 }

@@ -1,12 +1,11 @@
 //! One node of a step: its arguments, its kernel, its outputs kept and checked.
 
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use shardc_ir::NodeId;
 
-use super::{Session, Slots};
+use super::{Session, Sizes, Slots};
 use crate::kernels;
 use crate::quantized;
 use crate::tensor::Tensor;
@@ -154,7 +153,7 @@ impl Session {
         i: usize,
         outs: Vec<Tensor>,
         values: &mut Slots,
-        sizes: &HashMap<String, i64>,
+        sizes: &Sizes,
     ) -> Result<(), RuntimeError> {
         let node = &self.graph.nodes[i];
         for (&v, t) in node.outputs.iter().zip(outs) {
@@ -179,12 +178,7 @@ impl Session {
     }
 
     /// Run node `i` of one step.
-    pub(super) fn run_node(
-        &self,
-        i: usize,
-        values: &mut Slots,
-        sizes: &HashMap<String, i64>,
-    ) -> Result<(), RuntimeError> {
+    pub(super) fn run_node(&self, i: usize, values: &mut Slots, sizes: &Sizes) -> Result<(), RuntimeError> {
         let mut args = self.args(i, values)?;
         let owned = self.hand_over(i, &mut args, values);
         let refs: Vec<Option<&Tensor>> = args.iter().map(|a| a.as_deref()).collect();

@@ -116,13 +116,22 @@ widest!(
 /// Floats ahead of the columns being read that each row of a panel asks the memory for.
 const AHEAD: usize = 256;
 
-/// Ask for the cache lines of `b[from..from + len]` (those inside `b`).
+/// Ask for the cache lines of `b[from..from + len]` (those inside `b`): into L2 when
+/// `TO_L2`, else into L1.
 #[inline(always)]
-fn prefetch(b: &[f32], from: usize, len: usize) {
+fn prefetch<const TO_L2: bool>(b: &[f32], from: usize, len: usize) {
     #[cfg(target_arch = "x86_64")]
     for at in (from..(from + len).min(b.len())).step_by(16) {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0, _MM_HINT_T1};
+        let p = b.as_ptr().wrapping_add(at).cast();
         // SAFETY: `at` is inside `b`; a prefetch reads nothing into the program.
-        unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(b.as_ptr().add(at).cast()) };
+        unsafe {
+            if TO_L2 {
+                _mm_prefetch::<_MM_HINT_T1>(p)
+            } else {
+                _mm_prefetch::<_MM_HINT_T0>(p)
+            }
+        };
     }
 }
 
@@ -188,8 +197,14 @@ fn axpy_lanes<const M: usize, const LANES: usize>(
                 if M > 2 {
                     // With three rows or more the loop computes long enough per line
                     // that the memory falls idle unless asked ahead (measured: 18.6 →
-                    // 16.2 ms for four rows; one row runs slower with it).
-                    prefetch(b, kk * rsb + j0 + j + AHEAD, LANES);
+                    // 16.2 ms for four rows; one row runs slower with it). Into L2 for
+                    // three to six rows (four: 22–23 → 27–28 GB/s against into L1, in
+                    // interleaved runs), into L1 for seven and eight (faster so).
+                    if M <= 6 {
+                        prefetch::<true>(b, kk * rsb + j0 + j + AHEAD, LANES);
+                    } else {
+                        prefetch::<false>(b, kk * rsb + j0 + j + AHEAD, LANES);
+                    }
                 }
                 let row: &[f32; LANES] = b[kk * rsb + j0 + j..][..LANES].try_into().expect("LANES columns");
                 let xs: [f32; M] = std::array::from_fn(|r| a[r * k + kk]);
