@@ -84,13 +84,14 @@ pub(crate) fn sgemm(a: &ArrayViewD<f32>, b: &ArrayViewD<f32>, c: &mut [f32], bet
         Some(pool) if m.saturating_mul(n).saturating_mul(k) >= SPLIT_FROM => {
             let threads = pool.current_num_threads();
             let width = n.div_ceil(threads).next_multiple_of(16);
-            let last = n - (n.div_ceil(width.max(1)) - 1) * width;
+            let parts = n.div_ceil(width);
+            let last = n - (parts - 1) * width;
             // `gemm` blocks the sum differently for a product of at most 64 × 64: no
             // part may be one unless the whole is.
-            if width > 64 && width < n && (m > 64 || last > 64) {
+            if width > 64 && parts > 1 && (m > 64 || last > 64) {
                 use rayon::prelude::*;
                 pool.install(|| {
-                    (0..n.div_ceil(width)).into_par_iter().for_each(|p| {
+                    (0..parts).into_par_iter().for_each(|p| {
                         let from = p * width;
                         product(from, width.min(n - from), gemm::Parallelism::None)
                     })
