@@ -128,9 +128,14 @@ impl Run<'_> {
                 if let (Some((_, t)), Some(step)) =
                     (tensors.iter().find(|(n, _)| *n == self.logits_name), self.in_flight.get_mut(&key))
                 {
-                    let values = t.to_f32_vec();
                     let vocab = *t.shape().last().unwrap_or(&1);
-                    step.logits = Some(values[values.len().saturating_sub(vocab)..].to_vec());
+                    // The last position's row, read in place when the values lie in order
+                    // (a prompt step's logits hold every position: tens of MB).
+                    let last = |v: &[f32]| v[v.len().saturating_sub(vocab)..].to_vec();
+                    step.logits = Some(match t.as_f32().and_then(|a| a.as_slice()) {
+                        Some(values) => last(values),
+                        None => last(&t.to_f32_vec()),
+                    });
                 }
             }
             // A device's answer to an opening the client re-sent while it was starting
