@@ -8,7 +8,8 @@
 //! are the same batched and alone.
 //!
 //! Run: `cargo bench -p shardc --bench batch` (`BATCH_MODELS=gpt2-small` for one model,
-//! `BATCH_SESSION_ONLY=1` for the session figures alone, `BATCH_PROFILE=1` for time by op).
+//! `BATCH_SESSION_ONLY=1` for the session figures alone, `BATCH_PROFILE=1` for time by op,
+//! `BATCH_THREADS=N` for N threads per device instead of one).
 
 #[allow(dead_code)]
 mod net_common;
@@ -35,9 +36,15 @@ fn inputs(layout: &CacheLayout, ids: &[i64], cache: &[Tensor]) -> Vec<(String, T
     v
 }
 
+/// Threads per device (`BATCH_THREADS`, 1 unless set).
+fn threads() -> usize {
+    env("BATCH_THREADS", "1").parse().expect("BATCH_THREADS: a count")
+}
+
 fn main() {
     let only = env("BATCH_MODELS", "gpt2-small,llama-12");
-    println!("{REQUESTS} requests in flight against 1, one thread; decode steps after {PROMPT}-token prompts");
+    let threads = threads();
+    println!("{REQUESTS} requests in flight against 1, {threads} thread(s) per device; decode steps after {PROMPT}-token prompts");
     for (name, config, _) in MODELS {
         if !only.split(',').any(|m| m == name) {
             continue;
@@ -56,7 +63,7 @@ fn session_figures(name: &str, model: &Path) {
     let mut graph = loaded.graph;
     run_pipeline(&mut graph, &mut Ctx::default(), None).expect("passes");
     let mut session = Session::new(graph, &loaded.weights_dir);
-    session.set_threads(1).expect("threads");
+    session.set_threads(threads()).expect("threads");
     session.warm().expect("warm");
     let layout = CacheLayout::of(&session).expect("layout").expect("a KV cache");
     let vocab = 1000;
@@ -160,7 +167,7 @@ fn local_figures(name: &str, model: &Path, devices: usize) {
     let ids: Vec<String> = (0..16).map(|i| (i * 37 + 5).to_string()).collect();
     let run = |requests: usize, batch: bool| -> (f64, Vec<Vec<i64>>) {
         let mut c = Command::new(shardc_run());
-        c.args(["--threads", "1", "local"]).arg(&out).args(["--input-ids", &ids.join(",")]);
+        c.args(["--threads", &threads().to_string(), "local"]).arg(&out).args(["--input-ids", &ids.join(",")]);
         c.args(["--max-new-tokens", &NEW_TOKENS.to_string(), "--requests", &requests.to_string(), "--json"]);
         if !batch {
             c.arg("--no-batch");

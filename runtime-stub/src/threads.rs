@@ -372,8 +372,10 @@ pub(crate) mod tests {
             (gemm.clone(), vec![values(&[96, 512], 3), values(&[900, 512], 4), values(&[900], 5)]),
             // Pairs of matrices (heads): split pair by pair.
             (Op::MatMul(MatMul {}), vec![values(&[2, 12, 70, 64], 6), values(&[2, 12, 64, 90], 7)]),
-            // Decode rows (the few-rows loops), split by columns: [K, N] and [N, K].
+            // Decode rows (the few-rows loops), split by columns: [K, N] and [N, K]; one
+            // row, in parts of 512, 384 (its 256- and 128-column lanes) and 256 columns.
             (Op::MatMul(MatMul {}), vec![values(&[1, 3, 700], 21), values(&[700, 2000], 22)]),
+            (Op::MatMul(MatMul {}), vec![values(&[1, 1, 1100], 30), values(&[1100, 1000], 31)]),
             (gemm, vec![values(&[5, 600], 23), values(&[1900, 600], 24), values(&[1900], 25)]),
             // Too small to split: one thread whatever the count.
             (Op::MatMul(MatMul {}), vec![values(&[3, 40], 8), values(&[40, 50], 9)]),

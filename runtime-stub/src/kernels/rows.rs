@@ -49,8 +49,16 @@ pub(crate) unsafe fn product(
         let extent = if csb == 1 { (k - 1) * rsb as usize + n } else { (n - 1) * csb as usize + k };
         std::slice::from_raw_parts(b, extent)
     };
-    // Column blocks, over the run's threads when worth it.
-    let width = if csb == 1 { BLOCK_FLOATS } else { 64 };
+    // Column blocks, over the run's threads when worth it: for `[K, N]`, at most
+    // BLOCK_FLOATS wide and at least one block per thread (a decode step's products are
+    // a few hundred to a few thousand columns wide).
+    let pool = crate::threads::current()
+        .filter(|p| p.current_num_threads() > 1 && m.saturating_mul(n).saturating_mul(k) >= super::SPLIT_FROM);
+    let width = match pool {
+        _ if csb != 1 => 64,
+        Some(p) => BLOCK_FLOATS.min(n.div_ceil(p.current_num_threads()).next_multiple_of(64)),
+        None => BLOCK_FLOATS,
+    };
     let blocks: Vec<usize> = (0..n).step_by(width).collect();
     let sums = |&j0: &usize| -> Vec<f32> {
         let w = width.min(n - j0);
@@ -62,10 +70,8 @@ pub(crate) unsafe fn product(
         }
         sums
     };
-    let all: Vec<Vec<f32>> = match crate::threads::current() {
-        Some(pool) if blocks.len() > 1 && m.saturating_mul(n).saturating_mul(k) >= super::SPLIT_FROM => {
-            pool.install(|| blocks.par_iter().map(sums).collect())
-        }
+    let all: Vec<Vec<f32>> = match pool {
+        Some(pool) if blocks.len() > 1 => pool.install(|| blocks.par_iter().map(sums).collect()),
         _ => blocks.iter().map(sums).collect(),
     };
     for (&j0, sums) in blocks.iter().zip(all) {
