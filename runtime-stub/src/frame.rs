@@ -160,14 +160,25 @@ pub fn encode(frame: &Frame) -> Result<Vec<u8>, FrameError> {
         .iter()
         .map(|(name, t)| {
             let (dtype, bytes) = match &t.data {
-                Data::F32(a) => (Dtype::F32, a.iter().flat_map(|v| v.to_le_bytes()).collect()),
-                Data::I64(a) => (Dtype::I64, a.iter().flat_map(|v| v.to_le_bytes()).collect()),
+                Data::F32(a) => (Dtype::F32, le_bytes(a, f32::to_le_bytes)),
+                Data::I64(a) => (Dtype::I64, le_bytes(a, i64::to_le_bytes)),
                 Data::Bool(a) => (Dtype::BOOL, a.iter().map(|&v| u8::from(v)).collect()),
             };
             (name.as_str(), View { dtype, shape: t.shape(), bytes })
         })
         .collect();
     safetensors::serialize(views.iter().map(|(n, v)| (*n, v)), Some(meta.to_map())).map_err(|e| failed(e.to_string()))
+}
+
+/// The little-endian bytes of `a`'s elements in logical order, written into a buffer of
+/// their size (collecting byte by byte took 0.13 ms for a 32000-float row of logits).
+fn le_bytes<T: Copy, const N: usize>(a: &ArrayD<T>, bytes: fn(T) -> [u8; N]) -> Vec<u8> {
+    let mut out = vec![0u8; a.len() * N];
+    match a.as_slice() {
+        Some(values) => out.chunks_exact_mut(N).zip(values).for_each(|(o, &v)| o.copy_from_slice(&bytes(v))),
+        None => out.chunks_exact_mut(N).zip(a.iter()).for_each(|(o, &v)| o.copy_from_slice(&bytes(v))),
+    }
+    out
 }
 
 /// Decode and check a frame: the `safetensors` crate checks the header (its length,
@@ -272,6 +283,20 @@ mod tests {
         Frame::new(7, 3, "dev-a", Body::Tensors(tensors()))
     }
 
+    /// A tensor whose elements are not in memory in logical order (a transposed view, as
+    /// a step's outputs can be) travels in logical order.
+    #[test]
+    fn tensors_out_of_memory_order_travel_in_logical_order() {
+        let values: Vec<f32> = (0..6).map(|v| v as f32).collect();
+        let t = ArrayD::from_shape_vec(IxDyn(&[2, 3]), values).unwrap().reversed_axes();
+        assert!(t.as_slice().is_none());
+        let sent = Frame::new(1, 0, "a", Body::Tensors(vec![("x".into(), Tensor::f32(t.clone()))]));
+        let got = decode(&encode(&sent).unwrap(), DEFAULT_MAX_FRAME).unwrap();
+        let Body::Tensors(got) = got.body else { panic!("tensors") };
+        assert_eq!(got[0].1.as_f32().unwrap(), &t);
+        assert_eq!(got[0].1.as_f32().unwrap().as_slice().unwrap(), &[0.0, 3.0, 1.0, 4.0, 2.0, 5.0]);
+    }
+
     /// Every body survives encoding, tensors in name order (the crate lays them out by
     /// dtype size, then name).
     #[test]
@@ -319,7 +344,7 @@ mod tests {
             .iter()
             .map(|(name, t)| {
                 let bytes = match &t.data {
-                    Data::F32(a) => a.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                    Data::F32(a) => le_bytes(a, f32::to_le_bytes),
                     _ => unreachable!("f32 only here"),
                 };
                 (name.as_str(), View { dtype: Dtype::F32, shape: t.shape(), bytes })
