@@ -200,16 +200,25 @@ fn axpy_lanes<const M: usize, const LANES: usize>(
                 acc.copy_from_slice(&sums[r * w + j..r * w + j + LANES]);
             }
             for kk in k0..k1 {
-                if M > 2 {
-                    // With three rows or more the loop computes long enough per line
-                    // that the memory falls idle unless asked ahead (measured: 18.6 →
-                    // 16.2 ms for four rows; one row runs slower with it). Into L2 for
-                    // three to six rows (four: 22–23 → 27–28 GB/s against into L1, in
-                    // interleaved runs), into L1 for seven and eight (faster so).
-                    if M <= 6 {
-                        prefetch::<true>(b, kk * rsb + j0 + j + AHEAD, LANES);
+                if M > 1 {
+                    // With two rows or more the loop computes long enough per line that
+                    // the memory falls idle unless asked ahead (one row runs slower with
+                    // it). Ahead in the same row, or past the block's last column in the
+                    // row a panel further on — the next panel's rows, which a pass over a
+                    // block a few lanes wide would otherwise start cold (12 Llama layers'
+                    // weights, interleaved runs: two rows 16.0 → 13.0 ms, four 14.7 →
+                    // 11.1 ms, 23 → 30–31 GB/s). Into L2 for three to six rows (four:
+                    // 22–23 → 27–28 GB/s against into L1), into L1 for two, seven and
+                    // eight (faster so).
+                    let at = if j + AHEAD < w {
+                        kk * rsb + j0 + j + AHEAD
                     } else {
-                        prefetch::<false>(b, kk * rsb + j0 + j + AHEAD, LANES);
+                        (kk + PANEL) * rsb + j0 + (j + AHEAD - w)
+                    };
+                    if (3..=6).contains(&M) {
+                        prefetch::<true>(b, at, LANES);
+                    } else {
+                        prefetch::<false>(b, at, LANES);
                     }
                 }
                 let row: &[f32; LANES] = b[kk * rsb + j0 + j..][..LANES].try_into().expect("LANES columns");
