@@ -42,6 +42,8 @@ fn threads() -> usize {
 }
 
 fn main() {
+    // As the binaries that serve a package do.
+    shardc_runtime::weights::bound_allocator_cache();
     let only = env("BATCH_MODELS", "gpt2-small,llama-12");
     let threads = threads();
     println!("{REQUESTS} requests in flight against 1, {threads} thread(s) per device; decode steps after {PROMPT}-token prompts");

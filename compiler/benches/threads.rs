@@ -29,6 +29,8 @@ fn bits(l: &Logits) -> Vec<u32> {
 }
 
 fn main() {
+    // As the binaries that serve a package do.
+    shardc_runtime::weights::bound_allocator_cache();
     let only = env("THREADS_MODELS", "");
     let most: usize = env("THREADS_MAX", "2").parse().expect("THREADS_MAX");
     let counts: Vec<usize> = (1..=most.max(1)).collect();

@@ -79,7 +79,10 @@ mod commands;
 use commands::{run_model, run_tensors, verify, verify_tensors};
 
 /// `--threads N` (default: the cores available) for the runtime's kernels.
+/// Also bounds what the allocator keeps while steps run (every command that runs steps
+/// sets its threads).
 fn set_threads(threads: Option<usize>) -> Result<()> {
+    shardc_runtime::weights::bound_allocator_cache();
     shardc_runtime::threads::set_threads_or_available(threads)
         .map_err(|e| anyhow::Error::new(Usage(format!("--threads: {e}"))))
 }

@@ -276,6 +276,7 @@ fn parse_slow_device(s: &str) -> Result<(String, Slowdown), String> {
 
 fn run(cli: Cli) -> Result<()> {
     shardc_runtime::threads::set_threads_or_available(cli.threads).map_err(|e| anyhow!("--threads: {e}"))?;
+    shardc_runtime::weights::bound_allocator_cache();
     match cli.command {
         Command::Serve {
             out,
