@@ -134,7 +134,9 @@ pub fn resident_bytes() -> Option<u64> {
 /// Give the allocator's free memory back to the system (glibc keeps freed blocks —
 /// a prompt step's logits, tens of MB — for reuse, up to twice the largest block it
 /// has mapped; the next step then faults in what it uses again). For a device with
-/// nothing to do; `false` where the C library has no such call (not glibc).
+/// nothing to do; `false` where the C library has no such call (not glibc). glibc's
+/// trim leaves the top of a thread's own heap (not the main one) alone: there only
+/// [`bound_allocator_cache`]'s threshold bounds what stays.
 pub fn give_back_free_memory() -> bool {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
