@@ -47,27 +47,32 @@ pub fn local(out: &Path, job: &Job, opts: &LocalOptions) -> Result<Generation, N
     };
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, rx) = std::sync::mpsc::channel::<Ended>();
-    let handles: Vec<_> = cluster
-        .devices
-        .keys()
-        .map(|d| {
-            let mut net = net.clone();
-            if let Some((_, slowdown)) = opts.slow.as_ref().filter(|(name, _)| name == d) {
-                net.slowdown = *slowdown;
-            }
-            let (out, d, cluster, ctx, stop, tx) =
-                (out.to_path_buf(), d.clone(), cluster.clone(), ctx.clone(), stop.clone(), tx.clone());
-            std::thread::spawn(move || {
-                let result = serve(&out, &d, &cluster, &ctx, &net, stop);
-                let _ = tx.send(Ended::Device(d, result));
-            })
-        })
-        .collect();
+    // Threads named for debuggers and profilers (Linux shows the first 15 bytes). One
+    // that cannot start stops those that did.
+    let failed = |what: &str, e: std::io::Error| {
+        stop.store(true, Ordering::Relaxed);
+        NetError::Other(format!("cannot start {what}'s thread: {e}"))
+    };
+    let mut handles = Vec::with_capacity(cluster.devices.len());
+    for d in cluster.devices.keys() {
+        let mut net = net.clone();
+        if let Some((_, slowdown)) = opts.slow.as_ref().filter(|(name, _)| name == d) {
+            net.slowdown = *slowdown;
+        }
+        let (out, d, cluster, ctx, stop, tx) =
+            (out.to_path_buf(), d.clone(), cluster.clone(), ctx.clone(), stop.clone(), tx.clone());
+        let spawned = std::thread::Builder::new().name(format!("device {d}")).spawn(move || {
+            let result = serve(&out, &d, &cluster, &ctx, &net, stop);
+            let _ = tx.send(Ended::Device(d, result));
+        });
+        handles.push(spawned.map_err(|e| failed("a device", e))?);
+    }
     {
         let (out, cluster, ctx, job, tx) = (out.to_path_buf(), cluster.clone(), ctx.clone(), job.clone(), tx.clone());
-        std::thread::spawn(move || {
+        let spawned = std::thread::Builder::new().name("client".into()).spawn(move || {
             let _ = tx.send(Ended::Client(generate(&out, &cluster, &ctx, &net, &job)));
         });
+        spawned.map_err(|e| failed("the client", e))?;
     }
     drop(tx);
     // The client's answer, or the first device that fails before it: a device that
