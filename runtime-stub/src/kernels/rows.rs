@@ -50,13 +50,18 @@ pub(crate) unsafe fn product(
         std::slice::from_raw_parts(b, extent)
     };
     // Column blocks, over the run's threads when worth it: for `[K, N]`, at most
-    // BLOCK_FLOATS wide and at least one block per thread (a decode step's products are
-    // a few hundred to a few thousand columns wide).
+    // BLOCK_FLOATS wide, as many as a multiple of the threads and about equal (a decode
+    // step's products are a few hundred to a few thousand columns wide; a head of 50257
+    // in blocks of 16384 gave one of two threads twice the other's columns).
     let pool = crate::threads::current()
         .filter(|p| p.current_num_threads() > 1 && m.saturating_mul(n).saturating_mul(k) >= super::SPLIT_FROM);
     let width = match pool {
         _ if csb != 1 => 64,
-        Some(p) => BLOCK_FLOATS.min(n.div_ceil(p.current_num_threads()).next_multiple_of(64)),
+        Some(p) => {
+            let threads = p.current_num_threads();
+            let parts = threads * n.div_ceil(threads * BLOCK_FLOATS);
+            BLOCK_FLOATS.min(n.div_ceil(parts).next_multiple_of(64))
+        }
         None => BLOCK_FLOATS,
     };
     let blocks: Vec<usize> = (0..n).step_by(width).collect();
