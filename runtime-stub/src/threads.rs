@@ -376,8 +376,7 @@ pub(crate) mod tests {
             // row, in parts of 512, 384 (its 256- and 128-column lanes) and 256 columns.
             (Op::MatMul(MatMul {}), vec![values(&[1, 3, 700], 21), values(&[700, 2000], 22)]),
             (Op::MatMul(MatMul {}), vec![values(&[1, 1, 1100], 30), values(&[1100, 1000], 31)]),
-            // Wider than two blocks (a head): parts of about equal width, a multiple of the
-            // thread count.
+            // Wider than two blocks (a head): about equal parts, a multiple of the threads.
             (Op::MatMul(MatMul {}), vec![values(&[1, 2, 64], 34), values(&[64, 33000], 35)]),
             (gemm, vec![values(&[5, 600], 23), values(&[1900, 600], 24), values(&[1900], 25)]),
             // Too small to split: one thread whatever the count.

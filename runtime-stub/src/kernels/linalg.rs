@@ -16,6 +16,15 @@ pub(super) fn floats<'a>(t: &'a Tensor, what: &str) -> Result<&'a ArrayD<f32>, S
 /// handing out the parts costs more than it saves.
 pub(crate) const SPLIT_FROM: usize = 1 << 20;
 
+/// The width of the parts `n` columns split into over `threads`: about equal, a
+/// multiple of `multiple`, at most `widest`, and as many as a multiple of the threads
+/// (so none takes more parts than another).
+pub(crate) fn part_width(n: usize, threads: usize, multiple: usize, widest: usize) -> usize {
+    let threads = threads.max(1);
+    let parts = threads * n.div_ceil(widest).div_ceil(threads).max(1);
+    n.div_ceil(parts).next_multiple_of(multiple).min(widest)
+}
+
 /// `C = alpha · A · B + beta · C` for 2-D views of any strides, into row-major `c`
 /// (the `gemm` crate; over the run's threads when there are several and the product is
 /// large). Split by columns of C, one part per thread, each part a product of its own on
@@ -83,7 +92,7 @@ pub(crate) fn sgemm(a: &ArrayViewD<f32>, b: &ArrayViewD<f32>, c: &mut [f32], bet
     match crate::threads::current() {
         Some(pool) if m.saturating_mul(n).saturating_mul(k) >= SPLIT_FROM => {
             let threads = pool.current_num_threads();
-            let width = n.div_ceil(threads).next_multiple_of(16);
+            let width = part_width(n, threads, 16, usize::MAX);
             let parts = n.div_ceil(width);
             let last = n - (parts - 1) * width;
             // `gemm` blocks the sum differently for a product of at most 64 × 64: no

@@ -37,7 +37,7 @@ use shardc_ir::Op;
 
 use crate::tensor::Tensor;
 pub(crate) use indexing::gather_columns;
-pub(crate) use linalg::{matmul, sgemm, SPLIT_FROM};
+pub(crate) use linalg::{matmul, part_width, sgemm, SPLIT_FROM};
 pub(crate) use rows::MAX_ROWS;
 
 /// A float input of an element-wise kernel: borrowed from the step's values, or

@@ -57,11 +57,7 @@ pub(crate) unsafe fn product(
         .filter(|p| p.current_num_threads() > 1 && m.saturating_mul(n).saturating_mul(k) >= super::SPLIT_FROM);
     let width = match pool {
         _ if csb != 1 => 64,
-        Some(p) => {
-            let threads = p.current_num_threads();
-            let parts = threads * n.div_ceil(threads * BLOCK_FLOATS);
-            BLOCK_FLOATS.min(n.div_ceil(parts).next_multiple_of(64))
-        }
+        Some(p) => super::part_width(n, p.current_num_threads(), 64, BLOCK_FLOATS),
         None => BLOCK_FLOATS,
     };
     let blocks: Vec<usize> = (0..n).step_by(width).collect();
