@@ -36,36 +36,32 @@ fn inputs(layout: &CacheLayout, ids: &[i64], cache: &[Tensor]) -> Vec<(String, T
     v
 }
 
-/// Threads per device (`BATCH_THREADS`, 1 unless set).
-fn threads() -> usize {
-    env("BATCH_THREADS", "1").parse().expect("BATCH_THREADS: a count")
-}
-
 fn main() {
     // As the binaries that serve a package do.
     shardc_runtime::weights::bound_allocator_cache();
     let only = env("BATCH_MODELS", "gpt2-small,llama-12");
-    let threads = threads();
+    let threads: usize = env("BATCH_THREADS", "1").parse().expect("BATCH_THREADS: a count");
     println!("{REQUESTS} requests in flight against 1, {threads} thread(s) per device; decode steps after {PROMPT}-token prompts");
     for (name, config, _) in MODELS {
         if !only.split(',').any(|m| m == name) {
             continue;
         }
         let model = random_model(&format!("fidelity-{name}"), config);
-        session_figures(name, &model);
+        session_figures(name, &model, threads);
         for devices in [1, 3].into_iter().filter(|_| std::env::var("BATCH_SESSION_ONLY").is_err()) {
-            local_figures(name, &model, devices);
+            local_figures(name, &model, devices, threads);
         }
     }
 }
 
-/// One session: a step of one request, the steps of four batched, and one by one.
-fn session_figures(name: &str, model: &Path) {
+/// One session on `threads` threads: a step of one request, the steps of four batched,
+/// and one by one.
+fn session_figures(name: &str, model: &Path, threads: usize) {
     let loaded = shardc::load::load(model, &LowerOptions::default()).expect("load");
     let mut graph = loaded.graph;
     run_pipeline(&mut graph, &mut Ctx::default(), None).expect("passes");
     let mut session = Session::new(graph, &loaded.weights_dir);
-    session.set_threads(threads()).expect("threads");
+    session.set_threads(threads).expect("threads");
     session.warm().expect("warm");
     let layout = CacheLayout::of(&session).expect("layout").expect("a KV cache");
     let vocab = 1000;
@@ -141,7 +137,7 @@ fn step_out(layout: &CacheLayout, outputs: Vec<(String, Tensor)>) -> (Vec<Tensor
 
 /// `shardc-run local` over packages for `devices` devices: decode tokens/s with four
 /// requests (batched, and one by one) against one.
-fn local_figures(name: &str, model: &Path, devices: usize) {
+fn local_figures(name: &str, model: &Path, devices: usize, threads: usize) {
     let scratch = root().join("target/bench-models/batch-scratch");
     let _ = std::fs::remove_dir_all(&scratch);
     std::fs::create_dir_all(&scratch).expect("scratch");
@@ -169,7 +165,7 @@ fn local_figures(name: &str, model: &Path, devices: usize) {
     let ids: Vec<String> = (0..16).map(|i| (i * 37 + 5).to_string()).collect();
     let run = |requests: usize, batch: bool| -> (f64, Vec<Vec<i64>>) {
         let mut c = Command::new(shardc_run());
-        c.args(["--threads", &threads().to_string(), "local"]).arg(&out).args(["--input-ids", &ids.join(",")]);
+        c.args(["--threads", &threads.to_string(), "local"]).arg(&out).args(["--input-ids", &ids.join(",")]);
         c.args(["--max-new-tokens", &NEW_TOKENS.to_string(), "--requests", &requests.to_string(), "--json"]);
         if !batch {
             c.arg("--no-batch");

@@ -153,7 +153,7 @@ pub fn give_back_free_memory() -> bool {
 }
 
 /// Bound what the allocator keeps of freed memory while steps run, for a process that
-/// serves a package (`shardc-run`, `shardc run`): blocks of 16 MiB and more (a prompt
+/// runs steps (`shardc-run`; `shardc run`, `profile`): blocks of 16 MiB and more (a prompt
 /// step's logits: 25.7 MB for GPT-2-small's 128 positions) are mapped for their use and
 /// returned when freed, and at most 32 MiB of freed memory stays at the top of the heap.
 /// glibc's own thresholds grow with the largest block freed (up to 32 MiB mapped, twice
